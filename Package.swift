@@ -1,0 +1,36 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Halley has no package dependencies: the toolchain, Glibc, and the system's zlib and OpenSSL
+// (Debian: zlib1g-dev, libssl-dev) through system-library targets.
+let package = Package(
+    name: "Halley",
+    products: [
+        .executable(name: "halley", targets: ["halley"]),
+        .executable(name: "HalleyFuzzHTTP", targets: ["HalleyFuzzHTTP"]),
+    ],
+    targets: [
+        // System shims.
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
+                       providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
+                       providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CHalleyLinux", path: "Sources/CHalleyLinux"),
+
+        // core: byte buffers, clock, limits. Imports Glibc only.
+        .target(name: "HalleyCore"),
+        // HTTP/1.1 parser and encoder: no sockets.
+        .target(name: "HalleyHTTP", dependencies: ["HalleyCore"]),
+        // epoll event loops, sockets, listeners, timers.
+        .target(name: "HalleyLoop", dependencies: ["HalleyCore", "CHalleyLinux"]),
+        // HTTP server: connections, router, static files, metrics.
+        .target(name: "HalleyServer", dependencies: ["HalleyCore", "HalleyHTTP", "HalleyLoop"]),
+        // The executable: configuration, wiring, signals, logs.
+        .executableTarget(name: "halley", dependencies: ["HalleyServer"]),
+        // libFuzzer entry for the request parser (built with --sanitize=fuzzer).
+        .executableTarget(name: "HalleyFuzzHTTP", dependencies: ["HalleyHTTP"]),
+
+        .testTarget(name: "HalleyHTTPTests", dependencies: ["HalleyHTTP"]),
+        .testTarget(name: "HalleyServerTests", dependencies: ["HalleyServer"]),
+    ]
+)

@@ -1,0 +1,65 @@
+/// Character classes of RFC 9110 §5.6 and small byte helpers shared by the parser.
+enum HTTPChars {
+    /// tchar: "!#$%&'*+-.^_`|~", digits and letters.
+    static let tokenTable: [Bool] = {
+        var t = [Bool](repeating: false, count: 256)
+        for c in UInt8(ascii: "0")...UInt8(ascii: "9") { t[Int(c)] = true }
+        for c in UInt8(ascii: "a")...UInt8(ascii: "z") { t[Int(c)] = true }
+        for c in UInt8(ascii: "A")...UInt8(ascii: "Z") { t[Int(c)] = true }
+        for c in "!#$%&'*+-.^_`|~".utf8 { t[Int(c)] = true }
+        return t
+    }()
+
+    @inline(__always) static func isToken(_ c: UInt8) -> Bool { tokenTable[Int(c)] }
+
+    /// field-vchar, SP, HTAB and obs-text; no other control characters, no DEL.
+    @inline(__always) static func isFieldValue(_ c: UInt8) -> Bool {
+        c == 9 || (c >= 32 && c != 127)
+    }
+
+    @inline(__always) static func isDigit(_ c: UInt8) -> Bool { c >= 48 && c <= 57 }
+
+    @inline(__always) static func hexValue(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 48...57: return c - 48
+        case 97...102: return c - 87
+        case 65...70: return c - 55
+        default: return nil
+        }
+    }
+
+    static func equalsLower(_ b: UnsafeRawBufferPointer, _ lower: StaticString) -> Bool {
+        guard b.count == lower.utf8CodeUnitCount else { return false }
+        let s = lower.utf8Start
+        for i in 0..<b.count where asciiLower(b[i]) != s[i] { return false }
+        return true
+    }
+
+    /// A non-negative decimal of at most 18 digits (no sign, no spaces), else nil.
+    static func decimal(_ b: UnsafeRawBufferPointer) -> Int? {
+        guard b.count > 0 && b.count <= 18 else { return nil }
+        var v = 0
+        for c in b {
+            guard isDigit(c) else { return nil }
+            v = v * 10 + Int(c - 48)
+        }
+        return v
+    }
+
+    /// The lowercased, trimmed, non-empty elements of a comma-separated list.
+    static func tokens(_ b: UnsafeRawBufferPointer) -> [String] {
+        var out: [String] = []
+        var i = 0
+        while i < b.count {
+            while i < b.count && (b[i] == 32 || b[i] == 9 || b[i] == 44) { i += 1 }
+            let s = i
+            while i < b.count && b[i] != 44 { i += 1 }
+            var e = i
+            while e > s && (b[e - 1] == 32 || b[e - 1] == 9) { e -= 1 }
+            if e > s {
+                out.append(String(decoding: UnsafeRawBufferPointer(rebasing: b[s..<e]).map(asciiLower), as: UTF8.self))
+            }
+        }
+        return out
+    }
+}

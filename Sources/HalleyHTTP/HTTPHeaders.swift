@@ -1,0 +1,117 @@
+/// The header fields of one request, kept as one copy of the head's bytes plus the offsets of
+/// each name and value: two allocations per request, however many fields it has. Names are
+/// matched without regard to case (RFC 9110 §5.1).
+public struct HTTPHeaders: Sendable, Sequence {
+    struct Field: Sendable {
+        var nameStart: UInt32
+        var nameCount: UInt32
+        var valueStart: UInt32
+        var valueCount: UInt32
+    }
+
+    let bytes: [UInt8]
+    let fields: [Field]
+
+    init(bytes: [UInt8], fields: [Field]) {
+        self.bytes = bytes
+        self.fields = fields
+    }
+
+    /// Headers built from pairs, for tests and for requests the hub makes itself.
+    public init(_ pairs: [(String, String)]) {
+        var b: [UInt8] = []
+        var f: [Field] = []
+        for (n, v) in pairs {
+            let ns = b.count
+            b.append(contentsOf: n.utf8)
+            let vs = b.count
+            b.append(contentsOf: v.utf8)
+            f.append(Field(nameStart: UInt32(ns), nameCount: UInt32(n.utf8.count),
+                           valueStart: UInt32(vs), valueCount: UInt32(v.utf8.count)))
+        }
+        bytes = b
+        fields = f
+    }
+
+    public var count: Int { fields.count }
+
+    /// The value of the first field named `name` (case-insensitive), or nil.
+    public subscript(name: String) -> String? {
+        guard let i = index(of: name) else { return nil }
+        return value(at: i)
+    }
+
+    /// Every value of the fields named `name`, in order.
+    public func values(_ name: String) -> [String] {
+        var out: [String] = []
+        for i in fields.indices where nameMatches(i, name) { out.append(value(at: i)) }
+        return out
+    }
+
+    public func contains(_ name: String) -> Bool { index(of: name) != nil }
+
+    /// True when a comma-separated field named `name` lists `token` (case-insensitive).
+    public func containsToken(_ name: String, _ token: String) -> Bool {
+        for i in fields.indices where nameMatches(i, name) {
+            if HTTPHeaders.tokenList(value(at: i), contains: token) { return true }
+        }
+        return false
+    }
+
+    public func name(at i: Int) -> String {
+        let f = fields[i]
+        return String(decoding: bytes[Int(f.nameStart)..<Int(f.nameStart + f.nameCount)], as: UTF8.self)
+    }
+
+    public func value(at i: Int) -> String {
+        let f = fields[i]
+        return String(decoding: bytes[Int(f.valueStart)..<Int(f.valueStart + f.valueCount)], as: UTF8.self)
+    }
+
+    public func makeIterator() -> AnyIterator<(name: String, value: String)> {
+        var i = 0
+        return AnyIterator {
+            guard i < self.fields.count else { return nil }
+            defer { i += 1 }
+            return (self.name(at: i), self.value(at: i))
+        }
+    }
+
+    func index(of name: String) -> Int? {
+        for i in fields.indices where nameMatches(i, name) { return i }
+        return nil
+    }
+
+    func nameMatches(_ i: Int, _ name: String) -> Bool {
+        let f = fields[i]
+        let u = name.utf8
+        guard u.count == Int(f.nameCount) else { return false }
+        var j = Int(f.nameStart)
+        for c in u {
+            if asciiLower(bytes[j]) != asciiLower(c) { return false }
+            j += 1
+        }
+        return true
+    }
+
+    static func tokenList(_ value: String, contains token: String) -> Bool {
+        for part in value.split(separator: ",") {
+            let t = part.trimmingSpaces()
+            if t.count == token.count && t.lowercased() == token.lowercased() { return true }
+        }
+        return false
+    }
+}
+
+@inline(__always) func asciiLower(_ c: UInt8) -> UInt8 {
+    (c >= 65 && c <= 90) ? c | 0x20 : c
+}
+
+extension Substring {
+    func trimmingSpaces() -> Substring {
+        var s = self
+        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        return s
+    }
+}

@@ -1,0 +1,33 @@
+/// A parsed request line and header block, with the framing facts the server needs already
+/// worked out by the parser.
+public struct HTTPRequestHead: Sendable {
+    public var method: HTTPMethod
+    /// The request target as sent (origin-form, or `*`); an absolute-form target is reduced to
+    /// its path and query.
+    public var target: String
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    public var minorVersion: Int
+    public var headers: HTTPHeaders
+    /// Body length from Content-Length; nil when chunked or absent.
+    public var contentLength: Int?
+    public var isChunked: Bool
+    /// Whether the connection may carry another request after this one (RFC 9112 §9.3).
+    public var keepAlive: Bool
+    /// `Expect: 100-continue` was sent.
+    public var expectsContinue: Bool
+
+    /// The path part of the target, still percent-encoded.
+    public var path: Substring {
+        if let q = target.firstIndex(of: "?") { return target[..<q] }
+        return target[...]
+    }
+
+    /// The query part after `?`, without it; nil when there is none.
+    public var query: Substring? {
+        guard let q = target.firstIndex(of: "?") else { return nil }
+        return target[target.index(after: q)...]
+    }
+
+    /// Whether the request has a body to read.
+    public var hasBody: Bool { isChunked || (contentLength ?? 0) > 0 }
+}

@@ -1,0 +1,420 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import HalleyCore
+import HalleyHTTP
+import HalleyLoop
+
+/// Hands a handler's response back to the connection that asked, now or later (long-polls
+/// answer later). A response for a request the connection has moved past is ignored.
+public struct Responder {
+    let connection: HTTPConnection
+    let serial: UInt32
+
+    public func respond(_ response: HTTPResponse) { connection.respond(response, serial: serial) }
+
+    /// The loop the connection lives on: a late response must be given on it.
+    public var loop: EventLoop { connection.ctx.loop }
+}
+
+/// One HTTP/1.1 client connection, owned by one loop for its whole life.
+///
+/// Requests are answered strictly in order (pipelining): while a handler holds a request,
+/// later requests stay unparsed in `pendingIn` and the socket is not read, which also bounds
+/// what a client can make the hub buffer. Idle, the connection holds no buffer at all.
+final class HTTPConnection: EventHandler {
+    let fd: Int32
+    unowned let ctx: LoopContext
+    /// The routes of the listener that accepted it (the main port, or the metrics port).
+    unowned(unsafe) let router: Router
+    var parser: HTTPRequestParser
+    /// Bytes received but not yet parsed (a partial head, or requests behind a held one).
+    var pendingIn: ByteBuffer?
+    /// Bytes the socket did not take yet.
+    var out: OutputQueue?
+    /// A request whose body is still arriving.
+    var partial: PartialRequest?
+    var sweepIndex = 0
+
+    // Per-request facts for the response (set by dispatch).
+    var serial: UInt32 = 0
+    var awaiting = false
+    var respondHead = false
+    var respondMinor: UInt8 = 1
+    var respondKeepAlive = true
+
+    /// No more requests: flush, then half-close and linger.
+    var closing = false
+    var lingering = false
+    var peerClosed = false
+    var closed = false
+    var inEvent = false
+    var interest = Events.readable
+
+    /// Monotonic second the current phase started (the head's first byte, or idleness).
+    var phaseStart: Int32
+    /// Monotonic second of the last byte read or written.
+    var lastIO: Int32
+
+    final class PartialRequest {
+        let head: HTTPRequestHead
+        var body: [UInt8] = []
+        init(head: HTTPRequestHead) { self.head = head }
+    }
+
+    init(fd: Int32, context: LoopContext, router: Router) {
+        self.fd = fd
+        self.ctx = context
+        self.router = router
+        self.parser = HTTPRequestParser(limits: context.config.http)
+        phaseStart = context.seconds
+        lastIO = context.seconds
+    }
+
+    // MARK: events
+
+    func handleEvent(_ events: UInt32) {
+        inEvent = true
+        defer { inEvent = false }
+        if events & Events.writable != 0 && out != nil {
+            drainOutput()
+            if canProcessPending { process(UnsafeRawBufferPointer(start: nil, count: 0)) }
+        }
+        if !closed && events & (Events.readable | Events.hangup | Events.error) != 0 { readable() }
+        if closed { return }
+        if ctx.corkOwner === self { ctx.flushCork() }
+        updateInterest()
+    }
+
+    /// Requests wait in `pendingIn` behind a held request or a blocked write; true when they
+    /// may go on.
+    var canProcessPending: Bool {
+        !closed && !awaiting && !closing && out == nil && pendingIn != nil
+    }
+
+    func readable() {
+        let buf = ctx.loop.readBuffer
+        for _ in 0..<4 {
+            guard !closed, !peerClosed else { return }
+            guard lingering || (!awaiting && out == nil && !closing) else { return }
+            let n: Int
+            do {
+                guard case .done(let r) = try Sys.read(fd, buf) else { return }
+                n = r
+            } catch {
+                if !lingering { Log.debug("fd \(fd): \(error)") }
+                close()
+                return
+            }
+            if n == 0 {
+                peerEOF()
+                return
+            }
+            ctx.counters.add(.bytesIn, n)
+            lastIO = ctx.seconds
+            if lingering { continue }
+            process(UnsafeRawBufferPointer(start: buf.baseAddress, count: n))
+            if n < buf.count { return }
+        }
+    }
+
+    func peerEOF() {
+        peerClosed = true
+        if !lingering && (awaiting || out != nil || ctx.corkOwner === self) {
+            // A response is still owed or being written: finish it, then close.
+            closing = true
+            return
+        }
+        close()
+    }
+
+    // MARK: parsing
+
+    /// Parses what has arrived, dispatching every complete request in order.
+    func process(_ fresh: UnsafeRawBufferPointer) {
+        if let p = pendingIn {
+            if fresh.count > 0 { p.append(fresh) }
+            let used = consume(p.readable)
+            if closed { return }
+            p.moveReader(by: used)
+            if p.isEmpty { pendingIn = nil }
+        } else {
+            let used = consume(fresh)
+            if closed { return }
+            if used < fresh.count {
+                let rest = UnsafeRawBufferPointer(rebasing: fresh[used...])
+                let p = ByteBuffer(capacity: max(rest.count, 512))
+                p.append(rest)
+                pendingIn = p
+            }
+        }
+    }
+
+    func consume(_ buf: UnsafeRawBufferPointer) -> Int {
+        var off = 0
+        var head: HTTPRequestHead? = nil
+        var body: [UInt8] = []
+        if let p = partial {
+            head = p.head
+            body = p.body
+            partial = nil
+        }
+        while !awaiting && !closing && !closed {
+            if parser.isIdle && off < buf.count { phaseStart = ctx.seconds }
+            switch parser.parse(UnsafeRawBufferPointer(rebasing: buf[off...])) {
+            case .needMore(let c):
+                off += c
+                if let h = head { let p = PartialRequest(head: h); p.body = body; partial = p }
+                return off
+            case .head(let h, let c):
+                off += c
+                if h.expectsContinue && off == buf.count {
+                    // RFC 9110 §10.1.1: the client waits for this before sending the body.
+                    ctx.cork(for: self)
+                    ctx.corkAppend(Self.continueLine)
+                    ctx.counters.add(.requests1xx)
+                }
+                head = h
+                if let cl = h.contentLength, cl > 0 { body.reserveCapacity(cl) }
+            case .body(let r, let c):
+                body.append(contentsOf: UnsafeRawBufferPointer(rebasing: buf[(off + r.lowerBound)..<(off + r.upperBound)]))
+                off += c
+            case .end(let c):
+                off += c
+                if let h = head {
+                    head = nil
+                    let b = body
+                    body = []
+                    dispatch(h, b)
+                }
+            case .error(let e):
+                refuse(e)
+                return buf.count
+            }
+        }
+        if let h = head { let p = PartialRequest(head: h); p.body = body; partial = p }
+        return off
+    }
+
+    static let continueLine: [UInt8] = Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
+
+    func dispatch(_ head: HTTPRequestHead, _ body: [UInt8]) {
+        serial &+= 1
+        awaiting = true
+        respondHead = head.method == .head
+        respondMinor = UInt8(head.minorVersion)
+        respondKeepAlive = head.keepAlive && !ctx.shuttingDown && !peerClosed
+        let responder = Responder(connection: self, serial: serial)
+        switch router.match(head.method, head.path) {
+        case .handler(let h, let params):
+            h(HTTPRequest(head: head, body: body, parameters: params), responder)
+        case .methodNotAllowed(let allowed):
+            var r = HTTPResponse.text(405, "Method Not Allowed\n")
+            r.headers.append(("Allow", allowed.map(\.description).joined(separator: ", ")))
+            respond(r, serial: serial)
+        case .notFound:
+            respond(.text(404, "Not Found\n"), serial: serial)
+        }
+    }
+
+    /// Answers a request the parser refused, then closes (RFC 9112 §11: after a framing error
+    /// the rest of the stream cannot be trusted).
+    func refuse(_ e: HTTPParseError) {
+        switch e.limitKind {
+        case "request_line": ctx.counters.add(.breachRequestLine)
+        case "headers": ctx.counters.add(.breachHeaders)
+        case "body": ctx.counters.add(.breachBody)
+        default: ctx.counters.add(.badRequests)
+        }
+        Log.info("fd \(fd): \(e.status) \(e.reason)")
+        serial &+= 1
+        awaiting = true
+        respondHead = false
+        respondMinor = 1
+        respondKeepAlive = false
+        pendingIn = nil
+        partial = nil
+        respond(.text(e.status, HTTPStatus.reason(e.status) + "\n"), serial: serial)
+    }
+
+    // MARK: responding
+
+    func respond(_ r: HTTPResponse, serial s: UInt32) {
+        guard s == serial, awaiting, !closed else { return }
+        awaiting = false
+        let keepAlive = respondKeepAlive && !r.close
+        if !keepAlive { closing = true }
+        ctx.cork(for: self)
+        encode(r, keepAlive: keepAlive)
+        ctx.counters.add(Counter.forStatus(r.status))
+        phaseStart = ctx.seconds
+        if !inEvent {
+            // A late answer (long-poll, timeout): write it now, then go on with the requests
+            // that were waiting behind it.
+            inEvent = true
+            defer { inEvent = false }
+            ctx.flushCork()
+            if canProcessPending { process(UnsafeRawBufferPointer(start: nil, count: 0)) }
+            if closed { return }
+            if ctx.corkOwner === self { ctx.flushCork() }
+            updateInterest()
+        }
+    }
+
+    func encode(_ r: HTTPResponse, keepAlive: Bool) {
+        let status = r.status
+        ctx.corkAppend(ServerTables.statusLines[min(max(status, 100), 599)])
+        ctx.corkAppend(ctx.dateLine)
+        if let e = r.encodedHeaders { ctx.corkAppend(e.buffer) }
+        for (n, v) in r.headers {
+            var line = n
+            line += ": "
+            line += v
+            line += "\r\n"
+            ctx.corkAppend(Array(line.utf8))
+        }
+        let noBody = status < 200 || status == 204 || status == 304
+        if !noBody {
+            ctx.corkAppend(ServerTables.contentLengthPrefix)
+            ctx.corkAppendDecimalLine(r.body.length)
+        }
+        if !keepAlive {
+            ctx.corkAppend(ServerTables.connectionClose)
+        } else if respondMinor == 0 {
+            ctx.corkAppend(ServerTables.connectionKeepAlive)
+        }
+        ctx.corkAppend(ServerTables.crlf)
+        if noBody || respondHead { return }
+        switch r.body {
+        case .empty: break
+        case .bytes(let b): ctx.corkAppend(b)
+        case .shared(let s): ctx.corkAppend(shared: s)
+        case .file(let f, let off, let n): ctx.corkAppend(file: f, offset: off, length: n)
+        }
+    }
+
+    // MARK: writing
+
+    func queue(_ chunk: OutputQueue.Chunk) {
+        if out == nil { out = OutputQueue() }
+        out!.append(chunk)
+    }
+
+    func drainOutput() {
+        guard let q = out, !closed else { return }
+        do {
+            let n = try q.drain(fd)
+            if n > 0 {
+                ctx.counters.add(.bytesOut, n)
+                lastIO = ctx.seconds
+            }
+        } catch {
+            Log.debug("fd \(fd): \(error)")
+            close()
+            return
+        }
+        if q.isEmpty {
+            out = nil
+            outputDrained()
+        }
+        if !inEvent { updateInterest() }
+    }
+
+    /// Everything written: close if that was the last response, else read on.
+    func outputDrained() {
+        if ctx.shuttingDown && !awaiting && parser.isIdle && pendingIn == nil { closing = true }
+        if closing && !awaiting {
+            if peerClosed { close(); return }
+            startLingering()
+        }
+    }
+
+    /// Half-close and read what the client still sends (a refused body) until it closes, so
+    /// that the kernel does not answer it with RST and destroy our last response.
+    func startLingering() {
+        guard !lingering else { return }
+        lingering = true
+        phaseStart = ctx.seconds
+        pendingIn = nil
+        Socket.shutdownWrite(fd)
+    }
+
+    func updateInterest() {
+        guard !closed else { return }
+        var want: UInt32 = 0
+        if out != nil { want |= Events.writable }
+        if !peerClosed && (lingering || (!awaiting && out == nil && !closing)) { want |= Events.readable }
+        if want != interest {
+            interest = want
+            ctx.loop.modify(fd, events: want)
+        }
+    }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        ctx.loop.unregister(fd)
+        Sys.close(fd)
+        out = nil
+        pendingIn = nil
+        partial = nil
+        ctx.closed(self)
+    }
+
+    // MARK: deadlines (the loop's once-a-second sweep)
+
+    func sweep(now: Int32) {
+        let cfg = ctx.config
+        if lingering {
+            if now - phaseStart >= 2 { close() }
+            return
+        }
+        if out != nil {
+            if now - lastIO >= Int32(cfg.sendTimeout) { Log.info("fd \(fd): send timeout"); close() }
+            return
+        }
+        if awaiting { return }
+        if ctx.shuttingDown && parser.isIdle && pendingIn == nil { close(); return }
+        if parser.isInBody {
+            if now - lastIO >= Int32(cfg.bodyTimeout) {
+                ctx.counters.add(.breachBodyTimeout)
+                timeout("body")
+            }
+        } else if !parser.isIdle || pendingIn != nil {
+            if now - phaseStart >= Int32(cfg.headerTimeout) {
+                ctx.counters.add(.breachHeaderTimeout)
+                timeout("header")
+            }
+        } else if now - phaseStart >= Int32(cfg.keepAliveTimeout) {
+            close()
+        }
+    }
+
+    func timeout(_ what: String) {
+        Log.info("fd \(fd): 408 \(what) timeout")
+        serial &+= 1
+        awaiting = true
+        respondHead = false
+        respondKeepAlive = false
+        pendingIn = nil
+        partial = nil
+        respond(.text(408, "Request Timeout\n"), serial: serial)
+    }
+
+    /// Graceful shutdown: an idle connection closes now; a busy one after its response.
+    func shutdownRequested() {
+        if lingering || (!awaiting && out == nil && parser.isIdle && pendingIn == nil) {
+            close()
+        } else {
+            respondKeepAlive = false
+        }
+    }
+}
+
+enum ServerTables {
+    static let statusLines: [[UInt8]] = (0..<600).map { HTTPStatus.statusLine($0) }
+    static let contentLengthPrefix = Array("Content-Length: ".utf8)
+    static let connectionClose = Array("Connection: close\r\n".utf8)
+    static let connectionKeepAlive = Array("Connection: keep-alive\r\n".utf8)
+    static let crlf: [UInt8] = [13, 10]
+}

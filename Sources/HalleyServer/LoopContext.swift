@@ -1,0 +1,244 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import HalleyCore
+import HalleyHTTP
+import HalleyLoop
+
+/// What one event loop owns on the HTTP side: its connections, its output cork, its file
+/// cache, its counters and the cached `Date` line. Touched by its loop's thread only.
+final class LoopContext {
+    let loop: EventLoop
+    unowned let server: Server
+    let counters: LoopCounters
+    let config: ServerConfig
+    let files: FileCache?
+    var listeners: [Listener] = []
+    /// Every open connection, for the once-a-second deadline sweep (no timer per connection).
+    var connections: [HTTPConnection] = []
+    var shuttingDown = false
+    /// Monotonic whole seconds, refreshed every loop turn.
+    var seconds: Int32 = 0
+    let startMillis: Int64
+
+    // The cork: responses produced while handling one connection's events are gathered here
+    // and written with one writev at the end (DESIGN: one write per socket per loop turn).
+    let cork = ByteBuffer(capacity: 64 * 1024)
+    var segments: [Segment] = []
+    var corkOwner: HTTPConnection?
+
+    enum Segment {
+        case cork(start: Int, end: Int)
+        case shared(SharedBytes, start: Int, end: Int)
+        case file(FileRef, offset: Int, end: Int)
+    }
+
+    /// "Date: ...\r\n", rebuilt when the wall-clock second changes.
+    private(set) var dateLine: [UInt8] = []
+    private var dateSecond = -1
+
+    /// Bodies up to this size are copied into the cork; larger ones are written in place.
+    static let copyThreshold = 16 * 1024
+
+    init(loop: EventLoop, server: Server, counters: LoopCounters) {
+        self.loop = loop
+        self.server = server
+        self.counters = counters
+        self.config = server.config
+        self.files = server.config.publicRoot.map { FileCache(root: $0, config: server.config) }
+        self.startMillis = loop.now
+        refreshDate()
+        loop.onTick { [unowned self] in self.tick() }
+        loop.onTurnEnd { [unowned self] in
+            self.seconds = Int32((self.loop.now - self.startMillis) / 1000)
+            self.flushCork()
+        }
+    }
+
+    func refreshDate() {
+        let now = Clock.wallSeconds()
+        if now != dateSecond {
+            dateSecond = now
+            dateLine = Array("Date: \(HTTPDate.format(now))\r\n".utf8)
+        }
+    }
+
+    // MARK: connections
+
+    func accept(_ fd: Int32, router: Router) {
+        Socket.setNoDelay(fd)
+        let c = HTTPConnection(fd: fd, context: self, router: router)
+        do {
+            try loop.register(fd, events: Events.readable, handler: c)
+        } catch {
+            Log.error("register connection: \(error)")
+            Sys.close(fd)
+            return
+        }
+        c.sweepIndex = connections.count
+        connections.append(c)
+        server.openConnections.add(1, ordering: .relaxed)
+        counters.add(.connectionsAccepted)
+    }
+
+    func closed(_ c: HTTPConnection) {
+        let i = c.sweepIndex
+        let last = connections.count - 1
+        if i != last {
+            connections[i] = connections[last]
+            connections[i].sweepIndex = i
+        }
+        connections.removeLast()
+        server.openConnections.subtract(1, ordering: .relaxed)
+        counters.add(.connectionsClosed)
+        if corkOwner === c { corkOwner = nil; cork.clear(); segments.removeAll(keepingCapacity: true) }
+        for l in listeners where l.paused { l.resume() }
+        if shuttingDown && connections.isEmpty { loop.stop() }
+    }
+
+    func canAccept() -> Bool {
+        if server.openConnections.load(ordering: .relaxed) < server.maxConnections { return true }
+        counters.add(.breachConnections)
+        Log.warning("connection limit \(server.maxConnections) reached: pausing accept on loop \(loop.index)")
+        return false
+    }
+
+    func tick() {
+        seconds = Int32((loop.now - startMillis) / 1000)
+        refreshDate()
+        // Iterate backwards: a sweep may close (and swap-remove) the connection it looks at.
+        var i = connections.count - 1
+        while i >= 0 {
+            if i < connections.count { connections[i].sweep(now: seconds) }
+            i -= 1
+        }
+        if !shuttingDown {
+            for l in listeners where l.paused && server.openConnections.load(ordering: .relaxed) < server.maxConnections { l.resume() }
+        }
+    }
+
+    // MARK: graceful shutdown
+
+    func beginShutdown() {
+        shuttingDown = true
+        for l in listeners { l.close() }
+        var i = connections.count - 1
+        while i >= 0 {
+            if i < connections.count { connections[i].shutdownRequested() }
+            i -= 1
+        }
+        if connections.isEmpty { loop.stop() }
+    }
+
+    func forceClose() {
+        while let c = connections.last { c.close() }
+        loop.stop()
+    }
+
+    // MARK: the cork
+
+    /// Makes `c` the cork's owner, flushing another owner's bytes first so that every
+    /// connection's bytes stay in order.
+    @inline(__always) func cork(for c: HTTPConnection) {
+        if corkOwner !== c {
+            flushCork()
+            corkOwner = c
+        }
+    }
+
+    func corkAppend(_ bytes: UnsafeRawBufferPointer) {
+        let start = cork.writerIndex
+        cork.append(bytes)
+        noteCork(from: start)
+    }
+
+    /// Appends `value` in decimal and CRLF (a Content-Length value) without allocating.
+    func corkAppendDecimalLine(_ value: Int) {
+        let start = cork.writerIndex
+        cork.append(decimal: value)
+        cork.append("\r\n")
+        noteCork(from: start)
+    }
+
+    private func noteCork(from start: Int) {
+        if case .cork(let s, let e)? = segments.last, e == start {
+            segments[segments.count - 1] = .cork(start: s, end: cork.writerIndex)
+        } else {
+            segments.append(.cork(start: start, end: cork.writerIndex))
+        }
+    }
+
+    func corkAppend(_ bytes: [UInt8]) { bytes.withUnsafeBytes { corkAppend($0) } }
+
+    func corkAppend(shared s: SharedBytes) {
+        if s.count <= Self.copyThreshold { corkAppend(s.buffer); return }
+        segments.append(.shared(s, start: 0, end: s.count))
+    }
+
+    func corkAppend(file f: FileRef, offset: Int, length: Int) {
+        segments.append(.file(f, offset: offset, end: offset + length))
+    }
+
+    /// Writes the cork to its owner: one writev in the common case; what the socket does not
+    /// take goes to the connection's own output queue.
+    func flushCork() {
+        guard let c = corkOwner else { return }
+        corkOwner = nil
+        defer {
+            cork.clear()
+            segments.removeAll(keepingCapacity: true)
+        }
+        guard !segments.isEmpty, !c.closed else { return }
+        var written = 0
+        if c.out == nil {
+            // Fast path: everything up to the first file in one writev.
+            var iov = (iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec())
+            let n = withUnsafeMutableBytes(of: &iov) { raw -> Int in
+                let v = raw.bindMemory(to: iovec.self)
+                var n = 0
+                for s in segments {
+                    guard n < 8 else { break }
+                    switch s {
+                    case .cork(let a, let b): v[n] = iovec(iov_base: cork.base + a, iov_len: b - a)
+                    case .shared(let sh, let a, let b): v[n] = iovec(iov_base: UnsafeMutableRawPointer(mutating: sh.base + a), iov_len: b - a)
+                    case .file: return n
+                    }
+                    n += 1
+                }
+                return n
+            }
+            if n > 0 {
+                do {
+                    let r = try withUnsafeBytes(of: &iov) { raw throws(IOError) in
+                        try Sys.writev(c.fd, raw.bindMemory(to: iovec.self).baseAddress!, n)
+                    }
+                    if case .done(let w) = r { written = w }
+                } catch {
+                    c.close()
+                    return
+                }
+                counters.add(.bytesOut, written)
+                if written > 0 { c.lastIO = seconds }
+            }
+        }
+        // Whatever is left goes to the connection's queue.
+        var skip = written
+        for s in segments {
+            switch s {
+            case .cork(let a, let b):
+                if skip >= b - a { skip -= b - a; continue }
+                let buf = ByteBuffer(capacity: b - a - skip)
+                buf.append(UnsafeRawBufferPointer(start: cork.base + a + skip, count: b - a - skip))
+                skip = 0
+                c.queue(.bytes(buf))
+            case .shared(let sh, let a, let b):
+                if skip >= b - a { skip -= b - a; continue }
+                c.queue(.shared(sh, start: a + skip, end: b))
+                skip = 0
+            case .file(let f, let o, let e):
+                c.queue(.file(f, offset: o, end: e))
+            }
+        }
+        if c.out != nil { c.drainOutput() } else { c.outputDrained() }
+    }
+}

@@ -1,0 +1,108 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import HalleyCore
+import HalleyHTTP
+import HalleyLoop
+import Synchronization
+
+/// The HTTP server core: one event loop per thread, each with its own `SO_REUSEPORT`
+/// listener, so the kernel spreads connections over the loops and a connection never leaves
+/// the loop that accepted it.
+///
+/// `@unchecked Sendable`: configuration, router and loops are fixed once `start` returns;
+/// `openConnections` is atomic; everything else lives in the loops' `LoopContext`s.
+public final class Server: @unchecked Sendable {
+    public let config: ServerConfig
+    public let router: Router
+    public let metrics = Metrics()
+    let metricsRouter = Router()
+    let openConnections = Atomic<Int>(0)
+    public private(set) var maxConnections = 0
+    public private(set) var loops: [EventLoop] = []
+    var contexts: [LoopContext] = []
+    var threads: [pthread_t] = []
+    /// The port the main listeners are bound to (the real one when configured as 0).
+    public private(set) var port = 0
+    public private(set) var metricsPort: Int?
+
+    public init(config: ServerConfig, router: Router = Router()) {
+        self.config = config
+        self.router = router
+        if config.publicRoot != nil && router.fallback == nil { router.fallback = StaticFiles.handler }
+    }
+
+    /// Binds every listener and starts the loop threads. Errors (a port in use) are thrown
+    /// before any thread starts.
+    public func start() throws(IOError) {
+        let fileLimit = Socket.raiseFileLimit()
+        maxConnections = config.maxConnections > 0 ? config.maxConnections : max(16, fileLimit - 100)
+        let threadCount = config.threads > 0 ? config.threads : Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        let metrics = self.metrics
+        metricsRouter.add([.get], "/metrics") { _, responder in
+            responder.respond(HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
+                                           body: .bytes(Array(metrics.render().utf8))))
+        }
+
+        var fds: [Int32] = []
+        let first = try Socket.listen(host: config.host, port: config.port, reusePort: true)
+        fds.append(first)
+        port = Socket.localPort(first)
+        for _ in 1..<max(1, threadCount) {
+            fds.append(try Socket.listen(host: config.host, port: port, reusePort: true))
+        }
+        var metricsFd: Int32? = nil
+        if let mp = config.metricsPort {
+            let fd = try Socket.listen(host: config.metricsHost, port: mp, reusePort: false)
+            metricsFd = fd
+            metricsPort = Socket.localPort(fd)
+        }
+
+        for i in 0..<fds.count {
+            let loop = try EventLoop(index: i, maxDescriptors: fileLimit + 16)
+            let counters = LoopCounters()
+            metrics.loops.append(counters)
+            let ctx = LoopContext(loop: loop, server: self, counters: counters)
+            ctx.listeners.append(try Listener(fd: fds[i], loop: loop, canAccept: { [unowned ctx] in ctx.canAccept() },
+                                              onAccept: { [unowned ctx] fd in ctx.accept(fd, router: self.router) }))
+            if i == 0, let mfd = metricsFd {
+                let mr = metricsRouter
+                ctx.listeners.append(try Listener(fd: mfd, loop: loop, canAccept: { [unowned ctx] in ctx.canAccept() },
+                                                  onAccept: { [unowned ctx] fd in ctx.accept(fd, router: mr) }))
+            }
+            loops.append(loop)
+            contexts.append(ctx)
+        }
+        for loop in loops { threads.append(loop.startThread()) }
+    }
+
+    /// Graceful shutdown: every loop closes its listeners and idle connections at once,
+    /// finishes the responses in flight, and stops when its last connection closes or
+    /// `shutdownGrace` seconds pass. Safe from any thread; `wait` returns when all are done.
+    public func shutdown() {
+        let grace = Int64(config.shutdownGrace) * 1000
+        for (loop, ctx) in zip(loops, contexts) {
+            let box = UncheckedBox(ctx)
+            loop.execute {
+                let ctx = box.value
+                ctx.beginShutdown()
+                ctx.loop.schedule(afterMillis: grace) { ctx.forceClose() }
+            }
+        }
+    }
+
+    /// Blocks until every loop thread has ended.
+    public func wait() {
+        for t in threads { pthread_join(t, nil) }
+        threads.removeAll()
+    }
+
+    /// Open client connections across all loops.
+    public var connectionCount: Int { openConnections.load(ordering: .relaxed) }
+}
+
+/// Carries a loop-confined object to its own loop through `execute`.
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ v: T) { value = v }
+}

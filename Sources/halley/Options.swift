@@ -1,0 +1,112 @@
+import HalleyCore
+import HalleyServer
+
+/// Command-line flags and `HALLEY_*` environment variables. A flag wins over the variable of
+/// the same name (`--max-body-bytes` ⇔ `HALLEY_MAX_BODY_BYTES`).
+struct Options {
+    struct Spec: Sendable {
+        let flag: String
+        let value: String  // placeholder for --help; "" for a switch
+        let help: String
+        let apply: @Sendable (inout ServerConfig, inout Options, String) throws(OptionError) -> Void
+    }
+
+    struct OptionError: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    var logLevel = LogLevel.info
+    var showHelp = false
+
+    static func int(_ flag: String, _ s: String, min: Int = 0) throws(OptionError) -> Int {
+        guard let v = Int(s), v >= min else { throw OptionError(description: "\(flag): expected a whole number ≥ \(min), got '\(s)'") }
+        return v
+    }
+
+    static let specs: [Spec] = [
+        Spec(flag: "host", value: "ADDR", help: "address to listen on (default 127.0.0.1; 0.0.0.0 for all)") { c, _, v in c.host = v },
+        Spec(flag: "port", value: "N", help: "port to listen on (default 8080; 0 picks a free one)") { c, _, v throws(OptionError) in c.port = try int("--port", v) },
+        Spec(flag: "public", value: "DIR", help: "static files root (default ./public)") { c, _, v in c.publicRoot = v },
+        Spec(flag: "threads", value: "N", help: "event loops, one thread each (default: number of cores)") { c, _, v throws(OptionError) in c.threads = try int("--threads", v, min: 1) },
+        Spec(flag: "log-level", value: "LEVEL", help: "debug, info, warning or error (default info)") { _, o, v throws(OptionError) in
+            guard let l = LogLevel(name: v) else { throw OptionError(description: "--log-level: expected debug, info, warning or error, got '\(v)'") }
+            o.logLevel = l
+        },
+        Spec(flag: "metrics-port", value: "N", help: "serve GET /metrics (Prometheus) on this port (default off)") { c, _, v throws(OptionError) in c.metricsPort = try int("--metrics-port", v) },
+        Spec(flag: "max-connections", value: "N", help: "most open connections (default: open-file limit - 100)") { c, _, v throws(OptionError) in c.maxConnections = try int("--max-connections", v, min: 1) },
+        Spec(flag: "max-request-line", value: "BYTES", help: "longest request line, else 414 (default 8192)") { c, _, v throws(OptionError) in c.http.maxRequestLineBytes = try int("--max-request-line", v, min: 16) },
+        Spec(flag: "max-header-bytes", value: "BYTES", help: "longest request head, else 431 (default 16384)") { c, _, v throws(OptionError) in c.http.maxHeaderBytes = try int("--max-header-bytes", v, min: 64) },
+        Spec(flag: "max-headers", value: "N", help: "most header fields, else 431 (default 100)") { c, _, v throws(OptionError) in c.http.maxHeaderCount = try int("--max-headers", v, min: 1) },
+        Spec(flag: "max-body-bytes", value: "BYTES", help: "largest request body, else 413 (default 1048576)") { c, _, v throws(OptionError) in c.http.maxBodyBytes = try int("--max-body-bytes", v) },
+        Spec(flag: "header-timeout", value: "SECONDS", help: "from a request's first byte to its full head, else 408 (default 10)") { c, _, v throws(OptionError) in c.headerTimeout = try int("--header-timeout", v, min: 1) },
+        Spec(flag: "body-timeout", value: "SECONDS", help: "a request body may stall this long, else 408 (default 30)") { c, _, v throws(OptionError) in c.bodyTimeout = try int("--body-timeout", v, min: 1) },
+        Spec(flag: "keepalive-timeout", value: "SECONDS", help: "idle keep-alive connections are closed after (default 60)") { c, _, v throws(OptionError) in c.keepAliveTimeout = try int("--keepalive-timeout", v, min: 1) },
+        Spec(flag: "send-timeout", value: "SECONDS", help: "a blocked write may make no progress this long (default 60)") { c, _, v throws(OptionError) in c.sendTimeout = try int("--send-timeout", v, min: 1) },
+        Spec(flag: "shutdown-grace", value: "SECONDS", help: "on SIGINT/SIGTERM, wait this long for responses in flight (default 10)") { c, _, v throws(OptionError) in c.shutdownGrace = try int("--shutdown-grace", v) },
+        Spec(flag: "static-cache-control", value: "VALUE", help: "Cache-Control of static files (default no-cache)") { c, _, v in c.staticCacheControl = v },
+        Spec(flag: "help", value: "", help: "print this help") { _, o, _ in o.showHelp = true },
+    ]
+
+    static func envName(_ flag: String) -> String {
+        "HALLEY_" + flag.uppercased().replacingHyphens()
+    }
+
+    /// Environment first, then flags over it.
+    static func parse(_ args: [String], env: [String: String]) throws(OptionError) -> (ServerConfig, Options) {
+        var config = ServerConfig()
+        var options = Options()
+        for spec in specs where !spec.value.isEmpty {
+            if let v = env[envName(spec.flag)] { try spec.apply(&config, &options, v) }
+        }
+        var i = 0
+        while i < args.count {
+            let a = args[i]
+            guard a.hasPrefix("--") else { throw OptionError(description: "unexpected argument '\(a)' (see --help)") }
+            var name = String(a.dropFirst(2))
+            var value: String? = nil
+            if let eq = name.firstIndex(of: "=") {
+                value = String(name[name.index(after: eq)...])
+                name = String(name[..<eq])
+            }
+            guard let spec = specs.first(where: { $0.flag == name }) else {
+                throw OptionError(description: "unknown option --\(name) (see --help)")
+            }
+            if spec.value.isEmpty {
+                try spec.apply(&config, &options, "")
+            } else {
+                if value == nil {
+                    i += 1
+                    guard i < args.count else { throw OptionError(description: "--\(name) needs a value") }
+                    value = args[i]
+                }
+                try spec.apply(&config, &options, value!)
+            }
+            i += 1
+        }
+        return (config, options)
+    }
+
+    static var help: String {
+        var s = """
+        halley — a realtime messaging hub
+
+        Usage: halley [options]
+
+        Every option can also be set by an environment variable: --max-body-bytes is
+        HALLEY_MAX_BODY_BYTES. Flags win over variables.
+
+        Options:
+
+        """
+        for spec in specs {
+            let left = spec.value.isEmpty ? "--\(spec.flag)" : "--\(spec.flag) \(spec.value)"
+            let pad = String(repeating: " ", count: max(1, 30 - left.count))
+            s += "  \(left)\(pad)\(spec.help)\n"
+        }
+        return s
+    }
+}
+
+extension String {
+    func replacingHyphens() -> String { String(map { $0 == "-" ? "_" : $0 }) }
+}

@@ -1,0 +1,73 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CHalleyLinux
+import HalleyCore
+import HalleyLoop
+import HalleyServer
+
+// Signals: blocked in every thread (the loops inherit the mask) and taken by this one with
+// sigwait, so no handler ever runs on a loop.
+halley_ignore_sigpipe()
+_ = halley_block_signals()
+
+var env: [String: String] = [:]
+var e = environ
+while let p = e.pointee {
+    let kv = String(cString: p)
+    if let eq = kv.firstIndex(of: "=") { env[String(kv[..<eq])] = String(kv[kv.index(after: eq)...]) }
+    e += 1
+}
+
+let config: ServerConfig
+let options: Options
+do {
+    (config, options) = try Options.parse(Array(CommandLine.arguments.dropFirst()), env: env)
+} catch {
+    Log.error("\(error)")
+    exit(2)
+}
+if options.showHelp {
+    print(Options.help, terminator: "")
+    exit(0)
+}
+Log.level = options.logLevel
+
+var cfg = config
+if let root = cfg.publicRoot {
+    var st = stat()
+    if stat(root, &st) != 0 || (st.st_mode & S_IFMT) != S_IFDIR {
+        Log.warning("public root '\(root)' is not a directory: static files are off")
+        cfg.publicRoot = nil
+    }
+}
+
+let server = Server(config: cfg)
+do {
+    try server.start()
+} catch {
+    Log.error("start failed: \(error)")
+    exit(1)
+}
+let loopsText = server.loops.count == 1 ? "1 loop" : "\(server.loops.count) loops"
+var startLine = "halley listening on http://\(cfg.host):\(server.port) (\(loopsText), max \(server.maxConnections) connections"
+if let root = cfg.publicRoot { startLine += ", public root \(root)" }
+if let mp = server.metricsPort { startLine += ", metrics on http://\(cfg.metricsHost):\(mp)/metrics" }
+Log.info(startLine + ")")
+
+while true {
+    let sig = halley_wait_signal()
+    if sig == SIGHUP {
+        Log.info("SIGHUP: nothing to reload yet")
+        continue
+    }
+    if sig == SIGINT || sig == SIGTERM {
+        Log.info("\(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping (grace \(cfg.shutdownGrace) s, \(server.connectionCount) connections open)")
+        break
+    }
+}
+server.shutdown()
+startSecondSignalWatcher()
+server.wait()
+Log.info("halley stopped")
+exit(0)
