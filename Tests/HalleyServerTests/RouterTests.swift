@@ -1,0 +1,77 @@
+import Testing
+import HalleyHTTP
+@testable import HalleyServer
+
+@Suite struct RouterTests {
+    func router() -> Router {
+        let r = Router()
+        r.add([.get], "/exact") { _, _ in }
+        r.add([.post], "/apps/{id}/events") { _, _ in }
+        r.add([.get], "/app/{key}") { _, _ in }
+        return r
+    }
+
+    @Test func exactPath() {
+        guard case .handler(_, let p) = router().match(.get, "/exact") else { Issue.record("no match"); return }
+        #expect(p.isEmpty)
+    }
+
+    @Test func headFollowsGet() {
+        guard case .handler = router().match(.head, "/exact") else { Issue.record("HEAD should match a GET route"); return }
+    }
+
+    @Test func parametersAreDecoded() {
+        guard case .handler(_, let p) = router().match(.post, "/apps/42/events") else { Issue.record("no match"); return }
+        #expect(p == ["id": "42"])
+        guard case .handler(_, let q) = router().match(.get, "/app/my%20key") else { Issue.record("no match"); return }
+        #expect(q == ["key": "my key"])
+    }
+
+    @Test func wrongMethodListsAllowed() {
+        guard case .methodNotAllowed(let allowed) = router().match(.delete, "/exact") else { Issue.record("expected 405"); return }
+        #expect(allowed.contains(.get) && allowed.contains(.head))
+    }
+
+    @Test func unknownPathWithoutFallback() {
+        guard case .notFound = router().match(.get, "/nope") else { Issue.record("expected not found"); return }
+        guard case .notFound = router().match(.get, "/app/a/b") else { Issue.record("segment count must match"); return }
+    }
+}
+
+@Suite struct StaticPathTests {
+    func decode(_ s: String) -> String?? {
+        switch StaticFiles.decodePath(Substring(s)) {
+        case .success(let p): return .some(p)
+        case .failure: return .none
+        }
+    }
+
+    @Test func plainPaths() {
+        #expect(decode("/") == .some("/"))
+        #expect(decode("/a/b.html") == .some("/a/b.html"))
+        #expect(decode("//a///b") == .some("/a/b"))
+        #expect(decode("/dir/") == .some("/dir/"))
+        #expect(decode("/caf%C3%A9.txt") == .some("/café.txt"))
+    }
+
+    @Test func escapesAreRefused() {
+        for bad in ["/..", "/../etc/passwd", "/a/../../b", "/%2e%2e/x", "/%2E%2E/x", "/.%2e/x", "/a%2fb", "/a%2Fb",
+                    "/a%5cb", "/a%00b", "/a\\b", "/%zz", "/%c3", "/./a"] {
+            #expect(decode(bad) == nil, "\(bad) must be refused")
+        }
+    }
+
+    @Test func dotfilesAreNotServed() {
+        #expect(decode("/.git/config") == .some(nil))
+        #expect(decode("/a/.env") == .some(nil))
+    }
+}
+
+@Suite struct ContentTypeTests {
+    @Test func byExtension() {
+        #expect(ContentTypes.forPath("/a/b.HTML") == "text/html; charset=utf-8")
+        #expect(ContentTypes.forPath("/halley.js") == "text/javascript; charset=utf-8")
+        #expect(ContentTypes.forPath("/x.tar.gz") == "application/octet-stream")
+        #expect(ContentTypes.forPath("/dir.d/file") == "application/octet-stream")
+    }
+}
