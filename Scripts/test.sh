@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need on a fresh Debian machine, builds, and runs
+# every test: Swift unit tests, integration tests against the real binary over real sockets
+# (Python, pytest + h11), and the fuzzers for a bounded time.
+#   FUZZ_SECONDS  seconds per fuzz target (default 60; 0 skips fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$(pwd)"
+start=$(date +%s)
+
+step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
+
+# --- system packages, only when missing ---------------------------------------------------
+need=()
+for pkg in zlib1g-dev libssl-dev pkg-config; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    step "apt-get install ${need[*]}"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+# --- Python tools in a venv ------------------------------------------------------------------
+step "python venv"
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r Tests/integration/requirements.txt
+
+# --- build and unit tests --------------------------------------------------------------------
+step "swift build"
+swift build 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
+test -x .build/debug/halley || { echo "build failed"; exit 1; }
+
+step "swift test (unit)"
+mkdir -p .test-out
+if ! swift test > .test-out/swift-test.log 2>&1; then
+    grep -E '✘|error:|failed|Fatal' .test-out/swift-test.log | head -n 60
+    echo "swift test failed (full log: .test-out/swift-test.log)"
+    exit 1
+fi
+grep -E '^(✔|✘) Test run with|Executed [0-9]+ tests' .test-out/swift-test.log || true
+unit=$(grep -oE 'Test run with [0-9]+ tests' .test-out/swift-test.log | grep -oE '[0-9]+' | tail -n 1)
+
+# --- integration tests -----------------------------------------------------------------------
+step "integration tests (pytest, real binary on 127.0.0.1:0)"
+HALLEY_BIN="$root/.build/debug/halley" .venv/bin/python -m pytest -q -p no:cacheprovider Tests/integration \
+    2>&1 | tee .test-out/pytest.log
+[ "${PIPESTATUS[0]}" = 0 ] || { echo "integration tests failed"; exit 1; }
+integration=$(grep -oE '[0-9]+ passed' .test-out/pytest.log | tail -n 1 | grep -oE '[0-9]+')
+
+# --- fuzzing ---------------------------------------------------------------------------------
+if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
+    step "fuzz"
+    Scripts/fuzz/run.sh
+fi
+
+step "done"
+echo "tests: $(( ${unit:-0} + ${integration:-0} )) passed, 0 failed"
