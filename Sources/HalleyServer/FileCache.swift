@@ -31,6 +31,9 @@ final class FileCache {
     let root: String
     let config: ServerConfig
     private var entries: [String: Entry] = [:]
+    /// Entries by the request's path as sent (still percent-encoded), so that a hit skips
+    /// decoding and checking the path: one hash lookup per request.
+    private var byRawPath: [Substring: Entry] = [:]
     private var cachedBytes = 0
     static let maxEntries = 4096
     static let maxCachedBytes = 64 * 1024 * 1024
@@ -44,6 +47,16 @@ final class FileCache {
         guard let r = realpath(p, nil) else { return nil }
         defer { free(r) }
         return String(cString: r)
+    }
+
+    func recent(rawPath: Substring, now: Int64) -> Entry? {
+        guard let e = byRawPath[rawPath], now - e.checkedAt < 1000 else { return nil }
+        return e
+    }
+
+    func remember(rawPath: Substring, _ e: Entry) {
+        if byRawPath.count >= Self.maxEntries { byRawPath.removeAll() }
+        byRawPath[rawPath] = e
     }
 
     /// `relative` is the decoded path below the root, starting with "/" and holding no "."

@@ -96,10 +96,19 @@ final class LoopContext {
         if shuttingDown && connections.isEmpty { loop.stop() }
     }
 
+    /// Logged once each time the limit is reached, not once per paused accept.
+    var atLimitLogged = false
+
     func canAccept() -> Bool {
-        if server.openConnections.load(ordering: .relaxed) < server.maxConnections { return true }
+        if server.openConnections.load(ordering: .relaxed) < server.maxConnections {
+            atLimitLogged = false
+            return true
+        }
         counters.add(.breachConnections)
-        Log.warning("connection limit \(server.maxConnections) reached: pausing accept on loop \(loop.index)")
+        if !atLimitLogged {
+            atLimitLogged = true
+            Log.warning("connection limit \(server.maxConnections) reached: accept paused on loop \(loop.index)")
+        }
         return false
     }
 

@@ -15,6 +15,10 @@ enum StaticFiles {
         guard request.method == .get || request.method == .head else {
             return .text(405, "Method Not Allowed\n", headers: [("Allow", "GET, HEAD")])
         }
+        let now = ctx.loop.now
+        if let entry = files.recent(rawPath: request.path, now: now) {
+            return respond(request, entry, files)
+        }
         let relative: String
         switch decodePath(request.path) {
         case .failure(let why):
@@ -25,17 +29,21 @@ enum StaticFiles {
         case .success(let p?):
             relative = p
         }
-        var lookup = files.lookup(relative, now: ctx.loop.now)
+        var lookup = files.lookup(relative, now: now)
         if case .directory = lookup {
             guard relative.hasSuffix("/") else {
                 var location = String(request.path) + "/"
                 if let q = request.head.query { location += "?" + q }
                 return HTTPResponse(status: 301, headers: [("Location", location)])
             }
-            lookup = files.lookup(relative + "index.html", now: ctx.loop.now)
+            lookup = files.lookup(relative + "index.html", now: now)
         }
         guard case .file(let entry) = lookup else { return .text(404, "Not Found\n") }
+        files.remember(rawPath: request.path, entry)
+        return respond(request, entry, files)
+    }
 
+    static func respond(_ request: HTTPRequest, _ entry: FileCache.Entry, _ files: FileCache) -> HTTPResponse {
         if notModified(request.head.headers, entry) {
             var r = HTTPResponse(status: 304)
             r.encodedHeaders = entry.headers
