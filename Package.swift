@@ -19,12 +19,16 @@ let package = Package(
 
         // core: byte buffers, clock, limits. Imports Glibc only.
         .target(name: "HalleyCore"),
+        // SHA-1, MD5, HMAC-SHA256 from OpenSSL.
+        .target(name: "HalleyCrypto", dependencies: ["COpenSSL"]),
         // HTTP/1.1 parser and encoder: no sockets.
         .target(name: "HalleyHTTP", dependencies: ["HalleyCore"]),
+        // WebSocket handshake, frames, permessage-deflate: no sockets.
+        .target(name: "HalleyWebSocket", dependencies: ["HalleyCore", "HalleyCrypto", "CZlib"]),
         // epoll event loops, sockets, listeners, timers.
         .target(name: "HalleyLoop", dependencies: ["HalleyCore", "CHalleyLinux"]),
         // HTTP server: connections, router, static files, metrics.
-        .target(name: "HalleyServer", dependencies: ["HalleyCore", "HalleyHTTP", "HalleyLoop"]),
+        .target(name: "HalleyServer", dependencies: ["HalleyCore", "HalleyHTTP", "HalleyWebSocket", "HalleyLoop"]),
         // The executable: configuration, wiring, signals, logs.
         .executableTarget(name: "halley", dependencies: ["HalleyServer"]),
         // libFuzzer entry for the request parser (built with --sanitize=fuzzer).
@@ -32,5 +36,6 @@ let package = Package(
 
         .testTarget(name: "HalleyHTTPTests", dependencies: ["HalleyHTTP"]),
         .testTarget(name: "HalleyServerTests", dependencies: ["HalleyServer"]),
+        .testTarget(name: "HalleyWebSocketTests", dependencies: ["HalleyWebSocket", "HalleyCrypto"]),
     ]
 )

@@ -90,6 +90,11 @@ public final class EventLoop: @unchecked Sendable {
         _ = halley_epoll_ctl(epfd, EPOLL_CTL_MOD, fd, events, UInt64(fd))
     }
 
+    /// Hands `fd`'s events to another handler (a connection upgraded to another protocol).
+    public func replaceHandler(_ fd: Int32, with handler: EventHandler) {
+        handlers[Int(fd)] = handler
+    }
+
     /// Forgets `fd`; call before closing it.
     public func unregister(_ fd: Int32) {
         _ = halley_epoll_ctl(epfd, EPOLL_CTL_DEL, fd, 0, 0)

@@ -4,6 +4,7 @@ import Glibc
 import HalleyCore
 import HalleyHTTP
 import HalleyLoop
+import HalleyWebSocket
 
 /// Hands a handler's response back to the connection that asked, now or later (long-polls
 /// answer later). A response for a request the connection has moved past is ignored.
@@ -12,6 +13,12 @@ public struct Responder {
     let serial: UInt32
 
     public func respond(_ response: HTTPResponse) { connection.respond(response, serial: serial) }
+
+    /// Upgrades to WebSocket when the handshake is valid; answers the refusal otherwise.
+    public func upgrade(_ request: HTTPRequest, endpoint: WebSocketHandshake.Endpoint,
+                        _ makeDelegate: (HTTPRequest) -> WebSocketDelegate?) {
+        connection.upgrade(request, serial: serial, endpoint: endpoint, makeDelegate)
+    }
 
     /// The loop the connection lives on: a late response must be given on it.
     public var loop: EventLoop { connection.ctx.loop }
@@ -22,19 +29,14 @@ public struct Responder {
 /// Requests are answered strictly in order (pipelining): while a handler holds a request,
 /// later requests stay unparsed in `pendingIn` and the socket is not read, which also bounds
 /// what a client can make the hub buffer. Idle, the connection holds no buffer at all.
-final class HTTPConnection: EventHandler {
-    let fd: Int32
-    unowned let ctx: LoopContext
+final class HTTPConnection: Connection {
     /// The routes of the listener that accepted it (the main port, or the metrics port).
     unowned(unsafe) let router: Router
     var parser: HTTPRequestParser
     /// Bytes received but not yet parsed (a partial head, or requests behind a held one).
     var pendingIn: ByteBuffer?
-    /// Bytes the socket did not take yet.
-    var out: OutputQueue?
     /// A request whose body is still arriving.
     var partial: PartialRequest?
-    var sweepIndex = 0
 
     // Per-request facts for the response (set by dispatch).
     var serial: UInt32 = 0
@@ -47,15 +49,11 @@ final class HTTPConnection: EventHandler {
     var closing = false
     var lingering = false
     var peerClosed = false
-    var closed = false
-    var inEvent = false
-    var interest = Events.readable
+    /// Set when a handler upgraded the connection (WebSocket): the new handler takes over.
+    var upgradedTo: Connection?
 
     /// Monotonic second the current phase started (the head's first byte, or idleness).
     var phaseStart: Int32
-    /// Monotonic second of the last byte read or written.
-    var lastIO: Int32
-
     final class PartialRequest {
         let head: HTTPRequestHead
         var body: [UInt8] = []
@@ -63,17 +61,15 @@ final class HTTPConnection: EventHandler {
     }
 
     init(fd: Int32, context: LoopContext, router: Router) {
-        self.fd = fd
-        self.ctx = context
         self.router = router
         self.parser = HTTPRequestParser(limits: context.config.http)
         phaseStart = context.seconds
-        lastIO = context.seconds
+        super.init(fd: fd, context: context)
     }
 
     // MARK: events
 
-    func handleEvent(_ events: UInt32) {
+    public override func handleEvent(_ events: UInt32) {
         inEvent = true
         defer { inEvent = false }
         if events & Events.writable != 0 && out != nil {
@@ -81,6 +77,7 @@ final class HTTPConnection: EventHandler {
             if canProcessPending { process(UnsafeRawBufferPointer(start: nil, count: 0)) }
         }
         if !closed && events & (Events.readable | Events.hangup | Events.error) != 0 { readable() }
+        if let next = upgradedTo { finishUpgrade(next); return }
         if closed { return }
         if ctx.corkOwner === self { ctx.flushCork() }
         updateInterest()
@@ -95,7 +92,7 @@ final class HTTPConnection: EventHandler {
     func readable() {
         let buf = ctx.loop.readBuffer
         for _ in 0..<4 {
-            guard !closed, !peerClosed else { return }
+            guard !closed, !peerClosed, upgradedTo == nil else { return }
             guard lingering || (!awaiting && out == nil && !closing) else { return }
             let n: Int
             do {
@@ -159,7 +156,7 @@ final class HTTPConnection: EventHandler {
             body = p.body
             partial = nil
         }
-        while !awaiting && !closing && !closed {
+        while !awaiting && !closing && !closed && upgradedTo == nil {
             if parser.isIdle && off < buf.count { phaseStart = ctx.seconds }
             switch parser.parse(UnsafeRawBufferPointer(rebasing: buf[off...])) {
             case .needMore(let c):
@@ -237,6 +234,58 @@ final class HTTPConnection: EventHandler {
         respond(.text(e.status, HTTPStatus.reason(e.status) + "\n"), serial: serial)
     }
 
+    // MARK: upgrading
+
+    func upgrade(_ request: HTTPRequest, serial s: UInt32, endpoint: WebSocketHandshake.Endpoint,
+                 _ makeDelegate: (HTTPRequest) -> WebSocketDelegate?) {
+        guard s == serial, awaiting, !closed else { return }
+        var ep = endpoint
+        ep.compression = ep.compression && ctx.config.webSocket.compression
+        let head = request.head
+        switch WebSocketHandshake.evaluate(isGet: head.method == .get, minorVersion: head.minorVersion,
+                                           values: { head.headers.values($0) }, endpoint: ep) {
+        case .refuse(let status, let headers, let reason):
+            Log.info("fd \(fd): websocket handshake refused: \(status) \(reason)")
+            respond(.text(status, reason + "\n", headers: headers), serial: s)
+        case .accept(let headers, let deflate, let subprotocol):
+            guard let delegate = makeDelegate(request) else {
+                respond(.text(404, "Not Found\n"), serial: s)
+                return
+            }
+            awaiting = false
+            ctx.cork(for: self)
+            ctx.corkAppend(ServerTables.statusLines[101])
+            for (n, v) in headers { ctx.corkAppend(Array("\(n): \(v)\r\n".utf8)) }
+            ctx.corkAppend(ServerTables.crlf)
+            ctx.counters.add(.requests1xx)
+            ctx.counters.add(.wsUpgrades)
+            upgradedTo = WebSocketConnection(upgrading: self, delegate: delegate, deflate: deflate, subprotocol: subprotocol)
+        }
+    }
+
+    /// Hands the socket to the WebSocket: the 101 goes out first, then any frames that came
+    /// with the request are read by the new owner.
+    func finishUpgrade(_ next: Connection) {
+        guard let ws = next as? WebSocketConnection else { return }
+        if ctx.corkOwner === self { ctx.flushCork() }
+        if closed { return }
+        ws.out = out
+        out = nil
+        ctx.replace(self, with: ws)
+        let leftover = pendingIn
+        pendingIn = nil
+        ws.inEvent = true
+        ws.delegate.webSocketDidOpen(ws)
+        if let p = leftover, !p.isEmpty {
+            ws.receive(UnsafeMutableRawBufferPointer(start: p.base + p.readerIndex, count: p.readableBytes))
+        }
+        ws.inEvent = false
+        if !ws.closed {
+            if ctx.corkOwner === ws { ctx.flushCork() }
+            ws.updateInterest()
+        }
+    }
+
     // MARK: responding
 
     func respond(_ r: HTTPResponse, serial s: UInt32) {
@@ -295,33 +344,8 @@ final class HTTPConnection: EventHandler {
 
     // MARK: writing
 
-    func queue(_ chunk: OutputQueue.Chunk) {
-        if out == nil { out = OutputQueue() }
-        out!.append(chunk)
-    }
-
-    func drainOutput() {
-        guard let q = out, !closed else { return }
-        do {
-            let n = try q.drain(fd)
-            if n > 0 {
-                ctx.counters.add(.bytesOut, n)
-                lastIO = ctx.seconds
-            }
-        } catch {
-            Log.debug("fd \(fd): \(error)")
-            close()
-            return
-        }
-        if q.isEmpty {
-            out = nil
-            outputDrained()
-        }
-        if !inEvent { updateInterest() }
-    }
-
     /// Everything written: close if that was the last response, else read on.
-    func outputDrained() {
+    override func outputDrained() {
         if ctx.shuttingDown && !awaiting && parser.isIdle && pendingIn == nil { closing = true }
         if closing && !awaiting {
             if peerClosed { close(); return }
@@ -339,31 +363,21 @@ final class HTTPConnection: EventHandler {
         Socket.shutdownWrite(fd)
     }
 
-    func updateInterest() {
-        guard !closed else { return }
+    override func wantedEvents() -> UInt32 {
         var want: UInt32 = 0
         if out != nil { want |= Events.writable }
         if !peerClosed && (lingering || (!awaiting && out == nil && !closing)) { want |= Events.readable }
-        if want != interest {
-            interest = want
-            ctx.loop.modify(fd, events: want)
-        }
+        return want
     }
 
-    func close() {
-        guard !closed else { return }
-        closed = true
-        ctx.loop.unregister(fd)
-        Sys.close(fd)
-        out = nil
+    override func didClose() {
         pendingIn = nil
         partial = nil
-        ctx.closed(self)
     }
 
     // MARK: deadlines (the loop's once-a-second sweep)
 
-    func sweep(now: Int32) {
+    override func sweep(now: Int32) {
         let cfg = ctx.config
         if lingering {
             if now - phaseStart >= 2 { close() }
@@ -402,7 +416,7 @@ final class HTTPConnection: EventHandler {
     }
 
     /// Graceful shutdown: an idle connection closes now; a busy one after its response.
-    func shutdownRequested() {
+    override func shutdownRequested() {
         if lingering || (!awaiting && out == nil && parser.isIdle && pendingIn == nil) {
             close()
         } else {

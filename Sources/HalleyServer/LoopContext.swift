@@ -4,6 +4,7 @@ import Glibc
 import HalleyCore
 import HalleyHTTP
 import HalleyLoop
+import HalleyWebSocket
 
 /// What one event loop owns on the HTTP side: its connections, its output cork, its file
 /// cache, its counters and the cached `Date` line. Touched by its loop's thread only.
@@ -15,7 +16,7 @@ final class LoopContext {
     let files: FileCache?
     var listeners: [Listener] = []
     /// Every open connection, for the once-a-second deadline sweep (no timer per connection).
-    var connections: [HTTPConnection] = []
+    var connections: [Connection] = []
     var shuttingDown = false
     /// Monotonic whole seconds, refreshed every loop turn.
     var seconds: Int32 = 0
@@ -25,13 +26,27 @@ final class LoopContext {
     // and written with one writev at the end (DESIGN: one write per socket per loop turn).
     let cork = ByteBuffer(capacity: 64 * 1024)
     var segments: [Segment] = []
-    var corkOwner: HTTPConnection?
+    var corkOwner: Connection?
 
     enum Segment {
         case cork(start: Int, end: Int)
         case shared(SharedBytes, start: Int, end: Int)
         case file(FileRef, offset: Int, end: Int)
     }
+
+    /// Compressors by window size, shared by every connection of the loop: the hub never
+    /// keeps compression context between messages, so one stream serves them all.
+    private var deflaters: [Int: Deflater] = [:]
+
+    func deflater(windowBits: Int) -> Deflater {
+        if let d = deflaters[windowBits] { return d }
+        let d = Deflater(windowBits: Int32(windowBits))
+        deflaters[windowBits] = d
+        return d
+    }
+
+    /// Inflates for every connection whose client resets its context after each message.
+    lazy var sharedInflater = Inflater(resetAfterMessage: true)
 
     /// "Date: ...\r\n", rebuilt when the wall-clock second changes.
     private(set) var dateLine: [UInt8] = []
@@ -81,7 +96,7 @@ final class LoopContext {
         counters.add(.connectionsAccepted)
     }
 
-    func closed(_ c: HTTPConnection) {
+    func closed(_ c: Connection) {
         let i = c.sweepIndex
         let last = connections.count - 1
         if i != last {
@@ -139,6 +154,13 @@ final class LoopContext {
         if connections.isEmpty { loop.stop() }
     }
 
+    /// Puts `new` in `old`'s place (an upgrade): same descriptor, same sweep slot.
+    func replace(_ old: Connection, with new: Connection) {
+        new.sweepIndex = old.sweepIndex
+        connections[old.sweepIndex] = new
+        loop.replaceHandler(old.fd, with: new)
+    }
+
     func forceClose() {
         while let c = connections.last { c.close() }
         loop.stop()
@@ -148,7 +170,7 @@ final class LoopContext {
 
     /// Makes `c` the cork's owner, flushing another owner's bytes first so that every
     /// connection's bytes stay in order.
-    @inline(__always) func cork(for c: HTTPConnection) {
+    @inline(__always) func cork(for c: Connection) {
         if corkOwner !== c {
             flushCork()
             corkOwner = c

@@ -10,6 +10,7 @@ public enum Counter: Int, CaseIterable, Sendable {
     case bytesIn, bytesOut
     case breachRequestLine, breachHeaders, breachBody, breachHeaderTimeout, breachBodyTimeout
     case breachConnections, badRequests
+    case wsUpgrades, wsMessagesIn, wsMessagesOut, wsProtocolErrors, wsBackpressure
 
     static func forStatus(_ status: Int) -> Counter {
         switch status {
@@ -81,6 +82,12 @@ public final class Metrics: @unchecked Sendable {
             ("{kind=\"body_timeout\"}", sum(.breachBodyTimeout)), ("{kind=\"connections\"}", sum(.breachConnections)),
         ])
         family("halley_http_bad_requests_total", "counter", "Requests refused as malformed (400, 501, 505, 417).", [("", sum(.badRequests))])
+        family("halley_websocket_upgrades_total", "counter", "WebSocket handshakes accepted.", [("", sum(.wsUpgrades))])
+        family("halley_websocket_messages_total", "counter", "WebSocket messages, by direction.", [
+            ("{direction=\"in\"}", sum(.wsMessagesIn)), ("{direction=\"out\"}", sum(.wsMessagesOut)),
+        ])
+        family("halley_websocket_protocol_errors_total", "counter", "WebSocket connections closed for breaking the protocol or a limit.", [("", sum(.wsProtocolErrors))])
+        family("halley_websocket_backpressure_total", "counter", "Messages that found a full send buffer.", [("", sum(.wsBackpressure))])
         for s in sources { out += s() }
         return out
     }

@@ -1,4 +1,5 @@
 import HalleyHTTP
+import HalleyWebSocket
 
 public typealias RouteHandler = @Sendable (HTTPRequest, Responder) -> Void
 
@@ -42,6 +43,15 @@ public final class Router: @unchecked Sendable {
             exact[Substring(pattern), default: []].append(route)
         } else {
             patterns.append(route)
+        }
+    }
+
+    /// Adds a WebSocket endpoint: GET `pattern` upgrades (RFC 6455 §4.2) and `makeDelegate`
+    /// gives the new connection its application side.
+    public func addWebSocket(_ pattern: String, endpoint: WebSocketHandshake.Endpoint = .init(),
+                             _ makeDelegate: @escaping @Sendable (HTTPRequest) -> WebSocketDelegate?) {
+        add([.get], pattern) { request, responder in
+            responder.upgrade(request, endpoint: endpoint, makeDelegate)
         }
     }
 

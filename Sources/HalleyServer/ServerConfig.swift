@@ -36,5 +36,43 @@ public struct ServerConfig: Sendable {
     /// ETag every time, so a new halley.js is picked up at once, for the cost of a 304.
     public var staticCacheControl = "no-cache"
 
+    public var webSocket = WebSocketConfig()
+
     public init() {}
+}
+
+/// WebSocket limits and timers, each with its default.
+public struct WebSocketConfig: Sendable {
+    /// Largest message, after inflation. Default 1 MiB; larger: close 1009.
+    public var maxMessageBytes = 1 << 20
+    /// Seconds without a byte from the client before the hub pings. Default 25.
+    public var pingInterval = 25
+    /// Seconds a ping may go unanswered (no byte at all) before the connection is closed
+    /// (1001). Default 20.
+    public var pongTimeout = 20
+    /// Seconds without a data message from the client before closing (1001). Default 0: off
+    /// (live clients answer pings; an app that wants idle clients gone sets it).
+    public var idleTimeout = 0
+    /// Bytes a connection may have waiting to be written. Default 1 MiB (uWebSockets uses
+    /// 64 KiB; a browser on a slow link catching up on a burst needs more). Past it the
+    /// `backpressure` policy applies.
+    public var maxBufferedBytes = 1 << 20
+    public var backpressure = BackpressurePolicy.close
+    /// Accept permessage-deflate offers. Default on.
+    public var compression = true
+    /// Messages shorter than this are sent uncompressed even when deflate was negotiated:
+    /// below it compression costs more CPU than it saves bytes. Default 128 B.
+    public var compressionThreshold = 128
+    /// Seconds to wait for the client's close frame after sending ours. Default 5.
+    public var closeTimeout = 5
+
+    public init() {}
+}
+
+/// What happens when a connection's send buffer is full.
+public enum BackpressurePolicy: String, Sendable {
+    /// Close the connection with 1008 ("send buffer full"): the client reconnects and resumes.
+    case close
+    /// Drop the message and report `.dropped` to the sender.
+    case drop
 }

@@ -44,6 +44,20 @@ struct Options {
         Spec(flag: "send-timeout", value: "SECONDS", help: "a blocked write may make no progress this long (default 60)") { c, _, v throws(OptionError) in c.sendTimeout = try int("--send-timeout", v, min: 1) },
         Spec(flag: "shutdown-grace", value: "SECONDS", help: "on SIGINT/SIGTERM, wait this long for responses in flight (default 10)") { c, _, v throws(OptionError) in c.shutdownGrace = try int("--shutdown-grace", v) },
         Spec(flag: "static-cache-control", value: "VALUE", help: "Cache-Control of static files (default no-cache)") { c, _, v in c.staticCacheControl = v },
+        Spec(flag: "ws-max-message", value: "BYTES", help: "largest WebSocket message, else close 1009 (default 1048576)") { c, _, v throws(OptionError) in c.webSocket.maxMessageBytes = try int("--ws-max-message", v, min: 125) },
+        Spec(flag: "ws-ping-interval", value: "SECONDS", help: "ping a WebSocket silent this long (default 25)") { c, _, v throws(OptionError) in c.webSocket.pingInterval = try int("--ws-ping-interval", v, min: 1) },
+        Spec(flag: "ws-pong-timeout", value: "SECONDS", help: "close a WebSocket that stays silent this long after a ping (default 20)") { c, _, v throws(OptionError) in c.webSocket.pongTimeout = try int("--ws-pong-timeout", v, min: 1) },
+        Spec(flag: "ws-idle-timeout", value: "SECONDS", help: "close a WebSocket without a message this long; 0: off (default 0)") { c, _, v throws(OptionError) in c.webSocket.idleTimeout = try int("--ws-idle-timeout", v) },
+        Spec(flag: "ws-max-buffered", value: "BYTES", help: "send buffer bound per WebSocket (default 1048576)") { c, _, v throws(OptionError) in c.webSocket.maxBufferedBytes = try int("--ws-max-buffered", v, min: 1024) },
+        Spec(flag: "ws-backpressure", value: "POLICY", help: "when the send buffer is full: close (1008) or drop (default close)") { c, _, v throws(OptionError) in
+            guard let p = BackpressurePolicy(rawValue: v) else { throw OptionError(description: "--ws-backpressure: expected close or drop, got '\(v)'") }
+            c.webSocket.backpressure = p
+        },
+        Spec(flag: "ws-compression", value: "on|off", help: "accept permessage-deflate (default on)") { c, _, v throws(OptionError) in
+            guard v == "on" || v == "off" else { throw OptionError(description: "--ws-compression: expected on or off, got '\(v)'") }
+            c.webSocket.compression = v == "on"
+        },
+        Spec(flag: "ws-compression-threshold", value: "BYTES", help: "send shorter messages uncompressed (default 128)") { c, _, v throws(OptionError) in c.webSocket.compressionThreshold = try int("--ws-compression-threshold", v) },
         Spec(flag: "help", value: "", help: "print this help") { _, o, _ in o.showHelp = true },
     ]
 

@@ -42,7 +42,9 @@ if let root = cfg.publicRoot {
     }
 }
 
-let server = Server(config: cfg)
+let router = Router()
+router.addWebSocket("/echo") { _ in EchoDelegate.shared }
+let server = Server(config: cfg, router: router)
 do {
     try server.start()
 } catch {

@@ -1,0 +1,83 @@
+/// permessage-deflate negotiation (RFC 7692 §7.1). The server always compresses each message
+/// on its own (`server_no_context_takeover`, which a server may add to any accepted offer), so
+/// one compressed copy of a broadcast can go to every subscriber and no connection needs a
+/// compressor of its own.
+public struct DeflateParameters: Equatable, Sendable {
+    /// The client resets its compressor after every message: its messages can be inflated by
+    /// a stream shared by the whole loop.
+    public var clientNoContextTakeover = false
+    /// Window the server compresses with (9…15).
+    public var serverMaxWindowBits = 15
+    /// Value of `client_max_window_bits` sent back, if any.
+    public var clientMaxWindowBits: Int? = nil
+
+    /// The `Sec-WebSocket-Extensions` value of the response.
+    public var responseHeader: String {
+        var s = "permessage-deflate; server_no_context_takeover"
+        if clientNoContextTakeover { s += "; client_no_context_takeover" }
+        if serverMaxWindowBits != 15 { s += "; server_max_window_bits=\(serverMaxWindowBits)" }
+        if let c = clientMaxWindowBits { s += "; client_max_window_bits=\(c)" }
+        return s
+    }
+}
+
+public enum PerMessageDeflate {
+    /// Accepts the first acceptable offer in the client's `Sec-WebSocket-Extensions` values,
+    /// or nil. Offers with unknown or repeated parameters or out-of-range values are declined.
+    /// `server_max_window_bits=8` is declined too: zlib's raw deflate turns a window of 8 into
+    /// 9, which a client held to 256 bytes could not inflate.
+    public static func negotiate(_ headerValues: [String]) -> DeflateParameters? {
+        for offer in headerValues.joined(separator: ",").split(separator: ",") {
+            let parts = offer.split(separator: ";").map { $0.trimmingCharacters() }
+            guard parts.first?.lowercased() == "permessage-deflate" else { continue }
+            if let p = accept(parts.dropFirst()) { return p }
+        }
+        return nil
+    }
+
+    static func accept(_ params: ArraySlice<String>) -> DeflateParameters? {
+        var p = DeflateParameters()
+        var seen = Set<String>()
+        for raw in params {
+            let kv = raw.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters() }
+            let name = kv[0].lowercased()
+            guard !name.isEmpty, seen.insert(name).inserted else { return nil }
+            var value: Int? = nil
+            if kv.count == 2 {
+                var v = kv[1]
+                if v.hasPrefix("\"") && v.hasSuffix("\"") && v.count >= 2 { v = String(v.dropFirst().dropLast()) }
+                guard let n = Int(v), (8...15).contains(n), v.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
+                value = n
+            }
+            switch name {
+            case "server_no_context_takeover":
+                guard value == nil && kv.count == 1 else { return nil }
+            case "client_no_context_takeover":
+                guard value == nil && kv.count == 1 else { return nil }
+                p.clientNoContextTakeover = true
+            case "server_max_window_bits":
+                guard let v = value, v >= 9 else { return nil }
+                p.serverMaxWindowBits = v
+            case "client_max_window_bits":
+                if kv.count == 2 && value == nil { return nil }
+                p.clientMaxWindowBits = value
+            default:
+                return nil
+            }
+        }
+        return p
+    }
+}
+
+extension String {
+    func trimmingCharacters() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+extension Substring {
+    func trimmingCharacters() -> String { String(self).trimmingCharacters() }
+}
