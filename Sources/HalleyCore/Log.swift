@@ -47,8 +47,11 @@ public enum Log {
     public static func warning(_ message: @autoclosure () -> String) { emit(.warning, message) }
     public static func error(_ message: @autoclosure () -> String) { emit(.error, message) }
 
-    private static func emit(_ l: LogLevel, _ message: () -> String) {
-        guard enabled(l) else { return }
+    /// Start and stop lines: written whatever the level (the start line carries the port).
+    public static func lifecycle(_ message: @autoclosure () -> String) { emit(.info, message, always: true) }
+
+    private static func emit(_ l: LogLevel, _ message: () -> String, always: Bool = false) {
+        guard always || enabled(l) else { return }
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         var t = tm()

@@ -253,7 +253,9 @@ public struct HTTPRequestParser: Sendable {
             method: method, target: target, minorVersion: minor,
             headers: HTTPHeaders(bytes: bytes, fields: fields),
             contentLength: chunked ? nil : contentLength, isChunked: chunked,
-            keepAlive: keepAlive, expectsContinue: expectsContinue && (chunked || (contentLength ?? 0) > 0)))
+            keepAlive: keepAlive,
+            // RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
+            expectsContinue: expectsContinue && minor == 1 && (chunked || (contentLength ?? 0) > 0)))
     }
 
     /// 1 or 0 for HTTP/1.1 and 1.0; -1 for another well-formed version (505); nil when the

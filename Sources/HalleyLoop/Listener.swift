@@ -10,11 +10,14 @@ public final class Listener: EventHandler {
     public let fd: Int32
     unowned let loop: EventLoop
     let onAccept: (Int32) -> Void
-    let canAccept: () -> Bool
+    /// Asked before each accept; the argument says whether a connection is known to be
+    /// waiting (the listener's readiness), so that reaching the limit with nobody waiting is
+    /// not counted as a breach.
+    let canAccept: (_ someoneWaiting: Bool) -> Bool
     public private(set) var paused = false
     public private(set) var closed = false
 
-    public init(fd: Int32, loop: EventLoop, canAccept: @escaping () -> Bool, onAccept: @escaping (Int32) -> Void) throws(IOError) {
+    public init(fd: Int32, loop: EventLoop, canAccept: @escaping (_ someoneWaiting: Bool) -> Bool, onAccept: @escaping (Int32) -> Void) throws(IOError) {
         self.fd = fd
         self.loop = loop
         self.onAccept = onAccept
@@ -24,8 +27,8 @@ public final class Listener: EventHandler {
 
     public func handleEvent(_ events: UInt32) {
         // Bounded so one busy listener cannot starve the loop's connections.
-        for _ in 0..<128 {
-            if !canAccept() { pause(); return }
+        for i in 0..<128 {
+            if !canAccept(i == 0) { pause(); return }
             do {
                 guard let conn = try Socket.accept(fd) else { return }
                 onAccept(conn)
@@ -39,6 +42,12 @@ public final class Listener: EventHandler {
                 }
             }
         }
+    }
+
+    /// Whether connections wait in the kernel's backlog (checked while paused).
+    public func hasPendingConnections() -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, 0) == 1 && p.revents & Int16(POLLIN) != 0
     }
 
     public func pause() {

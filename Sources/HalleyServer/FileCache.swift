@@ -83,6 +83,7 @@ final class FileCache {
         if let old = entries[relative], let b = old.body { cachedBytes -= b.count }
         if entries.count >= Self.maxEntries || cachedBytes + (e.body?.count ?? 0) > Self.maxCachedBytes {
             entries.removeAll()
+            byRawPath.removeAll()
             cachedBytes = 0
         }
         entries[relative] = e

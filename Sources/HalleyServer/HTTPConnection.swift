@@ -157,8 +157,12 @@ final class HTTPConnection: Connection {
             partial = nil
         }
         while !awaiting && !closing && !closed && upgradedTo == nil {
-            if parser.isIdle && off < buf.count { phaseStart = ctx.seconds }
-            switch parser.parse(UnsafeRawBufferPointer(rebasing: buf[off...])) {
+            // The request's clock starts with its first byte; empty lines between requests
+            // do not restart it (they would otherwise hold a connection open for ever).
+            let wasIdle = parser.isIdle
+            let result = parser.parse(UnsafeRawBufferPointer(rebasing: buf[off...]))
+            if wasIdle && !parser.isIdle { phaseStart = ctx.seconds }
+            switch result {
             case .needMore(let c):
                 off += c
                 if let h = head { let p = PartialRequest(head: h); p.body = body; partial = p }
@@ -346,6 +350,8 @@ final class HTTPConnection: Connection {
 
     /// Everything written: close if that was the last response, else read on.
     override func outputDrained() {
+        // Keep-alive idleness counts from the end of the last response, not its start.
+        if !awaiting { phaseStart = ctx.seconds }
         if ctx.shuttingDown && !awaiting && parser.isIdle && pendingIn == nil { closing = true }
         if closing && !awaiting {
             if peerClosed { close(); return }
@@ -377,29 +383,32 @@ final class HTTPConnection: Connection {
 
     // MARK: deadlines (the loop's once-a-second sweep)
 
+    // Times are whole monotonic seconds, so "more than N" means waiting N to N+1 seconds:
+    // a deadline may fire up to a second late, never early.
+
     override func sweep(now: Int32) {
         let cfg = ctx.config
         if lingering {
-            if now - phaseStart >= 2 { close() }
+            if now - phaseStart > 2 { close() }
             return
         }
         if out != nil {
-            if now - lastIO >= Int32(cfg.sendTimeout) { Log.info("fd \(fd): send timeout"); close() }
+            if now - lastIO > Int32(cfg.sendTimeout) { Log.info("fd \(fd): send timeout"); close() }
             return
         }
         if awaiting { return }
         if ctx.shuttingDown && parser.isIdle && pendingIn == nil { close(); return }
         if parser.isInBody {
-            if now - lastIO >= Int32(cfg.bodyTimeout) {
+            if now - lastIO > Int32(cfg.bodyTimeout) {
                 ctx.counters.add(.breachBodyTimeout)
                 timeout("body")
             }
         } else if !parser.isIdle || pendingIn != nil {
-            if now - phaseStart >= Int32(cfg.headerTimeout) {
+            if now - phaseStart > Int32(cfg.headerTimeout) {
                 ctx.counters.add(.breachHeaderTimeout)
                 timeout("header")
             }
-        } else if now - phaseStart >= Int32(cfg.keepAliveTimeout) {
+        } else if now - phaseStart > Int32(cfg.keepAliveTimeout) {
             close()
         }
     }

@@ -107,18 +107,31 @@ final class LoopContext {
         server.openConnections.subtract(1, ordering: .relaxed)
         counters.add(.connectionsClosed)
         if corkOwner === c { corkOwner = nil; cork.clear(); segments.removeAll(keepingCapacity: true) }
-        for l in listeners where l.paused { l.resume() }
+        for l in listeners where l.paused {
+            noteWaiting(l)
+            l.resume()
+        }
         if shuttingDown && connections.isEmpty { loop.stop() }
     }
 
     /// Logged once each time the limit is reached, not once per paused accept.
     var atLimitLogged = false
 
-    func canAccept() -> Bool {
+    /// The limit was reached with nobody waiting; count the breach if somebody waits now.
+    func noteWaiting(_ l: Listener) {
+        if !atLimitLogged && l.hasPendingConnections() {
+            counters.add(.breachConnections)
+            atLimitLogged = true
+            Log.warning("connection limit \(server.maxConnections) reached: accept paused on loop \(loop.index)")
+        }
+    }
+
+    func canAccept(someoneWaiting: Bool) -> Bool {
         if server.openConnections.load(ordering: .relaxed) < server.maxConnections {
             atLimitLogged = false
             return true
         }
+        guard someoneWaiting else { return false }
         counters.add(.breachConnections)
         if !atLimitLogged {
             atLimitLogged = true
@@ -137,7 +150,13 @@ final class LoopContext {
             i -= 1
         }
         if !shuttingDown {
-            for l in listeners where l.paused && server.openConnections.load(ordering: .relaxed) < server.maxConnections { l.resume() }
+            for l in listeners where l.paused {
+                if server.openConnections.load(ordering: .relaxed) < server.maxConnections {
+                    l.resume()
+                } else {
+                    noteWaiting(l)
+                }
+            }
         }
     }
 

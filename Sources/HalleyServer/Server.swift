@@ -45,6 +45,11 @@ public final class Server: @unchecked Sendable {
         }
 
         var fds: [Int32] = []
+        if config.port != 0 {
+            // SO_REUSEPORT would let us share a port another process already listens on (the
+            // kernel would split connections between us): make sure it is free first.
+            Sys.close(try Socket.listen(host: config.host, port: config.port, reusePort: false))
+        }
         let first = try Socket.listen(host: config.host, port: config.port, reusePort: true)
         fds.append(first)
         port = Socket.localPort(first)
@@ -63,11 +68,11 @@ public final class Server: @unchecked Sendable {
             let counters = LoopCounters()
             metrics.loops.append(counters)
             let ctx = LoopContext(loop: loop, server: self, counters: counters)
-            ctx.listeners.append(try Listener(fd: fds[i], loop: loop, canAccept: { [unowned ctx] in ctx.canAccept() },
+            ctx.listeners.append(try Listener(fd: fds[i], loop: loop, canAccept: { [unowned ctx] waiting in ctx.canAccept(someoneWaiting: waiting) },
                                               onAccept: { [unowned ctx] fd in ctx.accept(fd, router: self.router) }))
             if i == 0, let mfd = metricsFd {
                 let mr = metricsRouter
-                ctx.listeners.append(try Listener(fd: mfd, loop: loop, canAccept: { [unowned ctx] in ctx.canAccept() },
+                ctx.listeners.append(try Listener(fd: mfd, loop: loop, canAccept: { [unowned ctx] waiting in ctx.canAccept(someoneWaiting: waiting) },
                                                   onAccept: { [unowned ctx] fd in ctx.accept(fd, router: mr) }))
             }
             loops.append(loop)

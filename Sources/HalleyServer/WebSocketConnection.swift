@@ -271,31 +271,31 @@ public final class WebSocketConnection: Connection {
     override func sweep(now: Int32) {
         let cfg = ctx.config.webSocket
         if lingering {
-            if now - stateSince >= 2 { close() }
+            if now - stateSince > 2 { close() }
             return
         }
         switch state {
         case .closeSent, .closing:
-            if now - stateSince >= Int32(cfg.closeTimeout) { close() }
+            if now - stateSince > Int32(cfg.closeTimeout) { close() }
             return
         case .open:
             break
         }
-        if out != nil && now - lastIO >= Int32(ctx.config.sendTimeout) {
+        if out != nil && now - lastIO > Int32(ctx.config.sendTimeout) {
             Log.info("fd \(fd): websocket send timeout")
             close()
             return
         }
-        if cfg.idleTimeout > 0 && now - lastMessage >= Int32(cfg.idleTimeout) {
+        if cfg.idleTimeout > 0 && now - lastMessage > Int32(cfg.idleTimeout) {
             close(code: WebSocketCloseCode.goingAway, reason: "idle timeout")
             return
         }
         if pingSent {
-            if now - lastRead >= Int32(cfg.pingInterval + cfg.pongTimeout) {
+            if now - lastRead > Int32(cfg.pingInterval + cfg.pongTimeout) {
                 Log.info("fd \(fd): websocket ping timeout")
                 close(code: WebSocketCloseCode.goingAway, reason: "ping timeout")
             }
-        } else if now - lastRead >= Int32(cfg.pingInterval) {
+        } else if now - lastRead > Int32(cfg.pingInterval) {
             pingSent = true
             sendFrame(WebSocketOpcode.ping, UnsafeRawBufferPointer(start: nil, count: 0), compressible: false)
         }

@@ -55,7 +55,7 @@ let loopsText = server.loops.count == 1 ? "1 loop" : "\(server.loops.count) loop
 var startLine = "halley listening on http://\(cfg.host):\(server.port) (\(loopsText), max \(server.maxConnections) connections"
 if let root = cfg.publicRoot { startLine += ", public root \(root)" }
 if let mp = server.metricsPort { startLine += ", metrics on http://\(cfg.metricsHost):\(mp)/metrics" }
-Log.info(startLine + ")")
+Log.lifecycle(startLine + ")")
 
 while true {
     let sig = halley_wait_signal()
@@ -64,12 +64,12 @@ while true {
         continue
     }
     if sig == SIGINT || sig == SIGTERM {
-        Log.info("\(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping (grace \(cfg.shutdownGrace) s, \(server.connectionCount) connections open)")
+        Log.lifecycle("\(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping (grace \(cfg.shutdownGrace) s, \(server.connectionCount) connections open)")
         break
     }
 }
 server.shutdown()
 startSecondSignalWatcher()
 server.wait()
-Log.info("halley stopped")
+Log.lifecycle("halley stopped")
 exit(0)

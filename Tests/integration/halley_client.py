@@ -144,9 +144,17 @@ class Halley:
             return c.read_response()
 
 
-def connect(port, timeout=SOCK_TIMEOUT) -> socket.socket:
-    s = socket.create_connection((HOST, port), timeout=timeout)
-    s.settimeout(timeout)
+def connect(port, timeout=SOCK_TIMEOUT, rcvbuf=None) -> socket.socket:
+    """A connected client socket; `rcvbuf` shrinks its receive buffer (a slow reader)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.settimeout(timeout)
+        s.connect((HOST, port))
+    except BaseException:
+        s.close()
+        raise
     return s
 
 
@@ -178,6 +186,15 @@ class Response:
         return out
 
 
+class ClosedEarly(AssertionError):
+    """The server closed the connection before a complete response. `partial` is True when
+    some bytes of that response had arrived (a truncated response), False when none had."""
+
+    def __init__(self, msg, partial):
+        super().__init__(msg)
+        self.partial = partial
+
+
 class Client:
     """A socket plus an h11 client state machine that parses every response.
 
@@ -187,10 +204,15 @@ class Client:
     announce each one before reading its response.
     """
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, recv_size=65536, recv_delay=0.0):
+        """`recv_size` and `recv_delay` make a slow reader: at most `recv_size` bytes per
+        read, with a pause of `recv_delay` seconds before each."""
         self.sock = sock
+        self.recv_size = recv_size
+        self.recv_delay = recv_delay
         self.conn = h11.Connection(h11.CLIENT)
         self.eof = False
+        self.received = 0  # bytes read from the socket
 
     # -- sending
 
@@ -221,26 +243,40 @@ class Client:
     # -- receiving
 
     def _fill(self):
+        if self.recv_delay:
+            time.sleep(self.recv_delay)
         try:
-            data = self.sock.recv(65536)
+            data = self.sock.recv(self.recv_size)
         except ConnectionResetError:
             data = b""
         if not data:
             self.eof = True
+        self.received += len(data)
         self.conn.receive_data(data)
 
     def read_response(self, method=None, max_body=None) -> Response:
-        """The next complete response. With `method`, first announces a raw request."""
+        """The next complete response. With `method`, first announces a raw request.
+
+        Raises ClosedEarly when the connection ends first, and h11.RemoteProtocolError when
+        the response is malformed."""
         if method is not None:
             self.expect(method)
+        start = self.received - len(self.pending_bytes())
         informational = []
         resp = None
         body = bytearray()
         while True:
-            ev = self.conn.next_event()
+            try:
+                ev = self.conn.next_event()
+            except h11.RemoteProtocolError as e:
+                if self.eof:
+                    raise ClosedEarly(f"connection closed before the response was complete ({e})",
+                                      partial=self.received > start) from None
+                raise
             if ev is h11.NEED_DATA:
                 if self.eof:
-                    raise AssertionError("connection closed before the response was complete")
+                    raise ClosedEarly("connection closed before the response was complete",
+                                      partial=self.received > start)
                 self._fill()
                 continue
             if isinstance(ev, h11.InformationalResponse):
@@ -261,7 +297,7 @@ class Client:
                 resp.body = bytes(body)
                 return resp
             elif isinstance(ev, h11.ConnectionClosed):
-                raise AssertionError("connection closed before a response")
+                raise ClosedEarly("connection closed before a response", partial=self.received > start)
             else:
                 raise AssertionError(f"unexpected h11 event {ev!r}")
 

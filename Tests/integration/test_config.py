@@ -1,0 +1,180 @@
+"""Flags and HALLEY_* environment variables, bad configurations, --help, log levels."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import time
+
+import pytest
+
+from halley_client import HALLEY_BIN, Client, connect
+from public_tree import FILES
+
+ALL_FLAGS = [
+    "--host", "--port", "--public", "--threads", "--log-level", "--metrics-port", "--max-connections",
+    "--max-request-line", "--max-header-bytes", "--max-headers", "--max-body-bytes", "--header-timeout",
+    "--body-timeout", "--keepalive-timeout", "--send-timeout", "--shutdown-grace", "--static-cache-control",
+]
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HALLEY_")}
+    env.update(extra)
+    return env
+
+
+def run_fails(args, env=None, timeout=5):
+    p = subprocess.run([HALLEY_BIN, *args], env=clean_env(**(env or {})), capture_output=True, timeout=timeout)
+    return p.returncode, (p.stdout + p.stderr).decode("utf-8", "replace")
+
+
+def post_status(port, length):
+    with connect(port) as s:
+        c = Client(s)
+        c.send_request("POST", "/one.txt", body=b"x" * length)
+        return c.read_response().status
+
+
+def test_help_lists_every_flag():
+    p = subprocess.run([HALLEY_BIN, "--help"], env=clean_env(), capture_output=True, timeout=5)
+    assert p.returncode == 0
+    text = p.stdout.decode()
+    for flag in ALL_FLAGS:
+        assert flag in text, flag
+    assert "HALLEY_MAX_BODY_BYTES" in text
+
+
+def test_env_variable_sets_a_limit(start_halley):
+    h = start_halley(env={"HALLEY_MAX_BODY_BYTES": "100"})
+    assert post_status(h.port, 100) == 405
+    assert post_status(h.port, 101) == 413
+
+
+def test_flag_wins_over_env(start_halley):
+    h = start_halley("--max-body-bytes", "1000", env={"HALLEY_MAX_BODY_BYTES": "100"})
+    assert post_status(h.port, 101) == 405
+    assert post_status(h.port, 1001) == 413
+
+
+def test_env_variables_for_other_options(start_halley):
+    h = start_halley(
+        env={"HALLEY_MAX_HEADERS": "3", "HALLEY_STATIC_CACHE_CONTROL": "public, max-age=60", "HALLEY_METRICS_PORT": "0"},
+        threads=1,
+    )
+    assert h.metrics_port is not None
+    assert h.get("/one.txt").header("cache-control") == "public, max-age=60"
+    assert h.get("/one.txt", [("A", "1"), ("B", "2")]).status == 200
+    assert h.get("/one.txt", [("A", "1"), ("B", "2"), ("C", "3")]).status == 431
+
+
+def test_threads_from_env(public_root):
+    # The fixture always passes --threads; here the variable alone decides.
+    p = subprocess.Popen(
+        [HALLEY_BIN, "--port", "0", "--public", public_root],
+        env=clean_env(HALLEY_THREADS="3"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        ready, _, _ = select.select([p.stdout], [], [], 10)
+        assert ready, "halley printed nothing"
+        line = p.stdout.readline().decode()
+        assert "(3 loops" in line, line
+    finally:
+        p.terminate()
+        p.communicate(timeout=15)
+    assert p.returncode == 0
+
+
+def test_flag_equals_syntax(start_halley):
+    h = start_halley("--max-request-line=64", "--static-cache-control=no-store")
+    assert h.get("/one.txt").header("cache-control") == "no-store"
+    assert h.get("/" + "a" * 60).status == 414
+
+
+@pytest.mark.parametrize(
+    "args, env, needle",
+    [
+        (["--bogus"], None, "--bogus"),
+        (["--threads", "0"], None, "--threads"),
+        (["--port", "abc"], None, "--port"),
+        (["--port"], None, "--port"),
+        (["--max-header-bytes", "10"], None, "--max-header-bytes"),
+        (["--log-level", "loud"], None, "--log-level"),
+        (["stray"], None, "stray"),
+        ([], {"HALLEY_PORT": "abc"}, "--port"),
+        ([], {"HALLEY_MAX_BODY_BYTES": "-1"}, "--max-body-bytes"),
+    ],
+)
+def test_bad_options_exit_2(args, env, needle):
+    rc, out = run_fails(args, env)
+    assert rc == 2, out
+    assert needle in out
+    assert "error" in out
+
+
+def test_port_in_use_fails_to_start(start_halley, public_root):
+    """A second server on a port that is already taken must not start (and silently share
+    the port with the first through SO_REUSEPORT)."""
+    first = start_halley()
+    try:
+        rc, out = run_fails(["--port", str(first.port), "--public", public_root, "--threads", "1"], timeout=2)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a second halley started on port {first.port}, which the first one already listens on")
+    assert rc == 1, out
+    assert "start failed" in out
+
+
+def test_missing_public_root_turns_static_off(start_halley, tmp_path):
+    h = start_halley(public=str(tmp_path / "does-not-exist"), threads=1)
+    assert h.wait_for_log(r"warning public root .* is not a directory", timeout=1)
+    assert h.get("/").status == 404
+    assert h.get("/index.html").status == 404
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_log_level_warning_hides_refusals(public_root):
+    # At "warning" the start line (info) is not printed either: use a fixed port.
+    port = free_port()
+    p = subprocess.Popen(
+        [HALLEY_BIN, "--port", str(port), "--threads", "1", "--public", public_root, "--log-level", "warning"],
+        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                connect(port, timeout=1).close()
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "halley did not start"
+                time.sleep(0.05)
+        with connect(port) as s:
+            c = Client(s)
+            c.send_raw(b"GET / HTTP/2.0\r\nHost: h\r\n\r\n")
+            assert c.read_response("GET").status == 505
+        with connect(port) as s:
+            c = Client(s)
+            c.send_request("GET", "/one.txt")
+            assert c.read_response().body == FILES["one.txt"]
+    finally:
+        p.terminate()
+        out, _ = p.communicate(timeout=15)
+    assert p.returncode == 0
+    # Only the start and stop lines are written whatever the level (the start line carries
+    # the port); the refused request's info line is not.
+    lines = out.decode().splitlines()
+    assert not any("505" in l for l in lines), f"info lines at --log-level warning: {out!r}"
+    rest = [l.split(" ", 2)[2] for l in lines if "listening on" not in l]
+    assert len(rest) == 2 and rest[0].startswith("SIGTERM: stopping") and rest[1] == "halley stopped", lines
+
+
+def test_host_flag(start_halley):
+    h = start_halley("--host", "127.0.0.1", threads=1)
+    assert h.get("/one.txt").status == 200
