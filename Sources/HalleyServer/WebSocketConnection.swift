@@ -292,8 +292,11 @@ public final class WebSocketConnection: Connection {
         }
         if pingSent {
             if now - lastRead > Int32(cfg.pingInterval + cfg.pongTimeout) {
+                // The peer is gone or stuck: send the close frame for form's sake and do not
+                // wait for an answer that will not come.
                 Log.info("fd \(fd): websocket ping timeout")
                 close(code: WebSocketCloseCode.goingAway, reason: "ping timeout")
+                finishClosing()
             }
         } else if now - lastRead > Int32(cfg.pingInterval) {
             pingSent = true
