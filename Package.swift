@@ -8,6 +8,8 @@ let package = Package(
     products: [
         .executable(name: "halley", targets: ["halley"]),
         .executable(name: "HalleyFuzzHTTP", targets: ["HalleyFuzzHTTP"]),
+        .executable(name: "HalleyFuzzWSFrames", targets: ["HalleyFuzzWSFrames"]),
+        .executable(name: "HalleyFuzzInflate", targets: ["HalleyFuzzInflate"]),
     ],
     targets: [
         // System shims.
@@ -33,6 +35,9 @@ let package = Package(
         .executableTarget(name: "halley", dependencies: ["HalleyServer"]),
         // libFuzzer entry for the request parser (built with --sanitize=fuzzer).
         .executableTarget(name: "HalleyFuzzHTTP", dependencies: ["HalleyHTTP"]),
+        // libFuzzer entries for the WebSocket frame reader and for inflate.
+        .executableTarget(name: "HalleyFuzzWSFrames", dependencies: ["HalleyWebSocket"]),
+        .executableTarget(name: "HalleyFuzzInflate", dependencies: ["HalleyWebSocket"]),
 
         .testTarget(name: "HalleyHTTPTests", dependencies: ["HalleyHTTP"]),
         .testTarget(name: "HalleyServerTests", dependencies: ["HalleyServer"]),

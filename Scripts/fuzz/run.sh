@@ -11,8 +11,12 @@ trap 'rm -rf "$work"' EXIT
 run_target() {
     local product="$1" corpus="$2" dict="${3:-}"
     echo "== fuzz $product for ${seconds}s (corpus $corpus)"
-    swift build -c release --product "$product" --sanitize=fuzzer --sanitize=address \
-        -Xswiftc -parse-as-library --scratch-path .build-fuzz 2>&1 | grep -vE 'Cannot export local symbol' | tail -n 2
+    if ! swift build -c release --product "$product" --sanitize=fuzzer --sanitize=address \
+        -Xswiftc -parse-as-library --scratch-path .build-fuzz > "$work/$product.build.log" 2>&1; then
+        grep -E 'error' "$work/$product.build.log" | head -n 20
+        echo "FUZZ FAILURE: $product did not build"
+        exit 1
+    fi
     local bin=".build-fuzz/release/$product"
     mkdir -p "$work/$product"
     cp -r "$corpus"/. "$work/$product/"
@@ -29,4 +33,6 @@ run_target() {
 }
 
 run_target HalleyFuzzHTTP Tests/fuzz/http-corpus Tests/fuzz/http.dict
+run_target HalleyFuzzWSFrames Tests/fuzz/ws-corpus
+run_target HalleyFuzzInflate Tests/fuzz/inflate-corpus
 echo "fuzz: no crash"

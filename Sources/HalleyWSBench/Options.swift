@@ -1,0 +1,181 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Command line of halley-wsbench. No Foundation: parsed by hand.
+struct Options {
+    var host = "127.0.0.1"
+    var port = 0
+    var path = "/echo"
+    var connections = 100
+    var size = 32
+    var duration = 10.0
+    var warmup = 1.0
+    var binary = false
+    var deflate = false
+    /// Compare the echoed bytes with the sent ones for every Nth echo (0: never). The length
+    /// of every echo is always checked.
+    var verifyEvery = 1
+    /// Connections being opened (TCP connect + upgrade) at once.
+    var connectInflight = 256
+    var connectTimeout = 30.0
+    /// After the measured window: how long to wait for the echoes still in flight, and then
+    /// for the closing handshakes.
+    var drainTimeout = 5.0
+
+    static let usage = """
+    usage: halley-wsbench --url ws://HOST:PORT/PATH [options]
+
+    A closed-loop WebSocket echo load generator: N connections each send one masked message
+    of SIZE bytes and wait for its echo before sending the next. One thread, epoll,
+    non-blocking sockets. After --warmup seconds it counts echoes for --duration seconds and
+    prints one line on stdout:
+      messages=M seconds=S msgs_per_sec=R p50_us=A p99_us=B [more key=value fields]
+    Progress and errors go to stderr. Exit status 0 when every connection opened and every
+    echo was right, 1 otherwise (2: bad usage).
+
+    options:
+      --url URL               ws://HOST:PORT/PATH (HOST: IPv4 literal or localhost)
+      --connections N         connections (default 100)
+      --size BYTES            message size (default 32)
+      --duration SECONDS      measured window (default 10)
+      --warmup SECONDS        load before the window, not counted (default 1)
+      --binary                send binary messages (default text: ASCII payloads)
+      --deflate               offer "permessage-deflate; client_no_context_takeover" and,
+                              when accepted, send compressed messages (RSV1); compressed
+                              echoes are inflated and checked like plain ones
+      --verify-every N        compare echoed content for every Nth echo (default 1; 0: never;
+                              the length is always checked)
+      --connect-inflight N    connections opened at once (default 256)
+      --connect-timeout S     time allowed to open every connection (default 30)
+      --drain-timeout S       wait for late echoes, then for close replies (default 5 each)
+    """
+
+    static func parse(_ args: [String]) -> Options {
+        var o = Options()
+        var url: String? = nil
+        var i = 0
+        func fail(_ msg: String) -> Never {
+            fputs("halley-wsbench: \(msg)\n\(usage)\n", stderr)
+            exit(2)
+        }
+        func value() -> String {
+            i += 1
+            guard i < args.count else { fail("\(args[i - 1]) needs a value") }
+            return args[i]
+        }
+        func int(_ min: Int) -> Int {
+            let name = args[i]
+            let v = value()
+            guard let n = Int(v), n >= min else { fail("\(name): expected an integer >= \(min), got '\(v)'") }
+            return n
+        }
+        func double(_ min: Double) -> Double {
+            let name = args[i]
+            let v = value()
+            guard let d = Double(v), d >= min, d.isFinite else { fail("\(name): expected a number >= \(min), got '\(v)'") }
+            return d
+        }
+        while i < args.count {
+            switch args[i] {
+            case "--url": url = value()
+            case "--connections", "-c": o.connections = int(1)
+            case "--size", "-s": o.size = int(0)
+            case "--duration", "-d": o.duration = double(0.1)
+            case "--warmup": o.warmup = double(0)
+            case "--binary": o.binary = true
+            case "--deflate": o.deflate = true
+            case "--verify-every": o.verifyEvery = int(0)
+            case "--connect-inflight": o.connectInflight = int(1)
+            case "--connect-timeout": o.connectTimeout = double(1)
+            case "--drain-timeout": o.drainTimeout = double(0.1)
+            case "--help", "-h":
+                print(usage)
+                exit(0)
+            default: fail("unknown argument '\(args[i])'")
+            }
+            i += 1
+        }
+        guard let u = url else { fail("--url is required") }
+        guard u.hasPrefix("ws://") else { fail("--url: only ws:// URLs are supported, got '\(u)'") }
+        let rest = u.dropFirst(5)
+        let hostPort: Substring
+        if let slash = rest.firstIndex(of: "/") {
+            hostPort = rest[..<slash]
+            o.path = String(rest[slash...])
+        } else {
+            hostPort = rest
+            o.path = "/"
+        }
+        guard let colon = hostPort.lastIndex(of: ":"), let p = Int(hostPort[hostPort.index(after: colon)...]),
+              p > 0, p < 65536 else { fail("--url: expected ws://HOST:PORT/PATH with a port, got '\(u)'") }
+        o.port = p
+        o.host = String(hostPort[..<colon])
+        if o.host == "localhost" { o.host = "127.0.0.1" }
+        // An arbitrary cap: the message pool and the reassembly checks assume sane sizes.
+        guard o.size <= 64 << 20 else { fail("--size: at most 64 MiB") }
+        return o
+    }
+}
+
+// MARK: small helpers (no Foundation)
+
+/// `x` with `decimals` digits after the point.
+func fixed(_ x: Double, _ decimals: Int) -> String {
+    guard x.isFinite else { return "\(x)" }
+    var scale = 1.0
+    for _ in 0..<decimals { scale *= 10 }
+    let negative = x < 0
+    let v = (abs(x) * scale).rounded()
+    let whole = Int64(v / scale)
+    var frac = String(Int64(v - Double(whole) * scale))
+    while frac.count < decimals { frac = "0" + frac }
+    return (negative && v != 0 ? "-" : "") + String(whole) + (decimals > 0 ? "." + frac : "")
+}
+
+func warn(_ s: String) {
+    fputs("halley-wsbench: \(s)\n", stderr)
+}
+
+func errnoString(_ e: Int32 = errno) -> String {
+    String(cString: strerror(e))
+}
+
+@inline(__always)
+func monotonicNanos() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec)
+}
+
+/// User and system CPU seconds of this process.
+func cpuSeconds() -> (user: Double, system: Double) {
+    var ru = rusage()
+    getrusage(RUSAGE_SELF, &ru)
+    return (Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6,
+            Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6)
+}
+
+private let base64Alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+/// RFC 4648 base64, padded. Written here rather than taken from the server's modules so that
+/// the load tool checks the server's handshake independently.
+func base64(_ bytes: [UInt8]) -> String {
+    var out: [UInt8] = []
+    out.reserveCapacity((bytes.count + 2) / 3 * 4)
+    var i = 0
+    while i + 3 <= bytes.count {
+        let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+        for s in [18, 12, 6, 0] { out.append(base64Alphabet[Int(v >> UInt32(s)) & 63]) }
+        i += 3
+    }
+    let rest = bytes.count - i
+    if rest > 0 {
+        let v = UInt32(bytes[i]) << 16 | (rest == 2 ? UInt32(bytes[i + 1]) << 8 : 0)
+        out.append(base64Alphabet[Int(v >> 18) & 63])
+        out.append(base64Alphabet[Int(v >> 12) & 63])
+        out.append(rest == 2 ? base64Alphabet[Int(v >> 6) & 63] : UInt8(ascii: "="))
+        out.append(UInt8(ascii: "="))
+    }
+    return String(decoding: out, as: UTF8.self)
+}
