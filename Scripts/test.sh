@@ -3,6 +3,8 @@
 # every test: Swift unit tests, integration tests against the real binary over real sockets
 # (Python, pytest + h11), and the fuzzers for a bounded time.
 #   FUZZ_SECONDS  seconds per fuzz target (default 60; 0 skips fuzzing)
+#   AUTOBAHN      cases for the Autobahn|Testsuite run against /echo (default: all, 1.* to
+#                 13.*, about 12 minutes); 0 skips it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -51,6 +53,32 @@ HALLEY_BIN="$root/.build/debug/halley" .venv/bin/python -m pytest -q -p no:cache
     2>&1 | tee .test-out/pytest.log
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "integration tests failed"; exit 1; }
 integration=$(grep -oE '[0-9]+ passed' .test-out/pytest.log | tail -n 1 | grep -oE '[0-9]+')
+
+# --- WebSocket conformance --------------------------------------------------------------------
+if [ "${AUTOBAHN:-all}" != 0 ]; then
+    step "Autobahn|Testsuite against /echo"
+    # 16 MiB messages (cases 9.*) are within the limit for this run only.
+    .build/debug/halley --port 0 --threads 2 --log-level warning --ws-max-message 20000000 \
+        > .test-out/autobahn-halley.log 2>&1 &
+    hpid=$!
+    trap 'kill $hpid 2>/dev/null || true' EXIT
+    port=""
+    for _ in $(seq 1 100); do
+        port=$(grep -oE 'listening on http://127\.0\.0\.1:[0-9]+' .test-out/autobahn-halley.log | grep -oE '[0-9]+$' || true)
+        [ -n "$port" ] && break
+        sleep 0.1
+    done
+    [ -n "$port" ] || { cat .test-out/autobahn-halley.log; echo "halley did not start"; exit 1; }
+    if [ "${AUTOBAHN:-all}" = all ]; then
+        Scripts/conformance/autobahn.sh "ws://127.0.0.1:$port/echo"
+    else
+        # shellcheck disable=SC2086
+        Scripts/conformance/autobahn.sh "ws://127.0.0.1:$port/echo" $AUTOBAHN
+    fi
+    kill -TERM $hpid
+    wait $hpid || { echo "halley exited non-zero after Autobahn"; exit 1; }
+    trap - EXIT
+fi
 
 # --- fuzzing ---------------------------------------------------------------------------------
 if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
