@@ -8,6 +8,7 @@ let package = Package(
     products: [
         .executable(name: "halley", targets: ["halley"]),
         .executable(name: "HalleyFuzzHTTP", targets: ["HalleyFuzzHTTP"]),
+        .executable(name: "halley-wsbench", targets: ["HalleyWSBench"]),
         .executable(name: "HalleyFuzzWSFrames", targets: ["HalleyFuzzWSFrames"]),
         .executable(name: "HalleyFuzzInflate", targets: ["HalleyFuzzInflate"]),
     ],
@@ -35,6 +36,9 @@ let package = Package(
         .executableTarget(name: "halley", dependencies: ["HalleyServer"]),
         // libFuzzer entry for the request parser (built with --sanitize=fuzzer).
         .executableTarget(name: "HalleyFuzzHTTP", dependencies: ["HalleyHTTP"]),
+        // WebSocket echo load generator for Scripts/bench/ws_echo.sh: one thread, epoll, no
+        // Foundation; independent of the server's modules (only the system shims).
+        .executableTarget(name: "HalleyWSBench", dependencies: ["CHalleyLinux", "CZlib", "COpenSSL"]),
         // libFuzzer entries for the WebSocket frame reader and for inflate.
         .executableTarget(name: "HalleyFuzzWSFrames", dependencies: ["HalleyWebSocket"]),
         .executableTarget(name: "HalleyFuzzInflate", dependencies: ["HalleyWebSocket"]),

@@ -27,6 +27,9 @@ final class LoopContext {
     let cork = ByteBuffer(capacity: 64 * 1024)
     var segments: [Segment] = []
     var corkOwner: Connection?
+    /// Bytes gathered for the owner (cork bytes and referenced segments).
+    var corkedBytes: Int { cork.readableBytes + referencedBytes }
+    private var referencedBytes = 0
 
     enum Segment {
         case cork(start: Int, end: Int)
@@ -106,7 +109,7 @@ final class LoopContext {
         connections.removeLast()
         server.openConnections.subtract(1, ordering: .relaxed)
         counters.add(.connectionsClosed)
-        if corkOwner === c { corkOwner = nil; cork.clear(); segments.removeAll(keepingCapacity: true) }
+        if corkOwner === c { corkOwner = nil; cork.clear(); segments.removeAll(keepingCapacity: true); referencedBytes = 0 }
         for l in listeners where l.paused {
             noteWaiting(l)
             l.resume()
@@ -223,10 +226,12 @@ final class LoopContext {
     func corkAppend(shared s: SharedBytes) {
         if s.count <= Self.copyThreshold { corkAppend(s.buffer); return }
         segments.append(.shared(s, start: 0, end: s.count))
+        referencedBytes += s.count
     }
 
     func corkAppend(file f: FileRef, offset: Int, length: Int) {
         segments.append(.file(f, offset: offset, end: offset + length))
+        referencedBytes += length
     }
 
     /// Writes the cork to its owner: one writev in the common case; what the socket does not
@@ -237,6 +242,7 @@ final class LoopContext {
         defer {
             cork.clear()
             segments.removeAll(keepingCapacity: true)
+            referencedBytes = 0
         }
         guard !segments.isEmpty, !c.closed else { return }
         var written = 0

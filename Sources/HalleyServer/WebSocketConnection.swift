@@ -177,7 +177,10 @@ public final class WebSocketConnection: Connection {
     /// Applies the send-buffer bound; false when the message must not be sent.
     func admit(_ bytes: Int) -> Bool {
         let cfg = ctx.config.webSocket
-        guard pendingOutputBytes + bytes > cfg.maxBufferedBytes, out != nil else { return true }
+        // Many messages to one connection in one turn gather in the cork; past 64 KiB write
+        // them, so the bound below sees what the socket really took.
+        if ctx.corkOwner === self && ctx.corkedBytes + bytes > 64 * 1024 { ctx.flushCork() }
+        guard out != nil, pendingOutputBytes + bytes > cfg.maxBufferedBytes else { return true }
         ctx.counters.add(.wsBackpressure)
         switch cfg.backpressure {
         case .drop:

@@ -56,7 +56,7 @@ struct Options {
         var url: String? = nil
         var i = 0
         func fail(_ msg: String) -> Never {
-            fputs("halley-wsbench: \(msg)\n\(usage)\n", stderr)
+            writeStderr("halley-wsbench: \(msg)\n\(usage)\n")
             exit(2)
         }
         func value() -> String {
@@ -134,7 +134,19 @@ func fixed(_ x: Double, _ decimals: Int) -> String {
 }
 
 func warn(_ s: String) {
-    fputs("halley-wsbench: \(s)\n", stderr)
+    writeStderr("halley-wsbench: \(s)\n")
+}
+
+func writeStderr(_ s: String) {
+    var t = s
+    t.withUTF8 { b in
+        var off = 0
+        while off < b.count {
+            let w = write(2, b.baseAddress! + off, b.count - off)
+            if w <= 0 { return }
+            off += w
+        }
+    }
 }
 
 func errnoString(_ e: Int32 = errno) -> String {
@@ -151,7 +163,7 @@ func monotonicNanos() -> Int64 {
 /// User and system CPU seconds of this process.
 func cpuSeconds() -> (user: Double, system: Double) {
     var ru = rusage()
-    getrusage(RUSAGE_SELF, &ru)
+    getrusage(RUSAGE_SELF.rawValue, &ru)
     return (Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6,
             Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6)
 }
