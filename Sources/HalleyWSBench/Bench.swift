@@ -206,11 +206,13 @@ final class Bench {
     /// Records an error and drops the connection.
     func fail(_ i: Int, _ msg: String) {
         error(i, msg)
-        if conns[i].phase == .connecting || conns[i].phase == .handshake {
+        let opening = conns[i].phase == .connecting || conns[i].phase == .handshake
+        if opening {
             st.pointee.connecting -= 1
             st.pointee.failed += 1
         }
         closeConn(i)
+        if opening { openMore() }
     }
 
     func closeConn(_ i: Int) {
@@ -794,6 +796,8 @@ final class Bench {
         for i in 0..<n where conns[i].phase == .open { sendNext(i, start) }
         let warmEnd = start + Int64(o.warmup * 1e9)
         waitUntil(warmEnd) { true }
+        let server0 = o.serverPids.map(processCPUSeconds)
+        let cores0 = coreTimes()
         let t0 = monotonicNanos()
         let cpu0 = cpuSeconds()
         let echoes0 = st.pointee.totalEchoes
@@ -803,6 +807,8 @@ final class Bench {
         st.pointee.sending = false
         let t1 = monotonicNanos()
         let cpu1 = cpuSeconds()
+        let cores1 = coreTimes()
+        let server1 = o.serverPids.map(processCPUSeconds)
         let warmupEchoes = echoes0
 
         // 3. Wait for the echoes still in flight, then close every connection properly.
@@ -840,6 +846,27 @@ final class Bench {
         line += " errors=\(st.pointee.errors) unanswered=\(unanswered) pings=\(st.pointee.pings)"
         line += " closed=\(closing) close_replies=\(closeReplies) close_no_eof=\(stillOpen) close_resets=\(st.pointee.resets)"
         line += " eof_without_close=\(st.pointee.serverCloses)"
+        if !o.serverPids.isEmpty {
+            var serverCPU = 0.0
+            var readable = true
+            for (a, b) in zip(server0, server1) {
+                if let a = a, let b = b { serverCPU += b - a } else { readable = false }
+            }
+            if readable {
+                line += " server_cpu_s=\(fixed(serverCPU, 2)) server_cpu_pct=\(fixed(100 * serverCPU / seconds, 1))"
+                line += " msgs_per_server_cpu_s=\(serverCPU > 0 ? fixed(Double(msgs) / serverCPU, 0) : "inf")"
+            } else {
+                warn("could not read /proc/PID/stat of \(o.serverPids)")
+                line += " server_cpu_s=? server_cpu_pct=? msgs_per_server_cpu_s=?"
+            }
+        }
+        if cores0.count == cores1.count && !cores0.isEmpty {
+            let busy = zip(cores0, cores1).enumerated().map { (k, p) -> String in
+                let total = p.1.0 - p.0.0, idle = p.1.1 - p.0.1
+                return "\(k):\(total > 0 ? 100 * (total - idle) / total : 0)"
+            }
+            line += " core_busy_pct=\(busy.joined(separator: ","))"
+        }
         print(line)
         if st.pointee.errors > 0 {
             warn("\(st.pointee.errors) error(s); the first ones are above")

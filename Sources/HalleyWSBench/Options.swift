@@ -22,6 +22,9 @@ struct Options {
     /// After the measured window: how long to wait for the echoes still in flight, and then
     /// for the closing handshakes.
     var drainTimeout = 5.0
+    /// Processes whose CPU time (utime + stime from /proc/PID/stat) is read at the start and
+    /// the end of the measured window.
+    var serverPids: [Int32] = []
 
     static let usage = """
     usage: halley-wsbench --url ws://HOST:PORT/PATH [options]
@@ -49,6 +52,12 @@ struct Options {
       --connect-inflight N    connections opened at once (default 256)
       --connect-timeout S     time allowed to open every connection (default 30)
       --drain-timeout S       wait for late echoes, then for close replies (default 5 each)
+      --server-pid PID        read this process's CPU time (/proc/PID/stat) at the start and
+                              end of the window: adds server_cpu_s, server_cpu_pct and
+                              msgs_per_server_cpu_s (repeatable: the times are summed)
+
+    The line also has client_cpu_pct (this process, getrusage) and core_busy_pct (every
+    core's busy share over the window, from /proc/stat).
     """
 
     static func parse(_ args: [String]) -> Options {
@@ -89,6 +98,7 @@ struct Options {
             case "--connect-inflight": o.connectInflight = int(1)
             case "--connect-timeout": o.connectTimeout = double(1)
             case "--drain-timeout": o.drainTimeout = double(0.1)
+            case "--server-pid": o.serverPids.append(Int32(int(1)))
             case "--help", "-h":
                 print(usage)
                 exit(0)
@@ -190,4 +200,41 @@ func base64(_ bytes: [UInt8]) -> String {
         out.append(UInt8(ascii: "="))
     }
     return String(decoding: out, as: UTF8.self)
+}
+
+/// utime + stime of a process in seconds, from /proc/PID/stat; nil when it cannot be read.
+func processCPUSeconds(_ pid: Int32) -> Double? {
+    guard let text = readSmallFile("/proc/\(pid)/stat") else { return nil }
+    // The command name (field 2) may hold spaces and parentheses: fields after the last ')'.
+    guard let close = text.lastIndex(of: ")") else { return nil }
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    // fields[0] is the state (field 3): utime is field 14, stime field 15.
+    guard fields.count > 12, let u = Double(fields[11]), let s = Double(fields[12]) else { return nil }
+    return (u + s) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+/// (total, idle) jiffies of every core, from /proc/stat ("cpuN" lines; idle includes iowait).
+func coreTimes() -> [(Int, Int)] {
+    guard let text = readSmallFile("/proc/stat") else { return [] }
+    var out: [(Int, Int)] = []
+    for line in text.split(separator: "\n") where line.hasPrefix("cpu") && !line.hasPrefix("cpu ") {
+        let v = line.split(separator: " ").dropFirst().compactMap { Int($0) }
+        guard v.count >= 5 else { continue }
+        out.append((v.reduce(0, +), v[3] + v[4]))
+    }
+    return out
+}
+
+func readSmallFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    if fd < 0 { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 16384)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n <= 0 { break }
+        bytes += chunk[0..<n]
+    }
+    return String(decoding: bytes, as: UTF8.self)
 }
