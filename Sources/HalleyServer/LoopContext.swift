@@ -48,8 +48,11 @@ final class LoopContext {
         return d
     }
 
+    /// Where every inflater of the loop writes (a message is consumed before the next one).
+    let inflateOutput = ByteBuffer(capacity: 16 * 1024)
+
     /// Inflates for every connection whose client resets its context after each message.
-    lazy var sharedInflater = Inflater(resetAfterMessage: true)
+    lazy var sharedInflater = Inflater(resetAfterMessage: true, output: inflateOutput)
 
     /// "Date: ...\r\n", rebuilt when the wall-clock second changes.
     private(set) var dateLine: [UInt8] = []

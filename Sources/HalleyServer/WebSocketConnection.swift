@@ -51,7 +51,7 @@ public final class WebSocketConnection: Connection {
         limits.maxMessageBytes = ctx.config.webSocket.maxMessageBytes
         var inflater: Inflater? = nil
         if let d = deflate {
-            inflater = d.clientNoContextTakeover ? ctx.sharedInflater : Inflater(resetAfterMessage: false)
+            inflater = d.clientNoContextTakeover ? ctx.sharedInflater : Inflater(resetAfterMessage: false, output: ctx.inflateOutput)
         }
         reader = WebSocketReader(limits: limits, inflater: inflater)
         self.delegate = delegate

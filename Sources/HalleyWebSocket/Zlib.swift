@@ -14,12 +14,15 @@ public final class Inflater {
 
     var stream = z_stream()
     let resetAfterMessage: Bool
-    let output = ByteBuffer(capacity: 4096)
+    let output: ByteBuffer
     static let tail: [UInt8] = [0x00, 0x00, 0xFF, 0xFF]
 
     /// `windowBits` 15 inflates anything a client may send, whatever window it was told.
-    public init(resetAfterMessage: Bool, windowBits: Int32 = 15) {
+    /// `output` may be shared by every inflater of a loop (what `inflate` returns is used
+    /// before the next call), which saves each connection a buffer of its own.
+    public init(resetAfterMessage: Bool, windowBits: Int32 = 15, output: ByteBuffer = ByteBuffer(capacity: 4096)) {
         self.resetAfterMessage = resetAfterMessage
+        self.output = output
         let rc = halley_inflateInit2(&stream, -windowBits)
         precondition(rc == Z_OK, "inflateInit2 failed: \(rc)")
     }
