@@ -13,5 +13,6 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
-swift build -c release --product halley 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
+swift build -c release --product halley 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]'
+[ "${PIPESTATUS[0]}" = 0 ] || { echo "build failed"; exit 1; }
 exec .build/release/halley --public public "$@"

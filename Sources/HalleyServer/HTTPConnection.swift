@@ -26,9 +26,11 @@ public struct Responder {
 
 /// One HTTP/1.1 client connection, owned by one loop for its whole life.
 ///
-/// Requests are answered strictly in order (pipelining): while a handler holds a request,
-/// later requests stay unparsed in `pendingIn` and the socket is not read, which also bounds
-/// what a client can make the hub buffer. Idle, the connection holds no buffer at all.
+/// Requests are answered strictly in order (pipelining): while a handler holds a request or
+/// the answers already given have not drained, later requests stay unparsed in `pendingIn`
+/// and the socket is not read, which bounds what a client can make the hub buffer (about one
+/// read, 256 KiB, of requests and 64 KiB plus one response of answers). Idle, the connection
+/// holds no buffer at all.
 final class HTTPConnection: Connection {
     /// The routes of the listener that accepted it (the main port, or the metrics port).
     unowned(unsafe) let router: Router
@@ -75,6 +77,12 @@ final class HTTPConnection: Connection {
         if events & Events.writable != 0 && out != nil {
             drainOutput()
             if canProcessPending { process(UnsafeRawBufferPointer(start: nil, count: 0)) }
+        }
+        if !closed && events & (Events.hangup | Events.error) != 0 && interest & Events.readable == 0 {
+            // Not reading (a held request, a blocked write): level-triggered epoll would
+            // report the hang-up again every turn. The peer is gone: close.
+            close()
+            return
         }
         if !closed && events & (Events.readable | Events.hangup | Events.error) != 0 { readable() }
         if let next = upgradedTo { finishUpgrade(next); return }
@@ -157,6 +165,12 @@ final class HTTPConnection: Connection {
             partial = nil
         }
         while !awaiting && !closing && !closed && upgradedTo == nil {
+            // Pipelined requests are answered only while their answers drain: past 64 KiB
+            // gathered, write; if the socket does not take it all, the rest of the requests
+            // wait unparsed (and the socket unread) until it does. A client that pipelines
+            // without reading cannot make the hub hold more than one read's worth of answers.
+            if ctx.corkOwner === self && ctx.corkedBytes > 64 * 1024 { ctx.flushCork() }
+            if out != nil || closed { break }
             // The request's clock starts with its first byte; empty lines between requests
             // do not restart it (they would otherwise hold a connection open for ever).
             let wasIdle = parser.isIdle
@@ -176,7 +190,9 @@ final class HTTPConnection: Connection {
                     ctx.counters.add(.requests1xx)
                 }
                 head = h
-                if let cl = h.contentLength, cl > 0 { body.reserveCapacity(cl) }
+                // Reserve what is announced, up to 64 KiB: a head alone must not make us
+                // allocate the whole body limit.
+                if let cl = h.contentLength, cl > 0 { body.reserveCapacity(min(cl, 64 * 1024)) }
             case .body(let r, let c):
                 body.append(contentsOf: UnsafeRawBufferPointer(rebasing: buf[(off + r.lowerBound)..<(off + r.upperBound)]))
                 off += c
@@ -243,6 +259,10 @@ final class HTTPConnection: Connection {
     func upgrade(_ request: HTTPRequest, serial s: UInt32, endpoint: WebSocketHandshake.Endpoint,
                  _ makeDelegate: (HTTPRequest) -> WebSocketDelegate?) {
         guard s == serial, awaiting, !closed else { return }
+        if ctx.shuttingDown {
+            respond(.text(503, "Service Unavailable: shutting down\n"), serial: s)
+            return
+        }
         var ep = endpoint
         ep.compression = ep.compression && ctx.config.webSocket.compression
         let head = request.head
@@ -263,7 +283,10 @@ final class HTTPConnection: Connection {
             ctx.corkAppend(ServerTables.crlf)
             ctx.counters.add(.requests1xx)
             ctx.counters.add(.wsUpgrades)
-            upgradedTo = WebSocketConnection(upgrading: self, delegate: delegate, deflate: deflate, subprotocol: subprotocol)
+            let ws = WebSocketConnection(upgrading: self, delegate: delegate, deflate: deflate, subprotocol: subprotocol)
+            upgradedTo = ws
+            // A late answer: no event of ours will come to finish the hand-over.
+            if !inEvent { finishUpgrade(ws) }
         }
     }
 

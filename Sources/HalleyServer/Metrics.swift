@@ -53,6 +53,9 @@ public final class Metrics: @unchecked Sendable {
     // Sendable: `loops` and `sources` are filled before the loops start and never changed.
     var loops: [LoopCounters] = []
     var sources: [@Sendable () -> String] = []
+    /// The server's own count (one atomic): accepted − closed summed over the loops could be
+    /// read half-updated.
+    var openConnections: @Sendable () -> Int = { 0 }
 
     public init() {}
 
@@ -66,8 +69,8 @@ public final class Metrics: @unchecked Sendable {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
             for (labels, v) in samples { out += "\(name)\(labels) \(v)\n" }
         }
-        let accepted = sum(.connectionsAccepted), closed = sum(.connectionsClosed)
-        family("halley_connections_open", "gauge", "HTTP connections open now.", [("", accepted - closed)])
+        let accepted = sum(.connectionsAccepted)
+        family("halley_connections_open", "gauge", "Client connections open now (HTTP and WebSocket).", [("", openConnections())])
         family("halley_connections_accepted_total", "counter", "HTTP connections accepted.", [("", accepted)])
         family("halley_http_requests_total", "counter", "HTTP responses sent, by status class.", [
             ("{class=\"1xx\"}", sum(.requests1xx)), ("{class=\"2xx\"}", sum(.requests2xx)),

@@ -31,7 +31,7 @@ final class OutputQueue {
     /// `sendfile` for files. Returns the bytes written; throws on a dead socket.
     func drain(_ fd: Int32) throws(IOError) -> Int {
         var written = 0
-        var iov = [iovec](repeating: iovec(), count: 64)
+        return try withUnsafeTemporaryAllocation(of: iovec.self, capacity: 64) { iov throws(IOError) -> Int in
         while !chunks.isEmpty {
             if case .file(let f, let off, let end) = chunks[0] {
                 var o = off
@@ -59,7 +59,7 @@ final class OutputQueue {
                 if case .file = c { break }
                 n += 1
             }
-            let r = try iov.withUnsafeBufferPointer { p throws(IOError) in try Sys.writev(fd, p.baseAddress!, n) }
+            let r = try Sys.writev(fd, iov.baseAddress!, n)
             guard case .done(var w) = r else { return written }
             written += w
             totalBytes -= w
@@ -80,5 +80,6 @@ final class OutputQueue {
             }
         }
         return written
+        }
     }
 }

@@ -39,6 +39,7 @@ public final class Server: @unchecked Sendable {
         maxConnections = config.maxConnections > 0 ? config.maxConnections : max(16, fileLimit - 100)
         let threadCount = config.threads > 0 ? config.threads : Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         let metrics = self.metrics
+        metrics.openConnections = { [unowned self] in self.connectionCount }
         metricsRouter.add([.get], "/metrics") { _, responder in
             responder.respond(HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
                                            body: .bytes(Array(metrics.render().utf8))))

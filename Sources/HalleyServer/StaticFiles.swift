@@ -32,7 +32,8 @@ enum StaticFiles {
         var lookup = files.lookup(relative, now: now)
         if case .directory = lookup {
             guard relative.hasSuffix("/") else {
-                var location = String(request.path) + "/"
+                // From the normalised path: "//dir" must not become a scheme-relative "//dir/".
+                var location = relative + "/"
                 if let q = request.head.query { location += "?" + q }
                 return HTTPResponse(status: 301, headers: [("Location", location)])
             }

@@ -106,6 +106,8 @@ public final class WebSocketConnection: Connection {
     /// Feeds bytes to the reader (also the bytes that came with the upgrade request).
     func receive(_ bytes: UnsafeMutableRawBufferPointer) {
         reader.read(bytes) { event in
+            // A write failure while handling an earlier event may have closed us.
+            if closed { return }
             switch event {
             case .text(let b):
                 lastMessage = ctx.seconds
@@ -209,7 +211,8 @@ public final class WebSocketConnection: Connection {
             ctx.corkAppend(UnsafeRawBufferPointer(rebasing: h[0..<n]))
         }
         ctx.corkAppend(body)
-        if !inEvent { ctx.flushCork() }
+        // Outside our own event (a fan-out, a ping from the sweep) the loop flushes the cork
+        // at the end of the turn: one writev for everything sent to us in the turn.
     }
 
     // MARK: closing
