@@ -12,7 +12,9 @@ public final class Inflater {
         case corrupt
     }
 
-    var stream = z_stream()
+    /// zlib keeps a pointer back to its z_stream and checks it on every call: the stream lives
+    /// at a fixed address of its own, not in a Swift property that could be moved.
+    let stream = UnsafeMutablePointer<z_stream>.allocate(capacity: 1)
     let resetAfterMessage: Bool
     let output: ByteBuffer
     static let tail: [UInt8] = [0x00, 0x00, 0xFF, 0xFF]
@@ -23,23 +25,27 @@ public final class Inflater {
     public init(resetAfterMessage: Bool, windowBits: Int32 = 15, output: ByteBuffer = ByteBuffer(capacity: 4096)) {
         self.resetAfterMessage = resetAfterMessage
         self.output = output
-        let rc = halley_inflateInit2(&stream, -windowBits)
+        stream.initialize(to: z_stream())
+        let rc = halley_inflateInit2(stream, -windowBits)
         precondition(rc == Z_OK, "inflateInit2 failed: \(rc)")
     }
 
-    deinit { inflateEnd(&stream) }
+    deinit {
+        inflateEnd(stream)
+        stream.deallocate()
+    }
 
     /// Inflates one whole message, giving up past `limit` bytes of output (a small frame must
     /// not expand into gigabytes: a deflate bomb gets 1009).
     public func inflate(_ input: UnsafeRawBufferPointer, limit: Int) -> Result {
         output.clear()
-        defer { if resetAfterMessage { inflateReset(&stream) } }
+        defer { if resetAfterMessage { inflateReset(stream) } }
         var step = run(input, limit: limit)
         if step == .ok { step = Self.tail.withUnsafeBytes { run($0, limit: limit) } }
         switch step {
         case .ok: return .ok(output.readable)
-        case .tooBig: inflateReset(&stream); return .tooBig
-        case .corrupt: inflateReset(&stream); return .corrupt
+        case .tooBig: inflateReset(stream); return .tooBig
+        case .corrupt: inflateReset(stream); return .corrupt
         }
     }
 
@@ -47,25 +53,25 @@ public final class Inflater {
 
     private func run(_ input: UnsafeRawBufferPointer, limit: Int) -> Step {
         guard input.count > 0 else { return .ok }
-        stream.next_in = UnsafeMutablePointer(mutating: input.baseAddress!.assumingMemoryBound(to: UInt8.self))
-        stream.avail_in = UInt32(input.count)
+        stream.pointee.next_in = UnsafeMutablePointer(mutating: input.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        stream.pointee.avail_in = UInt32(input.count)
         while true {
             output.reserve(4096)
             // Never let zlib write more than one byte past the limit.
             let room = min(output.capacity - output.writerIndex, limit + 1 - output.readableBytes)
-            stream.next_out = (output.base + output.writerIndex).assumingMemoryBound(to: UInt8.self)
-            stream.avail_out = UInt32(room)
-            let rc = CZlib.inflate(&stream, Z_SYNC_FLUSH)
-            output.didWrite(room - Int(stream.avail_out))
+            stream.pointee.next_out = (output.base + output.writerIndex).assumingMemoryBound(to: UInt8.self)
+            stream.pointee.avail_out = UInt32(room)
+            let rc = CZlib.inflate(stream, Z_SYNC_FLUSH)
+            output.didWrite(room - Int(stream.pointee.avail_out))
             if output.readableBytes > limit { return .tooBig }
             switch rc {
             case Z_STREAM_END:
                 // A final block (BFINAL) ends the stream; the next message starts a new one.
-                inflateReset(&stream)
+                inflateReset(stream)
                 return .ok
             case Z_OK, Z_BUF_ERROR:
-                if stream.avail_in == 0 && stream.avail_out > 0 { return .ok }
-                if rc == Z_BUF_ERROR && stream.avail_out > 0 { return .corrupt }
+                if stream.pointee.avail_in == 0 && stream.pointee.avail_out > 0 { return .ok }
+                if rc == Z_BUF_ERROR && stream.pointee.avail_out > 0 { return .corrupt }
             default:
                 return .corrupt
             }
@@ -76,32 +82,37 @@ public final class Inflater {
 /// Compresses messages for permessage-deflate with no context takeover: every message alone,
 /// so one compressed copy serves every recipient. One per loop and window size.
 public final class Deflater {
-    var stream = z_stream()
+    /// At a fixed address, as zlib requires (see Inflater).
+    let stream = UnsafeMutablePointer<z_stream>.allocate(capacity: 1)
     let output = ByteBuffer(capacity: 4096)
 
     public init(windowBits: Int32 = 15, level: Int32 = 6, memLevel: Int32 = 8) {
-        let rc = halley_deflateInit2(&stream, level, Z_DEFLATED, -windowBits, memLevel, Z_DEFAULT_STRATEGY)
+        stream.initialize(to: z_stream())
+        let rc = halley_deflateInit2(stream, level, Z_DEFLATED, -windowBits, memLevel, Z_DEFAULT_STRATEGY)
         precondition(rc == Z_OK, "deflateInit2 failed: \(rc)")
     }
 
-    deinit { deflateEnd(&stream) }
+    deinit {
+        deflateEnd(stream)
+        stream.deallocate()
+    }
 
     /// The compressed message without its final 00 00 FF FF (RFC 7692 §7.2.1); valid until
     /// the next call.
     public func compress(_ input: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
         output.clear()
-        defer { deflateReset(&stream) }
-        stream.next_in = input.baseAddress.map { UnsafeMutablePointer(mutating: $0.assumingMemoryBound(to: UInt8.self)) }
-        stream.avail_in = UInt32(input.count)
+        defer { deflateReset(stream) }
+        stream.pointee.next_in = input.baseAddress.map { UnsafeMutablePointer(mutating: $0.assumingMemoryBound(to: UInt8.self)) }
+        stream.pointee.avail_in = UInt32(input.count)
         repeat {
-            output.reserve(Int(deflateBound(&stream, UInt(input.count))) + 16)
+            output.reserve(Int(deflateBound(stream, UInt(input.count))) + 16)
             let room = output.capacity - output.writerIndex
-            stream.next_out = (output.base + output.writerIndex).assumingMemoryBound(to: UInt8.self)
-            stream.avail_out = UInt32(room)
-            let rc = deflate(&stream, Z_SYNC_FLUSH)
+            stream.pointee.next_out = (output.base + output.writerIndex).assumingMemoryBound(to: UInt8.self)
+            stream.pointee.avail_out = UInt32(room)
+            let rc = deflate(stream, Z_SYNC_FLUSH)
             precondition(rc == Z_OK || rc == Z_BUF_ERROR, "deflate failed: \(rc)")
-            output.didWrite(room - Int(stream.avail_out))
-        } while stream.avail_out == 0
+            output.didWrite(room - Int(stream.pointee.avail_out))
+        } while stream.pointee.avail_out == 0
         var n = output.readableBytes
         if n >= 4 && output.readable[n - 4] == 0 && output.readable[n - 3] == 0 && output.readable[n - 2] == 0xFF && output.readable[n - 1] == 0xFF {
             n -= 4
