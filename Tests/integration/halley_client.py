@@ -394,3 +394,12 @@ def parse_metrics(text: str) -> dict[str, float]:
         name, _, value = line.rpartition(" ")
         out[name] = float(value)
     return out
+
+
+def rss_kb(pid) -> int:
+    """Resident memory of a process, in kB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from halley_client import Client, assert_no_data, connect, sha256
+from halley_client import Client, assert_no_data, connect, rss_kb, sha256
 from public_tree import FILES, assert_serving
 
 SMALL = ["/one.txt", "/two.txt", "/three.txt", "/four.txt", "/app.js", "/data.json"]
@@ -459,20 +459,12 @@ def test_query_is_not_checked_as_a_path(halley):
     assert r.status == 200 and r.body == FILES["one.txt"]
 
 
-def _rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def test_pipelining_without_reading_is_bounded(start_halley):
     # 5,000 pipelined requests for a 200 KiB file (1 GB of answers) from a client that does
     # not read: the hub answers only while the answers drain, so its memory stays flat; then
     # every answer arrives, in order, once the client reads.
     h = start_halley(threads=1)
-    before = _rss_kb(h.proc.pid)
+    before = rss_kb(h.proc.pid)
     n = 5000
     req = b"GET /medium.bin HTTP/1.1\r\nHost: h\r\n\r\n"
     with connect(h.port) as s:
@@ -486,7 +478,7 @@ def test_pipelining_without_reading_is_bounded(start_halley):
             except BlockingIOError:
                 time.sleep(0.01)
         time.sleep(1)
-        grown = _rss_kb(h.proc.pid) - before
+        grown = rss_kb(h.proc.pid) - before
         assert grown < 20 * 1024, f"hub grew {grown} kB for a client that does not read"
         # Now read a few answers: they are complete and in order.
         s.setblocking(True)

@@ -15,7 +15,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from halley_client import Client, connect
+from halley_client import Client, connect, rss_kb
 
 
 def run(coro):
@@ -314,14 +314,6 @@ def test_rfc_accept_key(halley):
         assert b"\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in data
 
 
-def _rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def test_client_that_never_reads_is_held_back(start_halley):
     # A client that sends to /echo but never reads: once its echoes stop draining the hub
     # stops reading it (TCP pushes back), so neither the hub's memory nor the bytes it
@@ -330,7 +322,7 @@ def test_client_that_never_reads_is_held_back(start_halley):
     h = start_halley(threads=1)
     s, _ = raw_handshake(h.port)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    before = _rss_kb(h.proc.pid)
+    before = rss_kb(h.proc.pid)
     msg = frame(0x2, b"x" * 60000)
     s.setblocking(False)
     sent = 0
@@ -343,7 +335,7 @@ def test_client_that_never_reads_is_held_back(start_halley):
                 time.sleep(0.05)
     except (ConnectionResetError, BrokenPipeError):
         pass  # closed by the backpressure policy (1008): also bounded
-    grown = _rss_kb(h.proc.pid) - before
+    grown = rss_kb(h.proc.pid) - before
     assert sent < 50_000_000, f"the hub kept reading: {sent} bytes"
     assert grown < 20 * 1024, f"the hub grew {grown} kB"
     s.close()
