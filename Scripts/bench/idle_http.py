@@ -33,7 +33,6 @@ start or died, a connection failed or was closed, a response was wrong), 3 with
 """
 
 import argparse
-import ctypes
 import errno
 import os
 import re
@@ -46,49 +45,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from benchlib import REPO, Failure, build, die_with_parent, fd_count, log, proc_status, smaps_rss, version
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 GOAL_BYTES = 512
 SMALL = b"Halley idle-connection benchmark: a small file of sixty bytes".ljust(59, b".")[:59] + b"\n"
 assert len(SMALL) == 60
 
 
-class Failure(Exception):
-    pass
-
-
-def log(msg=""):
-    print(msg, flush=True)
-
 
 # ---- /proc ----------------------------------------------------------------------------------
-
-def proc_status(pid):
-    """VmRSS, RssAnon, RssFile in kB."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
-                out[k] = int(v.split()[0])
-    return out
-
-
-def smaps_rss(pid):
-    """Rss in kB from /proc/PID/smaps_rollup: counted from the page tables, exact, where
-    VmRSS is a (per-CPU batched) counter; None when unavailable."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Rss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def children(pid):
@@ -111,11 +76,6 @@ def children(pid):
                 pass
     return kids
 
-
-def die_with_parent():
-    """preexec_fn: the server gets SIGTERM if this script dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def alive(proc):
@@ -506,23 +466,6 @@ def nginx_prealloc(args, root, tmp, nofile, big, big_res):
         f"{big.worker_connections}: {per_slot:.0f} B per slot")
     return per_slot
 
-
-def build(no_build):
-    if no_build:
-        return
-    log(f"building: (cd {REPO} && swift build -c release)")
-    r = subprocess.run(["swift", "build", "-c", "release"], cwd=REPO, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise Failure("swift build failed:\n" + r.stdout[-3000:] + r.stderr[-3000:])
-    log("\n".join(r.stdout.strip().splitlines()[-1:]))
-
-
-def version(cmd):
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        return (r.stdout + r.stderr).strip().splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        return "?"
 
 
 def main():

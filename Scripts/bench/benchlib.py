@@ -1,0 +1,70 @@
+"""What the benchmark scripts share: process inspection (/proc), building, versions."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+
+class Failure(Exception):
+    pass
+
+
+def log(msg=""):
+    print(msg, flush=True)
+
+
+def proc_status(pid):
+    """VmRSS, RssAnon, RssFile, VmData in kB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "RssAnon", "RssFile", "VmHWM", "VmData"):
+                out[k] = int(v.split()[0])
+    return out
+
+
+def smaps_rss(pid):
+    """Rss in kB from /proc/PID/smaps_rollup: counted from the page tables, exact, where
+    VmRSS is a (per-CPU batched) counter; None when unavailable."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def die_with_parent():
+    """preexec_fn: the server gets SIGTERM if this script dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def build(no_build):
+    if no_build:
+        return
+    log(f"building: (cd {REPO} && swift build -c release)")
+    r = subprocess.run(["swift", "build", "-c", "release"], cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise Failure("swift build failed:\n" + r.stdout[-3000:] + r.stderr[-3000:])
+    log("\n".join(r.stdout.strip().splitlines()[-1:]))
+
+
+def version(cmd):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (r.stdout + r.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
