@@ -1,3 +1,5 @@
+import HalleyCore
+
 /// The header fields of one request, kept as one copy of the head's bytes plus the offsets of
 /// each name and value: two allocations per request, however many fields it has. Names are
 /// matched without regard to case (RFC 9110 §5.1).
@@ -107,11 +109,3 @@ public struct HTTPHeaders: Sendable, Sequence {
     (c >= 65 && c <= 90) ? c | 0x20 : c
 }
 
-extension Substring {
-    func trimmingSpaces() -> Substring {
-        var s = self
-        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
-        return s
-    }
-}

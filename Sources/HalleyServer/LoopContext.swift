@@ -111,7 +111,6 @@ final class LoopContext {
         }
         connections.removeLast()
         server.openConnections.subtract(1, ordering: .relaxed)
-        counters.add(.connectionsClosed)
         if corkOwner === c { corkOwner = nil; cork.clear(); segments.removeAll(keepingCapacity: true); referencedBytes = 0 }
         for l in listeners where l.paused {
             noteWaiting(l)

@@ -5,7 +5,6 @@ import Synchronization
 /// loop's counters from whichever loop serves it.
 public enum Counter: Int, CaseIterable, Sendable {
     case connectionsAccepted
-    case connectionsClosed
     case requests1xx, requests2xx, requests3xx, requests4xx, requests5xx
     case bytesIn, bytesOut
     case breachRequestLine, breachHeaders, breachBody, breachHeaderTimeout, breachBodyTimeout

@@ -65,10 +65,10 @@ enum StaticFiles {
     /// RFC 9110 §13.1.2 / §13.1.3: If-None-Match wins over If-Modified-Since.
     static func notModified(_ h: HTTPHeaders, _ e: FileCache.Entry) -> Bool {
         if let inm = h["if-none-match"] {
-            if inm.trimmingCharacters() == "*" { return true }
+            if inm.trimmingSpaces() == "*" { return true }
             for tag in inm.split(separator: ",") {
                 var t = tag.trimmingSpaces()
-                if t.hasPrefix("W/") { t = t.dropFirst(2) }
+                if t.hasPrefix("W/") { t = String(t.dropFirst(2)) }
                 if t == e.etag { return true }
             }
             return false
@@ -103,17 +103,4 @@ enum StaticFiles {
     }
 }
 
-extension String {
-    func trimmingCharacters() -> String {
-        String(Substring(self).trimmingSpaces())
-    }
-}
 
-extension Substring {
-    func trimmingSpaces() -> Substring {
-        var s = self
-        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
-        return s
-    }
-}

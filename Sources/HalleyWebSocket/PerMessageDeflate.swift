@@ -1,3 +1,5 @@
+import HalleyCore
+
 /// permessage-deflate negotiation (RFC 7692 §7.1). The server always compresses each message
 /// on its own (`server_no_context_takeover`, which a server may add to any accepted offer), so
 /// one compressed copy of a broadcast can go to every subscriber and no connection needs a
@@ -28,7 +30,7 @@ public enum PerMessageDeflate {
     /// 9, which a client held to 256 bytes could not inflate.
     public static func negotiate(_ headerValues: [String]) -> DeflateParameters? {
         for offer in headerValues.joined(separator: ",").split(separator: ",") {
-            let parts = offer.split(separator: ";").map { $0.trimmingCharacters() }
+            let parts = offer.split(separator: ";").map { $0.trimmingSpaces() }
             guard parts.first?.lowercased() == "permessage-deflate" else { continue }
             if let p = accept(parts.dropFirst()) { return p }
         }
@@ -39,7 +41,7 @@ public enum PerMessageDeflate {
         var p = DeflateParameters()
         var seen = Set<String>()
         for raw in params {
-            let kv = raw.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters() }
+            let kv = raw.split(separator: "=", maxSplits: 1).map { $0.trimmingSpaces() }
             let name = kv[0].lowercased()
             guard !name.isEmpty, seen.insert(name).inserted else { return nil }
             var value: Int? = nil
@@ -69,15 +71,4 @@ public enum PerMessageDeflate {
     }
 }
 
-extension String {
-    func trimmingCharacters() -> String {
-        var s = Substring(self)
-        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
-        return String(s)
-    }
-}
 
-extension Substring {
-    func trimmingCharacters() -> String { String(self).trimmingCharacters() }
-}

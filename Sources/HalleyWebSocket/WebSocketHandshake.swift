@@ -67,7 +67,7 @@ public enum WebSocketHandshake {
     /// `values(name)` returns every value of a header, in order.
     public static func evaluate(isGet: Bool, minorVersion: Int, values: (String) -> [String], endpoint: Endpoint) -> Outcome {
         func tokens(_ name: String) -> [String] {
-            values(name).flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters().lowercased() }
+            values(name).flatMap { $0.split(separator: ",") }.map { $0.trimmingSpaces().lowercased() }
         }
         let upgradeHeaders: [(String, String)] = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
         guard tokens("upgrade").contains("websocket") else {
@@ -78,11 +78,11 @@ public enum WebSocketHandshake {
             return .refuse(status: 400, headers: [], reason: "Connection does not list upgrade")
         }
         let versions = values("sec-websocket-version")
-        guard versions.count == 1, versions[0].trimmingCharacters() == "13" else {
+        guard versions.count == 1, versions[0].trimmingSpaces() == "13" else {
             return .refuse(status: 426, headers: [("Sec-WebSocket-Version", "13")], reason: "unsupported WebSocket version")
         }
         let keys = values("sec-websocket-key")
-        guard keys.count == 1, let raw = Base64.decode(keys[0].trimmingCharacters()), raw.count == 16 else {
+        guard keys.count == 1, let raw = Base64.decode(keys[0].trimmingSpaces()), raw.count == 16 else {
             return .refuse(status: 400, headers: [], reason: "bad Sec-WebSocket-Key")
         }
         let origins = values("origin")
@@ -90,9 +90,9 @@ public enum WebSocketHandshake {
             return .refuse(status: 403, headers: [], reason: "origin \(origins.first ?? "") not allowed")
         }
         var headers = upgradeHeaders
-        headers.append(("Sec-WebSocket-Accept", acceptValue(forKey: keys[0].trimmingCharacters())))
+        headers.append(("Sec-WebSocket-Accept", acceptValue(forKey: keys[0].trimmingSpaces())))
         var chosen: String? = nil
-        let offered = values("sec-websocket-protocol").flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters() }
+        let offered = values("sec-websocket-protocol").flatMap { $0.split(separator: ",") }.map { $0.trimmingSpaces() }
         if let p = offered.first(where: { endpoint.subprotocols.contains($0) }) {
             chosen = p
             headers.append(("Sec-WebSocket-Protocol", p))
