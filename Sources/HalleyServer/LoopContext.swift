@@ -248,6 +248,8 @@ final class LoopContext {
         }
         guard !segments.isEmpty, !c.closed else { return }
         var written = 0
+        // Whether the socket took all we offered: only then is trying it again worth a call.
+        var socketTookAll = false
         if c.out == nil {
             // Fast path: everything up to the first file in one writev.
             var iov = (iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec())
@@ -271,12 +273,18 @@ final class LoopContext {
                         try Sys.writev(c.fd, raw.bindMemory(to: iovec.self).baseAddress!, n)
                     }
                     if case .done(let w) = r { written = w }
+                    let offered = withUnsafeBytes(of: &iov) { raw in
+                        raw.bindMemory(to: iovec.self).prefix(n).reduce(0) { $0 + $1.iov_len }
+                    }
+                    socketTookAll = written == offered
                 } catch {
                     c.close()
                     return
                 }
                 counters.add(.bytesOut, written)
                 if written > 0 { c.lastIO = seconds }
+            } else {
+                socketTookAll = true  // a file comes first: sendfile it now
             }
         }
         // Whatever is left goes to the connection's queue.
@@ -297,6 +305,12 @@ final class LoopContext {
                 c.queue(.file(f, offset: o, end: e))
             }
         }
-        if c.out != nil { c.drainOutput() } else { c.outputDrained() }
+        if c.out == nil {
+            c.outputDrained()
+        } else if socketTookAll {
+            c.drainOutput()  // a file, or more segments than one writev carries
+        } else {
+            c.updateInterest()  // the socket is full: wait for EPOLLOUT
+        }
     }
 }
