@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "halley-wsbench", targets: ["HalleyWSBench"]),
         .executable(name: "HalleyFuzzWSFrames", targets: ["HalleyFuzzWSFrames"]),
         .executable(name: "HalleyFuzzInflate", targets: ["HalleyFuzzInflate"]),
+        .executable(name: "halley-fanout", targets: ["HalleyFanoutBench"]),
     ],
     targets: [
         // System shims.
@@ -32,8 +33,13 @@ let package = Package(
         .target(name: "HalleyLoop", dependencies: ["HalleyCore", "CHalleyLinux"]),
         // HTTP server: connections, router, static files, metrics.
         .target(name: "HalleyServer", dependencies: ["HalleyCore", "HalleyHTTP", "HalleyWebSocket", "HalleyLoop"]),
+        // Pusher protocol messages, JSON, channel names, signatures, SSE and poll encodings:
+        // no sockets, no loops.
+        .target(name: "HalleyProtocol", dependencies: ["HalleyCore", "HalleyCrypto"]),
+        // The hub: apps, channels (offsets, history), sessions, transports, POST /publish.
+        .target(name: "HalleyHub", dependencies: ["HalleyCore", "HalleyCrypto", "HalleyProtocol", "HalleyServer", "HalleyLoop", "HalleyHTTP", "HalleyWebSocket"]),
         // The executable: configuration, wiring, signals, logs.
-        .executableTarget(name: "halley", dependencies: ["HalleyServer"]),
+        .executableTarget(name: "halley", dependencies: ["HalleyServer", "HalleyHub"]),
         // libFuzzer entry for the request parser (built with --sanitize=fuzzer).
         .executableTarget(name: "HalleyFuzzHTTP", dependencies: ["HalleyHTTP"]),
         // WebSocket echo load generator for Scripts/bench/ws_echo.sh: one thread, epoll, no
@@ -42,9 +48,14 @@ let package = Package(
         // libFuzzer entries for the WebSocket frame reader and for inflate.
         .executableTarget(name: "HalleyFuzzWSFrames", dependencies: ["HalleyWebSocket"]),
         .executableTarget(name: "HalleyFuzzInflate", dependencies: ["HalleyWebSocket"]),
+        // Fan-out and long-poll load generator for Scripts/bench/fanout.sh and longpoll.sh
+        // (Halley and Nchan subscribers, a publisher at a fixed rate, delivery latency).
+        .executableTarget(name: "HalleyFanoutBench", dependencies: ["CHalleyLinux"]),
 
         .testTarget(name: "HalleyHTTPTests", dependencies: ["HalleyHTTP"]),
         .testTarget(name: "HalleyServerTests", dependencies: ["HalleyServer"]),
         .testTarget(name: "HalleyWebSocketTests", dependencies: ["HalleyWebSocket", "HalleyCrypto"]),
+        .testTarget(name: "HalleyProtocolTests", dependencies: ["HalleyProtocol", "HalleyCore"]),
+        .testTarget(name: "HalleyHubTests", dependencies: ["HalleyHub", "HalleyProtocol"]),
     ]
 )

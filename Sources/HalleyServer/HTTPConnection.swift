@@ -22,6 +22,30 @@ public struct Responder {
 
     /// The loop the connection lives on: a late response must be given on it.
     public var loop: EventLoop { connection.ctx.loop }
+
+    public var loopIndex: Int { connection.ctx.loop.index }
+
+    /// Starts a streaming response (chunked on HTTP/1.1); nil if the request was answered.
+    public func startStream(status: Int, headers: [(String, String)]) -> HTTPStream? {
+        connection.startStream(serial: serial, status: status, headers: headers)
+    }
+
+    /// For a request held open (a long-poll): `body` runs if the client goes away before the
+    /// answer. While it is set the connection watches for the peer's hang-up.
+    public func onDisconnect(_ body: @escaping () -> Void) {
+        guard serial == connection.serial, connection.awaiting, !connection.closed else { return }
+        connection.heldWatch = body
+        if !connection.inEvent { connection.updateInterest() }
+    }
+
+    /// Moves the connection to loop `index` and calls `then` there with a responder on the
+    /// new loop (at once when it is already there).
+    public func handOff(toLoop index: Int, _ request: HTTPRequest, then: @escaping @Sendable (HTTPRequest, Responder) -> Void) {
+        connection.handOff(request, serial: serial, toLoop: index, then: then)
+    }
+
+    /// The peer's address is not tracked; the connection's descriptor identifies it in logs.
+    public var connectionID: Int32 { connection.fd }
 }
 
 /// One HTTP/1.1 client connection, owned by one loop for its whole life.
@@ -53,6 +77,12 @@ final class HTTPConnection: Connection {
     var peerClosed = false
     /// Set when a handler upgraded the connection (WebSocket): the new handler takes over.
     var upgradedTo: Connection?
+    /// A streaming response in progress (SSE): the request stays held until it ends.
+    var stream: HTTPStream?
+    /// Called if the client goes away while a held request (long-poll) waits.
+    var heldWatch: (() -> Void)?
+    /// A hand-over to another loop asked for inside our event, done when the event ends.
+    var handOffPending: HandOff?
 
     /// Monotonic second the current phase started (the head's first byte, or idleness).
     var phaseStart: Int32
@@ -78,7 +108,7 @@ final class HTTPConnection: Connection {
             drainOutput()
             if canProcessPending { process(UnsafeRawBufferPointer(start: nil, count: 0)) }
         }
-        if !closed && events & (Events.hangup | Events.error) != 0 && interest & Events.readable == 0 {
+        if !closed && events & (Events.hangup | Events.error | Events.readHangup) != 0 && interest & Events.readable == 0 {
             // Not reading (a held request, a blocked write): level-triggered epoll would
             // report the hang-up again every turn. The peer is gone: close.
             close()
@@ -86,6 +116,7 @@ final class HTTPConnection: Connection {
         }
         if !closed && events & (Events.readable | Events.hangup | Events.error) != 0 { readable() }
         if let next = upgradedTo { finishUpgrade(next); return }
+        if let h = handOffPending { finishHandOff(h); return }
         if closed { return }
         if ctx.corkOwner === self { ctx.flushCork() }
         updateInterest()
@@ -100,7 +131,7 @@ final class HTTPConnection: Connection {
     func readable() {
         let buf = ctx.loop.readBuffer
         for _ in 0..<4 {
-            guard !closed, !peerClosed, upgradedTo == nil else { return }
+            guard !closed, !peerClosed, upgradedTo == nil, handOffPending == nil else { return }
             guard lingering || (!awaiting && out == nil && !closing) else { return }
             let n: Int
             do {
@@ -164,7 +195,7 @@ final class HTTPConnection: Connection {
             body = p.body
             partial = nil
         }
-        while !awaiting && !closing && !closed && upgradedTo == nil {
+        while !awaiting && !closing && !closed && upgradedTo == nil && handOffPending == nil {
             // Pipelined requests are answered only while their answers drain: past 64 KiB
             // gathered, write; if the socket does not take it all, the rest of the requests
             // wait unparsed (and the socket unread) until it does. A client that pipelines
@@ -316,8 +347,9 @@ final class HTTPConnection: Connection {
     // MARK: responding
 
     func respond(_ r: HTTPResponse, serial s: UInt32) {
-        guard s == serial, awaiting, !closed else { return }
+        guard s == serial, awaiting, !closed, stream == nil, handOffPending == nil else { return }
         awaiting = false
+        heldWatch = nil
         let keepAlive = respondKeepAlive && !r.close
         if !keepAlive { closing = true }
         ctx.cork(for: self)
@@ -332,6 +364,8 @@ final class HTTPConnection: Connection {
             ctx.flushCork()
             if canProcessPending { process(UnsafeRawBufferPointer(start: nil, count: 0)) }
             if closed { return }
+            if let h = handOffPending { finishHandOff(h); return }
+            if let next = upgradedTo { finishUpgrade(next); return }
             if ctx.corkOwner === self { ctx.flushCork() }
             updateInterest()
         }
@@ -396,12 +430,15 @@ final class HTTPConnection: Connection {
         var want: UInt32 = 0
         if out != nil { want |= Events.writable }
         if !peerClosed && (lingering || (!awaiting && out == nil && !closing)) { want |= Events.readable }
+        // A held long-poll or a stream: learn at once when the client goes.
+        if awaiting && (stream != nil || heldWatch != nil) { want |= Events.readHangup }
         return want
     }
 
     override func didClose() {
         pendingIn = nil
         partial = nil
+        notifyHolders()
     }
 
     // MARK: deadlines (the loop's once-a-second sweep)
@@ -449,7 +486,9 @@ final class HTTPConnection: Connection {
 
     /// Graceful shutdown: an idle connection closes now; a busy one after its response.
     override func shutdownRequested() {
-        if lingering || (!awaiting && out == nil && parser.isIdle && pendingIn == nil) {
+        // A stream or a held long-poll would last until the grace ends: cut it now, the
+        // client reconnects (and resumes) elsewhere.
+        if lingering || stream != nil || heldWatch != nil || (!awaiting && out == nil && parser.isIdle && pendingIn == nil) {
             close()
         } else {
             respondKeepAlive = false
@@ -463,4 +502,6 @@ enum ServerTables {
     static let connectionClose = Array("Connection: close\r\n".utf8)
     static let connectionKeepAlive = Array("Connection: keep-alive\r\n".utf8)
     static let crlf: [UInt8] = [13, 10]
+    static let transferChunked = Array("Transfer-Encoding: chunked\r\n".utf8)
+    static let lastChunk = Array("0\r\n\r\n".utf8)
 }

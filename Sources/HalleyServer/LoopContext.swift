@@ -30,6 +30,7 @@ final class LoopContext {
     /// Bytes gathered for the owner (cork bytes and referenced segments).
     var corkedBytes: Int { cork.readableBytes + referencedBytes }
     private var referencedBytes = 0
+    func referencedBytesReset() { referencedBytes = 0 }
 
     enum Segment {
         case cork(start: Int, end: Int)
@@ -211,6 +212,14 @@ final class LoopContext {
     func corkAppendDecimalLine(_ value: Int) {
         let start = cork.writerIndex
         cork.append(decimal: value)
+        cork.append("\r\n")
+        noteCork(from: start)
+    }
+
+    /// Appends `value` in hex and CRLF (a chunk-size line).
+    func corkAppendHexLine(_ value: Int) {
+        let start = cork.writerIndex
+        cork.append(hex: value)
         cork.append("\r\n")
         noteCork(from: start)
     }

@@ -34,7 +34,7 @@ public final class Server: @unchecked Sendable {
 
     /// Binds every listener and starts the loop threads. Errors (a port in use) are thrown
     /// before any thread starts.
-    public func start() throws(IOError) {
+    public func start(beforeRunning: ([EventLoop]) -> Void = { _ in }) throws(IOError) {
         let fileLimit = Socket.raiseFileLimit()
         maxConnections = config.maxConnections > 0 ? config.maxConnections : max(16, fileLimit - 100)
         let threadCount = config.threads > 0 ? config.threads : Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
@@ -79,6 +79,8 @@ public final class Server: @unchecked Sendable {
             loops.append(loop)
             contexts.append(ctx)
         }
+        // Later layers (the hub) attach their per-loop state here, before any thread runs.
+        beforeRunning(loops)
         for loop in loops { threads.append(loop.startThread()) }
     }
 

@@ -1,5 +1,7 @@
 import HalleyCore
+import HalleyHub
 import HalleyServer
+import HalleyWebSocket
 
 /// Command-line flags and `HALLEY_*` environment variables. A flag wins over the variable of
 /// the same name (`--max-body-bytes` ⇔ `HALLEY_MAX_BODY_BYTES`).
@@ -17,6 +19,9 @@ struct Options {
 
     var logLevel = LogLevel.info
     var showHelp = false
+    var hub = HubConfig()
+    /// Whether the app's id, key or secret was set (else the development defaults warn).
+    var appConfigured = false
 
     static func int(_ flag: String, _ s: String, min: Int = 0) throws(OptionError) -> Int {
         guard let v = Int(s), v >= min else { throw OptionError(description: "\(flag): expected a whole number ≥ \(min), got '\(s)'") }
@@ -58,6 +63,43 @@ struct Options {
             c.webSocket.compression = v == "on"
         },
         Spec(flag: "ws-compression-threshold", value: "BYTES", help: "send shorter messages uncompressed (default 128)") { c, _, v throws(OptionError) in c.webSocket.compressionThreshold = try int("--ws-compression-threshold", v) },
+        Spec(flag: "app-id", value: "DIGITS", help: "the app's id (default 1; digits: Pusher SDKs refuse others)") { _, o, v throws(OptionError) in
+            guard !v.isEmpty, v.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { throw OptionError(description: "--app-id: expected digits, got '\(v)'") }
+            o.hub.apps[0].id = v
+            o.appConfigured = true
+        },
+        Spec(flag: "app-key", value: "KEY", help: "the app's public key (default app-key)") { _, o, v throws(OptionError) in
+            guard !v.isEmpty, !v.contains("/") else { throw OptionError(description: "--app-key: expected a non-empty key without '/'") }
+            o.hub.apps[0].key = v
+            o.appConfigured = true
+        },
+        Spec(flag: "app-secret", value: "SECRET", help: "the app's secret (default app-secret)") { _, o, v throws(OptionError) in
+            guard !v.isEmpty else { throw OptionError(description: "--app-secret: expected a non-empty secret") }
+            o.hub.apps[0].secret = v
+            o.appConfigured = true
+        },
+        Spec(flag: "app-token", value: "TOKEN", help: "bearer token for POST /publish (default none: signed requests only)") { _, o, v in
+            o.hub.apps[0].token = v.isEmpty ? nil : v
+        },
+        Spec(flag: "origins", value: "LIST", help: "origins allowed on WebSocket and HTTP transports, comma-separated; *.example.com wildcards (default *)") { _, o, v in
+            o.hub.origins = OriginPolicy(v.split(separator: ",").map { String($0).trimmingSpaces() }.filter { !$0.isEmpty })
+        },
+        Spec(flag: "session-linger", value: "SECONDS", help: "a resumable session outlives its transport this long (default 30)") { _, o, v throws(OptionError) in o.hub.sessionLinger = try int("--session-linger", v) },
+        Spec(flag: "session-buffer-bytes", value: "BYTES", help: "unacknowledged bytes a session keeps, then --slow-consumer (default 1048576)") { _, o, v throws(OptionError) in o.hub.sessionBufferBytes = try int("--session-buffer-bytes", v, min: 1024) },
+        Spec(flag: "slow-consumer", value: "POLICY", help: "when a session's buffer is full: close (4100) or gap (skip, then halley:gap) (default close)") { _, o, v throws(OptionError) in
+            guard let p = SlowConsumerPolicy(rawValue: v) else { throw OptionError(description: "--slow-consumer: expected close or gap, got '\(v)'") }
+            o.hub.slowConsumer = p
+        },
+        Spec(flag: "max-sessions", value: "N", help: "most sessions, live and lingering (default 100000)") { _, o, v throws(OptionError) in o.hub.maxSessions = try int("--max-sessions", v, min: 1) },
+        Spec(flag: "max-subscriptions", value: "N", help: "most channels per session (default 100)") { _, o, v throws(OptionError) in o.hub.maxSubscriptionsPerSession = try int("--max-subscriptions", v, min: 1) },
+        Spec(flag: "history-size", value: "N", help: "messages kept per channel for recovery (default 100)") { _, o, v throws(OptionError) in o.hub.historySize = try int("--history-size", v) },
+        Spec(flag: "history-seconds", value: "SECONDS", help: "how long a message stays in history (default 300)") { _, o, v throws(OptionError) in o.hub.historySeconds = try int("--history-seconds", v) },
+        Spec(flag: "cache-seconds", value: "SECONDS", help: "how long a cache- channel keeps its last message (default 1800)") { _, o, v throws(OptionError) in o.hub.cacheSeconds = try int("--cache-seconds", v) },
+        Spec(flag: "poll-timeout", value: "SECONDS", help: "a long-poll waits this long for messages (default 25)") { _, o, v throws(OptionError) in o.hub.pollTimeout = try int("--poll-timeout", v, min: 1) },
+        Spec(flag: "heartbeat", value: "SECONDS", help: "SSE heartbeat after this much silence (default 25)") { _, o, v throws(OptionError) in o.hub.heartbeat = try int("--heartbeat", v, min: 1) },
+        Spec(flag: "stream-max-bytes", value: "BYTES", help: "an SSE stream ends (client reopens) after this many bytes (default 524288)") { _, o, v throws(OptionError) in o.hub.streamMaxBytes = try int("--stream-max-bytes", v, min: 1024) },
+        Spec(flag: "max-event-bytes", value: "BYTES", help: "largest published data, else 413 (default 10240)") { _, o, v throws(OptionError) in o.hub.maxEventBytes = try int("--max-event-bytes", v, min: 1) },
+        Spec(flag: "max-channels-per-publish", value: "N", help: "most channels in one publish, else 400 (default 100)") { _, o, v throws(OptionError) in o.hub.maxChannelsPerPublish = try int("--max-channels-per-publish", v, min: 1) },
         Spec(flag: "help", value: "", help: "print this help") { _, o, _ in o.showHelp = true },
     ]
 

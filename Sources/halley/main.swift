@@ -3,8 +3,10 @@ import Glibc
 #endif
 import CHalleyLinux
 import HalleyCore
+import HalleyHub
 import HalleyLoop
 import HalleyServer
+import HalleyWebSocket
 
 // Signals: blocked in every thread (the loops inherit the mask) and taken by this one with
 // sigwait, so no handler ever runs on a loop.
@@ -42,11 +44,16 @@ if let root = cfg.publicRoot {
     }
 }
 
+let hub = Hub(config: options.hub)
+var wsEndpoint = WebSocketHandshake.Endpoint()
+wsEndpoint.origins = options.hub.origins
 let router = Router()
-router.addWebSocket("/echo") { _ in EchoDelegate.shared }
+router.addWebSocket("/echo", endpoint: wsEndpoint) { _ in EchoDelegate.shared }
+hub.install(on: router, endpoint: wsEndpoint)
 let server = Server(config: cfg, router: router)
+hub.addMetrics(to: server.metrics)
 do {
-    try server.start()
+    try server.start { loops in hub.attach(loops: loops) }
 } catch {
     Log.error("start failed: \(error)")
     exit(1)
@@ -56,6 +63,12 @@ var startLine = "halley listening on http://\(cfg.host):\(server.port) (\(loopsT
 if let root = cfg.publicRoot { startLine += ", public root \(root)" }
 if let mp = server.metricsPort { startLine += ", metrics on http://\(cfg.metricsHost):\(mp)/metrics" }
 Log.lifecycle(startLine + ")")
+let app = options.hub.apps[0]
+if options.appConfigured {
+    Log.lifecycle("app id \(app.id), key \(app.key)\(app.token != nil ? ", bearer token set" : "")")
+} else {
+    Log.warning("using the development app (id \(app.id), key \(app.key), secret \(app.secret)): set --app-id, --app-key and --app-secret for anything but local development")
+}
 
 while true {
     let sig = halley_wait_signal()

@@ -1,0 +1,71 @@
+import HalleyProtocol
+
+/// A channel's order and memory, kept by the `Hub` under its lock: the next offset, the
+/// history (bounded by count and age) and how many sessions each loop has subscribed.
+final class ChannelState {
+    let name: String
+    let kind: ChannelName.Kind
+    /// Names this channel's history; a channel created again gets a new one, so a client
+    /// holding offsets of the old history learns they are not comparable.
+    let epoch: String
+    var lastOffset: UInt64 = 0
+    /// Oldest first; `historyStart` skips trimmed entries without shifting the array on
+    /// every publish.
+    var history: [Publication] = []
+    var historyStart = 0
+    /// For `cache-` channels: the last message, kept `cacheSeconds`.
+    var cached: Publication?
+    var perLoop: [Int]
+    var subscribers = 0
+
+    init(name: String, loops: Int) {
+        self.name = name
+        self.kind = ChannelName.kind(name)
+        self.epoch = String(UInt32.random(in: 0...UInt32.max), radix: 36) + String(UInt16.random(in: 0...UInt16.max), radix: 36)
+        self.perLoop = Array(repeating: 0, count: loops)
+    }
+
+    var historyCount: Int { history.count - historyStart }
+
+    func append(_ p: Publication, keep: Int) {
+        history.append(p)
+        if historyCount > keep { historyStart += 1 }
+        compact()
+    }
+
+    /// Drops entries older than `cutoff` (monotonic ms).
+    func trim(olderThan cutoff: Int64) {
+        while historyStart < history.count && history[historyStart].time < cutoff { historyStart += 1 }
+        compact()
+    }
+
+    func compact() {
+        if historyStart > 64 && historyStart * 2 > history.count {
+            history.removeFirst(historyStart)
+            historyStart = 0
+        }
+    }
+
+    enum Recovery {
+        case none
+        case recovered([Publication])
+        case notRecovered(String)
+    }
+
+    /// The messages after `offset` in `epoch`, when the history still has all of them.
+    func recover(epoch e: String, after offset: UInt64) -> Recovery {
+        guard e == epoch else { return .notRecovered("epoch_changed") }
+        if offset >= lastOffset { return .recovered([]) }
+        let first = historyStart < history.count ? history[historyStart].offset : lastOffset + 1
+        guard first <= offset + 1 else { return .notRecovered("history_expired") }
+        return .recovered(history[historyStart...].filter { $0.offset > offset })
+    }
+
+    /// True when nothing refers to the channel any more: it can be forgotten.
+    var isIdle: Bool { subscribers == 0 && historyCount == 0 && cached == nil }
+}
+
+struct ChannelKey: Hashable, Sendable {
+    let app: String
+    let name: String
+}

@@ -1,0 +1,275 @@
+import HalleyCore
+import HalleyHTTP
+import HalleyProtocol
+import HalleyServer
+import HalleyWebSocket
+
+/// The hub's endpoints: the Pusher WebSocket path, SSE, long-polling, sending over HTTP,
+/// and `POST /publish`.
+enum HubHTTP {
+    static func jsonHeaders(origin: String?) -> [(String, String)] {
+        var h = [("Content-Type", "application/json")]
+        if let o = origin {
+            h.append(("Access-Control-Allow-Origin", o))
+            h.append(("Vary", "Origin"))
+        }
+        return h
+    }
+
+    static func json(_ status: Int, _ body: [UInt8], origin: String? = nil) -> HTTPResponse {
+        HTTPResponse(status: status, headers: jsonHeaders(origin: origin), body: .bytes(body))
+    }
+
+    static func error(_ status: Int, _ message: String, origin: String? = nil, reason: String? = nil) -> HTTPResponse {
+        var b = JSONObjectBuilder()
+        b.string("error", message)
+        if let r = reason { b.string("halley:reason", r) }
+        return json(status, b.closed, origin: origin)
+    }
+}
+
+extension Hub {
+    /// Adds the hub's routes. `endpoint` is the WebSocket endpoint (origins, compression).
+    public func install(on router: Router, endpoint: WebSocketHandshake.Endpoint) {
+        router.add([.get], "/app/{key}") { [self] request, responder in
+            routeToOwner(request, responder) { $0.webSocket($1, $2, endpoint: endpoint) }
+        }
+        router.add([.get], "/halley/sse") { [self] request, responder in
+            routeToOwner(request, responder) { $0.sse($1, $2) }
+        }
+        router.add([.get], "/halley/poll") { [self] request, responder in
+            routeToOwner(request, responder) { $0.poll($1, $2) }
+        }
+        router.add([.post], "/halley/send") { [self] request, responder in
+            routeToOwner(request, responder) { $0.send($1, $2) }
+        }
+        for path in ["/halley/sse", "/halley/poll", "/halley/send"] {
+            router.add([.options], path) { [self] request, responder in preflight(request, responder) }
+        }
+        router.add([.post], "/publish") { [self] request, responder in publishEndpoint(request, responder) }
+    }
+
+    /// The session a request names (`session`, or the SSE event id), if any.
+    static func namedSession(_ request: HTTPRequest, _ q: [(String, String)]) -> SessionID? {
+        if let s = Query.value(q, "session") { return SessionID(s) }
+        if let id = request.head.headers["Last-Event-ID"] ?? Query.value(q, "last_event_id"), let e = Wire.parseEventID(id) {
+            return SessionID(e.session)
+        }
+        return nil
+    }
+
+    /// Runs `body` on the loop that owns the session the request names (moving the
+    /// connection there), or here for a new session.
+    func routeToOwner(_ request: HTTPRequest, _ responder: Responder,
+                      _ body: @escaping @Sendable (LoopHub, HTTPRequest, Responder) -> Void) {
+        let q = Query.parse(request.head.query)
+        if let id = Self.namedSession(request, q) {
+            let owner = id.owner(loops: loops.count)
+            if owner != responder.loopIndex {
+                responder.handOff(toLoop: owner, request) { [self] req, resp in body(loops[resp.loopIndex], req, resp) }
+                return
+            }
+        }
+        body(loops[responder.loopIndex], request, responder)
+    }
+
+    /// CORS: the origin to echo, or a refusal (the WebSocket origin policy applies).
+    func corsOrigin(_ request: HTTPRequest) -> (allowed: Bool, origin: String?) {
+        guard let o = request.head.headers["Origin"] else { return (true, nil) }
+        return (config.origins.allows(o), o)
+    }
+
+    func preflight(_ request: HTTPRequest, _ responder: Responder) {
+        let (ok, origin) = corsOrigin(request)
+        guard ok, let o = origin else {
+            responder.respond(HubHTTP.error(403, "origin not allowed"))
+            return
+        }
+        responder.respond(HTTPResponse(status: 204, headers: [
+            ("Access-Control-Allow-Origin", o), ("Vary", "Origin"),
+            ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+            ("Access-Control-Allow-Headers", "Content-Type, Last-Event-ID, Authorization"),
+            ("Access-Control-Max-Age", "600"),
+        ]))
+    }
+}
+
+extension LoopHub {
+    // MARK: WebSocket
+
+    func webSocket(_ request: HTTPRequest, _ responder: Responder, endpoint: WebSocketHandshake.Endpoint) {
+        let q = Query.parse(request.head.query)
+        let key = request.parameters["key"] ?? ""
+        let opening: WebSocketTransport.Opening
+        if let app = hub.app(key: key) {
+            let resumable = Query.value(q, "halley") == "1"
+            if let p = Query.value(q, "protocol") {
+                if let v = Int(p), (4...7).contains(v) {
+                    opening = resumeOrNew(app, q, resumable: resumable)
+                } else {
+                    opening = .refuse(PusherErrorCode.unsupportedProtocolVersion, "unsupported protocol version \(p)")
+                }
+            } else {
+                opening = .refuse(PusherErrorCode.noProtocolVersion, "no protocol version supplied")
+            }
+        } else {
+            opening = .refuse(PusherErrorCode.applicationDoesNotExist, "application does not exist")
+        }
+        responder.upgrade(request, endpoint: endpoint) { [unowned self] _ in WebSocketTransport(loopHub: self, opening: opening) }
+    }
+
+    func resumeOrNew(_ app: App, _ q: [(String, String)], resumable: Bool) -> WebSocketTransport.Opening {
+        guard resumable, let sid = Query.value(q, "session"), let id = SessionID(sid) else {
+            return .new(app, resumable: resumable, reason: nil)
+        }
+        switch lookup(id, token: Query.value(q, "token") ?? "") {
+        case .found(let s) where s.app == app:
+            return .resume(s, lastSeen: Query.value(q, "last_seq").flatMap { UInt64($0) } ?? 0)
+        case .found:
+            return .new(app, resumable: true, reason: "unknown")
+        case .gone(let why):
+            return .new(app, resumable: true, reason: why)
+        }
+    }
+
+    // MARK: Server-Sent Events
+
+    func sse(_ request: HTTPRequest, _ responder: Responder) {
+        let (ok, origin) = hub.corsOrigin(request)
+        guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed")); return }
+        let q = Query.parse(request.head.query)
+        var resume: (id: SessionID, token: String, seq: UInt64)? = nil
+        if let raw = request.head.headers["Last-Event-ID"] ?? Query.value(q, "last_event_id"), let e = Wire.parseEventID(raw), let id = SessionID(e.session) {
+            resume = (id, e.token, e.seq)
+        } else if let s = Query.value(q, "session"), let id = SessionID(s) {
+            resume = (id, Query.value(q, "token") ?? "", Query.value(q, "last_seq").flatMap { UInt64($0) } ?? 0)
+        }
+        var session: Session? = nil
+        var lastSeen: UInt64? = nil
+        var reason: String? = nil
+        if let r = resume {
+            switch lookup(r.id, token: r.token) {
+            case .found(let s):
+                session = s
+                lastSeen = r.seq
+            case .gone(let why):
+                reason = why
+            }
+        }
+        if session == nil {
+            let key = Query.value(q, "key") ?? ""
+            guard let app = hub.app(key: key) else {
+                responder.respond(HubHTTP.error(key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin, reason: reason))
+                return
+            }
+            guard let s = newSession(app: app, resumable: true) else {
+                responder.respond(HubHTTP.error(503, "over capacity", origin: origin))
+                return
+            }
+            session = s
+        }
+        let s = session!
+        var headers: [(String, String)] = [
+            ("Content-Type", "text/event-stream; charset=utf-8"),
+            ("Cache-Control", "no-cache, no-transform"),
+            ("X-Accel-Buffering", "no"),
+        ]
+        if let o = origin {
+            headers.append(("Access-Control-Allow-Origin", o))
+            headers.append(("Vary", "Origin"))
+        }
+        guard let stream = responder.startStream(status: 200, headers: headers) else { return }
+        let t = SSETransport(loopHub: self, stream: stream, session: s)
+        streams.append(t)
+        stream.write([.bytes(Wire.ssePrelude(padding: hub.config.ssePadding, retryMillis: hub.config.sseRetryMillis))])
+        t.sendControl(s.established(resumed: lastSeen != nil, reason: reason))
+        s.attach(t, lastSeen: lastSeen)
+    }
+
+    // MARK: long-polling
+
+    func poll(_ request: HTTPRequest, _ responder: Responder) {
+        let (ok, origin) = hub.corsOrigin(request)
+        guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed")); return }
+        let q = Query.parse(request.head.query)
+        var reason: String? = nil
+        if let sid = Query.value(q, "session"), let id = SessionID(sid) {
+            switch lookup(id, token: Query.value(q, "token") ?? "") {
+            case .found(let s):
+                if let p = s.transport as? PollTransport, !p.answered {
+                    Log.info("session \(s.id): overlapping poll refused")
+                    responder.respond(HubHTTP.error(409, "poll already pending for this session", origin: origin))
+                    return
+                }
+                let cursor = Query.value(q, "cursor").flatMap { UInt64($0) } ?? 0
+                let p = PollTransport(loopHub: self, responder: responder, session: s, cursor: cursor, introduce: false, origin: origin)
+                s.attach(p, lastSeen: cursor)
+                if p.answered { return }
+                polls.append(p)
+                responder.onDisconnect { [unowned p] in
+                    p.answered = true
+                    if let s = p.session {
+                        p.session = nil
+                        s.transportGone(p)
+                    }
+                }
+                return
+            case .gone(let why):
+                reason = why
+            }
+        }
+        let key = Query.value(q, "key") ?? ""
+        guard let app = hub.app(key: key) else {
+            if reason != nil {
+                responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: reason))
+            } else {
+                responder.respond(HubHTTP.error(key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin))
+            }
+            return
+        }
+        guard let s = newSession(app: app, resumable: true) else {
+            responder.respond(HubHTTP.error(503, "over capacity", origin: origin))
+            return
+        }
+        let p = PollTransport(loopHub: self, responder: responder, session: s, cursor: 0, introduce: true, origin: origin)
+        p.controls.append(s.established(resumed: false, reason: reason))
+        s.attach(p, lastSeen: nil)
+        p.answer()
+    }
+
+    // MARK: sending over HTTP
+
+    func send(_ request: HTTPRequest, _ responder: Responder) {
+        let (ok, origin) = hub.corsOrigin(request)
+        guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed")); return }
+        let q = Query.parse(request.head.query)
+        guard let sid = Query.value(q, "session"), let id = SessionID(sid) else {
+            responder.respond(HubHTTP.error(400, "missing or malformed session", origin: origin))
+            return
+        }
+        guard case .found(let s) = lookup(id, token: Query.value(q, "token") ?? "") else {
+            let why: String
+            if case .gone(let w) = lookup(id, token: Query.value(q, "token") ?? "") { why = w } else { why = "unknown" }
+            responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: why))
+            return
+        }
+        let value: JSONValue
+        do {
+            value = try JSONParser.parse(request.body)
+        } catch {
+            responder.respond(HubHTTP.error(400, "\(error)", origin: origin))
+            return
+        }
+        let list = value.array ?? [value]
+        var messages: [ClientMessage] = []
+        for v in list {
+            guard let m = try? ClientMessage.decode(v) else {
+                responder.respond(HubHTTP.error(400, "each message must be a JSON object with an event", origin: origin))
+                return
+            }
+            messages.append(m)
+        }
+        for m in messages { s.handle(m) }
+        responder.respond(HubHTTP.json(200, Array(#"{"ok":true}"#.utf8), origin: origin))
+    }
+}

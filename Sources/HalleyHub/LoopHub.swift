@@ -1,0 +1,299 @@
+import HalleyCore
+import HalleyLoop
+import HalleyProtocol
+import HalleyServer
+
+/// Subscribers of one channel on one loop. `joined[i]` is the channel offset that was
+/// current when `sessions[i]` subscribed: a message already in the loop's inbox then (offset
+/// not above it) is not delivered again (the client got it from history, or it predates the
+/// subscription).
+final class LocalChannel {
+    let key: ChannelKey
+    var sessions: [Session] = []
+    var joined: [UInt64] = []
+
+    init(key: ChannelKey) { self.key = key }
+}
+
+/// A message on its way through one loop: the encodings shared by the loop's subscribers,
+/// made on first use.
+final class Delivery {
+    let message: OutMessage
+    private var _prepared: PreparedMessage?
+    private var _prefix: PreparedPrefix?
+
+    init(_ m: OutMessage) { message = m }
+
+    /// The whole frame of a plain Pusher session (`prefix` + `}`), framed and compressed once.
+    var prepared: PreparedMessage {
+        if let p = _prepared { return p }
+        var b = Array(message.prefix.buffer)
+        b.append(UInt8(ascii: "}"))
+        let p = PreparedMessage(text: b)
+        _prepared = p
+        return p
+    }
+
+    var preparedPrefix: PreparedPrefix {
+        if let p = _prefix { return p }
+        let p = PreparedPrefix(message.prefix)
+        _prefix = p
+        return p
+    }
+}
+
+/// The hub's counters of one loop (loop-confined; read for /metrics).
+struct HubCounters {
+    var slowConsumers = 0
+    var delivered = 0
+}
+
+/// The hub's part on one loop: the sessions it owns, who is subscribed to what, fan-out,
+/// and the once-a-second work (expiry, heartbeats, poll timeouts). Loop-confined.
+final class LoopHub: @unchecked Sendable {
+    // Sendable: only its loop touches it; other threads reach it through `loop.execute`.
+    unowned let hub: Hub
+    let loop: EventLoop
+    let index: Int
+    let loopCount: Int
+    var counters = HubCounters()
+
+    /// Resumable sessions by id (for resume and HTTP requests).
+    var sessions: [SessionID: Session] = [:]
+    var channels: [ChannelKey: LocalChannel] = [:]
+    /// Sessions without a transport (expire after the linger time); may hold stale entries.
+    var detached: [Session] = []
+    var streams: [SSETransport] = []
+    var polls: [PollTransport] = []
+    /// Polls that have messages to answer with at the end of this turn.
+    var readyPolls: [PollTransport] = []
+    /// Why recently ended resumable sessions ended (`expired`, `buffer_overflow`), for the
+    /// answer to a client that tries to resume one; forgotten after 10 minutes.
+    var endedReasons: [SessionID: (reason: String, at: Int32)] = [:]
+    var seconds: Int32 { Int32(loop.now / 1000) }
+
+    init(hub: Hub, loop: EventLoop, loopCount: Int) {
+        self.hub = hub
+        self.loop = loop
+        self.index = loop.index
+        self.loopCount = loopCount
+        loop.onTick { [unowned self] in self.tick() }
+        loop.onTurnEnd { [unowned self] in self.answerReadyPolls() }
+    }
+
+    // MARK: sessions
+
+    /// A new session owned by this loop, or nil at the session limit.
+    func newSession(app: App, resumable: Bool) -> Session? {
+        let n = hub.sessionCount.add(1, ordering: .relaxed).newValue
+        if n > hub.config.maxSessions {
+            hub.sessionCount.subtract(1, ordering: .relaxed)
+            Log.warning("session limit \(hub.config.maxSessions) reached: refusing a new session")
+            return nil
+        }
+        var id = SessionID.random(loop: index, loops: loopCount)
+        while sessions[id] != nil { id = SessionID.random(loop: index, loops: loopCount) }
+        let s = Session(id: id, app: app, resumable: resumable, loopHub: self)
+        if resumable { sessions[id] = s }
+        return s
+    }
+
+    /// Looks up a resumable session for a client that shows its id and token.
+    enum Lookup {
+        case found(Session)
+        case gone(String)
+    }
+
+    func lookup(_ id: SessionID, token: String) -> Lookup {
+        if let s = sessions[id], !s.ended {
+            if let t = SessionToken(token), t == s.token { return .found(s) }
+            return .gone("unknown")
+        }
+        return .gone(endedReasons[id]?.reason ?? "expired")
+    }
+
+    func end(_ s: Session, reason: String, code: UInt16?, message: String?) {
+        guard !s.ended else { return }
+        s.ended = true
+        for sub in s.subscriptions { removeFromChannel(s, sub) }
+        s.subscriptions.removeAll()
+        if s.resumable {
+            sessions[s.id] = nil
+            endedReasons[s.id] = (reason, seconds)
+        }
+        s.unacked.removeAll()
+        s.unackedBytes = 0
+        hub.sessionCount.subtract(1, ordering: .relaxed)
+        if let t = s.transport {
+            s.transport = nil
+            if let m = message { t.sendControl(Wire.error(code: code, message: m)) }
+            t.detach(code: code ?? 1000, reason: message ?? "")
+        }
+    }
+
+    func noteAttached(_ s: Session) {}
+
+    func noteDetached(_ s: Session) { detached.append(s) }
+
+    // MARK: subscriptions
+
+    func subscribe(_ s: Session, channel name: String, since: (String, UInt64)?) {
+        func refuse(_ type: String, _ text: String, _ status: Int) {
+            var d = JSONObjectBuilder()
+            d.string("type", type)
+            d.string("error", text)
+            d.int("status", UInt64(status))
+            s.enqueue(OutMessage(prefix: Wire.protocolEvent("pusher:subscription_error", channel: name, data: d)))
+        }
+        if let p = ChannelName.problem(name) {
+            Log.info("session \(s.id): subscribe refused: \(p)")
+            refuse("InvalidChannel", p, 400)
+            return
+        }
+        switch ChannelName.kind(name) {
+        case .private, .presence:
+            refuse("AuthError", "private and presence channels need an authorizer, which this hub does not have yet", 403)
+            return
+        default:
+            break
+        }
+        let key = ChannelKey(app: s.app.id, name: name)
+        let already = s.subscriptions.contains { $0.channel.key == key }
+        if !already && s.subscriptions.count >= hub.config.maxSubscriptionsPerSession {
+            refuse("LimitReached", "a session may subscribe to at most \(hub.config.maxSubscriptionsPerSession) channels", 400)
+            return
+        }
+        if already {
+            // Pusher answers a repeated subscribe again; the subscription stays as it was.
+            let r = hub.peek(key)
+            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: nil)))
+            return
+        }
+        let r = hub.subscribe(key, loop: index, since: since.map { (epoch: $0.0, offset: $0.1) })
+        let lc = channels[key] ?? {
+            let c = LocalChannel(key: key)
+            channels[key] = c
+            return c
+        }()
+        s.subscriptions.append(Session.Subscription(channel: lc, slot: lc.sessions.count))
+        lc.sessions.append(s)
+        lc.joined.append(r.lastOffset)
+        switch r.recovery {
+        case .none:
+            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: nil)))
+        case .recovered(let pubs):
+            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: (true, nil))))
+            for p in pubs where p.exclude != s.id { s.enqueue(p.message) }
+        case .notRecovered(let why):
+            Log.debug("session \(s.id): \(name) not recovered: \(why)")
+            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: (false, why))))
+        }
+        if ChannelName.kind(name) == .cache {
+            if let c = r.cached {
+                if case .recovered(let pubs) = r.recovery, pubs.contains(where: { $0 === c }) { return }
+                s.enqueue(c.message)
+            } else {
+                s.enqueue(OutMessage(prefix: Wire.protocolEvent("pusher:cache_miss", channel: name)))
+            }
+        }
+    }
+
+    func succeeded(_ name: String, epoch: String, offset: UInt64, recovered: (Bool, String?)?) -> [UInt8] {
+        Wire.protocolEvent("pusher_internal:subscription_succeeded", channel: name, data: JSONObjectBuilder()) { b in
+            b.string("halley:epoch", epoch)
+            b.int("halley:offset", offset)
+            if let (ok, why) = recovered {
+                b.bool("halley:recovered", ok)
+                if let w = why { b.string("halley:reason", w) }
+            }
+        }
+    }
+
+    func unsubscribe(_ s: Session, channel name: String) {
+        let key = ChannelKey(app: s.app.id, name: name)
+        guard let i = s.subscriptions.firstIndex(where: { $0.channel.key == key }) else { return }
+        removeFromChannel(s, s.subscriptions[i])
+        s.subscriptions.remove(at: i)
+    }
+
+    /// Takes `s` out of a local channel (swap-remove) and tells the hub.
+    func removeFromChannel(_ s: Session, _ sub: Session.Subscription) {
+        let lc = sub.channel
+        let i = sub.slot
+        let last = lc.sessions.count - 1
+        if i != last {
+            let moved = lc.sessions[last]
+            lc.sessions[i] = moved
+            lc.joined[i] = lc.joined[last]
+            if let k = moved.subscriptions.firstIndex(where: { $0.channel === lc }) { moved.subscriptions[k].slot = i }
+        }
+        lc.sessions.removeLast()
+        lc.joined.removeLast()
+        if lc.sessions.isEmpty { channels[lc.key] = nil }
+        hub.unsubscribe(lc.key, loop: index)
+    }
+
+    // MARK: fan-out
+
+    /// Delivers a publication to this loop's subscribers (from the inbox, in offset order).
+    func fanOut(_ key: ChannelKey, _ p: Publication) {
+        guard let lc = channels[key] else { return }
+        let d = Delivery(p.message)
+        let sessions = lc.sessions
+        let joined = lc.joined
+        for i in 0..<sessions.count where p.offset > joined[i] {
+            let s = sessions[i]
+            if let x = p.exclude, x == s.id { continue }
+            s.enqueue(p.message, delivery: d)
+        }
+        counters.delivered += sessions.count
+    }
+
+    // MARK: polls
+
+    func pollReady(_ p: PollTransport) {
+        if !p.queuedForAnswer {
+            p.queuedForAnswer = true
+            readyPolls.append(p)
+        }
+    }
+
+    func answerReadyPolls() {
+        guard !readyPolls.isEmpty else { return }
+        let ready = readyPolls
+        readyPolls.removeAll(keepingCapacity: true)
+        for p in ready { p.answer() }
+    }
+
+    // MARK: once a second
+
+    func tick() {
+        let now = seconds
+        let linger = Int32(hub.config.sessionLinger)
+        if !detached.isEmpty {
+            var keep: [Session] = []
+            for s in detached where !s.ended && s.transport == nil {
+                if now - s.detachedAt >= linger {
+                    Log.debug("session \(s.id): expired")
+                    end(s, reason: "expired", code: nil, message: nil)
+                } else {
+                    keep.append(s)
+                }
+            }
+            detached = keep
+        }
+        if !streams.isEmpty {
+            streams.removeAll { !$0.isOpen }
+            for st in streams { st.tick(now: now) }
+        }
+        if !polls.isEmpty {
+            polls.removeAll { $0.answered }
+            let timeout = Int32(hub.config.pollTimeout)
+            for p in polls where now - p.since >= timeout { p.answer() }
+        }
+        if now % 60 == 0 && !endedReasons.isEmpty {
+            endedReasons = endedReasons.filter { now - $0.value.at < 600 }
+        }
+        if index == 0 { hub.sweepChannels() }
+    }
+}

@@ -1,0 +1,100 @@
+import HalleyCore
+import HalleyProtocol
+
+/// One message as the hub sends it, encoded once and shared by every session (and loop) it
+/// goes to. Immutable, hence Sendable.
+public final class OutMessage: @unchecked Sendable {
+    /// The JSON object without its closing brace (see `Wire`).
+    let prefix: SharedBytes
+    /// For a binary payload: the header JSON (open) and the raw bytes, for sessions that take
+    /// binary WebSocket frames. `prefix` then carries the payload in base64.
+    let binaryHeader: SharedBytes?
+    let binaryPayload: SharedBytes?
+    /// The channel and offset of a published message; nil / 0 for session messages.
+    let channel: String?
+    let offset: UInt64
+    /// Bytes this message counts for in a session's buffer.
+    var size: Int { prefix.count + 24 }
+
+    init(prefix: [UInt8], channel: String? = nil, offset: UInt64 = 0, binaryHeader: [UInt8]? = nil, binaryPayload: [UInt8]? = nil) {
+        self.prefix = SharedBytes(prefix)
+        self.channel = channel
+        self.offset = offset
+        self.binaryHeader = binaryHeader.map { SharedBytes($0) }
+        self.binaryPayload = binaryPayload.map { SharedBytes($0) }
+    }
+}
+
+/// A message published to a channel.
+final class Publication: @unchecked Sendable {
+    // Sendable: immutable.
+    let message: OutMessage
+    let offset: UInt64
+    /// Monotonic milliseconds of publishing (history age).
+    let time: Int64
+    /// A session that must not get it (the publisher's own, `socket_id`).
+    let exclude: SessionID?
+
+    init(message: OutMessage, offset: UInt64, time: Int64, exclude: SessionID?) {
+        self.message = message
+        self.offset = offset
+        self.time = time
+        self.exclude = exclude
+    }
+}
+
+/// A session id: Pusher's `socket_id` is two numbers joined by a dot. The first one also
+/// names the loop that owns the session (`first % loops`).
+public struct SessionID: Hashable, Sendable, CustomStringConvertible {
+    public let a: UInt32
+    public let b: UInt32
+
+    public init(a: UInt32, b: UInt32) {
+        self.a = a
+        self.b = b
+    }
+
+    public init?(_ s: String) {
+        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 2, let a = UInt32(parts[0]), let b = UInt32(parts[1]) else { return nil }
+        self.a = a
+        self.b = b
+    }
+
+    public var description: String { "\(a).\(b)" }
+
+    func owner(loops: Int) -> Int { Int(a) % loops }
+
+    static func random(loop: Int, loops: Int) -> SessionID {
+        let n = UInt32(loops)
+        let base = UInt32.random(in: 1...(UInt32.max / n - 1))
+        return SessionID(a: base * n + UInt32(loop), b: UInt32.random(in: 1...999_999_999))
+    }
+}
+
+/// 128 random bits that let a client resume its session.
+struct SessionToken: Equatable {
+    let hi: UInt64
+    let lo: UInt64
+
+    static func random() -> SessionToken { SessionToken(hi: .random(in: 0...UInt64.max), lo: .random(in: 0...UInt64.max)) }
+
+    init(hi: UInt64, lo: UInt64) {
+        self.hi = hi
+        self.lo = lo
+    }
+
+    init?(_ s: String) {
+        guard s.utf8.count == 32, let h = UInt64(s.prefix(16), radix: 16), let l = UInt64(s.suffix(16), radix: 16) else { return nil }
+        hi = h
+        lo = l
+    }
+
+    var description: String {
+        func hex(_ v: UInt64) -> String {
+            let s = String(v, radix: 16)
+            return String(repeating: "0", count: 16 - s.count) + s
+        }
+        return hex(hi) + hex(lo)
+    }
+}

@@ -1,0 +1,123 @@
+import HalleyCore
+import HalleyCrypto
+import HalleyHTTP
+import HalleyProtocol
+import HalleyServer
+
+/// `POST /publish`: `{channel | channels, event, data | data_base64, socket_id?}`, signed
+/// like the Pusher HTTP API or with the app's bearer token.
+extension Hub {
+    func publishEndpoint(_ request: HTTPRequest, _ responder: Responder) {
+        let q = Query.parse(request.head.query)
+        let app: App
+        switch authenticate(request, q, path: "/publish") {
+        case .success(let a): app = a
+        case .failure(let e):
+            Log.info("publish refused: 401 \(e.text)")
+            responder.respond(HubHTTP.error(401, e.text))
+            return
+        }
+        switch parsePublish(request.body) {
+        case .failure(let e):
+            Log.info("publish refused: \(e.status) \(e.text)")
+            responder.respond(HubHTTP.error(e.status, e.text))
+        case .success(let p):
+            let r = publish(app: app, channels: p.channels, event: p.event, data: p.data, binary: p.binary, exclude: p.exclude)
+            var body: [UInt8] = Array(#"{"channels":{"#.utf8)
+            for (k, c) in r.channels.enumerated() {
+                if k > 0 { body.append(UInt8(ascii: ",")) }
+                JSONWriter.writeString(c.name, into: &body)
+                body += Array(":{\"offset\":\(c.offset),\"epoch\":".utf8)
+                JSONWriter.writeString(c.epoch, into: &body)
+                body.append(UInt8(ascii: "}"))
+            }
+            body += Array("},\"sessions\":\(r.sessions)}".utf8)
+            responder.respond(HubHTTP.json(r.sessions > 0 ? 201 : 202, body))
+        }
+    }
+
+    struct Refusal: Error {
+        let status: Int
+        let text: String
+    }
+
+    /// Bearer token (when the app has one) or the Pusher query signature.
+    func authenticate(_ request: HTTPRequest, _ q: [(String, String)], path: String) -> Result<App, Refusal> {
+        if let auth = request.head.headers["Authorization"] {
+            guard auth.lowercased().hasPrefix("bearer ") else { return .failure(Refusal(status: 401, text: "Authorization must be Bearer")) }
+            let token = String(auth.dropFirst(7)).trimmingSpaces()
+            let candidates: [App]
+            if let k = Query.value(q, "key") {
+                guard let a = app(key: k) else { return .failure(Refusal(status: 401, text: "unknown key")) }
+                candidates = [a]
+            } else {
+                candidates = config.apps
+            }
+            for a in candidates {
+                if let t = a.token, Digest.constantTimeEqual(Array(t.utf8), Array(token.utf8)) { return .success(a) }
+            }
+            return .failure(Refusal(status: 401, text: "invalid bearer token"))
+        }
+        do {
+            let key = try PusherSignature.verify(method: request.method.description, path: path, query: q, body: request.body,
+                                                 now: Clock.wallSeconds(), secretFor: { [self] in app(key: $0)?.secret })
+            return .success(app(key: key)!)
+        } catch {
+            return .failure(Refusal(status: 401, text: error.description))
+        }
+    }
+
+    struct PublishRequest {
+        var channels: [String]
+        var event: String
+        var data: String?
+        var binary: [UInt8]?
+        var exclude: SessionID?
+    }
+
+    func parsePublish(_ body: [UInt8]) -> Result<PublishRequest, Refusal> {
+        let v: JSONValue
+        do { v = try JSONParser.parse(body) } catch { return .failure(Refusal(status: 400, text: error.description)) }
+        guard let o = v.object else { return .failure(Refusal(status: 400, text: "body must be a JSON object")) }
+        guard let event = o["event"]?.string, !event.isEmpty else { return .failure(Refusal(status: 400, text: "missing event")) }
+        guard event.count <= config.maxEventNameLength else {
+            return .failure(Refusal(status: 400, text: "event name is longer than \(config.maxEventNameLength) characters"))
+        }
+        var channels: [String] = []
+        if let c = o["channel"]?.string { channels.append(c) }
+        if let cs = o["channels"] {
+            guard let a = cs.array else { return .failure(Refusal(status: 400, text: "channels must be an array of strings")) }
+            for c in a {
+                guard let s = c.string else { return .failure(Refusal(status: 400, text: "channels must be an array of strings")) }
+                channels.append(s)
+            }
+        }
+        guard !channels.isEmpty else { return .failure(Refusal(status: 400, text: "missing channel or channels")) }
+        guard channels.count <= config.maxChannelsPerPublish else {
+            return .failure(Refusal(status: 400, text: "more than \(config.maxChannelsPerPublish) channels"))
+        }
+        var seen = Set<String>()
+        channels = channels.filter { seen.insert($0).inserted }
+        for c in channels {
+            if let p = ChannelName.problem(c) { return .failure(Refusal(status: 400, text: "\(p): '\(c.prefix(200))'")) }
+        }
+        var r = PublishRequest(channels: channels, event: event)
+        if let b = o["data_base64"] {
+            guard let s = b.string, let bytes = Base64.decode(s) else { return .failure(Refusal(status: 400, text: "data_base64 is not base64")) }
+            r.binary = bytes
+        } else if let d = o["data"] {
+            if case .string(let s) = d { r.data = s } else { r.data = String(decoding: d.serialized, as: UTF8.self) }
+        } else {
+            r.data = ""
+        }
+        let size = r.binary?.count ?? r.data?.utf8.count ?? 0
+        guard size <= config.maxEventBytes else {
+            return .failure(Refusal(status: 413, text: "data is \(size) bytes; the limit is \(config.maxEventBytes)"))
+        }
+        if let x = o["socket_id"] {
+            guard let s = x.string, let id = SessionID(s) else { return .failure(Refusal(status: 400, text: "socket_id must look like 1234.5678")) }
+            r.exclude = id
+        }
+        return .success(r)
+    }
+}

@@ -1,0 +1,227 @@
+import HalleyCore
+import HalleyProtocol
+import HalleyServer
+
+/// What a session needs from the connection it is attached to (DESIGN: a small adapter per
+/// transport; the session knows only these). Loop-confined.
+protocol Transport: AnyObject {
+    /// Sends a message of the session's order (`seq` 0: a plain Pusher session, no seq).
+    func send(_ m: OutMessage, seq: UInt64, delivery: Delivery?)
+    /// Sends a message outside the order (connection_established, pong, errors): a closed
+    /// JSON object.
+    func sendControl(_ json: [UInt8])
+    /// Bytes written to the transport that its socket has not taken.
+    var bufferedBytes: Int { get }
+    /// The session lets go of the transport (another one took over, or the session ended).
+    func detach(code: UInt16, reason: String)
+}
+
+/// One client's session (DESIGN "Sessions and transports"): an id, the loop that owns it,
+/// its subscriptions and, when resumable, a sequence number per outbound message and the
+/// messages not yet acknowledged. It outlives its transport by `sessionLinger` seconds.
+/// Loop-confined: only its loop touches it.
+final class Session {
+    let id: SessionID
+    let app: App
+    /// Set for resumable sessions (the secret a client shows to resume).
+    let token: SessionToken?
+    unowned let loopHub: LoopHub
+
+    var transport: Transport?
+    /// Monotonic second the transport went (lingering since).
+    var detachedAt: Int32 = 0
+    var ended = false
+
+    /// Resumable sessions: the seq of the last message sent, and the unacknowledged
+    /// messages, oldest first (`unacked[unackedStart]` has seq `seq - unackedCount + 1`).
+    var seq: UInt64 = 0
+    var unacked: [OutMessage] = []
+    var unackedStart = 0
+    var unackedBytes = 0
+
+    var subscriptions: ContiguousArray<Subscription> = []
+    /// Channels with skipped messages (policy `gap`), announced when room comes back.
+    var gaps: [(channel: String, from: UInt64, to: UInt64)] = []
+
+    struct Subscription {
+        let channel: LocalChannel
+        var slot: Int
+    }
+
+    init(id: SessionID, app: App, resumable: Bool, loopHub: LoopHub) {
+        self.id = id
+        self.app = app
+        self.token = resumable ? SessionToken.random() : nil
+        self.loopHub = loopHub
+    }
+
+    var resumable: Bool { token != nil }
+    var unackedCount: Int { unacked.count - unackedStart }
+    var config: HubConfig { loopHub.hub.config }
+
+    // MARK: sending
+
+    /// Sends a message in the session's order (resumable: numbered and kept until acked).
+    func enqueue(_ m: OutMessage, delivery: Delivery? = nil) {
+        guard !ended else { return }
+        let full: Bool
+        if resumable {
+            full = unackedBytes + m.size > config.sessionBufferBytes
+        } else {
+            full = (transport?.bufferedBytes ?? 0) + m.size > config.sessionBufferBytes
+        }
+        if full || (!gaps.isEmpty && m.channel != nil && !announceGaps()) {
+            overflow(m)
+            return
+        }
+        if resumable {
+            seq += 1
+            unacked.append(m)
+            unackedBytes += m.size
+        }
+        transport?.send(m, seq: resumable ? seq : 0, delivery: delivery)
+    }
+
+    /// The buffer bound was hit while sending `m`.
+    func overflow(_ m: OutMessage) {
+        loopHub.counters.slowConsumers += 1
+        switch config.slowConsumer {
+        case .close:
+            Log.info("session \(id): buffer full (\(resumable ? unackedBytes : transport?.bufferedBytes ?? 0) B): closing \(PusherErrorCode.overCapacity)")
+            loopHub.end(self, reason: "buffer_overflow", code: PusherErrorCode.overCapacity, message: "halley: session buffer full")
+        case .gap:
+            guard let c = m.channel else { return }  // a session message: dropped with its channel's gap
+            if let i = gaps.firstIndex(where: { $0.channel == c }) {
+                gaps[i].to = m.offset
+            } else {
+                if gaps.isEmpty { Log.info("session \(id): buffer full: skipping messages (gap)") }
+                gaps.append((c, m.offset, m.offset))
+            }
+        }
+    }
+
+    /// Sends the pending gap notices if there is room; false if there still is none.
+    @discardableResult
+    func announceGaps() -> Bool {
+        while let g = gaps.first {
+            var d = JSONObjectBuilder()
+            d.int("from", g.from)
+            d.int("to", g.to)
+            let m = OutMessage(prefix: Wire.protocolEvent("halley:gap", channel: g.channel, data: d))
+            let used = resumable ? unackedBytes : (transport?.bufferedBytes ?? 0)
+            guard used + m.size <= config.sessionBufferBytes else { return false }
+            gaps.removeFirst()
+            if resumable {
+                seq += 1
+                unacked.append(m)
+                unackedBytes += m.size
+            }
+            transport?.send(m, seq: resumable ? seq : 0, delivery: nil)
+        }
+        return true
+    }
+
+    /// The client has processed everything up to `upTo`.
+    func ack(_ upTo: UInt64) {
+        guard resumable, unackedCount > 0 else { return }
+        let first = seq - UInt64(unackedCount) + 1
+        guard upTo >= first else { return }
+        let n = Int(min(upTo, seq) - first + 1)
+        for k in unackedStart..<(unackedStart + n) { unackedBytes -= unacked[k].size }
+        unackedStart += n
+        if unackedStart == unacked.count {
+            unacked.removeAll(keepingCapacity: unacked.count <= 64)
+            unackedStart = 0
+        } else if unackedStart > 64 && unackedStart * 2 > unacked.count {
+            unacked.removeFirst(unackedStart)
+            unackedStart = 0
+        }
+        if !gaps.isEmpty { announceGaps() }
+    }
+
+    /// Unacknowledged messages after `after`, with their seq.
+    func pending(after: UInt64) -> [(UInt64, OutMessage)] {
+        let first = seq - UInt64(unackedCount) + 1
+        var out: [(UInt64, OutMessage)] = []
+        var s = first
+        for k in unackedStart..<unacked.count {
+            if s > after { out.append((s, unacked[k])) }
+            s += 1
+        }
+        return out
+    }
+
+    // MARK: transports
+
+    /// Attaches `t`, replacing any other, and resends what the client has not seen.
+    func attach(_ t: Transport, lastSeen: UInt64?) {
+        if let old = transport, old !== t { old.detach(code: 1000, reason: "replaced by a new connection") }
+        transport = t
+        loopHub.noteAttached(self)
+        if let last = lastSeen { ack(last) }
+        for (s, m) in pending(after: lastSeen ?? 0) { t.send(m, seq: s, delivery: nil) }
+    }
+
+    /// The transport went (closed, timed out, a poll answered).
+    func transportGone(_ t: Transport) {
+        guard transport === t, !ended else { return }
+        transport = nil
+        if resumable {
+            detachedAt = loopHub.seconds
+            loopHub.noteDetached(self)
+        } else {
+            loopHub.end(self, reason: "closed", code: nil, message: nil)
+        }
+    }
+
+    // MARK: messages from the client
+
+    func handle(_ msg: ClientMessage) {
+        switch msg.event {
+        case "pusher:ping":
+            transport?.sendControl(Wire.pong)
+        case "pusher:subscribe":
+            guard let ch = msg.data?["channel"]?.string else {
+                transport?.sendControl(Wire.error(code: nil, message: "pusher:subscribe needs data.channel"))
+                return
+            }
+            var since: (String, UInt64)? = nil
+            if let s = msg.data?["halley:since"], let e = s["epoch"]?.string, let o = s["offset"]?.uint64 { since = (e, o) }
+            loopHub.subscribe(self, channel: ch, since: since)
+        case "pusher:unsubscribe":
+            if let ch = msg.data?["channel"]?.string { loopHub.unsubscribe(self, channel: ch) }
+        case "halley:ack":
+            if let s = msg.data?["seq"]?.uint64 { ack(s) }
+        default:
+            if msg.event.hasPrefix("client-") {
+                transport?.sendControl(Wire.error(code: PusherErrorCode.clientEventRejected, message: "client events are not enabled on this hub"))
+            } else {
+                Log.debug("session \(id): ignoring event \(msg.event)")
+            }
+        }
+    }
+
+    func handle(text bytes: UnsafeRawBufferPointer) {
+        do {
+            handle(try ClientMessage.decode(bytes))
+        } catch {
+            Log.info("session \(id): bad message: \(error)")
+            transport?.sendControl(Wire.error(code: nil, message: "invalid message: expected a JSON object with an event"))
+        }
+    }
+
+    // MARK: encodings
+
+    /// `pusher:connection_established` for this session.
+    func established(resumed: Bool, reason: String?) -> [UInt8] {
+        var d = JSONObjectBuilder()
+        d.string("socket_id", id.description)
+        d.int("activity_timeout", UInt64(config.activityTimeout))
+        if let t = token {
+            d.string("halley:token", t.description)
+            d.bool("halley:resumed", resumed)
+            if let r = reason { d.string("halley:reason", r) }
+        }
+        return Wire.protocolEvent("pusher:connection_established", data: d) + Wire.plainTail
+    }
+}

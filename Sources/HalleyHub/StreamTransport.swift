@@ -1,0 +1,89 @@
+import HalleyCore
+import HalleyProtocol
+import HalleyServer
+
+/// A session's Server-Sent Events stream (`GET /halley/sse`): server to client only (the
+/// client sends by POST). Every message is an event whose id carries seq, session and token,
+/// so a browser's EventSource that reconnects by itself resumes. Loop-confined.
+final class SSETransport: Transport {
+    unowned let loopHub: LoopHub
+    let stream: HTTPStream
+    var session: Session?
+    var lastWrite: Int32
+    /// `:SESSION:TOKEN\ndata: `, the part of every event id after the seq.
+    let idSuffix: [UInt8]
+
+    init(loopHub: LoopHub, stream: HTTPStream, session: Session) {
+        self.loopHub = loopHub
+        self.stream = stream
+        self.session = session
+        self.lastWrite = loopHub.seconds
+        idSuffix = Array(":\(session.id):\(session.token!.description)\ndata: ".utf8)
+        stream.onClose = { [unowned self] in self.gone() }
+    }
+
+    var isOpen: Bool { stream.isOpen }
+
+    func send(_ m: OutMessage, seq: UInt64, delivery: Delivery?) {
+        guard stream.isOpen else { return }
+        var head: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &head) { h in
+            let p = h.baseAddress!
+            p.copyMemory(from: Self.idField, byteCount: 4)
+            let n = 4 + Wire.writeDecimal(seq, into: p + 4)
+            let t = Wire.seqTail(seq, into: p + n)
+            stream.write([.raw(UnsafeRawBufferPointer(start: p, count: n)), .bytes(idSuffix), .shared(m.prefix),
+                          .raw(UnsafeRawBufferPointer(start: p + n, count: t)), .bytes(Wire.sseEventEnd)])
+        }
+        wrote()
+    }
+
+    static let idField: [UInt8] = Array("id: ".utf8)
+
+    func sendControl(_ json: [UInt8]) {
+        guard stream.isOpen else { return }
+        stream.write([.bytes(Wire.sseDataHead), .bytes(json), .bytes(Wire.sseEventEnd)])
+        wrote()
+    }
+
+    /// After a write: rotate the stream past its byte budget, end it when the client does not
+    /// read (it reconnects and resumes).
+    func wrote() {
+        lastWrite = loopHub.seconds
+        let cfg = loopHub.hub.config
+        if stream.bodyBytes >= cfg.streamMaxBytes {
+            stream.write([.bytes(Wire.sseDataHead), .bytes(Wire.reconnect), .bytes(Wire.sseEventEnd)])
+            finish()
+        } else if stream.bufferedBytes > cfg.sessionBufferBytes {
+            Log.info("sse: client not reading (\(stream.bufferedBytes) B pending): ending the stream")
+            finish()
+        }
+    }
+
+    func tick(now: Int32) {
+        guard stream.isOpen else { return }
+        if now - lastWrite >= Int32(loopHub.hub.config.heartbeat) { sendControl(Wire.heartbeat) }
+    }
+
+    var bufferedBytes: Int { stream.bufferedBytes }
+
+    /// Ends the response; the session lingers until the client reopens.
+    func finish() {
+        let s = session
+        session = nil
+        stream.end()
+        s?.transportGone(self)
+    }
+
+    func detach(code: UInt16, reason: String) {
+        session = nil
+        stream.end()
+    }
+
+    func gone() {
+        if let s = session {
+            session = nil
+            s.transportGone(self)
+        }
+    }
+}

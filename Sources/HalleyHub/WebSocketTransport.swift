@@ -1,0 +1,111 @@
+import HalleyCore
+import HalleyProtocol
+import HalleyServer
+
+/// A session's WebSocket (`/app/{key}`): duplex, binary-capable. The delegate of its
+/// connection: client messages go to the session, session messages become frames.
+/// Loop-confined.
+final class WebSocketTransport: WebSocketDelegate, Transport {
+    unowned let loopHub: LoopHub
+    weak var ws: WebSocketConnection?
+    var session: Session?
+
+    enum Opening {
+        /// Pusher errors that end the connection at once (unknown app, bad protocol).
+        case refuse(UInt16, String)
+        case new(App, resumable: Bool, reason: String?)
+        case resume(Session, lastSeen: UInt64)
+    }
+
+    let opening: Opening
+
+    init(loopHub: LoopHub, opening: Opening) {
+        self.loopHub = loopHub
+        self.opening = opening
+    }
+
+    func webSocketDidOpen(_ ws: WebSocketConnection) {
+        self.ws = ws
+        switch opening {
+        case .refuse(let code, let message):
+            Log.info("websocket refused: \(code) \(message)")
+            ws.send(text: String(decoding: Wire.error(code: code, message: message), as: UTF8.self))
+            ws.close(code: code, reason: message)
+        case .new(let app, let resumable, let reason):
+            guard let s = loopHub.newSession(app: app, resumable: resumable) else {
+                ws.send(text: String(decoding: Wire.error(code: PusherErrorCode.overCapacity, message: "over capacity"), as: UTF8.self))
+                ws.close(code: PusherErrorCode.overCapacity, reason: "over capacity")
+                return
+            }
+            session = s
+            sendControl(s.established(resumed: false, reason: reason))
+            s.attach(self, lastSeen: nil)
+        case .resume(let s, let last):
+            guard !s.ended else {
+                // Expired between the lookup and the upgrade (another loop turn): start over.
+                let fresh = loopHub.newSession(app: s.app, resumable: true)
+                session = fresh
+                if let f = fresh {
+                    sendControl(f.established(resumed: false, reason: "expired"))
+                    f.attach(self, lastSeen: nil)
+                } else {
+                    ws.close(code: PusherErrorCode.overCapacity, reason: "over capacity")
+                }
+                return
+            }
+            session = s
+            sendControl(s.established(resumed: true, reason: nil))
+            s.attach(self, lastSeen: last)
+        }
+    }
+
+    func webSocket(_ ws: WebSocketConnection, text: UnsafeRawBufferPointer) {
+        session?.handle(text: text)
+    }
+
+    func webSocket(_ ws: WebSocketConnection, binary: UnsafeRawBufferPointer) {
+        sendControl(Wire.error(code: nil, message: "binary messages from clients are not supported"))
+    }
+
+    func webSocketDidClose(_ ws: WebSocketConnection, code: UInt16?) {
+        if let s = session {
+            session = nil
+            s.transportGone(self)
+        }
+    }
+
+    // MARK: Transport
+
+    func send(_ m: OutMessage, seq: UInt64, delivery: Delivery?) {
+        guard let ws = ws else { return }
+        if seq == 0 {
+            ws.send(delivery?.prepared ?? Delivery(m).prepared)
+            return
+        }
+        var tail: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &tail) { t in
+            let n = Wire.seqTail(seq, into: t.baseAddress!)
+            let tb = UnsafeRawBufferPointer(rebasing: t[0..<n])
+            if let h = m.binaryHeader, let payload = m.binaryPayload {
+                // Binary frame: 4-byte big-endian header length, header JSON, payload.
+                var len = UInt32(h.count + n).bigEndian
+                _ = withUnsafeBytes(of: &len) { l in
+                    ws.send(binaryParts: [l, h.buffer, tb, payload.buffer])
+                }
+            } else {
+                ws.send(text: delivery?.preparedPrefix ?? PreparedPrefix(m.prefix), tail: tb)
+            }
+        }
+    }
+
+    func sendControl(_ json: [UInt8]) {
+        json.withUnsafeBytes { _ = ws?.send(text: $0) }
+    }
+
+    var bufferedBytes: Int { ws?.bufferedBytes ?? 0 }
+
+    func detach(code: UInt16, reason: String) {
+        session = nil
+        ws?.close(code: code, reason: reason)
+    }
+}

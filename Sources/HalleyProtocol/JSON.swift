@@ -1,0 +1,317 @@
+/// A JSON value (RFC 8259), as small as the hub needs: client messages and publish bodies.
+/// Numbers keep their text so that 64-bit offsets and sequence numbers round-trip exactly.
+public enum JSONValue: Equatable, Sendable {
+    case null
+    case bool(Bool)
+    case number(String)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    public subscript(key: String) -> JSONValue? {
+        if case .object(let o) = self { return o[key] }
+        return nil
+    }
+
+    public var string: String? {
+        if case .string(let s) = self { return s }
+        return nil
+    }
+
+    public var array: [JSONValue]? {
+        if case .array(let a) = self { return a }
+        return nil
+    }
+
+    public var object: [String: JSONValue]? {
+        if case .object(let o) = self { return o }
+        return nil
+    }
+
+    /// The value as a non-negative integer: a JSON number without fraction or exponent, or a
+    /// string of digits (clients that fear 2^53 send offsets as strings).
+    public var uint64: UInt64? {
+        switch self {
+        case .number(let s), .string(let s): return UInt64(s)
+        default: return nil
+        }
+    }
+
+    /// Compact JSON text of the value.
+    public var serialized: [UInt8] {
+        var out: [UInt8] = []
+        JSONWriter.write(self, into: &out)
+        return out
+    }
+}
+
+public struct JSONError: Error, Equatable, CustomStringConvertible {
+    public let offset: Int
+    public let reason: String
+    public var description: String { "invalid JSON at byte \(offset): \(reason)" }
+}
+
+/// A recursive-descent JSON parser over bytes. Depth is bounded so hostile input cannot
+/// exhaust the stack.
+public struct JSONParser {
+    /// Deepest nesting accepted. Default 32: Pusher messages nest two or three levels.
+    public static let maxDepth = 32
+
+    public static func parse(_ bytes: [UInt8]) throws(JSONError) -> JSONValue {
+        let r: Result<JSONValue, JSONError> = bytes.withUnsafeBytes { b in
+            do throws(JSONError) { return .success(try parse(b)) } catch { return .failure(error) }
+        }
+        return try r.get()
+    }
+
+    public static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONError) -> JSONValue {
+        var p = JSONParser(bytes: bytes)
+        p.skipSpace()
+        let v = try p.value(depth: 0)
+        p.skipSpace()
+        guard p.i == bytes.count else { throw p.fail("trailing bytes") }
+        return v
+    }
+
+    let bytes: UnsafeRawBufferPointer
+    var i = 0
+
+    init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    func fail(_ reason: String) -> JSONError { JSONError(offset: i, reason: reason) }
+
+    var peek: UInt8? { i < bytes.count ? bytes[i] : nil }
+
+    mutating func skipSpace() {
+        while i < bytes.count {
+            switch bytes[i] {
+            case 0x20, 0x09, 0x0A, 0x0D: i += 1
+            default: return
+            }
+        }
+    }
+
+    mutating func literal(_ word: StaticString, _ v: JSONValue) throws(JSONError) -> JSONValue {
+        let n = word.utf8CodeUnitCount
+        guard i + n <= bytes.count else { throw fail("truncated literal") }
+        for k in 0..<n where bytes[i + k] != word.utf8Start[k] { throw fail("bad literal") }
+        i += n
+        return v
+    }
+
+    mutating func value(depth: Int) throws(JSONError) -> JSONValue {
+        guard let c = peek else { throw fail("unexpected end") }
+        switch c {
+        case UInt8(ascii: "{"):
+            guard depth < Self.maxDepth else { throw fail("nested too deeply") }
+            i += 1
+            var o: [String: JSONValue] = [:]
+            skipSpace()
+            if peek == UInt8(ascii: "}") { i += 1; return .object(o) }
+            while true {
+                skipSpace()
+                guard peek == UInt8(ascii: "\"") else { throw fail("expected a key") }
+                let k = try string()
+                skipSpace()
+                guard peek == UInt8(ascii: ":") else { throw fail("expected ':'") }
+                i += 1
+                skipSpace()
+                o[k] = try value(depth: depth + 1)
+                skipSpace()
+                guard let d = peek else { throw fail("unexpected end") }
+                i += 1
+                if d == UInt8(ascii: "}") { return .object(o) }
+                guard d == UInt8(ascii: ",") else { i -= 1; throw fail("expected ',' or '}'") }
+            }
+        case UInt8(ascii: "["):
+            guard depth < Self.maxDepth else { throw fail("nested too deeply") }
+            i += 1
+            var a: [JSONValue] = []
+            skipSpace()
+            if peek == UInt8(ascii: "]") { i += 1; return .array(a) }
+            while true {
+                skipSpace()
+                a.append(try value(depth: depth + 1))
+                skipSpace()
+                guard let d = peek else { throw fail("unexpected end") }
+                i += 1
+                if d == UInt8(ascii: "]") { return .array(a) }
+                guard d == UInt8(ascii: ",") else { i -= 1; throw fail("expected ',' or ']'") }
+            }
+        case UInt8(ascii: "\""):
+            return .string(try string())
+        case UInt8(ascii: "t"): return try literal("true", .bool(true))
+        case UInt8(ascii: "f"): return try literal("false", .bool(false))
+        case UInt8(ascii: "n"): return try literal("null", .null)
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return try number()
+        default:
+            throw fail("unexpected byte")
+        }
+    }
+
+    mutating func digits() -> Int {
+        let s = i
+        while let c = peek, c >= 0x30, c <= 0x39 { i += 1 }
+        return i - s
+    }
+
+    // RFC 8259 §6: -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?
+    mutating func number() throws(JSONError) -> JSONValue {
+        let start = i
+        if peek == UInt8(ascii: "-") { i += 1 }
+        if peek == UInt8(ascii: "0") {
+            i += 1
+        } else {
+            guard digits() > 0 else { throw fail("bad number") }
+        }
+        if peek == UInt8(ascii: ".") {
+            i += 1
+            guard digits() > 0 else { throw fail("bad fraction") }
+        }
+        if peek == UInt8(ascii: "e") || peek == UInt8(ascii: "E") {
+            i += 1
+            if peek == UInt8(ascii: "+") || peek == UInt8(ascii: "-") { i += 1 }
+            guard digits() > 0 else { throw fail("bad exponent") }
+        }
+        return .number(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self))
+    }
+
+    mutating func hex4() throws(JSONError) -> UInt32 {
+        guard i + 4 <= bytes.count else { throw fail("truncated \\u escape") }
+        var v: UInt32 = 0
+        for _ in 0..<4 {
+            let c = bytes[i]
+            let d: UInt32
+            switch c {
+            case 0x30...0x39: d = UInt32(c - 0x30)
+            case 0x61...0x66: d = UInt32(c - 0x57)
+            case 0x41...0x46: d = UInt32(c - 0x37)
+            default: throw fail("bad \\u escape")
+            }
+            v = v << 4 | d
+            i += 1
+        }
+        return v
+    }
+
+    /// A string at `i` (which is at the opening quote). Bytes must be UTF-8 (checked by
+    /// decoding: invalid sequences are an error, not replaced).
+    mutating func string() throws(JSONError) -> String {
+        i += 1
+        var out: [UInt8] = []
+        var runStart = i
+        while true {
+            guard i < bytes.count else { throw fail("unterminated string") }
+            let c = bytes[i]
+            if c == UInt8(ascii: "\"") { break }
+            if c < 0x20 { throw fail("control character in string") }
+            if c != UInt8(ascii: "\\") { i += 1; continue }
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[runStart..<i]))
+            i += 1
+            guard i < bytes.count else { throw fail("unterminated escape") }
+            let e = bytes[i]
+            i += 1
+            switch e {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): out.append(e)
+            case UInt8(ascii: "b"): out.append(0x08)
+            case UInt8(ascii: "f"): out.append(0x0C)
+            case UInt8(ascii: "n"): out.append(0x0A)
+            case UInt8(ascii: "r"): out.append(0x0D)
+            case UInt8(ascii: "t"): out.append(0x09)
+            case UInt8(ascii: "u"):
+                var scalar = try hex4()
+                if scalar >= 0xD800 && scalar < 0xDC00 {
+                    // RFC 8259 §7: a character outside the BMP is a surrogate pair.
+                    guard i + 2 <= bytes.count, bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u") else {
+                        throw fail("lone surrogate")
+                    }
+                    i += 2
+                    let low = try hex4()
+                    guard low >= 0xDC00 && low < 0xE000 else { throw fail("bad surrogate pair") }
+                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                } else if scalar >= 0xDC00 && scalar < 0xE000 {
+                    throw fail("lone surrogate")
+                }
+                appendUTF8(scalar, to: &out)
+            default:
+                throw fail("bad escape")
+            }
+            runStart = i
+        }
+        out.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[runStart..<i]))
+        i += 1
+        guard let s = String(validating: out, as: UTF8.self) else { throw fail("invalid UTF-8 in string") }
+        return s
+    }
+
+    func appendUTF8(_ v: UInt32, to out: inout [UInt8]) {
+        switch v {
+        case 0..<0x80: out.append(UInt8(v))
+        case 0x80..<0x800:
+            out.append(UInt8(0xC0 | v >> 6)); out.append(UInt8(0x80 | v & 0x3F))
+        case 0x800..<0x10000:
+            out.append(UInt8(0xE0 | v >> 12)); out.append(UInt8(0x80 | v >> 6 & 0x3F)); out.append(UInt8(0x80 | v & 0x3F))
+        default:
+            out.append(UInt8(0xF0 | v >> 18)); out.append(UInt8(0x80 | v >> 12 & 0x3F))
+            out.append(UInt8(0x80 | v >> 6 & 0x3F)); out.append(UInt8(0x80 | v & 0x3F))
+        }
+    }
+}
+
+/// Compact JSON output. Object keys are written sorted so equal values give equal bytes.
+public enum JSONWriter {
+    static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
+    public static func write(_ v: JSONValue, into out: inout [UInt8]) {
+        switch v {
+        case .null: out.append(contentsOf: "null".utf8)
+        case .bool(let b): out.append(contentsOf: (b ? "true" : "false").utf8)
+        case .number(let s): out.append(contentsOf: s.utf8)
+        case .string(let s): writeString(s, into: &out)
+        case .array(let a):
+            out.append(UInt8(ascii: "["))
+            for (k, e) in a.enumerated() {
+                if k > 0 { out.append(UInt8(ascii: ",")) }
+                write(e, into: &out)
+            }
+            out.append(UInt8(ascii: "]"))
+        case .object(let o):
+            out.append(UInt8(ascii: "{"))
+            for (k, key) in o.keys.sorted().enumerated() {
+                if k > 0 { out.append(UInt8(ascii: ",")) }
+                writeString(key, into: &out)
+                out.append(UInt8(ascii: ":"))
+                write(o[key]!, into: &out)
+            }
+            out.append(UInt8(ascii: "}"))
+        }
+    }
+
+    /// A JSON string literal: quotes, backslashes and control characters escaped (RFC 8259
+    /// §7); everything else as UTF-8.
+    public static func writeString(_ s: String, into out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        for c in s.utf8 {
+            switch c {
+            case UInt8(ascii: "\""): out.append(UInt8(ascii: "\\")); out.append(c)
+            case UInt8(ascii: "\\"): out.append(UInt8(ascii: "\\")); out.append(c)
+            case 0x0A: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "n"))
+            case 0x0D: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "r"))
+            case 0x09: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "t"))
+            case 0..<0x20:
+                out.append(contentsOf: "\\u00".utf8)
+                out.append(hexDigits[Int(c >> 4)])
+                out.append(hexDigits[Int(c & 15)])
+            default: out.append(c)
+            }
+        }
+        out.append(UInt8(ascii: "\""))
+    }
+
+    public static func string(_ s: String) -> [UInt8] {
+        var out: [UInt8] = []
+        writeString(s, into: &out)
+        return out
+    }
+}

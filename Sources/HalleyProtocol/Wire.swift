@@ -1,0 +1,136 @@
+import HalleyCore
+
+/// The bytes the hub sends. A published message is encoded once as a *prefix*: the JSON
+/// object without its closing brace. Each session then adds its own tail — `}` for a plain
+/// Pusher session, `,"halley:seq":N}` for a resumable one — so the shared part is never
+/// copied or re-encoded per subscriber.
+public enum Wire {
+    /// `{"event":E,"channel":C,"data":D[,"halley:binary":true][,"halley:offset":O]`
+    public static func eventPrefix(event: String, channel: String?, data: String, binary: Bool = false, offset: UInt64 = 0) -> [UInt8] {
+        var b = JSONObjectBuilder()
+        b.string("event", event)
+        if let c = channel { b.string("channel", c) }
+        b.string("data", data)
+        if binary { b.bool("halley:binary", true) }
+        if offset > 0 { b.int("halley:offset", offset) }
+        return b.open
+    }
+
+    /// The header of a binary WebSocket message (without data): the message's JSON object,
+    /// open like a prefix.
+    public static func binaryHeaderPrefix(event: String, channel: String?, offset: UInt64) -> [UInt8] {
+        var b = JSONObjectBuilder()
+        b.string("event", event)
+        if let c = channel { b.string("channel", c) }
+        if offset > 0 { b.int("halley:offset", offset) }
+        return b.open
+    }
+
+    public static let plainTail: [UInt8] = [UInt8(ascii: "}")]
+
+    /// `,"halley:seq":N}` written into `out` (at most 34 bytes); returns its length.
+    public static func seqTail(_ seq: UInt64, into out: UnsafeMutableRawPointer) -> Int {
+        let head: StaticString = ",\"halley:seq\":"
+        out.copyMemory(from: head.utf8Start, byteCount: head.utf8CodeUnitCount)
+        var n = head.utf8CodeUnitCount
+        n += writeDecimal(seq, into: out + n)
+        out.storeBytes(of: UInt8(ascii: "}"), toByteOffset: n, as: UInt8.self)
+        return n + 1
+    }
+
+    public static func seqTail(_ seq: UInt64) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: 40) { b, n in n = seqTail(seq, into: UnsafeMutableRawPointer(b.baseAddress!)) }
+    }
+
+    /// Writes `v` in decimal; returns the digit count (at most 20).
+    public static func writeDecimal(_ v: UInt64, into out: UnsafeMutableRawPointer) -> Int {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        return withUnsafeMutableBytes(of: &digits) { d in
+            var x = v
+            var n = 0
+            repeat {
+                d[23 - n] = UInt8(48 + x % 10)
+                x /= 10
+                n += 1
+            } while x > 0
+            out.copyMemory(from: d.baseAddress! + 24 - n, byteCount: n)
+            return n
+        }
+    }
+
+    /// `{"event":E[,"channel":C],"data":"<data JSON as a string>"}`: Pusher's protocol events
+    /// carry their data as a JSON string.
+    public static func protocolEvent(_ event: String, channel: String? = nil, data: JSONObjectBuilder? = nil,
+                                     extra: (inout JSONObjectBuilder) -> Void = { _ in }) -> [UInt8] {
+        var b = JSONObjectBuilder()
+        b.string("event", event)
+        if let c = channel { b.string("channel", c) }
+        if let d = data { b.string("data", String(decoding: d.closed, as: UTF8.self)) }
+        extra(&b)
+        return b.open
+    }
+
+    /// `pusher:error` (not resent: no seq), closed.
+    public static func error(code: UInt16?, message: String) -> [UInt8] {
+        var d = JSONObjectBuilder()
+        d.string("message", message)
+        if let c = code { d.int("code", UInt64(c)) } else { d.raw("code", Array("null".utf8)) }
+        var b = JSONObjectBuilder()
+        b.string("event", "pusher:error")
+        b.raw("data", d.closed)
+        return b.closed
+    }
+
+    public static let pong: [UInt8] = Array(#"{"event":"pusher:pong","data":{}}"#.utf8)
+    public static let heartbeat: [UInt8] = Array(#"{"event":"halley:heartbeat"}"#.utf8)
+    public static let reconnect: [UInt8] = Array(#"{"event":"halley:reconnect"}"#.utf8)
+
+    // MARK: Server-Sent Events (HTML Living Standard §9.2)
+
+    /// The prelude of a stream: a comment of `padding` bytes (so buffering proxies pass the
+    /// stream at once) and the reconnection delay.
+    public static func ssePrelude(padding: Int, retryMillis: Int) -> [UInt8] {
+        var out: [UInt8] = [UInt8(ascii: ":")]
+        out.append(contentsOf: repeatElement(UInt8(ascii: " "), count: max(0, padding)))
+        out.append(0x0A)
+        out.append(contentsOf: "retry: \(retryMillis)\n\n".utf8)
+        return out
+    }
+
+    /// `id: SEQ:SESSION:TOKEN\ndata: ` — the part before the message JSON.
+    public static func sseEventHead(seq: UInt64, session: String, token: String) -> [UInt8] {
+        Array("id: \(seq):\(session):\(token)\ndata: ".utf8)
+    }
+
+    public static let sseDataHead: [UInt8] = Array("data: ".utf8)
+    public static let sseEventEnd: [UInt8] = [0x0A, 0x0A]
+
+    /// Parses an SSE event id (`SEQ:SESSION:TOKEN`), as sent back in `Last-Event-ID`.
+    public static func parseEventID(_ id: String) -> (seq: UInt64, session: String, token: String)? {
+        let parts = id.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 3, let seq = UInt64(parts[0]), !parts[1].isEmpty, !parts[2].isEmpty else { return nil }
+        return (seq, String(parts[1]), String(parts[2]))
+    }
+
+    // MARK: permessage-deflate tails
+
+    /// A DEFLATE stored block (RFC 1951 §3.2.4) holding `bytes` (at most 65535), not final.
+    /// Appended to a message compressed once with a sync flush (which ends byte-aligned, with
+    /// its empty stored block kept), it adds per-session bytes to shared compressed bytes
+    /// without another compressor run.
+    public static func storedBlock(_ bytes: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) -> Int {
+        let n = bytes.count
+        precondition(n <= 0xFFFF)
+        out.storeBytes(of: 0, toByteOffset: 0, as: UInt8.self)  // BFINAL 0, BTYPE 00, padding
+        out.storeBytes(of: UInt8(n & 0xFF), toByteOffset: 1, as: UInt8.self)
+        out.storeBytes(of: UInt8(n >> 8), toByteOffset: 2, as: UInt8.self)
+        out.storeBytes(of: UInt8(~n & 0xFF), toByteOffset: 3, as: UInt8.self)
+        out.storeBytes(of: UInt8((~n >> 8) & 0xFF), toByteOffset: 4, as: UInt8.self)
+        if n > 0 { (out + 5).copyMemory(from: bytes.baseAddress!, byteCount: n) }
+        return 5 + n
+    }
+
+    /// The 4 bytes a sync flush ends with; permessage-deflate strips them from a message
+    /// (RFC 7692 §7.2.1) and the receiver adds them back.
+    public static let syncFlushMarker: [UInt8] = [0, 0, 0xFF, 0xFF]
+}
