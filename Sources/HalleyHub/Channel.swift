@@ -16,7 +16,10 @@ final class ChannelState {
     /// For `cache-` channels: the last message, kept `cacheSeconds`.
     var cached: Publication?
     var perLoop: [Int]
-    var subscribers = 0
+    /// Sessions subscribed on this node (a publish answers how many it reached, less the
+    /// excluded one).
+    var members = Set<SessionID>()
+    var subscribers: Int { members.count }
 
     init(name: String, loops: Int) {
         self.name = name

@@ -88,6 +88,7 @@ public final class Hub: Sendable {
                 if ch.kind == .cache { ch.cached = pub }
                 result.channels.append((key.name, off, ch.epoch))
                 result.sessions += ch.subscribers
+                if let x = exclude, ch.members.contains(x) { result.sessions -= 1 }
                 for (i, n) in ch.perLoop.enumerated() where n > 0 {
                     let lh = loops[i]
                     let box = UnsafeSendable((key, pub))
@@ -111,7 +112,7 @@ public final class Hub: Sendable {
         let cached: Publication?
     }
 
-    func subscribe(_ key: ChannelKey, loop: Int, since: (epoch: String, offset: UInt64)?) -> SubscribeResult {
+    func subscribe(_ key: ChannelKey, session: SessionID, loop: Int, since: (epoch: String, offset: UInt64)?) -> SubscribeResult {
         let cacheCutoff = Clock.monotonicMillis() - Int64(config.cacheSeconds) * 1000
         let historyCutoff = Clock.monotonicMillis() - Int64(config.historySeconds) * 1000
         let loopCount = loops.count
@@ -122,7 +123,7 @@ public final class Hub: Sendable {
                 return c
             }()
             ch.perLoop[loop] += 1
-            ch.subscribers += 1
+            ch.members.insert(session)
             ch.trim(olderThan: historyCutoff)
             var recovery = ChannelState.Recovery.none
             if let s = since { recovery = ch.recover(epoch: s.epoch, after: s.offset) }
@@ -140,11 +141,11 @@ public final class Hub: Sendable {
         }
     }
 
-    func unsubscribe(_ key: ChannelKey, loop: Int) {
+    func unsubscribe(_ key: ChannelKey, session: SessionID, loop: Int) {
         state.withLock { st in
             guard let ch = st.channels[key] else { return }
             ch.perLoop[loop] -= 1
-            ch.subscribers -= 1
+            ch.members.remove(session)
             if ch.isIdle { st.channels[key] = nil }
         }
     }

@@ -169,7 +169,7 @@ final class LoopHub: @unchecked Sendable {
             s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: nil)))
             return
         }
-        let r = hub.subscribe(key, loop: index, since: since.map { (epoch: $0.0, offset: $0.1) })
+        let r = hub.subscribe(key, session: s.id, loop: index, since: since.map { (epoch: $0.0, offset: $0.1) })
         let lc = channels[key] ?? {
             let c = LocalChannel(key: key)
             channels[key] = c
@@ -230,7 +230,7 @@ final class LoopHub: @unchecked Sendable {
         lc.sessions.removeLast()
         lc.joined.removeLast()
         if lc.sessions.isEmpty { channels[lc.key] = nil }
-        hub.unsubscribe(lc.key, loop: index)
+        hub.unsubscribe(lc.key, session: s.id, loop: index)
     }
 
     // MARK: fan-out

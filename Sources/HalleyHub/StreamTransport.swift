@@ -12,6 +12,9 @@ final class SSETransport: Transport {
     var lastWrite: Int32
     /// `:SESSION:TOKEN\ndata: `, the part of every event id after the seq.
     let idSuffix: [UInt8]
+    /// Body bytes before the first message (prelude, connection_established): not counted
+    /// against the rotation budget, so every stream carries at least one message.
+    var baseline = -1
 
     init(loopHub: LoopHub, stream: HTTPStream, session: Session) {
         self.loopHub = loopHub
@@ -32,6 +35,7 @@ final class SSETransport: Transport {
             p.copyMemory(from: Self.idField, byteCount: 4)
             let n = 4 + Wire.writeDecimal(seq, into: p + 4)
             let t = Wire.seqTail(seq, into: p + n)
+            if baseline < 0 { baseline = stream.bodyBytes }
             stream.write([.raw(UnsafeRawBufferPointer(start: p, count: n)), .bytes(idSuffix), .shared(m.prefix),
                           .raw(UnsafeRawBufferPointer(start: p + n, count: t)), .bytes(Wire.sseEventEnd)])
         }
@@ -51,7 +55,7 @@ final class SSETransport: Transport {
     func wrote() {
         lastWrite = loopHub.seconds
         let cfg = loopHub.hub.config
-        if stream.bodyBytes >= cfg.streamMaxBytes {
+        if baseline >= 0 && stream.bodyBytes - baseline >= cfg.streamMaxBytes {
             stream.write([.bytes(Wire.sseDataHead), .bytes(Wire.reconnect), .bytes(Wire.sseEventEnd)])
             finish()
         } else if stream.bufferedBytes > cfg.sessionBufferBytes {

@@ -167,11 +167,13 @@ def test_log_level_warning_hides_refusals(public_root):
         p.terminate()
         out, _ = p.communicate(timeout=15)
     assert p.returncode == 0
-    # Only the start and stop lines are written whatever the level (the start line carries
+    # Only the start and stop lines (and warnings) are written whatever the level (the start line carries
     # the port); the refused request's info line is not.
     lines = out.decode().splitlines()
     assert not any(": 505 " in l for l in lines), f"info lines at --log-level warning: {out!r}"
-    rest = [l.split(" ", 2)[2] for l in lines if "listening on" not in l]
+    # The development-app warning is a warning: it shows at this level.
+    assert any("using the development app" in l for l in lines), lines
+    rest = [l.split(" ", 2)[2] for l in lines if "listening on" not in l and "development app" not in l]
     assert len(rest) == 2 and rest[0].startswith("SIGTERM: stopping") and rest[1] == "halley stopped", lines
 
 

@@ -1,0 +1,291 @@
+"""Clients for the hub's transports, for the integration tests.
+
+- `publish` / `publish_signed`: POST /publish with a bearer token, or signed by the official
+  Pusher server SDK's request signer (pusher.http.Request), exactly as a Pusher backend does.
+- `WS`: a Pusher-protocol WebSocket session over the `websockets` library (sync client).
+- `SSE`: an event stream read with http.client (chunked decoding by the standard library).
+- `Poll`: long-polling with http.client.
+
+Every call has a timeout: no test can hang.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import struct
+import time
+
+import pusher
+import pusher.http
+from websockets.sync.client import connect as ws_connect
+
+HOST = "127.0.0.1"
+TIMEOUT = 5.0
+
+
+# ---- publishing
+
+def http_request(port, method, path, body=None, headers=None, timeout=TIMEOUT):
+    c = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        data = r.read()
+        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
+    finally:
+        c.close()
+
+
+def publish(port, body, token="tok", raw=None):
+    """POST /publish with a bearer token; returns (status, parsed JSON or raw bytes)."""
+    payload = raw if raw is not None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    status, _, data = http_request(port, "POST", "/publish", payload, headers)
+    try:
+        return status, json.loads(data)
+    except ValueError:
+        return status, data
+
+
+def pusher_client(port, app_id="1", key="app-key", secret="app-secret"):
+    return pusher.Pusher(app_id=app_id, key=key, secret=secret, host=HOST, port=port, ssl=False)
+
+
+def publish_signed(port, body, key="app-key", secret="app-secret", tamper=None):
+    """POST /publish signed with the Pusher SDK's own signer. `tamper(query_string)` may alter
+    the signed query before sending."""
+    client = pusher_client(port, key=key, secret=secret)
+    req = pusher.http.Request(client._pusher_client, "POST", "/publish", body)
+    path = req.signed_path
+    if tamper:
+        path = "/publish?" + tamper(req.query_string)
+    status, _, data = http_request(port, "POST", path, req.body, {"Content-Type": "application/json"})
+    try:
+        return status, json.loads(data)
+    except ValueError:
+        return status, data
+
+
+# ---- messages
+
+def decode_binary_frame(b: bytes):
+    """A resumable session's binary frame: 4-byte header length, header JSON, payload."""
+    (n,) = struct.unpack(">I", b[:4])
+    header = json.loads(b[4:4 + n])
+    return header, b[4 + n:]
+
+
+def payload_of(msg):
+    """The payload bytes of a received channel event (text, base64 flag, or binary frame)."""
+    if "halley:binary_payload" in msg:
+        return msg["halley:binary_payload"]
+    if msg.get("halley:binary"):
+        return base64.b64decode(msg["data"])
+    return msg["data"].encode()
+
+
+class Dedup:
+    """What a Halley client does: keep messages whose seq is above the last one seen."""
+
+    def __init__(self):
+        self.last_seq = 0
+        self.messages = []
+        self.duplicates = 0
+
+    def add(self, msg):
+        seq = msg.get("halley:seq")
+        if seq is None:
+            self.messages.append(msg)
+            return True
+        if seq <= self.last_seq:
+            self.duplicates += 1
+            return False
+        assert seq == self.last_seq + 1, f"seq jumped from {self.last_seq} to {seq}: {msg}"
+        self.last_seq = seq
+        self.messages.append(msg)
+        return True
+
+    def events(self, name=None):
+        return [m for m in self.messages if not m["event"].startswith(("pusher", "halley:")) and (name is None or m["event"] == name)]
+
+
+# ---- WebSocket
+
+class WS:
+    def __init__(self, port, key="app-key", halley=True, session=None, token=None, last_seq=None, protocol="7",
+                 compression="deflate", origin=None, extra=""):
+        q = []
+        if protocol is not None:
+            q.append(f"protocol={protocol}")
+        if halley:
+            q.append("halley=1")
+        if session:
+            q += [f"session={session}", f"token={token}", f"last_seq={last_seq or 0}"]
+        url = f"ws://{HOST}:{port}/app/{key}?{'&'.join(q)}{extra}"
+        kw = {}
+        if origin:
+            kw["origin"] = origin
+        self.ws = ws_connect(url, open_timeout=TIMEOUT, close_timeout=2, compression=compression, max_size=None, legacy=True, **kw)
+        self.established = None
+
+    def recv(self, timeout=TIMEOUT):
+        m = self.ws.recv(timeout=timeout)
+        if isinstance(m, bytes):
+            header, payload = decode_binary_frame(m)
+            header["halley:binary_payload"] = payload
+            return header
+        return json.loads(m)
+
+    def hello(self):
+        m = self.recv()
+        assert m["event"] == "pusher:connection_established", m
+        self.established = json.loads(m["data"])
+        return self.established
+
+    def send(self, obj):
+        self.ws.send(json.dumps(obj))
+
+    def subscribe(self, channel, since=None, wait=True):
+        data = {"channel": channel}
+        if since:
+            data["halley:since"] = since
+        self.send({"event": "pusher:subscribe", "data": data})
+        if wait:
+            m = self.recv()
+            assert m["event"] == "pusher_internal:subscription_succeeded" and m["channel"] == channel, m
+            return m
+
+    def ack(self, seq):
+        self.send({"event": "halley:ack", "data": {"seq": seq}})
+
+    def abort(self):
+        """Drops the TCP connection without a closing handshake."""
+        sock = self.ws.socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+    def close(self):
+        try:
+            self.ws.close()
+        except Exception:
+            pass
+
+
+# ---- Server-Sent Events
+
+class SSE:
+    def __init__(self, port, query="key=app-key", last_event_id=None, origin=None, timeout=TIMEOUT):
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        if origin:
+            headers["Origin"] = origin
+        self.conn.request("GET", f"/halley/sse?{query}", headers=headers)
+        self.resp = self.conn.getresponse()
+        self.status = self.resp.status
+        self.headers = dict((k.lower(), v) for k, v in self.resp.getheaders())
+        self.last_id = None
+        self.comments = []
+        self.retry = None
+        self.ended = False
+
+    def event(self):
+        """The next event as (id, parsed data); None when the stream ended."""
+        data, eid = [], None
+        while True:
+            line = self.resp.readline()
+            if not line:
+                self.ended = True
+                return None
+            line = line.decode().rstrip("\n")
+            if line == "":
+                if data:
+                    if eid is not None:
+                        self.last_id = eid
+                    return eid, json.loads("\n".join(data))
+                continue
+            if line.startswith(":"):
+                self.comments.append(line)
+                continue
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "data":
+                data.append(value)
+            elif field == "id":
+                eid = value
+            elif field == "retry":
+                self.retry = int(value)
+
+    def recv(self):
+        e = self.event()
+        assert e is not None, "stream ended"
+        return e[1]
+
+    def close(self):
+        self.conn.close()
+
+    def abort(self):
+        s = self.conn.sock
+        if s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.conn.close()
+
+
+# ---- long-polling and HTTP sending
+
+class Poll:
+    def __init__(self, port, key="app-key", origin=None):
+        self.port = port
+        self.origin = origin
+        status, headers, body = self.get(f"/halley/poll?key={key}")
+        assert status == 200, (status, body)
+        j = json.loads(body)
+        self.session, self.token, self.cursor = j["session"], j["token"], j["cursor"]
+        self.first = j
+
+    def headers(self):
+        return {"Origin": self.origin} if self.origin else {}
+
+    def get(self, path, timeout=30):
+        return http_request(self.port, "GET", path, headers=self.headers(), timeout=timeout)
+
+    def poll(self, timeout=30):
+        status, headers, body = self.get(f"/halley/poll?session={self.session}&token={self.token}&cursor={self.cursor}", timeout)
+        assert status == 200, (status, body)
+        j = json.loads(body)
+        self.cursor = j["cursor"]
+        return j["messages"]
+
+    def send(self, msg):
+        h = {"Content-Type": "application/json", **self.headers()}
+        status, _, body = http_request(self.port, "POST", f"/halley/send?session={self.session}&token={self.token}",
+                                       json.dumps(msg).encode(), h)
+        return status, json.loads(body)
+
+    def subscribe(self, channel, since=None):
+        data = {"channel": channel}
+        if since:
+            data["halley:since"] = since
+        status, body = self.send({"event": "pusher:subscribe", "data": data})
+        assert status == 200, (status, body)
+
+
+def send_http(port, session, token, msg):
+    status, _, body = http_request(port, "POST", f"/halley/send?session={session}&token={token}", json.dumps(msg).encode(),
+                                   {"Content-Type": "application/json"})
+    return status, json.loads(body)
+
+
+def wait_until(pred, timeout=5.0, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
