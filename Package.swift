@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "HalleyFuzzWSFrames", targets: ["HalleyFuzzWSFrames"]),
         .executable(name: "HalleyFuzzInflate", targets: ["HalleyFuzzInflate"]),
         .executable(name: "halley-fanout", targets: ["HalleyFanoutBench"]),
+        .executable(name: "HalleyFuzzJSON", targets: ["HalleyFuzzJSON"]),
     ],
     targets: [
         // System shims.
@@ -48,6 +49,8 @@ let package = Package(
         // libFuzzer entries for the WebSocket frame reader and for inflate.
         .executableTarget(name: "HalleyFuzzWSFrames", dependencies: ["HalleyWebSocket"]),
         .executableTarget(name: "HalleyFuzzInflate", dependencies: ["HalleyWebSocket"]),
+        // libFuzzer entry for the JSON parser and Pusher client messages.
+        .executableTarget(name: "HalleyFuzzJSON", dependencies: ["HalleyProtocol"]),
         // Fan-out and long-poll load generator for Scripts/bench/fanout.sh and longpoll.sh
         // (Halley and Nchan subscribers, a publisher at a fixed rate, delivery latency).
         .executableTarget(name: "HalleyFanoutBench", dependencies: ["CHalleyLinux"]),

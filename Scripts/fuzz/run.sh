@@ -35,4 +35,5 @@ run_target() {
 run_target HalleyFuzzHTTP Tests/fuzz/http-corpus Tests/fuzz/http.dict
 run_target HalleyFuzzWSFrames Tests/fuzz/ws-corpus
 run_target HalleyFuzzInflate Tests/fuzz/inflate-corpus
+run_target HalleyFuzzJSON Tests/fuzz/json-corpus Tests/fuzz/json.dict
 echo "fuzz: no crash"

@@ -54,6 +54,7 @@ extension HTTPConnection {
         pendingIn = nil
         ctx.loop.unregister(fd)
         ctx.detach(self)
+        ctx.counters.add(.handOffs)
         let box = UncheckedBox((moved, h))
         h.target.loop.execute {
             let (m, h) = box.value

@@ -10,6 +10,7 @@ public enum Counter: Int, CaseIterable, Sendable {
     case breachRequestLine, breachHeaders, breachBody, breachHeaderTimeout, breachBodyTimeout
     case breachConnections, badRequests
     case wsUpgrades, wsMessagesIn, wsMessagesOut, wsProtocolErrors, wsBackpressure
+    case handOffs
 
     static func forStatus(_ status: Int) -> Counter {
         switch status {
@@ -90,6 +91,7 @@ public final class Metrics: @unchecked Sendable {
         ])
         family("halley_websocket_protocol_errors_total", "counter", "WebSocket connections closed for breaking the protocol or a limit.", [("", sum(.wsProtocolErrors))])
         family("halley_websocket_backpressure_total", "counter", "Messages that found a full send buffer.", [("", sum(.wsBackpressure))])
+        family("halley_connection_handoffs_total", "counter", "Connections moved to the loop that owns their session.", [("", sum(.handOffs))])
         for s in sources { out += s() }
         return out
     }

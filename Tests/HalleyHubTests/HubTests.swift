@@ -1,1 +1,76 @@
 import Testing
+@testable import HalleyHub
+
+@Suite struct ChannelHistoryTests {
+    func pub(_ off: UInt64, at t: Int64) -> Publication {
+        Publication(message: OutMessage(prefix: Array("{\"o\":\(off)".utf8), channel: "c", offset: off), offset: off, time: t, exclude: nil)
+    }
+
+    func filled(_ n: UInt64, keep: Int) -> ChannelState {
+        let ch = ChannelState(name: "c", loops: 1)
+        for i in 1...n {
+            ch.lastOffset = i
+            ch.append(pub(i, at: Int64(i) * 1000), keep: keep)
+        }
+        return ch
+    }
+
+    func offsets(_ r: ChannelState.Recovery) -> [UInt64]? {
+        if case .recovered(let p) = r { return p.map(\.offset) }
+        return nil
+    }
+
+    @Test func recoversWhatFollowsAnOffsetStillInHistory() {
+        let ch = filled(10, keep: 4)
+        #expect(ch.historyCount == 4)
+        #expect(offsets(ch.recover(epoch: ch.epoch, after: 6)) == [7, 8, 9, 10])
+        #expect(offsets(ch.recover(epoch: ch.epoch, after: 9)) == [10])
+        #expect(offsets(ch.recover(epoch: ch.epoch, after: 10)) == [])
+        #expect(offsets(ch.recover(epoch: ch.epoch, after: 99)) == [])
+    }
+
+    @Test func saysWhyItCannot() {
+        let ch = filled(10, keep: 4)
+        guard case .notRecovered(let why) = ch.recover(epoch: ch.epoch, after: 5) else { Issue.record("recovered"); return }
+        #expect(why == "history_expired")
+        guard case .notRecovered(let why2) = ch.recover(epoch: "other", after: 9) else { Issue.record("recovered"); return }
+        #expect(why2 == "epoch_changed")
+    }
+
+    @Test func trimsByAgeAndCompactsWithoutLosingOrder() {
+        let ch = filled(300, keep: 1000)
+        ch.trim(olderThan: 200 * 1000)
+        #expect(ch.historyCount == 101)
+        #expect(offsets(ch.recover(epoch: ch.epoch, after: 199)) == Array(200...300))
+        ch.trim(olderThan: 301 * 1000)
+        #expect(ch.historyCount == 0)
+        #expect(ch.isIdle)
+    }
+
+    @Test func epochsDiffer() {
+        #expect(ChannelState(name: "a", loops: 1).epoch != ChannelState(name: "a", loops: 1).epoch)
+    }
+}
+
+@Suite struct SessionIDTests {
+    @Test func parsesAndNamesItsOwnerLoop() {
+        for loop in 0..<4 {
+            let id = SessionID.random(loop: loop, loops: 4)
+            #expect(id.owner(loops: 4) == loop)
+            #expect(SessionID(id.description) == id)
+        }
+        #expect(SessionID("12.34") == SessionID(a: 12, b: 34))
+        #expect(SessionID("12") == nil)
+        #expect(SessionID("1.2.3") == nil)
+        #expect(SessionID("a.2") == nil)
+        #expect(SessionID("99999999999.1") == nil)
+    }
+
+    @Test func tokensRoundTripAndRefuseGarbage() {
+        let t = SessionToken.random()
+        #expect(t.description.count == 32)
+        #expect(SessionToken(t.description) == t)
+        #expect(SessionToken("abc") == nil)
+        #expect(SessionToken(String(repeating: "g", count: 32)) == nil)
+    }
+}

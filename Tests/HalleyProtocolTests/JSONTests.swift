@@ -1,1 +1,86 @@
 import Testing
+@testable import HalleyProtocol
+
+func parse(_ s: String) throws -> JSONValue { try JSONParser.parse(Array(s.utf8)) }
+
+@Suite struct JSONParserTests {
+    @Test func parsesEveryKindOfValue() throws {
+        let v = try parse(#" {"a": [1, -2.5e+3, true, false, null], "b": {"c": "d"}, "e": ""} "#)
+        #expect(v["a"] == .array([.number("1"), .number("-2.5e+3"), .bool(true), .bool(false), .null]))
+        #expect(v["b"]?["c"]?.string == "d")
+        #expect(v["e"]?.string == "")
+    }
+
+    @Test func decodesEscapesAndSurrogatePairs() throws {
+        #expect(try parse(#""\"\\\/\b\f\n\r\t""#) == .string("\"\\/\u{8}\u{c}\n\r\t"))
+        #expect(try parse(#""\u00e9\u2028\ud83d\ude00""#) == .string("é\u{2028}😀"))
+        #expect(try parse("\"é😀\"") == .string("é😀"))
+    }
+
+    @Test func keepsLargeIntegersExactly() throws {
+        let v = try parse(#"{"seq": 18446744073709551615, "s": "12"}"#)
+        #expect(v["seq"]?.uint64 == UInt64.max)
+        #expect(v["s"]?.uint64 == 12)
+        #expect(try parse("1.5").uint64 == nil)
+        #expect(try parse("-1").uint64 == nil)
+    }
+
+    @Test(arguments: [
+        "", " ", "{", "[1,", "[1 2]", "{\"a\" 1}", "{\"a\":1,}", "[1,]", "01", "1.", "1e", "-", ".5",
+        "\"abc", "\"\\x\"", "\"\\u12\"", "\"\\ud83d\"", "\"\\ude00\"", "\"a\u{1}b\"", "tru", "nul", "{} x", "{1:2}",
+    ])
+    func rejectsMalformedInput(_ text: String) {
+        #expect(throws: JSONError.self) { try parse(text) }
+    }
+
+    @Test func rejectsInvalidUTF8InStrings() {
+        #expect(throws: JSONError.self) { try JSONParser.parse([0x22, 0xC3, 0x28, 0x22]) }
+        #expect(throws: JSONError.self) { try JSONParser.parse([0x22, 0xED, 0xA0, 0x80, 0x22]) }
+    }
+
+    @Test func boundsNestingDepth() throws {
+        let ok = String(repeating: "[", count: JSONParser.maxDepth) + String(repeating: "]", count: JSONParser.maxDepth)
+        #expect(try parse(ok).array != nil)
+        let deep = String(repeating: "[", count: JSONParser.maxDepth + 1) + String(repeating: "]", count: JSONParser.maxDepth + 1)
+        #expect(throws: JSONError.self) { try parse(deep) }
+        // Far deeper than any stack would take recursively: refused, not a crash.
+        #expect(throws: JSONError.self) { try parse(String(repeating: "[", count: 100_000)) }
+    }
+
+    @Test func serializesCompactlyWithSortedKeysAndRoundTrips() throws {
+        let text = #"{"z":[1,"a\"b\n\u0001"],"a":{"y":null,"x":true}}"#
+        let v = try parse(text)
+        let out = String(decoding: v.serialized, as: UTF8.self)
+        #expect(out == #"{"a":{"x":true,"y":null},"z":[1,"a\"b\n\u0001"]}"#)
+        #expect(try parse(out) == v)
+    }
+}
+
+@Suite struct ClientMessageTests {
+    func decode(_ s: String) throws -> ClientMessage {
+        try Array(s.utf8).withUnsafeBytes { try ClientMessage.decode($0) }
+    }
+
+    @Test func decodesASubscribeWithObjectData() throws {
+        let m = try decode(#"{"event":"pusher:subscribe","data":{"channel":"news","auth":""}}"#)
+        #expect(m.event == "pusher:subscribe")
+        #expect(m.data?["channel"]?.string == "news")
+        #expect(m.channel == nil)
+    }
+
+    @Test func unwrapsProtocolDataSentAsAString() throws {
+        let m = try decode(#"{"event":"pusher:subscribe","data":"{\"channel\":\"news\"}"}"#)
+        #expect(m.data?["channel"]?.string == "news")
+        // A client event's string data is the client's business: left as it is.
+        let c = try decode(#"{"event":"client-x","channel":"private-a","data":"{\"k\":1}"}"#)
+        #expect(c.data == .string(#"{"k":1}"#))
+        #expect(c.channel == "private-a")
+    }
+
+    @Test func refusesWhatIsNotAMessage() {
+        #expect(throws: ClientMessage.DecodeError.notAnObject) { try decode("[1]") }
+        #expect(throws: ClientMessage.DecodeError.noEvent) { try decode(#"{"data":{}}"#) }
+        #expect(throws: ClientMessage.DecodeError.noEvent) { try decode(#"{"event":""}"#) }
+        #expect(throws: ClientMessage.DecodeError.noEvent) { try decode(#"{"event":5}"#) }
+    }
+}

@@ -1,0 +1,82 @@
+import Testing
+@testable import HalleyProtocol
+
+@Suite struct ChannelNameTests {
+    @Test func acceptsPusherNamesUpTo164Characters() {
+        #expect(ChannelName.problem("news") == nil)
+        #expect(ChannelName.problem("a-b_c=d@e,f.g;h") == nil)
+        #expect(ChannelName.problem(String(repeating: "x", count: 164)) == nil)
+    }
+
+    @Test(arguments: ["", "a b", "a/b", "é", "a:b", "a#b", String(repeating: "x", count: 165)])
+    func refusesOthers(_ name: String) {
+        #expect(ChannelName.problem(name) != nil)
+    }
+
+    @Test func kinds() {
+        #expect(ChannelName.kind("news") == .public)
+        #expect(ChannelName.kind("cache-news") == .cache)
+        #expect(ChannelName.kind("private-news") == .private)
+        #expect(ChannelName.kind("private-cache-news") == .private)
+        #expect(ChannelName.kind("presence-room") == .presence)
+    }
+}
+
+@Suite struct QueryTests {
+    @Test func decodesFormEncoding() {
+        let q = Query.parse("a=1&b=x+y&c=%2F%e2%9c%93&d&&e=")
+        #expect(q.map(\.0) == ["a", "b", "c", "d", "e"])
+        #expect(q.map(\.1) == ["1", "x y", "/✓", "", ""])
+        #expect(Query.value(q, "c") == "/✓")
+        #expect(Query.parse(nil).isEmpty)
+        // A broken escape stays as it came.
+        #expect(Query.decode("%zz%4") == "%zz%4")
+    }
+}
+
+@Suite struct PusherSignatureTests {
+    // The worked example of Pusher's "HTTP API reference", "Generating authentication
+    // signatures".
+    let key = "278d425bdf160c739803"
+    let secret = "7ad3773142a6692b25b8"
+    let body = Array(#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#.utf8)
+    var query: [(String, String)] {
+        [("auth_key", key), ("auth_timestamp", "1353088179"), ("auth_version", "1.0"),
+         ("body_md5", "ec365a775a4cd0599faeb73354201b6f")]
+    }
+
+    @Test func signsLikeThePusherDocumentation() {
+        let s = PusherSignature.stringToSign(method: "POST", path: "/apps/3/events", query: query)
+        #expect(s == "POST\n/apps/3/events\nauth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&body_md5=ec365a775a4cd0599faeb73354201b6f")
+        #expect(PusherSignature.sign(secret: secret, method: "POST", path: "/apps/3/events", query: query)
+                == "da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c")
+    }
+
+    func verify(_ q: [(String, String)], body: [UInt8]? = nil, now: Int = 1353088179) throws(PusherSignature.Failure) -> String {
+        try PusherSignature.verify(method: "POST", path: "/apps/3/events", query: q, body: body ?? self.body, now: now) {
+            $0 == key ? secret : nil
+        }
+    }
+
+    var signed: [(String, String)] {
+        query + [("auth_signature", "da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c")]
+    }
+
+    @Test func verifiesASignedRequest() throws {
+        #expect(try verify(signed) == key)
+        #expect(try verify(signed, now: 1353088179 + 600) == key)
+        #expect(try verify(signed.reversed()) == key)
+    }
+
+    @Test func refusesEveryWayOfGettingItWrong() {
+        #expect(throws: PusherSignature.Failure.expired(skew: 601)) { try verify(signed, now: 1353088179 + 601) }
+        #expect(throws: PusherSignature.Failure.expired(skew: 601)) { try verify(signed, now: 1353088179 - 601) }
+        #expect(throws: PusherSignature.Failure.bodyMD5Mismatch) { try verify(signed, body: Array("{}".utf8)) }
+        #expect(throws: PusherSignature.Failure.missing("auth_signature")) { try verify(query) }
+        #expect(throws: PusherSignature.Failure.missing("body_md5")) { try verify(signed.filter { $0.0 != "body_md5" }) }
+        #expect(throws: PusherSignature.Failure.unknownKey) { try verify(signed.map { $0.0 == "auth_key" ? ($0.0, "other") : $0 }) }
+        #expect(throws: PusherSignature.Failure.badVersion) { try verify(signed.map { $0.0 == "auth_version" ? ($0.0, "2.0") : $0 }) }
+        #expect(throws: PusherSignature.Failure.badSignature) { try verify(signed + [("extra", "1")]) }
+        #expect(throws: PusherSignature.Failure.badSignature) { try verify(signed.map { $0.0 == "auth_signature" ? ($0.0, String(repeating: "0", count: 64)) : $0 }) }
+    }
+}
