@@ -165,3 +165,24 @@ def test_every_transport_sees_the_same_offsets(hub):
     assert all(r == results[0] for r in results)
     for c in (ws, ws2, s):
         c.close()
+
+
+def test_requests_for_a_session_move_to_its_loop(start_halley):
+    """With two loops, a poll, a send or a resume lands on either; the hub moves the
+    connection to the loop that owns the session (counted in /metrics) and nothing is lost."""
+    h = start_halley("--app-token", "tok", "--metrics-port", "0", threads=2)
+    polls = [Poll(h.port) for _ in range(12)]
+    for i, p in enumerate(polls):
+        p.subscribe(f"loops-{i % 3}")
+        assert p.poll()[0]["event"] == "pusher_internal:subscription_succeeded"
+    for k in range(5):
+        for c in range(3):
+            publish(h.port, {"channel": f"loops-{c}", "event": "e", "data": f"{c}:{k}"})
+    for i, p in enumerate(polls):
+        got = []
+        while len(got) < 5:
+            got += p.poll(timeout=10)
+        assert [m["data"] for m in got] == [f"{i % 3}:{k}" for k in range(5)]
+    status, _, body = __import__("hub_client").http_request(h.metrics_port, "GET", "/metrics")
+    handoffs = int([l for l in body.decode().splitlines() if l.startswith("halley_connection_handoffs_total")][0].split()[1])
+    assert handoffs > 0, "12 sessions x 8 fresh connections each: some must land on the other loop"
