@@ -69,6 +69,10 @@ public final class Hub: Sendable {
         let now = Clock.monotonicMillis()
         var result = PublishResult()
         let loops = self.loops
+        // Per loop, what it must deliver; queued under the lock (so every loop's inbox has a
+        // channel's messages in offset order), woken after it (no syscall under the lock).
+        var perLoop = [[(ChannelKey, Publication)]](repeating: [], count: loops.count)
+        var wake = [Bool](repeating: false, count: loops.count)
         state.withLock { st in
             for (key, prefix, header) in prepared {
                 let ch = st.channels[key] ?? {
@@ -89,13 +93,15 @@ public final class Hub: Sendable {
                 result.channels.append((key.name, off, ch.epoch))
                 result.sessions += ch.subscribers
                 if let x = exclude, ch.members.contains(x) { result.sessions -= 1 }
-                for (i, n) in ch.perLoop.enumerated() where n > 0 {
-                    let lh = loops[i]
-                    let box = UnsafeSendable((key, pub))
-                    lh.loop.execute { lh.fanOut(box.value.0, box.value.1) }
-                }
+                for (i, n) in ch.perLoop.enumerated() where n > 0 { perLoop[i].append((key, pub)) }
+            }
+            for (i, items) in perLoop.enumerated() where !items.isEmpty {
+                let lh = loops[i]
+                let box = UnsafeSendable(items)
+                wake[i] = lh.loop.enqueue { for (k, p) in box.value { lh.fanOut(k, p) } }
             }
         }
+        for (i, w) in wake.enumerated() where w { loops[i].loop.wake() }
         return result
     }
 

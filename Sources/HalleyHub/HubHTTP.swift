@@ -62,6 +62,13 @@ extension Hub {
     /// connection there), or here for a new session.
     func routeToOwner(_ request: HTTPRequest, _ responder: Responder,
                       _ body: @escaping @Sendable (LoopHub, HTTPRequest, Responder) -> Void) {
+        // The router answers HEAD with GET routes; these would open a session or a stream.
+        if request.method == .head {
+            var r = HubHTTP.error(405, "HEAD opens no session; use GET")
+            r.headers.append(("Allow", "GET"))
+            responder.respond(r)
+            return
+        }
         let q = Query.parse(request.head.query)
         if let id = Self.namedSession(request, q) {
             let owner = id.owner(loops: loops.count)
@@ -182,7 +189,9 @@ extension LoopHub {
         let t = SSETransport(loopHub: self, stream: stream, session: s)
         streams.append(t)
         stream.write([.bytes(Wire.ssePrelude(padding: hub.config.ssePadding, retryMillis: hub.config.sseRetryMillis))])
-        t.sendControl(s.established(resumed: lastSeen != nil, reason: reason))
+        // The first event has an id too (the last seq seen), so a stream that drops before the
+        // first numbered event still resumes the session.
+        t.sendEstablished(s.established(resumed: lastSeen != nil, reason: reason), lastSeen: lastSeen ?? 0)
         s.attach(t, lastSeen: lastSeen)
     }
 

@@ -131,9 +131,12 @@ final class LoopHub: @unchecked Sendable {
         }
     }
 
-    func noteAttached(_ s: Session) {}
-
-    func noteDetached(_ s: Session) { detached.append(s) }
+    func noteDetached(_ s: Session) {
+        if !s.inDetachedList {
+            s.inDetachedList = true
+            detached.append(s)
+        }
+    }
 
     // MARK: subscriptions
 
@@ -191,6 +194,8 @@ final class LoopHub: @unchecked Sendable {
         if ChannelName.kind(name) == .cache {
             if let c = r.cached {
                 if case .recovered(let pubs) = r.recovery, pubs.contains(where: { $0 === c }) { return }
+                if let since = since, since.0 == r.epoch, since.1 >= c.offset { return }  // the client has it
+                if let x = c.exclude, x == s.id { return }
                 s.enqueue(c.message)
             } else {
                 s.enqueue(OutMessage(prefix: Wire.protocolEvent("pusher:cache_miss", channel: name)))
@@ -272,11 +277,14 @@ final class LoopHub: @unchecked Sendable {
         let linger = Int32(hub.config.sessionLinger)
         if !detached.isEmpty {
             var keep: [Session] = []
-            for s in detached where !s.ended && s.transport == nil {
+            for s in detached {
+                s.inDetachedList = false
+                guard !s.ended && s.transport == nil else { continue }
                 if now - s.detachedAt >= linger {
                     Log.debug("session \(s.id): expired")
                     end(s, reason: "expired", code: nil, message: nil)
                 } else {
+                    s.inDetachedList = true
                     keep.append(s)
                 }
             }

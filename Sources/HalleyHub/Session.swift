@@ -30,6 +30,8 @@ final class Session {
     var transport: Transport?
     /// Monotonic second the transport went (lingering since).
     var detachedAt: Int32 = 0
+    /// In the loop's `detached` list (at most once).
+    var inDetachedList = false
     var ended = false
 
     /// Resumable sessions: the seq of the last message sent, and the unacknowledged
@@ -70,7 +72,10 @@ final class Session {
         } else {
             full = (transport?.bufferedBytes ?? 0) + m.size > config.sessionBufferBytes
         }
-        if full || (!gaps.isEmpty && m.channel != nil && !announceGaps()) {
+        // Under `gap`, a session message (a subscription answer) is never skipped: only
+        // channel messages can be named in a gap notice. It may overrun the bound a little.
+        let skippable = m.channel != nil || config.slowConsumer == .close
+        if (full && skippable) || (!gaps.isEmpty && m.channel != nil && !announceGaps()) {
             overflow(m)
             return
         }
@@ -155,9 +160,12 @@ final class Session {
 
     /// Attaches `t`, replacing any other, and resends what the client has not seen.
     func attach(_ t: Transport, lastSeen: UInt64?) {
-        if let old = transport, old !== t { old.detach(code: 1000, reason: "replaced by a new connection") }
+        // The new transport is in place before the old one is let go: ending the old one
+        // (an SSE response, a poll answer) can run a pipelined request for this session.
+        let old = transport
         transport = t
-        loopHub.noteAttached(self)
+        if let o = old, o !== t { o.detach(code: 1000, reason: "replaced by a new connection") }
+        guard transport === t, !ended else { return }
         if let last = lastSeen { ack(last) }
         for (s, m) in pending(after: lastSeen ?? 0) { t.send(m, seq: s, delivery: nil) }
     }

@@ -44,6 +44,11 @@ final class SSETransport: Transport {
 
     static let idField: [UInt8] = Array("id: ".utf8)
 
+    func sendEstablished(_ json: [UInt8], lastSeen: UInt64) {
+        stream.write([.bytes(Self.idField), .bytes(Array(String(lastSeen).utf8)), .bytes(idSuffix), .bytes(json), .bytes(Wire.sseEventEnd)])
+        wrote()
+    }
+
     func sendControl(_ json: [UInt8]) {
         guard stream.isOpen else { return }
         stream.write([.bytes(Wire.sseDataHead), .bytes(json), .bytes(Wire.sseEventEnd)])

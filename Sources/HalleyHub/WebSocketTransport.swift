@@ -79,23 +79,31 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     func send(_ m: OutMessage, seq: UInt64, delivery: Delivery?) {
         guard let ws = ws else { return }
         if seq == 0 {
-            ws.send(delivery?.prepared ?? Delivery(m).prepared)
+            checked(ws.send(delivery?.prepared ?? Delivery(m).prepared))
             return
         }
         var tail: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
-        withUnsafeMutableBytes(of: &tail) { t in
+        let r = withUnsafeMutableBytes(of: &tail) { t -> SendResult in
             let n = Wire.seqTail(seq, into: t.baseAddress!)
             let tb = UnsafeRawBufferPointer(rebasing: t[0..<n])
             if let h = m.binaryHeader, let payload = m.binaryPayload {
                 // Binary frame: 4-byte big-endian header length, header JSON, payload.
                 var len = UInt32(h.count + n).bigEndian
-                _ = withUnsafeBytes(of: &len) { l in
+                return withUnsafeBytes(of: &len) { l in
                     ws.send(binaryParts: [l, h.buffer, tb, payload.buffer])
                 }
-            } else {
-                ws.send(text: delivery?.preparedPrefix ?? PreparedPrefix(m.prefix), tail: tb)
             }
+            return ws.send(text: delivery?.preparedPrefix ?? PreparedPrefix(m.prefix), tail: tb)
         }
+        checked(r)
+    }
+
+    /// A frame the connection refused (its own send-buffer bound, policy `drop`) must not
+    /// vanish: the transport goes, and a resumable session replays it on the next one.
+    func checked(_ r: SendResult) {
+        guard r == .dropped, let ws = ws, ws.isOpen else { return }
+        Log.info("session \(session?.id.description ?? "-"): websocket send buffer full: closing")
+        ws.close(code: 1008, reason: "send buffer full")
     }
 
     func sendControl(_ json: [UInt8]) {

@@ -105,14 +105,20 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Runs `work` on this loop's thread, soon. Safe from any thread.
     public func execute(_ work: @escaping @Sendable () -> Void) {
-        let wasEmpty = inbox.withLock { q -> Bool in
+        if enqueue(work) { wake() }
+    }
+
+    /// Queues `work` like `execute` but leaves the wake-up to the caller (`wake()`), so that
+    /// work can be queued under a lock and the syscall made after it. True when a wake-up
+    /// is needed.
+    public func enqueue(_ work: @escaping @Sendable () -> Void) -> Bool {
+        inbox.withLock { q -> Bool in
             q.append(work)
             return q.count == 1
         }
-        if wasEmpty { wake() }
     }
 
-    func wake() {
+    public func wake() {
         var one: UInt64 = 1
         _ = Glibc.write(wakeFd, &one, 8)
     }

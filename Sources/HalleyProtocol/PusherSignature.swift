@@ -52,9 +52,10 @@ public enum PusherSignature {
         guard let sig = param("auth_signature") else { throw .missing("auth_signature") }
         guard param("auth_version") == "1.0" else { throw param("auth_version") == nil ? .missing("auth_version") : .badVersion }
         guard let secret = secretFor(key) else { throw .unknownKey }
+        // Parsed and compared without overflow: the timestamp is attacker-chosen.
         guard let t = Int(ts) else { throw .expired(skew: Int.max) }
-        let skew = abs(now - t)
-        guard skew <= maxClockSkew else { throw .expired(skew: skew) }
+        let (diff, overflow) = now.subtractingReportingOverflow(t)
+        guard !overflow, diff.magnitude <= UInt(maxClockSkew) else { throw .expired(skew: overflow ? Int.max : Int(clamping: diff.magnitude)) }
         if let md5 = param("body_md5") {
             guard md5.lowercased() == Digest.hex(Digest.md5(body)) else { throw .bodyMD5Mismatch }
         } else if !body.isEmpty {

@@ -100,6 +100,9 @@ extension LoopContext {
         c.sweepIndex = connections.count
         connections.append(c)
         then(request, Responder(connection: c, serial: m.serial))
+        if shuttingDown && !c.closed {
+            c.shutdownRequested()  // a stream or poll that began during shutdown: cut it
+        }
         if !c.closed && c.out != nil { c.updateInterest() }
     }
 }

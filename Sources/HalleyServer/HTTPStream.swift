@@ -144,6 +144,7 @@ extension HTTPConnection {
             if canProcessPending { process(UnsafeRawBufferPointer(start: nil, count: 0)) }
             if closed { return }
             if let h = handOffPending { finishHandOff(h); return }
+            if let next = upgradedTo { finishUpgrade(next); return }
             if ctx.corkOwner === self { ctx.flushCork() }
             updateInterest()
         }

@@ -6,7 +6,8 @@ import HalleyWebSocket
 /// (the hub's `,"halley:seq":N}`). Framed per connection, but the shared bytes are never
 /// copied into a new buffer, and with permessage-deflate they are compressed once per window
 /// size: the compressed prefix keeps its sync-flush marker (so it ends byte-aligned) and each
-/// connection's tail follows as a stored block (RFC 1951 §3.2.4). Loop-confined.
+/// connection's tail follows as a stored block (RFC 1951 §3.2.4), then one zero byte that
+/// begins the empty stored block the receiver completes with 00 00 FF FF. Loop-confined.
 public final class PreparedPrefix {
     public let prefix: SharedBytes
     var deflated: [Int: SharedBytes] = [:]
@@ -45,7 +46,15 @@ extension WebSocketConnection {
         if let d = deflate, length >= ctx.config.webSocket.compressionThreshold {
             let z = prefix.compressed(self, windowBits: d.serverMaxWindowBits)
             var block: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0, 0)
-            let blockLength = withUnsafeMutableBytes(of: &block) { Wire_storedBlock(tail, into: $0.baseAddress!) }
+            let blockLength = withUnsafeMutableBytes(of: &block) { b -> Int in
+                let n = Wire_storedBlock(tail, into: b.baseAddress!)
+                // The header byte of the empty stored block whose LEN/NLEN (00 00 FF FF) the
+                // receiver appends (RFC 7692 §7.2.2): without it those 4 bytes would be read
+                // as a block header and lengths, and a client that keeps its inflater
+                // between messages (allowed) or appends a final block (Go) would fail.
+                b.storeBytes(of: 0, toByteOffset: n, as: UInt8.self)
+                return n + 1
+            }
             ctx.cork(for: self)
             withUnsafeMutableBytes(of: &header) { h in
                 let n = WebSocketFrameEncoder.writeHeader(into: h.baseAddress!, opcode: WebSocketOpcode.text, rsv1: true, length: z.count + blockLength)

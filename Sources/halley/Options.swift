@@ -23,8 +23,9 @@ struct Options {
     /// Whether the app's id, key or secret was set (else the development defaults warn).
     var appConfigured = false
 
-    static func int(_ flag: String, _ s: String, min: Int = 0) throws(OptionError) -> Int {
-        guard let v = Int(s), v >= min else { throw OptionError(description: "\(flag): expected a whole number ≥ \(min), got '\(s)'") }
+    /// A whole number in `min...max` (at most 2^30: seconds and bytes both fit every counter).
+    static func int(_ flag: String, _ s: String, min: Int = 0, max: Int = 1 << 30) throws(OptionError) -> Int {
+        guard let v = Int(s), v >= min, v <= max else { throw OptionError(description: "\(flag): expected a whole number from \(min) to \(max), got '\(s)'") }
         return v
     }
 

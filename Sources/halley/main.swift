@@ -63,6 +63,9 @@ var startLine = "halley listening on http://\(cfg.host):\(server.port) (\(loopsT
 if let root = cfg.publicRoot { startLine += ", public root \(root)" }
 if let mp = server.metricsPort { startLine += ", metrics on http://\(cfg.metricsHost):\(mp)/metrics" }
 Log.lifecycle(startLine + ")")
+if options.hub.streamMaxBytes >= options.hub.sessionBufferBytes {
+    Log.warning("--stream-max-bytes (\(options.hub.streamMaxBytes)) is not below --session-buffer-bytes (\(options.hub.sessionBufferBytes)): an SSE client that never acknowledges by POST overflows its session before its stream rotates")
+}
 let app = options.hub.apps[0]
 if options.appConfigured {
     Log.lifecycle("app id \(app.id), key \(app.key)\(app.token != nil ? ", bearer token set" : "")")

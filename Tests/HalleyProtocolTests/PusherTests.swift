@@ -71,6 +71,9 @@ import Testing
     @Test func refusesEveryWayOfGettingItWrong() {
         #expect(throws: PusherSignature.Failure.expired(skew: 601)) { try verify(signed, now: 1353088179 + 601) }
         #expect(throws: PusherSignature.Failure.expired(skew: 601)) { try verify(signed, now: 1353088179 - 601) }
+        // Attacker-chosen timestamps at the edges of Int: refused, no overflow trap.
+        #expect(throws: PusherSignature.Failure.expired(skew: Int.max)) { try verify(signed.map { $0.0 == "auth_timestamp" ? ($0.0, String(Int.min)) : $0 }) }
+        #expect(throws: PusherSignature.Failure.self) { try verify(signed.map { $0.0 == "auth_timestamp" ? ($0.0, String(Int.max)) : $0 }) }
         #expect(throws: PusherSignature.Failure.bodyMD5Mismatch) { try verify(signed, body: Array("{}".utf8)) }
         #expect(throws: PusherSignature.Failure.missing("auth_signature")) { try verify(query) }
         #expect(throws: PusherSignature.Failure.missing("body_md5")) { try verify(signed.filter { $0.0 != "body_md5" }) }
