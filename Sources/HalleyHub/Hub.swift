@@ -98,7 +98,7 @@ public final class Hub: Sendable {
             for (i, items) in perLoop.enumerated() where !items.isEmpty {
                 let lh = loops[i]
                 let box = UnsafeSendable(items)
-                wake[i] = lh.loop.enqueue { for (k, p) in box.value { lh.fanOut(k, p) } }
+                wake[i] = lh.loop.enqueue { for (k, p) in box.value { lh.fanOutLater(k, p) } }
             }
         }
         for (i, w) in wake.enumerated() where w { loops[i].loop.wake() }

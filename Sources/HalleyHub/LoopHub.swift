@@ -78,7 +78,11 @@ final class LoopHub: @unchecked Sendable {
         self.index = loop.index
         self.loopCount = loopCount
         loop.onTick { [unowned self] in self.tick() }
-        loop.onTurnEnd { [unowned self] in self.answerReadyPolls() }
+        // Before the server flushes its cork: what the hub writes this turn goes out in it.
+        loop.onTurnEnd(first: true) { [unowned self] in
+            self.flushFanOut()
+            self.answerReadyPolls()
+        }
     }
 
     // MARK: sessions
@@ -240,18 +244,46 @@ final class LoopHub: @unchecked Sendable {
 
     // MARK: fan-out
 
-    /// Delivers a publication to this loop's subscribers (from the inbox, in offset order).
-    func fanOut(_ key: ChannelKey, _ p: Publication) {
+    /// Publications that came through the inbox this turn, in offset order per channel.
+    var pendingFanOut: [(ChannelKey, Publication)] = []
+
+    /// Called from the inbox: the delivery happens at the end of the turn, with everything
+    /// else published meanwhile, so each subscriber gets all of it in one write.
+    func fanOutLater(_ key: ChannelKey, _ p: Publication) { pendingFanOut.append((key, p)) }
+
+    func flushFanOut() {
+        guard !pendingFanOut.isEmpty else { return }
+        let items = pendingFanOut
+        pendingFanOut.removeAll(keepingCapacity: true)
+        if items.count == 1 {
+            fanOut(items[0].0, [items[0].1])
+            return
+        }
+        // Group by channel (a channel's order is kept; channels are independent).
+        var order: [ChannelKey] = []
+        var groups: [ChannelKey: [Publication]] = [:]
+        for (k, p) in items {
+            if groups[k] == nil { order.append(k) }
+            groups[k, default: []].append(p)
+        }
+        for k in order { fanOut(k, groups[k]!) }
+    }
+
+    /// Delivers publications of one channel to this loop's subscribers: subscriber by
+    /// subscriber, so the server's cork gathers one subscriber's messages into one write.
+    func fanOut(_ key: ChannelKey, _ pubs: [Publication]) {
         guard let lc = channels[key] else { return }
-        let d = Delivery(p.message)
+        let deliveries = pubs.map { Delivery($0.message) }
         let sessions = lc.sessions
         let joined = lc.joined
-        for i in 0..<sessions.count where p.offset > joined[i] {
+        for i in 0..<sessions.count {
             let s = sessions[i]
-            if let x = p.exclude, x == s.id { continue }
-            s.enqueue(p.message, delivery: d)
+            for (j, p) in pubs.enumerated() where p.offset > joined[i] {
+                if let x = p.exclude, x == s.id { continue }
+                s.enqueue(p.message, delivery: deliveries[j])
+            }
         }
-        counters.delivered += sessions.count
+        counters.delivered += sessions.count * pubs.count
     }
 
     // MARK: polls

@@ -19,6 +19,8 @@ final class PollTransport: Transport {
     let introduce: Bool
     let origin: String?
 
+    static let plainHeaders = SharedBytes(Array("Content-Type: application/json\r\nCache-Control: no-cache, no-store\r\n".utf8))
+
     init(loopHub: LoopHub, responder: Responder, session: Session, cursor: UInt64, introduce: Bool, origin: String?) {
         self.loopHub = loopHub
         self.responder = responder
@@ -49,28 +51,44 @@ final class PollTransport: Transport {
         answered = true
         let s = session
         session = nil
-        var body: [UInt8] = Array("{".utf8)
+        // One buffer, sized once: the answer is built per poll (each session's seq differs).
+        let pending = s?.pending(after: cursor) ?? []
+        var size = 64 + controls.reduce(0) { $0 + $1.count + 1 }
+        for (_, m) in pending { size += m.prefix.count + 36 }
+        var body: [UInt8] = []
+        body.reserveCapacity(size)
+        body.append(UInt8(ascii: "{"))
+        if let s = s, introduce {
+            body += Array("\"session\":\"\(s.id)\",\"token\":\"\(s.token!.description)\",".utf8)
+        }
+        // "messages" before "cursor": the cursor is known once the messages are written.
+        body += Array("\"messages\":[".utf8)
         var last = cursor
-        var items: [[UInt8]] = controls
-        if let s = s {
-            if introduce {
-                body += Array("\"session\":\"\(s.id)\",\"token\":\"\(s.token!.description)\",".utf8)
-            }
-            for (q, m) in s.pending(after: cursor) {
-                var item = Array(m.prefix.buffer)
-                item += Wire.seqTail(q)
-                items.append(item)
-                last = q
-            }
+        var items = 0
+        for c in controls {
+            if items > 0 { body.append(UInt8(ascii: ",")) }
+            body += c
+            items += 1
         }
-        body += Array("\"cursor\":\(last),\"messages\":[".utf8)
-        for (k, i) in items.enumerated() {
-            if k > 0 { body.append(UInt8(ascii: ",")) }
-            body += i
+        var tail: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
+        for (q, m) in pending {
+            if items > 0 { body.append(UInt8(ascii: ",")) }
+            body.append(contentsOf: m.prefix.buffer)
+            withUnsafeMutableBytes(of: &tail) { t in
+                let n = Wire.seqTail(q, into: t.baseAddress!)
+                body.append(contentsOf: UnsafeRawBufferPointer(rebasing: t[0..<n]))
+            }
+            items += 1
+            last = q
         }
-        body += Array("]}".utf8)
-        var r = HTTPResponse(status: 200, headers: HubHTTP.jsonHeaders(origin: origin), body: .bytes(body))
-        r.headers.append(("Cache-Control", "no-cache, no-store"))
+        body += Array("],\"cursor\":\(last)}".utf8)
+        var r = HTTPResponse(status: 200, body: .bytes(body))
+        if let o = origin {
+            r.headers = HubHTTP.jsonHeaders(origin: o)
+            r.headers.append(("Cache-Control", "no-cache, no-store"))
+        } else {
+            r.encodedHeaders = Self.plainHeaders
+        }
         responder.respond(r)
         s?.transportGone(self)
     }

@@ -143,8 +143,12 @@ public final class EventLoop: @unchecked Sendable {
     /// that no connection needs a timer object of its own.
     public func onTick(_ body: @escaping () -> Void) { tickHandlers.append(body) }
 
-    /// Calls `body` at the end of every loop turn (after all events of the turn).
-    public func onTurnEnd(_ body: @escaping () -> Void) { turnEndHandlers.append(body) }
+    /// Calls `body` at the end of every loop turn (after all events of the turn). `first`
+    /// puts it before the handlers already registered (work that writes must run before the
+    /// server's cork is flushed).
+    public func onTurnEnd(first: Bool = false, _ body: @escaping () -> Void) {
+        if first { turnEndHandlers.insert(body, at: 0) } else { turnEndHandlers.append(body) }
+    }
 
     // MARK: the loop
 
