@@ -32,16 +32,16 @@ extension Hub {
     /// Adds the hub's routes. `endpoint` is the WebSocket endpoint (origins, compression).
     public func install(on router: Router, endpoint: WebSocketHandshake.Endpoint) {
         router.add([.get], "/app/{key}") { [self] request, responder in
-            routeToOwner(request, responder) { $0.webSocket($1, $2, endpoint: endpoint) }
+            routeToOwner(request, responder) { $0.webSocket($1, $2, $3, endpoint: endpoint) }
         }
         router.add([.get], "/halley/sse") { [self] request, responder in
-            routeToOwner(request, responder) { $0.sse($1, $2) }
+            routeToOwner(request, responder) { $0.sse($1, $2, $3) }
         }
         router.add([.get], "/halley/poll") { [self] request, responder in
-            routeToOwner(request, responder) { $0.poll($1, $2) }
+            routeToOwner(request, responder) { $0.poll($1, $2, $3) }
         }
         router.add([.post], "/halley/send") { [self] request, responder in
-            routeToOwner(request, responder) { $0.send($1, $2) }
+            routeToOwner(request, responder) { $0.send($1, $2, $3) }
         }
         for path in ["/halley/sse", "/halley/poll", "/halley/send"] {
             router.add([.options], path) { [self] request, responder in preflight(request, responder) }
@@ -61,7 +61,7 @@ extension Hub {
     /// Runs `body` on the loop that owns the session the request names (moving the
     /// connection there), or here for a new session.
     func routeToOwner(_ request: HTTPRequest, _ responder: Responder,
-                      _ body: @escaping @Sendable (LoopHub, HTTPRequest, Responder) -> Void) {
+                      _ body: @escaping @Sendable (LoopHub, HTTPRequest, Responder, [(String, String)]) -> Void) {
         // The router answers HEAD with GET routes; these would open a session or a stream.
         if request.method == .head {
             var r = HubHTTP.error(405, "HEAD opens no session; use GET")
@@ -73,11 +73,11 @@ extension Hub {
         if let id = Self.namedSession(request, q) {
             let owner = id.owner(loops: loops.count)
             if owner != responder.loopIndex {
-                responder.handOff(toLoop: owner, request) { [self] req, resp in body(loops[resp.loopIndex], req, resp) }
+                responder.handOff(toLoop: owner, request) { [self] req, resp in body(loops[resp.loopIndex], req, resp, q) }
                 return
             }
         }
-        body(loops[responder.loopIndex], request, responder)
+        body(loops[responder.loopIndex], request, responder, q)
     }
 
     /// CORS: the origin to echo, or a refusal (the WebSocket origin policy applies).
@@ -104,8 +104,7 @@ extension Hub {
 extension LoopHub {
     // MARK: WebSocket
 
-    func webSocket(_ request: HTTPRequest, _ responder: Responder, endpoint: WebSocketHandshake.Endpoint) {
-        let q = Query.parse(request.head.query)
+    func webSocket(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)], endpoint: WebSocketHandshake.Endpoint) {
         let key = request.parameters["key"] ?? ""
         let opening: WebSocketTransport.Opening
         if let app = hub.app(key: key) {
@@ -141,10 +140,9 @@ extension LoopHub {
 
     // MARK: Server-Sent Events
 
-    func sse(_ request: HTTPRequest, _ responder: Responder) {
+    func sse(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)]) {
         let (ok, origin) = hub.corsOrigin(request)
         guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed")); return }
-        let q = Query.parse(request.head.query)
         var resume: (id: SessionID, token: String, seq: UInt64)? = nil
         if let raw = request.head.headers["Last-Event-ID"] ?? Query.value(q, "last_event_id"), let e = Wire.parseEventID(raw), let id = SessionID(e.session) {
             resume = (id, e.token, e.seq)
@@ -197,10 +195,9 @@ extension LoopHub {
 
     // MARK: long-polling
 
-    func poll(_ request: HTTPRequest, _ responder: Responder) {
+    func poll(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)]) {
         let (ok, origin) = hub.corsOrigin(request)
         guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed")); return }
-        let q = Query.parse(request.head.query)
         var reason: String? = nil
         if let sid = Query.value(q, "session"), let id = SessionID(sid) {
             switch lookup(id, token: Query.value(q, "token") ?? "") {
@@ -213,6 +210,12 @@ extension LoopHub {
                 let cursor = Query.value(q, "cursor").flatMap { UInt64($0) } ?? 0
                 let p = PollTransport(loopHub: self, responder: responder, session: s, cursor: cursor, introduce: false, origin: origin)
                 s.attach(p, lastSeen: cursor)
+                if p.queuedForAnswer {
+                    // Messages are waiting: answer now, inside the connection's event (its
+                    // epoll interest never changes: no epoll_ctl for this poll).
+                    p.answer()
+                    return
+                }
                 if p.answered { return }
                 polls.append(p)
                 responder.onDisconnect { [unowned p] in
@@ -248,17 +251,17 @@ extension LoopHub {
 
     // MARK: sending over HTTP
 
-    func send(_ request: HTTPRequest, _ responder: Responder) {
+    func send(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)]) {
         let (ok, origin) = hub.corsOrigin(request)
         guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed")); return }
-        let q = Query.parse(request.head.query)
         guard let sid = Query.value(q, "session"), let id = SessionID(sid) else {
             responder.respond(HubHTTP.error(400, "missing or malformed session", origin: origin))
             return
         }
-        guard case .found(let s) = lookup(id, token: Query.value(q, "token") ?? "") else {
-            let why: String
-            if case .gone(let w) = lookup(id, token: Query.value(q, "token") ?? "") { why = w } else { why = "unknown" }
+        let s: Session
+        switch lookup(id, token: Query.value(q, "token") ?? "") {
+        case .found(let found): s = found
+        case .gone(let why):
             responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: why))
             return
         }

@@ -54,11 +54,30 @@ public struct SessionID: Hashable, Sendable, CustomStringConvertible {
         self.b = b
     }
 
+    /// Parses `digits.digits` from the bytes (runs for every HTTP request of a session).
     public init?(_ s: String) {
-        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 2, let a = UInt32(parts[0]), let b = UInt32(parts[1]) else { return nil }
-        self.a = a
-        self.b = b
+        var a: UInt64 = 0, b: UInt64 = 0
+        var digitsA = 0, digitsB = 0
+        var second = false
+        for c in s.utf8 {
+            if c == UInt8(ascii: ".") {
+                if second { return nil }
+                second = true
+                continue
+            }
+            guard c >= 48 && c <= 57 else { return nil }
+            if second {
+                b = b * 10 + UInt64(c - 48)
+                digitsB += 1
+            } else {
+                a = a * 10 + UInt64(c - 48)
+                digitsA += 1
+            }
+            if digitsA > 10 || digitsB > 10 { return nil }
+        }
+        guard second, digitsA > 0, digitsB > 0, a <= UInt64(UInt32.max), b <= UInt64(UInt32.max) else { return nil }
+        self.a = UInt32(a)
+        self.b = UInt32(b)
     }
 
     public var description: String { "\(a).\(b)" }
@@ -85,7 +104,20 @@ struct SessionToken: Equatable {
     }
 
     init?(_ s: String) {
-        guard s.utf8.count == 32, let h = UInt64(s.prefix(16), radix: 16), let l = UInt64(s.suffix(16), radix: 16) else { return nil }
+        guard s.utf8.count == 32 else { return nil }
+        var h: UInt64 = 0, l: UInt64 = 0
+        var i = 0
+        for c in s.utf8 {
+            let d: UInt64
+            switch c {
+            case 48...57: d = UInt64(c - 48)
+            case 97...102: d = UInt64(c - 87)
+            case 65...70: d = UInt64(c - 55)
+            default: return nil
+            }
+            if i < 16 { h = h << 4 | d } else { l = l << 4 | d }
+            i += 1
+        }
         hi = h
         lo = l
     }
