@@ -52,7 +52,8 @@ struct HubCounters {
 /// and the once-a-second work (expiry, heartbeats, poll timeouts). Loop-confined.
 final class LoopHub: @unchecked Sendable {
     // Sendable: only its loop touches it; other threads reach it through `loop.execute`.
-    unowned let hub: Hub
+    /// The hub outlives its loops (`unowned(unsafe)`: no reference-count check per access).
+    unowned(unsafe) let hub: Hub
     let loop: EventLoop
     let index: Int
     let loopCount: Int

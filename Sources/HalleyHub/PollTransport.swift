@@ -6,7 +6,7 @@ import HalleyServer
 /// answers with every message after its cursor as soon as there is one (at the end of the
 /// loop turn, so a burst goes in one answer), or empty after `pollTimeout`. Loop-confined.
 final class PollTransport: Transport {
-    unowned let loopHub: LoopHub
+    unowned(unsafe) let loopHub: LoopHub  // outlives its transports
     let responder: Responder
     var session: Session?
     let cursor: UInt64
@@ -52,9 +52,15 @@ final class PollTransport: Transport {
         let s = session
         session = nil
         // One buffer, sized once: the answer is built per poll (each session's seq differs).
-        let pending = s?.pending(after: cursor) ?? []
+        // The unacknowledged messages after the cursor are read in place (no copy of the list).
+        var first = 0
+        var seqOfFirst: UInt64 = 0
         var size = 64 + controls.reduce(0) { $0 + $1.count + 1 }
-        for (_, m) in pending { size += m.prefix.count + 36 }
+        if let s = s, s.unackedCount > 0 {
+            seqOfFirst = s.seq - UInt64(s.unackedCount) + 1
+            first = s.unackedStart + Int(cursor >= seqOfFirst ? min(cursor - seqOfFirst + 1, UInt64(s.unackedCount)) : 0)
+            for k in first..<s.unacked.count { size += s.unacked[k].prefix.count + 36 }
+        }
         var body: [UInt8] = []
         body.reserveCapacity(size)
         body.append(UInt8(ascii: "{"))
@@ -70,16 +76,20 @@ final class PollTransport: Transport {
             body += c
             items += 1
         }
-        var tail: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
-        for (q, m) in pending {
-            if items > 0 { body.append(UInt8(ascii: ",")) }
-            body.append(contentsOf: m.prefix.buffer)
-            withUnsafeMutableBytes(of: &tail) { t in
-                let n = Wire.seqTail(q, into: t.baseAddress!)
-                body.append(contentsOf: UnsafeRawBufferPointer(rebasing: t[0..<n]))
+        if let s = s, s.unackedCount > 0 {
+            var tail: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
+            var q = seqOfFirst + UInt64(first - s.unackedStart)
+            for k in first..<s.unacked.count {
+                if items > 0 { body.append(UInt8(ascii: ",")) }
+                body.append(contentsOf: s.unacked[k].prefix.buffer)
+                withUnsafeMutableBytes(of: &tail) { t in
+                    let n = Wire.seqTail(q, into: t.baseAddress!)
+                    body.append(contentsOf: UnsafeRawBufferPointer(rebasing: t[0..<n]))
+                }
+                items += 1
+                last = q
+                q += 1
             }
-            items += 1
-            last = q
         }
         body += Array("],\"cursor\":\(last)}".utf8)
         var r = HTTPResponse(status: 200, body: .bytes(body))

@@ -25,7 +25,8 @@ final class Session {
     let app: App
     /// Set for resumable sessions (the secret a client shows to resume).
     let token: SessionToken?
-    unowned let loopHub: LoopHub
+    /// Outlives its sessions (`unowned(unsafe)`: no reference-count check per access).
+    unowned(unsafe) let loopHub: LoopHub
 
     var transport: Transport?
     /// Monotonic second the transport went (lingering since).

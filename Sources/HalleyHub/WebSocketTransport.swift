@@ -6,7 +6,7 @@ import HalleyServer
 /// connection: client messages go to the session, session messages become frames.
 /// Loop-confined.
 final class WebSocketTransport: WebSocketDelegate, Transport {
-    unowned let loopHub: LoopHub
+    unowned(unsafe) let loopHub: LoopHub  // outlives its transports
     weak var ws: WebSocketConnection?
     var session: Session?
 

@@ -83,6 +83,11 @@ final class HTTPConnection: Connection {
     var heldWatch: (() -> Void)?
     /// A hand-over to another loop asked for inside our event, done when the event ends.
     var handOffPending: HandOff?
+    /// Bytes arrived while a request was held (see `handleEvent`).
+    var heldSawData = false
+
+    /// A long-poll or stream is held open, watching for the client's hang-up.
+    var isHeld: Bool { awaiting && (stream != nil || heldWatch != nil) }
 
     /// Monotonic second the current phase started (the head's first byte, or idleness).
     var phaseStart: Int32
@@ -97,6 +102,7 @@ final class HTTPConnection: Connection {
         self.parser = HTTPRequestParser(limits: context.config.http)
         phaseStart = context.seconds
         super.init(fd: fd, context: context)
+        interest = Events.readable | Events.readHangup
     }
 
     // MARK: events
@@ -107,6 +113,13 @@ final class HTTPConnection: Connection {
         if events & Events.writable != 0 && out != nil {
             drainOutput()
             if canProcessPending { process(UnsafeRawBufferPointer(start: nil, count: 0)) }
+        }
+        if !closed && isHeld {
+            // A held long-poll or stream keeps the idle interest (readable | read-hang-up), so
+            // holding and answering cost no epoll_ctl. The peer hung up: it is gone. Bytes
+            // (a pipelined request) wait unread: stop watching for them until the hold ends.
+            if events & (Events.hangup | Events.error | Events.readHangup) != 0 { close(); return }
+            if events & Events.readable != 0 { heldSawData = true }
         }
         if !closed && events & (Events.hangup | Events.error | Events.readHangup) != 0 && interest & Events.readable == 0 {
             // Not reading (a held request, a blocked write): level-triggered epoll would
@@ -350,6 +363,7 @@ final class HTTPConnection: Connection {
         guard s == serial, awaiting, !closed, stream == nil, handOffPending == nil else { return }
         awaiting = false
         heldWatch = nil
+        heldSawData = false
         let keepAlive = respondKeepAlive && !r.close
         if !keepAlive { closing = true }
         ctx.cork(for: self)
@@ -429,9 +443,12 @@ final class HTTPConnection: Connection {
     override func wantedEvents() -> UInt32 {
         var want: UInt32 = 0
         if out != nil { want |= Events.writable }
-        if !peerClosed && (lingering || (!awaiting && out == nil && !closing)) { want |= Events.readable }
+        if !peerClosed && (lingering || (!awaiting && out == nil && !closing)) { want |= Events.readable | Events.readHangup }
         // A held long-poll or a stream: learn at once when the client goes.
-        if awaiting && (stream != nil || heldWatch != nil) { want |= Events.readHangup }
+        if isHeld {
+            want |= Events.readHangup
+            if !heldSawData && !peerClosed { want |= Events.readable }
+        }
         return want
     }
 

@@ -135,6 +135,7 @@ extension HTTPConnection {
             ctx.corkAppend(ServerTables.lastChunk)
         }
         awaiting = false
+        heldSawData = false
         if !respondKeepAlive { closing = true }
         phaseStart = ctx.seconds
         if !inEvent {

@@ -91,7 +91,7 @@ final class LoopContext {
         Socket.setNoDelay(fd)
         let c = HTTPConnection(fd: fd, context: self, router: router)
         do {
-            try loop.register(fd, events: Events.readable, handler: c)
+            try loop.register(fd, events: c.interest, handler: c)
         } catch {
             Log.error("register connection: \(error)")
             Sys.close(fd)
