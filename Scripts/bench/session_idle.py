@@ -5,7 +5,8 @@ Each server runs alone with one event loop / one worker (halley --threads 1, ngi
 worker_processes 1). The client opens N WebSockets and subscribes every one to the channel
 `bench`: on halley the Pusher way (/app/app-key?protocol=7, pusher:connection_established,
 pusher:subscribe, pusher_internal:subscription_succeeded; mode `halley`, or `halley-resumable`
-with halley=1 on the URL: a resumable session with its token and resend buffer); on Nchan a
+with halley=1 on the URL: a resumable session with its token and resend buffer; the client
+acknowledges the subscription answer, as halley.js does); on Nchan a
 WebSocket to its subscriber location /sub/bench (subscribed by the upgrade). Then it waits
 SETTLE seconds and reads the server's memory from /proc: VmRSS, RssAnon, the exact Rss of
 smaps_rollup, VmData (halley, and the nginx worker; for Nchan RssShmem too: its channels and
@@ -351,6 +352,11 @@ def open_sessions(server, count, inflight, timeout):
                             c.state = "subscribing"
                         elif c.state == "subscribing" and b'"pusher_internal:subscription_succeeded"' in payload:
                             c.state = "subscribed"
+                            # A resumable session numbers it: acknowledge it as halley.js does,
+                            # so the idle session holds no resend buffer.
+                            seq = re.search(rb'"halley:seq":(\d+)', payload)
+                            if seq:
+                                c.sock.send(masked(1, b'{"event":"halley:ack","data":{"seq":%s}}' % seq.group(1)))
                         else:
                             raise ValueError(f"unexpected message in state {c.state}: {payload[:200]!r}")
                     if c.state == "subscribed":
