@@ -253,21 +253,30 @@ final class LoopHub: @unchecked Sendable {
     func fanOutLater(_ key: ChannelKey, _ p: Publication) { pendingFanOut.append((key, p)) }
 
     func flushFanOut() {
-        guard !pendingFanOut.isEmpty else { return }
+        while !pendingFanOut.isEmpty { flushFanOutOnce() }
+    }
+
+    func flushFanOutOnce() {
         let items = pendingFanOut
         pendingFanOut.removeAll(keepingCapacity: true)
         if items.count == 1 {
             fanOut(items[0].0, [items[0].1])
             return
         }
-        // Group by channel (a channel's order is kept; channels are independent).
-        var order: [ChannelKey] = []
-        var groups: [ChannelKey: [Publication]] = [:]
+        // Runs of the same channel go together (a burst on one channel: one write per
+        // subscriber); the runs stay in publish order, so a client subscribed to two channels
+        // sees their messages in the order they were accepted.
+        var run: [Publication] = []
+        var runKey = items[0].0
         for (k, p) in items {
-            if groups[k] == nil { order.append(k) }
-            groups[k, default: []].append(p)
+            if k != runKey {
+                fanOut(runKey, run)
+                run.removeAll(keepingCapacity: true)
+                runKey = k
+            }
+            run.append(p)
         }
-        for k in order { fanOut(k, groups[k]!) }
+        fanOut(runKey, run)
     }
 
     /// Delivers publications of one channel to this loop's subscribers: subscriber by
@@ -297,10 +306,12 @@ final class LoopHub: @unchecked Sendable {
     }
 
     func answerReadyPolls() {
-        guard !readyPolls.isEmpty else { return }
-        let ready = readyPolls
-        readyPolls.removeAll(keepingCapacity: true)
-        for p in ready { p.answer() }
+        // An answer can run a pipelined request that readies another poll: loop until none.
+        while !readyPolls.isEmpty {
+            let ready = readyPolls
+            readyPolls.removeAll(keepingCapacity: true)
+            for p in ready { p.answer() }
+        }
     }
 
     // MARK: once a second

@@ -138,6 +138,9 @@ extension HTTPConnection {
         heldSawData = false
         if !respondKeepAlive { closing = true }
         phaseStart = ctx.seconds
+        // HTTP/1.0 (no last chunk): nothing is written to end the body, so no drain would
+        // come to finish the close.
+        if closing && out == nil && ctx.corkOwner !== self { outputDrained() }
         if !inEvent {
             inEvent = true
             defer { inEvent = false }

@@ -166,3 +166,24 @@ def test_a_frame_refused_by_the_websocket_bound_is_replayed_on_resume(start_hall
             rest_msgs.append(m)
     data = [int(m["data"][:5]) for m in seen + rest_msgs]
     assert data == list(range(1, total + 1))
+
+
+def test_messages_of_two_channels_keep_publish_order(start_halley):
+    """Publications of one loop turn are delivered in runs of one channel, never reordered
+    across channels: three publishes pipelined on one connection arrive A1, B2, A3."""
+    h = start_halley("--app-token", "tok", threads=1)
+    ws = WS(h.port)
+    ws.hello()
+    ws.subscribe("chA")
+    ws.subscribe("chB")
+    reqs = b""
+    for ch, n in (("chA", 1), ("chB", 2), ("chA", 3)):
+        body = json.dumps({"channel": ch, "event": "e", "data": str(n)}).encode()
+        reqs += (f"POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n"
+                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    s = socket.create_connection(("127.0.0.1", h.port), timeout=5)
+    s.sendall(reqs)
+    got = [ws.recv() for _ in range(3)]
+    assert [(m["channel"], m["data"]) for m in got] == [("chA", "1"), ("chB", "2"), ("chA", "3")]
+    assert [m["halley:seq"] for m in got] == [3, 4, 5]  # after the two subscription answers
+    s.close()
