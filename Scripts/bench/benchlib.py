@@ -1,10 +1,13 @@
-"""What the benchmark scripts share: process inspection (/proc), building, versions."""
+"""What the benchmark scripts share: process inspection (/proc), building, versions, and the
+idle-connection helpers of idle_http.py, ws_idle.py and session_idle.py."""
 
 from __future__ import annotations
 
 import ctypes
 import os
+import selectors
 import signal
+import socket
 import subprocess
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -68,3 +71,31 @@ def version(cmd):
         return (r.stdout + r.stderr).strip().splitlines()[0]
     except (OSError, IndexError, subprocess.TimeoutExpired):
         return "?"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def readable_count(socks):
+    """How many idle sockets are readable now: the server closed them (EOF, reset) or sent
+    something."""
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        sel.register(s, selectors.EVENT_READ)
+    try:
+        return len(sel.select(timeout=0))
+    finally:
+        sel.close()
+
+
+def failures_summary(errors, count, what):
+    """One line for the connections that failed to open: the most common reasons first."""
+    first = {}
+    for e in errors:
+        first[e] = first.get(e, 0) + 1
+    return f"{len(errors)} of {count} {what} failed: " + "; ".join(f"{n} x {e}" for e, n in list(first.items())[:5])

@@ -45,7 +45,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from benchlib import REPO, Failure, build, die_with_parent, fd_count, log, proc_status, smaps_rss, version
+from benchlib import (REPO, Failure, build, die_with_parent, failures_summary, fd_count, free_port, log, proc_status,
+                      readable_count, smaps_rss, version)
 
 GOAL_BYTES = 512
 SMALL = b"Halley idle-connection benchmark: a small file of sixty bytes".ljust(59, b".")[:59] + b"\n"
@@ -241,13 +242,6 @@ http {{
         return self.log_text().splitlines()
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
 
 def port_open(port):
     s = socket.socket()
@@ -345,11 +339,7 @@ def open_idle(port, count, inflight, timeout):
                     done.append(c.sock)
                     pending -= 1
         if errors:
-            first = {}
-            for e in errors:
-                first[e] = first.get(e, 0) + 1
-            raise Failure(f"{len(errors)} of {count} connections failed: " +
-                          "; ".join(f"{n} x {e}" for e, n in first.items()))
+            raise Failure(failures_summary(errors, count, "connections"))
         return done
     except BaseException:
         for k in list(sel.get_map().values()):
@@ -360,16 +350,6 @@ def open_idle(port, count, inflight, timeout):
     finally:
         sel.close()
 
-
-def closed_by_server(socks):
-    """How many of the idle sockets are readable (EOF or reset): the server closed them."""
-    sel = selectors.DefaultSelector()
-    for s in socks:
-        sel.register(s, selectors.EVENT_READ)
-    try:
-        return len(sel.select(timeout=0))
-    finally:
-        sel.close()
 
 
 # ---- the measurement ------------------------------------------------------------------------
@@ -402,7 +382,7 @@ def measure(server, steps, args):
             st = proc_status(pid)
             st["Rss"] = smaps_rss(pid)
             fds = fd_count(pid)
-            lost = closed_by_server(socks)
+            lost = readable_count(socks)
             per_conn = (st["VmRSS"] - base["VmRSS"]) * 1024 / n
             slope = (st["VmRSS"] - prev_rss) * 1024 / (n - prev_n)
             anon_per_conn = ((st.get("RssAnon", 0) - base.get("RssAnon", 0)) * 1024 / n) if "RssAnon" in st else None

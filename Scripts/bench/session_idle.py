@@ -46,7 +46,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from benchlib import REPO, Failure, die_with_parent, fd_count, log, proc_status, smaps_rss, version
+from benchlib import (REPO, Failure, die_with_parent, failures_summary, fd_count, free_port, log, proc_status,
+                      readable_count, smaps_rss, version)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -63,13 +64,6 @@ def shmem_kb(pid):
                 return int(line.split()[1])
     return 0
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # ---- servers --------------------------------------------------------------------------------
@@ -366,11 +360,7 @@ def open_sessions(server, count, inflight, timeout):
                 except (OSError, ValueError) as e:
                     fail(c, f"{type(e).__name__}: {e}"); pending -= 1; continue
         if errors:
-            first = {}
-            for e in errors:
-                first[e] = first.get(e, 0) + 1
-            raise Failure(f"{len(errors)} of {count} sessions failed: " +
-                          "; ".join(f"{n} x {e}" for e, n in list(first.items())[:5]))
+            raise Failure(failures_summary(errors, count, "sessions"))
         return done
     except BaseException:
         for k in list(sel.get_map().values()):
@@ -381,16 +371,6 @@ def open_sessions(server, count, inflight, timeout):
     finally:
         sel.close()
 
-
-def touched_by_server(socks):
-    """How many idle sockets are readable: the server closed them or sent something."""
-    sel = selectors.DefaultSelector()
-    for s in socks:
-        sel.register(s, selectors.EVENT_READ)
-    try:
-        return len(sel.select(timeout=0))
-    finally:
-        sel.close()
 
 
 def receive_everywhere(socks, marker, timeout):
@@ -453,7 +433,7 @@ def measure(server, steps, args):
             time.sleep(args.settle)
             server.check_alive()
             st = snapshot(server)
-            touched = touched_by_server(socks)
+            touched = readable_count(socks)
             row = {"label": label, "n": n, "rss": st["VmRSS"],
                    "per": (st["VmRSS"] - base["VmRSS"]) * 1024 / n,
                    "anon": (st["RssAnon"] - base["RssAnon"]) * 1024 / n if "RssAnon" in st and "RssAnon" in base else None,

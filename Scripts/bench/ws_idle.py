@@ -54,7 +54,8 @@ import sys
 import tempfile
 import time
 import zlib
-from benchlib import REPO, Failure, build, die_with_parent, fd_count, log, proc_status, smaps_rss, version
+from benchlib import (REPO, Failure, build, die_with_parent, failures_summary, fd_count, log, proc_status, readable_count,
+                      smaps_rss, version)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -304,11 +305,7 @@ def open_ws(port, count, inflight, timeout, mode):
                 except (OSError, ValueError, zlib.error) as e:
                     fail(c, f"{type(e).__name__}: {e}"); pending -= 1; continue
         if errors:
-            first = {}
-            for e in errors:
-                first[e] = first.get(e, 0) + 1
-            raise Failure(f"{len(errors)} of {count} connections failed: " +
-                          "; ".join(f"{n} x {e}" for e, n in list(first.items())[:5]))
+            raise Failure(failures_summary(errors, count, "connections"))
         return done
     except BaseException:
         for k in list(sel.get_map().values()):
@@ -319,16 +316,6 @@ def open_ws(port, count, inflight, timeout, mode):
     finally:
         sel.close()
 
-
-def touched_by_server(socks):
-    """How many idle sockets are readable: the server closed them or sent something."""
-    sel = selectors.DefaultSelector()
-    for s in socks:
-        sel.register(s, selectors.EVENT_READ)
-    try:
-        return len(sel.select(timeout=0))
-    finally:
-        sel.close()
 
 
 # ---- the measurement ------------------------------------------------------------------------
@@ -358,7 +345,7 @@ def measure(server, steps, args):
             st = proc_status(pid)
             st["Rss"] = smaps_rss(pid)
             fds = fd_count(pid)
-            touched = touched_by_server(socks)
+            touched = readable_count(socks)
             per_conn = (st["VmRSS"] - base["VmRSS"]) * 1024 / n
             slope = (st["VmRSS"] - prev_rss) * 1024 / (n - prev_n)
             anon = ((st["RssAnon"] - base["RssAnon"]) * 1024 / n) if "RssAnon" in st and "RssAnon" in base else None
