@@ -111,26 +111,4 @@ public enum Wire {
         guard parts.count == 3, let seq = UInt64(parts[0]), !parts[1].isEmpty, !parts[2].isEmpty else { return nil }
         return (seq, String(parts[1]), String(parts[2]))
     }
-
-    // MARK: permessage-deflate tails
-
-    /// A DEFLATE stored block (RFC 1951 §3.2.4) holding `bytes` (at most 65535), not final.
-    /// Appended to a message compressed once with a sync flush (which ends byte-aligned, with
-    /// its empty stored block kept), it adds per-session bytes to shared compressed bytes
-    /// without another compressor run.
-    public static func storedBlock(_ bytes: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) -> Int {
-        let n = bytes.count
-        precondition(n <= 0xFFFF)
-        out.storeBytes(of: 0, toByteOffset: 0, as: UInt8.self)  // BFINAL 0, BTYPE 00, padding
-        out.storeBytes(of: UInt8(n & 0xFF), toByteOffset: 1, as: UInt8.self)
-        out.storeBytes(of: UInt8(n >> 8), toByteOffset: 2, as: UInt8.self)
-        out.storeBytes(of: UInt8(~n & 0xFF), toByteOffset: 3, as: UInt8.self)
-        out.storeBytes(of: UInt8((~n >> 8) & 0xFF), toByteOffset: 4, as: UInt8.self)
-        if n > 0 { (out + 5).copyMemory(from: bytes.baseAddress!, byteCount: n) }
-        return 5 + n
-    }
-
-    /// The 4 bytes a sync flush ends with; permessage-deflate strips them from a message
-    /// (RFC 7692 §7.2.1) and the receiver adds them back.
-    public static let syncFlushMarker: [UInt8] = [0, 0, 0xFF, 0xFF]
 }

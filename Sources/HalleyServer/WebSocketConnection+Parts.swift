@@ -46,15 +46,10 @@ extension WebSocketConnection {
         if let d = deflate, length >= ctx.config.webSocket.compressionThreshold {
             let z = prefix.compressed(self, windowBits: d.serverMaxWindowBits)
             var block: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0, 0)
-            let blockLength = withUnsafeMutableBytes(of: &block) { b -> Int in
-                let n = Wire_storedBlock(tail, into: b.baseAddress!)
-                // The header byte of the empty stored block whose LEN/NLEN (00 00 FF FF) the
-                // receiver appends (RFC 7692 §7.2.2): without it those 4 bytes would be read
-                // as a block header and lengths, and a client that keeps its inflater
-                // between messages (allowed) or appends a final block (Go) would fail.
-                b.storeBytes(of: 0, toByteOffset: n, as: UInt8.self)
-                return n + 1
-            }
+            // Without the trailing zero byte the receiver's 00 00 FF FF would be read as a block
+            // header and lengths: a client that keeps its inflater between messages (allowed)
+            // or appends a final block (Go) would fail.
+            let blockLength = withUnsafeMutableBytes(of: &block) { PerMessageDeflate.storedTail(tail, into: $0.baseAddress!) }
             ctx.cork(for: self)
             withUnsafeMutableBytes(of: &header) { h in
                 let n = WebSocketFrameEncoder.writeHeader(into: h.baseAddress!, opcode: WebSocketOpcode.text, rsv1: true, length: z.count + blockLength)
@@ -91,16 +86,4 @@ extension WebSocketConnection {
         ctx.counters.add(.wsMessagesOut)
         return out == nil ? .written : .buffered
     }
-}
-
-/// RFC 1951 §3.2.4 stored block header + bytes (non-final); returns its length.
-func Wire_storedBlock(_ bytes: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) -> Int {
-    let n = bytes.count
-    out.storeBytes(of: 0, toByteOffset: 0, as: UInt8.self)
-    out.storeBytes(of: UInt8(n & 0xFF), toByteOffset: 1, as: UInt8.self)
-    out.storeBytes(of: UInt8(n >> 8), toByteOffset: 2, as: UInt8.self)
-    out.storeBytes(of: UInt8(~n & 0xFF), toByteOffset: 3, as: UInt8.self)
-    out.storeBytes(of: UInt8((~n >> 8) & 0xFF), toByteOffset: 4, as: UInt8.self)
-    if n > 0 { (out + 5).copyMemory(from: bytes.baseAddress!, byteCount: n) }
-    return 5 + n
 }

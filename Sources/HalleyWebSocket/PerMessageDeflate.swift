@@ -71,4 +71,22 @@ public enum PerMessageDeflate {
     }
 }
 
-
+extension PerMessageDeflate {
+    /// Appends `bytes` (at most 65535) to a message compressed with a sync flush whose
+    /// 00 00 FF FF were kept, without running a compressor: a non-final DEFLATE stored block
+    /// (RFC 1951 §3.2.4: header byte, LEN, NLEN, the bytes), then one zero byte that begins
+    /// the empty stored block whose LEN/NLEN the receiver appends (RFC 7692 §7.2.2). Returns
+    /// the bytes written (`bytes.count + 6`).
+    public static func storedTail(_ bytes: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) -> Int {
+        let n = bytes.count
+        precondition(n <= 0xFFFF)
+        out.storeBytes(of: 0, toByteOffset: 0, as: UInt8.self)  // BFINAL 0, BTYPE 00, padding
+        out.storeBytes(of: UInt8(n & 0xFF), toByteOffset: 1, as: UInt8.self)
+        out.storeBytes(of: UInt8(n >> 8), toByteOffset: 2, as: UInt8.self)
+        out.storeBytes(of: UInt8(~n & 0xFF), toByteOffset: 3, as: UInt8.self)
+        out.storeBytes(of: UInt8((~n >> 8) & 0xFF), toByteOffset: 4, as: UInt8.self)
+        if n > 0 { (out + 5).copyMemory(from: bytes.baseAddress!, byteCount: n) }
+        out.storeBytes(of: 0, toByteOffset: 5 + n, as: UInt8.self)
+        return 6 + n
+    }
+}

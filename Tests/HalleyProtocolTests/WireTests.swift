@@ -47,13 +47,4 @@ func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         #expect(Wire.parseEventID("x:1.2:ab") == nil)
         #expect(Wire.parseEventID("7::ab") == nil)
     }
-
-    @Test func storedBlockLayout() {
-        let payload: [UInt8] = Array("abc".utf8)
-        var out = [UInt8](repeating: 0, count: 8)
-        let n = payload.withUnsafeBytes { p in out.withUnsafeMutableBytes { Wire.storedBlock(p, into: $0.baseAddress!) } }
-        #expect(n == 8)
-        // RFC 1951 §3.2.4: BFINAL 0 BTYPE 00, LEN = 3, NLEN = ~3, then the bytes.
-        #expect(out == [0x00, 0x03, 0x00, 0xFC, 0xFF, 0x61, 0x62, 0x63])
-    }
 }

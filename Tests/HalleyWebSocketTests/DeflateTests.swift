@@ -46,6 +46,25 @@ import HalleyCore
         }
     }
 
+    /// A shared compressed prefix (sync flush kept) plus a per-connection stored tail reads as
+    /// prefix + tail, also for a receiver that keeps its inflater between messages.
+    @Test func storedTailAfterASharedPrefix() {
+        let prefix = Array(#"{"event":"e","channel":"news","data":"hello hello hello hello hello""#.utf8)
+        let d = Deflater()
+        var body = prefix.withUnsafeBytes { Array(d.compress($0)) }
+        body += [0, 0, 0xFF, 0xFF]
+        let tail = Array(#","halley:seq":42}"#.utf8)
+        var out = [UInt8](repeating: 0, count: tail.count + 6)
+        let n = tail.withUnsafeBytes { t in out.withUnsafeMutableBytes { PerMessageDeflate.storedTail(t, into: $0.baseAddress!) } }
+        #expect(n == tail.count + 6)
+        #expect(Array(out[0..<5]) == [0x00, UInt8(tail.count), 0x00, ~UInt8(tail.count), 0xFF])
+        #expect(out.last == 0)
+        let frame = clientFrame(1, body + out, rsv1: true)
+        let expected = Seen.text(prefix + tail)
+        #expect(readEverySplit(frame + frame, makeInflater: { Inflater(resetAfterMessage: false) }) == [expected, expected])
+        #expect(readEverySplit(frame, makeInflater: { Inflater(resetAfterMessage: true) }) == [expected])
+    }
+
     @Test func deflateBombIsRefused() {
         var limits = WebSocketReader.Limits()
         limits.maxMessageBytes = 1 << 20
