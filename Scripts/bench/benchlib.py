@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import selectors
 import signal
 import socket
 import subprocess
+import time
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
@@ -99,3 +101,53 @@ def failures_summary(errors, count, what):
     for e in errors:
         first[e] = first.get(e, 0) + 1
     return f"{len(errors)} of {count} {what} failed: " + "; ".join(f"{n} x {e}" for e, n in list(first.items())[:5])
+
+
+class ServerProcess:
+    """A server under test, started by `launch`: its log file, the port it prints, its stop.
+    Subclasses set `name`, `log_path` and `normal` (log lines that are not news)."""
+    name = "?"
+    proc = None
+    port = None
+    log_path = None
+    normal = ()
+
+    def check_alive(self):
+        if self.proc.poll() is not None:
+            raise Failure(f"{self.name} exited (status {self.proc.returncode}); log:\n{self.log_text()}")
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log(f"{self.name} (pid {self.proc.pid}) ignored SIGTERM for 10 s: SIGKILL")
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_text(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def extra_log(self):
+        return [l for l in self.log_text().splitlines() if l.strip() and not any(x in l for x in self.normal)]
+
+    def launch(self, cmd, pattern, env=None):
+        """Starts `cmd` with its output in the log and waits (10 s) for a line matching
+        `pattern`, whose group 1 is the port and group 2 a description."""
+        log(f"{self.name}: " + " ".join(cmd))
+        self.logf = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf,
+                                     preexec_fn=die_with_parent)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.log_text())
+            if m:
+                self.port = int(m.group(1))
+                log(f"{self.name} pid {self.proc.pid}, port {self.port} ({m.group(2)})")
+                return
+            self.check_alive()
+            time.sleep(0.05)
+        raise Failure(f"{self.name} did not print its port within 10 s:\n" + self.log_text())

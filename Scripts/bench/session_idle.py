@@ -46,7 +46,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from benchlib import (REPO, Failure, die_with_parent, failures_summary, fd_count, free_port, log, proc_status,
+from benchlib import (REPO, Failure, ServerProcess, die_with_parent, failures_summary, fd_count, free_port, log, proc_status,
                       readable_count, smaps_rss, version)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -68,37 +68,9 @@ def shmem_kb(pid):
 
 # ---- servers --------------------------------------------------------------------------------
 
-class Server:
-    name = "?"
-    proc = None
-    port = None
-    log_path = None
-    normal = ()
-
+class Server(ServerProcess):
     def mem_pid(self):
         return self.proc.pid
-
-    def check_alive(self):
-        if self.proc.poll() is not None:
-            raise Failure(f"{self.name} exited (status {self.proc.returncode}); log:\n{self.log_text()}")
-
-    def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            log(f"{self.name} (pid {self.proc.pid}) ignored SIGTERM for 10 s: SIGKILL")
-            self.proc.kill()
-            self.proc.wait()
-
-    def log_text(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-    def extra_log(self):
-        return [l for l in self.log_text().splitlines() if l.strip() and not any(x in l for x in self.normal)]
 
 
 class Halley(Server):
@@ -116,21 +88,8 @@ class Halley(Server):
                "--ws-ping-interval", "3600", "--log-level", "warning", "--shutdown-grace", "1"]
         if self.cpu is not None:
             cmd = ["taskset", "-c", str(self.cpu)] + cmd
-        log(f"{self.name}: " + " ".join(cmd))
         env = {k: v for k, v in os.environ.items() if not k.startswith("HALLEY_")}
-        self.logf = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf,
-                                     preexec_fn=die_with_parent)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            m = re.search(r"halley listening on http://127\.0\.0\.1:(\d+) \(([^)]*)\)", self.log_text())
-            if m:
-                self.port = int(m.group(1))
-                log(f"{self.name} pid {self.proc.pid}, port {self.port} ({m.group(2)})")
-                return
-            self.check_alive()
-            time.sleep(0.05)
-        raise Failure(f"{self.name} did not print its port within 10 s:\n" + self.log_text())
+        self.launch(cmd, r"halley listening on http://127\.0\.0\.1:(\d+) \(([^)]*)\)", env=env)
 
     def publish(self, data):
         body = f'{{"channel":"{CHANNEL}","event":"tick","data":"{data}"}}'.encode()

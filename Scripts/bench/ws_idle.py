@@ -42,7 +42,6 @@ import errno
 import hashlib
 import base64
 import os
-import re
 import resource
 import selectors
 import shutil
@@ -54,8 +53,8 @@ import sys
 import tempfile
 import time
 import zlib
-from benchlib import (REPO, Failure, build, die_with_parent, failures_summary, fd_count, log, proc_status, readable_count,
-                      smaps_rss, version)
+from benchlib import (REPO, Failure, ServerProcess, build, failures_summary, fd_count, log, proc_status,
+                      readable_count, smaps_rss, version)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -74,53 +73,7 @@ MODES = {
 
 # ---- servers --------------------------------------------------------------------------------
 
-class Server:
-    name = "?"
-    proc = None
-    port = None
-    log_path = None
-    normal = ()
-
-    def check_alive(self):
-        if self.proc.poll() is not None:
-            raise Failure(f"{self.name} exited (status {self.proc.returncode}); log:\n{self.log_text()}")
-
-    def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            log(f"{self.name} (pid {self.proc.pid}) ignored SIGTERM for 10 s: SIGKILL")
-            self.proc.kill()
-            self.proc.wait()
-
-    def log_text(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-    def extra_log(self):
-        return [l for l in self.log_text().splitlines() if not any(x in l for x in self.normal)]
-
-    def launch(self, cmd, pattern, env=None):
-        log(f"{self.name}: " + " ".join(cmd))
-        self.logf = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf,
-                                     preexec_fn=die_with_parent)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            m = re.search(pattern, self.log_text())
-            if m:
-                self.port = int(m.group(1))
-                log(f"{self.name} pid {self.proc.pid}, port {self.port} ({m.group(2)})")
-                return
-            self.check_alive()
-            time.sleep(0.05)
-        raise Failure(f"{self.name} did not print its port within 10 s:\n" + self.log_text())
-
-
-class Halley(Server):
+class Halley(ServerProcess):
     normal = ("halley listening on", "SIGTERM: stopping", "halley stopped")
 
     def __init__(self, binary, tmp, mode):
@@ -136,7 +89,7 @@ class Halley(Server):
         self.launch(cmd, r"halley listening on http://127\.0\.0\.1:(\d+) \(([^)]*)\)", env)
 
 
-class Node(Server):
+class Node(ServerProcess):
     normal = ("ws_echo_node listening on",)
 
     def __init__(self, node_bin, tmp):

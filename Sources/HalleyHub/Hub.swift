@@ -97,7 +97,7 @@ public final class Hub: Sendable {
             }
             for (i, items) in perLoop.enumerated() where !items.isEmpty {
                 let lh = loops[i]
-                let box = UnsafeSendable(items)
+                let box = UncheckedBox(items)
                 wake[i] = lh.loop.enqueue { for (k, p) in box.value { lh.fanOutLater(k, p) } }
             }
         }
@@ -182,11 +182,4 @@ public final class Hub: Sendable {
 
     /// Channels known to the node (for metrics and tests).
     public var channelCount: Int { state.withLock { $0.channels.count } }
-}
-
-/// Carries values between loops through `execute`. The values are either immutable or
-/// handed over (the sender no longer touches them).
-struct UnsafeSendable<T>: @unchecked Sendable {
-    let value: T
-    init(_ v: T) { value = v }
 }

@@ -109,8 +109,9 @@ public final class Server: @unchecked Sendable {
     public var connectionCount: Int { openConnections.load(ordering: .relaxed) }
 }
 
-/// Carries a loop-confined object to its own loop through `execute`.
-struct UncheckedBox<T>: @unchecked Sendable {
-    let value: T
-    init(_ v: T) { value = v }
+/// Carries values between loops through `execute`: a loop-confined object to its own loop,
+/// or values handed over (the sender no longer touches them) or immutable.
+public struct UncheckedBox<T>: @unchecked Sendable {
+    public let value: T
+    public init(_ v: T) { value = v }
 }
