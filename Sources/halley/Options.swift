@@ -22,6 +22,10 @@ struct Options {
     var hub = HubConfig()
     /// Whether the app's id, key or secret was set (else the development defaults warn).
     var appConfigured = false
+    /// The `--app-*` flags given (flag or variable): an error together with `--config`.
+    var appFlags: [String] = []
+    /// `--config FILE`: its apps replace the single app of the `--app-*` flags.
+    var configPath: String?
 
     /// A whole number in `min...max` (at most 2^30: seconds and bytes both fit every counter).
     static func int(_ flag: String, _ s: String, min: Int = 0, max: Int = 1 << 30) throws(OptionError) -> Int {
@@ -68,19 +72,27 @@ struct Options {
             guard !v.isEmpty, v.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { throw OptionError(description: "--app-id: expected digits, got '\(v)'") }
             o.hub.apps[0].id = v
             o.appConfigured = true
+            o.appFlags.append("--app-id")
         },
         Spec(flag: "app-key", value: "KEY", help: "the app's public key (default app-key)") { _, o, v throws(OptionError) in
             guard !v.isEmpty, !v.contains("/") else { throw OptionError(description: "--app-key: expected a non-empty key without '/'") }
             o.hub.apps[0].key = v
             o.appConfigured = true
+            o.appFlags.append("--app-key")
         },
         Spec(flag: "app-secret", value: "SECRET", help: "the app's secret (default app-secret)") { _, o, v throws(OptionError) in
             guard !v.isEmpty else { throw OptionError(description: "--app-secret: expected a non-empty secret") }
             o.hub.apps[0].secret = v
             o.appConfigured = true
+            o.appFlags.append("--app-secret")
         },
         Spec(flag: "app-token", value: "TOKEN", help: "bearer token for POST /publish (default none: signed requests only)") { _, o, v in
             o.hub.apps[0].token = v.isEmpty ? nil : v
+            o.appFlags.append("--app-token")
+        },
+        Spec(flag: "config", value: "FILE", help: "JSON file of apps (ids, keys, secrets, limits, origins, webhooks); replaces the --app-* flags") { _, o, v throws(OptionError) in
+            guard !v.isEmpty else { throw OptionError(description: "--config: expected a file name") }
+            o.configPath = v
         },
         Spec(flag: "origins", value: "LIST", help: "origins allowed on WebSocket and HTTP transports, comma-separated; *.example.com wildcards (default *)") { _, o, v in
             o.hub.origins = OriginPolicy(v.split(separator: ",").map { String($0).trimmingSpaces() }.filter { !$0.isEmpty })
@@ -100,6 +112,8 @@ struct Options {
         Spec(flag: "heartbeat", value: "SECONDS", help: "SSE heartbeat after this much silence (default 25)") { _, o, v throws(OptionError) in o.hub.heartbeat = try int("--heartbeat", v, min: 1) },
         Spec(flag: "stream-max-bytes", value: "BYTES", help: "an SSE stream ends (client reopens) after this many bytes (default 524288)") { _, o, v throws(OptionError) in o.hub.streamMaxBytes = try int("--stream-max-bytes", v, min: 1024) },
         Spec(flag: "max-event-bytes", value: "BYTES", help: "largest published data, else 413 (default 10240)") { _, o, v throws(OptionError) in o.hub.maxEventBytes = try int("--max-event-bytes", v, min: 1) },
+        Spec(flag: "max-presence-members", value: "N", help: "most users in one presence channel (default 100)") { _, o, v throws(OptionError) in o.hub.maxPresenceMembers = try int("--max-presence-members", v, min: 1) },
+        Spec(flag: "max-batch-events", value: "N", help: "most events in one batch_events request, else 400 (default 10)") { _, o, v throws(OptionError) in o.hub.maxBatchEvents = try int("--max-batch-events", v, min: 1) },
         Spec(flag: "max-channels-per-publish", value: "N", help: "most channels in one publish, else 400 (default 100)") { _, o, v throws(OptionError) in o.hub.maxChannelsPerPublish = try int("--max-channels-per-publish", v, min: 1) },
         Spec(flag: "help", value: "", help: "print this help") { _, o, _ in o.showHelp = true },
     ]
@@ -139,6 +153,16 @@ struct Options {
                 try spec.apply(&config, &options, value!)
             }
             i += 1
+        }
+        if let path = options.configPath {
+            if let flag = options.appFlags.first {
+                throw OptionError(description: "--config: cannot be combined with \(flag) (the file's apps replace the single app)")
+            }
+            do throws(AppsFile.ParseError) {
+                options.hub.apps = try AppsFile.load(path)
+            } catch {
+                throw OptionError(description: "--config: \(error)")
+            }
         }
         return (config, options)
     }

@@ -67,7 +67,12 @@ if options.hub.streamMaxBytes >= options.hub.sessionBufferBytes {
     Log.warning("--stream-max-bytes (\(options.hub.streamMaxBytes)) is not below --session-buffer-bytes (\(options.hub.sessionBufferBytes)): an SSE client that never acknowledges by POST overflows its session before its stream rotates")
 }
 let app = options.hub.apps[0]
-if options.appConfigured {
+if let path = options.configPath {
+    // Never the secrets or tokens.
+    let apps = options.hub.apps
+    let hooks = apps.reduce(0) { $0 + $1.webhooks.count }
+    Log.lifecycle("\(apps.count) app\(apps.count == 1 ? "" : "s") loaded from \(path) (ids \(apps.map(\.id).joined(separator: ", ")); \(apps.filter { !$0.enabled }.count) disabled; \(hooks) webhook URL\(hooks == 1 ? "" : "s"))")
+} else if options.appConfigured {
     Log.lifecycle("app id \(app.id), key \(app.key)\(app.token != nil ? ", bearer token set" : "")")
 } else {
     Log.warning("using the development app (id \(app.id), key \(app.key), secret \(app.secret)): set --app-id, --app-key and --app-secret for anything but local development")
