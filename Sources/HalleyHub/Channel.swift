@@ -21,6 +21,17 @@ final class ChannelState {
     var members = Set<SessionID>()
     var subscribers: Int { members.count }
 
+    /// Presence channels: the users present, each with how many of its sessions are
+    /// subscribed (a user is added on its first and removed after its last), and the user of
+    /// each subscribed session.
+    var users: [String: PresenceUser] = [:]
+    var userOf: [SessionID: String] = [:]
+
+    struct PresenceUser {
+        var sessions: Int
+        var info: [UInt8]
+    }
+
     init(name: String, loops: Int) {
         self.name = name
         self.kind = ChannelName.kind(name)
@@ -71,4 +82,9 @@ final class ChannelState {
 struct ChannelKey: Hashable, Sendable {
     let app: String
     let name: String
+}
+
+struct UserKey: Hashable, Sendable {
+    let app: String
+    let id: String
 }

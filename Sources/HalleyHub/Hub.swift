@@ -17,11 +17,30 @@ public final class Hub: Sendable {
     let appsByID: [String: App]
     let state = Mutex<State>(State())
     let sessionCount = Atomic<Int>(0)
+    /// Sessions per app id (for apps with a connection quota).
+    let appSessions: [String: Counter]
+
+    final class Counter: Sendable {
+        let value = Atomic<Int>(0)
+        /// The count after adding `n` (relaxed: a quota, not a synchronization point).
+        @discardableResult
+        func add(_ n: Int) -> Int { value.add(n, ordering: .relaxed).newValue }
+    }
     // Set once by `attach(to:)` before the loops run, read-only after.
     nonisolated(unsafe) var loops: [LoopHub] = []
 
     struct State: ~Copyable {
         var channels: [ChannelKey: ChannelState] = [:]
+        /// Signed-in users' sessions on this node (`pusher:signin`), for events to a user and
+        /// `terminate_connections`.
+        var userSessions: [UserKey: Set<SessionID>] = [:]
+
+        mutating func channel(_ key: ChannelKey, loops: Int) -> ChannelState {
+            if let c = channels[key] { return c }
+            let c = ChannelState(name: key.name, loops: loops)
+            channels[key] = c
+            return c
+        }
     }
 
     public init(config: HubConfig) {
@@ -34,6 +53,7 @@ public final class Hub: Sendable {
         }
         appsByKey = k
         appsByID = i
+        appSessions = Dictionary(uniqueKeysWithValues: config.apps.map { ($0.id, Counter()) })
     }
 
     public func app(key: String) -> App? { appsByKey[key] }
@@ -56,53 +76,78 @@ public final class Hub: Sendable {
     }
 
     /// Publishes one event to `channels` (validated by the caller).
-    func publish(app: App, channels: [String], event: String, data: String?, binary: [UInt8]?, exclude: SessionID?) -> PublishResult {
+    func publish(app: App, channels: [String], event: String, data: String?, binary: [UInt8]?, exclude: SessionID?,
+                 userID: String? = nil) -> PublishResult {
         // Encode outside the lock: the bytes before the offset are the same for every
         // channel but the channel name.
         let dataText = binary.map { Base64.encode($0) } ?? data ?? ""
         var prepared: [(ChannelKey, [UInt8], [UInt8]?)] = []
         for c in channels {
-            let p = Wire.eventPrefix(event: event, channel: c, data: dataText, binary: binary != nil)
+            let p = Wire.eventPrefix(event: event, channel: c, data: dataText, binary: binary != nil, userID: userID)
             let h = binary.map { _ in Wire.binaryHeaderPrefix(event: event, channel: c, offset: 0) }
             prepared.append((ChannelKey(app: app.id, name: c), p, h))
         }
         let now = Clock.monotonicMillis()
         var result = PublishResult()
-        let loops = self.loops
-        // Per loop, what it must deliver; queued under the lock (so every loop's inbox has a
-        // channel's messages in offset order), woken after it (no syscall under the lock).
-        var perLoop = [[(ChannelKey, Publication)]](repeating: [], count: loops.count)
-        var wake = [Bool](repeating: false, count: loops.count)
+        var out = Outbox(loops: loops.count)
         state.withLock { st in
             for (key, prefix, header) in prepared {
-                let ch = st.channels[key] ?? {
-                    let c = ChannelState(name: key.name, loops: loops.count)
-                    st.channels[key] = c
-                    return c
-                }()
-                ch.lastOffset += 1
-                let off = ch.lastOffset
-                var p = prefix
-                p.append(contentsOf: offsetField(off))
-                var h = header
-                if h != nil { h!.append(contentsOf: offsetField(off)) }
-                let m = OutMessage(prefix: p, channel: key.name, offset: off, binaryHeader: h, binaryPayload: binary)
-                let pub = Publication(message: m, offset: off, time: now, exclude: exclude)
-                if config.historySize > 0 { ch.append(pub, keep: config.historySize) }
-                if ch.kind == .cache { ch.cached = pub }
+                let ch = st.channel(key, loops: loops.count)
+                let off = post(ch, key, prefix: prefix, header: header, binary: binary, exclude: exclude, now: now, keep: true, into: &out)
                 result.channels.append((key.name, off, ch.epoch))
                 result.sessions += ch.subscribers
                 if let x = exclude, ch.members.contains(x) { result.sessions -= 1 }
-                for (i, n) in ch.perLoop.enumerated() where n > 0 { perLoop[i].append((key, pub)) }
             }
+            out.queue(to: loops)
+        }
+        out.wake(loops)
+        return result
+    }
+
+    /// Per loop, what it must deliver: filled under the lock, queued under it (so every
+    /// loop's inbox has a channel's messages in offset order), woken after it (no syscall
+    /// under the lock).
+    struct Outbox {
+        var perLoop: [[(ChannelKey, Publication)]]
+        var wakes: [Bool]
+
+        init(loops: Int) {
+            perLoop = Array(repeating: [], count: loops)
+            wakes = Array(repeating: false, count: loops)
+        }
+
+        mutating func queue(to loops: [LoopHub]) {
             for (i, items) in perLoop.enumerated() where !items.isEmpty {
                 let lh = loops[i]
                 let box = UncheckedBox(items)
-                wake[i] = lh.loop.enqueue { for (k, p) in box.value { lh.fanOutLater(k, p) } }
+                wakes[i] = lh.loop.enqueue { for (k, p) in box.value { lh.fanOutLater(k, p) } } || wakes[i]
+                perLoop[i].removeAll()
             }
         }
-        for (i, w) in wake.enumerated() where w { loops[i].loop.wake() }
-        return result
+
+        func wake(_ loops: [LoopHub]) {
+            for (i, w) in wakes.enumerated() where w { loops[i].loop.wake() }
+        }
+    }
+
+    /// Gives a message the channel's next offset and adds it to the outbox of every loop
+    /// with subscribers (and, when `keep`, to the history and the cache). Under the lock.
+    func post(_ ch: ChannelState, _ key: ChannelKey, prefix: [UInt8], header: [UInt8]?, binary: [UInt8]?,
+              exclude: SessionID?, now: Int64, keep: Bool, into out: inout Outbox) -> UInt64 {
+        ch.lastOffset += 1
+        let off = ch.lastOffset
+        var p = prefix
+        p.append(contentsOf: offsetField(off))
+        var h = header
+        if h != nil { h!.append(contentsOf: offsetField(off)) }
+        let m = OutMessage(prefix: p, channel: key.name, offset: off, binaryHeader: h, binaryPayload: binary)
+        let pub = Publication(message: m, offset: off, time: now, exclude: exclude)
+        if keep {
+            if config.historySize > 0 { ch.append(pub, keep: config.historySize) }
+            if ch.kind == .cache { ch.cached = pub }
+        }
+        for (i, n) in ch.perLoop.enumerated() where n > 0 { out.perLoop[i].append((key, pub)) }
+        return off
     }
 
     func offsetField(_ off: UInt64) -> [UInt8] {
@@ -116,18 +161,46 @@ public final class Hub: Sendable {
         let lastOffset: UInt64
         let recovery: ChannelState.Recovery
         let cached: Publication?
+        /// Presence channels: `{"ids":[…],"hash":{…},"count":N}` as the subscriber joined.
+        let roster: [UInt8]?
     }
 
-    func subscribe(_ key: ChannelKey, session: SessionID, loop: Int, since: (epoch: String, offset: UInt64)?) -> SubscribeResult {
-        let cacheCutoff = Clock.monotonicMillis() - Int64(config.cacheSeconds) * 1000
-        let historyCutoff = Clock.monotonicMillis() - Int64(config.historySeconds) * 1000
-        let loopCount = loops.count
-        return state.withLock { st in
-            let ch = st.channels[key] ?? {
-                let c = ChannelState(name: key.name, loops: loopCount)
-                st.channels[key] = c
-                return c
-            }()
+    enum SubscribeRefusal: Error {
+        case presenceFull(Int)
+    }
+
+    /// Subscribes a session (a presence member when `member` is set: the first session of a
+    /// user announces it with `pusher_internal:member_added` to the others).
+    func subscribe(_ key: ChannelKey, session: SessionID, loop: Int, since: (epoch: String, offset: UInt64)?,
+                   member: PresenceMember? = nil) -> Result<SubscribeResult, SubscribeRefusal> {
+        let now = Clock.monotonicMillis()
+        let cacheCutoff = now - Int64(config.cacheSeconds) * 1000
+        let historyCutoff = now - Int64(config.historySeconds) * 1000
+        let loops = self.loops
+        var out = Outbox(loops: loops.count)
+        let r: Result<SubscribeResult, SubscribeRefusal> = state.withLock { st in
+            let ch = st.channel(key, loops: loops.count)
+            var roster: [UInt8]? = nil
+            if let m = member {
+                if ch.users[m.userID] == nil && ch.users.count >= config.maxPresenceMembers {
+                    if ch.isIdle { st.channels[key] = nil }
+                    return .failure(.presenceFull(config.maxPresenceMembers))
+                }
+                ch.userOf[session] = m.userID
+                if var u = ch.users[m.userID] {
+                    u.sessions += 1
+                    ch.users[m.userID] = u
+                } else {
+                    ch.users[m.userID] = .init(sessions: 1, info: m.info)
+                    var d = JSONObjectBuilder()
+                    d.string("user_id", m.userID)
+                    d.raw("user_info", m.info)
+                    let prefix = Wire.protocolEvent("pusher_internal:member_added", channel: key.name, data: d)
+                    _ = post(ch, key, prefix: prefix, header: nil, binary: nil, exclude: session, now: now, keep: false, into: &out)
+                }
+                roster = presenceRoster(ch)
+            }
+            if ch.members.isEmpty { occupied(key) }
             ch.perLoop[loop] += 1
             ch.members.insert(session)
             ch.trim(olderThan: historyCutoff)
@@ -135,26 +208,102 @@ public final class Hub: Sendable {
             if let s = since { recovery = ch.recover(epoch: s.epoch, after: s.offset) }
             var cached: Publication? = nil
             if ch.kind == .cache, let c = ch.cached, c.time >= cacheCutoff { cached = c }
-            return SubscribeResult(epoch: ch.epoch, lastOffset: ch.lastOffset, recovery: recovery, cached: cached)
+            out.queue(to: loops)
+            return .success(SubscribeResult(epoch: ch.epoch, lastOffset: ch.lastOffset, recovery: recovery, cached: cached, roster: roster))
         }
+        out.wake(loops)
+        return r
+    }
+
+    /// `{"ids":[…],"hash":{id: user_info},"count":N}`.
+    func presenceRoster(_ ch: ChannelState) -> [UInt8] {
+        var ids: [UInt8] = [UInt8(ascii: "[")]
+        var hash = JSONObjectBuilder()
+        var first = true
+        for (id, u) in ch.users {
+            if !first { ids.append(UInt8(ascii: ",")) }
+            first = false
+            JSONWriter.writeString(id, into: &ids)
+            hash.raw(id, u.info)
+        }
+        ids.append(UInt8(ascii: "]"))
+        var b = JSONObjectBuilder()
+        b.raw("ids", ids)
+        b.raw("hash", hash.closed)
+        b.int("count", UInt64(ch.users.count))
+        return b.closed
     }
 
     /// The channel's epoch and last offset, without subscribing.
-    func peek(_ key: ChannelKey) -> (epoch: String, lastOffset: UInt64) {
+    func peek(_ key: ChannelKey) -> (epoch: String, lastOffset: UInt64, roster: [UInt8]?) {
         state.withLock { st in
-            guard let ch = st.channels[key] else { return ("", 0) }
-            return (ch.epoch, ch.lastOffset)
+            guard let ch = st.channels[key] else { return ("", 0, nil) }
+            return (ch.epoch, ch.lastOffset, ch.kind == .presence ? presenceRoster(ch) : nil)
         }
     }
 
     func unsubscribe(_ key: ChannelKey, session: SessionID, loop: Int) {
+        let loops = self.loops
+        var out = Outbox(loops: loops.count)
         state.withLock { st in
             guard let ch = st.channels[key] else { return }
             ch.perLoop[loop] -= 1
             ch.members.remove(session)
+            if let uid = ch.userOf.removeValue(forKey: session), var u = ch.users[uid] {
+                u.sessions -= 1
+                if u.sessions > 0 {
+                    ch.users[uid] = u
+                } else {
+                    ch.users[uid] = nil
+                    var d = JSONObjectBuilder()
+                    d.string("user_id", uid)
+                    let prefix = Wire.protocolEvent("pusher_internal:member_removed", channel: key.name, data: d)
+                    _ = post(ch, key, prefix: prefix, header: nil, binary: nil, exclude: session, now: Clock.monotonicMillis(), keep: false, into: &out)
+                }
+            }
+            if ch.members.isEmpty { vacated(key) }
             if ch.isIdle { st.channels[key] = nil }
+            out.queue(to: loops)
+        }
+        out.wake(loops)
+    }
+
+    // MARK: users (`pusher:signin`)
+
+    func signIn(_ user: UserKey, session: SessionID) {
+        state.withLock { _ = $0.userSessions[user, default: []].insert(session) }
+    }
+
+    func signOut(_ user: UserKey, session: SessionID) {
+        state.withLock { st in
+            st.userSessions[user]?.remove(session)
+            if st.userSessions[user]?.isEmpty == true { st.userSessions[user] = nil }
         }
     }
+
+    /// Ends every session of a signed-in user (`POST /apps/{id}/users/{user}/terminate_connections`).
+    /// Returns how many sessions were told.
+    @discardableResult
+    func terminate(_ user: UserKey) -> Int {
+        let ids = state.withLock { $0.userSessions[user] ?? [] }
+        let loops = self.loops
+        for id in ids {
+            let lh = loops[id.owner(loops: loops.count)]
+            lh.loop.execute { lh.terminate(id) }
+        }
+        return ids.count
+    }
+
+    /// The presence user of a subscribed session.
+    func presenceUser(_ key: ChannelKey, session: SessionID) -> String? {
+        state.withLock { $0.channels[key]?.userOf[session] }
+    }
+
+    func clientEventHook(_ app: App, channel: String, event: String, data: String, socketID: SessionID, userID: String?) {}
+
+    /// Webhook hooks (under the lock: they only queue).
+    func occupied(_ key: ChannelKey) {}
+    func vacated(_ key: ChannelKey) {}
 
     /// Trims histories by age and forgets idle channels. Called once a second by loop 0.
     func sweepChannels() {

@@ -1,13 +1,43 @@
 import HalleyWebSocket
 
+/// A webhook target of an app: where to POST, and which events (empty: all of
+/// `channel_occupied`, `channel_vacated`, `member_added`, `member_removed`, `client_event`).
+public struct Webhook: Sendable, Equatable {
+    public var url: String
+    public var events: Set<String>
+
+    public init(url: String, events: Set<String> = []) {
+        self.url = url
+        self.events = events
+    }
+
+    public func wants(_ event: String) -> Bool { events.isEmpty || events.contains(event) }
+}
+
 /// One application: its id (digits: the Pusher SDKs refuse others), its public key, its
 /// secret (signs API requests and private channels), and an optional bearer token for
-/// `POST /publish`.
+/// `POST /publish`; with its own switches and limits (a configuration file sets them per app).
 public struct App: Sendable, Equatable {
     public var id: String
     public var key: String
     public var secret: String
     public var token: String?
+    /// A disabled app refuses connections (`pusher:error` 4003) and API requests (403).
+    public var enabled = true
+    /// Whether clients may send `client-` events on private and presence channels. Default on
+    /// (Laravel Echo's whisper needs them); Pusher's dashboard default is off.
+    public var clientEvents = true
+    /// Client events one connection may send per second. Default 10 (Pusher's limit); past
+    /// it: `pusher:error` 4301.
+    public var clientEventsPerSecond = 10
+    /// Most connections (sessions) of this app on this node; 0: no limit but the node's.
+    /// Past it: `pusher:error` 4004.
+    public var maxConnections = 0
+    /// Largest event `data`, bytes; nil: the hub's `maxEventBytes`.
+    public var maxEventBytes: Int?
+    /// Origins allowed for this app's clients; nil: the hub's `--origins`.
+    public var origins: OriginPolicy?
+    public var webhooks: [Webhook] = []
 
     public init(id: String, key: String, secret: String, token: String? = nil) {
         self.id = id
@@ -45,6 +75,13 @@ public struct HubConfig: Sendable {
     /// Most channels one session may subscribe to. Default 100.
     public var maxSubscriptionsPerSession = 100
 
+    /// Most users in one presence channel. Default 100 (Pusher's); a new user past it gets
+    /// `pusher:subscription_error` (status 403). Sessions of users already present still join.
+    public var maxPresenceMembers = 100
+    /// Largest `user_info` of a presence member, bytes. Default 1024 (Pusher: 1 KB); larger:
+    /// `pusher:subscription_error` (status 400).
+    public var maxPresenceUserInfoBytes = 1024
+
     /// Messages kept per channel for recovery. Default 100.
     public var historySize = 100
     /// Seconds a message stays in its channel's history. Default 300.
@@ -71,6 +108,8 @@ public struct HubConfig: Sendable {
     public var maxEventBytes = 10 * 1024
     /// Most channels in one publish. Default 100 (Pusher: 100); more: 400.
     public var maxChannelsPerPublish = 100
+    /// Most events in one `POST /apps/{id}/batch_events`. Default 10 (Pusher's); more: 400.
+    public var maxBatchEvents = 10
     /// Longest event name. Default 200 (Pusher: 200); longer: 400.
     public var maxEventNameLength = 200
     /// `activity_timeout` announced to Pusher clients, seconds. Default 120.

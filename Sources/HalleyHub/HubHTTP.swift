@@ -47,6 +47,7 @@ extension Hub {
             router.add([.options], path) { [self] request, responder in preflight(request, responder) }
         }
         router.add([.post], "/publish") { [self] request, responder in publishEndpoint(request, responder) }
+        installPusherAPI(on: router)
     }
 
     /// The session a request names (`session`, or the SSE event id), if any.
@@ -109,7 +110,11 @@ extension LoopHub {
         let opening: WebSocketTransport.Opening
         if let app = hub.app(key: key) {
             let resumable = Query.value(q, "halley") == "1"
-            if let p = Query.value(q, "protocol") {
+            if !app.enabled {
+                opening = .refuse(PusherErrorCode.applicationDisabled, "Application disabled")
+            } else if let o = app.origins, !o.allows(request.head.headers["Origin"]) {
+                opening = .refuse(PusherErrorCode.connectionUnauthorized, "Origin not allowed for this application")
+            } else if let p = Query.value(q, "protocol") {
                 if let v = Int(p), (4...7).contains(v) {
                     opening = resumeOrNew(app, q, resumable: resumable)
                 } else {
@@ -136,6 +141,26 @@ extension LoopHub {
         case .gone(let why):
             return .new(app, resumable: true, reason: why)
         }
+    }
+
+    enum Opened {
+        case session(Session)
+        case refused(HTTPResponse)
+    }
+
+    /// A new resumable session for an HTTP transport, or the answer that refuses it: 403 for
+    /// a disabled app, an origin the app does not allow, or its connection quota; 503 at the
+    /// node's session limit.
+    func openSession(_ app: App, _ request: HTTPRequest, origin: String?) -> Opened {
+        guard app.enabled else { return .refused(HubHTTP.error(403, "application disabled", origin: origin)) }
+        if let o = app.origins, !o.allows(request.head.headers["Origin"]) {
+            return .refused(HubHTTP.error(403, "origin not allowed for this application", origin: origin))
+        }
+        guard let s = newSession(app: app, resumable: true) else {
+            let quota = refusal.code == PusherErrorCode.overConnectionQuota
+            return .refused(HubHTTP.error(quota ? 403 : 503, quota ? "application is over connection quota" : "over capacity", origin: origin))
+        }
+        return .session(s)
     }
 
     // MARK: Server-Sent Events
@@ -167,11 +192,12 @@ extension LoopHub {
                 responder.respond(HubHTTP.error(key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin, reason: reason))
                 return
             }
-            guard let s = newSession(app: app, resumable: true) else {
-                responder.respond(HubHTTP.error(503, "over capacity", origin: origin))
+            switch openSession(app, request, origin: origin) {
+            case .session(let s): session = s
+            case .refused(let r):
+                responder.respond(r)
                 return
             }
-            session = s
         }
         let s = session!
         var headers: [(String, String)] = [
@@ -239,8 +265,11 @@ extension LoopHub {
             }
             return
         }
-        guard let s = newSession(app: app, resumable: true) else {
-            responder.respond(HubHTTP.error(503, "over capacity", origin: origin))
+        let s: Session
+        switch openSession(app, request, origin: origin) {
+        case .session(let ok): s = ok
+        case .refused(let r):
+            responder.respond(r)
             return
         }
         let p = PollTransport(loopHub: self, responder: responder, session: s, cursor: 0, introduce: true, origin: origin)

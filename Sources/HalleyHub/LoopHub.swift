@@ -61,6 +61,8 @@ final class LoopHub: @unchecked Sendable {
 
     /// Resumable sessions by id (for resume and HTTP requests).
     var sessions: [SessionID: Session] = [:]
+    /// Sessions signed in as a user (`pusher:signin`), by id (for `terminate_connections`).
+    var signedIn: [SessionID: Session] = [:]
     var channels: [ChannelKey: LocalChannel] = [:]
     /// Sessions without a transport (expire after the linger time); may hold stale entries.
     var detached: [Session] = []
@@ -88,13 +90,27 @@ final class LoopHub: @unchecked Sendable {
 
     // MARK: sessions
 
-    /// A new session owned by this loop, or nil at the session limit.
+    /// Why the last `newSession` returned nil: `pusher:error` code and message.
+    var refusal: (code: UInt16, message: String) = (PusherErrorCode.overCapacity, "Over capacity")
+
+    /// A new session owned by this loop, or nil at the node's session limit (4100) or the
+    /// app's connection quota (4004); `refusal` says which.
     func newSession(app: App, resumable: Bool) -> Session? {
         let n = hub.sessionCount.add(1, ordering: .relaxed).newValue
         if n > hub.config.maxSessions {
             hub.sessionCount.subtract(1, ordering: .relaxed)
             Log.warning("session limit \(hub.config.maxSessions) reached: refusing a new session")
+            refusal = (PusherErrorCode.overCapacity, "Over capacity")
             return nil
+        }
+        if app.maxConnections > 0, let c = hub.appSessions[app.id] {
+            if c.add(1) > app.maxConnections {
+                c.add(-1)
+                hub.sessionCount.subtract(1, ordering: .relaxed)
+                Log.info("app \(app.id): connection quota \(app.maxConnections) reached: refusing a new session")
+                refusal = (PusherErrorCode.overConnectionQuota, "Application is over connection quota")
+                return nil
+            }
         }
         var id = SessionID.random(loop: index, loops: loopCount)
         while sessions[id] != nil { id = SessionID.random(loop: index, loops: loopCount) }
@@ -120,6 +136,10 @@ final class LoopHub: @unchecked Sendable {
     func end(_ s: Session, reason: String, code: UInt16?, message: String?) {
         guard !s.ended else { return }
         s.ended = true
+        if let u = s.userID {
+            signedIn[s.id] = nil
+            hub.signOut(UserKey(app: s.app.id, id: u), session: s.id)
+        }
         for sub in s.subscriptions { removeFromChannel(s, sub) }
         s.subscriptions.removeAll()
         if s.resumable {
@@ -129,11 +149,31 @@ final class LoopHub: @unchecked Sendable {
         s.unacked.removeAll()
         s.unackedBytes = 0
         hub.sessionCount.subtract(1, ordering: .relaxed)
+        if s.app.maxConnections > 0 { hub.appSessions[s.app.id]?.add(-1) }
         if let t = s.transport {
             s.transport = nil
             if let m = message { t.sendControl(Wire.error(code: code, message: m)) }
             t.detach(code: code ?? 1000, reason: message ?? "")
         }
+    }
+
+    /// A session signed in as `user`: it joins the user's channel (`#server-to-user-ID`, where
+    /// the HTTP API sends events to the user) and can be terminated by the app.
+    func signIn(_ s: Session, user: String) {
+        signedIn[s.id] = s
+        hub.signIn(UserKey(app: s.app.id, id: user), session: s.id)
+        let key = ChannelKey(app: s.app.id, name: Self.userChannelPrefix + user)
+        guard case .success(let r) = hub.subscribe(key, session: s.id, loop: index, since: nil) else { return }
+        join(s, key, at: r.lastOffset)
+    }
+
+    static let userChannelPrefix = "#server-to-user-"
+
+    /// `terminate_connections`: the session ends (Pusher closes with 4009).
+    func terminate(_ id: SessionID) {
+        guard let s = signedIn[id], !s.ended else { return }
+        Log.info("session \(id): terminated by the app")
+        end(s, reason: "terminated", code: PusherErrorCode.connectionUnauthorized, message: "connection terminated by the app")
     }
 
     func noteDetached(_ s: Session) {
@@ -145,7 +185,7 @@ final class LoopHub: @unchecked Sendable {
 
     // MARK: subscriptions
 
-    func subscribe(_ s: Session, channel name: String, since: (String, UInt64)?) {
+    func subscribe(_ s: Session, channel name: String, since: (String, UInt64)?, auth: String? = nil, channelData: String? = nil) {
         func refuse(_ type: String, _ text: String, _ status: Int) {
             var d = JSONObjectBuilder()
             d.string("type", type)
@@ -153,17 +193,61 @@ final class LoopHub: @unchecked Sendable {
             d.int("status", UInt64(status))
             s.enqueue(OutMessage(prefix: Wire.protocolEvent("pusher:subscription_error", channel: name, data: d)))
         }
+        if name.hasPrefix(Self.userChannelPrefix) {
+            // pusher-js subscribes to its user's channel after `pusher:signin_success`; the
+            // session joined it at sign-in.
+            guard let u = s.userID, name == Self.userChannelPrefix + u else {
+                refuse("AuthError", "\(name) is the channel of a signed-in user: sign in first (pusher:signin)", 403)
+                return
+            }
+            s.enqueue(OutMessage(prefix: succeeded(name, epoch: hub.peek(ChannelKey(app: s.app.id, name: name)).epoch, offset: 0, recovered: nil, roster: nil)))
+            return
+        }
         if let p = ChannelName.problem(name) {
             Log.info("session \(s.id): subscribe refused: \(p)")
             refuse("InvalidChannel", p, 400)
             return
         }
-        switch ChannelName.kind(name) {
-        case .private, .presence:
-            refuse("AuthError", "private and presence channels need an authorizer, which this hub does not have yet", 403)
-            return
-        default:
-            break
+        let kind = ChannelName.kind(name)
+        var member: PresenceMember? = nil
+        if kind == .private || kind == .presence {
+            // Pusher "Authorizing subscriptions": the app's backend signed this socket and
+            // channel (and, for presence, the member's data) with the app secret.
+            guard let a = auth else {
+                Log.info("session \(s.id): subscribe to \(name) refused: no auth")
+                refuse("AuthError", "\(name) needs auth: subscribe with data.auth from your auth endpoint", 401)
+                return
+            }
+            if kind == .presence {
+                if let cd = channelData {
+                    do {
+                        member = try PresenceMember.parse(cd)
+                    } catch {
+                        Log.info("session \(s.id): subscribe to \(name) refused: \(error)")
+                        refuse("AuthError", error.description, 400)
+                        return
+                    }
+                } else if let u = s.userID {
+                    // pusher-js ≥ 8 leaves channel_data out on a signed-in connection: the
+                    // member is the signed-in user (the auth then signs socket_id:channel).
+                    member = PresenceMember(userID: u, info: Array("null".utf8))
+                } else {
+                    refuse("AuthError", "presence channels need data.channel_data (or pusher:signin first)", 400)
+                    return
+                }
+                if member!.info.count > hub.config.maxPresenceUserInfoBytes {
+                    refuse("LimitReached", "user_info is larger than \(hub.config.maxPresenceUserInfoBytes) bytes", 400)
+                    return
+                }
+            }
+            let text = PusherAuth.channelString(socketID: s.id.description, channel: name, channelData: kind == .presence ? channelData : nil)
+            do {
+                try PusherAuth.verify(auth: a, key: s.app.key, secret: s.app.secret, text: text)
+            } catch {
+                Log.info("session \(s.id): subscribe to \(name) refused: \(error)")
+                refuse("AuthError", "Invalid signature: expected HMAC SHA256 hex digest of '\(text)' (\(error))", 401)
+                return
+            }
         }
         let key = ChannelKey(app: s.app.id, name: name)
         let already = s.subscriptions.contains { $0.channel.key == key }
@@ -174,27 +258,27 @@ final class LoopHub: @unchecked Sendable {
         if already {
             // Pusher answers a repeated subscribe again; the subscription stays as it was.
             let r = hub.peek(key)
-            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: nil)))
+            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: nil, roster: r.roster)))
             return
         }
-        let r = hub.subscribe(key, session: s.id, loop: index, since: since.map { (epoch: $0.0, offset: $0.1) })
-        let lc = channels[key] ?? {
-            let c = LocalChannel(key: key)
-            channels[key] = c
-            return c
-        }()
-        s.subscriptions.append(Session.Subscription(channel: lc, slot: lc.sessions.count))
-        lc.sessions.append(s)
-        lc.joined.append(r.lastOffset)
+        let r: Hub.SubscribeResult
+        switch hub.subscribe(key, session: s.id, loop: index, since: since.map { (epoch: $0.0, offset: $0.1) }, member: member) {
+        case .success(let ok): r = ok
+        case .failure(.presenceFull(let n)):
+            Log.info("session \(s.id): subscribe to \(name) refused: presence channel full")
+            refuse("LimitReached", "presence channel is full (\(n) members)", 403)
+            return
+        }
+        join(s, key, at: r.lastOffset)
         switch r.recovery {
         case .none:
-            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: nil)))
+            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: nil, roster: r.roster)))
         case .recovered(let pubs):
-            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: (true, nil))))
+            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: (true, nil), roster: r.roster)))
             for p in pubs where p.exclude != s.id { s.enqueue(p.message) }
         case .notRecovered(let why):
             Log.debug("session \(s.id): \(name) not recovered: \(why)")
-            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: (false, why))))
+            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: (false, why), roster: r.roster)))
         }
         if ChannelName.kind(name) == .cache {
             if let c = r.cached {
@@ -208,8 +292,23 @@ final class LoopHub: @unchecked Sendable {
         }
     }
 
-    func succeeded(_ name: String, epoch: String, offset: UInt64, recovered: (Bool, String?)?) -> [UInt8] {
-        Wire.protocolEvent("pusher_internal:subscription_succeeded", channel: name, data: JSONObjectBuilder()) { b in
+    /// Adds `s` to this loop's subscribers of `key` (subscribed at offset `at` in the hub).
+    func join(_ s: Session, _ key: ChannelKey, at offset: UInt64) {
+        let lc = channels[key] ?? {
+            let c = LocalChannel(key: key)
+            channels[key] = c
+            return c
+        }()
+        s.subscriptions.append(Session.Subscription(channel: lc, slot: lc.sessions.count))
+        lc.sessions.append(s)
+        lc.joined.append(offset)
+    }
+
+    func succeeded(_ name: String, epoch: String, offset: UInt64, recovered: (Bool, String?)?, roster: [UInt8]?) -> [UInt8] {
+        // Presence: the roster is the data (pusher-js reads `data.presence`).
+        var d = JSONObjectBuilder()
+        if let r = roster { d.raw("presence", r) }
+        return Wire.protocolEvent("pusher_internal:subscription_succeeded", channel: name, data: d) { b in
             b.string("halley:epoch", epoch)
             b.int("halley:offset", offset)
             if let (ok, why) = recovered {

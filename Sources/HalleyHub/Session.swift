@@ -42,6 +42,12 @@ final class Session {
     var unackedStart = 0
     var unackedBytes = 0
 
+    /// The user signed in with `pusher:signin`, if any.
+    var userID: String?
+    /// Client events sent in the current second (`clientEventSecond`): the rate limit.
+    var clientEvents = 0
+    var clientEventSecond: Int32 = 0
+
     var subscriptions: ContiguousArray<Subscription> = []
     /// Channels with skipped messages (policy `gap`), announced when room comes back.
     var gaps: [(channel: String, from: UInt64, to: UInt64)] = []
@@ -196,18 +202,97 @@ final class Session {
             }
             var since: (String, UInt64)? = nil
             if let s = msg.data?["halley:since"], let e = s["epoch"]?.string, let o = s["offset"]?.uint64 { since = (e, o) }
-            loopHub.subscribe(self, channel: ch, since: since)
+            loopHub.subscribe(self, channel: ch, since: since, auth: msg.data?["auth"]?.string,
+                              channelData: msg.data?["channel_data"]?.string)
         case "pusher:unsubscribe":
             if let ch = msg.data?["channel"]?.string { loopHub.unsubscribe(self, channel: ch) }
+        case "pusher:pong":
+            break  // the transport noted the activity
+        case "pusher:signin":
+            signIn(msg)
         case "halley:ack":
             if let s = msg.data?["seq"]?.uint64 { ack(s) }
         default:
             if msg.event.hasPrefix("client-") {
-                transport?.sendControl(Wire.error(code: PusherErrorCode.clientEventRejected, message: "client events are not enabled on this hub"))
+                clientEvent(msg)
             } else {
                 Log.debug("session \(id): ignoring event \(msg.event)")
             }
         }
+    }
+
+    /// A `client-` event (Pusher "Client events"): on a private or presence channel this
+    /// session is subscribed to, when the app allows them, within the rate limit; relayed to
+    /// the channel's other subscribers (with `user_id` on presence channels).
+    func clientEvent(_ msg: ClientMessage) {
+        func reject(_ text: String) {
+            Log.info("session \(id): client event \(msg.event) rejected: \(text)")
+            transport?.sendControl(Wire.error(code: PusherErrorCode.clientEventRejected, message: text))
+        }
+        guard app.clientEvents else { return reject("client events are not enabled for this app") }
+        guard let ch = msg.channel else { return reject("client event without a channel") }
+        let kind = ChannelName.kind(ch)
+        guard kind == .private || kind == .presence else {
+            return reject("client events are only allowed on private and presence channels")
+        }
+        guard !ch.hasPrefix("private-encrypted-") else { return reject("client events are not allowed on encrypted channels") }
+        let key = ChannelKey(app: app.id, name: ch)
+        guard subscriptions.contains(where: { $0.channel.key == key }) else {
+            return reject("not subscribed to \(ch)")
+        }
+        guard msg.event.utf8.count <= config.maxEventNameLength else {
+            return reject("event name is longer than \(config.maxEventNameLength) characters")
+        }
+        let now = loopHub.seconds
+        if now != clientEventSecond {
+            clientEventSecond = now
+            clientEvents = 0
+        }
+        clientEvents += 1
+        guard clientEvents <= app.clientEventsPerSecond else {
+            return reject("Client event rejected - rate limit exceeded (\(app.clientEventsPerSecond) per second)")
+        }
+        let data: String
+        switch msg.data {
+        case .string(let t)?: data = t
+        case let v?: data = String(decoding: v.serialized, as: UTF8.self)
+        case nil: data = ""
+        }
+        let limit = app.maxEventBytes ?? config.maxEventBytes
+        guard data.utf8.count <= limit else { return reject("event data is \(data.utf8.count) bytes; the limit is \(limit)") }
+        let user = kind == .presence ? loopHub.hub.presenceUser(key, session: id) : nil
+        _ = loopHub.hub.publish(app: app, channels: [ch], event: msg.event, data: data, binary: nil, exclude: id, userID: user)
+        loopHub.hub.clientEventHook(app, channel: ch, event: msg.event, data: data, socketID: id, userID: user)
+    }
+
+    /// `pusher:signin` (Pusher "User authentication"): `data.auth` signs
+    /// `socket_id::user::user_data`; the session then gets the events sent to its user.
+    func signIn(_ msg: ClientMessage) {
+        func fail(_ text: String) {
+            Log.info("session \(id): signin refused: \(text)")
+            transport?.sendControl(Wire.error(code: PusherErrorCode.connectionUnauthorized, message: text))
+        }
+        guard let auth = msg.data?["auth"]?.string, let userData = msg.data?["user_data"]?.string else {
+            return fail("pusher:signin needs data.auth and data.user_data")
+        }
+        guard let u = try? JSONParser.parse(Array(userData.utf8)), let uid = u["id"]?.string, !uid.isEmpty else {
+            return fail("user_data must be a JSON object with a non-empty string id")
+        }
+        guard uid.utf8.count <= PresenceMember.maxUserIDLength else { return fail("user id is longer than \(PresenceMember.maxUserIDLength) characters") }
+        do {
+            try PusherAuth.verify(auth: auth, key: app.key, secret: app.secret, text: PusherAuth.userString(socketID: id.description, userData: userData))
+        } catch {
+            return fail("Invalid signature for pusher:signin (\(error))")
+        }
+        if let old = userID {
+            guard old == uid else { return fail("already signed in as another user") }
+        } else {
+            userID = uid
+            loopHub.signIn(self, user: uid)
+        }
+        var d = JSONObjectBuilder()
+        d.string("user_data", userData)
+        transport?.sendControl(Wire.protocolEvent("pusher:signin_success", data: d) + Wire.plainTail)
     }
 
     func handle(text bytes: UnsafeRawBufferPointer) {

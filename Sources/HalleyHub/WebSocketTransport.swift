@@ -33,8 +33,9 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
             ws.close(code: code, reason: message)
         case .new(let app, let resumable, let reason):
             guard let s = loopHub.newSession(app: app, resumable: resumable) else {
-                ws.send(text: String(decoding: Wire.error(code: PusherErrorCode.overCapacity, message: "over capacity"), as: UTF8.self))
-                ws.close(code: PusherErrorCode.overCapacity, reason: "over capacity")
+                let (code, message) = loopHub.refusal
+                ws.send(text: String(decoding: Wire.error(code: code, message: message), as: UTF8.self))
+                ws.close(code: code, reason: message)
                 return
             }
             session = s
@@ -65,6 +66,13 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
 
     func webSocket(_ ws: WebSocketConnection, binary: UnsafeRawBufferPointer) {
         sendControl(Wire.error(code: nil, message: "binary messages from clients are not supported"))
+    }
+
+    /// Pusher: "4201 Pong reply not received" (pusher-js reconnects at once), told as a
+    /// `pusher:error` too.
+    func webSocketPingTimedOut(_ ws: WebSocketConnection) -> (code: UInt16, reason: String) {
+        sendControl(Wire.error(code: PusherErrorCode.pongNotReceived, message: "Pong reply not received"))
+        return (PusherErrorCode.pongNotReceived, "Pong reply not received")
     }
 
     func webSocketDidClose(_ ws: WebSocketConnection, code: UInt16?) {

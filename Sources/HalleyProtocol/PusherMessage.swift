@@ -43,6 +43,7 @@ public enum PusherErrorCode {
     public static let applicationOnlyAcceptsSSL: UInt16 = 4000
     public static let applicationDoesNotExist: UInt16 = 4001
     public static let applicationDisabled: UInt16 = 4003
+    public static let overConnectionQuota: UInt16 = 4004
     public static let pathNotFound: UInt16 = 4005
     public static let invalidVersion: UInt16 = 4006
     public static let unsupportedProtocolVersion: UInt16 = 4007

@@ -6,11 +6,14 @@ import HalleyCore
 /// copied or re-encoded per subscriber.
 public enum Wire {
     /// `{"event":E,"channel":C,"data":D[,"halley:binary":true][,"halley:offset":O]`
-    public static func eventPrefix(event: String, channel: String?, data: String, binary: Bool = false, offset: UInt64 = 0) -> [UInt8] {
+    /// `user_id`: the sender of a client event on a presence channel (Pusher adds it).
+    public static func eventPrefix(event: String, channel: String?, data: String, binary: Bool = false, offset: UInt64 = 0,
+                                   userID: String? = nil) -> [UInt8] {
         var b = JSONObjectBuilder()
         b.string("event", event)
         if let c = channel { b.string("channel", c) }
         b.string("data", data)
+        if let u = userID { b.string("user_id", u) }
         if binary { b.bool("halley:binary", true) }
         if offset > 0 { b.int("halley:offset", offset) }
         return b.open

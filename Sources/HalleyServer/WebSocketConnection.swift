@@ -11,11 +11,17 @@ public protocol WebSocketDelegate: AnyObject {
     func webSocket(_ ws: WebSocketConnection, text: UnsafeRawBufferPointer)
     func webSocket(_ ws: WebSocketConnection, binary: UnsafeRawBufferPointer)
     func webSocketDidClose(_ ws: WebSocketConnection, code: UInt16?)
+    /// The peer answered no ping within `pongTimeout`: the close code and reason to send
+    /// (a subprotocol may have its own, as Pusher's 4201). Default 1001 "ping timeout".
+    func webSocketPingTimedOut(_ ws: WebSocketConnection) -> (code: UInt16, reason: String)
 }
 
 public extension WebSocketDelegate {
     func webSocketDidOpen(_ ws: WebSocketConnection) {}
     func webSocketDidClose(_ ws: WebSocketConnection, code: UInt16?) {}
+    func webSocketPingTimedOut(_ ws: WebSocketConnection) -> (code: UInt16, reason: String) {
+        (WebSocketCloseCode.goingAway, "ping timeout")
+    }
 }
 
 /// What `send` did with a message.
@@ -301,7 +307,8 @@ public final class WebSocketConnection: Connection {
                 // The peer is gone or stuck: send the close frame for form's sake and do not
                 // wait for an answer that will not come.
                 Log.info("fd \(fd): websocket ping timeout")
-                close(code: WebSocketCloseCode.goingAway, reason: "ping timeout")
+                let (code, reason) = delegate.webSocketPingTimedOut(self)
+                close(code: code, reason: reason)
                 finishClosing()
             }
         } else if now - lastRead > Int32(cfg.pingInterval) {

@@ -3,7 +3,7 @@ import HalleyCrypto
 
 /// Which origins may open a connection: `*`, exact origins (`https://app.example.com`), and
 /// wildcards for subdomains (`*.example.com`, `https://*.example.com`).
-public struct OriginPolicy: Sendable {
+public struct OriginPolicy: Sendable, Equatable {
     public var allowed: [String]
 
     public init(_ allowed: [String] = ["*"]) { self.allowed = allowed }

@@ -540,13 +540,13 @@ def test_ws_invalid_channel_subscription_error_400(hub, halley):
 
 
 @pytest.mark.parametrize("name", ["private-x", "presence-x"])
-def test_ws_private_and_presence_subscription_error_403(hub, name):
+def test_ws_private_and_presence_without_auth_subscription_error_401(hub, name):
     w = WS(hub.port)
     try:
         w.hello()
         w.subscribe(name, wait=False)
         d = sub_error_data(w.recv(), name)
-        assert d["status"] == 403 and d["type"] == "AuthError", d
+        assert d["status"] == 401 and d["type"] == "AuthError", d
     finally:
         w.close()
 

@@ -1,0 +1,344 @@
+import HalleyCore
+import HalleyHTTP
+import HalleyProtocol
+import HalleyServer
+
+/// The Pusher Channels HTTP API ("HTTP API reference") under `/apps/{app_id}/`: events,
+/// batch events, channel queries and user termination, signed exactly as the official server
+/// SDKs sign. Errors are Pusher's: plain-text bodies with 400, 401, 403, 404 and 413.
+extension Hub {
+    func installPusherAPI(on router: Router) {
+        router.add([.post], "/apps/{app}/events") { [self] rq, rs in api(rq, rs) { $0.events($1) } }
+        router.add([.post], "/apps/{app}/batch_events") { [self] rq, rs in api(rq, rs) { $0.batchEvents($1) } }
+        router.add([.get], "/apps/{app}/channels") { [self] rq, rs in api(rq, rs) { $0.channelsInfo($1) } }
+        router.add([.get], "/apps/{app}/channels/{channel}") { [self] rq, rs in api(rq, rs) { $0.channelInfo($1) } }
+        router.add([.get], "/apps/{app}/channels/{channel}/users") { [self] rq, rs in api(rq, rs) { $0.channelUsers($1) } }
+        router.add([.post], "/apps/{app}/users/{user}/terminate_connections") { [self] rq, rs in api(rq, rs) { $0.terminateUser($1) } }
+        // pusher-http-python 3.3.4 sends `terminate_user_connections` without the `/apps/{id}`
+        // prefix (and signs that path): the app is the one of `auth_key`.
+        router.add([.post], "/users/{user}/terminate_connections") { [self] rq, rs in api(rq, rs) { $0.terminateUser($1) } }
+    }
+
+    /// A signed API request of one app.
+    struct APIRequest {
+        let app: App
+        let request: HTTPRequest
+        let query: [(String, String)]
+
+        func parameter(_ name: String) -> String? { request.parameters[name] }
+    }
+
+    /// Pusher's error answer: a line of plain text.
+    static func apiError(_ status: Int, _ text: String) -> HTTPResponse {
+        HTTPResponse(status: status, headers: [("Content-Type", "text/plain; charset=utf-8")], body: .bytes(Array((text + "\n").utf8)))
+    }
+
+    static func apiOK(_ body: [UInt8]) -> HTTPResponse {
+        HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: .bytes(body))
+    }
+
+    /// Finds the app, checks the signature (over the path as sent) and that the app is
+    /// enabled, then runs `body`, which answers.
+    func api(_ request: HTTPRequest, _ responder: Responder, _ body: (Hub, APIRequest) -> Result<[UInt8], Refusal>) {
+        let q = Query.parse(request.head.query)
+        let path = String(request.head.path)
+        let app: App
+        if let id = request.parameters["app"] {
+            guard let a = self.app(id: id) else {
+                Log.info("api \(path): 404 unknown app")
+                responder.respond(Self.apiError(404, "Unknown app id \(id.prefix(40))"))
+                return
+            }
+            app = a
+        } else {
+            guard let k = Query.value(q, "auth_key"), let a = self.app(key: k) else {
+                Log.info("api \(path): 401 unknown auth_key")
+                responder.respond(Self.apiError(401, "Unknown auth_key"))
+                return
+            }
+            app = a
+        }
+        do {
+            _ = try PusherSignature.verify(method: request.method.description, path: path, query: q, body: request.body,
+                                           now: Clock.wallSeconds(), secretFor: { $0 == app.key ? app.secret : nil })
+        } catch {
+            Log.info("api \(path): 401 \(error)")
+            responder.respond(Self.apiError(401, Self.signatureText(error, app: app, method: request.method.description, path: path, query: q)))
+            return
+        }
+        guard app.enabled else {
+            Log.info("api \(path): 403 app \(app.id) disabled")
+            responder.respond(Self.apiError(403, "App \(app.id) is disabled"))
+            return
+        }
+        switch body(self, APIRequest(app: app, request: request, query: q)) {
+        case .success(let b):
+            responder.respond(Self.apiOK(b))
+        case .failure(let e):
+            Log.info("api \(path): \(e.status) \(e.text)")
+            responder.respond(Self.apiError(e.status, e.text))
+        }
+    }
+
+    /// Pusher's explanation of a refused signature (what to sign; never the expected value).
+    static func signatureText(_ f: PusherSignature.Failure, app: App, method: String, path: String, query: [(String, String)]) -> String {
+        switch f {
+        case .unknownKey: return "Unknown auth_key"
+        case .badSignature:
+            let s = PusherSignature.stringToSign(method: method, path: path, query: query).split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\\n")
+            return "Invalid signature: you should have sent HmacSHA256Hex(\"\(s)\", your_secret_key), but you sent \"\(Query.value(query, "auth_signature") ?? "")\""
+        case .expired: return "Timestamp expired: " + f.description
+        default: return f.description
+        }
+    }
+
+    // MARK: events
+
+    /// One event of `events` or `batch_events`, validated.
+    struct APIEvent {
+        var channels: [String]
+        var name: String
+        var data: String
+        var exclude: SessionID?
+        var info: Set<String>
+    }
+
+    func parseAPIEvent(_ o: [String: JSONValue], app: App, batch: Bool) -> Result<APIEvent, Refusal> {
+        func bad(_ t: String) -> Result<APIEvent, Refusal> { .failure(Refusal(status: 400, text: t)) }
+        guard let name = o["name"]?.string, !name.isEmpty else { return bad("Expected name parameter to be a non-empty string") }
+        guard name.utf8.count <= config.maxEventNameLength else { return bad("Event name is longer than \(config.maxEventNameLength) characters") }
+        let data: String
+        switch o["data"] {
+        case .string(let s)?: data = s
+        case nil: return bad("Expected data parameter to be a string")
+        case let v?: data = String(decoding: v.serialized, as: UTF8.self)
+        }
+        var channels: [String] = []
+        if let c = o["channel"] {
+            guard let s = c.string else { return bad("Expected channel parameter to be a string") }
+            channels.append(s)
+        }
+        if let cs = o["channels"] {
+            guard !batch else { return bad("batch events take one channel each") }
+            guard let a = cs.array, a.allSatisfy({ $0.string != nil }) else { return bad("Expected channels parameter to be an array of strings") }
+            channels += a.map { $0.string! }
+        }
+        guard !channels.isEmpty else { return bad("Missing channel or channels parameter") }
+        guard channels.count <= config.maxChannelsPerPublish else { return bad("Too many channels: at most \(config.maxChannelsPerPublish) per event") }
+        var seen = Set<String>()
+        channels = channels.filter { seen.insert($0).inserted }
+        for c in channels {
+            if let p = Self.apiChannelProblem(c) { return bad("\(p): '\(c.prefix(200))'") }
+        }
+        if channels.count > 1, channels.contains(where: { $0.hasPrefix("private-encrypted-") }) {
+            return bad("Encrypted channels take one channel per event")
+        }
+        let limit = app.maxEventBytes ?? config.maxEventBytes
+        guard data.utf8.count <= limit else {
+            return .failure(Refusal(status: 413, text: "The data content of this event exceeds the allowed maximum (\(limit) bytes)"))
+        }
+        var exclude: SessionID? = nil
+        if let x = o["socket_id"] {
+            guard let s = x.string, let id = SessionID(s) else { return bad("Invalid socket_id: expected digits.digits") }
+            exclude = id
+        }
+        var info = Set<String>()
+        if let i = o["info"] {
+            guard let s = i.string else { return bad("Expected info parameter to be a comma-separated string") }
+            info = Set(s.split(separator: ",").map { String($0).trimmingSpaces() })
+            for a in info where a != "user_count" && a != "subscription_count" { return bad("Unknown info attribute '\(a.prefix(40))'") }
+        }
+        return .success(APIEvent(channels: channels, name: name, data: data, exclude: exclude, info: info))
+    }
+
+    /// Channel names the API may publish to: the client names, and `#server-to-user-ID`
+    /// (events to a signed-in user).
+    static func apiChannelProblem(_ c: String) -> String? {
+        if c.hasPrefix(LoopHub.userChannelPrefix) {
+            let user = String(c.dropFirst(LoopHub.userChannelPrefix.count))
+            if user.isEmpty || user.utf8.count > PresenceMember.maxUserIDLength { return "Invalid user id" }
+            return nil
+        }
+        return ChannelName.problem(c)
+    }
+
+    func events(_ r: APIRequest) -> Result<[UInt8], Refusal> {
+        guard let o = parseBody(r.request.body) else { return .failure(Refusal(status: 400, text: "Expected a JSON object body")) }
+        let e: APIEvent
+        switch parseAPIEvent(o, app: r.app, batch: false) {
+        case .failure(let f): return .failure(f)
+        case .success(let ok): e = ok
+        }
+        _ = publish(app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude)
+        guard !e.info.isEmpty else { return .success(Array("{}".utf8)) }
+        var chans = JSONObjectBuilder()
+        for c in e.channels { chans.raw(c, counts(ChannelKey(app: r.app.id, name: c), e.info)) }
+        var b = JSONObjectBuilder()
+        b.raw("channels", chans.closed)
+        return .success(b.closed)
+    }
+
+    func batchEvents(_ r: APIRequest) -> Result<[UInt8], Refusal> {
+        guard let o = parseBody(r.request.body), let list = o["batch"]?.array else {
+            return .failure(Refusal(status: 400, text: "Expected a JSON object with a batch array"))
+        }
+        guard list.count <= config.maxBatchEvents else {
+            return .failure(Refusal(status: 400, text: "Batch too large: at most \(config.maxBatchEvents) events per request"))
+        }
+        // All or nothing: every event is checked before any is published.
+        var events: [APIEvent] = []
+        for (i, v) in list.enumerated() {
+            guard let eo = v.object else { return .failure(Refusal(status: 400, text: "batch[\(i)] must be a JSON object")) }
+            switch parseAPIEvent(eo, app: r.app, batch: true) {
+            case .failure(let f): return .failure(Refusal(status: f.status, text: "batch[\(i)]: \(f.text)"))
+            case .success(let e): events.append(e)
+            }
+        }
+        for e in events { _ = publish(app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude) }
+        guard events.contains(where: { !$0.info.isEmpty }) else { return .success(Array("{}".utf8)) }
+        var out: [UInt8] = Array(#"{"batch":["#.utf8)
+        for (i, e) in events.enumerated() {
+            if i > 0 { out.append(UInt8(ascii: ",")) }
+            out += e.info.isEmpty ? Array("{}".utf8) : counts(ChannelKey(app: r.app.id, name: e.channels[0]), e.info)
+        }
+        out += Array("]}".utf8)
+        return .success(out)
+    }
+
+    func parseBody(_ body: [UInt8]) -> [String: JSONValue]? {
+        (try? JSONParser.parse(body))?.object
+    }
+
+    /// `{"user_count":N,"subscription_count":M}` with the attributes asked for that apply
+    /// to the channel's kind.
+    func counts(_ key: ChannelKey, _ info: Set<String>) -> [UInt8] {
+        let (subs, users) = state.withLock { st -> (Int, Int) in
+            guard let ch = st.channels[key] else { return (0, 0) }
+            return (ch.subscribers, ch.users.count)
+        }
+        var b = JSONObjectBuilder()
+        let presence = ChannelName.kind(key.name) == .presence
+        if info.contains("user_count") && presence { b.int("user_count", UInt64(users)) }
+        if info.contains("subscription_count") { b.int("subscription_count", UInt64(subs)) }
+        return b.closed
+    }
+
+    // MARK: channels
+
+    func infoAttributes(_ q: [(String, String)], allowed: Set<String>) -> Result<Set<String>, Refusal> {
+        guard let s = Query.value(q, "info") else { return .success([]) }
+        let set = Set(s.split(separator: ",").map { String($0).trimmingSpaces() }.filter { !$0.isEmpty })
+        for a in set where !allowed.contains(a) {
+            return .failure(Refusal(status: 400, text: "Unknown info attribute '\(a.prefix(40))'"))
+        }
+        return .success(set)
+    }
+
+    func channelsInfo(_ r: APIRequest) -> Result<[UInt8], Refusal> {
+        let prefix = Query.value(r.query, "filter_by_prefix") ?? ""
+        let info: Set<String>
+        switch infoAttributes(r.query, allowed: ["user_count", "subscription_count"]) {
+        case .failure(let f): return .failure(f)
+        case .success(let i): info = i
+        }
+        if info.contains("user_count") && !prefix.hasPrefix("presence-") {
+            return .failure(Refusal(status: 400, text: "user_count may only be requested for presence channels: add filter_by_prefix=presence-"))
+        }
+        let list = state.withLock { st -> [(String, Int, Int)] in
+            var out: [(String, Int, Int)] = []
+            for (k, ch) in st.channels where k.app == r.app.id && ch.subscribers > 0 && k.name.hasPrefix(prefix)
+                && !k.name.hasPrefix(LoopHub.userChannelPrefix) {
+                out.append((k.name, ch.subscribers, ch.users.count))
+            }
+            return out
+        }
+        var chans = JSONObjectBuilder()
+        for (name, subs, users) in list.sorted(by: { $0.0 < $1.0 }) {
+            var b = JSONObjectBuilder()
+            if info.contains("user_count") { b.int("user_count", UInt64(users)) }
+            if info.contains("subscription_count") { b.int("subscription_count", UInt64(subs)) }
+            chans.raw(name, b.closed)
+        }
+        var b = JSONObjectBuilder()
+        b.raw("channels", chans.closed)
+        return .success(b.closed)
+    }
+
+    func channelInfo(_ r: APIRequest) -> Result<[UInt8], Refusal> {
+        let name = r.parameter("channel") ?? ""
+        if let p = ChannelName.problem(name) { return .failure(Refusal(status: 400, text: "\(p): '\(name.prefix(200))'")) }
+        let info: Set<String>
+        switch infoAttributes(r.query, allowed: ["user_count", "subscription_count", "cache"]) {
+        case .failure(let f): return .failure(f)
+        case .success(let i): info = i
+        }
+        let kind = ChannelName.kind(name)
+        if info.contains("user_count") && kind != .presence {
+            return .failure(Refusal(status: 400, text: "user_count is only available for presence channels"))
+        }
+        if info.contains("cache") && kind != .cache {
+            return .failure(Refusal(status: 400, text: "cache is only available for cache channels"))
+        }
+        let key = ChannelKey(app: r.app.id, name: name)
+        let nowMillis = Clock.monotonicMillis()
+        let (subs, users, cached) = state.withLock { st -> (Int, Int, (String, Int)?) in
+            guard let ch = st.channels[key] else { return (0, 0, nil) }
+            var c: (String, Int)? = nil
+            if let p = ch.cached {
+                let ttl = Int64(config.cacheSeconds) - (nowMillis - p.time) / 1000
+                if ttl > 0 { c = (Self.dataField(p.message), Int(ttl)) }
+            }
+            return (ch.subscribers, ch.users.count, c)
+        }
+        var b = JSONObjectBuilder()
+        b.bool("occupied", subs > 0)
+        if info.contains("user_count") { b.int("user_count", UInt64(users)) }
+        if info.contains("subscription_count") { b.int("subscription_count", UInt64(subs)) }
+        if info.contains("cache") {
+            if let (data, ttl) = cached {
+                var c = JSONObjectBuilder()
+                c.string("data", data)
+                c.int("ttl", UInt64(ttl))
+                b.raw("cache", c.closed)
+            } else {
+                b.raw("cache", Array("null".utf8))
+            }
+        }
+        return .success(b.closed)
+    }
+
+    /// The `data` string of a published message (read back from its encoding).
+    static func dataField(_ m: OutMessage) -> String {
+        var bytes = Array(m.prefix.buffer)
+        bytes.append(UInt8(ascii: "}"))
+        return (try? JSONParser.parse(bytes))?["data"]?.string ?? ""
+    }
+
+    func channelUsers(_ r: APIRequest) -> Result<[UInt8], Refusal> {
+        let name = r.parameter("channel") ?? ""
+        if let p = ChannelName.problem(name) { return .failure(Refusal(status: 400, text: "\(p): '\(name.prefix(200))'")) }
+        guard ChannelName.kind(name) == .presence else {
+            return .failure(Refusal(status: 400, text: "Users are only available for presence channels"))
+        }
+        let ids = state.withLock { $0.channels[ChannelKey(app: r.app.id, name: name)].map { Array($0.users.keys) } ?? [] }
+        var out: [UInt8] = Array(#"{"users":["#.utf8)
+        for (i, id) in ids.sorted().enumerated() {
+            if i > 0 { out.append(UInt8(ascii: ",")) }
+            out += Array(#"{"id":"#.utf8)
+            JSONWriter.writeString(id, into: &out)
+            out.append(UInt8(ascii: "}"))
+        }
+        out += Array("]}".utf8)
+        return .success(out)
+    }
+
+    func terminateUser(_ r: APIRequest) -> Result<[UInt8], Refusal> {
+        let user = r.parameter("user") ?? ""
+        guard !user.isEmpty, user.utf8.count <= PresenceMember.maxUserIDLength else {
+            return .failure(Refusal(status: 400, text: "Invalid user id"))
+        }
+        let n = terminate(UserKey(app: r.app.id, id: user))
+        Log.info("api: terminating \(n) connection(s) of user \(user.prefix(40)) of app \(r.app.id)")
+        return .success(Array("{}".utf8))
+    }
+}
