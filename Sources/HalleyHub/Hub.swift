@@ -28,6 +28,8 @@ public final class Hub: Sendable {
     }
     // Set once by `attach(to:)` before the loops run, read-only after.
     nonisolated(unsafe) var loops: [LoopHub] = []
+    /// Set by `attach` when an app has webhooks, read-only after; sends from loop 0.
+    nonisolated(unsafe) var webhooks: Webhooks?
 
     struct State: ~Copyable {
         var channels: [ChannelKey: ChannelState] = [:]
@@ -64,6 +66,7 @@ public final class Hub: Sendable {
     /// `Server.onLoopsReady`.
     public func attach(loops serverLoops: [EventLoop]) {
         loops = serverLoops.map { LoopHub(hub: self, loop: $0, loopCount: serverLoops.count) }
+        if config.apps.contains(where: { !$0.webhooks.isEmpty }) { webhooks = Webhooks(loop: serverLoops[0]) }
     }
 
     var loopCount: Int { loops.count }
@@ -197,6 +200,7 @@ public final class Hub: Sendable {
                     d.raw("user_info", m.info)
                     let prefix = Wire.protocolEvent("pusher_internal:member_added", channel: key.name, data: d)
                     _ = post(ch, key, prefix: prefix, header: nil, binary: nil, exclude: session, now: now, keep: false, into: &out)
+                    webhook(key, .memberAdded(channel: key.name, userID: m.userID))
                 }
                 roster = presenceRoster(ch)
             }
@@ -259,6 +263,7 @@ public final class Hub: Sendable {
                     d.string("user_id", uid)
                     let prefix = Wire.protocolEvent("pusher_internal:member_removed", channel: key.name, data: d)
                     _ = post(ch, key, prefix: prefix, header: nil, binary: nil, exclude: session, now: Clock.monotonicMillis(), keep: false, into: &out)
+                    webhook(key, .memberRemoved(channel: key.name, userID: uid))
                 }
             }
             if ch.members.isEmpty { vacated(key) }
@@ -299,11 +304,19 @@ public final class Hub: Sendable {
         state.withLock { $0.channels[key]?.userOf[session] }
     }
 
-    func clientEventHook(_ app: App, channel: String, event: String, data: String, socketID: SessionID, userID: String?) {}
+    // MARK: webhooks (called under the lock: `emit` only queues)
 
-    /// Webhook hooks (under the lock: they only queue).
-    func occupied(_ key: ChannelKey) {}
-    func vacated(_ key: ChannelKey) {}
+    func clientEventHook(_ app: App, channel: String, event: String, data: String, socketID: SessionID, userID: String?) {
+        webhooks?.emit(app, .clientEvent(channel: channel, event: event, data: data, socketID: socketID.description, userID: userID))
+    }
+
+    func webhook(_ key: ChannelKey, _ event: WebhookEvent) {
+        guard let w = webhooks, let app = appsByID[key.app], !key.name.hasPrefix(LoopHub.userChannelPrefix) else { return }
+        w.emit(app, event)
+    }
+
+    func occupied(_ key: ChannelKey) { webhook(key, .channelOccupied(channel: key.name)) }
+    func vacated(_ key: ChannelKey) { webhook(key, .channelVacated(channel: key.name)) }
 
     /// Trims histories by age and forgets idle channels. Called once a second by loop 0.
     func sweepChannels() {
@@ -325,7 +338,7 @@ public final class Hub: Sendable {
     public func addMetrics(to metrics: Metrics) {
         metrics.addSource { [self] in
             "# TYPE halley_sessions gauge\nhalley_sessions \(sessionCount.load(ordering: .relaxed))\n" +
-            "# TYPE halley_channels gauge\nhalley_channels \(channelCount)\n"
+            "# TYPE halley_channels gauge\nhalley_channels \(channelCount)\n" + (webhooks?.metricsText() ?? "")
         }
     }
 
