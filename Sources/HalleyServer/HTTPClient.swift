@@ -1,0 +1,189 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import HalleyCore
+import HalleyHTTP
+import HalleyLoop
+
+/// Why a client request failed.
+public enum HTTPClientError: Error, Sendable, CustomStringConvertible {
+    case resolve(IOError)
+    case connect(IOError)
+    case connectTimeout(Int64)
+    case timeout(Int64)
+    case io(IOError)
+    case response(HTTPResponseParseError)
+
+    public var description: String {
+        switch self {
+        case .resolve(let e): return "name lookup failed: \(e)"
+        case .connect(let e): return "\(e)"
+        case .connectTimeout(let ms): return "no connection within \(ms) ms"
+        case .timeout(let ms): return "no complete response within \(ms) ms"
+        case .io(let e): return "\(e)"
+        case .response(let e): return "\(e)"
+        }
+    }
+}
+
+/// The hub's own HTTP/1.1 client, on an event loop: one request per connection
+/// (`Connection: close`), non-blocking connect, and two deadlines. Enough for webhooks;
+/// no TLS, no redirects, no keep-alive.
+public enum HTTPClient {
+    public struct Options: Sendable {
+        /// Milliseconds to establish the TCP connection. Default 5000.
+        public var connectTimeoutMillis: Int64 = 5000
+        /// Milliseconds for the whole request, from resolving the host to the last byte of
+        /// the response. Default 10000.
+        public var timeoutMillis: Int64 = 10_000
+        public var limits = HTTPResponseParser.Limits()
+        public init() {}
+    }
+
+    /// Sends `request` (whole request bytes, see `HTTPURL.request`) to `url` and calls `done`
+    /// once, on `loop`'s thread. Call on `loop`'s thread. A host name is looked up on a
+    /// thread of its own for every request (no cache).
+    public static func send(on loop: EventLoop, url: HTTPURL, request: [UInt8], options: Options = Options(),
+                            _ done: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
+        let call = HTTPClientCall(loop: loop, request: request, options: options, done: done)
+        let box = UncheckedBox(call)
+        SocketAddress.resolve(host: url.host, port: url.port, on: loop) { r in box.value.resolved(r) }
+    }
+}
+
+/// One request in flight. Loop-confined; kept alive by the loop's handler table while
+/// registered and by its timers until it finishes.
+final class HTTPClientCall: EventHandler {
+    let loop: EventLoop
+    let options: HTTPClient.Options
+    var done: ((Result<HTTPClientResponse, HTTPClientError>) -> Void)?
+    var request: [UInt8]
+    var written = 0
+    var fd: Int32 = -1
+    var connected = false
+    var parser: HTTPResponseParser
+    var connectTimer: UInt64?
+    var deadlineTimer: UInt64?
+
+    init(loop: EventLoop, request: [UInt8], options: HTTPClient.Options,
+         done: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
+        self.loop = loop
+        self.request = request
+        self.options = options
+        self.done = done
+        parser = HTTPResponseParser(limits: options.limits)
+        deadlineTimer = loop.schedule(afterMillis: options.timeoutMillis) { [self] in
+            deadlineTimer = nil
+            finish(.failure(.timeout(options.timeoutMillis)))
+        }
+    }
+
+    func resolved(_ r: Result<SocketAddress, IOError>) {
+        guard done != nil else { return }  // timed out while resolving
+        switch r {
+        case .failure(let e):
+            finish(.failure(.resolve(e)))
+        case .success(let address):
+            do throws(IOError) {
+                let (s, now) = try Socket.connect(to: address)
+                fd = s
+                connected = now
+                Socket.setNoDelay(s)
+                try loop.register(s, events: Events.writable | Events.readable | Events.readHangup, handler: self)
+            } catch {
+                finish(.failure(.connect(error)))
+                return
+            }
+            if !connected {
+                connectTimer = loop.schedule(afterMillis: options.connectTimeoutMillis) { [self] in
+                    connectTimer = nil
+                    finish(.failure(.connectTimeout(options.connectTimeoutMillis)))
+                }
+            }
+        }
+    }
+
+    func handleEvent(_ events: UInt32) {
+        guard done != nil else { return }
+        if !connected {
+            // RFC-less but classic: a non-blocking connect is over when the socket is writable
+            // (or in error); SO_ERROR says how it went.
+            let e = Socket.connectError(fd)
+            if e != 0 {
+                finish(.failure(.connect(IOError(errno: e, function: "connect"))))
+                return
+            }
+            if events & (Events.writable | Events.error | Events.hangup) == 0 { return }
+            connected = true
+            if let t = connectTimer { loop.cancel(t); connectTimer = nil }
+        }
+        if written < request.count && events & (Events.writable | Events.error | Events.hangup) != 0 {
+            do throws(IOError) {
+                while written < request.count {
+                    let r: Result<IOResult, IOError> = request.withUnsafeBytes { b in
+                        do throws(IOError) { return .success(try Sys.write(fd, UnsafeRawBufferPointer(rebasing: b[written...]))) } catch { return .failure(error) }
+                    }
+                    guard case .done(let n) = try r.get() else { break }
+                    written += n
+                }
+            } catch {
+                // The peer may have answered and closed early (a 413, a 500): read what is there.
+                if !readAvailable() { finish(.failure(.io(error))) }
+                return
+            }
+            if written == request.count {
+                request = []
+                loop.modify(fd, events: Events.readable | Events.readHangup)
+            }
+        }
+        if events & (Events.readable | Events.readHangup | Events.hangup | Events.error) != 0 {
+            _ = readAvailable()
+        }
+    }
+
+    /// Reads until EAGAIN, EOF or a complete response; true when the call finished.
+    func readAvailable() -> Bool {
+        let buf = loop.readBuffer
+        do throws(IOError) {
+            while true {
+                switch try Sys.read(fd, buf) {
+                case .wouldBlock:
+                    return false
+                case .done(0):
+                    do throws(HTTPResponseParseError) {
+                        finish(.success(try parser.finish()))
+                    } catch {
+                        finish(.failure(.response(error)))
+                    }
+                    return true
+                case .done(let n):
+                    do throws(HTTPResponseParseError) {
+                        if let r = try parser.feed(UnsafeRawBufferPointer(rebasing: buf[0..<n])) {
+                            finish(.success(r))
+                            return true
+                        }
+                    } catch {
+                        finish(.failure(.response(error)))
+                        return true
+                    }
+                }
+            }
+        } catch {
+            finish(.failure(.io(error)))
+            return true
+        }
+    }
+
+    func finish(_ r: Result<HTTPClientResponse, HTTPClientError>) {
+        guard let d = done else { return }
+        done = nil
+        if let t = connectTimer { loop.cancel(t); connectTimer = nil }
+        if let t = deadlineTimer { loop.cancel(t); deadlineTimer = nil }
+        if fd >= 0 {
+            loop.unregister(fd)
+            Sys.close(fd)
+            fd = -1
+        }
+        d(r)
+    }
+}
