@@ -120,23 +120,9 @@ def unsubscribe(ws, channel):
     ws.send({"event": "pusher:unsubscribe", "data": {"channel": channel}})
 
 
-def hub_wired() -> bool:
-    """channel_occupied / channel_vacated are emitted by Hub.subscribe / unsubscribe."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        with open(os.path.join(here, "..", "..", "Sources", "HalleyHub", "Hub.swift")) as f:
-            return "webhooks" in f.read()
-    except OSError:
-        return False
-
-
-needs_hub = pytest.mark.skipif(not hub_wired(), reason="the hub does not emit webhook events yet")
-
-
 # ---- delivery
 
 
-@needs_hub
 def test_occupied_is_signed_and_retried_after_a_500(tmp_path, start_halley):
     rcv = Receiver(statuses=[500])
     try:
@@ -160,7 +146,6 @@ def test_occupied_is_signed_and_retried_after_a_500(tmp_path, start_halley):
         rcv.close()
 
 
-@needs_hub
 def test_vacated_is_debounced_across_a_resubscribe(tmp_path, start_halley, receiver):
     h = start_halley("--config", write_config(tmp_path, receiver.url))
     ws = pusher_ws(h.port)
@@ -189,7 +174,6 @@ def test_vacated_is_debounced_across_a_resubscribe(tmp_path, start_halley, recei
     ws.close()
 
 
-@needs_hub
 def test_only_the_listed_events_are_sent(tmp_path, start_halley, receiver):
     h = start_halley("--config", write_config(tmp_path, receiver.url, events=["channel_vacated"]))
     ws = pusher_ws(h.port)
@@ -201,7 +185,6 @@ def test_only_the_listed_events_are_sent(tmp_path, start_halley, receiver):
     ws.close()
 
 
-@needs_hub
 def test_events_gathered_within_a_second_share_one_request(tmp_path, start_halley, receiver):
     h = start_halley("--config", write_config(tmp_path, receiver.url, events=["channel_occupied"]))
     ws = pusher_ws(h.port)
@@ -215,6 +198,49 @@ def test_events_gathered_within_a_second_share_one_request(tmp_path, start_halle
     assert len(receiver.requests) <= 2  # one, or two if a tick fell between the subscribes
     assert reqs
     ws.close()
+
+
+def sub_presence(ws, channel, user_id):
+    socket_id = ws.established["socket_id"]
+    channel_data = json.dumps({"user_id": user_id})
+    sig = hmac.new(SECRET.encode(), f"{socket_id}:{channel}:{channel_data}".encode(), hashlib.sha256).hexdigest()
+    ws.send({"event": "pusher:subscribe", "data": {"channel": channel, "auth": f"{KEY}:{sig}", "channel_data": channel_data}})
+    while True:
+        m = ws.recv()
+        if m["event"] == "pusher_internal:subscription_succeeded":
+            return m
+        assert m["event"].startswith("pusher_internal:member"), m
+
+
+def test_presence_members_and_client_events(tmp_path, start_halley, receiver):
+    h = start_halley("--config", write_config(tmp_path, receiver.url))
+    a, b = pusher_ws(h.port), pusher_ws(h.port)
+    sub_presence(a, "presence-room", "u1")
+    sub_presence(b, "presence-room", "u2")
+    a.send({"event": "client-typing", "channel": "presence-room", "data": {"who": "u1"}})
+    assert b.recv()["event"] == "client-typing"
+    unsubscribe(b, "presence-room")
+    assert receiver.wait(1, timeout=5)
+    time.sleep(4.5)
+    events = receiver.delivered_events()
+    for r in receiver.requests:
+        check_signed(r)
+    # The first subscribe's channel_occupied and member_added come in the hub's order.
+    key = lambda e: json.dumps(e, sort_keys=True)
+    assert sorted(events[:2], key=key) == sorted([
+        {"name": "channel_occupied", "channel": "presence-room"},
+        {"name": "member_added", "channel": "presence-room", "user_id": "u1"},
+    ], key=key), events
+    assert events[2] == {"name": "member_added", "channel": "presence-room", "user_id": "u2"}, events
+    client_event = events[3]
+    assert json.loads(client_event.pop("data")) == {"who": "u1"}
+    assert client_event == {"name": "client_event", "channel": "presence-room", "event": "client-typing",
+                            "socket_id": a.established["socket_id"], "user_id": "u1"}
+    # Debounced: u2's departure arrives about 3 s later, in a request of its own.
+    assert events[4:] == [{"name": "member_removed", "channel": "presence-room", "user_id": "u2"}]
+    assert len(receiver.requests) == 2
+    a.close()
+    b.close()
 
 
 # ---- the configuration file
