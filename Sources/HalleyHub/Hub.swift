@@ -184,11 +184,13 @@ public final class Hub: Sendable {
         let r: Result<SubscribeResult, SubscribeRefusal> = state.withLock { st in
             let ch = st.channel(key, loops: loops.count)
             var roster: [UInt8]? = nil
+            let wasEmpty = ch.members.isEmpty
             if let m = member {
                 if ch.users[m.userID] == nil && ch.users.count >= config.maxPresenceMembers {
                     if ch.isIdle { st.channels[key] = nil }
                     return .failure(.presenceFull(config.maxPresenceMembers))
                 }
+                if wasEmpty { occupied(key) }
                 ch.userOf[session] = m.userID
                 if var u = ch.users[m.userID] {
                     u.sessions += 1
@@ -203,8 +205,9 @@ public final class Hub: Sendable {
                     webhook(key, .memberAdded(channel: key.name, userID: m.userID))
                 }
                 roster = presenceRoster(ch)
+            } else if wasEmpty {
+                occupied(key)
             }
-            if ch.members.isEmpty { occupied(key) }
             ch.perLoop[loop] += 1
             ch.members.insert(session)
             ch.trim(olderThan: historyCutoff)
