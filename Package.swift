@@ -40,7 +40,7 @@ let package = Package(
         // epoll event loops, sockets, listeners, timers.
         .target(name: "HalleyLoop", dependencies: ["HalleyCore", "CHalleyLinux"]),
         // HTTP server: connections, router, static files, metrics.
-        .target(name: "HalleyServer", dependencies: ["HalleyCore", "HalleyHTTP", "HalleyWebSocket", "HalleyLoop"],
+        .target(name: "HalleyServer", dependencies: ["HalleyCore", "HalleyHTTP", "HalleyWebSocket", "HalleyLoop", "COpenSSL"],
                 swiftSettings: hotPath),
         // Pusher protocol messages, JSON, channel names, signatures, SSE and poll encodings:
         // no sockets, no loops.

@@ -4,3 +4,20 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/crypto.h>
+
+// OpenSSL macros Swift cannot import, as functions.
+static inline int halley_ssl_ctx_set_min_tls12(SSL_CTX *ctx) {
+    return (int)SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+}
+static inline long halley_ssl_ctx_set_modes(SSL_CTX *ctx) {
+    // Idle connections give their record buffers back.
+    return SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+}
+static inline long halley_ssl_ctx_session_cache_server(SSL_CTX *ctx) {
+    return SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+}
+static inline size_t halley_bio_pending(BIO *b) { return BIO_ctrl_pending(b); }
+static inline int halley_bio_set_mem_eof_return(BIO *b, int v) { return (int)BIO_set_mem_eof_return(b, v); }
+static inline uint64_t halley_ssl_server_options(void) {
+    return SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION;
+}

@@ -21,6 +21,8 @@ public class Connection: EventHandler {
     var lastIO: Int32
     /// Inside an event or a late response: the cork is flushed by whoever set this.
     var inEvent = false
+    /// Set on connections accepted on a TLS listener: every byte in and out goes through it.
+    var tls: TLSSession?
 
     init(fd: Int32, context: LoopContext) {
         self.fd = fd
@@ -49,7 +51,7 @@ public class Connection: EventHandler {
     func drainOutput() {
         guard let q = out, !closed else { return }
         do {
-            let n = try q.drain(fd)
+            let n = try tls.map { t throws(IOError) in try q.drain(fd, tls: t, scratch: ctx.tlsScratch) } ?? q.drain(fd)
             if n > 0 {
                 ctx.counters.add(.bytesOut, n)
                 lastIO = ctx.seconds
@@ -76,6 +78,112 @@ public class Connection: EventHandler {
             interest = want
             ctx.loop.modify(fd, events: want)
         }
+        // Plaintext OpenSSL already holds makes the socket look idle to epoll: read it at
+        // the end of this turn instead.
+        if let t = tls, t.hasBufferedInput, readsNow { ctx.readLater(self) }
+    }
+
+    /// Whether the connection would read if bytes were there (TLS: see `updateInterest`).
+    var readsNow: Bool { false }
+
+    // MARK: reading and writing through TLS or not
+
+    /// Reads what arrived: `.done(n)` with n > 0 bytes, `.done(0)` at the end of the stream,
+    /// `.wouldBlock` when nothing (more) is there. Over TLS the bytes are plaintext: the
+    /// handshake runs as records arrive, and what OpenSSL answers (handshake messages,
+    /// tickets, alerts) is queued and written.
+    func readSome(_ buf: UnsafeMutableRawBufferPointer) throws(IOError) -> IOResult {
+        guard let t = tls else { return try Sys.read(fd, buf) }
+        var filled = 0
+        var readSocket = false
+        var eof = false
+        loop: while filled < buf.count {
+            switch t.decrypt(into: UnsafeMutableRawBufferPointer(rebasing: buf[filled...])) {
+            case .data(let n):
+                filled += n
+            case .needInput:
+                if readSocket { break loop }
+                readSocket = true
+                let scratch = ctx.tlsScratch
+                switch try Sys.read(fd, scratch) {
+                case .wouldBlock:
+                    break loop
+                case .done(0):
+                    eof = true
+                    break loop
+                case .done(let n):
+                    if !t.sawFirstByte {
+                        t.sawFirstByte = true
+                        // A TLS connection opens with a handshake record (22); a letter is
+                        // plain HTTP sent to the TLS port.
+                        let b = scratch[0]
+                        if (b >= 65 && b <= 90) || (b >= 97 && b <= 122) {
+                            Log.info("fd \(fd): plain HTTP on the TLS port: 400")
+                            plainHTTPOnTLSPort()
+                            throw IOError(errno: EPROTO, function: "TLS: plain HTTP")
+                        }
+                    }
+                    t.feed(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+                }
+            case .closed:
+                eof = true
+                break loop
+            case .failed(let why):
+                Log.info("fd \(fd): TLS \(t.handshakeDone ? "error" : "handshake failed"): \(why)")
+                flushRecords(t)  // the alert that tells the client why
+                throw IOError(errno: EPROTO, function: "TLS")
+            }
+        }
+        if t.checkEstablished(now: ctx.seconds) { Log.debug("fd \(fd): TLS \(t.summary)") }
+        if t.hasOutput { flushRecords(t) }
+        if filled > 0 { return .done(filled) }
+        return eof ? .done(0) : .wouldBlock
+    }
+
+    /// Writes the records OpenSSL produced while reading (handshake messages, tickets,
+    /// alerts). Behind queued output they just join the queue (the socket's writability
+    /// writes them); otherwise they go now, and what the socket does not take is queued.
+    func flushRecords(_ t: TLSSession) {
+        guard !closed else { return }
+        if let q = out {
+            q.takeRecords(from: t)
+            return
+        }
+        let b = ctx.tlsRecords
+        b.clear()
+        t.takeOutput(into: b)
+        var w = 0
+        if case .done(let n)? = try? Sys.write(fd, b.readable) { w = n }
+        if w < b.readableBytes {
+            let q = OutputQueue()
+            let c = q.cipherBuffer()
+            c.append(UnsafeRawBufferPointer(rebasing: b.readable[w...]))
+            q.totalBytes = c.readableBytes
+            out = q
+            if !inEvent { updateInterest() }
+        }
+        b.clear()
+    }
+
+    /// The nginx courtesy: a plain-text 400 for a plain HTTP request on the TLS port.
+    func plainHTTPOnTLSPort() {
+        let body = "This port speaks HTTPS: use https:// (plain HTTP was sent to the TLS port).\n"
+        let text = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
+        var bytes = Array(text.utf8)
+        _ = try? bytes.withUnsafeMutableBytes { b throws(IOError) in try Sys.write(fd, UnsafeRawBufferPointer(b)) }
+    }
+
+    /// Ends our side of the stream (lingering close): TLS close_notify first, then FIN.
+    func shutdownOutput() {
+        if let t = tls {
+            t.shutdown()
+            if t.hasOutput {
+                let b = ByteBuffer(capacity: 64)
+                t.takeOutput(into: b)
+                _ = try? Sys.write(fd, b.readable)  // best effort: the socket is drained
+            }
+        }
+        Socket.shutdownWrite(fd)
     }
 
     func close() {

@@ -17,6 +17,7 @@ struct MovedConnection {
     let fd: Int32
     let router: Router
     let out: OutputQueue?
+    let tls: TLSSession?
     let pendingIn: ByteBuffer?
     let serial: UInt32
     let respondHead: Bool
@@ -45,12 +46,13 @@ extension HTTPConnection {
         handOffPending = nil
         if ctx.corkOwner === self { ctx.flushCork() }
         guard !closed else { return }
-        let moved = MovedConnection(fd: fd, router: router, out: out, pendingIn: pendingIn, serial: serial,
+        let moved = MovedConnection(fd: fd, router: router, out: out, tls: tls, pendingIn: pendingIn, serial: serial,
                                     respondHead: respondHead, respondMinor: respondMinor,
                                     respondKeepAlive: respondKeepAlive, peerClosed: peerClosed)
         // This object is done: nothing it does from now on may touch the descriptor.
         closed = true
         out = nil
+        tls = nil
         pendingIn = nil
         ctx.loop.unregister(fd)
         ctx.detach(self)
@@ -81,6 +83,7 @@ extension LoopContext {
     func adopt(_ m: MovedConnection, request: HTTPRequest, then: (HTTPRequest, Responder) -> Void) {
         let c = HTTPConnection(fd: m.fd, context: self, router: m.router)
         c.out = m.out
+        c.tls = m.tls
         c.pendingIn = m.pendingIn
         c.serial = m.serial
         c.awaiting = true

@@ -141,6 +141,10 @@ final class HTTPConnection: Connection {
         !closed && !awaiting && !closing && out == nil && pendingIn != nil
     }
 
+    override var readsNow: Bool {
+        !closed && !peerClosed && upgradedTo == nil && handOffPending == nil && (lingering || (!awaiting && out == nil && !closing))
+    }
+
     func readable() {
         let buf = ctx.loop.readBuffer
         for _ in 0..<4 {
@@ -148,7 +152,7 @@ final class HTTPConnection: Connection {
             guard lingering || (!awaiting && out == nil && !closing) else { return }
             let n: Int
             do {
-                guard case .done(let r) = try Sys.read(fd, buf) else { return }
+                guard case .done(let r) = try readSome(buf) else { return }
                 n = r
             } catch {
                 if !lingering { Log.debug("fd \(fd): \(error)") }
@@ -437,7 +441,7 @@ final class HTTPConnection: Connection {
         lingering = true
         phaseStart = ctx.seconds
         pendingIn = nil
-        Socket.shutdownWrite(fd)
+        shutdownOutput()
     }
 
     override func wantedEvents() -> UInt32 {
@@ -465,6 +469,11 @@ final class HTTPConnection: Connection {
 
     override func sweep(now: Int32) {
         let cfg = ctx.config
+        if let t = tls, !t.handshakeDone, now - t.createdAt > Int32(cfg.tlsHandshakeTimeout) {
+            Log.info("fd \(fd): TLS handshake timeout")
+            close()
+            return
+        }
         if lingering {
             if now - phaseStart > 2 { close() }
             return

@@ -59,6 +59,27 @@ final class LoopContext {
     private(set) var dateLine: [UInt8] = []
     private var dateSecond = -1
 
+    /// TLS: ciphertext read from a socket, and file bytes on their way to encryption.
+    lazy var tlsScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    /// TLS: records made while reading, on their way to the socket.
+    lazy var tlsRecords = ByteBuffer(capacity: 4096)
+    /// TLS connections with plaintext inside OpenSSL that epoll cannot see: read at turn end.
+    var pendingReads: [Connection] = []
+
+    func readLater(_ c: Connection) {
+        if pendingReads.isEmpty { loop.wake() }  // the turn ends; the next one must not sleep
+        if !pendingReads.contains(where: { $0 === c }) { pendingReads.append(c) }
+    }
+
+    /// Reads what OpenSSL holds for the connections that asked (as if their socket were
+    /// readable).
+    func runPendingReads() {
+        guard !pendingReads.isEmpty else { return }
+        let list = pendingReads
+        pendingReads.removeAll()
+        for c in list where !c.closed { c.handleEvent(Events.readable) }
+    }
+
     /// Bodies up to this size are copied into the cork; larger ones are written in place.
     static let copyThreshold = 16 * 1024
 
@@ -74,6 +95,8 @@ final class LoopContext {
         loop.onTurnEnd { [unowned self] in
             self.seconds = Int32((self.loop.now - self.startMillis) / 1000)
             self.flushCork()
+            self.runPendingReads()
+            self.flushCork()
         }
     }
 
@@ -87,9 +110,18 @@ final class LoopContext {
 
     // MARK: connections
 
-    func accept(_ fd: Int32, router: Router) {
+    func accept(_ fd: Int32, router: Router, tls: Bool = false) {
         Socket.setNoDelay(fd)
         let c = HTTPConnection(fd: fd, context: self, router: router)
+        if tls {
+            guard let t = server.tlsContext.map({ TLSSession($0) }) ?? nil else {
+                Log.error("TLS session could not be created: \(TLSContext.lastError())")
+                Sys.close(fd)
+                return
+            }
+            t.createdAt = seconds
+            c.tls = t
+        }
         do {
             try loop.register(fd, events: c.interest, handler: c)
         } catch {
@@ -258,8 +290,8 @@ final class LoopContext {
         guard !segments.isEmpty, !c.closed else { return }
         var written = 0
         // Whether the socket took all we offered: only then is trying it again worth a call.
-        var socketTookAll = false
-        if c.out == nil {
+        var socketTookAll = c.tls != nil  // TLS: everything is queued, then encrypted and written
+        if c.out == nil && c.tls == nil {
             // Fast path: everything up to the first file in one writev.
             var iov = (iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec(), iovec())
             let n = withUnsafeMutableBytes(of: &iov) { raw -> Int in

@@ -15,8 +15,27 @@ final class OutputQueue {
 
     var chunks: [Chunk] = []
     var totalBytes = 0
+    /// TLS connections: records made and not yet written. They come before `chunks`, which
+    /// stay plaintext until their turn (a file is read and encrypted as the socket drains).
+    var cipher: ByteBuffer?
 
-    var isEmpty: Bool { chunks.isEmpty }
+    var isEmpty: Bool { chunks.isEmpty && (cipher?.isEmpty ?? true) }
+
+    /// Where a TLS session's records go (they are written before anything else queued).
+    func cipherBuffer() -> ByteBuffer {
+        if let c = cipher { return c }
+        let c = ByteBuffer(capacity: 16 * 1024 + 64)
+        cipher = c
+        return c
+    }
+
+    /// Adds the records `tls` has produced (a handshake message, an alert) to the queue.
+    func takeRecords(from tls: TLSSession) {
+        let c = cipherBuffer()
+        let before = c.readableBytes
+        tls.takeOutput(into: c)
+        totalBytes += c.readableBytes - before
+    }
 
     func append(_ c: Chunk) {
         switch c {
@@ -25,6 +44,56 @@ final class OutputQueue {
         case .file(_, let o, let e): totalBytes += e - o
         }
         chunks.append(c)
+    }
+
+    /// TLS: writes the records made so far, then encrypts the next plaintext (at most 64 KiB
+    /// at a time, files read into `scratch`) and writes that, until the socket is full or
+    /// nothing is left. Returns the ciphertext bytes written.
+    func drain(_ fd: Int32, tls: TLSSession, scratch: UnsafeMutableRawBufferPointer) throws(IOError) -> Int {
+        var written = 0
+        while true {
+            if let c = cipher, !c.isEmpty {
+                guard case .done(let n) = try Sys.write(fd, c.readable) else { return written }
+                c.moveReader(by: n)
+                totalBytes -= n
+                written += n
+                continue
+            }
+            guard !chunks.isEmpty else {
+                cipher = nil  // an idle TLS connection keeps no buffer
+                return written
+            }
+            let c = cipherBuffer()
+            let before = c.readableBytes
+            var budget = 64 * 1024
+            while budget > 0, !chunks.isEmpty {
+                switch chunks[0] {
+                case .bytes(let b):
+                    let k = min(budget, b.readableBytes)
+                    tls.encrypt(UnsafeRawBufferPointer(start: b.base + b.readerIndex, count: k))
+                    b.moveReader(by: k)
+                    if b.isEmpty { chunks.removeFirst() }
+                    totalBytes -= k
+                    budget -= k
+                case .shared(let s, let start, let end):
+                    let k = min(budget, end - start)
+                    tls.encrypt(UnsafeRawBufferPointer(start: s.base + start, count: k))
+                    if start + k == end { chunks.removeFirst() } else { chunks[0] = .shared(s, start: start + k, end: end) }
+                    totalBytes -= k
+                    budget -= k
+                case .file(let f, let off, let end):
+                    let want = min(budget, end - off, scratch.count)
+                    let n = pread(f.fd, scratch.baseAddress, want, off_t(off))
+                    if n <= 0 { throw IOError(errno: n < 0 ? errno : EIO, function: "pread: file shrank") }
+                    tls.encrypt(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+                    if off + n >= end { chunks.removeFirst() } else { chunks[0] = .file(f, offset: off + n, end: end) }
+                    totalBytes -= n
+                    budget -= n
+                }
+            }
+            tls.takeOutput(into: c)
+            totalBytes += c.readableBytes - before
+        }
     }
 
     /// Writes as much as the socket takes: `writev` over memory chunks (up to 64 at once),

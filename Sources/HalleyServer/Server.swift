@@ -25,11 +25,38 @@ public final class Server: @unchecked Sendable {
     /// The port the main listeners are bound to (the real one when configured as 0).
     public private(set) var port = 0
     public private(set) var metricsPort: Int?
+    /// The TLS listeners' port (`tlsPort`, or `port` when the main listener speaks TLS).
+    public private(set) var tlsPort: Int?
+    /// The credentials new TLS connections use; replaced by `reloadTLS` (connections keep
+    /// the context they started with).
+    let tlsState = Mutex<TLSContext?>(nil)
+    var tlsContext: TLSContext? { tlsState.withLock { $0 } }
 
     public init(config: ServerConfig, router: Router = Router()) {
         self.config = config
         self.router = router
         if config.publicRoot != nil && router.fallback == nil { router.fallback = StaticFiles.handler }
+    }
+
+    /// Loads the certificate and key of `config` (call before `start`); a clear error when
+    /// a file is missing, unreadable, not PEM, or the key does not match.
+    public func loadTLS() throws(TLSError) {
+        guard let cert = config.tlsCertFile, let key = config.tlsKeyFile else {
+            if config.tlsCertFile != nil || config.tlsKeyFile != nil || config.tlsPort != nil {
+                throw TLSError(description: "TLS needs both --tls-cert and --tls-key")
+            }
+            return
+        }
+        let c = try TLSContext(certFile: cert, keyFile: key)
+        tlsState.withLock { $0 = c }
+    }
+
+    /// Reads the certificate and key files again (SIGHUP): new connections use them, open
+    /// ones go on with the old. On an error the old ones stay in use.
+    public func reloadTLS() throws(TLSError) {
+        guard let old = tlsContext else { throw TLSError(description: "TLS is not configured") }
+        let c = try TLSContext(certFile: old.certFile, keyFile: old.keyFile)
+        tlsState.withLock { $0 = c }
     }
 
     /// Binds every listener and starts the loop threads. Errors (a port in use) are thrown
@@ -57,6 +84,16 @@ public final class Server: @unchecked Sendable {
         for _ in 1..<max(1, threadCount) {
             fds.append(try Socket.listen(host: config.host, port: port, reusePort: true))
         }
+        let tlsOnMain = tlsContext != nil && config.tlsPort == nil
+        if tlsOnMain { tlsPort = port }
+        var tlsFds: [Int32] = []
+        if tlsContext != nil, let tp = config.tlsPort {
+            if tp != 0 { Sys.close(try Socket.listen(host: config.host, port: tp, reusePort: false)) }
+            let f = try Socket.listen(host: config.host, port: tp, reusePort: true)
+            tlsFds.append(f)
+            tlsPort = Socket.localPort(f)
+            for _ in 1..<fds.count { tlsFds.append(try Socket.listen(host: config.host, port: tlsPort!, reusePort: true)) }
+        }
         var metricsFd: Int32? = nil
         if let mp = config.metricsPort {
             let fd = try Socket.listen(host: config.metricsHost, port: mp, reusePort: false)
@@ -70,7 +107,11 @@ public final class Server: @unchecked Sendable {
             metrics.loops.append(counters)
             let ctx = LoopContext(loop: loop, server: self, counters: counters)
             ctx.listeners.append(try Listener(fd: fds[i], loop: loop, canAccept: { [unowned ctx] waiting in ctx.canAccept(someoneWaiting: waiting) },
-                                              onAccept: { [unowned ctx] fd in ctx.accept(fd, router: self.router) }))
+                                              onAccept: { [unowned ctx] fd in ctx.accept(fd, router: self.router, tls: tlsOnMain) }))
+            if i < tlsFds.count {
+                ctx.listeners.append(try Listener(fd: tlsFds[i], loop: loop, canAccept: { [unowned ctx] waiting in ctx.canAccept(someoneWaiting: waiting) },
+                                                  onAccept: { [unowned ctx] fd in ctx.accept(fd, router: self.router, tls: true) }))
+            }
             if i == 0, let mfd = metricsFd {
                 let mr = metricsRouter
                 ctx.listeners.append(try Listener(fd: mfd, loop: loop, canAccept: { [unowned ctx] waiting in ctx.canAccept(someoneWaiting: waiting) },

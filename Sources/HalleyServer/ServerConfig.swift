@@ -38,6 +38,15 @@ public struct ServerConfig: Sendable {
 
     public var webSocket = WebSocketConfig()
 
+    /// TLS: PEM certificate (with its chain) and key. Set both to serve https and wss: on
+    /// `tlsPort` beside plain HTTP on `port`, or, without `tlsPort`, on `port` itself.
+    public var tlsCertFile: String?
+    public var tlsKeyFile: String?
+    public var tlsPort: Int?
+    /// Seconds from accept to a finished TLS handshake, else the connection is closed.
+    /// Default 10.
+    public var tlsHandshakeTimeout = 10
+
     public init() {}
 }
 

@@ -69,6 +69,7 @@ public final class WebSocketConnection: Connection {
         super.init(fd: http.fd, context: ctx)
         interest = http.interest
         out = http.out
+        tls = http.tls
     }
 
     // MARK: reading
@@ -83,13 +84,15 @@ public final class WebSocketConnection: Connection {
         updateInterest()
     }
 
+    override var readsNow: Bool { !closed && (out == nil || lingering) }
+
     func readable() {
         let buf = ctx.loop.readBuffer
         for _ in 0..<4 {
             guard !closed, out == nil || lingering else { return }
             let n: Int
             do {
-                guard case .done(let r) = try Sys.read(fd, buf) else { return }
+                guard case .done(let r) = try readSome(buf) else { return }
                 n = r
             } catch {
                 close()
@@ -254,7 +257,7 @@ public final class WebSocketConnection: Connection {
         guard !lingering, !closed else { return }
         lingering = true
         stateSince = ctx.seconds
-        Socket.shutdownWrite(fd)
+        shutdownOutput()
     }
 
     var closeReported = false

@@ -42,6 +42,10 @@ struct Options {
             guard let l = LogLevel(name: v) else { throw OptionError(description: "--log-level: expected debug, info, warning or error, got '\(v)'") }
             o.logLevel = l
         },
+        Spec(flag: "tls-cert", value: "FILE", help: "PEM certificate (then its chain): serve https and wss (default off)") { c, _, v in c.tlsCertFile = v },
+        Spec(flag: "tls-key", value: "FILE", help: "PEM private key of --tls-cert") { c, _, v in c.tlsKeyFile = v },
+        Spec(flag: "tls-port", value: "N", help: "serve TLS on this port beside plain HTTP on --port (default: TLS on --port itself)") { c, _, v throws(OptionError) in c.tlsPort = try int("--tls-port", v, max: 65535) },
+        Spec(flag: "tls-handshake-timeout", value: "SECONDS", help: "close a connection whose TLS handshake takes longer (default 10)") { c, _, v throws(OptionError) in c.tlsHandshakeTimeout = try int("--tls-handshake-timeout", v, min: 1) },
         Spec(flag: "metrics-port", value: "N", help: "serve GET /metrics (Prometheus) on this port (default off)") { c, _, v throws(OptionError) in c.metricsPort = try int("--metrics-port", v) },
         Spec(flag: "max-connections", value: "N", help: "most open connections (default: open-file limit - 100)") { c, _, v throws(OptionError) in c.maxConnections = try int("--max-connections", v, min: 1) },
         Spec(flag: "max-request-line", value: "BYTES", help: "longest request line, else 414 (default 8192)") { c, _, v throws(OptionError) in c.http.maxRequestLineBytes = try int("--max-request-line", v, min: 16) },

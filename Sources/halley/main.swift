@@ -52,6 +52,12 @@ router.addWebSocket("/echo", endpoint: wsEndpoint) { _ in EchoDelegate.shared }
 hub.install(on: router, endpoint: wsEndpoint)
 let server = Server(config: cfg, router: router)
 hub.addMetrics(to: server.metrics)
+do throws(TLSError) {
+    try server.loadTLS()
+} catch {
+    Log.error("start failed: \(error)")
+    exit(1)
+}
 do {
     try server.start { loops in hub.attach(loops: loops) }
 } catch {
@@ -59,8 +65,10 @@ do {
     exit(1)
 }
 let loopsText = server.loops.count == 1 ? "1 loop" : "\(server.loops.count) loops"
-var startLine = "halley listening on http://\(cfg.host):\(server.port) (\(loopsText), max \(server.maxConnections) connections"
+let mainScheme = server.tlsPort == server.port ? "https" : "http"
+var startLine = "halley listening on \(mainScheme)://\(cfg.host):\(server.port) (\(loopsText), max \(server.maxConnections) connections"
 if let root = cfg.publicRoot { startLine += ", public root \(root)" }
+if let tp = server.tlsPort, tp != server.port { startLine += ", https on https://\(cfg.host):\(tp)" }
 if let mp = server.metricsPort { startLine += ", metrics on http://\(cfg.metricsHost):\(mp)/metrics" }
 Log.lifecycle(startLine + ")")
 if options.hub.streamMaxBytes >= options.hub.sessionBufferBytes {
@@ -81,7 +89,16 @@ if let path = options.configPath {
 while true {
     let sig = halley_wait_signal()
     if sig == SIGHUP {
-        Log.info("SIGHUP: nothing to reload yet")
+        if cfg.tlsCertFile == nil {
+            Log.info("SIGHUP: nothing to reload (no TLS)")
+        } else {
+            do throws(TLSError) {
+                try server.reloadTLS()
+                Log.lifecycle("SIGHUP: TLS certificate and key reloaded; new connections use them")
+            } catch {
+                Log.error("SIGHUP: TLS reload failed, keeping the old certificate: \(error)")
+            }
+        }
         continue
     }
     if sig == SIGINT || sig == SIGTERM {

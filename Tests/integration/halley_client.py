@@ -23,7 +23,7 @@ HALLEY_BIN = os.environ.get("HALLEY_BIN", "/work/main/.build/debug/halley")
 HOST = "127.0.0.1"
 SOCK_TIMEOUT = 5.0
 
-_LISTEN_RE = re.compile(r"halley listening on http://127\.0\.0\.1:(\d+) ")
+_LISTEN_RE = re.compile(r"halley listening on https?://127\.0\.0\.1:(\d+) ")
 _METRICS_RE = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 
 
@@ -52,6 +52,8 @@ class Halley:
         m = _METRICS_RE.search(line)
         if m:
             self.metrics_port = int(m.group(1))
+        m = re.search(r", https on https://127\.0\.0\.1:(\d+)", line)
+        self.tls_port = int(m.group(1)) if m else (self.port if "listening on https://" in line else None)
 
     def _read_output(self):
         for raw in iter(self.proc.stdout.readline, b""):

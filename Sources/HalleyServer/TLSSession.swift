@@ -1,0 +1,133 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import COpenSSL
+import HalleyCore
+
+/// One connection's TLS state: an `SSL` between two memory BIOs, so OpenSSL never touches
+/// the socket. Ciphertext read from the socket is fed in; plaintext comes out of `decrypt`;
+/// plaintext to send goes through `encrypt` and the records come out of `takeOutput`, which
+/// the connection writes like any other bytes (its output queue, its epoll interest). No
+/// WANT_WRITE can happen: the write BIO grows; the connection's own send-buffer bounds apply
+/// to what it holds. Loop-confined: the connection's loop owns it (a hand-off moves it with
+/// the connection).
+final class TLSSession {
+    let ssl: OpaquePointer
+    let rbio: OpaquePointer
+    let wbio: OpaquePointer
+    /// When the connection was accepted (monotonic second): the handshake deadline counts
+    /// from here.
+    var createdAt: Int32 = 0
+    /// When the handshake finished (monotonic second), or nil while it runs.
+    var establishedAt: Int32?
+    /// `decrypt` ran out of complete records: nothing more comes out until new bytes arrive.
+    var starved = true
+    /// The first bytes of the connection (to tell plain HTTP sent to the TLS port).
+    var sawFirstByte = false
+
+    init?(_ context: TLSContext) {
+        guard let s = SSL_new(context.ctx) else { return nil }
+        guard let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else {
+            SSL_free(s)
+            return nil
+        }
+        // An empty read BIO means "no data yet", not end of file.
+        _ = halley_bio_set_mem_eof_return(r, -1)
+        _ = halley_bio_set_mem_eof_return(w, -1)
+        SSL_set_bio(s, r, w)  // the SSL owns both BIOs now
+        SSL_set_accept_state(s)
+        ssl = s
+        rbio = r
+        wbio = w
+    }
+
+    deinit { SSL_free(ssl) }
+
+    var handshakeDone: Bool { establishedAt != nil }
+
+    /// Ciphertext from the socket.
+    func feed(_ bytes: UnsafeRawBufferPointer) {
+        guard bytes.count > 0 else { return }
+        var off = 0
+        while off < bytes.count {
+            let n = BIO_write(rbio, bytes.baseAddress! + off, Int32(min(bytes.count - off, Int(Int32.max))))
+            if n <= 0 { break }
+            off += Int(n)
+        }
+        starved = false
+    }
+
+    enum Decrypted {
+        case data(Int)
+        /// No complete record: feed more ciphertext.
+        case needInput
+        /// The peer sent close_notify.
+        case closed
+        /// A fatal protocol error (garbage, a failed handshake, a refused renegotiation).
+        case failed(String)
+    }
+
+    /// Plaintext into `buf` (runs the handshake first, as records arrive).
+    func decrypt(into buf: UnsafeMutableRawBufferPointer) -> Decrypted {
+        ERR_clear_error()
+        let n = SSL_read(ssl, buf.baseAddress, Int32(min(buf.count, Int(Int32.max))))
+        if n > 0 { return .data(Int(n)) }
+        let e = SSL_get_error(ssl, n)
+        switch e {
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
+            starved = true
+            return .needInput
+        case SSL_ERROR_ZERO_RETURN:
+            return .closed
+        default:
+            return .failed(e == SSL_ERROR_SYSCALL ? "unexpected end of stream" : TLSContext.lastError())
+        }
+    }
+
+    /// Notes a finished handshake (true the first time).
+    func checkEstablished(now: Int32) -> Bool {
+        guard establishedAt == nil, SSL_is_init_finished(ssl) == 1 else { return false }
+        establishedAt = now
+        return true
+    }
+
+    /// Plaintext to send: becomes records in the write BIO.
+    func encrypt(_ bytes: UnsafeRawBufferPointer) {
+        var off = 0
+        while off < bytes.count {
+            let n = SSL_write(ssl, bytes.baseAddress! + off, Int32(min(bytes.count - off, 1 << 30)))
+            if n <= 0 { return }  // only after a fatal error; the connection is closing
+            off += Int(n)
+        }
+    }
+
+    var hasOutput: Bool { halley_bio_pending(wbio) > 0 }
+
+    /// Whether plaintext may be waiting inside OpenSSL (a record already read from the socket).
+    var hasBufferedInput: Bool { !starved && (SSL_pending(ssl) > 0 || halley_bio_pending(rbio) > 0) }
+
+    /// Moves the records produced so far to the end of `out`.
+    func takeOutput(into out: ByteBuffer) {
+        var pending = halley_bio_pending(wbio)
+        while pending > 0 {
+            out.reserve(pending)
+            let n = BIO_read(wbio, out.base + out.writerIndex, Int32(min(pending, Int(Int32.max))))
+            if n <= 0 { return }
+            out.didWrite(Int(n))
+            pending = halley_bio_pending(wbio)
+        }
+    }
+
+    /// Sends close_notify (into the write BIO).
+    func shutdown() {
+        ERR_clear_error()
+        if SSL_is_init_finished(ssl) == 1 { _ = SSL_shutdown(ssl) }
+    }
+
+    /// The protocol and cipher agreed (for the debug log).
+    var summary: String {
+        let v = SSL_get_version(ssl).map { String(cString: $0) } ?? "?"
+        let c = SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)).map { String(cString: $0) } ?? "?"
+        return "\(v) \(c)\(SSL_session_reused(ssl) == 1 ? " (resumed)" : "")"
+    }
+}

@@ -1,0 +1,320 @@
+"""TLS (https and wss) over real sockets: a certificate made at test time with the openssl
+CLI; Python's ssl with h11 and http.client, curl, websockets over wss with and without
+permessage-deflate, the hub's transports, bad input on the TLS port, and SIGHUP reload.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import warnings
+
+import h11
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from halley_client import HOST
+from hub_client import publish, wait_until
+
+
+def make_cert(d, cn):
+    key, cert = os.path.join(d, f"{cn}.key"), os.path.join(d, f"{cn}.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", f"/CN={cn}", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("tls"))
+    return {"dir": d, "a": make_cert(d, "halley-a"), "b": make_cert(d, "halley-b")}
+
+
+@pytest.fixture
+def tls_hub(start_halley, certs):
+    cert, key = certs["a"]
+    return start_halley("--tls-port", "0", "--tls-cert", cert, "--tls-key", key, "--tls-handshake-timeout", "2",
+                        "--app-token", "tok")
+
+
+_contexts = {}
+
+
+def client_ctx(cafile, alpn=("http/1.1",)):
+    # One context per CA and ALPN list: a TLS session can only be resumed from its context.
+    k = (cafile, alpn)
+    if k in _contexts:
+        return _contexts[k]
+    c = ssl.create_default_context(cafile=cafile)
+    _contexts[k] = c
+    if alpn:
+        c.set_alpn_protocols(list(alpn))
+    return c
+
+
+def https_get(port, path, cafile, session=None):
+    raw = socket.create_connection((HOST, port), timeout=5)
+    s = client_ctx(cafile).wrap_socket(raw, server_hostname="localhost", session=session)
+    conn = h11.Connection(h11.CLIENT)
+    s.sendall(conn.send(h11.Request(method="GET", target=path, headers=[("Host", "localhost")])))
+    s.sendall(conn.send(h11.EndOfMessage()))
+    body = b""
+    resp = None
+    while True:
+        ev = conn.next_event()
+        if ev is h11.NEED_DATA:
+            conn.receive_data(s.recv(65536))
+            continue
+        if isinstance(ev, h11.Response):
+            resp = ev
+        elif isinstance(ev, h11.Data):
+            body += ev.data
+        elif isinstance(ev, h11.EndOfMessage):
+            break
+    return resp, body, s
+
+
+def test_https_static_and_alpn(tls_hub, certs, public_root):
+    cafile = certs["a"][0]
+    resp, body, s = https_get(tls_hub.tls_port, "/", cafile)
+    assert resp.status_code == 200 and len(body) > 0
+    assert s.selected_alpn_protocol() == "http/1.1"
+    assert s.version() in ("TLSv1.2", "TLSv1.3")
+    s.close()
+    # plain HTTP still on the main port
+    c = http.client.HTTPConnection(HOST, tls_hub.port, timeout=5)
+    c.request("GET", "/")
+    assert c.getresponse().status == 200
+    c.close()
+
+
+def test_large_file_over_tls(tls_hub, certs, public_root):
+    # a file larger than the static cache goes by pread + encrypt in 64 KiB steps
+    blob = os.urandom(3 * 1024 * 1024 + 123)
+    with open(os.path.join(public_root, "tls-big.bin"), "wb") as f:
+        f.write(blob)
+    try:
+        resp, body, s = https_get(tls_hub.tls_port, "/tls-big.bin", certs["a"][0])
+        assert resp.status_code == 200 and body == blob
+        s.close()
+    finally:
+        os.unlink(os.path.join(public_root, "tls-big.bin"))
+
+
+def test_curl_keepalive_and_pipelined_requests(tls_hub, certs):
+    if not shutil.which("curl"):
+        pytest.skip("curl not installed")
+    url = f"https://localhost:{tls_hub.tls_port}/"
+    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} %{num_connects}\n", "--cacert", certs["a"][0],
+                        "--resolve", f"localhost:{tls_hub.tls_port}:127.0.0.1", url, url, url], capture_output=True, text=True, timeout=20)
+    lines = r.stdout.split()
+    assert lines[0::2] == ["200", "200", "200"] and lines[1::2] == ["1", "0", "0"], r.stdout  # one connection reused
+    # pipelining: three requests in one write
+    raw = socket.create_connection((HOST, tls_hub.tls_port), timeout=5)
+    s = client_ctx(certs["a"][0]).wrap_socket(raw, server_hostname="localhost")
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+    data = b""
+    deadline = time.monotonic() + 5
+    while data.count(b"HTTP/1.1 200") < 3 and time.monotonic() < deadline:
+        data += s.recv(65536)
+    assert data.count(b"HTTP/1.1 200") == 3
+    s.close()
+
+
+def test_session_resumption(tls_hub, certs):
+    cafile = certs["a"][0]
+    _, _, s = https_get(tls_hub.tls_port, "/", cafile)
+    sess = s.session
+    s.close()
+    _, _, s2 = https_get(tls_hub.tls_port, "/", cafile, session=sess)
+    assert s2.session_reused
+    s2.close()
+
+
+def test_tls_1_1_is_refused(tls_hub, certs):
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    c.load_verify_locations(certs["a"][0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # old versions on purpose
+        c.minimum_version = ssl.TLSVersion.TLSv1
+        c.maximum_version = ssl.TLSVersion.TLSv1_1
+    try:
+        c.set_ciphers("ALL:@SECLEVEL=0")
+    except ssl.SSLError:
+        pass
+    raw = socket.create_connection((HOST, tls_hub.tls_port), timeout=5)
+    with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+        c.wrap_socket(raw, server_hostname="localhost")
+    raw.close()
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+def test_wss_echo(tls_hub, certs, compression):
+    ctx = client_ctx(certs["a"][0], alpn=None)
+    with ws_connect(f"wss://localhost:{tls_hub.tls_port}/echo", ssl=ctx, compression=compression,
+                    open_timeout=5, max_size=None) as ws:
+        for size in (0, 10, 125, 126, 65535, 65536, 300_000):
+            msg = os.urandom(size)
+            ws.send(msg)
+            assert ws.recv(timeout=5) == msg
+        text = "héllo " * 5000
+        ws.send(text)
+        assert ws.recv(timeout=5) == text
+        if compression:
+            assert ws.response.headers.get("Sec-WebSocket-Extensions", "").startswith("permessage-deflate")
+
+
+def test_hub_over_wss_and_https_transports(tls_hub, certs):
+    ctx = client_ctx(certs["a"][0], alpn=None)
+    with ws_connect(f"wss://localhost:{tls_hub.tls_port}/app/app-key?protocol=7", ssl=ctx, open_timeout=5) as ws:
+        hello = json.loads(ws.recv(timeout=5))
+        assert hello["event"] == "pusher:connection_established"
+        ws.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": "tls-news"}}))
+        assert json.loads(ws.recv(timeout=5))["event"] == "pusher_internal:subscription_succeeded"
+        # SSE over https on the same channel
+        sse = http.client.HTTPSConnection("localhost", tls_hub.tls_port, timeout=5, context=client_ctx(certs["a"][0]))
+        sse.request("GET", "/halley/sse?key=app-key")
+        r = sse.getresponse()
+        assert r.status == 200
+
+        def next_event():
+            data = []
+            while True:
+                line = r.readline().decode().rstrip("\n")
+                if line == "" and data:
+                    return json.loads("\n".join(data))
+                if line.startswith("data: "):
+                    data.append(line[6:])
+
+        est = next_event()
+        sid = json.loads(est["data"])["socket_id"]
+        tok = json.loads(est["data"])["halley:token"]
+        post = http.client.HTTPSConnection("localhost", tls_hub.tls_port, timeout=5, context=client_ctx(certs["a"][0]))
+        post.request("POST", f"/halley/send?session={sid}&token={tok}",
+                     body=json.dumps({"event": "pusher:subscribe", "data": {"channel": "tls-news"}}))
+        assert post.getresponse().status == 200
+        assert next_event()["event"] == "pusher_internal:subscription_succeeded"
+        status, body = publish(tls_hub.port, {"channel": "tls-news", "event": "flash", "data": "x" * 5000})
+        assert status == 201, body
+        m = json.loads(ws.recv(timeout=5))
+        assert m["event"] == "flash" and m["data"] == "x" * 5000
+        m = next_event()
+        assert m["event"] == "flash" and m["data"] == "x" * 5000
+        sse.close()
+        post.close()
+
+
+def test_plain_http_on_tls_port_gets_400(tls_hub):
+    s = socket.create_connection((HOST, tls_hub.tls_port), timeout=5)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = s.recv(4096)
+    assert data.startswith(b"HTTP/1.1 400 ") and b"HTTPS" in data
+    s.close()
+    assert tls_hub.wait_for_log("plain HTTP on the TLS port")
+
+
+def test_garbage_and_stalled_handshakes_do_not_disturb_others(tls_hub, certs):
+    cafile = certs["a"][0]
+    # a live wss connection throughout
+    ctx = client_ctx(cafile, alpn=None)
+    ws = ws_connect(f"wss://localhost:{tls_hub.tls_port}/echo", ssl=ctx, open_timeout=5, legacy=True)
+    # garbage that looks like a TLS record
+    g = socket.create_connection((HOST, tls_hub.tls_port), timeout=5)
+    g.sendall(b"\x16\x03\x01\x00\x05hello" + os.urandom(2000))
+    g.settimeout(5)
+    try:
+        rest = g.recv(4096)
+        assert rest == b"" or rest[0] == 0x15  # an alert, then the close
+    except ConnectionResetError:
+        pass
+    g.close()
+    assert tls_hub.wait_for_log("TLS handshake failed")
+    # a handshake that stalls: closed at the deadline (2 s here)
+    st = socket.create_connection((HOST, tls_hub.tls_port), timeout=6)
+    st.sendall(b"\x16\x03\x01")  # a record header and nothing more
+    t0 = time.monotonic()
+    assert st.recv(100) == b""
+    took = time.monotonic() - t0
+    assert 1.5 <= took <= 4.5, took
+    st.close()
+    assert tls_hub.wait_for_log("TLS handshake timeout")
+    # a TCP connection that never says anything: also closed at the deadline
+    idle = socket.create_connection((HOST, tls_hub.tls_port), timeout=6)
+    assert idle.recv(100) == b""
+    idle.close()
+    ws.send("still here")
+    assert ws.recv(timeout=5) == "still here"
+    ws.close()
+
+
+def test_sighup_reloads_the_certificate_without_dropping_connections(start_halley, certs, tmp_path):
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    shutil.copy(certs["a"][0], cert)
+    shutil.copy(certs["a"][1], key)
+    h = start_halley("--tls-cert", cert, "--tls-key", key)  # TLS on the main port
+    assert h.tls_port == h.port
+    ctx_a = client_ctx(certs["a"][0], alpn=None)
+    ws = ws_connect(f"wss://localhost:{h.port}/echo", ssl=ctx_a, open_timeout=5, legacy=True)
+    shutil.copy(certs["b"][0], cert)
+    shutil.copy(certs["b"][1], key)
+    h.proc.send_signal(signal.SIGHUP)
+    assert h.wait_for_log("TLS certificate and key reloaded")
+    # new connections see certificate b
+    resp, _, s = https_get(h.port, "/", certs["b"][0])
+    assert resp.status_code == 200
+    s.close()
+    with pytest.raises(ssl.SSLCertVerificationError):
+        https_get(h.port, "/", certs["a"][0])
+    # the old connection goes on
+    ws.send("after reload")
+    assert ws.recv(timeout=5) == "after reload"
+    ws.close()
+    # a broken file on the next reload: the current certificate stays
+    with open(key, "w") as f:
+        f.write("not a key")
+    h.proc.send_signal(signal.SIGHUP)
+    assert h.wait_for_log("TLS reload failed, keeping the old certificate")
+    resp, _, s = https_get(h.port, "/", certs["b"][0])
+    assert resp.status_code == 200
+    s.close()
+
+
+@pytest.mark.parametrize("case", ["missing", "unreadable", "mismatch", "not-pem", "only-cert"])
+def test_startup_errors(certs, tmp_path, public_root, case):
+    from halley_client import HALLEY_BIN
+    cert, key = certs["a"]
+    args = ["--tls-cert", cert, "--tls-key", key]
+    expect = ""
+    if case == "missing":
+        args[3] = str(tmp_path / "nope.key")
+        expect = "not found"
+    elif case == "unreadable":
+        p = tmp_path / "locked.key"
+        shutil.copy(key, p)
+        os.chmod(p, 0)
+        if os.access(p, os.R_OK):
+            pytest.skip("running as root: permissions do not apply")
+        args[3] = str(p)
+        expect = "not readable"
+    elif case == "mismatch":
+        args[3] = certs["b"][1]
+        expect = "does not match"
+    elif case == "not-pem":
+        p = tmp_path / "junk.pem"
+        p.write_text("junk")
+        args[1] = str(p)
+        expect = "not a PEM certificate"
+    elif case == "only-cert":
+        args = ["--tls-cert", cert]
+        expect = "needs both"
+    r = subprocess.run([HALLEY_BIN, "--port", "0", "--public", public_root, *args], capture_output=True, text=True, timeout=10)
+    assert r.returncode != 0
+    assert expect in (r.stdout + r.stderr), r.stdout + r.stderr
