@@ -14,7 +14,7 @@ step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 # --- system packages, only when missing ---------------------------------------------------
 need=()
-for pkg in zlib1g-dev libssl-dev pkg-config; do
+for pkg in zlib1g-dev libssl-dev pkg-config openssl curl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # Debian's python3 makes venvs only with python3-venv (pyenv's Pythons need nothing).
@@ -100,6 +100,29 @@ if [ "${AUTOBAHN:-all}" != 0 ]; then
     kill -TERM $hpid
     wait $hpid || { echo "halley exited non-zero after Autobahn"; exit 1; }
     trap - EXIT
+
+    # The same echo over wss (TLS), a subset: framing, fragmentation, close, large messages
+    # and compression through the TLS record layer. A certificate made for this run.
+    step "Autobahn|Testsuite against /echo over wss (subset)"
+    tlsdir=$(mktemp -d)
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tlsdir/key.pem" -out "$tlsdir/cert.pem" -days 1 \
+        -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+    .build/release/halley --port 0 --tls-port 0 --tls-cert "$tlsdir/cert.pem" --tls-key "$tlsdir/key.pem" \
+        --threads 2 --log-level warning --ws-max-message 20000000 > .test-out/autobahn-wss-halley.log 2>&1 &
+    hpid=$!
+    trap 'kill $hpid 2>/dev/null || true' EXIT
+    tport=""
+    for _ in $(seq 1 100); do
+        tport=$(grep -oE 'https on https://127\.0\.0\.1:[0-9]+' .test-out/autobahn-wss-halley.log | grep -oE '[0-9]+$' || true)
+        [ -n "$tport" ] && break
+        sleep 0.1
+    done
+    [ -n "$tport" ] || { cat .test-out/autobahn-wss-halley.log; echo "halley (TLS) did not start"; exit 1; }
+    Scripts/conformance/autobahn.sh "wss://127.0.0.1:$tport/echo" '1.*' '2.*' '3.*' '5.*' '6.1.*' '7.1.*' '9.1.*' '12.1.*'
+    kill -TERM $hpid
+    wait $hpid || { echo "halley exited non-zero after Autobahn over wss"; exit 1; }
+    trap - EXIT
+    rm -rf "$tlsdir"
 fi
 
 # --- fuzzing ---------------------------------------------------------------------------------
