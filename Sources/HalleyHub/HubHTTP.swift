@@ -48,6 +48,7 @@ extension Hub {
         }
         router.add([.post], "/publish") { [self] request, responder in publishEndpoint(request, responder) }
         installPusherAPI(on: router)
+        installPusherFallback(on: router)
     }
 
     /// The session a request names (`session`, or the SSE event id), if any.

@@ -70,6 +70,8 @@ final class LoopHub: @unchecked Sendable {
     var polls: [PollTransport] = []
     /// Polls that have messages to answer with at the end of this turn.
     var readyPolls: [PollTransport] = []
+    /// pusher-js's HTTP fallback sessions (xhr_streaming, xhr), by URL path.
+    let pusherHTTP = PusherHTTPSessions()
     /// Why recently ended resumable sessions ended (`expired`, `buffer_overflow`), for the
     /// answer to a client that tries to resume one; forgotten after 10 minutes.
     var endedReasons: [SessionID: (reason: String, at: Int32)] = [:]
@@ -85,6 +87,7 @@ final class LoopHub: @unchecked Sendable {
         loop.onTurnEnd(first: true) { [unowned self] in
             self.flushFanOut()
             self.answerReadyPolls()
+            if !self.pusherHTTP.readyList.isEmpty { self.pusherHTTP.answerReady() }
         }
     }
 
@@ -445,6 +448,7 @@ final class LoopHub: @unchecked Sendable {
         if now % 60 == 0 && !endedReasons.isEmpty {
             endedReasons = endedReasons.filter { now - $0.value.at < 600 }
         }
+        if !pusherHTTP.isEmpty { pusherHTTP.tick(now: now) }
         if index == 0 { hub.sweepChannels() }
     }
 }

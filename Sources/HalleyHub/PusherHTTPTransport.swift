@@ -1,0 +1,384 @@
+import HalleyCore
+import HalleyProtocol
+import HalleyServer
+
+/// pusher-js's HTTP fallbacks (`/pusher/app/{key}/{server}/{session}/xhr_streaming`, `xhr`,
+/// `xhr_send`): the SockJS-dialect framing in `SockJS`, the defaults here.
+enum PusherHTTP {
+    /// Seconds a session lives without a receive request (a stream or a poll) attached; then
+    /// it ends and its subscriptions with it. Default 5, SockJS's `disconnect_delay`: pusher-js
+    /// opens the next poll, or the next stream when it rotates, at once, so a longer gap means
+    /// the client is gone (it closes without telling the server).
+    static let lingerSeconds: Int32 = 5
+    /// pusher-js's `MAX_BUFFER_LENGTH` (`http_request.ts`): past this many UTF-16 code units of
+    /// `responseText`, at a line boundary, the client aborts the stream and opens a new one
+    /// for the same session. The hub's frames are ASCII, so that is its byte count.
+    static let clientRotationBytes = 256 * 1024
+    /// Seconds a stream past `clientRotationBytes` is held (nothing more written to it, so
+    /// nothing is lost when the client aborts it) waiting for the client's next stream. A
+    /// client that does not rotate then gets the rest on the same stream. Default 5.
+    static let rotationWaitSeconds: Int32 = 5
+    /// `h` bytes of the streaming prelude. Default 2048 (SockJS's; pushes the response
+    /// through proxies that buffer the first kilobytes).
+    static let preludeBytes = 2048
+    /// pusher-js's `httpPath` default. Another `httpPath` is not served.
+    static let pathPrefix = "/pusher"
+
+    static let prelude = SockJS.prelude(preludeBytes)
+    static let openBytes = SharedBytes(SockJS.open)
+    static let arrayHead = SockJS.arrayHead
+    static let arrayTail = SockJS.arrayTail
+}
+
+/// One pusher-js session over HTTP, for its whole life: the session's transport, whatever
+/// receive request (a stream, a poll, or none between two) is attached at the moment. What the
+/// session sends while no request can take it waits here (counted in `bufferedBytes`, so the
+/// session's buffer bound and slow-consumer policy apply to it). Loop-confined.
+final class PusherHTTPTransport: Transport {
+    unowned(unsafe) let loopHub: LoopHub  // outlives its transports
+    /// `key/server/session` of the URL: the session's only name.
+    let path: String
+    var session: Session?
+
+    enum Receiver {
+        case none
+        /// `xhr_streaming`: the response never ends while the session lives.
+        case stream(HTTPStream)
+        /// `xhr`: answered with what is waiting, or `h` after `pollTimeout`.
+        case poll(Responder, since: Int32, origin: String?)
+    }
+
+    var receiver = Receiver.none
+    /// Bumped per attached request, so a late hang-up of an older one is ignored.
+    var generation = 0
+    /// Messages waiting for a receive request: each its own frame `a["…"]\n` (a batch
+    /// takes the element out of each).
+    var queue: [SharedBytes] = []
+    var queuedBytes = 0
+    /// Monotonic second the last receive request went (the linger starts).
+    var detachedAt: Int32
+    var lastWrite: Int32
+    /// The stream passed `clientRotationBytes`: held since this second (-1: not held).
+    var heldSince: Int32 = -1
+    /// The client did not rotate in time: write on past the limit.
+    var holdExpired = false
+    /// In the table's ready list (a poll to answer at the end of the turn).
+    var readyQueued = false
+    /// Set once the session ended: what receive requests get from now on (`c[code,reason]`).
+    var closeFrame: [UInt8]?
+    var endedAt: Int32 = 0
+    /// The session ends because no receive request came back (nobody to tell).
+    var expiring = false
+
+    init(loopHub: LoopHub, path: String) {
+        self.loopHub = loopHub
+        self.path = path
+        detachedAt = loopHub.seconds
+        lastWrite = loopHub.seconds
+    }
+
+    var table: PusherHTTPSessions { loopHub.pusherHTTP }
+    var config: HubConfig { loopHub.hub.config }
+
+    // MARK: Transport
+
+    func send(_ m: OutMessage, seq: UInt64, delivery: Delivery?) {
+        deliver(table.frame(m))
+    }
+
+    func sendControl(_ json: [UInt8]) {
+        guard closeFrame == nil else { return }
+        deliver(SharedBytes(SockJS.messages([SockJS.quoted(json)])))
+    }
+
+    var bufferedBytes: Int {
+        if case .stream(let st) = receiver { return queuedBytes + st.bufferedBytes }
+        return queuedBytes
+    }
+
+    /// The session ended (`LoopHub.end`): the client learns it from `c[code,reason]` now, or
+    /// on its next receive request.
+    func detach(code: UInt16, reason: String) {
+        session = nil
+        closeFrame = SockJS.close(code: code, reason: reason.isEmpty ? "Session closed" : reason)
+        endedAt = loopHub.seconds
+        if expiring { return }  // `tick` removes it
+        switch receiver {
+        case .stream(let st) where heldSince < 0 || holdExpired:
+            writeQueue(st)
+            st.write([.bytes(closeFrame!)])
+            release()
+        case .poll(let r, _, let origin):
+            receiver = .none
+            respond(r, origin: origin, closing: true)
+        default:
+            break  // the next receive request gets what waits, then `c`
+        }
+    }
+
+    // MARK: sending
+
+    /// One message (its frame) for the client: on the stream now, or queued for the next
+    /// request.
+    func deliver(_ q: SharedBytes) {
+        switch receiver {
+        case .stream(let st) where (heldSince < 0 || holdExpired) && queue.isEmpty:
+            st.write([.shared(q)])
+            wrote(st)
+        case .poll:
+            enqueue(q)
+            table.ready(self)
+        default:
+            enqueue(q)
+        }
+    }
+
+    func enqueue(_ q: SharedBytes) {
+        queue.append(q)
+        queuedBytes += q.count
+    }
+
+    /// Writes what waits as one `a[...]` frame.
+    func writeQueue(_ st: HTTPStream) {
+        guard !queue.isEmpty else { return }
+        if queue.count == 1 {
+            st.write([.shared(queue[0])])
+        } else {
+            st.write([.bytes(batch())])
+        }
+        queue.removeAll()
+        queuedBytes = 0
+        wrote(st)
+    }
+
+    /// The queued frames as one: `a[e1,e2,…]\n` (each frame is `a[` element `]\n`).
+    func batch() -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(queuedBytes)
+        out += PusherHTTP.arrayHead
+        for (k, q) in queue.enumerated() {
+            if k > 0 { out.append(UInt8(ascii: ",")) }
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: q.buffer[2..<(q.count - 2)]))
+        }
+        out += PusherHTTP.arrayTail
+        return out
+    }
+
+    func wrote(_ st: HTTPStream) {
+        lastWrite = loopHub.seconds
+        if heldSince < 0 && !holdExpired && st.bodyBytes > PusherHTTP.clientRotationBytes {
+            // pusher-js aborts this stream once it has read this far: what comes next goes on
+            // its next stream.
+            heldSince = loopHub.seconds
+        }
+    }
+
+    // MARK: receive requests
+
+    /// Ends the attached receive request, if any, without a frame of its own: a new one
+    /// replaces it (the client has given up on the old one).
+    func letGoOfReceiver() {
+        switch receiver {
+        case .stream:
+            release()
+        case .poll(let r, _, let origin):
+            receiver = .none
+            respondFrame(r, origin: origin, SockJS.heartbeat)
+        case .none:
+            break
+        }
+    }
+
+    /// Ends the stream; the session waits for the next receive request.
+    func release() {
+        guard case .stream(let st) = receiver else { return }
+        receiver = .none
+        detachedAt = loopHub.seconds
+        st.end()
+    }
+
+    /// A stream (`xhr_streaming`). `open`: the session's first request (`o` follows the prelude).
+    func attach(stream st: HTTPStream, open: Bool) {
+        letGoOfReceiver()
+        generation += 1
+        let g = generation
+        receiver = .stream(st)
+        heldSince = -1
+        holdExpired = false
+        st.onClose = { [unowned self] in self.receiverGone(g) }
+        st.write([.bytes(PusherHTTP.prelude)])
+        if open { st.write([.shared(PusherHTTP.openBytes)]) }
+        writeQueue(st)
+        wrote(st)
+        if closeFrame != nil {
+            st.write([.bytes(closeFrame!)])
+            release()
+        }
+    }
+
+    /// A poll (`xhr`): answered now when something waits, else held.
+    func attach(poll r: Responder, origin: String?) {
+        letGoOfReceiver()
+        generation += 1
+        if !queue.isEmpty || closeFrame != nil {
+            respond(r, origin: origin, closing: closeFrame != nil)
+            return
+        }
+        let g = generation
+        receiver = .poll(r, since: loopHub.seconds, origin: origin)
+        r.onDisconnect { [unowned self] in self.receiverGone(g) }
+    }
+
+    /// The client went away from receive request `g` (aborted, or the connection closed).
+    func receiverGone(_ g: Int) {
+        guard g == generation else { return }
+        if case .none = receiver { return }
+        receiver = .none
+        detachedAt = loopHub.seconds
+    }
+
+    /// Answers a poll with what waits (and `c` when closing); the session waits for the
+    /// next one.
+    func respond(_ r: Responder, origin: String?, closing: Bool) {
+        var body: [UInt8] = []
+        if !queue.isEmpty {
+            body = batch()
+            queue.removeAll()
+            queuedBytes = 0
+        }
+        if closing, let c = closeFrame { body += c }
+        if body.isEmpty { body = SockJS.heartbeat }
+        detachedAt = loopHub.seconds
+        lastWrite = loopHub.seconds
+        respondFrame(r, origin: origin, body)
+    }
+
+    func respondFrame(_ r: Responder, origin: String?, _ body: [UInt8]) {
+        detachedAt = loopHub.seconds
+        r.respond(HubHTTP.pusherHTTPResponse(200, body, origin: origin))
+    }
+
+    /// At the end of the turn (the table's ready list): a held poll gets what arrived.
+    func answerPoll() {
+        readyQueued = false
+        guard case .poll(let r, _, let origin) = receiver, !queue.isEmpty else { return }
+        receiver = .none
+        respond(r, origin: origin, closing: false)
+    }
+
+    // MARK: once a second
+
+    /// Heartbeats, poll timeouts, the rotation wait, the linger. False when it is done
+    /// (remove it from the table).
+    func tick(now: Int32) -> Bool {
+        if let c = closeFrame {
+            // Ended: kept a linger time for the client to learn the code on its next request.
+            switch receiver {
+            case .none: return now - endedAt < PusherHTTP.lingerSeconds
+            case .stream(let st):
+                if now - heldSince >= PusherHTTP.rotationWaitSeconds {
+                    writeQueue(st)
+                    st.write([.bytes(c)])
+                    release()
+                }
+            case .poll: break
+            }
+            return true
+        }
+        switch receiver {
+        case .none:
+            if now - detachedAt >= PusherHTTP.lingerSeconds {
+                Log.debug("pusher-js session \(path): no receive request for \(PusherHTTP.lingerSeconds) s: ending")
+                expiring = true
+                session?.transportGone(self)
+                return false
+            }
+        case .stream(let st):
+            if heldSince >= 0 && !holdExpired {
+                if now - heldSince >= PusherHTTP.rotationWaitSeconds {
+                    Log.info("pusher-js session \(path): the client did not open a new stream after \(PusherHTTP.clientRotationBytes) B: writing on")
+                    holdExpired = true
+                    writeQueue(st)
+                }
+            } else if now - lastWrite >= Int32(config.heartbeat) {
+                st.write([.bytes(SockJS.heartbeat)])
+                lastWrite = now
+            }
+        case .poll(let r, let since, let origin):
+            if now - since >= Int32(config.pollTimeout) {
+                receiver = .none
+                respond(r, origin: origin, closing: false)
+            }
+        }
+        return true
+    }
+}
+
+/// A loop's pusher-js HTTP sessions, by URL path. Loop-confined (`LoopHub.pusherHTTP`).
+final class PusherHTTPSessions {
+    var byPath: [String: PusherHTTPTransport] = [:]
+    /// Polls with messages to answer at the end of the turn (a burst goes in one answer).
+    var readyList: [PusherHTTPTransport] = []
+    /// Messages as frames (`a["…"]\n`), shared by every session of the loop that gets them
+    /// (DESIGN: encode once per transport shape). Holds the message, so its identity is not
+    /// reused.
+    var frameCache: [ObjectIdentifier: (OutMessage, SharedBytes)] = [:]
+
+    var isEmpty: Bool { byPath.isEmpty }
+
+    /// The last one looked up: a fan-out asks for the same message subscriber after subscriber.
+    var lastMessage: OutMessage?
+    var lastFrame: SharedBytes?
+
+    func frame(_ m: OutMessage) -> SharedBytes {
+        if lastMessage === m, let f = lastFrame { return f }
+        let f = frameSlow(m)
+        lastMessage = m
+        lastFrame = f
+        return f
+    }
+
+    func frameSlow(_ m: OutMessage) -> SharedBytes {
+        let id = ObjectIdentifier(m)
+        if let (_, f) = frameCache[id] { return f }
+        // The prefix and its closing brace (a plain Pusher message), as one JSON string.
+        var json = [UInt8](m.prefix.buffer)
+        json.append(UInt8(ascii: "}"))
+        var out = SockJS.arrayHead
+        out.reserveCapacity(json.count + json.count / 4 + 8)
+        json.withUnsafeBytes { SockJS.appendQuoted($0, to: &out) }
+        out += SockJS.arrayTail
+        let f = SharedBytes(out)
+        if frameCache.count >= 256 { frameCache.removeAll(keepingCapacity: true) }
+        frameCache[id] = (m, f)
+        return f
+    }
+
+    func ready(_ t: PusherHTTPTransport) {
+        guard !t.readyQueued else { return }
+        t.readyQueued = true
+        readyList.append(t)
+    }
+
+    /// Answers the polls that got messages this turn (`LoopHub`'s turn-end work).
+    func answerReady() {
+        while !readyList.isEmpty {
+            let ready = readyList
+            readyList.removeAll(keepingCapacity: true)
+            for t in ready { t.answerPoll() }
+        }
+    }
+
+    func remove(_ t: PusherHTTPTransport) {
+        if byPath[t.path] === t { byPath[t.path] = nil }
+    }
+
+    func tick(now: Int32) {
+        frameCache.removeAll(keepingCapacity: true)
+        lastMessage = nil
+        lastFrame = nil
+        var done: [PusherHTTPTransport] = []
+        for t in byPath.values where !t.tick(now: now) { done.append(t) }
+        for t in done { remove(t) }
+    }
+}

@@ -1,0 +1,415 @@
+"""pusher-js's HTTP fallbacks (xhr_streaming, xhr polling, xhr_send under
+/pusher/app/{key}/{server}/{session}/), driven as pusher-js drives them (pusher_xhr.py), with
+events published while they run: every message once and in order, heartbeats, client-side
+stream rotation, linger expiry, refusals, CORS, the buffer bound.
+
+pusher-js itself is not installable here (no npm): pusher_xhr.py follows its source."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from halley_client import Halley
+from hub_client import WS, publish, publish_signed, wait_until
+from pusher_xhr import MAX_BUFFER_LENGTH, Client, frames_of, open_stream, session_path
+
+
+@pytest.fixture(scope="module")
+def hub(public_root):
+    h = Halley(public_root, ["--app-token", "tok"])
+    yield h
+    assert h.stop() == 0, h.log_text()[-3000:]
+
+
+def publisher(port, channel, n, size=0, signed_every=0, delay=0.0):
+    """Publishes e0..e{n-1} in a thread (some signed like a Pusher backend); returns it started."""
+    errors = []
+
+    def run():
+        for i in range(n):
+            body = {"channel": channel, "event": f"e{i}", "data": json.dumps({"i": i, "pad": "é✓" + "x" * size})}
+            if signed_every and i % signed_every == 0:
+                status, r = publish_signed(port, body)
+            else:
+                status, r = publish(port, body)
+            if status not in (201, 202):
+                errors.append((status, r))
+            if delay:
+                time.sleep(delay)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.errors = errors
+    t.start()
+    return t
+
+
+def events(msgs, channel):
+    return [m for m in msgs if m.get("channel") == channel and m["event"].startswith("e")]
+
+
+def check_all(got, n):
+    assert [m["event"] for m in got] == [f"e{i}" for i in range(n)]
+    assert [json.loads(m["data"])["i"] for m in got] == list(range(n))
+    offsets = [m["halley:offset"] for m in got]
+    assert offsets == list(range(offsets[0], offsets[0] + n))
+
+
+def read_events(st, channel, n, rotate_client=None, timeout=10.0):
+    """Reads a stream until n events of `channel` arrived, rotating like pusher-js when
+    `rotate_client` is given. Returns (events, other messages, frames kinds, rotations)."""
+    got, other, kinds, rotations = [], [], [], 0
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        assert time.monotonic() < deadline, f"{len(got)} of {n} events"
+        f = st.frame(timeout=max(0.1, deadline - time.monotonic()))
+        assert f is not None, "the stream ended"
+        kinds.append(f[0])
+        assert f[0] != "c", f
+        assert f[0] != "o", "a second o: pusher-js would close with 1006 'Server lost session'"
+        if f[0] == "a":
+            for m in f[1]:
+                (got if m.get("channel") == channel and m["event"].startswith("e") else other).append(m)
+        if rotate_client is not None and st.should_rotate():
+            # The hub stops writing once the stream passed 256 KiB: nothing is lost when
+            # pusher-js aborts it now.
+            assert st.quiet_for(0.3), "the hub wrote past the client's rotation point"
+            assert all(b < 0x80 for b in st.body), "the stream must be ASCII (responseText counts UTF-16 units)"
+            st.abort()
+            st = rotate_client.stream()
+            assert st.status == 200
+            assert st.line() == b"h" * 2048  # the prelude again, and no o
+            rotations += 1
+    return st, got, other, kinds, rotations
+
+
+# ---- streaming
+
+def test_streaming_session_as_pusher_js_runs_it(hub):
+    c = Client(hub.port)
+    st, est = open_stream(c)
+    assert st.headers["content-type"] == "application/javascript; charset=UTF-8"
+    assert "no-store" in st.headers["cache-control"] and st.headers["transfer-encoding"] == "chunked"
+    assert est["activity_timeout"] == 120 and "." in est["socket_id"] and "halley:token" not in est
+    c.subscribe("xs")
+    f = st.frame()
+    assert f[0] == "a" and f[1][0]["event"] == "pusher_internal:subscription_succeeded" and f[1][0]["channel"] == "xs"
+    # A WebSocket subscriber of the same channel sees the same messages in the same order.
+    ws = WS(hub.port, halley=False)
+    ws.hello()
+    ws.subscribe("xs")
+    n = 200
+    t = publisher(hub.port, "xs", n, signed_every=7)
+    st, got, other, kinds, _ = read_events(st, "xs", n)
+    t.join(10)
+    assert not t.errors, t.errors
+    check_all(got, n)
+    assert other == [] and set(kinds) == {"a"}
+    ws_got = []
+    while len(ws_got) < n:
+        m = ws.recv()
+        if m["event"].startswith("e"):
+            ws_got.append(m)
+    assert [m["data"] for m in ws_got] == [m["data"] for m in got]
+    # The exact bytes of one frame: the message as a JSON string, non-ASCII escaped.
+    status, r = publish(hub.port, {"channel": "xs", "event": "one", "data": "é"})
+    assert status == 201
+    line = st.line()
+    off = r["channels"]["xs"]["offset"]
+    assert line == ('a["{\\"event\\":\\"one\\",\\"channel\\":\\"xs\\",\\"data\\":\\"\\u00e9\\",\\"halley:offset\\":%d}"]' % off).encode()
+    # pusher:ping over xhr_send is answered on the stream; several messages in one send.
+    status, _, body = c.send_raw(json.dumps([json.dumps({"event": "pusher:ping", "data": {}}),
+                                          json.dumps({"event": "pusher:unsubscribe", "data": {"channel": "xs"}})]).encode())
+    assert status == 204 and body == b""
+    assert st.frame() == ("a", [{"event": "pusher:pong", "data": {}}])
+    status, r = publish(hub.port, {"channel": "xs", "event": "after", "data": "x"})
+    assert r["sessions"] == 1  # the WebSocket only
+    assert st.quiet_for(0.3)
+    st.abort()
+    ws.close()
+
+
+def test_streaming_rotation_loses_and_repeats_nothing(hub):
+    """The client aborts the stream after 256 KiB and opens the next one for the same session
+    while events keep coming."""
+    c = Client(hub.port)
+    st, _ = open_stream(c)
+    c.subscribe("rot")
+    assert st.frame()[1][0]["event"] == "pusher_internal:subscription_succeeded"
+    n = 160
+    t = publisher(hub.port, "rot", n, size=8000, delay=0.002)
+    st, got, _, _, rotations = read_events(st, "rot", n, rotate_client=c, timeout=30)
+    t.join(10)
+    assert not t.errors, t.errors
+    check_all(got, n)
+    assert rotations >= 3, rotations  # 160 x 8 KB is about 1.3 MB
+    st.abort()
+
+
+def test_streaming_heartbeats_and_pings(start_halley):
+    h = start_halley("--app-token", "tok", "--heartbeat", "1")
+    c = Client(h.port)
+    st, _ = open_stream(c)
+    t0 = time.monotonic()
+    assert st.frame(timeout=3) == ("h",)
+    assert 0.5 < time.monotonic() - t0 < 2.6
+    # pusher-js answers every h with a [] POST; the hub answers 204 and sends nothing for it.
+    status, _, body = c.ping()
+    assert status == 204 and body == b""
+    assert st.frame(timeout=3) == ("h",)
+    st.abort()
+
+
+def test_pings_are_not_answered_with_heartbeats(hub):
+    c = Client(hub.port)
+    st, _ = open_stream(c)
+    for _ in range(5):
+        assert c.ping()[0] == 204
+    assert st.quiet_for(1.0)  # a heartbeat per ping would loop with pusher-js
+    st.abort()
+
+
+# ---- polling
+
+def test_polling_session_as_pusher_js_runs_it(hub):
+    c = Client(hub.port)
+    status, headers, frames = c.poll()
+    assert status == 200 and frames == [("o", None)]
+    assert headers["content-type"] == "application/javascript; charset=UTF-8"
+    status, _, frames = c.poll()
+    assert frames[0][0] == "a" and frames[0][1][0]["event"] == "pusher:connection_established"
+    c.subscribe("xp")
+    n = 150
+    got, others = [], []
+    t = None
+    deadline = time.monotonic() + 20
+    while len(got) < n:
+        assert time.monotonic() < deadline, f"{len(got)} of {n}"
+        status, _, frames = c.poll(timeout=30)
+        assert status == 200
+        for f in frames:
+            assert f[0] in ("a", "h"), f
+            if f[0] == "a":
+                for m in f[1]:
+                    if m["event"] == "pusher_internal:subscription_succeeded" and t is None:
+                        t = publisher(hub.port, "xp", n, delay=0.001)
+                    (got if m["event"].startswith("e") else others).append(m)
+    t.join(10)
+    assert not t.errors, t.errors
+    check_all(got, n)
+    assert [m["event"] for m in others] == ["pusher_internal:subscription_succeeded"]
+
+
+def test_poll_timeout_answers_a_heartbeat(start_halley):
+    h = start_halley("--app-token", "tok", "--poll-timeout", "1")
+    c = Client(h.port)
+    assert c.poll()[2] == [("o", None)]
+    c.poll()  # connection_established
+    t0 = time.monotonic()
+    status, _, frames = c.poll()
+    assert status == 200 and frames == [("h",)] and 0.5 < time.monotonic() - t0 < 3
+    # ...and the session is still there.
+    c.subscribe("hp")
+    assert c.poll()[2][0][1][0]["event"] == "pusher_internal:subscription_succeeded"
+
+
+# ---- session life
+
+def test_linger_keeps_the_session_briefly_then_ends_it(hub):
+    c = Client(hub.port)
+    st, est = open_stream(c)
+    c.subscribe("lg")
+    st.frame()
+    st.abort()
+    # Messages published with no receive request attached wait for the next one.
+    for i in range(3):
+        publish(hub.port, {"channel": "lg", "event": f"e{i}", "data": json.dumps({"i": i})})
+    time.sleep(1)
+    st = c.stream()
+    assert st.line() == b"h" * 2048
+    f = st.frame()
+    assert f[0] == "a" and [m["event"] for m in f[1]] == ["e0", "e1", "e2"]
+    st.abort()
+    # Gone for longer than the linger (5 s): the session ends, its subscriptions with it.
+    assert wait_until(lambda: publish(hub.port, {"channel": "lg", "event": "x", "data": ""})[0] == 202, timeout=9)
+    status, _ = c.send("pusher:ping", {})
+    assert status == 404
+    st, est2 = open_stream(c)  # the same path now opens a new session
+    assert est2["socket_id"] != est["socket_id"]
+    st.abort()
+
+
+def test_unknown_session_and_bad_ids(hub):
+    status, _ = Client(hub.port).send("pusher:ping", {})
+    assert status == 404
+    c = Client(hub.port, path="12/ab.cd")
+    assert c.poll()[0] == 404
+    assert c.send_raw(b"[]")[0] == 404
+
+
+@pytest.mark.parametrize("kind", ["xhr_streaming", "xhr"])
+def test_refusals_come_as_o_then_c(hub, kind):
+    """Unknown app 4001, no protocol 4008, bad protocol 4007: `o` first so that pusher-js's
+    handshake sees the close code."""
+    cases = [(f"/pusher/app/nope/{session_path()}/{kind}?protocol=7&client=js&version=8.4.0",
+              b'o\nc[4001,"Application does not exist"]\n'),
+             (f"/pusher/app/app-key/{session_path()}/{kind}?client=js&version=8.4.0",
+              b'o\nc[4008,"No protocol version supplied"]\n'),
+             (f"/pusher/app/app-key/{session_path()}/{kind}?protocol=3",
+              b'o\nc[4007,"Unsupported protocol version 3"]\n')]
+    for url, expected in cases:
+        status, headers, body = Client(hub.port).post(url)
+        assert status == 200 and body == expected, (url, body)
+
+
+def test_send_body_errors(hub):
+    c = Client(hub.port)
+    assert c.poll()[2] == [("o", None)]
+    for bad in [b"", b"{", b'{"event":"pusher:ping"}', b"[1]"]:
+        status, _, body = c.send_raw(bad)
+        assert status == 400, (bad, status, body)
+    # The session is fine, and a message that is not Pusher JSON gets a pusher:error.
+    assert c.send_raw(json.dumps(["not json"]).encode())[0] == 204
+    msgs = [m for f in c.poll()[2] if f[0] == "a" for m in f[1]]
+    assert [m["event"] for m in msgs] == ["pusher:connection_established", "pusher:error"]
+
+
+def test_get_is_not_allowed(hub):
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=5)
+    conn.request("GET", f"/pusher/app/app-key/{session_path()}/xhr_streaming?protocol=7")
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 405 and "POST" in r.getheader("Allow")
+    conn.close()
+
+
+# ---- CORS
+
+def test_cors_preflight_and_origin_policy(start_halley):
+    h = start_halley("--app-token", "tok", "--origins", "https://good.example")
+    path = f"/pusher/app/app-key/{session_path()}"
+    import http.client
+
+    def options(url, origin):
+        conn = http.client.HTTPConnection("127.0.0.1", h.port, timeout=5)
+        conn.request("OPTIONS", url, headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                                              "Access-Control-Request-Headers": "content-type"})
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        return r.status, dict((k.lower(), v) for k, v in r.getheaders())
+
+    for kind in ["xhr_streaming", "xhr", "xhr_send"]:
+        status, headers = options(f"{path}/{kind}?t=1&n=1", "https://good.example")
+        assert status == 204
+        assert headers["access-control-allow-origin"] == "https://good.example"
+        assert "POST" in headers["access-control-allow-methods"]
+        assert headers["access-control-allow-headers"].lower() == "content-type"
+        assert int(headers["access-control-max-age"]) > 0
+        assert options(f"{path}/{kind}", "https://evil.example")[0] == 403
+    good = Client(h.port, origin="https://good.example")
+    st, _ = open_stream(good)
+    assert st.headers["access-control-allow-origin"] == "https://good.example"
+    status, headers, _ = good.send_raw(b"[]")
+    assert status == 204 and headers["access-control-allow-origin"] == "https://good.example"
+    st.abort()
+    evil = Client(h.port, origin="https://evil.example")
+    assert evil.poll()[0] == 403
+    assert Client(h.port, path=good.path, origin="https://evil.example").send_raw(b"[]")[0] == 403
+    # No Origin: not a browser, allowed (as on WebSocket).
+    assert Client(h.port).poll()[0] == 200
+
+
+# ---- the buffer bound
+
+def test_a_stream_that_does_not_drain_is_bounded(start_halley):
+    """--session-buffer-bytes bounds what waits for a stream whose socket does not drain: the
+    session ends (slow-consumer policy close) and the client learns 4100 from `c`."""
+    h = start_halley("--app-token", "tok", "--session-buffer-bytes", "65536")
+    c = Client(h.port)
+    st, _ = open_stream(c, rcvbuf=4096)
+    c.subscribe("big")
+    total = 500
+    ended_at = None
+    for i in range(total):
+        status, r = publish(h.port, {"channel": "big", "event": f"e{i}", "data": "d" * 10000})
+        if status == 202:
+            ended_at = i
+            break
+    assert ended_at is not None, "the session never hit its bound"
+    assert c.send("pusher:ping", {})[0] == 404
+    # What the socket holds ends with the pusher:error and the close frame.
+    kinds, last = [], None
+    while True:
+        f = st.frame(timeout=10)
+        if f is None:
+            break
+        kinds.append(f[0])
+        if f[0] == "a":
+            last = f[1][-1]
+        if f[0] == "c":
+            assert f[1:] == (4100, "halley: session buffer full")
+            assert last["event"] == "pusher:error" and last["data"]["code"] == 4100
+            assert st.frame(timeout=5) is None  # then the response ends
+            break
+    assert kinds[-1] == "c", kinds[-5:]
+    assert h.alive()
+
+
+def test_a_polling_session_past_its_bound_gets_the_close_code(start_halley):
+    h = start_halley("--app-token", "tok", "--session-buffer-bytes", "65536")
+    c = Client(h.port)
+    assert c.poll()[2] == [("o", None)]
+    c.subscribe("big")
+    for i in range(10):
+        publish(h.port, {"channel": "big", "event": f"e{i}", "data": "d" * 10000})
+    frames = c.poll()[2]
+    assert frames[-1] == ("c", 4100, "halley: session buffer full")
+    assert c.poll()[2] == [("c", 4100, "halley: session buffer full")]
+
+
+def test_sessions_spread_over_loops_all_deliver(hub):
+    """Each request of a session may land on either loop; the path picks the owner."""
+    clients = [Client(hub.port) for _ in range(8)]
+    streams = []
+    for c in clients:
+        st, _ = open_stream(c)
+        c.subscribe("spread")
+        assert st.frame()[1][0]["event"] == "pusher_internal:subscription_succeeded"
+        streams.append(st)
+    n = 30
+    t = publisher(hub.port, "spread", n)
+    for st in streams:
+        _, got, _, _, _ = read_events(st, "spread", n)
+        check_all(got, n)
+        st.abort()
+    t.join(10)
+    assert not t.errors
+
+
+def test_app_settings_from_the_config_file(start_halley, tmp_path):
+    """Per-app refusals as on WebSocket: disabled 4003, an origin the app does not list 4009,
+    its connection quota 4004; each as `o` then `c` so pusher-js stops (or backs off)."""
+    cfg = tmp_path / "apps.json"
+    cfg.write_text(json.dumps({"apps": [
+        {"id": "1", "key": "off", "secret": "s1", "enabled": False},
+        {"id": "2", "key": "strict", "secret": "s2", "allowed_origins": ["https://app.example"]},
+        {"id": "3", "key": "small", "secret": "s3", "max_connections": 1},
+    ]}))
+    h = start_halley("--config", str(cfg))
+    for kind in ["xhr_streaming", "xhr"]:
+        status, _, body = Client(h.port, key="off").post(Client(h.port, key="off").receive_url(kind))
+        assert status == 200 and body == b'o\nc[4003,"Application disabled"]\n'
+    bad = Client(h.port, key="strict", origin="https://other.example")
+    status, headers, body = bad.post(bad.receive_url("xhr"))
+    assert body == b'o\nc[4009,"Origin not allowed for this application"]\n'
+    assert headers["access-control-allow-origin"] == "https://other.example"  # so pusher-js reads the code
+    good = Client(h.port, key="strict", origin="https://app.example")
+    assert good.poll()[2] == [("o", None)]
+    first = Client(h.port, key="small")
+    assert first.poll()[2] == [("o", None)]
+    assert Client(h.port, key="small").poll()[2] == [("o", None), ("c", 4004, "Application is over connection quota")]
