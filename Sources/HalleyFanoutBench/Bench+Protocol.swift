@@ -208,6 +208,8 @@ extension Bench {
                 if head.close { c.pointee.reopen = true }
                 if c.pointee.kind == .publisher {
                     published(i, head, body, bodyLength, now)
+                } else if c.pointee.kind == .xhr {
+                    xhrResponse(i, head, body, bodyLength)
                 } else if o.server == .halley {
                     halleyPoll(i, head, body, bodyLength, now)
                 } else {
@@ -240,6 +242,7 @@ extension Bench {
     /// The first request of a long-poll subscriber, sent once it is connected.
     func prepareFirstRequest(_ i: Int) {
         let c = conns + i
+        if c.pointee.kind == .xhr { return xhrPrepare(i) }
         guard c.pointee.kind == .longpoll else { return }
         c.pointee.req.clear()
         if o.server == .halley {

@@ -192,7 +192,7 @@ extension Bench {
         }
         _ = halley_epoll_ctl(epfd, EPOLL_CTL_ADD, timerfd, Self.evIn, Self.timerId)
         let s = st
-        let what = "\(o.server.rawValue) \(o.transport == .ws ? "WebSocket" : "long-poll")"
+        let what = "\(o.server.rawValue) \(o.transport == .ws ? "WebSocket" : o.transport == .longpoll ? "long-poll" : "xhr_streaming")"
 
         // 1. Publishers, then every subscriber.
         for i in n..<total where !startConnect(i) { return 1 }
@@ -247,6 +247,7 @@ extension Bench {
             let reordered0 = s.pointee.reordered
             let other0 = s.pointee.other
             let reconnects0 = s.pointee.reconnects
+            let rotations0 = s.pointee.rotations
             var w: Window
             var extra = ""
             if phase == "latency" {
@@ -298,6 +299,7 @@ extension Bench {
             line += " drain_s=\(fixed(drainSeconds, 2)) dups=\(s.pointee.dups - dups0) skipped=\(s.pointee.skipped - skipped0)"
             line += " reordered=\(s.pointee.reordered - reordered0)"
             line += " other=\(s.pointee.other - other0) reconnects=\(s.pointee.reconnects - reconnects0) pings=\(s.pointee.pings)"
+            line += " rotations=\(s.pointee.rotations - rotations0)"
             line += " errors=\(s.pointee.errors - errors0) live=\(live)"
             if o.busyPoll && phase == "capacity" {
                 line += " busy_poll=1 client_spin_pct=\(fixed(Double(s.pointee.idleNs) / 1e7 / secs, 1))"

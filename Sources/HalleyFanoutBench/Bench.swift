@@ -3,7 +3,7 @@ import Glibc
 #endif
 import CHalleyLinux
 
-enum Kind: UInt8 { case ws, longpoll, publisher }
+enum Kind: UInt8 { case ws, longpoll, publisher, xhr }
 enum CState: UInt8 { case idle, connecting, upgrading, open, closing, done }
 enum PublishMode: UInt8 { case off, sync, rate, window }
 
@@ -49,6 +49,8 @@ struct Conn {
     var prefix = ByteBuf()
     /// WebSocket: a fragmented message being gathered.
     var frag = ByteBuf()
+    /// xhr_streaming: body bytes of the current stream (pusher-js's responseText.length).
+    var streamBytes = 0
 }
 
 /// Counters touched on the hot path, in memory allocated once.
@@ -90,6 +92,8 @@ struct Stats {
     var other = 0
     var pings = 0
     var reconnects = 0
+    /// xhr_streaming: streams closed past 256 KiB and opened again (pusher-js rotation).
+    var rotations = 0
     var latCount = 0
     var latSum: Int64 = 0
     var latMax: Int64 = 0
@@ -162,6 +166,8 @@ final class Bench {
     var addr = sockaddr_in()
     var nextToOpen = 0
     var acceptValues: [Int: String] = [:]
+    /// xhr_streaming: each subscriber's subscribe request (xhr_send), until it is sent.
+    var xhrSendRequests: [Int: [UInt8]] = [:]
     var errorSamples = 0
     var rng = SystemRandomNumberGenerator()
     let softirqPids = softirqThreads()
@@ -180,7 +186,7 @@ final class Bench {
         conns = .allocate(capacity: total)
         conns.initialize(repeating: Conn(), count: total)
         for i in 0..<total {
-            conns[i].kind = i >= n ? .publisher : (o.transport == .ws ? .ws : .longpoll)
+            conns[i].kind = i >= n ? .publisher : o.transport == .ws ? .ws : o.transport == .longpoll ? .longpoll : .xhr
         }
         st = .allocate(capacity: 1)
         st.initialize(to: Stats())
@@ -346,7 +352,13 @@ final class Bench {
             } else {
                 fail(i, "the server closed the TCP connection (state \(c.pointee.state), step \(c.pointee.step))")
             }
-        case .longpoll, .publisher:
+        case .xhr where c.pointee.step >= 2:
+            if c.pointee.state == .closing {
+                closeConn(i)
+            } else {
+                fail(i, "the server ended the stream (step \(c.pointee.step))")
+            }
+        case .longpoll, .publisher, .xhr:
             if c.pointee.state == .closing {
                 closeConn(i)
             } else if c.pointee.awaiting && c.pointee.kind == .publisher {
@@ -399,6 +411,8 @@ final class Bench {
             return frames(i, p, count, now)
         case .longpoll, .publisher:
             return responses(i, p, count, now)
+        case .xhr:
+            return xhrProcess(i, p, count, now)
         }
     }
 
@@ -524,7 +538,7 @@ final class Bench {
             req += "Sec-WebSocket-Key: \(keyText)\r\nSec-WebSocket-Version: 13\r\n\r\n"
             c.pointee.state = .upgrading
             send(i, Array(req.utf8))
-        case .longpoll:
+        case .longpoll, .xhr:
             c.pointee.state = .open
             sendRequest(i)
             if o.server == .nchan && !c.pointee.ready {

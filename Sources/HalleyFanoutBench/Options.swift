@@ -3,7 +3,7 @@ import Glibc
 #endif
 
 enum ServerKind: String { case halley, nchan }
-enum Transport: String { case ws, longpoll }
+enum Transport: String { case ws, longpoll, xhrStreaming = "xhr_streaming" }
 
 /// Command line of halley-fanout. No Foundation: parsed by hand.
 struct Options {
@@ -33,7 +33,7 @@ struct Options {
     var selfTest = false
 
     static let usage = """
-    usage: halley-fanout --server halley|nchan --transport ws|longpoll --port PORT [options]
+    usage: halley-fanout --server halley|nchan --transport ws|longpoll|xhr_streaming --port PORT [options]
            halley-fanout --self-test
 
     Fan-out load generator: N subscribers on one channel (WebSocket or long-polling, against
@@ -56,12 +56,17 @@ struct Options {
     Halley: WebSocket /app/KEY?protocol=7&client=bench&version=1, pusher:subscribe; long-poll
     /halley/poll?key=KEY, POST /halley/send (pusher:subscribe), /halley/poll?session&token&cursor;
     publish POST /publish {"channel","event":"tick","data"} with Authorization: Bearer TOKEN.
+    pusher-js xhr_streaming (halley): POST /pusher/app/KEY/S/ID/xhr (the session's `o`), POST
+    .../xhr_send ["{pusher:subscribe}"], then POST .../xhr_streaming on the same keep-alive
+    connection, read as chunks of `a[...]` lines; past 256 KiB of stream, at a line boundary,
+    the subscriber closes the connection and opens the next stream for the same session, as
+    pusher-js does (rotations= counts them).
     Nchan: WebSocket and long-poll GET /sub/CHANNEL (If-Modified-Since / If-None-Match from the
     previous answer); publish POST /pub/CHANNEL with the data as body.
 
     options:
       --server halley|nchan     (default halley)
-      --transport ws|longpoll   (default ws)
+      --transport ws|longpoll|xhr_streaming  (default ws; xhr_streaming: halley only)
       --host H --port P         server address (default host 127.0.0.1)
       --subscribers N           (default 1000)
       --channel NAME            (default bench)
@@ -122,7 +127,7 @@ struct Options {
                 o.server = s
             case "--transport":
                 let v = value()
-                guard let t = Transport(rawValue: v) else { fail("--transport: ws or longpoll, got '\(v)'") }
+                guard let t = Transport(rawValue: v) else { fail("--transport: ws, longpoll or xhr_streaming, got '\(v)'") }
                 o.transport = t
             case "--host": o.host = value()
             case "--port": o.port = int(1)
@@ -158,6 +163,7 @@ struct Options {
         if o.selfTest { return o }
         guard o.port > 0 && o.port < 65536 else { fail("--port is required") }
         if o.host == "localhost" { o.host = "127.0.0.1" }
+        if o.transport == .xhrStreaming && o.server != .halley { fail("--transport xhr_streaming: halley only") }
         guard o.window < Bench.ringSize / 2 else { fail("--window: at most \(Bench.ringSize / 2 - 1)") }
         guard o.size <= 1 << 20 else { fail("--size: at most 1 MiB") }
         guard o.channel.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 45 || $0 == 95 }) else {
