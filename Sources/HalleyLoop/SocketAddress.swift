@@ -103,14 +103,19 @@ public struct SocketAddress: @unchecked Sendable, CustomStringConvertible {
                 inet_ntop(AF_INET6, &a, &buf, socklen_t(buf.count))
                 return UInt16(bigEndian: p.pointee.sin6_port)
             } }
-            return "[\(String(cString: buf))]:\(port)"
+            return "[\(Self.text(buf))]:\(port)"
         }
         port = withUnsafePointer(to: &s) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in
             var a = p.pointee.sin_addr
             inet_ntop(AF_INET, &a, &buf, socklen_t(buf.count))
             return UInt16(bigEndian: p.pointee.sin_port)
         } }
-        return "\(String(cString: buf)):\(port)"
+        return "\(Self.text(buf)):\(port)"
+    }
+
+    /// A NUL-terminated C buffer as text.
+    static func text(_ buf: [CChar]) -> String {
+        String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 

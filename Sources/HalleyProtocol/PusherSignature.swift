@@ -34,35 +34,96 @@ public enum PusherSignature {
 
     /// The text that is signed.
     public static func stringToSign(method: String, path: String, query: [(String, String)]) -> String {
-        let params = query.map { ($0.0.lowercased(), $0.1) }.filter { $0.0 != "auth_signature" }
-            .sorted { $0.0 < $1.0 }
-        return method + "\n" + path + "\n" + params.map { $0.0 + "=" + $0.1 }.joined(separator: "&")
+        String(decoding: bytesToSign(method: method, path: path, query: query), as: UTF8.self)
+    }
+
+    /// `key` in ASCII lower case (the same string when it has no upper-case letter: no copy).
+    @inline(__always) static func lower(_ key: String) -> String {
+        key.utf8.contains(where: { $0 >= 65 && $0 <= 90 }) ? key.lowercased() : key
+    }
+
+    /// The signed text as bytes, built in one buffer (this runs for every API request).
+    static func bytesToSign(method: String, path: String, query: [(String, String)]) -> [UInt8] {
+        var params: [(key: String, value: String)] = []
+        params.reserveCapacity(query.count)
+        var size = method.utf8.count + path.utf8.count + 2
+        for (k, v) in query {
+            let lk = lower(k)
+            if lk == "auth_signature" { continue }
+            params.append((lk, v))
+            size += lk.utf8.count + v.utf8.count + 2
+        }
+        // Sorted by key bytes (Pusher sorts keys as byte strings); stable for equal keys.
+        params.sort { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
+        var out: [UInt8] = []
+        out.reserveCapacity(size)
+        out.append(contentsOf: method.utf8)
+        out.append(0x0A)
+        out.append(contentsOf: path.utf8)
+        out.append(0x0A)
+        for (i, p) in params.enumerated() {
+            if i > 0 { out.append(UInt8(ascii: "&")) }
+            out.append(contentsOf: p.key.utf8)
+            out.append(UInt8(ascii: "="))
+            out.append(contentsOf: p.value.utf8)
+        }
+        return out
     }
 
     public static func sign(secret: String, method: String, path: String, query: [(String, String)]) -> String {
-        Digest.hex(Digest.hmacSHA256(key: Array(secret.utf8), data: Array(stringToSign(method: method, path: path, query: query).utf8)))
+        Digest.hex(Digest.hmacSHA256(key: Array(secret.utf8), data: bytesToSign(method: method, path: path, query: query)))
     }
 
     /// Checks a request; `secretFor` maps an `auth_key` to its app's secret. Returns the key.
     public static func verify(method: String, path: String, query: [(String, String)], body: [UInt8],
                               now: Int, secretFor: (String) -> String?) throws(Failure) -> String {
-        func param(_ n: String) -> String? { query.first { $0.0.lowercased() == n }?.1 }
-        guard let key = param("auth_key") else { throw .missing("auth_key") }
-        guard let ts = param("auth_timestamp") else { throw .missing("auth_timestamp") }
-        guard let sig = param("auth_signature") else { throw .missing("auth_signature") }
-        guard param("auth_version") == "1.0" else { throw param("auth_version") == nil ? .missing("auth_version") : .badVersion }
+        var key: String?, ts: String?, sig: String?, version: String?, md5: String?
+        for (k, v) in query {
+            switch lower(k) {
+            case "auth_key": key = v
+            case "auth_timestamp": ts = v
+            case "auth_signature": sig = v
+            case "auth_version": version = v
+            case "body_md5": md5 = v
+            default: break
+            }
+        }
+        guard let key = key else { throw .missing("auth_key") }
+        guard let ts = ts else { throw .missing("auth_timestamp") }
+        guard let sig = sig else { throw .missing("auth_signature") }
+        guard version == "1.0" else { throw version == nil ? .missing("auth_version") : .badVersion }
         guard let secret = secretFor(key) else { throw .unknownKey }
         // Parsed and compared without overflow: the timestamp is attacker-chosen.
         guard let t = Int(ts) else { throw .expired(skew: Int.max) }
         let (diff, overflow) = now.subtractingReportingOverflow(t)
         guard !overflow, diff.magnitude <= UInt(maxClockSkew) else { throw .expired(skew: overflow ? Int.max : Int(clamping: diff.magnitude)) }
-        if let md5 = param("body_md5") {
-            guard md5.lowercased() == Digest.hex(Digest.md5(body)) else { throw .bodyMD5Mismatch }
+        if let md5 = md5 {
+            guard hexEqual(Digest.md5(body), md5) else { throw .bodyMD5Mismatch }
         } else if !body.isEmpty {
             throw .missing("body_md5")
         }
-        let expected = sign(secret: secret, method: method, path: path, query: query)
-        guard Digest.constantTimeEqual(Array(expected.utf8), Array(sig.lowercased().utf8)) else { throw .badSignature }
+        let mac = Digest.hmacSHA256(key: Array(secret.utf8), data: bytesToSign(method: method, path: path, query: query))
+        guard hexEqual(mac, sig) else { throw .badSignature }
         return key
+    }
+
+    /// Whether `hex` (either case) spells `bytes`, in time that depends only on the lengths.
+    static func hexEqual(_ bytes: [UInt8], _ hex: String) -> Bool {
+        var hex = hex
+        return hex.withUTF8 { h in
+            guard h.count == bytes.count * 2 else { return false }
+            @inline(__always) func nibble(_ c: UInt8) -> UInt8 {
+                // Non-hex characters give 0xFF, which never matches a nibble.
+                let d = c &- 48
+                let l = (c | 0x20) &- 87
+                return d < 10 ? d : (l >= 10 && l < 16 ? l : 0xFF)
+            }
+            var diff: UInt8 = 0
+            for i in 0..<bytes.count {
+                let b = bytes[i]
+                diff |= (nibble(h[2 * i]) ^ (b >> 4)) | (nibble(h[2 * i + 1]) ^ (b & 15))
+            }
+            return diff == 0
+        }
     }
 }

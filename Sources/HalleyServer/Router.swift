@@ -71,7 +71,8 @@ public final class Router: @unchecked Sendable {
                 for (seg, part) in zip(r.segments, parts) {
                     switch seg {
                     case .literal(let l): if l != part { ok = false }
-                    case .parameter(let name): params[name] = String(part).removingPercentEncoding ?? String(part)
+                    case .parameter(let name):
+                        params[name] = part.utf8.contains(37) ? (String(part).removingPercentEncoding ?? String(part)) : String(part)
                     }
                     if !ok { break }
                 }
