@@ -260,8 +260,15 @@ final class Session {
         }
         let limit = app.maxEventBytes ?? config.maxEventBytes
         guard data.utf8.count <= limit else { return reject("event data is \(data.utf8.count) bytes; the limit is \(limit)") }
+        var binary: [UInt8]? = nil
+        if msg.binary {
+            // halley.js: a binary client event, relayed as binary (a binary frame to resumable
+            // WebSocket sessions, `halley:binary` base64 to the others).
+            guard let bytes = Base64.decode(data) else { return reject("halley:binary data is not base64") }
+            binary = bytes
+        }
         let user = kind == .presence ? loopHub.hub.presenceUser(key, session: id) : nil
-        _ = loopHub.hub.publish(app: app, channels: [ch], event: msg.event, data: data, binary: nil, exclude: id, userID: user)
+        _ = loopHub.hub.publish(app: app, channels: [ch], event: msg.event, data: data, binary: binary, exclude: id, userID: user)
         loopHub.hub.clientEventHook(app, channel: ch, event: msg.event, data: data, socketID: id, userID: user)
     }
 

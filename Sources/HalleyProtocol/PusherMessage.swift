@@ -5,11 +5,15 @@ public struct ClientMessage: Equatable, Sendable {
     public var event: String
     public var channel: String?
     public var data: JSONValue?
+    /// `"halley:binary": true`: `data` is base64 of a binary payload (a client event that
+    /// halley.js sends from an `ArrayBuffer`, typed array or `Blob`).
+    public var binary: Bool
 
-    public init(event: String, channel: String? = nil, data: JSONValue? = nil) {
+    public init(event: String, channel: String? = nil, data: JSONValue? = nil, binary: Bool = false) {
         self.event = event
         self.channel = channel
         self.data = data
+        self.binary = binary
     }
 
     public enum DecodeError: Error, Equatable {
@@ -33,7 +37,7 @@ public struct ClientMessage: Equatable, Sendable {
            let inner = try? JSONParser.parse(Array(s.utf8)), inner.object != nil {
             data = inner
         }
-        return ClientMessage(event: e, channel: o["channel"]?.string, data: data)
+        return ClientMessage(event: e, channel: o["channel"]?.string, data: data, binary: o["halley:binary"] == .bool(true))
     }
 }
 
