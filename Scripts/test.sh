@@ -66,6 +66,30 @@ HALLEY_BIN="$root/.build/debug/halley" .venv/bin/python -m pytest -q -p no:cache
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "integration tests failed"; exit 1; }
 integration=$(grep -oE '[0-9]+ passed' .test-out/pytest.log | tail -n 1 | grep -oE '[0-9]+')
 
+# --- browser tests: halley.js in headless Chromium (Tests/browser) ----------------------------
+# halley.js and the demo pages against the real binary, directly and through the test proxies
+# (WebSocket refused, streaming buffered, connections cut); about 1.5 minutes. Installs Debian's
+# chromium + chromium-driver when missing and Selenium (pinned) into .venv. BROWSER=0 skips.
+if [ "${BROWSER:-1}" != 0 ]; then
+    step "browser tests (headless Chromium, halley.js, real binary)"
+    bneed=()
+    for pkg in chromium chromium-driver; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || bneed+=("$pkg")
+    done
+    if [ ${#bneed[@]} -gt 0 ]; then
+        if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${bneed[@]}"
+    fi
+    .venv/bin/pip install -q --disable-pip-version-check -r Tests/browser/requirements.txt
+    HALLEY_BIN="$root/.build/debug/halley" timeout 600 .venv/bin/python -m pytest -q -p no:cacheprovider Tests/browser \
+        2>&1 | tee .test-out/browser.log
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "browser tests failed (screenshots in .test-out/screenshots)"; exit 1; }
+    # Counted with the integration tests in the summary line.
+    integration=$(( ${integration:-0} + $(grep -oE '[0-9]+ passed' .test-out/browser.log | tail -n 1 | grep -oE '[0-9]+') ))
+fi
+# --- end of browser tests ---------------------------------------------------------------------
+
 # --- WebSocket conformance --------------------------------------------------------------------
 py27="$( (command -v pyenv >/dev/null && pyenv root || echo "${PYENV_ROOT:-$HOME/.pyenv}") )/versions/2.7.18/bin/python"
 if [ "${AUTOBAHN:-all}" != 0 ] && [ -z "${AUTOBAHN_PYTHON2:-}" ] && ! [ -x "$py27" ]; then
