@@ -52,6 +52,22 @@ extension Bench {
             fail(i, "connect: \(errnoString(err))")
             return
         }
+        if tls {
+            guard let ctx = sslCtx, let ssl = TLSClient.newSession(ctx, fd: c.pointee.fd) else {
+                fail(i, "SSL_new: \(TLSClient.lastError())")
+                return
+            }
+            ssls[i] = ssl
+            c.pointee.phase = .tls
+            tlsHandshakeStep(i)
+            return
+        }
+        sendUpgrade(i)
+    }
+
+    /// The HTTP upgrade request (over TLS once its handshake is done).
+    func sendUpgrade(_ i: Int) {
+        let c = conns + i
         var key = [UInt8](repeating: 0, count: 16)
         for j in 0..<16 { key[j] = UInt8.random(in: 0...255, using: &rng) }
         let keyText = base64(key)

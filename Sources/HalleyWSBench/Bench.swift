@@ -2,9 +2,11 @@
 import Glibc
 #endif
 import CHalleyLinux
+import COpenSSL
 
 enum Phase: UInt8 {
-    case idle, connecting, handshake, open, closeSent, done
+    /// `tls`: the TLS handshake (wss), before the HTTP upgrade (`handshake`).
+    case idle, connecting, tls, handshake, open, closeSent, done
 }
 
 /// One connection's state, in a table allocated once and indexed by connection number (the
@@ -37,6 +39,8 @@ struct Conn {
     /// inflater is reset after each message); 2 with context takeover.
     var deflate: UInt8 = 0
     var gotClose = false
+    /// TLS: an SSL_read asked to write (WANT_WRITE): read again when the socket is writable.
+    var tlsReadWantsWrite = false
 }
 
 /// Counters touched on the hot path, in memory allocated once (a `var` property of a class
@@ -78,6 +82,11 @@ final class Bench {
     static let rbufSize = 256 * 1024
     let scratch: UnsafeMutablePointer<UInt8>
     static let scratchSize = 64 * 1024
+    /// wss: every connection's SSL (OpenSSL on the socket), nil for ws.
+    let tls: Bool
+    let sslCtx: OpaquePointer?
+    let ssls: UnsafeMutablePointer<OpaquePointer?>
+    var tlsSeen: [String: Int] = [:]
 
     // The message pool: `poolCount` payloads of `size` bytes, each with a masked frame
     // (random key per frame) built once; a connection sends them in turn.
@@ -125,6 +134,10 @@ final class Bench {
         hist = .allocate(capacity: Self.histBuckets)
         hist.initialize(repeating: 0, count: Self.histBuckets)
         inflaters = Array(repeating: nil, count: n)
+        tls = o.tls
+        sslCtx = o.tls ? TLSClient.makeContext(readAhead: true) : nil
+        ssls = .allocate(capacity: n)
+        ssls.initialize(repeating: nil, count: n)
 
         poolCount = max(1, min(64, (16 << 20) / max(size, 1)))
         plain = .allocate(capacity: max(1, poolCount * size))
@@ -206,7 +219,7 @@ final class Bench {
     /// Records an error and drops the connection.
     func fail(_ i: Int, _ msg: String) {
         error(i, msg)
-        let opening = conns[i].phase == .connecting || conns[i].phase == .handshake
+        let opening = conns[i].phase == .connecting || conns[i].phase == .tls || conns[i].phase == .handshake
         if opening {
             st.pointee.connecting -= 1
             st.pointee.failed += 1
@@ -218,6 +231,13 @@ final class Bench {
     func closeConn(_ i: Int) {
         let c = conns + i
         guard c.pointee.fd >= 0 else { return }
+        if let ssl = ssls[i] {
+            // close_notify, best effort (the socket may be closed by the peer already).
+            if SSL_is_init_finished(ssl) == 1 { _ = SSL_shutdown(ssl) }
+            ERR_clear_error()
+            SSL_free(ssl)
+            ssls[i] = nil
+        }
         Glibc.close(c.pointee.fd)
         c.pointee.fd = -1
         c.pointee.phase = .done
@@ -266,13 +286,20 @@ final class Bench {
             return  // an event for a connection closed earlier in this batch
         case .connecting:
             connected(i)
+        case .tls:
+            tlsHandshakeStep(i)
         default:
             if ev & Self.evOut != 0 && c.pointee.blocked { flushQueue(i) }
             if c.pointee.fd >= 0 && ev & (Self.evIn | Self.evErr | Self.evHup) != 0 { readable(i) }
+            else if tls && c.pointee.tlsReadWantsWrite && ev & Self.evOut != 0 { readable(i) }
         }
     }
 
     func readable(_ i: Int) {
+        if tls {
+            readableTLS(i)
+            return
+        }
         let c = conns + i
         for _ in 0..<4 {
             let fd = c.pointee.fd
@@ -326,6 +353,10 @@ final class Bench {
             queues[i, default: []].append(contentsOf: UnsafeBufferPointer(start: p, count: len))
             return
         }
+        if tls {
+            sendBytesTLS(i, p, len)
+            return
+        }
         var w = Glibc.write(c.pointee.fd, p, len)
         if w == len { return }
         if w < 0 {
@@ -344,6 +375,10 @@ final class Bench {
     func flushQueue(_ i: Int) {
         let c = conns + i
         guard var q = queues[i], !q.isEmpty else { return }
+        if tls {
+            flushQueueTLS(i, &q)
+            return
+        }
         let w = q.withUnsafeBytes { Glibc.write(c.pointee.fd, $0.baseAddress, $0.count) }
         if w < 0 {
             let e = errno
@@ -432,6 +467,9 @@ final class Bench {
         let openSeconds = Double(monotonicNanos() - tOpen) / 1e9
         let ext = extensionsSeen.map { "\($0.value) x \($0.key)" }.sorted().joined(separator: "; ")
         warn("\(st.pointee.opened) of \(n) connections open in \(fixed(openSeconds, 2)) s (extensions: \(ext.isEmpty ? "-" : ext))")
+        if tls {
+            warn("TLS: \(tlsSeen.map { "\($0.value) x \($0.key)" }.sorted().joined(separator: "; "))")
+        }
         if st.pointee.opened < n {
             warn("\(n - st.pointee.opened) connections did not open (\(st.pointee.failed) failed, \(st.pointee.connecting) still opening)")
             return 1
@@ -497,6 +535,7 @@ final class Bench {
         line += " errors=\(st.pointee.errors) unanswered=\(unanswered) pings=\(st.pointee.pings)"
         line += " closed=\(closing) close_replies=\(closeReplies) close_no_eof=\(stillOpen) close_resets=\(st.pointee.resets)"
         line += " eof_without_close=\(st.pointee.serverCloses)"
+        if tls { line += " tls=1 tls_tickets=\(TLSClient.ticketsReceived)" }
         if !o.serverPids.isEmpty {
             var serverCPU = 0.0
             var readable = true

@@ -25,9 +25,18 @@ struct Options {
     /// Processes whose CPU time (utime + stime from /proc/PID/stat) is read at the start and
     /// the end of the measured window.
     var serverPids: [Int32] = []
+    /// wss:// (or --tls): TLS before the upgrade.
+    var tls = false
+    /// --handshakes: the TLS handshake rate instead of echoes (see usage).
+    var handshakes = false
+    /// --handshakes: after each handshake send `GET path` (Connection: close) and read the
+    /// response, instead of closing right away.
+    var httpRequest = false
 
     static let usage = """
     usage: halley-wsbench --url ws://HOST:PORT/PATH [options]
+           halley-wsbench --url wss://HOST:PORT/PATH [options]
+           halley-wsbench --handshakes --url https://HOST:PORT/PATH [options]
 
     A closed-loop WebSocket echo load generator: N connections each send one masked message
     of SIZE bytes and wait for its echo before sending the next. One thread, epoll,
@@ -38,7 +47,10 @@ struct Options {
     echo was right, 1 otherwise (2: bad usage).
 
     options:
-      --url URL               ws://HOST:PORT/PATH (HOST: IPv4 literal or localhost)
+      --url URL               ws://HOST:PORT/PATH (HOST: IPv4 literal or localhost);
+                              wss:// (or https://) for TLS
+      --tls                   TLS even with a ws:// URL. OpenSSL client on the socket: no
+                              certificate verification, no SNI, no ALPN, no session reuse
       --connections N         connections (default 100)
       --size BYTES            message size (default 32)
       --duration SECONDS      measured window (default 10)
@@ -55,6 +67,14 @@ struct Options {
       --server-pid PID        read this process's CPU time (/proc/PID/stat) at the start and
                               end of the window: adds server_cpu_s, server_cpu_pct and
                               msgs_per_server_cpu_s (repeatable: the times are summed)
+
+    --handshakes: full TLS handshakes per second instead of echoes. --connections N
+    handshakes are kept in flight: each one connects, runs a full handshake (a new SSL,
+    no session cache, no resumption, no TLS 1.2 ticket), then sends close_notify and waits
+    for the server to close (or, with --http-request, sends GET PATH with Connection: close
+    and reads the response to the end), closes, and a new one starts. The line then reads
+      handshakes=H seconds=S handshakes_per_sec=R [handshakes_per_server_cpu_s=...] ...
+      --http-request          one GET per connection after the handshake (see above)
 
     The line also has client_cpu_pct (this process, getrusage) and core_busy_pct (every
     core's busy share over the window, from /proc/stat).
@@ -99,6 +119,9 @@ struct Options {
             case "--connect-timeout": o.connectTimeout = double(1)
             case "--drain-timeout": o.drainTimeout = double(0.1)
             case "--server-pid": o.serverPids.append(Int32(int(1)))
+            case "--tls": o.tls = true
+            case "--handshakes": o.handshakes = true
+            case "--http-request": o.httpRequest = true
             case "--help", "-h":
                 print(usage)
                 exit(0)
@@ -107,8 +130,14 @@ struct Options {
             i += 1
         }
         guard let u = url else { fail("--url is required") }
-        guard u.hasPrefix("ws://") else { fail("--url: only ws:// URLs are supported, got '\(u)'") }
-        let rest = u.dropFirst(5)
+        let schemes = ["ws://", "wss://", "https://", "http://"]
+        guard let scheme = schemes.first(where: { u.hasPrefix($0) }) else {
+            fail("--url: only ws://, wss:// (and https:// for --handshakes) URLs are supported, got '\(u)'")
+        }
+        if scheme == "wss://" || scheme == "https://" { o.tls = true }
+        if o.handshakes { o.tls = true }
+        if !o.handshakes && scheme.hasPrefix("http") { fail("--url: http(s):// only with --handshakes") }
+        let rest = u.dropFirst(scheme.count)
         let hostPort: Substring
         if let slash = rest.firstIndex(of: "/") {
             hostPort = rest[..<slash]
@@ -118,7 +147,7 @@ struct Options {
             o.path = "/"
         }
         guard let colon = hostPort.lastIndex(of: ":"), let p = Int(hostPort[hostPort.index(after: colon)...]),
-              p > 0, p < 65536 else { fail("--url: expected ws://HOST:PORT/PATH with a port, got '\(u)'") }
+              p > 0, p < 65536 else { fail("--url: expected \(scheme)HOST:PORT/PATH with a port, got '\(u)'") }
         o.port = p
         o.host = String(hostPort[..<colon])
         if o.host == "localhost" { o.host = "127.0.0.1" }
