@@ -220,9 +220,10 @@ def test_cut_connections_every_event_once_in_order(hub, browser, transports):
         ns = s["ns"]
         assert ns and ns[0] <= 20, f"the first event came late: {ns[:5]}"
         assert ns == list(range(ns[0], sent + 1)), f"lost, duplicated or out of order: {sorted(set(range(ns[0], sent + 1)) - set(ns))[:20]}"
-        assert proxy.cuts >= 4, proxy.cuts
+        # A cut that finds no connection open (a poll between two requests) or only a response
+        # already read costs nothing; at least two must have hit.
         drops = [l for l in s["log"] if " dropped " in l or " failed " in l or " timeout " in l]
-        assert drops, "the cuts were seen"
+        assert proxy.cuts >= 2 and len(drops) >= 2, (proxy.cuts, s["log"])
         assert all(w["to"] == transports.split(",")[0] or w["reason"] != "initial" for w in s["switches"]), s["switches"]
         # The longest pause between two events: what a cut costs the application.
         stall = d.execute_script("var t = panel.events.map(e => e.at), m = 0;"
@@ -441,3 +442,55 @@ def test_unknown_key_fails_without_reconnecting(hub, browser):
         assert d.execute_script("return panel.client.connection.state") == "failed"
     finally:
         proxy.stop()
+
+
+def test_offline_then_online_resumes_without_loss(hub, browser):
+    """The browser says it is offline (DevTools network emulation): the client drops its
+    transport and reports `unavailable`; back online it resumes at once and gets what was
+    published meanwhile."""
+    d = browser()
+    channel = unique("offline")
+    open_panel(d, f"http://127.0.0.1:{hub.port}", channel)
+    wait_for(d, "return panel.subscribedAt != null", what="subscribed")
+    for n in (1, 2):
+        publish(hub.port, {"channel": channel, "event": "price", "data": json.dumps({"n": n})}, token=TOKEN)
+    wait_last(d, 2)
+    d.execute_cdp_cmd("Network.enable", {})
+    d.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    wait_for(d, "return panel.client.connection.state === 'unavailable'", what="unavailable")
+    for n in (3, 4, 5):
+        publish(hub.port, {"channel": channel, "event": "price", "data": json.dumps({"n": n})}, token=TOKEN)
+    time.sleep(0.3)
+    d.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    t0 = time.monotonic()
+    wait_last(d, 5, timeout=5)
+    back = time.monotonic() - t0
+    assert_in_order_once(panel_state(d)["ns"], 5)
+    log = panel_state(d)["log"]
+    assert any(" offline " in l for l in log) and any(" online " in l for l in log), log
+    assert any("connected resumed" in l for l in log), log
+    record("offline_online", back_online_to_missed_events_ms=round(back * 1000))
+
+
+def test_gap_notice_reaches_the_application(start_hub, browser):
+    """`--slow-consumer gap` with a 4 KiB session buffer: a burst larger than the buffer before
+    the client's next ack is skipped, and the channel fires `halley:gap` with the offsets lost;
+    everything else arrives once, in order."""
+    hub = start_hub("--slow-consumer", "gap", "--session-buffer-bytes", "4096")
+    d = browser()
+    channel = unique("gap")
+    open_panel(d, f"http://127.0.0.1:{hub.port}", channel, "&ackInterval=2000")
+    wait_for(d, "return panel.subscribedAt != null", what="subscribed")
+    pad = "x" * 200
+    for n in range(1, 61):
+        publish(hub.port, {"channel": channel, "event": "price", "data": json.dumps({"n": n, "pad": pad})}, token=TOKEN)
+    time.sleep(2.5)  # the client acknowledges; room again
+    publish(hub.port, {"channel": channel, "event": "price", "data": json.dumps({"n": 61})}, token=TOKEN)
+    wait_last(d, 61)
+    gaps = d.execute_script("return panel.gaps")
+    ns = panel_state(d)["ns"]
+    assert gaps, "no halley:gap"
+    lost = set()
+    for g in gaps:
+        lost |= set(range(g["from"], g["to"] + 1))  # offsets = n here (one publisher, fresh channel)
+    assert ns == sorted(set(ns)) and set(ns) | lost == set(range(1, 62)) and not set(ns) & lost, (ns, gaps)
