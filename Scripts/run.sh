@@ -2,6 +2,10 @@
 # Runs the hub from a checkout: installs the system libraries if missing, builds a release
 # binary, and starts it on http://127.0.0.1:8080 serving ./public. Extra arguments go to
 # halley (see `halley --help`).
+#
+# With no arguments (the development app) it also starts the demo pages' app backend,
+# Scripts/demo_backend.py on http://127.0.0.1:8081 (signs the chat's presence subscriptions,
+# feeds the ticker), and stops it with the hub. DEMO_BACKEND=0 leaves it out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -15,4 +19,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 swift build -c release --product halley 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]'
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "build failed"; exit 1; }
-exec .build/release/halley --public public "$@"
+if [ $# -eq 0 ] && [ "${DEMO_BACKEND:-1}" != 0 ] && command -v python3 >/dev/null; then
+    python3 Scripts/demo_backend.py &
+    backend=$!
+    trap 'kill $backend 2>/dev/null || true' EXIT
+    .build/release/halley --public public
+else
+    exec .build/release/halley --public public "$@"
+fi

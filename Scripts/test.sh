@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need on a fresh Debian machine, builds, and runs
 # every test: Swift unit tests, integration tests against the real binary over real sockets
-# (Python, pytest + h11), and the fuzzers for a bounded time.
+# (Python, pytest + h11, websockets, the Pusher SDK, Pysher), browser tests (halley.js in
+# headless Chromium through test proxies), Autobahn|Testsuite over ws and wss, and the
+# fuzzers for a bounded time.
+#   BROWSER       0 skips the browser tests
 #   FUZZ_SECONDS  seconds per fuzz target (default 60; 0 skips fuzzing)
 #   AUTOBAHN      cases for the Autobahn|Testsuite run against /echo (default: all, 1.* to
 #                 13.*, about 12 minutes); 0 skips it
