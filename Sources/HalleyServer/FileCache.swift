@@ -118,6 +118,9 @@ final class FileCache {
             + "ETag: \(etag)\r\n"
             + "Last-Modified: \(HTTPDate.format(lastModified))\r\n"
             + "Cache-Control: \(config.staticCacheControl)\r\n"
+            // Scripts may be loaded by pages of other origins: a module script
+            // (`<script type="module" src=…/halley.mjs>`, `import`) is fetched in CORS mode.
+            + (relative.hasSuffix(".js") || relative.hasSuffix(".mjs") ? "Access-Control-Allow-Origin: *\r\n" : "")
         return Entry(realPath: path, size: size, mtime: st.st_mtim, inode: UInt64(st.st_ino), body: body,
                      headers: SharedBytes(Array(headers.utf8)), etag: etag, lastModified: lastModified,
                      checkedAt: now)

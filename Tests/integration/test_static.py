@@ -301,3 +301,10 @@ def test_changes_on_disk_are_seen_within_a_second(halley, public_root):
     os.unlink(grows)
     with open(mutable, "wb") as f:
         f.write(FILES["mutable.txt"])
+
+
+def test_scripts_are_readable_cross_origin(halley):
+    # halley.js / halley.mjs are loaded by pages of other origins; a module script is fetched
+    # in CORS mode and needs Access-Control-Allow-Origin.
+    assert halley.get("/app.js").header("access-control-allow-origin") == "*"
+    assert halley.get("/index.html").header("access-control-allow-origin") is None
