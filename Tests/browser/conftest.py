@@ -54,13 +54,13 @@ def browser():
     """Starts headless Chromium sessions (each a fresh profile: no remembered transport)."""
     started = []
 
-    def start():
+    def start(*extra):
         o = webdriver.ChromeOptions()
         o.binary_location = CHROMIUM
         for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                   "--window-size=1200,900", "--disable-extensions", "--no-first-run",
                   # Never resolve names off this machine (TESTING.md).
-                  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost"):
+                  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost", *extra):
             o.add_argument(a)
         o.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         d = webdriver.Chrome(options=o, service=Service(executable_path=CHROMEDRIVER))

@@ -12,6 +12,7 @@ import base64
 import json
 import math
 import os
+import subprocess
 import threading
 import time
 
@@ -494,3 +495,26 @@ def test_gap_notice_reaches_the_application(start_hub, browser):
     for g in gaps:
         lost |= set(range(g["from"], g["to"] + 1))  # offsets = n here (one publisher, fresh channel)
     assert ns == sorted(set(ns)) and set(ns) | lost == set(range(1, 62)) and not set(ns) & lost, (ns, gaps)
+
+
+# ---- TLS: the demo over https, halley.js over wss ----------------------------------------------
+
+def test_demo_over_https_and_wss(start_hub, browser, tmp_path):
+    key, cert = str(tmp_path / "key.pem"), str(tmp_path / "cert.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    h = start_hub("--tls-port", "0", "--tls-cert", cert, "--tls-key", key)
+    d = browser("--ignore-certificate-errors")  # the test CA is not in Chromium's store
+    channel = unique("tls")
+    pub = Publisher(h.port, channel).start()
+    try:
+        open_panel(d, f"https://127.0.0.1:{h.tls_port}", channel)
+        wait_for(d, "return panel.events.length >= 5", what="five events over wss")
+    finally:
+        sent = pub.stop()
+    wait_last(d, sent)
+    s = panel_state(d)
+    assert s["transport"] == "ws" and s["state"] == "connected", s
+    assert_in_order_once(s["ns"], sent)
+    assert d.execute_script("return panel.client.origin") == f"https://127.0.0.1:{h.tls_port}"
+    screenshot(d, "connection-panel-https")
