@@ -13,6 +13,10 @@ final class ChannelState {
     /// every publish.
     var history: [Publication] = []
     var historyStart = 0
+    /// The highest offset of a kept message that left the history (evicted by count or age):
+    /// a client that saw at least this one can recover from the history. Messages that are
+    /// never kept (presence member events) do not count.
+    var droppedThrough: UInt64 = 0
     /// For `cache-` channels: the last message, kept `cacheSeconds`.
     var cached: Publication?
     var perLoop: [Int]
@@ -43,13 +47,19 @@ final class ChannelState {
 
     func append(_ p: Publication, keep: Int) {
         history.append(p)
-        if historyCount > keep { historyStart += 1 }
+        if historyCount > keep {
+            droppedThrough = history[historyStart].offset
+            historyStart += 1
+        }
         compact()
     }
 
     /// Drops entries older than `cutoff` (monotonic ms).
     func trim(olderThan cutoff: Int64) {
-        while historyStart < history.count && history[historyStart].time < cutoff { historyStart += 1 }
+        while historyStart < history.count && history[historyStart].time < cutoff {
+            droppedThrough = history[historyStart].offset
+            historyStart += 1
+        }
         compact()
     }
 
@@ -70,8 +80,7 @@ final class ChannelState {
     func recover(epoch e: String, after offset: UInt64) -> Recovery {
         guard e == epoch else { return .notRecovered("epoch_changed") }
         if offset >= lastOffset { return .recovered([]) }
-        let first = historyStart < history.count ? history[historyStart].offset : lastOffset + 1
-        guard first <= offset + 1 else { return .notRecovered("history_expired") }
+        guard offset >= droppedThrough else { return .notRecovered("history_expired") }
         return .recovered(history[historyStart...].filter { $0.offset > offset })
     }
 

@@ -96,7 +96,9 @@ public final class Hub: Sendable {
         state.withLock { st in
             for (key, prefix, header) in prepared {
                 let ch = st.channel(key, loops: loops.count)
-                let off = post(ch, key, prefix: prefix, header: header, binary: binary, exclude: exclude, now: now, keep: true, into: &out)
+                // Events to a user are live only: nothing replays a user channel's history.
+                let keep = !key.name.hasPrefix(LoopHub.userChannelPrefix)
+                let off = post(ch, key, prefix: prefix, header: header, binary: binary, exclude: exclude, now: now, keep: keep, into: &out)
                 result.channels.append((key.name, off, ch.epoch))
                 result.sessions += ch.subscribers
                 if let x = exclude, ch.members.contains(x) { result.sessions -= 1 }
@@ -146,7 +148,7 @@ public final class Hub: Sendable {
         let m = OutMessage(prefix: p, channel: key.name, offset: off, binaryHeader: h, binaryPayload: binary)
         let pub = Publication(message: m, offset: off, time: now, exclude: exclude)
         if keep {
-            if config.historySize > 0 { ch.append(pub, keep: config.historySize) }
+            if config.historySize > 0 { ch.append(pub, keep: config.historySize) } else { ch.droppedThrough = off }
             if ch.kind == .cache { ch.cached = pub }
         }
         for (i, n) in ch.perLoop.enumerated() where n > 0 { out.perLoop[i].append((key, pub)) }

@@ -322,6 +322,8 @@ final class LoopHub: @unchecked Sendable {
     }
 
     func unsubscribe(_ s: Session, channel name: String) {
+        // The user's channel belongs to the sign-in: it lasts as long as the session.
+        if name.hasPrefix(Self.userChannelPrefix) { return }
         let key = ChannelKey(app: s.app.id, name: name)
         guard let i = s.subscriptions.firstIndex(where: { $0.channel.key == key }) else { return }
         removeFromChannel(s, s.subscriptions[i])

@@ -218,8 +218,9 @@ extension Hub {
         }
         var b = JSONObjectBuilder()
         let presence = ChannelName.kind(key.name) == .presence
+        // Pusher: user_count for presence channels, subscription_count for the others.
         if info.contains("user_count") && presence { b.int("user_count", UInt64(users)) }
-        if info.contains("subscription_count") { b.int("subscription_count", UInt64(subs)) }
+        if info.contains("subscription_count") && !presence { b.int("subscription_count", UInt64(subs)) }
         return b.closed
     }
 
@@ -243,6 +244,9 @@ extension Hub {
         }
         if info.contains("user_count") && !prefix.hasPrefix("presence-") {
             return .failure(Refusal(status: 400, text: "user_count may only be requested for presence channels: add filter_by_prefix=presence-"))
+        }
+        if info.contains("subscription_count") && prefix.hasPrefix("presence-") {
+            return .failure(Refusal(status: 400, text: "subscription_count is not available for presence channels: use user_count"))
         }
         let list = state.withLock { st -> [(String, Int, Int)] in
             var out: [(String, Int, Int)] = []
@@ -275,6 +279,9 @@ extension Hub {
         let kind = ChannelName.kind(name)
         if info.contains("user_count") && kind != .presence {
             return .failure(Refusal(status: 400, text: "user_count is only available for presence channels"))
+        }
+        if info.contains("subscription_count") && kind == .presence {
+            return .failure(Refusal(status: 400, text: "subscription_count is not available for presence channels: use user_count"))
         }
         if info.contains("cache") && kind != .cache {
             return .failure(Refusal(status: 400, text: "cache is only available for cache channels"))

@@ -225,9 +225,10 @@ final class Session {
     /// session is subscribed to, when the app allows them, within the rate limit; relayed to
     /// the channel's other subscribers (with `user_id` on presence channels).
     func clientEvent(_ msg: ClientMessage) {
-        func reject(_ text: String) {
+        // Pusher documents one code here, 4301, for the rate limit; other refusals carry none.
+        func reject(_ text: String, code: UInt16? = nil) {
             Log.info("session \(id): client event \(msg.event) rejected: \(text)")
-            transport?.sendControl(Wire.error(code: PusherErrorCode.clientEventRejected, message: text))
+            transport?.sendControl(Wire.error(code: code, message: text))
         }
         guard app.clientEvents else { return reject("client events are not enabled for this app") }
         guard let ch = msg.channel else { return reject("client event without a channel") }
@@ -250,7 +251,7 @@ final class Session {
         }
         clientEvents += 1
         guard clientEvents <= app.clientEventsPerSecond else {
-            return reject("Client event rejected - rate limit exceeded (\(app.clientEventsPerSecond) per second)")
+            return reject("Client event rejected - rate limit exceeded (\(app.clientEventsPerSecond) per second)", code: PusherErrorCode.clientEventRejected)
         }
         let data: String
         switch msg.data {

@@ -68,6 +68,12 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
         sendControl(Wire.error(code: nil, message: "binary messages from clients are not supported"))
     }
 
+    /// Pusher: the server pings a silent client with `pusher:ping` (answered `pusher:pong`);
+    /// the protocol ping frame goes too (browsers answer it without the page).
+    func webSocketWillPing(_ ws: WebSocketConnection) {
+        sendControl(Wire.ping)
+    }
+
     /// Pusher: "4201 Pong reply not received" (pusher-js reconnects at once), told as a
     /// `pusher:error` too.
     func webSocketPingTimedOut(_ ws: WebSocketConnection) -> (code: UInt16, reason: String) {

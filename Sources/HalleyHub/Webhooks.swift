@@ -181,6 +181,9 @@ final class WebhookDriver {
         }
         let id = loop.schedule(afterMillis: max(0, at - now)) { [self] in
             timer = nil
+            // Take what was emitted meanwhile first: a channel_occupied inside the debounce
+            // window must cancel the held channel_vacated, not follow it.
+            drain()
             pump()
         }
         timer = (id, at)

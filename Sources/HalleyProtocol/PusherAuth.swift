@@ -54,7 +54,7 @@ public struct PresenceMember: Equatable, Sendable {
     /// `user_info` serialized (`null` when absent).
     public var info: [UInt8]
 
-    /// Longest `user_id`. Pusher: 128 characters.
+    /// Longest `user_id`, bytes of UTF-8. Pusher: 128 characters.
     public static let maxUserIDLength = 128
 
     public enum Failure: Error, Equatable, CustomStringConvertible {
@@ -66,7 +66,7 @@ public struct PresenceMember: Equatable, Sendable {
             switch self {
             case .notJSON: return "channel_data must be a JSON object"
             case .noUserID: return "channel_data must have a user_id (string or number)"
-            case .userIDTooLong: return "user_id is longer than \(PresenceMember.maxUserIDLength) characters"
+            case .userIDTooLong: return "user_id is longer than \(PresenceMember.maxUserIDLength) bytes"
             }
         }
     }
@@ -85,7 +85,7 @@ public struct PresenceMember: Equatable, Sendable {
         default: throw .noUserID
         }
         guard !id.isEmpty else { throw .noUserID }
-        guard id.count <= maxUserIDLength else { throw .userIDTooLong }
+        guard id.utf8.count <= maxUserIDLength else { throw .userIDTooLong }
         return PresenceMember(userID: id, info: o["user_info"]?.serialized ?? Array("null".utf8))
     }
 }

@@ -85,6 +85,7 @@ public enum Wire {
     }
 
     public static let pong: [UInt8] = Array(#"{"event":"pusher:pong","data":{}}"#.utf8)
+    public static let ping: [UInt8] = Array(#"{"event":"pusher:ping","data":{}}"#.utf8)
     public static let heartbeat: [UInt8] = Array(#"{"event":"halley:heartbeat"}"#.utf8)
     public static let reconnect: [UInt8] = Array(#"{"event":"halley:reconnect"}"#.utf8)
 

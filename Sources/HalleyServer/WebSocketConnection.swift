@@ -11,6 +11,9 @@ public protocol WebSocketDelegate: AnyObject {
     func webSocket(_ ws: WebSocketConnection, text: UnsafeRawBufferPointer)
     func webSocket(_ ws: WebSocketConnection, binary: UnsafeRawBufferPointer)
     func webSocketDidClose(_ ws: WebSocketConnection, code: UInt16?)
+    /// The connection is about to send a ping (RFC 6455) after `pingInterval` of silence: a
+    /// subprotocol may send its own too (Pusher's `pusher:ping`). Any answer counts.
+    func webSocketWillPing(_ ws: WebSocketConnection)
     /// The peer answered no ping within `pongTimeout`: the close code and reason to send
     /// (a subprotocol may have its own, as Pusher's 4201). Default 1001 "ping timeout".
     func webSocketPingTimedOut(_ ws: WebSocketConnection) -> (code: UInt16, reason: String)
@@ -19,6 +22,7 @@ public protocol WebSocketDelegate: AnyObject {
 public extension WebSocketDelegate {
     func webSocketDidOpen(_ ws: WebSocketConnection) {}
     func webSocketDidClose(_ ws: WebSocketConnection, code: UInt16?) {}
+    func webSocketWillPing(_ ws: WebSocketConnection) {}
     func webSocketPingTimedOut(_ ws: WebSocketConnection) -> (code: UInt16, reason: String) {
         (WebSocketCloseCode.goingAway, "ping timeout")
     }
@@ -316,6 +320,7 @@ public final class WebSocketConnection: Connection {
             }
         } else if now - lastRead > Int32(cfg.pingInterval) {
             pingSent = true
+            delegate.webSocketWillPing(self)
             sendFrame(WebSocketOpcode.ping, UnsafeRawBufferPointer(start: nil, count: 0), compressible: false)
         }
     }

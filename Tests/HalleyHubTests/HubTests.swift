@@ -37,6 +37,19 @@ import Testing
         #expect(why2 == "epoch_changed")
     }
 
+    @Test func offsetsOfMessagesNeverKeptDoNotBreakRecovery() {
+        // Presence member events take offsets but stay out of the history.
+        let ch = filled(3, keep: 3)
+        ch.lastOffset = 5
+        ch.lastOffset = 6
+        ch.append(pub(6, at: 6000), keep: 3)  // evicts 1
+        #expect(ch.droppedThrough == 1)
+        #expect(offsets(ch.recover(epoch: ch.epoch, after: 5)) == [6])
+        #expect(offsets(ch.recover(epoch: ch.epoch, after: 4)) == [6])
+        #expect(offsets(ch.recover(epoch: ch.epoch, after: 1)) == [2, 3, 6])
+        guard case .notRecovered = ch.recover(epoch: ch.epoch, after: 0) else { Issue.record("recovered past an evicted message"); return }
+    }
+
     @Test func trimsByAgeAndCompactsWithoutLosingOrder() {
         let ch = filled(300, keep: 1000)
         ch.trim(olderThan: 200 * 1000)
