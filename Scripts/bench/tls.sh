@@ -255,11 +255,27 @@ halley_metrics() { # "upgrades in out protocol_errors backpressure"
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p; s/^$1=\([^ ]*\).*/\1/p" <<<"$2" | head -n 1; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}'; }
-# bound SERVER_PCT TOOL_PCT: what set the pace of a run.
+# bound SERVER_PCT TOOL_PCT [CORE_BUSY]: what set the pace of a run. CORE_BUSY is the tool's
+# core_busy_pct ("0:93,1:88"): when a core was busier than its process by more than 30 points
+# (loopback's softirq work alone is 10-20), something else ran there: "disturbed".
 bound() {
-    awk -v s="$1" -v c="$2" 'BEGIN {
+    local b0 b1
+    b0=$(sed -n "s/.*\(^\|,\)$SERVER_CPU:\([0-9]*\).*/\2/p" <<<"${3:-}")
+    b1=$(sed -n "s/.*\(^\|,\)$CLIENT_CPU:\([0-9]*\).*/\2/p" <<<"${3:-}")
+    awk -v s="$1" -v c="$2" -v b0="${b0:-0}" -v b1="${b1:-0}" 'BEGIN {
         if (s >= 85 && c >= 85) print "both"; else if (s >= 85) print "server";
-        else if (c >= 85) print "tool"; else print "neither?" }'
+        else if (c >= 85) print "tool"; else if (b0 - s > 30 || b1 - c > 30) print "disturbed";
+        else print "neither?" }'
+}
+
+# quiet: before a run, wait up to QUIET_EACH seconds for the cores to be under 10% busy.
+QUIET_EACH=${QUIET_EACH:-30}
+quiet() {
+    local t=0 b
+    b=$(busy_pct)
+    while ((b > 10 && t < QUIET_EACH)); do sleep 1; t=$((t + 2)); b=$(busy_pct); done
+    ((t > 0)) && echo "  (waited ${t}s for other work to stop; cores ${b}% busy)"
+    return 0
 }
 
 LINE=""
@@ -268,6 +284,7 @@ run_tool() { # label pid-args... -- tool-args...
     local out=$tmp/tool.$label.txt
     local cmd=(taskset -c "$CLIENT_CPU" "$BENCH_BIN" "$@" --duration "$DURATION" --warmup "$WARMUP")
     echo "${cmd[*]}" >"$out"
+    quiet
     timeout -k 5 "$(awk -v d="$DURATION" -v w="$WARMUP" 'BEGIN {printf "%d", d + w + 60}')" "${cmd[@]}" >"$out.stdout" 2>>"$out" &
     tool_pid=$!
     local rc=0
@@ -326,7 +343,7 @@ if [[ $ECHO == 1 ]]; then
                 rate[$k]="${rate[$k]:-} $r"; cpu_rate[$k]="${cpu_rate[$k]:-} $mc"
                 scpu[$k]="${scpu[$k]:-} $sp"; ccpu[$k]="${ccpu[$k]:-} $cp"
                 printf '  %-4s %5s B run %d: %9.0f msg/s %9.0f msg/server-CPU-s  p50 %5s us  halley %5s%% cpu, tool %5s%% cpu, cores %s [%s]\n' \
-                    "$scheme" "$size" "$i" "$r" "$mc" "$(field p50_us "$LINE")" "$sp" "$cp" "$(field core_busy_pct "$LINE")" "$(bound "$sp" "$cp")"
+                    "$scheme" "$size" "$i" "$r" "$mc" "$(field p50_us "$LINE")" "$sp" "$cp" "$(field core_busy_pct "$LINE")" "$(bound "$sp" "$cp" "$(field core_busy_pct "$LINE")")"
             done
         done
     done
@@ -367,7 +384,7 @@ if [[ $HANDSHAKES == 1 ]]; then
                 hs_scpu[$k]="${hs_scpu[$k]:-} $sp"; hs_ccpu[$k]="${hs_ccpu[$k]:-} $cp"
                 hs_tickets[$k]=$tk; hs_tls[$k]=$(field tls "$LINE")
                 printf '  %-6s %-10s run %d: %7.0f handshakes/s %7.0f per server-CPU-s  p50 %6s us  server %5s%% cpu, tool %5s%% cpu, cores %s [%s]\n' \
-                    "$srv" "$cert" "$i" "$r" "$hc" "$(field p50_us "$LINE")" "$sp" "$cp" "$(field core_busy_pct "$LINE")" "$(bound "$sp" "$cp")"
+                    "$srv" "$cert" "$i" "$r" "$hc" "$(field p50_us "$LINE")" "$sp" "$cp" "$(field core_busy_pct "$LINE")" "$(bound "$sp" "$cp" "$(field core_busy_pct "$LINE")")"
             done
         done
         for srv in $servers; do echo "  $srv $cert: ${hs_tls[$srv,$cert]}, ${hs_tickets[$srv,$cert]} tickets/sessions sent per handshake"; done
@@ -383,8 +400,9 @@ cat "$tmp"/halley.*.log | grep -v -e 'halley listening on' -e 'development app' 
 # ---- summary ------------------------------------------------------------------------------
 
 echo
-echo "=== summary ($(date -u +%Y-%m-%dT%H:%MZ); halley git $git_rev; $(openssl version | cut -d' ' -f1-2)) ==="
-echo "medians of $RUNS x ${DURATION}s; halley --threads 1 on core $SERVER_CPU, halley-wsbench on core $CLIENT_CPU; [bound]: which side was >= 85% of its core (median)"
+echo "=== summary ($(date -u +%Y-%m-%dT%H:%MZ); git $git_rev, halley built $(date -u -r "$HALLEY_BIN" +%H:%MZ); $(openssl version | cut -d' ' -f1-2)) ==="
+echo "medians of $RUNS x ${DURATION}s; halley --threads 1 on core $SERVER_CPU, halley-wsbench on core $CLIENT_CPU; [bound]: which side was >= 85% of its core (median CPU %)"
+echo "runs marked [disturbed] above had other work on a core: trust their per-server-CPU-second figures more than their rates"
 if [[ $ECHO == 1 ]]; then
     echo "echo, $CONNS connections:"
     printf '  %6s  %9s %9s %6s  %12s %12s %6s  %s\n' size "ws msg/s" "wss msg/s" wss/ws "ws /CPU-s" "wss /CPU-s" wss/ws "cpu% halley, tool (ws | wss)"
