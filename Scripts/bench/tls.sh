@@ -33,6 +33,7 @@
 #   NO_BUILD=1                      do not build
 #   WAIT_QUIET=300                  wait up to this many seconds for the other core users
 #                                   (other benchmarks) to finish before measuring
+#   QUIET_EACH=30                   and up to this many before each run
 #   KEEP_TMP=1                      keep the temporary directory
 #
 # Exits non-zero if a server fails to start or dies, a tool run fails (a connection did not
