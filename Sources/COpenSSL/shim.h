@@ -21,3 +21,17 @@ static inline int halley_bio_set_mem_eof_return(BIO *b, int v) { return (int)BIO
 static inline uint64_t halley_ssl_server_options(void) {
     return SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION;
 }
+/// Bytes a memory BIO has allocated (it never shrinks by itself).
+static inline size_t halley_bio_mem_capacity(BIO *b) {
+    BUF_MEM *m = NULL;
+    BIO_get_mem_ptr(b, &m);
+    return m ? m->max : 0;
+}
+/// A pass-phrase callback that has none: an encrypted key fails to load instead of prompting.
+static inline int halley_no_passphrase(char *buf, int size, int rwflag, void *u) {
+    (void)buf; (void)size; (void)rwflag; (void)u;
+    return 0;
+}
+static inline void halley_ssl_ctx_no_passphrase(SSL_CTX *ctx) {
+    SSL_CTX_set_default_passwd_cb(ctx, halley_no_passphrase);
+}

@@ -94,6 +94,7 @@ public class Connection: EventHandler {
     /// tickets, alerts) is queued and written.
     func readSome(_ buf: UnsafeMutableRawBufferPointer) throws(IOError) -> IOResult {
         guard let t = tls else { return try Sys.read(fd, buf) }
+        if t.closeReceived { return .done(0) }  // close_notify came behind data handed over before
         var filled = 0
         var readSocket = false
         var eof = false
@@ -136,6 +137,7 @@ public class Connection: EventHandler {
         }
         if t.checkEstablished(now: ctx.seconds) { Log.debug("fd \(fd): TLS \(t.summary)") }
         if t.hasOutput { flushRecords(t) }
+        if filled == 0 { t.shrinkIfIdle() }
         if filled > 0 { return .done(filled) }
         return eof ? .done(0) : .wouldBlock
     }
@@ -188,6 +190,17 @@ public class Connection: EventHandler {
 
     func close() {
         guard !closed else { return }
+        if let t = tls, t.handshakeDone, out == nil {
+            // TLS: close_notify before the FIN (best effort: nothing else is waiting to go).
+            t.shutdown()
+            if t.hasOutput {
+                let b = ctx.tlsRecords
+                b.clear()
+                t.takeOutput(into: b)
+                _ = try? Sys.write(fd, b.readable)
+                b.clear()
+            }
+        }
         closed = true
         ctx.loop.unregister(fd)
         Sys.close(fd)

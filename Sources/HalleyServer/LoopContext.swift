@@ -277,6 +277,51 @@ final class LoopContext {
         referencedBytes += length
     }
 
+    /// TLS, nothing queued, no file in the cork: encrypts the cork into `tlsRecords` and writes
+    /// the records with one write; what the socket does not take is queued as records. False
+    /// when the general path must run (a file segment).
+    private func flushCorkTLS(_ c: Connection, _ t: TLSSession) -> Bool {
+        for s in segments { if case .file = s { return false } }
+        for s in segments {
+            let ok: Bool
+            switch s {
+            case .cork(let a, let b): ok = t.encrypt(UnsafeRawBufferPointer(start: cork.base + a, count: b - a))
+            case .shared(let sh, let a, let b): ok = t.encrypt(UnsafeRawBufferPointer(start: sh.base + a, count: b - a))
+            case .file: ok = false
+            }
+            if !ok {
+                c.close()
+                return true
+            }
+        }
+        let r = tlsRecords
+        r.clear()
+        t.takeOutput(into: r)
+        var w = 0
+        do {
+            if case .done(let n) = try Sys.write(c.fd, r.readable) { w = n }
+        } catch {
+            r.clear()
+            c.close()
+            return true
+        }
+        counters.add(.bytesOut, w)
+        if w > 0 { c.lastIO = seconds }
+        if w < r.readableBytes {
+            let q = OutputQueue()
+            let cb = q.cipherBuffer()
+            cb.append(UnsafeRawBufferPointer(rebasing: r.readable[w...]))
+            q.totalBytes = cb.readableBytes
+            c.out = q
+            c.updateInterest()
+        } else {
+            t.shrinkIfIdle()
+            c.outputDrained()
+        }
+        r.clear()
+        return true
+    }
+
     /// Writes the cork to its owner: one writev in the common case; what the socket does not
     /// take goes to the connection's own output queue.
     func flushCork() {
@@ -288,6 +333,7 @@ final class LoopContext {
             referencedBytes = 0
         }
         guard !segments.isEmpty, !c.closed else { return }
+        if let t = c.tls, c.out == nil, flushCorkTLS(c, t) { return }
         var written = 0
         // Whether the socket took all we offered: only then is trying it again worth a call.
         var socketTookAll = c.tls != nil  // TLS: everything is queued, then encrypted and written

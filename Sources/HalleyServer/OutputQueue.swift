@@ -46,6 +46,8 @@ final class OutputQueue {
         chunks.append(c)
     }
 
+    static let tlsWriteFailed = IOError(errno: EPROTO, function: "TLS: SSL_write")
+
     /// TLS: writes the records made so far, then encrypts the next plaintext (at most 64 KiB
     /// at a time, files read into `scratch`) and writes that, until the socket is full or
     /// nothing is left. Returns the ciphertext bytes written.
@@ -61,6 +63,7 @@ final class OutputQueue {
             }
             guard !chunks.isEmpty else {
                 cipher = nil  // an idle TLS connection keeps no buffer
+                tls.shrinkIfIdle()
                 return written
             }
             let c = cipherBuffer()
@@ -70,14 +73,14 @@ final class OutputQueue {
                 switch chunks[0] {
                 case .bytes(let b):
                     let k = min(budget, b.readableBytes)
-                    tls.encrypt(UnsafeRawBufferPointer(start: b.base + b.readerIndex, count: k))
+                    guard tls.encrypt(UnsafeRawBufferPointer(start: b.base + b.readerIndex, count: k)) else { throw Self.tlsWriteFailed }
                     b.moveReader(by: k)
                     if b.isEmpty { chunks.removeFirst() }
                     totalBytes -= k
                     budget -= k
                 case .shared(let s, let start, let end):
                     let k = min(budget, end - start)
-                    tls.encrypt(UnsafeRawBufferPointer(start: s.base + start, count: k))
+                    guard tls.encrypt(UnsafeRawBufferPointer(start: s.base + start, count: k)) else { throw Self.tlsWriteFailed }
                     if start + k == end { chunks.removeFirst() } else { chunks[0] = .shared(s, start: start + k, end: end) }
                     totalBytes -= k
                     budget -= k
@@ -85,7 +88,7 @@ final class OutputQueue {
                     let want = min(budget, end - off, scratch.count)
                     let n = pread(f.fd, scratch.baseAddress, want, off_t(off))
                     if n <= 0 { throw IOError(errno: n < 0 ? errno : EIO, function: "pread: file shrank") }
-                    tls.encrypt(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+                    guard tls.encrypt(UnsafeRawBufferPointer(rebasing: scratch[0..<n])) else { throw Self.tlsWriteFailed }
                     if off + n >= end { chunks.removeFirst() } else { chunks[0] = .file(f, offset: off + n, end: end) }
                     totalBytes -= n
                     budget -= n

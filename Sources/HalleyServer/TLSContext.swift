@@ -39,8 +39,12 @@ public final class TLSContext: @unchecked Sendable {
             let e = Self.lastError()
             throw TLSError(description: "TLS certificate file \(certFile): not a PEM certificate chain (\(e))")
         }
+        halley_ssl_ctx_no_passphrase(c)  // never prompt on the terminal (or block a reload)
         guard SSL_CTX_use_PrivateKey_file(c, keyFile, SSL_FILETYPE_PEM) == 1 else {
             let e = Self.lastError()
+            if Self.fileMentions(keyFile, "ENCRYPTED") {
+                throw TLSError(description: "TLS key file \(keyFile) is encrypted: give an unencrypted key (openssl pkey -in KEY -out KEY.plain)")
+            }
             if e.contains("key values mismatch") {
                 throw TLSError(description: "TLS key file \(keyFile) does not match the certificate in \(certFile) (\(e))")
             }
@@ -62,6 +66,18 @@ public final class TLSContext: @unchecked Sendable {
     }
 
     deinit { SSL_CTX_free(ctx) }
+
+    /// Whether the first 64 KiB of `path` contain `text` (PEM headers).
+    static func fileMentions(_ path: String, _ text: String) -> Bool {
+        guard let f = fopen(path, "r") else { return false }
+        defer { fclose(f) }
+        var buf = [UInt8](repeating: 0, count: 64 * 1024)
+        let n = fread(&buf, 1, buf.count, f)
+        let needle = Array(text.utf8)
+        guard n >= needle.count else { return false }
+        for i in 0...(n - needle.count) where buf[i] == needle[0] && Array(buf[i..<(i + needle.count)]) == needle { return true }
+        return false
+    }
 
     /// The oldest error on OpenSSL's queue, as text (and the queue cleared).
     static func lastError() -> String {

@@ -13,8 +13,8 @@ import HalleyCore
 /// the connection).
 final class TLSSession {
     let ssl: OpaquePointer
-    let rbio: OpaquePointer
-    let wbio: OpaquePointer
+    private(set) var rbio: OpaquePointer
+    private(set) var wbio: OpaquePointer
     /// When the connection was accepted (monotonic second): the handshake deadline counts
     /// from here.
     var createdAt: Int32 = 0
@@ -24,21 +24,48 @@ final class TLSSession {
     var starved = true
     /// The first bytes of the connection (to tell plain HTTP sent to the TLS port).
     var sawFirstByte = false
+    /// The peer's close_notify arrived (possibly behind data still to be handed over).
+    var closeReceived = false
 
     init?(_ context: TLSContext) {
+        ERR_clear_error()
         guard let s = SSL_new(context.ctx) else { return nil }
-        guard let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else {
+        guard let r = Self.memoryBIO() else {
             SSL_free(s)
             return nil
         }
-        // An empty read BIO means "no data yet", not end of file.
-        _ = halley_bio_set_mem_eof_return(r, -1)
-        _ = halley_bio_set_mem_eof_return(w, -1)
+        guard let w = Self.memoryBIO() else {
+            BIO_free(r)
+            SSL_free(s)
+            return nil
+        }
         SSL_set_bio(s, r, w)  // the SSL owns both BIOs now
         SSL_set_accept_state(s)
         ssl = s
         rbio = r
         wbio = w
+    }
+
+    /// An empty memory BIO; empty means "no data yet", not end of file.
+    static func memoryBIO() -> OpaquePointer? {
+        guard let b = BIO_new(BIO_s_mem()) else { return nil }
+        _ = halley_bio_set_mem_eof_return(b, -1)
+        return b
+    }
+
+    /// A memory BIO keeps the largest buffer it ever needed (a 64 KiB read makes 80 KiB): when
+    /// both are empty and one grew past 16 KiB, fresh ones replace them, so a connection that
+    /// once moved a large message is small again when idle.
+    func shrinkIfIdle() {
+        guard halley_bio_pending(rbio) == 0, halley_bio_pending(wbio) == 0, SSL_pending(ssl) == 0 else { return }
+        if halley_bio_mem_capacity(rbio) > 16 * 1024, let r = Self.memoryBIO() {
+            SSL_set0_rbio(ssl, r)  // frees the old one
+            rbio = r
+        }
+        if halley_bio_mem_capacity(wbio) > 16 * 1024, let w = Self.memoryBIO() {
+            SSL_set0_wbio(ssl, w)
+            wbio = w
+        }
     }
 
     deinit { SSL_free(ssl) }
@@ -78,6 +105,7 @@ final class TLSSession {
             starved = true
             return .needInput
         case SSL_ERROR_ZERO_RETURN:
+            closeReceived = true
             return .closed
         default:
             return .failed(e == SSL_ERROR_SYSCALL ? "unexpected end of stream" : TLSContext.lastError())
@@ -91,20 +119,27 @@ final class TLSSession {
         return true
     }
 
-    /// Plaintext to send: becomes records in the write BIO.
-    func encrypt(_ bytes: UnsafeRawBufferPointer) {
+    /// Plaintext to send: becomes records in the write BIO. False after a fatal error (the
+    /// connection must close: the bytes did not go).
+    @discardableResult
+    func encrypt(_ bytes: UnsafeRawBufferPointer) -> Bool {
         var off = 0
+        ERR_clear_error()
         while off < bytes.count {
             let n = SSL_write(ssl, bytes.baseAddress! + off, Int32(min(bytes.count - off, 1 << 30)))
-            if n <= 0 { return }  // only after a fatal error; the connection is closing
+            if n <= 0 {
+                ERR_clear_error()
+                return false
+            }
             off += Int(n)
         }
+        return true
     }
 
     var hasOutput: Bool { halley_bio_pending(wbio) > 0 }
 
     /// Whether plaintext may be waiting inside OpenSSL (a record already read from the socket).
-    var hasBufferedInput: Bool { !starved && (SSL_pending(ssl) > 0 || halley_bio_pending(rbio) > 0) }
+    var hasBufferedInput: Bool { closeReceived || (!starved && (SSL_pending(ssl) > 0 || halley_bio_pending(rbio) > 0)) }
 
     /// Moves the records produced so far to the end of `out`.
     func takeOutput(into out: ByteBuffer) {
@@ -121,7 +156,8 @@ final class TLSSession {
     /// Sends close_notify (into the write BIO).
     func shutdown() {
         ERR_clear_error()
-        if SSL_is_init_finished(ssl) == 1 { _ = SSL_shutdown(ssl) }
+        if SSL_is_init_finished(ssl) == 1 && (SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN) == 0 { _ = SSL_shutdown(ssl) }
+        ERR_clear_error()
     }
 
     /// The protocol and cipher agreed (for the debug log).

@@ -154,6 +154,100 @@ def test_tls_1_1_is_refused(tls_hub, certs):
     with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
         c.wrap_socket(raw, server_hostname="localhost")
     raw.close()
+    # refused by the hub for the version, not by the client
+    assert tls_hub.wait_for_log("unsupported protocol")
+
+
+def test_tls_1_2_session_resumption(tls_hub, certs):
+    c = ssl.create_default_context(cafile=certs["a"][0])
+    c.maximum_version = ssl.TLSVersion.TLSv1_2
+    s = c.wrap_socket(socket.create_connection((HOST, tls_hub.tls_port), timeout=5), server_hostname="localhost")
+    assert s.version() == "TLSv1.2" and s.cipher()[0].startswith("ECDHE-")
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    while s.recv(65536):
+        pass
+    sess = s.session
+    s.close()
+    s2 = c.wrap_socket(socket.create_connection((HOST, tls_hub.tls_port), timeout=5), server_hostname="localhost", session=sess)
+    assert s2.session_reused
+    s2.close()
+
+
+def _tls_socket(port, cafile, ragged_ok):
+    c = ssl.create_default_context(cafile=cafile)
+    return c.wrap_socket(socket.create_connection((HOST, port), timeout=10), server_hostname="localhost",
+                         suppress_ragged_eofs=ragged_ok)
+
+
+def test_close_notify_on_keepalive_timeout_and_after_the_clients(start_halley, certs):
+    cert, key = certs["a"]
+    h = start_halley("--tls-port", "0", "--tls-cert", cert, "--tls-key", key, "--keepalive-timeout", "1")
+    s = _tls_socket(h.tls_port, cert, ragged_ok=False)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while b"INDEX-PAGE" not in data:
+        data += s.recv(65536)
+    # the hub closes the idle connection: with close_notify (a ragged EOF would raise here)
+    assert s.recv(100) == b""
+    s.close()
+    # the client's close_notify arriving in the same segment as its request: the hub answers
+    # and closes at once (not at the keep-alive timeout)
+    c = ssl.create_default_context(cafile=cert)
+    inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = c.wrap_bio(inc, outg, server_hostname="localhost")
+    raw = socket.create_connection((HOST, h.tls_port), timeout=10)
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outg.pending:
+                raw.sendall(outg.read())
+            inc.write(raw.recv(65536))
+    if outg.pending:
+        raw.sendall(outg.read())
+    obj.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        obj.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+    t0 = time.monotonic()
+    raw.sendall(outg.read())  # the request and the close_notify in one write
+    while raw.recv(65536):
+        pass
+    assert time.monotonic() - t0 < 3, "the close_notify behind the request was not seen"
+    raw.close()
+
+
+def test_idle_tls_connections_give_buffers_back(start_halley, certs):
+    cert, key = certs["a"]
+    h = start_halley("--tls-port", "0", "--tls-cert", cert, "--tls-key", key, threads=1)
+    ctx = client_ctx(cert, alpn=None)
+    conns = [ws_connect(f"wss://localhost:{h.tls_port}/echo", ssl=ctx, open_timeout=15, compression=None, legacy=True,
+                        max_size=None) for _ in range(60)]
+    for ws in conns:  # warm every connection up a little first
+        ws.send("hi")
+        assert ws.recv(timeout=5) == "hi"
+    time.sleep(0.3)
+    before = rss_kb(h.proc.pid)
+    big = os.urandom(200_000)
+    for ws in conns:
+        ws.send(big)
+        assert ws.recv(timeout=10) == big
+    time.sleep(0.3)
+    grown = rss_kb(h.proc.pid) - before
+    for ws in conns:
+        ws.close()
+    # a memory BIO keeps its largest buffer (~170 KB after this): the hub swaps them out
+    assert grown < 60 * 40, f"{grown} kB for 60 idle connections after one 200 KB echo each"
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 @pytest.mark.parametrize("compression", [None, "deflate"])
@@ -287,7 +381,7 @@ def test_sighup_reloads_the_certificate_without_dropping_connections(start_halle
     s.close()
 
 
-@pytest.mark.parametrize("case", ["missing", "unreadable", "mismatch", "not-pem", "only-cert"])
+@pytest.mark.parametrize("case", ["missing", "unreadable", "mismatch", "not-pem", "encrypted", "only-cert"])
 def test_startup_errors(certs, tmp_path, public_root, case):
     from halley_client import HALLEY_BIN
     cert, key = certs["a"]
@@ -312,9 +406,15 @@ def test_startup_errors(certs, tmp_path, public_root, case):
         p.write_text("junk")
         args[1] = str(p)
         expect = "not a PEM certificate"
+    elif case == "encrypted":
+        p = tmp_path / "enc.key"
+        subprocess.run(["openssl", "pkey", "-in", key, "-out", str(p), "-aes256", "-passout", "pass:secret"], check=True)
+        args[3] = str(p)
+        expect = "is encrypted"
     elif case == "only-cert":
         args = ["--tls-cert", cert]
         expect = "needs both"
-    r = subprocess.run([HALLEY_BIN, "--port", "0", "--public", public_root, *args], capture_output=True, text=True, timeout=10)
+    r = subprocess.run([HALLEY_BIN, "--port", "0", "--public", public_root, *args], capture_output=True, text=True, timeout=10,
+                       stdin=subprocess.DEVNULL)
     assert r.returncode != 0
     assert expect in (r.stdout + r.stderr), r.stdout + r.stderr
