@@ -239,6 +239,13 @@ public struct JSONParser {
             }
             runStart = i
         }
+        if out.isEmpty {
+            // No escape (the common case): the string straight from the input, no copy first.
+            let raw = UnsafeRawBufferPointer(rebasing: bytes[runStart..<i])
+            i += 1
+            guard let s = String(validating: raw, as: UTF8.self) else { throw fail("invalid UTF-8 in string") }
+            return s
+        }
         out.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[runStart..<i]))
         i += 1
         guard let s = String(validating: out, as: UTF8.self) else { throw fail("invalid UTF-8 in string") }
