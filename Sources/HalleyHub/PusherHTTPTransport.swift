@@ -58,6 +58,8 @@ final class PusherHTTPTransport: Transport {
     /// Monotonic second the last receive request went (the linger starts).
     var detachedAt: Int32
     var lastWrite: Int32
+    /// Replies are being skipped (policy `gap`, buffer full): logged once per episode.
+    var skippingReplies = false
     /// The stream passed `clientRotationBytes`: held since this second (-1: not held).
     var heldSince: Int32 = -1
     /// The client did not rotate in time: write on past the limit.
@@ -86,9 +88,32 @@ final class PusherHTTPTransport: Transport {
         deliver(table.frame(m))
     }
 
+    /// Replies to the client's own messages (pongs, `pusher:error`, `signin_success`) count
+    /// against the session's buffer bound like channel messages: `xhr_send` arrives on other
+    /// connections, so nothing else slows a client that sends without reading its stream.
+    /// Past the bound, `slowConsumer`: `close` ends the session (4100), `gap` skips the reply.
+    /// The session's last words (`LoopHub.end`'s `pusher:error`) always go.
     func sendControl(_ json: [UInt8]) {
         guard closeFrame == nil else { return }
-        deliver(SharedBytes(SockJS.messages([SockJS.quoted(json)])))
+        let f = SharedBytes(SockJS.messages([SockJS.quoted(json)]))
+        if let s = session, !s.ended, bufferedBytes + f.count > config.sessionBufferBytes {
+            replyOverflow(s)
+            return
+        }
+        skippingReplies = false
+        deliver(f)
+    }
+
+    func replyOverflow(_ s: Session) {
+        loopHub.counters.slowConsumers += 1
+        switch config.slowConsumer {
+        case .close:
+            Log.info("pusher-js session \(path): buffer full (\(bufferedBytes) B) with replies to the client's messages: closing \(PusherErrorCode.overCapacity)")
+            loopHub.end(s, reason: "buffer_overflow", code: PusherErrorCode.overCapacity, message: "halley: session buffer full")
+        case .gap:
+            if !skippingReplies { Log.info("pusher-js session \(path): buffer full: skipping replies to the client's messages") }
+            skippingReplies = true
+        }
     }
 
     var bufferedBytes: Int {

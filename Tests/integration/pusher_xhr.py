@@ -94,6 +94,7 @@ class Stream:
         self.total = 0  # decoded body bytes: responseText.length for an ASCII stream
         self.ended = False
         self.body = bytearray()  # everything decoded, for byte-level checks
+        self.pending = []  # messages of a frame not yet taken by next_message
 
     def _recv(self):
         b = self.sock.recv(65536)
@@ -243,6 +244,23 @@ class Client:
         """One xhr poll: (status, headers, frames)."""
         status, headers, body = self.post(self.receive_url("xhr"), timeout=timeout)
         return status, headers, frames_of(body) if status == 200 else body
+
+
+def next_message(st, event=None, timeout=TIMEOUT):
+    """The next message on stream `st` (skipping `h`, and other events when `event` is given);
+    a `c` frame is returned as ("c", code, reason)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        while st.pending:  # the rest of an `a` frame already read
+            m = st.pending.pop(0)
+            if event is None or m["event"] == event:
+                return m
+        f = st.frame(timeout=max(0.05, deadline - time.monotonic()))
+        assert f is not None, "the stream ended"
+        if f[0] == "c":
+            return f
+        if f[0] == "a":
+            st.pending.extend(f[1])
 
 
 def open_stream(client, **kw):

@@ -1,7 +1,8 @@
 """pusher-js's HTTP fallbacks (xhr_streaming, xhr polling, xhr_send under
 /pusher/app/{key}/{server}/{session}/), driven as pusher-js drives them (pusher_xhr.py), with
 events published while they run: every message once and in order, heartbeats, client-side
-stream rotation, linger expiry, refusals, CORS, the buffer bound.
+stream rotation, linger expiry, refusals, CORS, the buffer bound (replies to the client's
+own messages included).
 
 pusher-js itself is not installable here (no npm): pusher_xhr.py follows its source."""
 
@@ -13,9 +14,9 @@ import time
 
 import pytest
 
-from halley_client import Halley
+from halley_client import Halley, rss_kb
 from hub_client import WS, publish, publish_signed, wait_until
-from pusher_xhr import MAX_BUFFER_LENGTH, Client, frames_of, open_stream, session_path
+from pusher_xhr import MAX_BUFFER_LENGTH, Client, compact, frames_of, next_message, open_stream, session_path
 
 
 @pytest.fixture(scope="module")
@@ -413,3 +414,60 @@ def test_app_settings_from_the_config_file(start_halley, tmp_path):
     first = Client(h.port, key="small")
     assert first.poll()[2] == [("o", None)]
     assert Client(h.port, key="small").poll()[2] == [("o", None), ("c", 4004, "Application is over connection quota")]
+
+
+# ---- what the client's own messages cost
+
+@pytest.mark.parametrize("policy", ["close", "gap"])
+def test_replies_to_a_stream_that_is_not_read_are_bounded(start_halley, policy):
+    """xhr_send arrives on other connections, so nothing slows a client whose stream is not
+    read: the replies to its messages (pongs, pusher:error) count against
+    --session-buffer-bytes like channel messages. The reproduction: 15 xhr_send bodies of
+    20,000 pusher:ping each to a stream never read (before: RSS +38 MB with a 1 MiB bound).
+    `close`: pusher:error 4100 and c[4100] end the session; `gap`: replies are skipped while
+    the buffer is full, and the session lives."""
+    h = start_halley("--app-token", "tok", "--session-buffer-bytes", str(1 << 20), "--slow-consumer", policy)
+    c = Client(h.port)
+    st, _ = open_stream(c, rcvbuf=4096)
+    body = compact([compact({"event": "pusher:ping", "data": {}})] * 20000).encode()
+    before = rss_kb(h.proc.pid)
+    statuses = [c.send_raw(body)[0] for _ in range(15)]
+    grown = rss_kb(h.proc.pid) - before
+    # About +8 MB here (request parsing, the 1 MiB bound, the allocator's keep); before: +39 MB.
+    assert grown < 16 * 1024, f"RSS grew {grown} kB"
+    if policy == "close":
+        assert statuses[0] == 204 and statuses[-1] == 404, statuses  # ended, then unknown
+        kinds, last = [], None
+        deadline = time.monotonic() + 20
+        while True:
+            assert time.monotonic() < deadline, kinds[-3:]
+            f = st.frame(timeout=10)
+            assert f is not None, "the stream ended without c"
+            kinds.append(f[0])
+            if f[0] == "a":
+                last = f[1][-1]
+            if f[0] == "c":
+                break
+        assert f == ("c", 4100, "halley: session buffer full")
+        assert last["event"] == "pusher:error" and last["data"]["code"] == 4100, last
+        assert set(kinds) <= {"a", "c"}
+        assert st.frame(timeout=5) is None
+    else:
+        assert statuses == [204] * 15, statuses
+        # The session lives on, and so does the client: memory stays where it is.
+        mid = rss_kb(h.proc.pid)
+        assert [c.send_raw(body)[0] for _ in range(15)] == [204] * 15
+        assert rss_kb(h.proc.pid) - mid < 6 * 1024, (mid, rss_kb(h.proc.pid))
+        # Drain what waits (pongs only; past 256 KiB the hub holds them for 5 s for a rotation
+        # this client does not make); then a ping is answered again.
+        pong = {"event": "pusher:pong", "data": {}}
+        while not st.quiet_for(6):
+            st._decode()
+            while b"\n" in st.data:
+                f = st.frame()
+                assert f[0] == "a" and all(m == pong for m in f[1]), f
+        assert c.send("pusher:ping", {})[0] == 204
+        assert next_message(st, timeout=7) == pong
+        st.abort()
+    assert h.alive()
+
