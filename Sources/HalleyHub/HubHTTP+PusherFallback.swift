@@ -193,7 +193,7 @@ extension LoopHub {
 
     /// `xhr_send`: each string of the array is one Pusher message for the session. 204 (the
     /// client ignores the answer); unknown session 404; a body that is not an array of
-    /// strings 400.
+    /// strings 400. Any of them, `[]` included, tells the session its client is alive.
     func pusherSend(_ request: HTTPRequest, _ responder: Responder, _ path: String) {
         guard let t = pusherHTTP.byPath[path], let s = t.session else {
             let (ok, origin) = hub.pusherHTTPOrigin(request, app: hub.app(key: request.parameters["key"] ?? ""))
@@ -205,6 +205,7 @@ extension LoopHub {
             responder.respond(HubHTTP.pusherHTTPText(403, "Forbidden: origin not allowed", origin: nil))
             return
         }
+        t.heard()
         let messages: [String]
         do {
             messages = try SockJS.parseSendBody(request.body)

@@ -23,6 +23,13 @@ enum PusherHTTP {
     static let preludeBytes = 2048
     /// pusher-js's `httpPath` default. Another `httpPath` is not served.
     static let pathPrefix = "/pusher"
+    /// Seconds a streaming session may go without a request from its client (an `xhr_send`,
+    /// a new stream) before it ends with 4201 "Pong reply not received": 3 × `heartbeat` + 5
+    /// (80 by default). pusher-js answers every `h` with an `xhr_send` of `[]`, and the hub
+    /// sends an `h` to a client silent for a `heartbeat`, so a live client is heard at least
+    /// once per `heartbeat` plus a round trip; this allows two answers lost and a slow third.
+    /// Polling sessions need no such bound: they ask again at once, and the linger ends them.
+    static func silenceSeconds(heartbeat: Int) -> Int32 { Int32(3 * heartbeat + 5) }
 
     static let prelude = SockJS.prelude(preludeBytes)
     static let openBytes = SharedBytes(SockJS.open)
@@ -58,6 +65,10 @@ final class PusherHTTPTransport: Transport {
     /// Monotonic second the last receive request went (the linger starts).
     var detachedAt: Int32
     var lastWrite: Int32
+    /// Monotonic second of the client's last request of any kind (`heard`).
+    var lastHeard: Int32
+    /// Monotonic second of the last `h` written.
+    var lastHeartbeat: Int32 = 0
     /// Replies are being skipped (policy `gap`, buffer full): logged once per episode.
     var skippingReplies = false
     /// The stream passed `clientRotationBytes`: held since this second (-1: not held).
@@ -77,6 +88,12 @@ final class PusherHTTPTransport: Transport {
         self.path = path
         detachedAt = loopHub.seconds
         lastWrite = loopHub.seconds
+        lastHeard = loopHub.seconds
+    }
+
+    /// A request of the session arrived (receive or `xhr_send`): the client is alive.
+    func heard() {
+        lastHeard = loopHub.seconds
     }
 
     var table: PusherHTTPSessions { loopHub.pusherHTTP }
@@ -225,6 +242,7 @@ final class PusherHTTPTransport: Transport {
     /// A stream (`xhr_streaming`). `open`: the session's first request (`o` follows the prelude).
     func attach(stream st: HTTPStream, open: Bool) {
         letGoOfReceiver()
+        heard()
         generation += 1
         let g = generation
         receiver = .stream(st)
@@ -244,6 +262,7 @@ final class PusherHTTPTransport: Transport {
     /// A poll (`xhr`): answered now when something waits, else held.
     func attach(poll r: Responder, origin: String?) {
         letGoOfReceiver()
+        heard()
         generation += 1
         if !queue.isEmpty || closeFrame != nil {
             respond(r, origin: origin, closing: closeFrame != nil)
@@ -293,8 +312,8 @@ final class PusherHTTPTransport: Transport {
 
     // MARK: once a second
 
-    /// Heartbeats, poll timeouts, the rotation wait, the linger. False when it is done
-    /// (remove it from the table).
+    /// Heartbeats, liveness, poll timeouts, the rotation wait, the linger. False when it is
+    /// done (remove it from the table).
     func tick(now: Int32) -> Bool {
         if let c = closeFrame {
             // Ended: kept a linger time for the client to learn the code on its next request.
@@ -319,15 +338,26 @@ final class PusherHTTPTransport: Transport {
                 return false
             }
         case .stream(let st):
+            let heartbeat = Int32(config.heartbeat)
+            if now - lastHeard >= PusherHTTP.silenceSeconds(heartbeat: config.heartbeat), let s = session {
+                // A stream's client that vanished (no FIN: a laptop closed, a network gone)
+                // would otherwise keep the session, and its presence, until TCP gives up.
+                Log.info("pusher-js session \(path): nothing from the client for \(now - lastHeard) s: closing \(PusherErrorCode.pongNotReceived)")
+                loopHub.end(s, reason: "ping_timeout", code: PusherErrorCode.pongNotReceived, message: "Pong reply not received")
+                return true  // ended: the branch above from now on
+            }
             if heldSince >= 0 && !holdExpired {
                 if now - heldSince >= PusherHTTP.rotationWaitSeconds {
                     Log.info("pusher-js session \(path): the client did not open a new stream after \(PusherHTTP.clientRotationBytes) B: writing on")
                     holdExpired = true
                     writeQueue(st)
                 }
-            } else if now - lastWrite >= Int32(config.heartbeat) {
+            } else if now - lastWrite >= heartbeat || (now - lastHeard >= heartbeat && now - lastHeartbeat >= heartbeat) {
+                // After a heartbeat of silence either way: pusher-js answers `h` with an
+                // `xhr_send` of `[]`, which is how a busy stream's client is heard.
                 st.write([.bytes(SockJS.heartbeat)])
-                lastWrite = now
+                lastHeartbeat = now
+                wrote(st)  // an `h` that crosses the rotation point starts the hold
             }
         case .poll(let r, let since, let origin):
             if now - since >= Int32(config.pollTimeout) {

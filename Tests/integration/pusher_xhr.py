@@ -227,8 +227,12 @@ class Client:
         status, _, body = self.send_raw(compact([compact(m)]).encode())
         return status, body
 
-    def subscribe(self, channel):
-        status, body = self.send("pusher:subscribe", {"auth": "", "channel": channel})
+    def subscribe(self, channel, auth="", channel_data=None):
+        """pusher-js's subscribe: data.auth (and data.channel_data on presence channels)."""
+        data = {"auth": auth, "channel": channel}
+        if channel_data is not None:
+            data["channel_data"] = channel_data
+        status, body = self.send("pusher:subscribe", data)
         assert status == 204, (status, body)
 
     def ping(self):

@@ -1,13 +1,15 @@
 """pusher-js's HTTP fallbacks (xhr_streaming, xhr polling, xhr_send under
 /pusher/app/{key}/{server}/{session}/), driven as pusher-js drives them (pusher_xhr.py), with
 events published while they run: every message once and in order, heartbeats, client-side
-stream rotation, linger expiry, refusals, CORS, the buffer bound (replies to the client's
-own messages included).
+stream rotation, linger expiry, liveness (4201), refusals, CORS, the buffer bound (replies
+to the client's own messages included).
 
 pusher-js itself is not installable here (no npm): pusher_xhr.py follows its source."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -17,6 +19,13 @@ import pytest
 from halley_client import Halley, rss_kb
 from hub_client import WS, publish, publish_signed, wait_until
 from pusher_xhr import MAX_BUFFER_LENGTH, Client, compact, frames_of, next_message, open_stream, session_path
+
+KEY, SECRET = "app-key", "app-secret"
+
+
+def sign(text, secret=SECRET):
+    """What an app's auth endpoint returns: key:HMAC-SHA256(secret, text), hex."""
+    return f"{KEY}:" + hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -470,4 +479,125 @@ def test_replies_to_a_stream_that_is_not_read_are_bounded(start_halley, policy):
         assert next_message(st, timeout=7) == pong
         st.abort()
     assert h.alive()
+
+
+# ---- liveness
+
+def test_a_vanished_streaming_client_is_detected(start_halley):
+    """pusher-js answers every `h` with an xhr_send `[]`. A streaming session not heard from
+    (no xhr_send, no new receive request) for 3 x --heartbeat + 5 s ends with pusher:error 4201
+    and c[4201,"Pong reply not received"], and its presence membership with it; a client that
+    answers its heartbeats stays."""
+    h = start_halley("--app-token", "tok", "--heartbeat", "1")
+    peer = WS(h.port, halley=False)
+    peer_id = peer.hello()["socket_id"]
+    cd = json.dumps({"user_id": "peer"})
+    peer.send({"event": "pusher:subscribe", "data": {"channel": "presence-live", "channel_data": cd,
+                                                     "auth": sign(f"{peer_id}:presence-live:{cd}")}})
+    assert peer.recv()["event"] == "pusher_internal:subscription_succeeded"
+
+    def join(c, st, sid, user):
+        cd = json.dumps({"user_id": user})
+        c.subscribe("presence-live", sign(f"{sid}:presence-live:{cd}"), cd)
+        assert next_message(st, "pusher_internal:subscription_succeeded")["channel"] == "presence-live"
+
+    alive = Client(h.port)
+    ast, est = open_stream(alive)
+    join(alive, ast, est["socket_id"], "alive")
+    stop, errors, heartbeats = threading.Event(), [], []
+
+    def answer_heartbeats():
+        try:
+            while not stop.is_set():
+                try:
+                    f = ast.frame(timeout=0.5)
+                except TimeoutError:
+                    continue
+                if f == ("h",):
+                    heartbeats.append(time.monotonic())
+                    assert alive.ping()[0] == 204
+                else:
+                    assert f[0] == "a", f
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=answer_heartbeats, daemon=True)
+    t.start()
+
+    ghost = Client(h.port)
+    gst, gest = open_stream(ghost)
+    join(ghost, gst, gest["socket_id"], "ghost")
+    t0 = time.monotonic()  # the ghost's last request
+    got = []
+    while True:
+        assert time.monotonic() - t0 < 12, f"no c after 12 s: {got[-3:]}"
+        f = gst.frame(timeout=12)
+        assert f is not None, "the stream ended without c"
+        got.append(f)
+        if f[0] == "c":
+            break
+    elapsed = time.monotonic() - t0
+    assert got[-1] == ("c", 4201, "Pong reply not received"), got[-3:]
+    assert got[-2][0] == "a" and got[-2][1][-1]["event"] == "pusher:error", got[-3:]
+    assert got[-2][1][-1]["data"] == {"code": 4201, "message": "Pong reply not received"}
+    assert ("h",) in got  # it was prompted first
+    assert 7 <= elapsed <= 10.5, elapsed  # 3 x 1 + 5 s, checked once a second
+    assert gst.frame(timeout=5) is None
+    assert ghost.ping()[0] == 404
+    events = [peer.recv() for _ in range(2)]  # member_added alive, ghost; then removed ghost
+    events.append(peer.recv())
+    names = [(m["event"], json.loads(m["data"])["user_id"]) for m in events]
+    assert names == [("pusher_internal:member_added", "alive"), ("pusher_internal:member_added", "ghost"),
+                     ("pusher_internal:member_removed", "ghost")], names
+    # The one that answers is still there, well past the bound.
+    assert alive.ping()[0] == 204
+    stop.set()
+    t.join(5)
+    assert not errors, errors
+    assert len(heartbeats) >= 5
+    ast.abort()
+    peer.close()
+
+
+def test_a_heartbeat_past_the_rotation_point_starts_the_hold(start_halley):
+    """The stream is filled to just under pusher-js's 256 KiB; the `h` that follows crosses it,
+    so pusher-js aborts the stream after reading it: the hub writes nothing more to it, and the
+    next message goes on the next stream."""
+    h = start_halley("--app-token", "tok", "--heartbeat", "1")
+    for attempt in range(3):
+        c = Client(h.port)
+        st, _ = open_stream(c)
+        c.subscribe("hb-rot")
+        assert next_message(st)["event"] == "pusher_internal:subscription_succeeded"
+        target = MAX_BUFFER_LENGTH - 1  # then `h\n` takes it to 256 KiB + 1
+        while st.total < target:
+            left = target - st.total
+            pad = 8000
+            if left <= 9000:
+                # The exact frame: its length from the last one (same fields, next offset).
+                pad = left - (last_len - last_pad - len(str(last_off)) + len(str(last_off + 1)))
+                assert pad > 0
+            status, r = publish(h.port, {"channel": "hb-rot", "event": "f", "data": "x" * pad})
+            assert status == 201
+            while True:
+                line = st.line()
+                if line != b"h":
+                    break
+            last_len, last_pad, last_off = len(line) + 1, pad, r["channels"]["hb-rot"]["offset"]
+        if st.total in (target, target + 1):
+            break
+        st.abort()  # a heartbeat came between the measure and the frame: try again
+    else:
+        pytest.fail("could not stop just short of 256 KiB")
+    assert not st.should_rotate()
+    assert st.line(timeout=3) == b"h"
+    assert st.should_rotate()  # pusher-js aborts this stream now...
+    status, _ = publish(h.port, {"channel": "hb-rot", "event": "after", "data": "1"})
+    assert status == 201
+    assert st.quiet_for(0.5), "the hub wrote past the client's rotation point"
+    st.abort()
+    st = c.stream()
+    assert st.line() == b"h" * 2048
+    assert next_message(st)["event"] == "after"
+    st.abort()
 
