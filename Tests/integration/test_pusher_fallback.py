@@ -1,8 +1,9 @@
 """pusher-js's HTTP fallbacks (xhr_streaming, xhr polling, xhr_send under
 /pusher/app/{key}/{server}/{session}/), driven as pusher-js drives them (pusher_xhr.py), with
 events published while they run: every message once and in order, heartbeats, client-side
-stream rotation, linger expiry, liveness (4201), refusals, CORS, the buffer bound (replies
-to the client's own messages included).
+stream rotation, linger expiry, liveness (4201), refusals, CORS, the buffer bound (replies to
+the client's own messages included); private and presence channels, client events and
+sign-in over xhr.
 
 pusher-js itself is not installable here (no npm): pusher_xhr.py follows its source."""
 
@@ -17,7 +18,7 @@ import time
 import pytest
 
 from halley_client import Halley, rss_kb
-from hub_client import WS, publish, publish_signed, wait_until
+from hub_client import WS, publish, publish_signed, pusher_client, wait_until
 from pusher_xhr import MAX_BUFFER_LENGTH, Client, compact, frames_of, next_message, open_stream, session_path
 
 KEY, SECRET = "app-key", "app-secret"
@@ -601,3 +602,101 @@ def test_a_heartbeat_past_the_rotation_point_starts_the_hold(start_halley):
     assert next_message(st)["event"] == "after"
     st.abort()
 
+
+# ---- channels and users over xhr
+
+def test_private_channel_over_xhr(hub):
+    sdk = pusher_client(hub.port)
+    c = Client(hub.port)
+    st, est = open_stream(c)
+    sid = est["socket_id"]
+    c.subscribe("private-x1", "app-key:" + "0" * 64)
+    m = next_message(st)
+    assert m["event"] == "pusher:subscription_error" and m["channel"] == "private-x1", m
+    assert json.loads(m["data"])["status"] == 401
+    c.subscribe("private-x1", sign(f"{sid}:private-x1"))
+    m = next_message(st)
+    assert m["event"] == "pusher_internal:subscription_succeeded" and m["channel"] == "private-x1", m
+    # The SDK's own auth signs the same.
+    assert sdk.authenticate(channel="private-x2", socket_id=sid)["auth"] == sign(f"{sid}:private-x2")
+    sdk.trigger("private-x1", "created", {"id": 7})
+    m = next_message(st, "created")
+    assert m["channel"] == "private-x1" and json.loads(m["data"]) == {"id": 7}
+    st.abort()
+
+
+def test_presence_channel_over_xhr(hub):
+    ws = WS(hub.port, halley=False)
+    ws_id = ws.hello()["socket_id"]
+    cd = json.dumps({"user_id": "ws-user", "user_info": {"name": "W"}})
+    ws.send({"event": "pusher:subscribe", "data": {"channel": "presence-xr", "channel_data": cd,
+                                                   "auth": sign(f"{ws_id}:presence-xr:{cd}")}})
+    assert ws.recv()["event"] == "pusher_internal:subscription_succeeded"
+    c = Client(hub.port)
+    st, est = open_stream(c)
+    cd = json.dumps({"user_id": "xhr-user", "user_info": {"name": "X"}})
+    c.subscribe("presence-xr", sign(f"{est['socket_id']}:presence-xr:{cd}"), cd)
+    m = next_message(st)
+    assert m["event"] == "pusher_internal:subscription_succeeded", m
+    roster = json.loads(m["data"])["presence"]
+    assert sorted(roster["ids"]) == ["ws-user", "xhr-user"] and roster["count"] == 2
+    assert roster["hash"] == {"ws-user": {"name": "W"}, "xhr-user": {"name": "X"}}
+    m = ws.recv()
+    assert m["event"] == "pusher_internal:member_added" and m["channel"] == "presence-xr"
+    assert json.loads(m["data"]) == {"user_id": "xhr-user", "user_info": {"name": "X"}}
+    # The stream goes and no other comes: member_removed once the linger (5 s) is over.
+    st.abort()
+    t0 = time.monotonic()
+    m = ws.recv(timeout=9)
+    assert m["event"] == "pusher_internal:member_removed" and json.loads(m["data"]) == {"user_id": "xhr-user"}
+    assert 4 <= time.monotonic() - t0 <= 8
+    ws.close()
+
+
+def test_client_event_over_xhr_send(hub):
+    ws = WS(hub.port, halley=False)
+    ws_id = ws.hello()["socket_id"]
+    ws.send({"event": "pusher:subscribe", "data": {"channel": "private-ce", "auth": sign(f"{ws_id}:private-ce")}})
+    assert ws.recv()["event"] == "pusher_internal:subscription_succeeded"
+    c = Client(hub.port)
+    st, est = open_stream(c)
+    c.subscribe("private-ce", sign(f"{est['socket_id']}:private-ce"))
+    assert next_message(st)["event"] == "pusher_internal:subscription_succeeded"
+    assert c.send("client-typing", {"who": "xhr"}, channel="private-ce")[0] == 204
+    m = ws.recv()
+    # data as JSON text, as Pusher relays it (pusher-js parses it back)
+    assert m["event"] == "client-typing" and m["channel"] == "private-ce" and json.loads(m["data"]) == {"who": "xhr"}, m
+    assert "user_id" not in m  # a private channel: no user_id
+    assert st.quiet_for(0.5)  # not echoed to the sender
+    # ...and the other way.
+    ws.send({"event": "client-typing", "channel": "private-ce", "data": {"who": "ws"}})
+    m = next_message(st)
+    assert m["event"] == "client-typing" and json.loads(m["data"]) == {"who": "ws"}, m
+    # A client event on a public channel: the documented refusal, on the stream.
+    c.subscribe("public-ce")
+    assert next_message(st)["event"] == "pusher_internal:subscription_succeeded"
+    c.send("client-x", {}, channel="public-ce")
+    m = next_message(st)
+    assert m["event"] == "pusher:error" and "private and presence" in m["data"]["message"], m
+    st.abort()
+    ws.close()
+
+
+def test_signin_and_an_event_to_the_user_over_xhr(hub):
+    sdk = pusher_client(hub.port)
+    c = Client(hub.port)
+    st, est = open_stream(c)
+    sid = est["socket_id"]
+    user_data = json.dumps({"id": "xhr-u", "name": "N"})
+    c.send("pusher:signin", {"auth": sign(f"{sid}::user::{user_data}", secret="wrong"), "user_data": user_data})
+    m = next_message(st)
+    assert m["event"] == "pusher:error" and m["data"]["code"] == 4009, m
+    c.send("pusher:signin", {"auth": sign(f"{sid}::user::{user_data}"), "user_data": user_data})
+    m = next_message(st)
+    assert m["event"] == "pusher:signin_success" and json.loads(m["data"]) == {"user_data": user_data}, m
+    c.subscribe("#server-to-user-xhr-u")
+    assert next_message(st)["event"] == "pusher_internal:subscription_succeeded"
+    sdk.send_to_user("xhr-u", "notice", {"n": 1})
+    m = next_message(st, "notice")
+    assert m["channel"] == "#server-to-user-xhr-u" and json.loads(m["data"]) == {"n": 1}
+    st.abort()
