@@ -177,30 +177,26 @@ public class Connection: EventHandler {
 
     /// Ends our side of the stream (lingering close): TLS close_notify first, then FIN.
     func shutdownOutput() {
-        if let t = tls {
-            t.shutdown()
-            if t.hasOutput {
-                let b = ByteBuffer(capacity: 64)
-                t.takeOutput(into: b)
-                _ = try? Sys.write(fd, b.readable)  // best effort: the socket is drained
-            }
-        }
+        sendCloseNotify()
         Socket.shutdownWrite(fd)
+    }
+
+    /// TLS: close_notify, written at once (best effort: called only when nothing else is
+    /// waiting to go, so it is the last record).
+    func sendCloseNotify() {
+        guard let t = tls, t.handshakeDone, out == nil else { return }
+        t.shutdown()
+        guard t.hasOutput else { return }
+        let b = ctx.tlsRecords
+        b.clear()
+        t.takeOutput(into: b)
+        _ = try? Sys.write(fd, b.readable)
+        b.clear()
     }
 
     func close() {
         guard !closed else { return }
-        if let t = tls, t.handshakeDone, out == nil {
-            // TLS: close_notify before the FIN (best effort: nothing else is waiting to go).
-            t.shutdown()
-            if t.hasOutput {
-                let b = ctx.tlsRecords
-                b.clear()
-                t.takeOutput(into: b)
-                _ = try? Sys.write(fd, b.readable)
-                b.clear()
-            }
-        }
+        sendCloseNotify()
         closed = true
         ctx.loop.unregister(fd)
         Sys.close(fd)
