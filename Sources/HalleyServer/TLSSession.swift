@@ -97,7 +97,19 @@ final class TLSSession {
     /// Plaintext into `buf` (runs the handshake first, as records arrive).
     func decrypt(into buf: UnsafeMutableRawBufferPointer) -> Decrypted {
         ERR_clear_error()
-        let n = SSL_read(ssl, buf.baseAddress, Int32(min(buf.count, Int(Int32.max))))
+        var before = halley_bio_pending(rbio)
+        var n = SSL_read(ssl, buf.baseAddress, Int32(min(buf.count, Int(Int32.max))))
+        // A non-blocking SSL_read answers WANT_READ after a record that carried no application
+        // data (the client's Finished, a KeyUpdate) even when more records wait in the BIO:
+        // read on while it consumes something, or a request sent right behind the handshake
+        // would sit in the BIO with the socket quiet.
+        while n <= 0, SSL_get_error(ssl, n) == SSL_ERROR_WANT_READ {
+            let after = halley_bio_pending(rbio)
+            guard after > 0, after < before else { break }
+            before = after
+            ERR_clear_error()
+            n = SSL_read(ssl, buf.baseAddress, Int32(min(buf.count, Int(Int32.max))))
+        }
         if n > 0 { return .data(Int(n)) }
         let e = SSL_get_error(ssl, n)
         switch e {
