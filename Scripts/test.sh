@@ -5,7 +5,7 @@
 # headless Chromium through test proxies), Autobahn|Testsuite over ws and wss, and the
 # fuzzers for a bounded time.
 #   BROWSER       0 skips the browser tests
-#   FUZZ_SECONDS  seconds per fuzz target (default 60; 0 skips fuzzing)
+#   FUZZ_SECONDS  seconds per fuzz target (default 30; 0 skips fuzzing)
 #   AUTOBAHN      cases for the Autobahn|Testsuite run against /echo (default: all, 1.* to
 #                 13.*, about 12 minutes); 0 skips it
 set -euo pipefail
@@ -153,7 +153,8 @@ if [ "${AUTOBAHN:-all}" != 0 ]; then
 fi
 
 # --- fuzzing ---------------------------------------------------------------------------------
-if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
+if [ "${FUZZ_SECONDS:-30}" != 0 ]; then
+    export FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
     step "fuzz"
     Scripts/fuzz/run.sh
 fi
