@@ -536,27 +536,8 @@ final class Bench {
         line += " closed=\(closing) close_replies=\(closeReplies) close_no_eof=\(stillOpen) close_resets=\(st.pointee.resets)"
         line += " eof_without_close=\(st.pointee.serverCloses)"
         if tls { line += " tls=1 tls_tickets=\(TLSClient.ticketsReceived)" }
-        if !o.serverPids.isEmpty {
-            var serverCPU = 0.0
-            var readable = true
-            for (a, b) in zip(server0, server1) {
-                if let a = a, let b = b { serverCPU += b - a } else { readable = false }
-            }
-            if readable {
-                line += " server_cpu_s=\(fixed(serverCPU, 2)) server_cpu_pct=\(fixed(100 * serverCPU / seconds, 1))"
-                line += " msgs_per_server_cpu_s=\(serverCPU > 0 ? fixed(Double(msgs) / serverCPU, 0) : "inf")"
-            } else {
-                warn("could not read /proc/PID/stat of \(o.serverPids)")
-                line += " server_cpu_s=? server_cpu_pct=? msgs_per_server_cpu_s=?"
-            }
-        }
-        if cores0.count == cores1.count && !cores0.isEmpty {
-            let busy = zip(cores0, cores1).enumerated().map { (k, p) -> String in
-                let total = p.1.0 - p.0.0, idle = p.1.1 - p.0.1
-                return "\(k):\(total > 0 ? 100 * (total - idle) / total : 0)"
-            }
-            line += " core_busy_pct=\(busy.joined(separator: ","))"
-        }
+        line += cpuFields(serverPids: o.serverPids, server0: server0, server1: server1, cores0: cores0, cores1: cores1,
+                          seconds: seconds, count: msgs, unit: "msgs")
         print(line)
         if st.pointee.errors > 0 {
             warn("\(st.pointee.errors) error(s); the first ones are above")

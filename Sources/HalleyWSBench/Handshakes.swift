@@ -320,27 +320,8 @@ final class HandshakeBench {
         line += " resumed=\(resumed) tickets_received=\(TLSClient.ticketsReceived) resets=\(resets)"
         line += " failures=\(failures) timeouts=\(timeouts) unfinished=\(unfinished)"
         line += " client_cpu_pct=\(fixed(100 * (cpuUser + cpuSys) / seconds, 1)) client_user_s=\(fixed(cpuUser, 3)) client_sys_s=\(fixed(cpuSys, 3))"
-        if !o.serverPids.isEmpty {
-            var serverCPU = 0.0
-            var readable = true
-            for (a, b) in zip(server0, server1) {
-                if let a = a, let b = b { serverCPU += b - a } else { readable = false }
-            }
-            if readable {
-                line += " server_cpu_s=\(fixed(serverCPU, 2)) server_cpu_pct=\(fixed(100 * serverCPU / seconds, 1))"
-                line += " handshakes_per_server_cpu_s=\(serverCPU > 0 ? fixed(Double(h) / serverCPU, 0) : "inf")"
-            } else {
-                warn("could not read /proc/PID/stat of \(o.serverPids)")
-                line += " server_cpu_s=? server_cpu_pct=? handshakes_per_server_cpu_s=?"
-            }
-        }
-        if cores0.count == cores1.count && !cores0.isEmpty {
-            let busy = zip(cores0, cores1).enumerated().map { (n, p) -> String in
-                let total = p.1.0 - p.0.0, idle = p.1.1 - p.0.1
-                return "\(n):\(total > 0 ? 100 * (total - idle) / total : 0)"
-            }
-            line += " core_busy_pct=\(busy.joined(separator: ","))"
-        }
+        line += cpuFields(serverPids: o.serverPids, server0: server0, server1: server1, cores0: cores0, cores1: cores1,
+                          seconds: seconds, count: h, unit: "handshakes")
         let tls = summaries.keys.sorted().map { $0.replacingOccurrences(" ", "_") }.joined(separator: ",")
         line += " tls=\(tls.isEmpty ? "-" : tls)"
         print(line)
@@ -357,4 +338,34 @@ extension String {
     func replacingOccurrences(_ a: Character, _ b: Character) -> String {
         String(map { $0 == a ? b : $0 })
     }
+}
+
+/// The server-CPU and core-busy fields of a result line: `server_cpu_s`, `server_cpu_pct`,
+/// `<unit>_per_server_cpu_s` (from /proc/PID/stat samples before and after the window) and
+/// `core_busy_pct` (from /proc/stat samples).
+func cpuFields(serverPids: [Int32], server0: [Double?], server1: [Double?], cores0: [(Int, Int)], cores1: [(Int, Int)],
+               seconds: Double, count: Int, unit: String) -> String {
+    var line = ""
+    if !serverPids.isEmpty {
+        var serverCPU = 0.0
+        var readable = true
+        for (a, b) in zip(server0, server1) {
+            if let a = a, let b = b { serverCPU += b - a } else { readable = false }
+        }
+        if readable {
+            line += " server_cpu_s=\(fixed(serverCPU, 2)) server_cpu_pct=\(fixed(100 * serverCPU / seconds, 1))"
+            line += " \(unit)_per_server_cpu_s=\(serverCPU > 0 ? fixed(Double(count) / serverCPU, 0) : "inf")"
+        } else {
+            warn("could not read /proc/PID/stat of \(serverPids)")
+            line += " server_cpu_s=? server_cpu_pct=? \(unit)_per_server_cpu_s=?"
+        }
+    }
+    if cores0.count == cores1.count && !cores0.isEmpty {
+        let busy = zip(cores0, cores1).enumerated().map { (k, p) -> String in
+            let total = p.1.0 - p.0.0, idle = p.1.1 - p.0.1
+            return "\(k):\(total > 0 ? 100 * (total - idle) / total : 0)"
+        }
+        line += " core_busy_pct=\(busy.joined(separator: ","))"
+    }
+    return line
 }
