@@ -20,8 +20,6 @@ struct Options {
     var logLevel = LogLevel.info
     var showHelp = false
     var hub = HubConfig()
-    /// Whether the app's id, key or secret was set (else the development defaults warn).
-    var appConfigured = false
     /// The `--app-*` flags given (flag or variable): an error together with `--config`.
     var appFlags: [String] = []
     /// `--config FILE`: its apps replace the single app of the `--app-*` flags.
@@ -75,19 +73,16 @@ struct Options {
         Spec(flag: "app-id", value: "DIGITS", help: "the app's id (default 1; digits: Pusher SDKs refuse others)") { _, o, v throws(OptionError) in
             guard !v.isEmpty, v.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { throw OptionError(description: "--app-id: expected digits, got '\(v)'") }
             o.hub.apps[0].id = v
-            o.appConfigured = true
             o.appFlags.append("--app-id")
         },
         Spec(flag: "app-key", value: "KEY", help: "the app's public key (default app-key)") { _, o, v throws(OptionError) in
             guard !v.isEmpty, !v.contains("/") else { throw OptionError(description: "--app-key: expected a non-empty key without '/'") }
             o.hub.apps[0].key = v
-            o.appConfigured = true
             o.appFlags.append("--app-key")
         },
         Spec(flag: "app-secret", value: "SECRET", help: "the app's secret (default app-secret)") { _, o, v throws(OptionError) in
             guard !v.isEmpty else { throw OptionError(description: "--app-secret: expected a non-empty secret") }
             o.hub.apps[0].secret = v
-            o.appConfigured = true
             o.appFlags.append("--app-secret")
         },
         Spec(flag: "app-token", value: "TOKEN", help: "bearer token for POST /publish (default none: signed requests only)") { _, o, v in
@@ -169,6 +164,30 @@ struct Options {
             }
         }
         return (config, options)
+    }
+
+    /// Start-up warnings, one per app that uses the development key or secret (both are
+    /// public: with the secret anyone can sign API requests and subscription signatures),
+    /// whatever set them: the defaults, a flag or variable that repeats them, or an apps file.
+    static func developmentWarnings(_ apps: [App], configPath: String?) -> [String] {
+        let dev = App.development
+        var out: [String] = []
+        for a in apps {
+            var what: [String] = []
+            var fix: [String] = []
+            if a.key == dev.key {
+                what.append("key '\(dev.key)'")
+                fix.append("--app-key")
+            }
+            if a.secret == dev.secret {
+                what.append("secret '\(dev.secret)'")
+                fix.append("--app-secret")
+            }
+            guard !what.isEmpty else { continue }
+            let how = configPath.map { "change \(what.count == 1 ? "it" : "them") in \($0)" } ?? "set \(fix.joined(separator: " and "))"
+            out.append("app \(a.id) uses the development \(what.joined(separator: " and ")): \(how) for anything but local development")
+        }
+        return out
     }
 
     static var help: String {

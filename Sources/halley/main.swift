@@ -80,10 +80,12 @@ if let path = options.configPath {
     let apps = options.hub.apps
     let hooks = apps.reduce(0) { $0 + $1.webhooks.count }
     Log.lifecycle("\(apps.count) app\(apps.count == 1 ? "" : "s") loaded from \(path) (ids \(apps.map(\.id).joined(separator: ", ")); \(apps.filter { !$0.enabled }.count) disabled; \(hooks) webhook URL\(hooks == 1 ? "" : "s"))")
-} else if options.appConfigured {
-    Log.lifecycle("app id \(app.id), key \(app.key)\(app.token != nil ? ", bearer token set" : "")")
-} else {
+    for w in Options.developmentWarnings(apps, configPath: path) { Log.warning(w) }
+} else if app.id == App.development.id && app.key == App.development.key && app.secret == App.development.secret {
     Log.warning("using the development app (id \(app.id), key \(app.key), secret \(app.secret)): set --app-id, --app-key and --app-secret for anything but local development")
+} else {
+    Log.lifecycle("app id \(app.id), key \(app.key)\(app.token != nil ? ", bearer token set" : "")")
+    for w in Options.developmentWarnings([app], configPath: nil) { Log.warning(w) }
 }
 
 while true {

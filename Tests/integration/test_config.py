@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
@@ -11,6 +12,7 @@ import time
 import pytest
 
 from halley_client import HALLEY_BIN, Client, connect
+from hub_client import WS, publish_signed
 from public_tree import FILES
 
 ALL_FLAGS = [
@@ -105,6 +107,11 @@ def test_flag_equals_syntax(start_halley):
         (["stray"], None, "stray"),
         ([], {"HALLEY_PORT": "abc"}, "--port"),
         ([], {"HALLEY_MAX_BODY_BYTES": "-1"}, "--max-body-bytes"),
+        # The official Pusher SDKs refuse app ids that are not digits.
+        (["--app-id", "abc"], None, "--app-id: expected digits, got 'abc'"),
+        (["--app-id", "7a"], None, "--app-id: expected digits"),
+        (["--app-id", ""], None, "--app-id: expected digits"),
+        ([], {"HALLEY_APP_ID": "app-7"}, "--app-id: expected digits, got 'app-7'"),
     ],
 )
 def test_bad_options_exit_2(args, env, needle):
@@ -180,3 +187,101 @@ def test_log_level_warning_hides_refusals(public_root):
 def test_host_flag(start_halley):
     h = start_halley("--host", "127.0.0.1", threads=1)
     assert h.get("/one.txt").status == 200
+
+
+# ---- the app's credentials and the development-app warning
+
+DEV_WARNING = "development"
+
+
+def warnings_of(h):
+    return [l for l in h.log_lines() if " warning " in f" {l} " and DEV_WARNING in l]
+
+
+@pytest.mark.parametrize("via", ["flags", "env"])
+def test_configured_app_starts_without_the_development_warning(start_halley, via):
+    if via == "flags":
+        h = start_halley("--app-id", "7", "--app-key", "k", "--app-secret", "s")
+    else:
+        h = start_halley(env={"HALLEY_APP_ID": "7", "HALLEY_APP_KEY": "k", "HALLEY_APP_SECRET": "s"})
+    line = h.wait_for_log(r"app id \S+, key ", timeout=5)
+    assert line is not None and "app id 7, key k" in line, h.log_text()
+    assert DEV_WARNING not in h.log_text()
+    assert "app-secret" not in h.log_text() and " s " not in line
+    # The configured app is the one that works: a subscriber on key k gets a publish signed
+    # with secret s (by the Pusher SDK's signer) ...
+    ws = WS(h.port, key="k")
+    ws.hello()
+    ws.subscribe("news")
+    status, r = publish_signed(h.port, {"channel": "news", "event": "e", "data": "hi"}, key="k", secret="s")
+    assert status == 201 and r["sessions"] == 1, r
+    m = ws.recv()
+    assert m["event"] == "e" and m["data"] == "hi"
+    ws.close()
+    # ... and the development credentials are gone.
+    status, _ = publish_signed(h.port, {"channel": "news", "event": "e", "data": "x"})
+    assert status == 401
+    status, _ = publish_signed(h.port, {"channel": "news", "event": "e", "data": "x"}, key="k", secret="app-secret")
+    assert status == 401
+
+
+@pytest.mark.parametrize(
+    "args, env, names",
+    [
+        # An id alone keeps the public key and secret: the warning stays, naming both.
+        ([], {"HALLEY_APP_ID": "5"}, ["key 'app-key'", "secret 'app-secret'"]),
+        (["--app-id", "5"], None, ["key 'app-key'", "secret 'app-secret'"]),
+        # A key of its own but the public secret: anyone can sign API requests.
+        (["--app-id", "5", "--app-key", "k"], None, ["secret 'app-secret'"]),
+        ([], {"HALLEY_APP_KEY": "k"}, ["secret 'app-secret'"]),
+        # A secret of its own but the development key.
+        ([], {"HALLEY_APP_SECRET": "s"}, ["key 'app-key'"]),
+        # The default values given explicitly are still the development ones.
+        (["--app-id", "5", "--app-key", "k", "--app-secret", "app-secret"], None, ["secret 'app-secret'"]),
+    ],
+)
+def test_development_key_or_secret_warns_whatever_the_flags(start_halley, args, env, names):
+    h = start_halley(*args, env=env)
+    line = h.wait_for_log(r"warning .*development", timeout=5)
+    assert line is not None, h.log_text()
+    app_id = "5" if "--app-id" in args or "HALLEY_APP_ID" in (env or {}) else "1"
+    assert f"app {app_id} uses the development " in line, line
+    for n in names:
+        assert n in line, (n, line)
+    for n in {"key 'app-key'", "secret 'app-secret'"} - set(names):
+        assert n not in line, (n, line)
+    assert len(warnings_of(h)) == 1, h.log_text()
+    assert h.wait_for_log(r"app id \S+, key ", timeout=1) is not None
+
+
+def test_default_app_warns_as_the_development_app(start_halley):
+    h = start_halley()
+    line = h.wait_for_log(r"warning .*development", timeout=5)
+    assert line is not None and "using the development app (id 1, key app-key, secret app-secret)" in line, line
+    assert len(warnings_of(h)) == 1
+
+
+def test_apps_file_with_development_credentials_warns_per_app(start_halley, tmp_path):
+    path = tmp_path / "apps.json"
+    path.write_text(json.dumps({"apps": [
+        {"id": "1", "key": "app-key", "secret": "app-secret"},
+        {"id": "2", "key": "k2", "secret": "s2"},
+        {"id": "3", "key": "k3", "secret": "app-secret"},
+    ]}))
+    h = start_halley("--config", str(path))
+    assert h.wait_for_log("apps loaded from", timeout=5)
+    assert h.wait_for_log(r"warning app 3 ", timeout=5)
+    ws = warnings_of(h)
+    assert len(ws) == 2, h.log_text()
+    one = next(l for l in ws if "app 1 " in l)
+    three = next(l for l in ws if "app 3 " in l)
+    assert "key 'app-key'" in one and "secret 'app-secret'" in one and str(path) in one
+    assert "secret 'app-secret'" in three and "key 'app-key'" not in three
+    assert not any("app 2 " in l for l in ws)
+    # A file without them: silent.
+    path2 = tmp_path / "apps2.json"
+    path2.write_text(json.dumps({"apps": [{"id": "2", "key": "k2", "secret": "s2"}]}))
+    h2 = start_halley("--config", str(path2))
+    assert h2.wait_for_log("1 app loaded from", timeout=5)
+    time.sleep(0.2)
+    assert DEV_WARNING not in h2.log_text()
