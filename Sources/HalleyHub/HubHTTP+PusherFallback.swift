@@ -145,7 +145,13 @@ extension LoopHub {
             return
         }
         if let t = pusherHTTP.byPath[path] {
-            // The session's app allowed this origin when it opened (the path names the app).
+            // The session's app checks every receive request's origin, not only the opening's
+            // (as `xhr_send` does): a session is not a way around `allowed_origins`.
+            if let o = origin, let allowed = t.session?.app.origins, !allowed.allows(o) {
+                Log.info("pusher-js \(path): origin \(o) refused by the session's app")
+                responder.respond(HubHTTP.pusherHTTPText(403, "Forbidden: origin not allowed", origin: nil))
+                return
+            }
             if streaming {
                 guard let st = responder.startStream(status: 200, headers: Self.pusherStreamHeaders(origin)) else { return }
                 t.attach(stream: st, open: false)

@@ -154,14 +154,20 @@ extension LoopHub {
     /// node's session limit.
     func openSession(_ app: App, _ request: HTTPRequest, origin: String?) -> Opened {
         guard app.enabled else { return .refused(HubHTTP.error(403, "application disabled", origin: origin)) }
-        if let o = app.origins, !o.allows(request.head.headers["Origin"]) {
-            return .refused(HubHTTP.error(403, "origin not allowed for this application", origin: origin))
-        }
+        if let r = appOriginRefusal(app, request, origin: origin) { return .refused(r) }
         guard let s = newSession(app: app, resumable: true) else {
             let quota = refusal.code == PusherErrorCode.overConnectionQuota
             return .refused(HubHTTP.error(quota ? 403 : 503, quota ? "application is over connection quota" : "over capacity", origin: origin))
         }
         return .session(s)
+    }
+
+    /// The app's own origins (`allowed_origins` of the apps file): checked on every request of
+    /// a session, not only the one that opens it (as WebSocket checks every opening, resumes
+    /// included); the same 403 as the opening's refusal. The session itself is left as it is.
+    func appOriginRefusal(_ app: App, _ request: HTTPRequest, origin: String?) -> HTTPResponse? {
+        guard let o = app.origins, !o.allows(request.head.headers["Origin"]) else { return nil }
+        return HubHTTP.error(403, "origin not allowed for this application", origin: origin)
     }
 
     // MARK: Server-Sent Events
@@ -181,6 +187,10 @@ extension LoopHub {
         if let r = resume {
             switch lookup(r.id, token: r.token) {
             case .found(let s):
+                if let refused = appOriginRefusal(s.app, request, origin: origin) {
+                    responder.respond(refused)
+                    return
+                }
                 session = s
                 lastSeen = r.seq
             case .gone(let why):
@@ -229,6 +239,10 @@ extension LoopHub {
         if let sid = Query.value(q, "session"), let id = SessionID(sid) {
             switch lookup(id, token: Query.value(q, "token") ?? "") {
             case .found(let s):
+                if let refused = appOriginRefusal(s.app, request, origin: origin) {
+                    responder.respond(refused)
+                    return
+                }
                 if let p = s.transport as? PollTransport, !p.answered {
                     Log.info("session \(s.id): overlapping poll refused")
                     responder.respond(HubHTTP.error(409, "poll already pending for this session", origin: origin))
@@ -293,6 +307,10 @@ extension LoopHub {
         case .found(let found): s = found
         case .gone(let why):
             responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: why))
+            return
+        }
+        if let refused = appOriginRefusal(s.app, request, origin: origin) {
+            responder.respond(refused)
             return
         }
         let value: JSONValue

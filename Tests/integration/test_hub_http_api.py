@@ -840,3 +840,70 @@ def test_cache_channel_over_poll(hub):
     msgs = q.poll(timeout=5)
     assert [m["event"] for m in msgs] == ["pusher_internal:subscription_succeeded", "state"]
     assert msgs[1]["data"] == "v1" and msgs[1]["halley:offset"] == 1
+
+
+# ---- the app's own origins (apps file `allowed_origins`) on every request of a session
+
+
+def test_app_allowed_origins_apply_to_every_request_of_a_session(start_halley, tmp_path):
+    """WebSocket checks the app's origins on every opening, resumes included; the HTTP
+    transports check them on every request of a session (poll, send, SSE resume by query or
+    by Last-Event-ID), with the answer that refuses an opening, and leave the session alone."""
+    good, bad = "https://app.example", "https://other.example"
+    cfg = tmp_path / "apps.json"
+    cfg.write_text(json.dumps({"apps": [
+        {"id": "2", "key": "strict", "secret": "s2", "token": TOKEN, "allowed_origins": [good]},
+    ]}))
+    h = start_halley("--config", str(cfg))
+    status, headers, body = http_request(h.port, "GET", "/halley/poll?key=strict", headers={"Origin": bad})
+    refusal = (status, json.loads(body))
+    assert refusal == (403, {"error": "origin not allowed for this application"}), refusal
+    assert headers["access-control-allow-origin"] == bad
+
+    p = Poll(h.port, key="strict", origin=good)
+    p.subscribe("strict-a")
+    assert p.poll()[0]["event"] == "pusher_internal:subscription_succeeded"
+    qs = f"session={p.session}&token={p.token}"
+
+    def answer(method, path, body=None):
+        hd = {"Origin": bad}
+        if body is not None:
+            hd["Content-Type"] = "application/json"
+        status, headers, data = http_request(h.port, method, path, body, hd)
+        return (status, json.loads(data)), headers
+
+    # A poll from another origin: refused, and the cursor is not acknowledged.
+    got, headers = answer("GET", f"/halley/poll?{qs}&cursor={p.cursor}")
+    assert got == refusal and headers["access-control-allow-origin"] == bad
+    # A send: refused, and the message had no effect (no subscription to strict-b).
+    sub_b = json.dumps({"event": "pusher:subscribe", "data": {"channel": "strict-b"}}).encode()
+    assert answer("POST", f"/halley/send?{qs}", sub_b)[0] == refusal
+    # SSE resumes, by query and by Last-Event-ID.
+    s = SSE(h.port, query=f"{qs}&last_seq={p.cursor}", origin=bad)
+    assert (s.status, json.loads(s.resp.read())) == refusal
+    s.close()
+    s = SSE(h.port, query="key=strict", last_event_id=f"{p.cursor}:{p.session}:{p.token}", origin=bad)
+    assert (s.status, json.loads(s.resp.read())) == refusal
+    s.close()
+    s = SSE(h.port, query=f"last_event_id={p.cursor}:{p.session}:{p.token}", origin=bad)
+    assert (s.status, json.loads(s.resp.read())) == refusal
+    s.close()
+    # WebSocket resume from the bad origin: refused as before (4009).
+    ws = WS(h.port, key="strict", session=p.session, token=p.token, last_seq=p.cursor, origin=bad)
+    m = ws.recv()
+    assert m["event"] == "pusher:error" and m["data"]["code"] == 4009, m
+    ws.close()
+
+    # The session is untouched: from the good origin it still polls, subscribed to strict-a
+    # only, and gets what was published meanwhile.
+    status, r = publish(h.port, {"channel": "strict-b", "event": "e", "data": "b"}, token=TOKEN)
+    assert status == 202 and r["sessions"] == 0, r
+    status, r = publish(h.port, {"channel": "strict-a", "event": "e", "data": "a"}, token=TOKEN)
+    assert status == 201 and r["sessions"] == 1, r
+    got = p.poll()
+    assert [(m["event"], m["data"]) for m in got] == [("e", "a")], got
+    assert p.send({"event": "pusher:subscribe", "data": {"channel": "strict-b"}}) == (200, {"ok": True})
+    # Without an Origin (not a browser) the session's requests are allowed, as its opening is.
+    p.origin = None
+    m = p.poll()
+    assert m[0]["event"] == "pusher_internal:subscription_succeeded" and m[0]["channel"] == "strict-b", m

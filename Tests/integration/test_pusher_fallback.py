@@ -426,6 +426,33 @@ def test_app_settings_from_the_config_file(start_halley, tmp_path):
     assert Client(h.port, key="small").poll()[2] == [("o", None), ("c", 4004, "Application is over connection quota")]
 
 
+def test_app_origins_are_checked_on_every_receive_request(start_halley, tmp_path):
+    """A session opened from an allowed origin is no way around the app's `allowed_origins`:
+    a later xhr or xhr_streaming from another origin is refused 403 (as xhr_send is), and the
+    session carries on for its own origin."""
+    cfg = tmp_path / "apps.json"
+    cfg.write_text(json.dumps({"apps": [
+        {"id": "2", "key": "strict", "secret": "s2", "token": "tok", "allowed_origins": ["https://app.example"]},
+    ]}))
+    h = start_halley("--config", str(cfg))
+    c = Client(h.port, key="strict", origin="https://app.example")
+    assert c.poll()[2] == [("o", None)]
+    m = c.poll()[2]
+    assert m[0][0] == "a" and m[0][1][0]["event"] == "pusher:connection_established", m
+    c.subscribe("strict")
+    c.origin = "https://other.example"
+    for kind in ["xhr", "xhr_streaming"]:
+        status, headers, body = c.post(c.receive_url(kind), timeout=5)
+        assert status == 403 and body == b"Forbidden: origin not allowed\n", (kind, status, body)
+        assert "access-control-allow-origin" not in headers
+    assert c.send("pusher:ping", {})[0] == 403
+    c.origin = "https://app.example"
+    status, r = publish(h.port, {"channel": "strict", "event": "e", "data": "x"})
+    assert status == 201 and r["sessions"] == 1, r
+    msgs = [m for f in c.poll()[2] if f[0] == "a" for m in f[1]]
+    assert [(m["event"], m["data"]) for m in msgs if m["event"] == "e"] == [("e", "x")], msgs
+
+
 # ---- what the client's own messages cost
 
 @pytest.mark.parametrize("policy", ["close", "gap"])
