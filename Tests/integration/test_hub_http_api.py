@@ -718,10 +718,19 @@ def test_poll_unknown_key_404(hub):
 
 
 def test_poll_unknown_session_404(hub):
+    # An id the hub never issued reads as `expired`: the hub cannot tell it from a session
+    # that expired long ago or before a restart (docs/PROTOCOL.md, "Resuming"). A real expiry,
+    # a wrong token (`unknown`) and `terminated`: test_hub_resume.py.
     status, _, body = http_request(hub.port, "GET", "/halley/poll?session=1234.5678&token=00&cursor=0")
     assert status == 404, body
     j = json.loads(body)
     assert "session not found" in error_of(j) and j["halley:reason"] == "expired"
+    # With the key, a new session starts instead, saying why.
+    status, _, body = http_request(hub.port, "GET", "/halley/poll?session=1234.5678&token=00&cursor=0&key=app-key")
+    assert status == 200, body
+    j = json.loads(body)
+    info = json.loads(j["messages"][0]["data"])
+    assert j["session"] != "1234.5678" and info["halley:resumed"] is False and info["halley:reason"] == "expired", j
 
 
 def test_send_unknown_session_404(hub):

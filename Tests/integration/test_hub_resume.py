@@ -5,13 +5,19 @@ explicit "not recovered", and the slow-consumer policies."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import select
+import socket
+import struct
 import threading
 import time
 
 import pytest
 
-from hub_client import SSE, WS, Dedup, Poll, publish, send_http, wait_until
+from hub_client import HOST, SSE, WS, Dedup, Poll, http_request, payload_of, publish, pusher_client, send_http, wait_until
 
 
 class Client:
@@ -66,6 +72,10 @@ class Client:
             for m in p.poll(timeout=10):
                 self.take(m)
             p.cursor = self.last
+        if abrupt:
+            # One more poll, dropped (RST) while the hub holds it or is answering it: what it
+            # carried was never read, and must come again on the next transport.
+            drop_poll(self.port, f"/halley/poll?session={self.session}&token={self.token}&cursor={self.last}")
 
     def run_sse(self, until, abrupt):
         s = SSE(self.port, last_event_id=f"{self.last}:{self.session}:{self.token}")
@@ -78,13 +88,38 @@ class Client:
         s.abort() if abrupt else s.close()
 
 
+def drop_poll(port, path, hold=0.1):
+    """Sends a long-poll on a raw socket, lets the hub hold it `hold` seconds, then resets
+    the connection without reading. True if nothing had been answered by then."""
+    sock = socket.create_connection((HOST, port), timeout=5)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    time.sleep(hold)
+    waiting = not select.select([sock], [], [], 0)[0]
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    return waiting
+
+
+BINARY_EVERY = 7
+
+
 def publisher(port, channel, n, interval, stop):
+    """Publishes "1".."n"; every BINARY_EVERY-th as a binary payload (data_base64)."""
     for i in range(n):
         if stop.is_set():
             return
-        status, r = publish(port, {"channel": channel, "event": "tick", "data": str(i + 1)})
+        body = {"channel": channel, "event": "tick"}
+        if (i + 1) % BINARY_EVERY == 0:
+            body["data_base64"] = base64.b64encode(str(i + 1).encode()).decode()
+        else:
+            body["data"] = str(i + 1)
+        status, r = publish(port, body)
         assert status in (201, 202), (status, r)
         time.sleep(interval)
+
+
+def is_binary(m):
+    return bool(m.get("halley:binary")) or "halley:binary_payload" in m
 
 
 @pytest.mark.parametrize("abrupt", [False, True])
@@ -116,10 +151,13 @@ def test_switching_transports_loses_nothing(start_halley, abrupt):
     finally:
         stop.set()
         pub.join(5)
-    data = [int(m["data"]) for m in c.d.events("tick")]
+    ticks = c.d.events("tick")
+    data = [int(payload_of(m)) for m in ticks]
     assert data == list(range(1, total + 1)), "every message once and in order"
-    offsets = [m["halley:offset"] for m in c.d.events("tick")]
+    offsets = [m["halley:offset"] for m in ticks]
     assert offsets == list(range(1, total + 1))
+    # Binary payloads stay binary whichever transport carried (or replayed) them.
+    assert [is_binary(m) for m in ticks] == [(n % BINARY_EVERY == 0) for n in data]
 
 
 def test_sse_reconnects_after_rotation_with_last_event_id(start_halley):
@@ -265,3 +303,207 @@ def test_plain_pusher_session_ends_with_its_socket(start_halley):
     assert status == 201 and r["sessions"] == 1
     ws.close()
     assert wait_until(lambda: publish(h.port, {"channel": "plain", "event": "e", "data": "x"})[0] == 202)
+
+
+# ---- long-poll dropped mid-wait, binary replay
+
+
+def test_long_poll_dropped_while_waiting_loses_nothing(start_halley):
+    """A long-poll reset by the client while the hub holds it: the hub lets it go (the next
+    poll is not refused as overlapping), and what arrives afterwards, or arrived for the
+    dropped poll, comes with the next poll once and in order."""
+    h = start_halley("--app-token", "tok")
+    p = Poll(h.port)
+    p.subscribe("drop")
+    assert p.poll()[0]["event"] == "pusher_internal:subscription_succeeded"
+    path = f"/halley/poll?session={p.session}&token={p.token}&cursor={p.cursor}"
+    assert drop_poll(h.port, path, hold=0.5), "the poll was answered without a message"
+    time.sleep(0.2)
+    publish(h.port, {"channel": "drop", "event": "e", "data": "a"})
+    publish(h.port, {"channel": "drop", "event": "e", "data_base64": base64.b64encode(b"\x00\xffb").decode()})
+    got = p.poll(timeout=5)  # the same cursor: the dropped poll acknowledged nothing more
+    assert [payload_of(m) for m in got] == [b"a", b"\x00\xffb"], got
+    assert [m["halley:seq"] for m in got] == [p.cursor - 1, p.cursor]
+    # A message that a dropped poll was answered with (never read) comes again.
+    t = threading.Timer(0.3, publish, args=(h.port, {"channel": "drop", "event": "e", "data": "c"}))
+    t.start()
+    assert not drop_poll(h.port, f"/halley/poll?session={p.session}&token={p.token}&cursor={p.cursor}", hold=0.8)
+    t.join()
+    got = p.poll(timeout=5)
+    assert [m["data"] for m in got] == ["c"], got
+    publish(h.port, {"channel": "drop", "event": "e", "data": "d"})
+    assert [m["data"] for m in p.poll(timeout=5)] == ["d"]
+
+
+def test_binary_payload_is_replayed_on_every_transport(start_halley):
+    """One unacknowledged binary message, resumed from WebSocket to long-poll to SSE and back
+    to WebSocket: each time the same bytes and seq (a binary frame on WebSocket, base64 with
+    `halley:binary` on the text transports)."""
+    h = start_halley("--app-token", "tok")
+    ws = WS(h.port)
+    info = ws.hello()
+    sid, token = info["socket_id"], info["halley:token"]
+    sub = ws.subscribe("bin")
+    blob = bytes(range(256)) * 3
+    status, _ = publish(h.port, {"channel": "bin", "event": "blob", "data_base64": base64.b64encode(blob).decode()})
+    assert status == 201
+    m = ws.recv()
+    assert m["halley:binary_payload"] == blob and "data" not in m, m
+    seq = m["halley:seq"]
+    ws.abort()
+    last = sub["halley:seq"]  # the subscription answer was processed, the blob was not
+    status, _, body = http_request(h.port, "GET", f"/halley/poll?session={sid}&token={token}&cursor={last}")
+    j = json.loads(body)
+    assert status == 200 and len(j["messages"]) == 1, j
+    m = j["messages"][0]
+    assert m["halley:binary"] is True and base64.b64decode(m["data"]) == blob and m["halley:seq"] == seq, m
+    s = SSE(h.port, query=f"session={sid}&token={token}&last_seq={last}")
+    est = json.loads(s.recv()["data"])
+    assert est["halley:resumed"] is True and est["socket_id"] == sid
+    m = s.recv()
+    assert m["halley:binary"] is True and base64.b64decode(m["data"]) == blob and m["halley:seq"] == seq, m
+    s.abort()
+    ws = WS(h.port, session=sid, token=token, last_seq=last)
+    assert ws.hello()["halley:resumed"] is True
+    m = ws.recv()
+    assert m["halley:binary_payload"] == blob and m["halley:seq"] == seq and m["event"] == "blob", m
+    ws.close()
+
+
+# ---- SSE resume by query
+
+
+def test_sse_resumes_with_last_event_id_query_parameter(start_halley):
+    """`?last_event_id=` (no Last-Event-ID header, no key) resumes the session: the messages
+    after its seq, once and in order, then live ones; and it acknowledges up to that seq."""
+    h = start_halley("--app-token", "tok")
+    s = SSE(h.port)
+    first_id, est = s.event()
+    info = json.loads(est["data"])
+    sid, token = info["socket_id"], info["halley:token"]
+    assert first_id == f"0:{sid}:{token}"
+    send_http(h.port, sid, token, {"event": "pusher:subscribe", "data": {"channel": "lei"}})
+    assert s.recv()["event"] == "pusher_internal:subscription_succeeded"
+    for i in range(5):
+        publish(h.port, {"channel": "lei", "event": "tick", "data": str(i + 1)})
+    ids = {}
+    for _ in range(5):
+        eid, m = s.event()
+        ids[m["data"]] = eid
+        assert eid == f"{m['halley:seq']}:{sid}:{token}"
+    s.abort()
+    for i in range(5, 8):
+        publish(h.port, {"channel": "lei", "event": "tick", "data": str(i + 1)})
+    n = ids["3"]  # processed up to "3"
+    r = SSE(h.port, query=f"last_event_id={n}")
+    assert r.status == 200
+    eid, est = r.event()
+    info = json.loads(est["data"])
+    assert info["socket_id"] == sid and info["halley:resumed"] is True, info
+    assert eid == n
+    got = [r.recv() for _ in range(5)]
+    assert [m["data"] for m in got] == ["4", "5", "6", "7", "8"], got
+    seq3 = int(n.split(":")[0])
+    assert [m["halley:seq"] for m in got] == list(range(seq3 + 1, seq3 + 6))
+    # Nothing else was queued before the live stream: the next event is the next publish.
+    publish(h.port, {"channel": "lei", "event": "tick", "data": "9"})
+    m = r.recv()
+    assert m["data"] == "9" and m["halley:seq"] == seq3 + 6, m
+    r.abort()
+    # The resume acknowledged up to "3": an older id gets nothing before "4".
+    old = SSE(h.port, query=f"last_event_id={ids['1']}")
+    assert json.loads(old.recv()["data"])["halley:resumed"] is True
+    assert old.recv()["data"] == "4"
+    old.abort()
+
+
+# ---- linger expiry ends the session and its subscriptions
+
+
+def open_and_drop(h, kind, channel):
+    """A resumable session subscribed to `channel` over `kind`, whose transport then goes
+    away; returns (session id, token)."""
+    if kind == "ws":
+        ws = WS(h.port)
+        info = ws.hello()
+        ws.subscribe(channel)
+        ws.abort()
+        return info["socket_id"], info["halley:token"]
+    if kind == "sse":
+        s = SSE(h.port)
+        info = json.loads(s.recv()["data"])
+        send_http(h.port, info["socket_id"], info["halley:token"], {"event": "pusher:subscribe", "data": {"channel": channel}})
+        assert s.recv()["event"] == "pusher_internal:subscription_succeeded"
+        s.abort()
+        return info["socket_id"], info["halley:token"]
+    p = Poll(h.port)
+    p.subscribe(channel)
+    assert p.poll()[0]["event"] == "pusher_internal:subscription_succeeded"
+    return p.session, p.token  # and it polls no more
+
+
+@pytest.mark.parametrize("kind", ["ws", "sse", "poll"])
+def test_expired_session_ends_its_subscriptions(start_halley, kind):
+    h = start_halley("--app-token", "tok", "--session-linger", "1")
+    sid, token = open_and_drop(h, kind, "linger")
+    # Lingering: still subscribed (its messages are kept for a resume).
+    status, r = publish(h.port, {"channel": "linger", "event": "e", "data": "kept"})
+    assert status == 201 and r["sessions"] == 1, r
+    # Expired: nobody is subscribed any more.
+    assert wait_until(lambda: publish(h.port, {"channel": "linger", "event": "e", "data": "x"})[0] == 202, timeout=5)
+    status, r = publish(h.port, {"channel": "linger", "event": "e", "data": "gone"})
+    assert status == 202 and r["sessions"] == 0, r
+    # Every transport says why it cannot resume.
+    ws = WS(h.port, session=sid, token=token, last_seq=0)
+    again = ws.hello()
+    assert again["halley:resumed"] is False and again["halley:reason"] == "expired" and again["socket_id"] != sid
+    ws.close()
+    status, body = send_http(h.port, sid, token, {"event": "pusher:ping", "data": {}})
+    assert status == 404 and body == {"error": "session not found", "halley:reason": "expired"}, body
+    status, _, body = http_request(h.port, "GET", f"/halley/poll?session={sid}&token={token}&cursor=0")
+    assert status == 404 and json.loads(body)["halley:reason"] == "expired", body
+    s = SSE(h.port, query="", last_event_id=f"0:{sid}:{token}")
+    assert s.status == 400  # no key: nothing to start instead
+    assert json.loads(s.resp.read()) == {"error": "missing key", "halley:reason": "expired"}
+    s.close()
+    s = SSE(h.port, query="key=app-key", last_event_id=f"0:{sid}:{token}")
+    info = json.loads(s.recv()["data"])
+    assert info["halley:resumed"] is False and info["halley:reason"] == "expired" and info["socket_id"] != sid
+    s.close()
+
+
+def test_resume_reasons_unknown_and_terminated(start_halley):
+    """`unknown`: a live session shown with the wrong token (it is not touched);
+    `terminated`: ended by the app (terminate_connections). A never-issued id reads as
+    `expired` (the hub cannot tell it from one that expired long ago or before a restart)."""
+    h = start_halley("--app-token", "tok")
+    ws = WS(h.port)
+    info = ws.hello()
+    sid, token = info["socket_id"], info["halley:token"]
+    wrong = ("0" if token[0] != "0" else "1") + token[1:]
+    other = WS(h.port, session=sid, token=wrong, last_seq=0)
+    again = other.hello()
+    assert again["halley:resumed"] is False and again["halley:reason"] == "unknown" and again["socket_id"] != sid
+    other.close()
+    status, body = send_http(h.port, sid, wrong, {"event": "pusher:ping", "data": {}})
+    assert status == 404 and body["halley:reason"] == "unknown", body
+    ws.send({"event": "pusher:ping", "data": {}})
+    assert ws.recv()["event"] == "pusher:pong"  # untouched
+    # Terminated by the app.
+    user_data = json.dumps({"id": "u-7"})
+    sig = hmac.new(b"app-secret", f"{sid}::user::{user_data}".encode(), hashlib.sha256).hexdigest()
+    ws.send({"event": "pusher:signin", "data": {"auth": f"app-key:{sig}", "user_data": user_data}})
+    assert ws.recv()["event"] == "pusher:signin_success"
+    assert pusher_client(h.port).terminate_user_connections("u-7") == {}
+    m = ws.recv()
+    assert m["event"] == "pusher:error" and m["data"]["code"] == 4009, m
+    ws.close()
+    w2 = WS(h.port, session=sid, token=token, last_seq=0)
+    again = w2.hello()
+    assert again["halley:resumed"] is False and again["halley:reason"] == "terminated", again
+    w2.close()
+    status, _, body = http_request(h.port, "GET", f"/halley/poll?session={sid}&token={token}&cursor=0")
+    assert status == 404 and json.loads(body)["halley:reason"] == "terminated", body
+    # Never issued.
+    status, _, body = http_request(h.port, "GET", f"/halley/poll?session=1234.5678&token={token}&cursor=0")
+    assert status == 404 and json.loads(body)["halley:reason"] == "expired", body
