@@ -916,3 +916,31 @@ def test_app_allowed_origins_apply_to_every_request_of_a_session(start_halley, t
     p.origin = None
     m = p.poll()
     assert m[0]["event"] == "pusher_internal:subscription_succeeded" and m[0]["channel"] == "strict-b", m
+
+
+def test_ping_over_http_is_answered_on_the_attached_stream_or_waiting_poll(hub):
+    """`pusher:ping` sent by POST /halley/send: the pong comes on the session's SSE stream or
+    its waiting poll; with neither attached it is dropped (pongs are not numbered or kept)."""
+    ping = {"event": "pusher:ping", "data": {}}
+    s = SSE(hub.port)
+    info = json.loads(s.recv()["data"])
+    sid, token = info["socket_id"], info["halley:token"]
+    assert send_http(hub.port, sid, token, ping) == (200, {"ok": True})
+    assert s.recv() == {"event": "pusher:pong", "data": {}}
+    s.close()
+
+    p = Poll(hub.port)
+    got = []
+    t = threading.Thread(target=lambda: got.append(p.poll(timeout=10)))
+    t.start()
+    time.sleep(0.3)  # the poll waits
+    t0 = time.monotonic()
+    assert p.send(ping) == (200, {"ok": True})
+    t.join(10)
+    assert got == [[{"event": "pusher:pong", "data": {}}]], got
+    assert time.monotonic() - t0 < 2
+    # No poll waiting: the pong is not kept for the next one.
+    assert p.send(ping) == (200, {"ok": True})
+    c = chan("pong")
+    p.subscribe(c)
+    assert [m["event"] for m in p.poll(timeout=5)] == ["pusher_internal:subscription_succeeded"]
