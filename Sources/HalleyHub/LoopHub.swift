@@ -387,14 +387,29 @@ final class LoopHub: @unchecked Sendable {
     /// subscriber, so the server's cork gathers one subscriber's messages into one write.
     func fanOut(_ key: ChannelKey, _ pubs: [Publication]) {
         guard let lc = channels[key] else { return }
-        let deliveries = pubs.map { Delivery($0.message) }
         let sessions = lc.sessions
         let joined = lc.joined
-        for i in 0..<sessions.count {
-            let s = sessions[i]
-            for (j, p) in pubs.enumerated() where p.offset > joined[i] {
-                if let x = p.exclude, x == s.id { continue }
-                s.enqueue(p.message, delivery: deliveries[j])
+        // The per-delivery loop reads only locals: each read of an array element or a property
+        // of a class is a retain and a release, and this loop runs once per subscriber.
+        if pubs.count == 1 {
+            let p = pubs[0]
+            let m = p.message, d = Delivery(m), offset = p.offset, exclude = p.exclude
+            for i in 0..<sessions.count where offset > joined[i] {
+                let s = sessions[i]
+                if let x = exclude, x == s.id { continue }
+                s.enqueue(m, delivery: d)
+            }
+        } else {
+            let messages = pubs.map { $0.message }
+            let deliveries = messages.map { Delivery($0) }
+            let offsets = pubs.map { $0.offset }
+            let excludes = pubs.map { $0.exclude }
+            for i in 0..<sessions.count {
+                let s = sessions[i]
+                for j in 0..<pubs.count where offsets[j] > joined[i] {
+                    if let x = excludes[j], x == s.id { continue }
+                    s.enqueue(messages[j], delivery: deliveries[j])
+                }
             }
         }
         counters.delivered += sessions.count * pubs.count

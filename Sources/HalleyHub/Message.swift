@@ -13,13 +13,17 @@ public final class OutMessage: @unchecked Sendable {
     /// The channel and offset of a published message; nil / 0 for session messages.
     let channel: String?
     let offset: UInt64
+    /// `channel != nil`, read without touching the string (a check per delivery).
+    let isChannelMessage: Bool
     /// Bytes this message counts for in a session's buffer.
-    var size: Int { prefix.count + 24 }
+    let size: Int
 
     init(prefix: [UInt8], channel: String? = nil, offset: UInt64 = 0, binaryHeader: [UInt8]? = nil, binaryPayload: [UInt8]? = nil) {
         self.prefix = SharedBytes(prefix)
         self.channel = channel
+        self.isChannelMessage = channel != nil
         self.offset = offset
+        self.size = prefix.count + 24
         self.binaryHeader = binaryHeader.map { SharedBytes($0) }
         self.binaryPayload = binaryPayload.map { SharedBytes($0) }
     }

@@ -73,16 +73,17 @@ final class Session {
     /// Sends a message in the session's order (resumable: numbered and kept until acked).
     func enqueue(_ m: OutMessage, delivery: Delivery? = nil) {
         guard !ended else { return }
+        let t = transport  // read once: each read of the property is a retain
         let full: Bool
         if resumable {
             full = unackedBytes + m.size > config.sessionBufferBytes
         } else {
-            full = (transport?.bufferedBytes ?? 0) + m.size > config.sessionBufferBytes
+            full = (t?.bufferedBytes ?? 0) + m.size > config.sessionBufferBytes
         }
         // Under `gap`, a session message (a subscription answer) is never skipped: only
         // channel messages can be named in a gap notice. It may overrun the bound a little.
-        let skippable = m.channel != nil || config.slowConsumer == .close
-        if (full && skippable) || (!gaps.isEmpty && m.channel != nil && !announceGaps()) {
+        if (full && (m.isChannelMessage || config.slowConsumer == .close))
+            || (!gaps.isEmpty && m.isChannelMessage && !announceGaps()) {
             overflow(m)
             return
         }
@@ -91,7 +92,7 @@ final class Session {
             unacked.append(m)
             unackedBytes += m.size
         }
-        transport?.send(m, seq: resumable ? seq : 0, delivery: delivery)
+        t?.send(m, seq: resumable ? seq : 0, delivery: delivery)
     }
 
     /// The buffer bound was hit while sending `m`.

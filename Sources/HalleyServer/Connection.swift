@@ -53,7 +53,7 @@ public class Connection: EventHandler {
         do {
             let n = try tls.map { t throws(IOError) in try q.drain(fd, tls: t, scratch: ctx.tlsScratch) } ?? q.drain(fd)
             if n > 0 {
-                ctx.counters.add(.bytesOut, n)
+                ctx.count(.bytesOut, n)
                 lastIO = ctx.seconds
             }
         } catch {

@@ -44,7 +44,7 @@ extension HTTPConnection {
 
     func finishHandOff(_ h: HandOff) {
         handOffPending = nil
-        if ctx.corkOwner === self { ctx.flushCork() }
+        if ctx.isCorkOwner(self) { ctx.flushCork() }
         guard !closed else { return }
         let moved = MovedConnection(fd: fd, router: router, out: out, tls: tls, pendingIn: pendingIn, serial: serial,
                                     respondHead: respondHead, respondMinor: respondMinor,
@@ -56,7 +56,7 @@ extension HTTPConnection {
         pendingIn = nil
         ctx.loop.unregister(fd)
         ctx.detach(self)
-        ctx.counters.add(.handOffs)
+        ctx.count(.handOffs)
         let box = UncheckedBox((moved, h))
         h.target.loop.execute {
             let (m, h) = box.value
@@ -75,7 +75,7 @@ extension LoopContext {
             connections[i].sweepIndex = i
         }
         connections.removeLast()
-        if corkOwner === c { corkOwner = nil; cork.clear(); segments.removeAll(keepingCapacity: true); referencedBytesReset() }
+        if isCorkOwner(c) { corkOwner = nil; cork.clear(); segments.removeAll(keepingCapacity: true); referencedBytesReset() }
         if shuttingDown && connections.isEmpty { loop.stop() }
     }
 

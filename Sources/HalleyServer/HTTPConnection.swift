@@ -131,7 +131,7 @@ final class HTTPConnection: Connection {
         if let next = upgradedTo { finishUpgrade(next); return }
         if let h = handOffPending { finishHandOff(h); return }
         if closed { return }
-        if ctx.corkOwner === self { ctx.flushCork() }
+        if ctx.isCorkOwner(self) { ctx.flushCork() }
         updateInterest()
     }
 
@@ -163,7 +163,7 @@ final class HTTPConnection: Connection {
                 peerEOF()
                 return
             }
-            ctx.counters.add(.bytesIn, n)
+            ctx.count(.bytesIn, n)
             lastIO = ctx.seconds
             if lingering { continue }
             process(UnsafeRawBufferPointer(start: buf.baseAddress, count: n))
@@ -173,7 +173,7 @@ final class HTTPConnection: Connection {
 
     func peerEOF() {
         peerClosed = true
-        if !lingering && (awaiting || out != nil || ctx.corkOwner === self) {
+        if !lingering && (awaiting || out != nil || ctx.isCorkOwner(self)) {
             // A response is still owed or being written: finish it, then close.
             closing = true
             return
@@ -217,7 +217,7 @@ final class HTTPConnection: Connection {
             // gathered, write; if the socket does not take it all, the rest of the requests
             // wait unparsed (and the socket unread) until it does. A client that pipelines
             // without reading cannot make the hub hold more than one read's worth of answers.
-            if ctx.corkOwner === self && ctx.corkedBytes > 64 * 1024 { ctx.flushCork() }
+            if ctx.isCorkOwner(self) && ctx.corkedBytes > 64 * 1024 { ctx.flushCork() }
             if out != nil || closed { break }
             // The request's clock starts with its first byte; empty lines between requests
             // do not restart it (they would otherwise hold a connection open for ever).
@@ -235,7 +235,7 @@ final class HTTPConnection: Connection {
                     // RFC 9110 §10.1.1: the client waits for this before sending the body.
                     ctx.cork(for: self)
                     ctx.corkAppend(Self.continueLine)
-                    ctx.counters.add(.requests1xx)
+                    ctx.count(.requests1xx)
                 }
                 head = h
                 // Reserve what is announced, up to 64 KiB: a head alone must not make us
@@ -286,10 +286,10 @@ final class HTTPConnection: Connection {
     /// the rest of the stream cannot be trusted).
     func refuse(_ e: HTTPParseError) {
         switch e.limitKind {
-        case "request_line": ctx.counters.add(.breachRequestLine)
-        case "headers": ctx.counters.add(.breachHeaders)
-        case "body": ctx.counters.add(.breachBody)
-        default: ctx.counters.add(.badRequests)
+        case "request_line": ctx.count(.breachRequestLine)
+        case "headers": ctx.count(.breachHeaders)
+        case "body": ctx.count(.breachBody)
+        default: ctx.count(.badRequests)
         }
         Log.info("fd \(fd): \(e.status) \(e.reason)")
         serial &+= 1
@@ -329,8 +329,8 @@ final class HTTPConnection: Connection {
             ctx.corkAppend(ServerTables.statusLines[101])
             for (n, v) in headers { ctx.corkAppend(Array("\(n): \(v)\r\n".utf8)) }
             ctx.corkAppend(ServerTables.crlf)
-            ctx.counters.add(.requests1xx)
-            ctx.counters.add(.wsUpgrades)
+            ctx.count(.requests1xx)
+            ctx.count(.wsUpgrades)
             let ws = WebSocketConnection(upgrading: self, delegate: delegate, deflate: deflate, subprotocol: subprotocol)
             upgradedTo = ws
             // A late answer: no event of ours will come to finish the hand-over.
@@ -342,7 +342,7 @@ final class HTTPConnection: Connection {
     /// with the request are read by the new owner.
     func finishUpgrade(_ next: Connection) {
         guard let ws = next as? WebSocketConnection else { return }
-        if ctx.corkOwner === self { ctx.flushCork() }
+        if ctx.isCorkOwner(self) { ctx.flushCork() }
         if closed { return }
         ws.out = out
         out = nil
@@ -356,7 +356,7 @@ final class HTTPConnection: Connection {
         }
         ws.inEvent = false
         if !ws.closed {
-            if ctx.corkOwner === ws { ctx.flushCork() }
+            if ctx.isCorkOwner(ws) { ctx.flushCork() }
             ws.updateInterest()
         }
     }
@@ -372,7 +372,7 @@ final class HTTPConnection: Connection {
         if !keepAlive { closing = true }
         ctx.cork(for: self)
         encode(r, keepAlive: keepAlive)
-        ctx.counters.add(Counter.forStatus(r.status))
+        ctx.count(Counter.forStatus(r.status))
         phaseStart = ctx.seconds
         if !inEvent {
             // A late answer (long-poll, timeout): write it now, then go on with the requests
@@ -384,7 +384,7 @@ final class HTTPConnection: Connection {
             if closed { return }
             if let h = handOffPending { finishHandOff(h); return }
             if let next = upgradedTo { finishUpgrade(next); return }
-            if ctx.corkOwner === self { ctx.flushCork() }
+            if ctx.isCorkOwner(self) { ctx.flushCork() }
             updateInterest()
         }
     }
@@ -486,12 +486,12 @@ final class HTTPConnection: Connection {
         if ctx.shuttingDown && parser.isIdle && pendingIn == nil { close(); return }
         if parser.isInBody {
             if now - lastIO > Int32(cfg.bodyTimeout) {
-                ctx.counters.add(.breachBodyTimeout)
+                ctx.count(.breachBodyTimeout)
                 timeout("body")
             }
         } else if !parser.isIdle || pendingIn != nil {
             if now - phaseStart > Int32(cfg.headerTimeout) {
-                ctx.counters.add(.breachHeaderTimeout)
+                ctx.count(.breachHeaderTimeout)
                 timeout("header")
             }
         } else if now - phaseStart > Int32(cfg.keepAliveTimeout) {

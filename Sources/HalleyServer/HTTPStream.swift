@@ -39,7 +39,7 @@ public final class HTTPStream {
     /// Bytes written but not yet taken by the socket.
     public var bufferedBytes: Int {
         guard let c = connection else { return 0 }
-        return c.pendingOutputBytes + (c.ctx.corkOwner === c ? c.ctx.corkedBytes : 0)
+        return c.pendingOutputBytes + (c.ctx.isCorkOwner(c) ? c.ctx.corkedBytes : 0)
     }
 
     /// Writes the parts as one piece of the body. Goes out with the loop's cork at the end
@@ -116,7 +116,7 @@ extension HTTPConnection {
         if chunked { ctx.corkAppend(ServerTables.transferChunked) }
         if !respondKeepAlive { ctx.corkAppend(ServerTables.connectionClose) }
         ctx.corkAppend(ServerTables.crlf)
-        ctx.counters.add(Counter.forStatus(status))
+        ctx.count(Counter.forStatus(status))
         let st = HTTPStream(connection: self, chunked: chunked)
         stream = st
         heldWatch = nil
@@ -140,7 +140,7 @@ extension HTTPConnection {
         phaseStart = ctx.seconds
         // HTTP/1.0 (no last chunk): nothing is written to end the body, so no drain would
         // come to finish the close.
-        if closing && out == nil && ctx.corkOwner !== self { outputDrained() }
+        if closing && out == nil && !ctx.isCorkOwner(self) { outputDrained() }
         if !inEvent {
             inEvent = true
             defer { inEvent = false }
@@ -149,7 +149,7 @@ extension HTTPConnection {
             if closed { return }
             if let h = handOffPending { finishHandOff(h); return }
             if let next = upgradedTo { finishUpgrade(next); return }
-            if ctx.corkOwner === self { ctx.flushCork() }
+            if ctx.isCorkOwner(self) { ctx.flushCork() }
             updateInterest()
         }
     }

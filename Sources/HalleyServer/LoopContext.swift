@@ -5,6 +5,7 @@ import HalleyCore
 import HalleyHTTP
 import HalleyLoop
 import HalleyWebSocket
+import Synchronization
 
 /// What one event loop owns on the HTTP side: its connections, its output cork, its file
 /// cache, its counters and the cached `Date` line. Touched by its loop's thread only.
@@ -12,6 +13,8 @@ final class LoopContext {
     let loop: EventLoop
     unowned let server: Server
     let counters: LoopCounters
+    /// The counters' storage: `count` adds to it without retaining `counters` per call.
+    private let counterValues: UnsafeMutablePointer<Atomic<Int>>
     let config: ServerConfig
     let files: FileCache?
     var listeners: [Listener] = []
@@ -26,7 +29,13 @@ final class LoopContext {
     // and written with one writev at the end (DESIGN: one write per socket per loop turn).
     let cork = ByteBuffer(capacity: 64 * 1024)
     var segments: [Segment] = []
-    var corkOwner: Connection?
+    var corkOwner: Connection? {
+        didSet { corkOwnerID = corkOwner.map(ObjectIdentifier.init) }
+    }
+    /// The owner's identity: comparing it takes no retain of the owner (a fan-out asks
+    /// "is this connection corked?" once or twice per delivery).
+    private(set) var corkOwnerID: ObjectIdentifier?
+    @inline(__always) func isCorkOwner(_ c: Connection) -> Bool { corkOwnerID == ObjectIdentifier(c) }
     /// Bytes gathered for the owner (cork bytes and referenced segments).
     var corkedBytes: Int { cork.readableBytes + referencedBytes }
     private var referencedBytes = 0
@@ -83,10 +92,16 @@ final class LoopContext {
     /// Bodies up to this size are copied into the cork; larger ones are written in place.
     static let copyThreshold = 16 * 1024
 
+    @inline(__always) func count(_ c: Counter, _ n: Int = 1) {
+        let v = counterValues + c.rawValue
+        v.pointee.store(v.pointee.load(ordering: .relaxed) &+ n, ordering: .relaxed)
+    }
+
     init(loop: EventLoop, server: Server, counters: LoopCounters) {
         self.loop = loop
         self.server = server
         self.counters = counters
+        self.counterValues = counters.values
         self.config = server.config
         self.files = server.config.publicRoot.map { FileCache(root: $0, config: server.config) }
         self.startMillis = loop.now
@@ -144,7 +159,7 @@ final class LoopContext {
         }
         connections.removeLast()
         server.openConnections.subtract(1, ordering: .relaxed)
-        if corkOwner === c { corkOwner = nil; cork.clear(); segments.removeAll(keepingCapacity: true); referencedBytes = 0 }
+        if isCorkOwner(c) { corkOwner = nil; cork.clear(); segments.removeAll(keepingCapacity: true); referencedBytes = 0 }
         for l in listeners where l.paused {
             noteWaiting(l)
             l.resume()
@@ -228,7 +243,7 @@ final class LoopContext {
     /// Makes `c` the cork's owner, flushing another owner's bytes first so that every
     /// connection's bytes stay in order.
     @inline(__always) func cork(for c: Connection) {
-        if corkOwner !== c {
+        if !isCorkOwner(c) {
             flushCork()
             corkOwner = c
         }

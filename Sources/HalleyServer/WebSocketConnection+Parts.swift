@@ -31,7 +31,7 @@ public final class PreparedPrefix {
 extension WebSocketConnection {
     /// Bytes this connection holds that the socket has not taken (queued and corked).
     public var bufferedBytes: Int {
-        pendingOutputBytes + (ctx.corkOwner === self ? ctx.corkedBytes : 0)
+        pendingOutputBytes + (ctx.isCorkOwner(self) ? ctx.corkedBytes : 0)
     }
 
     public var isOpen: Bool { state == .open && !closed }
@@ -66,7 +66,7 @@ extension WebSocketConnection {
             ctx.corkAppend(shared: prefix.prefix)
             ctx.corkAppend(tail)
         }
-        ctx.counters.add(.wsMessagesOut)
+        ctx.count(.wsMessagesOut)
         return out == nil ? .written : .buffered
     }
 
@@ -83,7 +83,7 @@ extension WebSocketConnection {
             ctx.corkAppend(UnsafeRawBufferPointer(rebasing: h[0..<n]))
         }
         for p in parts where p.count > 0 { ctx.corkAppend(p) }
-        ctx.counters.add(.wsMessagesOut)
+        ctx.count(.wsMessagesOut)
         return out == nil ? .written : .buffered
     }
 }

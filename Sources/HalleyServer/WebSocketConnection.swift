@@ -84,7 +84,7 @@ public final class WebSocketConnection: Connection {
         if events & Events.writable != 0 && out != nil { drainOutput() }
         if !closed && events & (Events.readable | Events.hangup | Events.error) != 0 { readable() }
         if closed { return }
-        if ctx.corkOwner === self { ctx.flushCork() }
+        if ctx.isCorkOwner(self) { ctx.flushCork() }
         updateInterest()
     }
 
@@ -107,7 +107,7 @@ public final class WebSocketConnection: Connection {
                 close()
                 return
             }
-            ctx.counters.add(.bytesIn, n)
+            ctx.count(.bytesIn, n)
             lastRead = ctx.seconds
             pingSent = false
             if lingering || reader.finished { continue }
@@ -124,11 +124,11 @@ public final class WebSocketConnection: Connection {
             switch event {
             case .text(let b):
                 lastMessage = ctx.seconds
-                ctx.counters.add(.wsMessagesIn)
+                ctx.count(.wsMessagesIn)
                 if state == .open { delegate.webSocket(self, text: b) }
             case .binary(let b):
                 lastMessage = ctx.seconds
-                ctx.counters.add(.wsMessagesIn)
+                ctx.count(.wsMessagesIn)
                 if state == .open { delegate.webSocket(self, binary: b) }
             case .ping(let b):
                 if state == .open { sendFrame(WebSocketOpcode.pong, b, compressible: false) }
@@ -144,7 +144,7 @@ public final class WebSocketConnection: Connection {
                 finishClosing()
             case .fail(let code, let reason):
                 Log.info("fd \(fd): websocket close \(code): \(reason)")
-                ctx.counters.add(.wsProtocolErrors)
+                ctx.count(.wsProtocolErrors)
                 if state == .open {
                     sendClose(code, reason: reason, payload: true)
                     delegateClose(code: code)
@@ -177,7 +177,7 @@ public final class WebSocketConnection: Connection {
         guard admit(frame.count) else { return .dropped }
         ctx.cork(for: self)
         ctx.corkAppend(shared: frame)
-        ctx.counters.add(.wsMessagesOut)
+        ctx.count(.wsMessagesOut)
         return out == nil ? .written : .buffered
     }
 
@@ -185,7 +185,7 @@ public final class WebSocketConnection: Connection {
         guard state == .open, !closed else { return .dropped }
         guard admit(payload.count + WebSocketFrameEncoder.maxHeaderBytes) else { return .dropped }
         sendFrame(opcode, payload, compressible: true)
-        ctx.counters.add(.wsMessagesOut)
+        ctx.count(.wsMessagesOut)
         return out == nil ? .written : .buffered
     }
 
@@ -194,9 +194,9 @@ public final class WebSocketConnection: Connection {
         let cfg = ctx.config.webSocket
         // Many messages to one connection in one turn gather in the cork; past 64 KiB write
         // them, so the bound below sees what the socket really took.
-        if ctx.corkOwner === self && ctx.corkedBytes + bytes > 64 * 1024 { ctx.flushCork() }
+        if ctx.isCorkOwner(self) && ctx.corkedBytes + bytes > 64 * 1024 { ctx.flushCork() }
         guard out != nil, pendingOutputBytes + bytes > cfg.maxBufferedBytes else { return true }
-        ctx.counters.add(.wsBackpressure)
+        ctx.count(.wsBackpressure)
         switch cfg.backpressure {
         case .drop:
             return false
@@ -249,7 +249,7 @@ public final class WebSocketConnection: Connection {
     func finishClosing() {
         state = .closing
         stateSince = ctx.seconds
-        if ctx.corkOwner === self { ctx.flushCork() }
+        if ctx.isCorkOwner(self) { ctx.flushCork() }
         if out == nil { startLingering() }
     }
 
