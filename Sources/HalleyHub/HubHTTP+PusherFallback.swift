@@ -147,7 +147,8 @@ extension LoopHub {
         if let t = pusherHTTP.byPath[path] {
             // The session's app checks every receive request's origin, not only the opening's
             // (as `xhr_send` does): a session is not a way around `allowed_origins`.
-            if let o = origin, let allowed = t.session?.app.origins, !allowed.allows(o) {
+            // An ended session's transport lingers with no session: the path's app decides then.
+            if let o = origin, let allowed = (t.session?.app ?? app)?.origins, !allowed.allows(o) {
                 Log.info("pusher-js \(path): origin \(o) refused by the session's app")
                 responder.respond(HubHTTP.pusherHTTPText(403, "Forbidden: origin not allowed", origin: nil))
                 return

@@ -444,13 +444,15 @@ def open_and_drop(h, kind, channel):
 
 @pytest.mark.parametrize("kind", ["ws", "sse", "poll"])
 def test_expired_session_ends_its_subscriptions(start_halley, kind):
-    h = start_halley("--app-token", "tok", "--session-linger", "1")
+    # 3 s: expiry is checked on the once-a-second tick against whole seconds, so a 1 s linger
+    # could end before the first publish below.
+    h = start_halley("--app-token", "tok", "--session-linger", "3")
     sid, token = open_and_drop(h, kind, "linger")
     # Lingering: still subscribed (its messages are kept for a resume).
     status, r = publish(h.port, {"channel": "linger", "event": "e", "data": "kept"})
     assert status == 201 and r["sessions"] == 1, r
     # Expired: nobody is subscribed any more.
-    assert wait_until(lambda: publish(h.port, {"channel": "linger", "event": "e", "data": "x"})[0] == 202, timeout=5)
+    assert wait_until(lambda: publish(h.port, {"channel": "linger", "event": "e", "data": "x"})[0] == 202, timeout=10)
     status, r = publish(h.port, {"channel": "linger", "event": "e", "data": "gone"})
     assert status == 202 and r["sessions"] == 0, r
     # Every transport says why it cannot resume.
