@@ -154,7 +154,7 @@ extension LoopHub {
     /// node's session limit.
     func openSession(_ app: App, _ request: HTTPRequest, origin: String?) -> Opened {
         guard app.enabled else { return .refused(HubHTTP.error(403, "application disabled", origin: origin)) }
-        if let r = appOriginRefusal(app, request, origin: origin) { return .refused(r) }
+        if let r = appOriginRefusal(app.origins, request, origin: origin) { return .refused(r) }
         guard let s = newSession(app: app, resumable: true) else {
             let quota = refusal.code == PusherErrorCode.overConnectionQuota
             return .refused(HubHTTP.error(quota ? 403 : 503, quota ? "application is over connection quota" : "over capacity", origin: origin))
@@ -165,8 +165,10 @@ extension LoopHub {
     /// The app's own origins (`allowed_origins` of the apps file): checked on every request of
     /// a session, not only the one that opens it (as WebSocket checks every opening, resumes
     /// included); the same 403 as the opening's refusal. The session itself is left as it is.
-    func appOriginRefusal(_ app: App, _ request: HTTPRequest, origin: String?) -> HTTPResponse? {
-        guard let o = app.origins, !o.allows(request.head.headers["Origin"]) else { return nil }
+    /// Takes the app's policy, not the app: passing `session.app` copies the whole struct (a
+    /// retain per field, on every poll).
+    func appOriginRefusal(_ origins: OriginPolicy?, _ request: HTTPRequest, origin: String?) -> HTTPResponse? {
+        guard let o = origins, !o.allows(request.head.headers["Origin"]) else { return nil }
         return HubHTTP.error(403, "origin not allowed for this application", origin: origin)
     }
 
@@ -187,7 +189,7 @@ extension LoopHub {
         if let r = resume {
             switch lookup(r.id, token: r.token) {
             case .found(let s):
-                if let refused = appOriginRefusal(s.app, request, origin: origin) {
+                if let refused = appOriginRefusal(s.app.origins, request, origin: origin) {
                     responder.respond(refused)
                     return
                 }
@@ -239,7 +241,7 @@ extension LoopHub {
         if let sid = Query.value(q, "session"), let id = SessionID(sid) {
             switch lookup(id, token: Query.value(q, "token") ?? "") {
             case .found(let s):
-                if let refused = appOriginRefusal(s.app, request, origin: origin) {
+                if let refused = appOriginRefusal(s.app.origins, request, origin: origin) {
                     responder.respond(refused)
                     return
                 }
@@ -309,7 +311,7 @@ extension LoopHub {
             responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: why))
             return
         }
-        if let refused = appOriginRefusal(s.app, request, origin: origin) {
+        if let refused = appOriginRefusal(s.app.origins, request, origin: origin) {
             responder.respond(refused)
             return
         }
