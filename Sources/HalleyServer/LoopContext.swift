@@ -65,7 +65,9 @@ final class LoopContext {
     lazy var sharedInflater = Inflater(resetAfterMessage: true, output: inflateOutput)
 
     /// "Date: ...\r\n", rebuilt when the wall-clock second changes.
-    private(set) var dateLine: [UInt8] = []
+    /// Points into `dateStorage`: a `[UInt8]` here cost a retain and a release per response.
+    private(set) var dateLine = UnsafeRawBufferPointer(start: nil, count: 0)
+    private let dateStorage = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 1)
     private var dateSecond = -1
 
     /// TLS: ciphertext read from a socket, and file bytes on their way to encryption.
@@ -97,6 +99,8 @@ final class LoopContext {
         v.pointee.store(v.pointee.load(ordering: .relaxed) &+ n, ordering: .relaxed)
     }
 
+    deinit { dateStorage.deallocate() }
+
     init(loop: EventLoop, server: Server, counters: LoopCounters) {
         self.loop = loop
         self.server = server
@@ -119,7 +123,10 @@ final class LoopContext {
         let now = Clock.wallSeconds()
         if now != dateSecond {
             dateSecond = now
-            dateLine = Array("Date: \(HTTPDate.format(now))\r\n".utf8)
+            let line = Array("Date: \(HTTPDate.format(now))\r\n".utf8)
+            let n = min(line.count, dateStorage.count)
+            dateStorage.copyBytes(from: line[0..<n])
+            dateLine = UnsafeRawBufferPointer(rebasing: dateStorage[0..<n])
         }
     }
 
