@@ -78,20 +78,21 @@ def test_history_seconds_ages_messages_out_of_recovery(start_halley):
 
 def test_cache_seconds_forgets_the_last_message(start_halley):
     h = start_halley("--app-token", TOKEN, "--cache-seconds", "1")
+
+    def first_after_subscribing():
+        w = WS(h.port)
+        w.hello()
+        w.subscribe("cache-c")
+        m = w.recv()
+        w.close()
+        return m
+
     pub(h, "cache-c", "v1", event="e")
-    w = WS(h.port)
-    w.hello()
-    w.subscribe("cache-c")
-    m = w.recv()
+    m = first_after_subscribing()
     assert m["event"] == "e" and m["data"] == "v1", m
-    w.close()
     time.sleep(2.5)
-    w = WS(h.port)
-    w.hello()
-    w.subscribe("cache-c")
-    m = w.recv()
+    m = first_after_subscribing()
     assert m["event"] == "pusher:cache_miss" and m["channel"] == "cache-c", m
-    w.close()
 
 
 # ---- --poll-timeout
