@@ -129,8 +129,16 @@ public final class SharedBytes: @unchecked Sendable {
         count = bytes.count
     }
 
+    /// Copies the array's bytes. The copy happens inside `withUnsafeBytes`: a pointer returned
+    /// out of that closure is dangling once the array's last use has passed, and an optimised
+    /// build releases an owned array right there (issue 12: frames of 1 KB and more carried
+    /// freed heap bytes).
     public convenience init(_ bytes: [UInt8]) {
-        self.init(bytes.withUnsafeBytes { $0 })
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
+        bytes.withUnsafeBytes { b in
+            if b.count > 0 { p.copyMemory(from: b.baseAddress!, byteCount: b.count) }
+        }
+        self.init(adopting: p, count: bytes.count)
     }
 
     /// Takes ownership of memory allocated with `UnsafeMutableRawPointer.allocate`.

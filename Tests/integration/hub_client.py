@@ -268,10 +268,12 @@ class Poll:
                                        json.dumps(msg).encode(), h)
         return status, json.loads(body)
 
-    def subscribe(self, channel, since=None):
+    def subscribe(self, channel, since=None, auth=None):
         data = {"channel": channel}
         if since:
             data["halley:since"] = since
+        if auth:
+            data["auth"] = auth
         status, body = self.send({"event": "pusher:subscribe", "data": data})
         assert status == 200, (status, body)
 
