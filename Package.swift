@@ -20,6 +20,9 @@ let package = Package(
         .executable(name: "HalleyFuzzInflate", targets: ["HalleyFuzzInflate"]),
         .executable(name: "halley-fanout", targets: ["HalleyFanoutBench"]),
         .executable(name: "HalleyFuzzJSON", targets: ["HalleyFuzzJSON"]),
+        .executable(name: "HalleyFuzzSockJS", targets: ["HalleyFuzzSockJS"]),
+        .executable(name: "HalleyFuzzAPI", targets: ["HalleyFuzzAPI"]),
+        .executable(name: "HalleyFuzzAppsFile", targets: ["HalleyFuzzAppsFile"]),
     ],
     targets: [
         // System shims.
@@ -60,12 +63,17 @@ let package = Package(
         .executableTarget(name: "HalleyFuzzInflate", dependencies: ["HalleyWebSocket"]),
         // libFuzzer entry for the JSON parser and Pusher client messages.
         .executableTarget(name: "HalleyFuzzJSON", dependencies: ["HalleyProtocol"]),
+        // libFuzzer entries for pusher-js's SockJS frames and xhr_send bodies, the HTTP API's
+        // query and signature, and the apps file.
+        .executableTarget(name: "HalleyFuzzSockJS", dependencies: ["HalleyProtocol"]),
+        .executableTarget(name: "HalleyFuzzAPI", dependencies: ["HalleyProtocol", "HalleyCrypto"]),
+        .executableTarget(name: "HalleyFuzzAppsFile", dependencies: ["HalleyHub"]),
         // Fan-out and long-poll load generator for Scripts/bench/fanout.sh and longpoll.sh
         // (Halley and Nchan subscribers, a publisher at a fixed rate, delivery latency).
         .executableTarget(name: "HalleyFanoutBench", dependencies: ["CHalleyLinux"]),
 
         .testTarget(name: "HalleyHTTPTests", dependencies: ["HalleyHTTP"]),
-        .testTarget(name: "HalleyServerTests", dependencies: ["HalleyServer"]),
+        .testTarget(name: "HalleyServerTests", dependencies: ["HalleyServer", "HalleyLoop", "HalleyCore"]),
         .testTarget(name: "HalleyWebSocketTests", dependencies: ["HalleyWebSocket", "HalleyCrypto"]),
         .testTarget(name: "HalleyProtocolTests", dependencies: ["HalleyProtocol", "HalleyCore"]),
         .testTarget(name: "HalleyHubTests", dependencies: ["HalleyHub", "HalleyProtocol"]),

@@ -4,6 +4,7 @@ import COpenSSL
 public enum Digest {
     // Digests fetched once: OpenSSL 3's `EVP_sha256()` & co. make every call look the
     // implementation up again (an "implicit fetch": locks and a hash table per call).
+    // nonisolated(unsafe): a fetched EVP_MD is immutable and may be used from any thread.
     nonisolated(unsafe) static let sha1MD = EVP_MD_fetch(nil, "SHA1", nil)
     nonisolated(unsafe) static let md5MD = EVP_MD_fetch(nil, "MD5", nil)
     nonisolated(unsafe) static let sha256MD = EVP_MD_fetch(nil, "SHA256", nil)

@@ -15,7 +15,7 @@ public final class Hub: Sendable {
     public let config: HubConfig
     let appsByKey: [String: App]
     let appsByID: [String: App]
-    let state = Mutex<State>(State())
+    let state = Locked<State>(State())
     let sessionCount = Atomic<Int>(0)
     /// Sessions per app id (for apps with a connection quota).
     let appSessions: [String: Counter]
@@ -295,7 +295,10 @@ public final class Hub: Sendable {
     /// Returns how many sessions were told.
     @discardableResult
     func terminate(_ user: UserKey) -> Int {
-        let ids = state.withLock { $0.userSessions[user] ?? [] }
+        // A fresh array made under the lock: the set's storage stays with the lock. (A copy of
+        // the set would share it, and the next `remove` on another loop decides whether to
+        // write in place by a reference count that ThreadSanitizer cannot see.)
+        let ids = state.withLock { st in st.userSessions[user].map { Array($0) } ?? [] }
         let loops = self.loops
         for id in ids {
             let lh = loops[id.owner(loops: loops.count)]

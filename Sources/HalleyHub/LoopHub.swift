@@ -99,6 +99,7 @@ final class LoopHub: @unchecked Sendable {
     /// A new session owned by this loop, or nil at the node's session limit (4100) or the
     /// app's connection quota (4004); `refusal` says which.
     func newSession(app: App, resumable: Bool) -> Session? {
+        loop.preconditionInLoop()
         let n = hub.sessionCount.add(1, ordering: .relaxed).newValue
         if n > hub.config.maxSessions {
             hub.sessionCount.subtract(1, ordering: .relaxed)
@@ -129,6 +130,7 @@ final class LoopHub: @unchecked Sendable {
     }
 
     func lookup(_ id: SessionID, token: String) -> Lookup {
+        loop.preconditionInLoop()
         if let s = sessions[id], !s.ended {
             if let t = SessionToken(token), t == s.token { return .found(s) }
             return .gone("unknown")
@@ -137,6 +139,7 @@ final class LoopHub: @unchecked Sendable {
     }
 
     func end(_ s: Session, reason: String, code: UInt16?, message: String?) {
+        loop.preconditionInLoop()
         guard !s.ended else { return }
         s.ended = true
         if let u = s.userID {
@@ -174,6 +177,7 @@ final class LoopHub: @unchecked Sendable {
 
     /// `terminate_connections`: the session ends (Pusher closes with 4009).
     func terminate(_ id: SessionID) {
+        loop.preconditionInLoop()
         guard let s = signedIn[id], !s.ended else { return }
         Log.info("session \(id): terminated by the app")
         end(s, reason: "terminated", code: PusherErrorCode.connectionUnauthorized, message: "connection terminated by the app")
@@ -189,6 +193,7 @@ final class LoopHub: @unchecked Sendable {
     // MARK: subscriptions
 
     func subscribe(_ s: Session, channel name: String, since: (String, UInt64)?, auth: String? = nil, channelData: String? = nil) {
+        loop.preconditionInLoop()
         func refuse(_ type: String, _ text: String, _ status: Int) {
             var d = JSONObjectBuilder()
             d.string("type", type)
@@ -322,6 +327,7 @@ final class LoopHub: @unchecked Sendable {
     }
 
     func unsubscribe(_ s: Session, channel name: String) {
+        loop.preconditionInLoop()
         // The user's channel belongs to the sign-in: it lasts as long as the session.
         if name.hasPrefix(Self.userChannelPrefix) { return }
         let key = ChannelKey(app: s.app.id, name: name)
@@ -354,7 +360,10 @@ final class LoopHub: @unchecked Sendable {
 
     /// Called from the inbox: the delivery happens at the end of the turn, with everything
     /// else published meanwhile, so each subscriber gets all of it in one write.
-    func fanOutLater(_ key: ChannelKey, _ p: Publication) { pendingFanOut.append((key, p)) }
+    func fanOutLater(_ key: ChannelKey, _ p: Publication) {
+        loop.preconditionInLoop()
+        pendingFanOut.append((key, p))
+    }
 
     func flushFanOut() {
         while !pendingFanOut.isEmpty { flushFanOutOnce() }
@@ -386,6 +395,7 @@ final class LoopHub: @unchecked Sendable {
     /// Delivers publications of one channel to this loop's subscribers: subscriber by
     /// subscriber, so the server's cork gathers one subscriber's messages into one write.
     func fanOut(_ key: ChannelKey, _ pubs: [Publication]) {
+        loop.preconditionInLoop()
         guard let lc = channels[key] else { return }
         let sessions = lc.sessions
         let joined = lc.joined
@@ -436,6 +446,7 @@ final class LoopHub: @unchecked Sendable {
     // MARK: once a second
 
     func tick() {
+        loop.preconditionInLoop()
         let now = seconds
         let linger = Int32(hub.config.sessionLinger)
         if !detached.isEmpty {

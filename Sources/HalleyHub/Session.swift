@@ -72,6 +72,7 @@ final class Session {
 
     /// Sends a message in the session's order (resumable: numbered and kept until acked).
     func enqueue(_ m: OutMessage, delivery: Delivery? = nil) {
+        loopHub.loop.preconditionInLoop()
         guard !ended else { return }
         let t = transport  // read once: each read of the property is a retain
         let full: Bool
@@ -168,6 +169,7 @@ final class Session {
 
     /// Attaches `t`, replacing any other, and resends what the client has not seen.
     func attach(_ t: Transport, lastSeen: UInt64?) {
+        loopHub.loop.preconditionInLoop()
         // The new transport is in place before the old one is let go: ending the old one
         // (an SSE response, a poll answer) can run a pipelined request for this session.
         let old = transport
@@ -193,6 +195,7 @@ final class Session {
     // MARK: messages from the client
 
     func handle(_ msg: ClientMessage) {
+        loopHub.loop.preconditionInLoop()
         switch msg.event {
         case "pusher:ping":
             transport?.sendControl(Wire.pong)

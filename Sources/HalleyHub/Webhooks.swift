@@ -29,7 +29,7 @@ public final class Webhooks: Sendable {
     static let maxInbox = 100_000
 
     let loop: EventLoop
-    let inbox = Mutex<[Pending]>([])
+    let inbox = Locked<[Pending]>([])
     let counters = WebhookCounters()
     let driver: UncheckedBox<WebhookDriver>
 
@@ -49,7 +49,7 @@ public final class Webhooks: Sendable {
         }
     }
 
-    /// Any thread; cheap (a Mutex append, no syscall): the hub calls it while holding its own
+    /// Any thread; cheap (a locked append, no syscall): the hub calls it while holding its own
     /// lock. A no-op when none of the app's webhooks wants the event.
     public func emit(_ app: App, _ event: WebhookEvent) {
         guard !app.webhooks.isEmpty else { return }
@@ -92,7 +92,7 @@ final class WebhookCounters: Sendable {
         var droppedGaveUp = 0
     }
 
-    let counts = Mutex(Counts())
+    let counts = Locked(Counts())
 
     func add(_ c: WritableKeyPath<Counts, Int>, _ n: Int) {
         counts.withLock { $0[keyPath: c] += n }

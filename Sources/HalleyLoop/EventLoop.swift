@@ -28,7 +28,7 @@ public final class EventLoop: @unchecked Sendable {
     public let index: Int
     let epfd: Int32
     let wakeFd: Int32
-    let inbox = Mutex<[@Sendable () -> Void]>([])
+    let inbox = Locked<[@Sendable () -> Void]>([])
     let stopRequested = Atomic<Bool>(false)
 
     /// Handlers indexed by file descriptor. Zeroed memory from calloc is all `nil`, and only
@@ -49,6 +49,8 @@ public final class EventLoop: @unchecked Sendable {
     var tickHandlers: [() -> Void] = []
     var nextTick: Int64
     var turnEndHandlers: [() -> Void] = []
+    /// The thread running `run`, for `preconditionInLoop`; nil before the loop runs.
+    var thread: pthread_t?
 
     public init(index: Int, maxDescriptors: Int, readBufferSize: Int = 64 * 1024) throws(IOError) {
         self.index = index
@@ -76,9 +78,24 @@ public final class EventLoop: @unchecked Sendable {
         readBuffer.deallocate()
     }
 
+    // MARK: confinement
+
+    /// Traps when called off this loop's thread once the loop runs: everything a loop owns is
+    /// touched by its thread only (swift-nio's `preconditionInEventLoop`). Checked in debug
+    /// builds and in the sanitizer builds (`-D HALLEY_LOOP_CHECKS`); free in release builds.
+    @inline(__always)
+    public func preconditionInLoop(file: StaticString = #fileID, line: UInt = #line) {
+        #if DEBUG || HALLEY_LOOP_CHECKS
+        if let t = thread, pthread_equal(t, pthread_self()) == 0 {
+            preconditionFailure("loop \(index): called from another thread", file: file, line: line)
+        }
+        #endif
+    }
+
     // MARK: registration (loop thread)
 
     public func register(_ fd: Int32, events: UInt32, handler: EventHandler) throws(IOError) {
+        preconditionInLoop()
         precondition(Int(fd) < handlerCapacity, "descriptor above the open-file limit")
         if halley_epoll_ctl(epfd, EPOLL_CTL_ADD, fd, events, UInt64(fd)) != 0 {
             throw IOError(errno: errno, function: "epoll_ctl(ADD)")
@@ -87,16 +104,19 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     public func modify(_ fd: Int32, events: UInt32) {
+        preconditionInLoop()
         _ = halley_epoll_ctl(epfd, EPOLL_CTL_MOD, fd, events, UInt64(fd))
     }
 
     /// Hands `fd`'s events to another handler (a connection upgraded to another protocol).
     public func replaceHandler(_ fd: Int32, with handler: EventHandler) {
+        preconditionInLoop()
         handlers[Int(fd)] = handler
     }
 
     /// Forgets `fd`; call before closing it.
     public func unregister(_ fd: Int32) {
+        preconditionInLoop()
         _ = halley_epoll_ctl(epfd, EPOLL_CTL_DEL, fd, 0, 0)
         handlers[Int(fd)] = nil
     }
@@ -134,10 +154,14 @@ public final class EventLoop: @unchecked Sendable {
     /// Calls `body` once, after `millis`. Returns an id for `cancel`.
     @discardableResult
     public func schedule(afterMillis millis: Int64, _ body: @escaping () -> Void) -> UInt64 {
-        timers.push(deadline: now + millis, body)
+        preconditionInLoop()
+        return timers.push(deadline: now + millis, body)
     }
 
-    public func cancel(_ timer: UInt64) { timers.cancel(timer) }
+    public func cancel(_ timer: UInt64) {
+        preconditionInLoop()
+        timers.cancel(timer)
+    }
 
     /// Calls `body` about once a second: the coarse sweep for per-connection deadlines, so
     /// that no connection needs a timer object of its own.
@@ -153,6 +177,7 @@ public final class EventLoop: @unchecked Sendable {
     // MARK: the loop
 
     public func run() {
+        thread = pthread_self()
         while !stopRequested.load(ordering: .acquiring) {
             var timeout = nextTick - now
             if let d = timers.nextDeadline { timeout = min(timeout, d - now) }
@@ -205,6 +230,7 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Starts `run` on a new thread named `halley-loop-N`.
     public func startThread() -> pthread_t {
+        // Unmanaged: one +1 reference carried through pthread_create's void*, taken back by the thread.
         let box = Unmanaged.passRetained(self)
         var tid = pthread_t()
         let rc = pthread_create(&tid, nil, { arg in

@@ -75,6 +75,7 @@ public struct SocketAddress: @unchecked Sendable, CustomStringConvertible {
             do throws(IOError) { r = .success(try lookUp(host: host, port: port)) } catch { r = .failure(error) }
             loop.execute { done(r) }
         }
+        // Unmanaged: one +1 reference carried through pthread_create's void*, taken back by the thread.
         let box = Unmanaged.passRetained(ThreadWork(work))
         var tid = pthread_t()
         var attr = pthread_attr_t()

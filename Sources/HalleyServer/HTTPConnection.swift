@@ -57,6 +57,8 @@ public struct Responder {
 /// holds no buffer at all.
 final class HTTPConnection: Connection {
     /// The routes of the listener that accepted it (the main port, or the metrics port).
+    /// `unowned(unsafe)`: the server holds its routers for the life of the process; no count
+    /// per request.
     unowned(unsafe) let router: Router
     var parser: HTTPRequestParser
     /// Bytes received but not yet parsed (a partial head, or requests behind a held one).

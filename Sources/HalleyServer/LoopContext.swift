@@ -133,6 +133,7 @@ final class LoopContext {
     // MARK: connections
 
     func accept(_ fd: Int32, router: Router, tls: Bool = false) {
+        loop.preconditionInLoop()
         Socket.setNoDelay(fd)
         let c = HTTPConnection(fd: fd, context: self, router: router)
         if tls {
@@ -158,6 +159,7 @@ final class LoopContext {
     }
 
     func closed(_ c: Connection) {
+        loop.preconditionInLoop()
         let i = c.sweepIndex
         let last = connections.count - 1
         if i != last {
@@ -250,6 +252,7 @@ final class LoopContext {
     /// Makes `c` the cork's owner, flushing another owner's bytes first so that every
     /// connection's bytes stay in order.
     @inline(__always) func cork(for c: Connection) {
+        loop.preconditionInLoop()
         if !isCorkOwner(c) {
             flushCork()
             corkOwner = c

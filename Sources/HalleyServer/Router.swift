@@ -7,6 +7,7 @@ public typealias RouteHandler = @Sendable (HTTPRequest, Responder) -> Void
 /// `{name}` segments (`/app/{key}`) in the order they were added, then the fallback (static
 /// files). Filled before the loops start and only read after, from every loop.
 public final class Router: @unchecked Sendable {
+    // @unchecked Sendable: routes are added before the loops start, then only read.
     enum Segment {
         case literal(Substring)
         case parameter(String)

@@ -29,7 +29,7 @@ public final class Server: @unchecked Sendable {
     public private(set) var tlsPort: Int?
     /// The credentials new TLS connections use; replaced by `reloadTLS` (connections keep
     /// the context they started with).
-    let tlsState = Mutex<TLSContext?>(nil)
+    let tlsState = Locked<TLSContext?>(nil)
     var tlsContext: TLSContext? { tlsState.withLock { $0 } }
 
     public init(config: ServerConfig, router: Router = Router()) {

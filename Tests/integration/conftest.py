@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from halley_client import HALLEY_BIN, Halley
+from halley_client import HALLEY_BIN, Halley, sanitizer_reports_since, sanitizer_snapshot
 from public_tree import build_public
 
 
@@ -27,6 +27,15 @@ def pytest_configure(config):
 def _binary_exists():
     if not os.access(HALLEY_BIN, os.X_OK):
         pytest.exit(f"halley binary not found at {HALLEY_BIN} (set HALLEY_BIN or run `swift build`)", returncode=2)
+
+
+@pytest.fixture(autouse=True)
+def _no_sanitizer_reports():
+    """Fails the test when a hub it ran wrote a sanitizer report (HALLEY_SANITIZER_LOGS)."""
+    before = sanitizer_snapshot()
+    yield
+    reports = sanitizer_reports_since(before)
+    assert not reports, f"sanitizer report(s) while this test ran:\n{reports}"
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +57,9 @@ def start_halley(public_root):
     """Starts servers with extra flags: start_halley("--header-timeout", "1", ...)."""
     started: list[Halley] = []
 
-    def start(*args, env=None, public=None, threads=2) -> Halley:
-        h = Halley(public or public_root, list(args), env=env, threads=threads)
+    def start(*args, env=None, public=None, threads=2, memory=False) -> Halley:
+        """`memory=True`: a test that measures RSS (runs HALLEY_MEMORY_BIN, no sanitizer)."""
+        h = Halley(public or public_root, list(args), env=env, threads=threads, memory=memory)
         started.append(h)
         return h
 

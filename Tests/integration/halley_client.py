@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 import h11
 
 HALLEY_BIN = os.environ.get("HALLEY_BIN", "/work/main/.build/debug/halley")
+# Tests that measure the hub's memory (RSS) run a build without sanitizers: AddressSanitizer's
+# quarantine and redzones hold freed memory on purpose. Scripts/test.sh points this at the
+# debug build; unset, it is HALLEY_BIN.
+HALLEY_MEMORY_BIN = os.environ.get("HALLEY_MEMORY_BIN") or HALLEY_BIN
 HOST = "127.0.0.1"
 SOCK_TIMEOUT = 5.0
 
@@ -30,8 +34,8 @@ _METRICS_RE = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 class Halley:
     """One halley process. Its stdout and stderr are collected line by line."""
 
-    def __init__(self, public, args=(), env=None, threads=2, start_timeout=10.0):
-        cmd = [HALLEY_BIN, "--port", "0", "--threads", str(threads), "--public", str(public), *map(str, args)]
+    def __init__(self, public, args=(), env=None, threads=2, start_timeout=10.0, memory=False):
+        cmd = [HALLEY_MEMORY_BIN if memory else HALLEY_BIN, "--port", "0", "--threads", str(threads), "--public", str(public), *map(str, args)]
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("HALLEY_")}
         if env:
             full_env.update({k: str(v) for k, v in env.items()})
@@ -405,3 +409,41 @@ def rss_kb(pid) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+# ---- sanitizer reports
+
+# Scripts/test.sh runs the hub built with AddressSanitizer and points ASAN_OPTIONS' log_path
+# here (one file per process, written as reports happen); every test fails that leaves a new
+# report behind.
+SANITIZER_LOGS = os.environ.get("HALLEY_SANITIZER_LOGS")
+
+
+def sanitizer_snapshot() -> dict[str, int]:
+    """The size of every report file now."""
+    if not SANITIZER_LOGS or not os.path.isdir(SANITIZER_LOGS):
+        return {}
+    return {n: os.path.getsize(os.path.join(SANITIZER_LOGS, n)) for n in os.listdir(SANITIZER_LOGS)}
+
+
+def sanitizer_reports_since(snapshot: dict[str, int]) -> str:
+    """What the sanitizers wrote since `snapshot`, grouped by site; "" when nothing."""
+    if not SANITIZER_LOGS:
+        return ""
+    text = []
+    for name, size in sorted(sanitizer_snapshot().items()):
+        old = snapshot.get(name, 0)
+        if size > old:
+            with open(os.path.join(SANITIZER_LOGS, name), errors="replace") as f:
+                f.seek(old)
+                text.append(f.read())
+    if not text:
+        return ""
+    raw = "\n".join(text)
+    summary = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                           "Scripts", "sanitizers", "summary.py")
+    try:
+        grouped = subprocess.run(["python3", summary, "-"], input=raw, capture_output=True, text=True, timeout=120).stdout
+    except Exception:
+        grouped = ""
+    return (grouped or "") + "\n" + raw[:6000]

@@ -463,7 +463,7 @@ def test_pipelining_without_reading_is_bounded(start_halley):
     # 5,000 pipelined requests for a 200 KiB file (1 GB of answers) from a client that does
     # not read: the hub answers only while the answers drain, so its memory stays flat; then
     # every answer arrives, in order, once the client reads.
-    h = start_halley(threads=1)
+    h = start_halley(threads=1, memory=True)
     before = rss_kb(h.proc.pid)
     n = 5000
     req = b"GET /medium.bin HTTP/1.1\r\nHost: h\r\n\r\n"

@@ -21,7 +21,7 @@ import h11
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from halley_client import HOST
+from halley_client import HOST, rss_kb
 from hub_client import publish, wait_until
 
 
@@ -224,7 +224,7 @@ def test_idle_tls_connections_give_buffers_back(start_halley, certs, public_root
     # 60 keep-alive https connections, each sends a 200 KB body and reads a 200 KB file (both
     # memory BIOs grow), then stays open: the hub must give the grown buffers back.
     cert, key = certs["a"]
-    h = start_halley("--tls-port", "0", "--tls-cert", cert, "--tls-key", key, threads=1)
+    h = start_halley("--tls-port", "0", "--tls-cert", cert, "--tls-key", key, threads=1, memory=True)
     blob = os.urandom(200_000)
     with open(os.path.join(public_root, "tls-idle.bin"), "wb") as f:
         f.write(blob)
@@ -268,14 +268,6 @@ def _read_response(s):
         assert chunk, "closed"
         body += chunk
     return body
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 @pytest.mark.parametrize("compression", [None, "deflate"])

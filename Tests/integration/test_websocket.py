@@ -319,7 +319,7 @@ def test_client_that_never_reads_is_held_back(start_halley):
     # stops reading it (TCP pushes back), so neither the hub's memory nor the bytes it
     # accepts grow without bound. (The send-buffer policies themselves are tested with a
     # fan-out endpoint in Tests/HalleyServerTests/FanOutTests.swift.)
-    h = start_halley(threads=1)
+    h = start_halley(threads=1, memory=True)
     s, _ = raw_handshake(h.port)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     before = rss_kb(h.proc.pid)
