@@ -81,8 +81,11 @@ rm -rf "$sanitizer_logs"
 mkdir -p "$sanitizer_logs"
 export HALLEY_SANITIZER_LOGS="$sanitizer_logs"
 export ASAN_OPTIONS="log_path=$sanitizer_logs/asan:halt_on_error=0:detect_leaks=0"
-# Tests that measure RSS run the debug build: ASan's quarantine keeps freed memory on purpose.
-export HALLEY_MEMORY_BIN="$root/.build/debug/halley"
+# Tests that measure RSS run a plain release build: ASan's quarantine keeps freed memory on
+# purpose, and a debug build holds far more than what ships.
+step "swift build -c release (the hub the memory tests run)"
+build -c release --product halley
+export HALLEY_MEMORY_BIN="$root/.build/release/halley"
 sanitizer_check() {
     if [ -n "$(ls -A "$sanitizer_logs")" ]; then
         echo "SANITIZER REPORTS ($1):"

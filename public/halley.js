@@ -248,7 +248,8 @@
       backoff: status === 503 || (status === 403 && /quota/.test(text)) };
   }
 
-  // WebSocket: /app/{key}?protocol=7&halley=1[&session&token&last_seq]
+  // WebSocket: /app/{key}?protocol=7&halley=1[&session&last_seq]; a resume's token goes in the
+  // first message (halley:resume), never in a URL (URLs end up in access logs).
   function WSTransport(conn, resume) { Transport.call(this, conn, "ws", resume); }
   WSTransport.prototype = Object.create(Transport.prototype);
   WSTransport.prototype.start = function () {
@@ -261,6 +262,10 @@
     }
     this.ws = ws;
     ws.binaryType = "arraybuffer";
+    var resume = this.resume;
+    ws.onopen = function () {
+      if (resume) ws.send(JSON.stringify({ event: "halley:resume", data: { token: resume.token } }));
+    };
     ws.onmessage = function (ev) {
       var msg = typeof ev.data === "string" ? parseJSON(ev.data) : decodeBinaryFrame(ev.data);
       if (msg) self.deliver(msg);
@@ -276,12 +281,13 @@
   WSTransport.prototype._teardown = function () {
     var ws = this.ws;
     if (!ws) return;
-    ws.onmessage = ws.onclose = ws.onerror = null;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     try { ws.close(1000); } catch (e) { /* not open yet in old browsers */ }
   };
 
-  // SSE over fetch streaming: /halley/sse?key&[session&token&last_seq]. Read with fetch rather
-  // than EventSource so the client decides when and how to reconnect.
+  // SSE over fetch streaming: /halley/sse?key&[session&last_seq], a resume's token in the
+  // X-Halley-Token header. Read with fetch rather than EventSource so the client decides when
+  // and how to reconnect, and can send that header.
   function SSETransport(conn, resume) { Transport.call(this, conn, "sse", resume); }
   SSETransport.prototype = Object.create(Transport.prototype);
   SSETransport.prototype.start = function () {
@@ -292,9 +298,10 @@
     }
     this.abort = new AbortController();
     var decoder = new TextDecoder(), buffer = "", data = [], rotate = false;
+    var headers = { Accept: "text/event-stream" };
+    if (this.resume) headers["X-Halley-Token"] = this.resume.token;
     fetch(this.conn.httpURL("/halley/sse", this.resume), {
-      cache: "no-store", credentials: "omit", signal: this.abort.signal,
-      headers: { Accept: "text/event-stream" }
+      cache: "no-store", credentials: "omit", signal: this.abort.signal, headers: headers
     }).then(function (res) {
       if (!res.ok) return res.text().then(function (t) { self.finish(httpRefusal(res.status, t)); });
       if (!res.body) return self.finish({ error: "no response body" });
@@ -358,12 +365,13 @@
     var params = this.up ? { session: conn._session, token: conn._token, cursor: conn._lastSeq }
       : resuming ? { session: this.resume.session, token: this.resume.token, cursor: this.resume.lastSeq } : null;
     var url = conn.httpURL("/halley/poll", null) + (params
-      ? "&session=" + encodeURIComponent(params.session) + "&token=" + encodeURIComponent(params.token) + "&cursor=" + params.cursor
+      ? "&session=" + encodeURIComponent(params.session) + "&cursor=" + params.cursor
       : "");
     this.abort = new AbortController();
     var timer = setTimeout(function () { self.abort.abort(); }, conn.opts.pollRequestTimeout);
     if (resuming) this._nudge(150);
-    fetch(url, { cache: "no-store", credentials: "omit", signal: this.abort.signal }).then(function (res) {
+    fetch(url, { cache: "no-store", credentials: "omit", signal: this.abort.signal,
+      headers: params ? { "X-Halley-Token": params.token } : {} }).then(function (res) {
       return res.text().then(function (text) {
         clearTimeout(timer);
         if (self.closed) return;
@@ -457,12 +465,12 @@
   Connection.prototype.wsURL = function (resume) {
     var u = this.client.origin.replace(/^http/, "ws") + "/app/" + encodeURIComponent(this.client.key) +
       "?protocol=7&client=halley-js&version=" + VERSION + "&halley=1";
-    if (resume) u += "&session=" + encodeURIComponent(resume.session) + "&token=" + encodeURIComponent(resume.token) + "&last_seq=" + resume.lastSeq;
+    if (resume) u += "&session=" + encodeURIComponent(resume.session) + "&last_seq=" + resume.lastSeq;
     return u;
   };
   Connection.prototype.httpURL = function (path, resume) {
     var u = this.client.origin + path + "?key=" + encodeURIComponent(this.client.key);
-    if (resume) u += "&session=" + encodeURIComponent(resume.session) + "&token=" + encodeURIComponent(resume.token) + "&last_seq=" + resume.lastSeq;
+    if (resume) u += "&session=" + encodeURIComponent(resume.session) + "&last_seq=" + resume.lastSeq;
     return u;
   };
 
@@ -718,9 +726,11 @@
     while (this._httpQueue.length && this._httpQueue[0].session === first.session) batch.push(this._httpQueue.shift());
     var self = this;
     this._httpBusy = true;
-    var url = this.client.origin + "/halley/send?session=" + encodeURIComponent(first.session) + "&token=" + encodeURIComponent(first.token);
+    var url = this.client.origin + "/halley/send?session=" + encodeURIComponent(first.session);
     // text/plain keeps the request "simple" (no CORS preflight); the hub reads the body as JSON.
-    fetch(url, { method: "POST", body: JSON.stringify(batch.map(function (b) { return b.msg; })), cache: "no-store",
+    // The token travels in the body, never in the URL.
+    var body = { "halley:token": first.token, messages: batch.map(function (b) { return b.msg; }) };
+    fetch(url, { method: "POST", body: JSON.stringify(body), cache: "no-store",
       credentials: "omit", headers: { "Content-Type": "text/plain;charset=UTF-8" } })
       .then(function (res) {
         self._httpBusy = false;
@@ -740,8 +750,9 @@
   Connection.prototype._beacon = function (list) {
     var s = this._resumeParams();
     if (!s || typeof navigator === "undefined" || !navigator.sendBeacon) return false;
-    var url = this.client.origin + "/halley/send?session=" + encodeURIComponent(s.session) + "&token=" + encodeURIComponent(s.token);
-    return navigator.sendBeacon(url, new Blob([JSON.stringify(list)], { type: "text/plain;charset=UTF-8" }));
+    var url = this.client.origin + "/halley/send?session=" + encodeURIComponent(s.session);
+    var body = { "halley:token": s.token, messages: list };
+    return navigator.sendBeacon(url, new Blob([JSON.stringify(body)], { type: "text/plain;charset=UTF-8" }));
   };
 
   // -- probing WebSocket from a fallback transport

@@ -10,6 +10,9 @@
 #include <sys/sendfile.h>
 
 extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+// malloc.h: glibc's heap trimming (Glibc's Swift module leaves malloc.h out).
+extern int malloc_trim(size_t pad);
+static inline int halley_malloc_trim(void) { return malloc_trim(0); }
 
 // Glibc's Swift module lacks these; wrappers keep the flag constants usable from Swift.
 static inline int halley_accept4(int fd, struct sockaddr *addr, socklen_t *len) {

@@ -271,10 +271,13 @@ extension Bench {
             }
             c.pointee.cursor = cursor
             c.pointee.prefix.clear()
-            c.pointee.prefix.append("GET /halley/poll?session=\(session)&token=\(token)&cursor=")
+            c.pointee.prefix.append("GET /halley/poll?session=\(session)&cursor=")
+            c.pointee.auth.clear()
+            c.pointee.auth.append("X-Halley-Token: \(token)\r\n")
             c.pointee.req.clear()
-            c.pointee.req.append("POST /halley/send?session=\(session)&token=\(token) HTTP/1.1\r\n")
+            c.pointee.req.append("POST /halley/send?session=\(session) HTTP/1.1\r\n")
             c.pointee.req.append(hostHeader)
+            c.pointee.req.append(c.pointee.auth.base!, c.pointee.auth.count)
             c.pointee.req.append("Content-Type: application/json\r\nContent-Length: \(subscribeJSON.count)\r\n\r\n")
             c.pointee.req.append(subscribeJSON)
             c.pointee.step = 1
@@ -317,6 +320,7 @@ extension Bench {
         c.pointee.req.appendDecimal(c.pointee.cursor)
         c.pointee.req.append(Self.httpVersionLine)
         c.pointee.req.append(hostHeader)
+        c.pointee.req.append(c.pointee.auth.base!, c.pointee.auth.count)
         c.pointee.req.append(Self.crlf)
         sendRequest(i)
     }

@@ -45,8 +45,10 @@ struct Conn {
     var out = ByteBuf()
     /// Long-poll: the request to send (or to send again after a reconnect).
     var req = ByteBuf()
-    /// Long-poll (halley): "GET /halley/poll?session=S&token=T&cursor=".
+    /// Long-poll (halley): "GET /halley/poll?session=S&cursor=".
     var prefix = ByteBuf()
+    /// Long-poll (halley): "X-Halley-Token: T\r\n" (tokens stay out of URLs).
+    var auth = ByteBuf()
     /// WebSocket: a fragmented message being gathered.
     var frag = ByteBuf()
     /// xhr_streaming: body bytes of the current stream (pusher-js's responseText.length).

@@ -30,6 +30,8 @@ public final class Hub: Sendable {
     nonisolated(unsafe) var loops: [LoopHub] = []
     /// Set by `attach` when an app has webhooks, read-only after; sends from loop 0.
     nonisolated(unsafe) var webhooks: Webhooks?
+    /// The server's per-address limits; set by `attach` before the loops run, read-only after.
+    nonisolated(unsafe) var clientLimits = ClientLimits(config: ClientLimitConfig())
 
     struct State: ~Copyable {
         var channels: [ChannelKey: ChannelState] = [:]
@@ -64,7 +66,8 @@ public final class Hub: Sendable {
     /// Creates one `LoopHub` per server loop and routes the hub's endpoints. Call after
     /// `server.start()` made the loops, before any request can arrive — i.e. use
     /// `Server.onLoopsReady`.
-    public func attach(loops serverLoops: [EventLoop]) {
+    public func attach(loops serverLoops: [EventLoop], clientLimits: ClientLimits = ClientLimits(config: ClientLimitConfig())) {
+        self.clientLimits = clientLimits
         loops = serverLoops.map { LoopHub(hub: self, loop: $0, loopCount: serverLoops.count) }
         if config.apps.contains(where: { !$0.webhooks.isEmpty }) { webhooks = Webhooks(loop: serverLoops[0]) }
     }

@@ -64,6 +64,16 @@ public struct HubConfig: Sendable {
 
     /// Seconds a resumable session outlives its transport. Default 30.
     public var sessionLinger = 30
+    /// Seconds a session lingers when its client never came back after opening it (no second
+    /// request, no acknowledgement, no message): anyone holding the public key can open
+    /// sessions, and each costs a slot until it expires. Default 5 (a client that reconnects
+    /// at once is back well within it).
+    public var sessionLingerUnconfirmed = 5
+    /// Accept a session's token in URLs (`?token=`, `?last_event_id=`, the WebSocket URL), the
+    /// form halley.js used before 2026-12. Default off: URLs are written to access logs, and a
+    /// logged token lets its reader resume the session. Tokens go in the `X-Halley-Token`
+    /// header, the `Last-Event-ID` header, or a WebSocket's first message.
+    public var allowTokensInURLs = false
     /// Bytes of unacknowledged messages a resumable session keeps (and bytes a plain
     /// WebSocket session may have unwritten). Default 1 MiB: a few seconds of a busy channel
     /// for a client on a slow link. Past it: `slowConsumer`.

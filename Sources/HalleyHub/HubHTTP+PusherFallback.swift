@@ -144,7 +144,8 @@ extension LoopHub {
             responder.respond(HubHTTP.pusherHTTPText(403, "Forbidden: origin not allowed", origin: nil))
             return
         }
-        if let t = pusherHTTP.byPath[path] {
+        let client = hub.clientAddress(request, responder)
+        if let t = pusherHTTP.byPath[path], t.client == client {
             // The session's app checks every receive request's origin, not only the opening's
             // (as `xhr_send` does): a session is not a way around `allowed_origins`.
             // An ended session's transport lingers with no session: the path's app decides then.
@@ -177,8 +178,16 @@ extension LoopHub {
         guard let v = Int(p), (4...7).contains(v) else {
             return refuse(PusherErrorCode.unsupportedProtocolVersion, "Unsupported protocol version \(p)")
         }
-        guard let s = newSession(app: app, resumable: false) else { return refuse(refusal.code, refusal.message) }
-        let t = PusherHTTPTransport(loopHub: self, path: path)
+        if pusherHTTP.byPath[path] != nil {
+            // Another address names a live session: it is not that session's client.
+            Log.info("pusher-js \(path): a request from \(client), not the session's address: 404")
+            responder.respond(HubHTTP.pusherHTTPText(404, "Not found: no such session", origin: origin))
+            return
+        }
+        guard let s = newSession(app: app, resumable: false, client: client) else {
+            return refuse(refusal.code, refusal.message)
+        }
+        let t = PusherHTTPTransport(loopHub: self, path: path, client: client)
         t.session = s
         pusherHTTP.byPath[path] = t
         s.attach(t, lastSeen: nil)
@@ -202,7 +211,7 @@ extension LoopHub {
     /// client ignores the answer); unknown session 404; a body that is not an array of
     /// strings 400. Any of them, `[]` included, tells the session its client is alive.
     func pusherSend(_ request: HTTPRequest, _ responder: Responder, _ path: String) {
-        guard let t = pusherHTTP.byPath[path], let s = t.session else {
+        guard let t = pusherHTTP.byPath[path], let s = t.session, t.client == hub.clientAddress(request, responder) else {
             let (ok, origin) = hub.pusherHTTPOrigin(request, app: hub.app(key: request.parameters["key"] ?? ""))
             responder.respond(HubHTTP.pusherHTTPText(404, "Not found: no such session", origin: ok ? origin : nil))
             return

@@ -1,5 +1,6 @@
 import HalleyCore
 import HalleyHTTP
+import HalleyLoop
 import HalleyProtocol
 import HalleyServer
 import HalleyWebSocket
@@ -82,6 +83,11 @@ extension Hub {
         body(loops[responder.loopIndex], request, responder, q)
     }
 
+    /// The client a request comes from (a trusted proxy's client: `ClientLimitConfig`).
+    func clientAddress(_ request: HTTPRequest, _ responder: Responder) -> IPAddress {
+        clientLimits.clientAddress(peer: responder.peer, headers: request.head.headers)
+    }
+
     /// CORS: the origin to echo, or a refusal (the WebSocket origin policy applies).
     func corsOrigin(_ request: HTTPRequest) -> (allowed: Bool, origin: String?) {
         guard let o = request.head.headers["Origin"] else { return (true, nil) }
@@ -97,7 +103,7 @@ extension Hub {
         responder.respond(HTTPResponse(status: 204, headers: [
             ("Access-Control-Allow-Origin", o), ("Vary", "Origin"),
             ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
-            ("Access-Control-Allow-Headers", "Content-Type, Last-Event-ID, Authorization"),
+            ("Access-Control-Allow-Headers", "Content-Type, Last-Event-ID, Authorization, X-Halley-Token"),
             ("Access-Control-Max-Age", "600"),
         ]))
     }
@@ -127,18 +133,33 @@ extension LoopHub {
         } else {
             opening = .refuse(PusherErrorCode.applicationDoesNotExist, "application does not exist")
         }
-        responder.upgrade(request, endpoint: endpoint) { [unowned self] _ in WebSocketTransport(loopHub: self, opening: opening) }
+        let client = hub.clientAddress(request, responder)
+        responder.upgrade(request, endpoint: endpoint) { [unowned self] _ in WebSocketTransport(loopHub: self, opening: opening, client: client) }
     }
 
     func resumeOrNew(_ app: App, _ q: [(String, String)], resumable: Bool) -> WebSocketTransport.Opening {
         guard resumable, let sid = Query.value(q, "session"), let id = SessionID(sid) else {
             return .new(app, resumable: resumable, reason: nil)
         }
-        switch lookup(id, token: Query.value(q, "token") ?? "") {
+        let last = Query.value(q, "last_seq").flatMap { UInt64($0) } ?? 0
+        guard let token = Query.value(q, "token") else {
+            // The token comes in the first message (`halley:resume`), not in the URL.
+            return .awaitResume(app, id, lastSeen: last)
+        }
+        guard hub.config.allowTokensInURLs else {
+            Log.info("websocket: a session token in a URL refused (send halley:resume; --allow-tokens-in-urls accepts the old form)")
+            return .refuse(PusherErrorCode.tokenInURL, "Session tokens in URLs are refused: send halley:resume as the first message")
+        }
+        return resume(app, id, token: token, lastSeen: last)
+    }
+
+    /// The opening of a resume that showed its token.
+    func resume(_ app: App, _ id: SessionID, token: String, lastSeen: UInt64) -> WebSocketTransport.Opening {
+        switch lookup(id, token: token) {
         case .found(let s) where s.app == app:
-            return .resume(s, lastSeen: Query.value(q, "last_seq").flatMap { UInt64($0) } ?? 0)
+            return .resume(s, lastSeen: lastSeen)
         case .found:
-            return .new(app, resumable: true, reason: "unknown")
+            return .new(app, resumable: true, reason: "expired")  // another app's session: as if unknown
         case .gone(let why):
             return .new(app, resumable: true, reason: why)
         }
@@ -150,12 +171,17 @@ extension LoopHub {
     }
 
     /// A new resumable session for an HTTP transport, or the answer that refuses it: 403 for
-    /// a disabled app, an origin the app does not allow, or its connection quota; 503 at the
-    /// node's session limit.
-    func openSession(_ app: App, _ request: HTTPRequest, origin: String?) -> Opened {
+    /// a disabled app, an origin the app does not allow, or its connection quota; 429 past a
+    /// per-address limit; 503 at the node's session limit.
+    func openSession(_ app: App, _ request: HTTPRequest, _ responder: Responder, origin: String?) -> Opened {
         guard app.enabled else { return .refused(HubHTTP.error(403, "application disabled", origin: origin)) }
         if let r = appOriginRefusal(app.origins, request, origin: origin) { return .refused(r) }
-        guard let s = newSession(app: app, resumable: true) else {
+        guard let s = newSession(app: app, resumable: true, client: hub.clientAddress(request, responder)) else {
+            if refusedByClientLimit {
+                var r = HubHTTP.error(429, refusal.message, origin: origin)
+                r.headers.append(("Retry-After", "5"))
+                return .refused(r)
+            }
             let quota = refusal.code == PusherErrorCode.overConnectionQuota
             return .refused(HubHTTP.error(quota ? 403 : 503, quota ? "application is over connection quota" : "over capacity", origin: origin))
         }
@@ -172,16 +198,52 @@ extension LoopHub {
         return HubHTTP.error(403, "origin not allowed for this application", origin: origin)
     }
 
+    // MARK: session tokens
+
+    /// The session token an HTTP request shows: the `X-Halley-Token` header. A `token` in the
+    /// query (the old form) is taken only with `--allow-tokens-in-urls`: URLs end up in access
+    /// logs and browser history, and a logged token lets its reader resume the session (its
+    /// authorized private and presence channels) and send as its client. Otherwise the request
+    /// is refused 400, so a client still sending it learns why.
+    enum TokenShown {
+        case success(String)
+        case failure(HTTPResponse)
+    }
+
+    func sessionToken(_ request: HTTPRequest, _ q: [(String, String)], origin: String?) -> TokenShown {
+        if let t = request.head.headers["X-Halley-Token"] { return .success(t) }
+        guard let t = Query.value(q, "token") else { return .success("") }
+        if hub.config.allowTokensInURLs { return .success(t) }
+        return .failure(Self.tokenInURLRefusal(origin: origin))
+    }
+
+    static func tokenInURLRefusal(origin: String?) -> HTTPResponse {
+        Log.info("a session token in a URL refused (send it in the X-Halley-Token header; --allow-tokens-in-urls accepts the old form)")
+        return HubHTTP.error(400, "session tokens in URLs are refused: send the X-Halley-Token header", origin: origin, reason: "token_in_url")
+    }
+
     // MARK: Server-Sent Events
 
     func sse(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)]) {
         let (ok, origin) = hub.corsOrigin(request)
         guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed")); return }
         var resume: (id: SessionID, token: String, seq: UInt64)? = nil
-        if let raw = request.head.headers["Last-Event-ID"] ?? Query.value(q, "last_event_id"), let e = Wire.parseEventID(raw), let id = SessionID(e.session) {
+        // The event id carries the token: the Last-Event-ID header, or the query's copy (a URL:
+        // only with --allow-tokens-in-urls).
+        var eventID = request.head.headers["Last-Event-ID"]
+        if eventID == nil, let fromQuery = Query.value(q, "last_event_id") {
+            guard hub.config.allowTokensInURLs else { responder.respond(Self.tokenInURLRefusal(origin: origin)); return }
+            eventID = fromQuery
+        }
+        if let raw = eventID, let e = Wire.parseEventID(raw), let id = SessionID(e.session) {
             resume = (id, e.token, e.seq)
         } else if let s = Query.value(q, "session"), let id = SessionID(s) {
-            resume = (id, Query.value(q, "token") ?? "", Query.value(q, "last_seq").flatMap { UInt64($0) } ?? 0)
+            let token: String
+            switch sessionToken(request, q, origin: origin) {
+            case .success(let t): token = t
+            case .failure(let r): responder.respond(r); return
+            }
+            resume = (id, token, Query.value(q, "last_seq").flatMap { UInt64($0) } ?? 0)
         }
         var session: Session? = nil
         var lastSeen: UInt64? = nil
@@ -205,7 +267,7 @@ extension LoopHub {
                 responder.respond(HubHTTP.error(key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin, reason: reason))
                 return
             }
-            switch openSession(app, request, origin: origin) {
+            switch openSession(app, request, responder, origin: origin) {
             case .session(let s): session = s
             case .refused(let r):
                 responder.respond(r)
@@ -239,7 +301,12 @@ extension LoopHub {
         guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed")); return }
         var reason: String? = nil
         if let sid = Query.value(q, "session"), let id = SessionID(sid) {
-            switch lookup(id, token: Query.value(q, "token") ?? "") {
+            let token: String
+            switch sessionToken(request, q, origin: origin) {
+            case .success(let t): token = t
+            case .failure(let r): responder.respond(r); return
+            }
+            switch lookup(id, token: token) {
             case .found(let s):
                 if let refused = appOriginRefusal(s.app.origins, request, origin: origin) {
                     responder.respond(refused)
@@ -283,7 +350,7 @@ extension LoopHub {
             return
         }
         let s: Session
-        switch openSession(app, request, origin: origin) {
+        switch openSession(app, request, responder, origin: origin) {
         case .session(let ok): s = ok
         case .refused(let r):
             responder.respond(r)
@@ -304,8 +371,32 @@ extension LoopHub {
             responder.respond(HubHTTP.error(400, "missing or malformed session", origin: origin))
             return
         }
+        // The body: one message, an array of them, or `{"halley:token": T, "messages": [...]}`
+        // (the token in the body keeps the request simple for CORS, and works for sendBeacon,
+        // which cannot set headers).
+        let value: JSONValue
+        do {
+            value = try JSONParser.parse(request.body)
+        } catch {
+            responder.respond(HubHTTP.error(400, "\(error)", origin: origin))
+            return
+        }
+        var list = value.array ?? [value]
+        var token: String
+        switch sessionToken(request, q, origin: origin) {
+        case .success(let t): token = t
+        case .failure(let r): responder.respond(r); return
+        }
+        if let o = value.object, let t = o["halley:token"]?.string {
+            guard let m = o["messages"]?.array else {
+                responder.respond(HubHTTP.error(400, "expected {\"halley:token\": …, \"messages\": [...]}", origin: origin))
+                return
+            }
+            token = t
+            list = m
+        }
         let s: Session
-        switch lookup(id, token: Query.value(q, "token") ?? "") {
+        switch lookup(id, token: token) {
         case .found(let found): s = found
         case .gone(let why):
             responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: why))
@@ -315,14 +406,6 @@ extension LoopHub {
             responder.respond(refused)
             return
         }
-        let value: JSONValue
-        do {
-            value = try JSONParser.parse(request.body)
-        } catch {
-            responder.respond(HubHTTP.error(400, "\(error)", origin: origin))
-            return
-        }
-        let list = value.array ?? [value]
         var messages: [ClientMessage] = []
         for v in list {
             guard let m = try? ClientMessage.decode(v) else {

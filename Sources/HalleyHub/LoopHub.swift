@@ -74,7 +74,9 @@ final class LoopHub: @unchecked Sendable {
     let pusherHTTP = PusherHTTPSessions()
     /// Why recently ended resumable sessions ended (`expired`, `buffer_overflow`), for the
     /// answer to a client that tries to resume one; forgotten after 10 minutes.
-    var endedReasons: [SessionID: (reason: String, at: Int32)] = [:]
+    /// The token is kept so that the reason is told only to the session's own client: anyone
+    /// else gets `expired`, as for an id that never existed.
+    var endedReasons: [SessionID: (reason: String, at: Int32, token: SessionToken?)] = [:]
     var seconds: Int32 { Int32(loop.now / 1000) }
 
     init(hub: Hub, loop: EventLoop, loopCount: Int) {
@@ -95,11 +97,21 @@ final class LoopHub: @unchecked Sendable {
 
     /// Why the last `newSession` returned nil: `pusher:error` code and message.
     var refusal: (code: UInt16, message: String) = (PusherErrorCode.overCapacity, "Over capacity")
+    /// The last refusal was a per-address limit (HTTP answers it 429, not 503).
+    var refusedByClientLimit = false
 
     /// A new session owned by this loop, or nil at the node's session limit (4100) or the
     /// app's connection quota (4004); `refusal` says which.
-    func newSession(app: App, resumable: Bool) -> Session? {
+    func newSession(app: App, resumable: Bool, client: IPAddress) -> Session? {
         loop.preconditionInLoop()
+        if let kind = hub.clientLimits.sessionOpen(client, now: loop.now) {
+            refusal = (PusherErrorCode.overCapacity, kind == .sessionOpens
+                       ? "Too many new sessions from your address: retry later"
+                       : "Too many idle sessions from your address: retry later")
+            refusedByClientLimit = true
+            return nil
+        }
+        refusedByClientLimit = false
         let n = hub.sessionCount.add(1, ordering: .relaxed).newValue
         if n > hub.config.maxSessions {
             hub.sessionCount.subtract(1, ordering: .relaxed)
@@ -118,7 +130,7 @@ final class LoopHub: @unchecked Sendable {
         }
         var id = SessionID.random(loop: index, loops: loopCount)
         while sessions[id] != nil { id = SessionID.random(loop: index, loops: loopCount) }
-        let s = Session(id: id, app: app, resumable: resumable, loopHub: self)
+        let s = Session(id: id, app: app, resumable: resumable, client: client, loopHub: self)
         if resumable { sessions[id] = s }
         return s
     }
@@ -131,11 +143,15 @@ final class LoopHub: @unchecked Sendable {
 
     func lookup(_ id: SessionID, token: String) -> Lookup {
         loop.preconditionInLoop()
+        // A wrong token is answered as an id that does not exist: the answer must not tell
+        // whether a session id is live (or how it ended).
+        let shown = SessionToken(token)
         if let s = sessions[id], !s.ended {
-            if let t = SessionToken(token), t == s.token { return .found(s) }
-            return .gone("unknown")
+            if let t = shown, t == s.token { return .found(s) }
+            return .gone("expired")
         }
-        return .gone(endedReasons[id]?.reason ?? "expired")
+        if let e = endedReasons[id], let t = shown, t == e.token { return .gone(e.reason) }
+        return .gone("expired")
     }
 
     func end(_ s: Session, reason: String, code: UInt16?, message: String?) {
@@ -150,10 +166,14 @@ final class LoopHub: @unchecked Sendable {
         s.subscriptions.removeAll()
         if s.resumable {
             sessions[s.id] = nil
-            endedReasons[s.id] = (reason, seconds)
+            endedReasons[s.id] = (reason, seconds, s.token)
         }
         s.unacked.removeAll()
         s.unackedBytes = 0
+        if s.lingerCounted {
+            s.lingerCounted = false
+            hub.clientLimits.lingering(s.client, -1, now: loop.now)
+        }
         hub.sessionCount.subtract(1, ordering: .relaxed)
         if s.app.maxConnections > 0 { hub.appSessions[s.app.id]?.add(-1) }
         if let t = s.transport {
@@ -449,12 +469,13 @@ final class LoopHub: @unchecked Sendable {
         loop.preconditionInLoop()
         let now = seconds
         let linger = Int32(hub.config.sessionLinger)
+        let briefLinger = min(linger, Int32(hub.config.sessionLingerUnconfirmed))
         if !detached.isEmpty {
             var keep: [Session] = []
             for s in detached {
                 s.inDetachedList = false
                 guard !s.ended && s.transport == nil else { continue }
-                if now - s.detachedAt >= linger {
+                if now - s.detachedAt >= (s.confirmed ? linger : briefLinger) {
                     Log.debug("session \(s.id): expired")
                     end(s, reason: "expired", code: nil, message: nil)
                 } else {

@@ -1,4 +1,5 @@
 import HalleyCore
+import HalleyLoop
 import HalleyProtocol
 import HalleyServer
 
@@ -83,9 +84,15 @@ final class PusherHTTPTransport: Transport {
     /// The session ends because no receive request came back (nobody to tell).
     var expiring = false
 
-    init(loopHub: LoopHub, path: String) {
+    /// The address that opened the session. pusher-js names its session in the URL (SockJS):
+    /// an access log that records it would let anyone take the session over, so requests
+    /// from another address are answered as for an unknown session.
+    let client: IPAddress
+
+    init(loopHub: LoopHub, path: String, client: IPAddress) {
         self.loopHub = loopHub
         self.path = path
+        self.client = client
         detachedAt = loopHub.seconds
         lastWrite = loopHub.seconds
         lastHeard = loopHub.seconds

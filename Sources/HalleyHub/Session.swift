@@ -1,4 +1,5 @@
 import HalleyCore
+import HalleyLoop
 import HalleyProtocol
 import HalleyServer
 
@@ -29,6 +30,16 @@ final class Session {
     unowned(unsafe) let loopHub: LoopHub
 
     var transport: Transport?
+    /// The client's address (a trusted proxy's client), for the per-address limits.
+    let client: IPAddress
+    /// The client came back after opening it (a second request, an ack, any message): until
+    /// then the session lingers only `sessionLingerUnconfirmed` (issue 18: anyone can open
+    /// sessions with the public key and walk away).
+    var confirmed = false
+    /// Transports attached so far (the second one confirms the session).
+    var attaches = 0
+    /// Counted in the client's lingering sessions (`ClientLimits.lingering`).
+    var lingerCounted = false
     /// Monotonic second the transport went (lingering since).
     var detachedAt: Int32 = 0
     /// In the loop's `detached` list (at most once).
@@ -57,9 +68,10 @@ final class Session {
         var slot: Int
     }
 
-    init(id: SessionID, app: App, resumable: Bool, loopHub: LoopHub) {
+    init(id: SessionID, app: App, resumable: Bool, client: IPAddress, loopHub: LoopHub) {
         self.id = id
         self.app = app
+        self.client = client
         self.token = resumable ? SessionToken.random() : nil
         self.loopHub = loopHub
     }
@@ -137,6 +149,7 @@ final class Session {
 
     /// The client has processed everything up to `upTo`.
     func ack(_ upTo: UInt64) {
+        if upTo > 0 { confirmed = true }
         guard resumable, unackedCount > 0 else { return }
         let first = seq - UInt64(unackedCount) + 1
         guard upTo >= first else { return }
@@ -174,6 +187,12 @@ final class Session {
         // (an SSE response, a poll answer) can run a pipelined request for this session.
         let old = transport
         transport = t
+        attaches += 1
+        if attaches > 1 { confirmed = true }
+        if lingerCounted {
+            lingerCounted = false
+            loopHub.hub.clientLimits.lingering(client, -1, now: loopHub.loop.now)
+        }
         if let o = old, o !== t { o.detach(code: 1000, reason: "replaced by a new connection") }
         guard transport === t, !ended else { return }
         if let last = lastSeen { ack(last) }
@@ -187,6 +206,10 @@ final class Session {
         if resumable {
             detachedAt = loopHub.seconds
             loopHub.noteDetached(self)
+            if !lingerCounted {
+                lingerCounted = true
+                loopHub.hub.clientLimits.lingering(client, 1, now: loopHub.loop.now)
+            }
         } else {
             loopHub.end(self, reason: "closed", code: nil, message: nil)
         }
@@ -196,6 +219,7 @@ final class Session {
 
     func handle(_ msg: ClientMessage) {
         loopHub.loop.preconditionInLoop()
+        confirmed = true
         switch msg.event {
         case "pusher:ping":
             transport?.sendControl(Wire.pong)

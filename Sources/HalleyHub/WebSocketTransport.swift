@@ -1,4 +1,5 @@
 import HalleyCore
+import HalleyLoop
 import HalleyProtocol
 import HalleyServer
 
@@ -20,13 +21,25 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
         case refuse(UInt16, String)
         case new(App, resumable: Bool, reason: String?)
         case resume(Session, lastSeen: UInt64)
+        /// `?session=…&last_seq=…` without a token: it comes in the first message,
+        /// `{"event":"halley:resume","data":{"token":"…"}}` (tokens stay out of URLs, which
+        /// access logs keep).
+        case awaitResume(App, SessionID, lastSeen: UInt64)
     }
 
-    let opening: Opening
+    /// Seconds a resuming client has to send `halley:resume` after the upgrade.
+    static let resumeMessageTimeout: Int64 = 10
 
-    init(loopHub: LoopHub, opening: Opening) {
+    let opening: Opening
+    /// Set while the first message of a resume is awaited.
+    var awaiting: (app: App, id: SessionID, lastSeen: UInt64)?
+    /// The client's address (per-address limits).
+    let client: IPAddress
+
+    init(loopHub: LoopHub, opening: Opening, client: IPAddress) {
         self.loopHub = loopHub
         self.opening = opening
+        self.client = client
     }
 
     func webSocketDidOpen(_ ws: WebSocketConnection) {
@@ -37,35 +50,59 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
             ws.send(text: String(decoding: Wire.error(code: code, message: message), as: UTF8.self))
             ws.close(code: code, reason: message)
         case .new(let app, let resumable, let reason):
-            guard let s = loopHub.newSession(app: app, resumable: resumable) else {
-                let (code, message) = loopHub.refusal
-                ws.send(text: String(decoding: Wire.error(code: code, message: message), as: UTF8.self))
-                ws.close(code: code, reason: message)
-                return
+            startFresh(app, resumable: resumable, reason: reason)
+        case .awaitResume(let app, let id, let last):
+            awaiting = (app, id, last)
+            loopHub.loop.schedule(afterMillis: Self.resumeMessageTimeout * 1000) { [weak self] in
+                guard let self, self.awaiting != nil, let ws = self.ws else { return }
+                self.awaiting = nil
+                Log.info("websocket: no halley:resume within \(Self.resumeMessageTimeout) s")
+                ws.close(code: 1008, reason: "expected halley:resume")
             }
-            session = s
-            sendControl(s.established(resumed: false, reason: reason))
-            s.attach(self, lastSeen: nil)
         case .resume(let s, let last):
-            guard !s.ended else {
-                // Expired between the lookup and the upgrade (another loop turn): start over.
-                let fresh = loopHub.newSession(app: s.app, resumable: true)
-                session = fresh
-                if let f = fresh {
-                    sendControl(f.established(resumed: false, reason: "expired"))
-                    f.attach(self, lastSeen: nil)
-                } else {
-                    ws.close(code: PusherErrorCode.overCapacity, reason: "over capacity")
-                }
-                return
-            }
-            session = s
-            sendControl(s.established(resumed: true, reason: nil))
-            s.attach(self, lastSeen: last)
+            start(resuming: s, lastSeen: last)
         }
     }
 
+    /// Attaches to `s` (found by id and token), or to a fresh session if it ended meanwhile
+    /// (another loop turn passed since the lookup).
+    func start(resuming s: Session, lastSeen last: UInt64) {
+        guard !s.ended else { return startFresh(s.app, reason: "expired") }
+        session = s
+        sendControl(s.established(resumed: true, reason: nil))
+        s.attach(self, lastSeen: last)
+    }
+
+    /// A new session (`reason`: why a resume failed), or the refusal (limits).
+    func startFresh(_ app: App, resumable: Bool = true, reason: String?) {
+        guard let ws = ws else { return }
+        guard let s = loopHub.newSession(app: app, resumable: resumable, client: client) else {
+            let (code, message) = loopHub.refusal
+            ws.send(text: String(decoding: Wire.error(code: code, message: message), as: UTF8.self))
+            ws.close(code: code, reason: message)
+            return
+        }
+        session = s
+        sendControl(s.established(resumed: false, reason: reason))
+        s.attach(self, lastSeen: nil)
+    }
+
     func webSocket(_ ws: WebSocketConnection, text: UnsafeRawBufferPointer) {
+        if let a = awaiting {
+            awaiting = nil
+            guard let m = try? ClientMessage.decode(text), m.event == "halley:resume",
+                  let token = m.data?.object?["token"]?.string else {
+                Log.info("websocket: expected halley:resume as the first message")
+                ws.close(code: 1008, reason: "expected halley:resume")
+                return
+            }
+            switch loopHub.resume(a.app, a.id, token: token, lastSeen: a.lastSeen) {
+            case .resume(let s, let last): start(resuming: s, lastSeen: last)
+            case .new(let app, _, let reason): startFresh(app, reason: reason ?? "expired")
+            default: ws.close(code: 1011, reason: "unexpected resume outcome")
+            }
+            return
+        }
         session?.handle(text: text)
     }
 

@@ -18,6 +18,17 @@ public enum WebhookEvent: Sendable, Equatable {
     /// The names an app's `webhooks[].events` may list.
     public static let names: Set<String> = ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event"]
 
+    /// What the event costs while it waits in a queue: its strings and about 64 bytes of
+    /// bookkeeping (an estimate, for the byte bound; the body it becomes is a little larger).
+    var queuedBytes: Int {
+        switch self {
+        case .channelOccupied(let c), .channelVacated(let c): return 64 + c.utf8.count
+        case .memberAdded(let c, let u), .memberRemoved(let c, let u): return 64 + c.utf8.count + u.utf8.count
+        case .clientEvent(let c, let e, let d, let s, let u):
+            return 64 + c.utf8.count + e.utf8.count + d.utf8.count + s.utf8.count + (u?.utf8.count ?? 0)
+        }
+    }
+
     public var name: String {
         switch self {
         case .channelOccupied: return "channel_occupied"

@@ -13,6 +13,10 @@ public struct WebhookPolicy: Sendable {
     /// Events waiting per URL (held and queued; not the batch in flight). Default 10,000;
     /// past it the oldest is dropped (one log line per episode, and a counter).
     public var maxQueued = 10_000
+    /// Bytes of the events waiting per URL (held and queued; `WebhookEvent.queuedBytes`).
+    /// Default 8 MiB: 10,000 client events of 10 KiB would otherwise hold about 100 MB per
+    /// URL against a receiver that never answers. Past it the oldest are dropped, as above.
+    public var maxQueuedBytes = 8 << 20
     /// First retry after this long; doubled after every failed attempt up to
     /// `maxBackoffMillis`. Defaults 1000 and 60,000 ms.
     public var firstBackoffMillis: Int64 = 1000
@@ -75,6 +79,8 @@ struct WebhookQueue {
     /// A failed batch waiting for `notBefore`.
     var retry: Batch?
     var overflowing = false
+    /// `queuedBytes` of the held (live) and queued events.
+    var bytes = 0
 
     init(policy: WebhookPolicy) { self.policy = policy }
 
@@ -100,31 +106,38 @@ struct WebhookQueue {
             let key = Self.debounceKey(event)!
             heldIndex[key] = held.count
             held.append(Entry(event: event, at: now))
+            bytes += event.queuedBytes
         case .channelOccupied, .memberAdded:
             if let i = heldIndex.removeValue(forKey: Self.debounceKey(event)!) {
+                bytes -= held[i]!.event.queuedBytes
                 held[i] = nil
                 return .cancelled
             }
             enqueue(Entry(event: event, at: now))
+            bytes += event.queuedBytes
         case .clientEvent:
             enqueue(Entry(event: event, at: now))
+            bytes += event.queuedBytes
         }
         return trim()
     }
 
+    /// Appends to the queue (`bytes` is the caller's: a released held event is counted already).
     mutating func enqueue(_ e: Entry) {
         queued.append(e)
         queuedSince = min(queuedSince ?? e.at, e.at)
     }
 
-    /// Drops the oldest queued (else held) events past `maxQueued`.
+    /// Drops the oldest queued (else held) events past `maxQueued` or `maxQueuedBytes`.
     mutating func trim() -> Added {
         var dropped = 0
-        while heldCount + queuedCount > policy.maxQueued {
+        while heldCount + queuedCount > policy.maxQueued || (bytes > policy.maxQueuedBytes && heldCount + queuedCount > 0) {
             if queuedCount > 0 {
+                bytes -= queued[queuedHead].event.queuedBytes
                 queuedHead += 1
             } else {
                 while held[heldHead] == nil { heldHead += 1 }
+                bytes -= held[heldHead]!.event.queuedBytes
                 heldIndex.removeValue(forKey: Self.debounceKey(held[heldHead]!.event)!)
                 heldHead += 1
             }
@@ -182,6 +195,7 @@ struct WebhookQueue {
               queuedCount >= policy.maxBatch || since + policy.batchMillis <= now else { return nil }
         let n = min(policy.maxBatch, queuedCount)
         let events = queued[queuedHead..<(queuedHead + n)].map(\.event)
+        for e in events { bytes -= e.queuedBytes }
         queuedHead += n
         if queuedCount == 0 {
             queued.removeAll(keepingCapacity: true)

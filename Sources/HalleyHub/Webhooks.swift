@@ -24,12 +24,21 @@ public final class Webhooks: Sendable {
         var at: Int64
     }
 
-    /// Events emitted and not yet taken by the loop (it takes them once a second). Default
-    /// bound 100,000: past it `emit` drops the event (counted as overflow) rather than grow.
+    /// Events emitted and not yet taken by the loop (it takes them once a second). Bounds
+    /// 100,000 events and 8 MiB (`WebhookEvent.queuedBytes`): past either `emit` drops the
+    /// event (counted as overflow) rather than grow.
     static let maxInbox = 100_000
+    static let maxInboxBytes = 8 << 20
+
+    struct Inbox {
+        var events: [Pending] = []
+        var bytes = 0
+        /// When the last drop was logged (monotonic ms): a warning at most every 10 s.
+        var warnedAt: Int64 = .min / 2
+    }
 
     let loop: EventLoop
-    let inbox = Locked<[Pending]>([])
+    let inbox = Locked(Inbox())
     let counters = WebhookCounters()
     let driver: UncheckedBox<WebhookDriver>
 
@@ -42,8 +51,9 @@ public final class Webhooks: Sendable {
         // The loop's tick list is loop-confined: register from its own thread.
         loop.execute { [self] in
             box.value.start { self.inbox.withLock { q in
-                let taken = q
-                q.removeAll(keepingCapacity: true)
+                let taken = q.events
+                q.events.removeAll(keepingCapacity: true)
+                q.bytes = 0
                 return taken
             } }
         }
@@ -56,12 +66,23 @@ public final class Webhooks: Sendable {
         let name = event.name
         guard app.webhooks.contains(where: { $0.wants(name) }) else { return }
         let p = Pending(app: app, event: event, at: Clock.monotonicMillis())
-        let kept = inbox.withLock { q -> Bool in
-            guard q.count < Self.maxInbox else { return false }
-            q.append(p)
-            return true
+        let size = event.queuedBytes
+        let (kept, firstDrop) = inbox.withLock { q -> (Bool, Bool) in
+            guard q.events.count < Self.maxInbox, q.bytes + size <= Self.maxInboxBytes else {
+                guard p.at - q.warnedAt >= 10_000 else { return (false, false) }
+                q.warnedAt = p.at
+                return (false, true)
+            }
+            q.events.append(p)
+            q.bytes += size
+            return (true, false)
         }
-        if !kept { counters.add(\.droppedOverflow, 1) }
+        if !kept {
+            counters.add(\.droppedOverflow, 1)
+            if firstDrop {
+                Log.warning("webhooks: more than \(Self.maxInbox) events or \(Self.maxInboxBytes) bytes waiting to be queued: dropping new ones (logged at most every 10 s; halley_webhook_events_dropped_total counts them)")
+            }
+        }
     }
 
     /// Prometheus text for `/metrics` (the hub adds it with `Metrics.addSource`).
@@ -145,7 +166,7 @@ final class WebhookDriver {
                 if case .overflow(let n, let first) = r {
                     counters.add(\.droppedOverflow, n)
                     if first {
-                        Log.warning("webhook \(targets[i].url) (app \(p.app.id)): more than \(policy.maxQueued) events waiting: dropping the oldest")
+                        Log.warning("webhook \(targets[i].url) (app \(p.app.id)): more than \(policy.maxQueued) events or \(policy.maxQueuedBytes) bytes waiting: dropping the oldest")
                     }
                 }
             }

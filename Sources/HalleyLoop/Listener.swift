@@ -9,7 +9,7 @@ import HalleyCore
 public final class Listener: EventHandler {
     public let fd: Int32
     unowned let loop: EventLoop
-    let onAccept: (Int32) -> Void
+    let onAccept: (Int32, IPAddress) -> Void
     /// Asked before each accept; the argument says whether a connection is known to be
     /// waiting (the listener's readiness), so that reaching the limit with nobody waiting is
     /// not counted as a breach.
@@ -17,7 +17,7 @@ public final class Listener: EventHandler {
     public private(set) var paused = false
     public private(set) var closed = false
 
-    public init(fd: Int32, loop: EventLoop, canAccept: @escaping (_ someoneWaiting: Bool) -> Bool, onAccept: @escaping (Int32) -> Void) throws(IOError) {
+    public init(fd: Int32, loop: EventLoop, canAccept: @escaping (_ someoneWaiting: Bool) -> Bool, onAccept: @escaping (Int32, IPAddress) -> Void) throws(IOError) {
         self.fd = fd
         self.loop = loop
         self.onAccept = onAccept
@@ -30,8 +30,8 @@ public final class Listener: EventHandler {
         for i in 0..<128 {
             if !canAccept(i == 0) { pause(); return }
             do {
-                guard let conn = try Socket.accept(fd) else { return }
-                onAccept(conn)
+                guard let (conn, peer) = try Socket.accept(fd) else { return }
+                onAccept(conn, peer)
             } catch {
                 // EMFILE / ENFILE / ENOBUFS: out of descriptors or memory. Pause; the tick
                 // resumes it. ECONNABORTED and friends: the peer left; try the next.

@@ -60,10 +60,20 @@ public enum Socket {
         return withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) } }
     }
 
-    /// Accepts one connection, non-blocking and close-on-exec; nil when none is waiting.
-    public static func accept(_ listener: Int32) throws(IOError) -> Int32? {
-        switch try retrying("accept4", { Int(halley_accept4(listener, nil, nil)) }) {
-        case .done(let fd): return Int32(fd)
+    /// Accepts one connection, non-blocking and close-on-exec, with the peer's address (read
+    /// by the same syscall); nil when none is waiting.
+    public static func accept(_ listener: Int32) throws(IOError) -> (fd: Int32, peer: IPAddress)? {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let r = try withUnsafeMutablePointer(to: &ss) { p throws(IOError) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa throws(IOError) in
+                try retrying("accept4", { Int(halley_accept4(listener, sa, &len)) })
+            }
+        }
+        switch r {
+        case .done(let fd):
+            let peer = withUnsafeBytes(of: &ss) { IPAddress(sockaddr: $0.baseAddress!, length: Int(len)) }
+            return (Int32(fd), peer ?? .unspecified)
         case .wouldBlock: return nil
         }
     }

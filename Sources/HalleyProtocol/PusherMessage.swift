@@ -53,6 +53,9 @@ public enum PusherErrorCode {
     public static let unsupportedProtocolVersion: UInt16 = 4007
     public static let noProtocolVersion: UInt16 = 4008
     public static let connectionUnauthorized: UInt16 = 4009
+    /// Halley: a session token in the WebSocket URL, refused without `--allow-tokens-in-urls`
+    /// (the token goes in the first message, `halley:resume`).
+    public static let tokenInURL: UInt16 = 4010
     /// 4100–4199: reconnect after a back-off. Halley closes a slow consumer's session with
     /// it (policy `close`): its buffer overflowed and it must recover from history.
     public static let overCapacity: UInt16 = 4100

@@ -23,6 +23,10 @@ public class Connection: EventHandler {
     var inEvent = false
     /// Set on connections accepted on a TLS listener: every byte in and out goes through it.
     var tls: TLSSession?
+    /// The socket's peer (a proxy's address behind a reverse proxy).
+    public internal(set) var peer = IPAddress.unspecified
+    /// Counted against `peer`'s connection limit: uncounted when it closes.
+    var countedPeer = false
 
     init(fd: Int32, context: LoopContext) {
         self.fd = fd

@@ -24,6 +24,8 @@ struct MovedConnection {
     let respondMinor: UInt8
     let respondKeepAlive: Bool
     let peerClosed: Bool
+    let peer: IPAddress
+    let countedPeer: Bool
 }
 
 extension HTTPConnection {
@@ -48,7 +50,9 @@ extension HTTPConnection {
         guard !closed else { return }
         let moved = MovedConnection(fd: fd, router: router, out: out, tls: tls, pendingIn: pendingIn, serial: serial,
                                     respondHead: respondHead, respondMinor: respondMinor,
-                                    respondKeepAlive: respondKeepAlive, peerClosed: peerClosed)
+                                    respondKeepAlive: respondKeepAlive, peerClosed: peerClosed,
+                                    peer: peer, countedPeer: countedPeer)
+        countedPeer = false
         // This object is done: nothing it does from now on may touch the descriptor.
         closed = true
         out = nil
@@ -91,11 +95,14 @@ extension LoopContext {
         c.respondMinor = m.respondMinor
         c.respondKeepAlive = m.respondKeepAlive && !shuttingDown
         c.peerClosed = m.peerClosed
+        c.peer = m.peer
+        c.countedPeer = m.countedPeer
         c.interest = c.wantedEvents()
         do {
             try loop.register(m.fd, events: c.interest, handler: c)
         } catch {
             Log.error("adopt connection: \(error)")
+            if m.countedPeer { server.clientLimits.connectionClosed(m.peer) }
             Sys.close(m.fd)
             server.openConnections.subtract(1, ordering: .relaxed)
             return

@@ -25,6 +25,9 @@ public struct Responder {
 
     public var loopIndex: Int { connection.ctx.loop.index }
 
+    /// The socket's peer; `ClientLimits.clientAddress` reads a trusted proxy's headers.
+    public var peer: IPAddress { connection.peer }
+
     /// Starts a streaming response (chunked on HTTP/1.1); nil if the request was answered.
     public func startStream(status: Int, headers: [(String, String)]) -> HTTPStream? {
         connection.startStream(serial: serial, status: status, headers: headers)
@@ -87,6 +90,8 @@ final class HTTPConnection: Connection {
     var handOffPending: HandOff?
     /// Bytes arrived while a request was held (see `handleEvent`).
     var heldSawData = false
+    /// Accepted past its address's connection limit: its first request is answered 429.
+    var overConnectionLimit = false
 
     /// A long-poll or stream is held open, watching for the client's hang-up.
     var isHeld: Bool { awaiting && (stream != nil || heldWatch != nil) }
@@ -272,6 +277,15 @@ final class HTTPConnection: Connection {
         respondMinor = UInt8(head.minorVersion)
         respondKeepAlive = head.keepAlive && !ctx.shuttingDown && !peerClosed
         let responder = Responder(connection: self, serial: serial)
+        if overConnectionLimit {
+            // ClientLimitConfig.maxConnectionsPerAddress: the client may come back when one of
+            // its other connections has closed.
+            respondKeepAlive = false
+            var r = HTTPResponse.text(429, "Too Many Requests: too many connections from your address\n")
+            r.headers.append(("Retry-After", "10"))
+            respond(r, serial: serial)
+            return
+        }
         switch router.match(head.method, head.path) {
         case .handler(let h, let params):
             h(HTTPRequest(head: head, body: body, parameters: params), responder)

@@ -132,10 +132,20 @@ final class LoopContext {
 
     // MARK: connections
 
-    func accept(_ fd: Int32, router: Router, tls: Bool = false) {
+    /// `limited`: counted against the peer's connection limit (not on the metrics port).
+    func accept(_ fd: Int32, peer: IPAddress, router: Router, tls: Bool = false, limited: Bool = true) {
         loop.preconditionInLoop()
         Socket.setNoDelay(fd)
         let c = HTTPConnection(fd: fd, context: self, router: router)
+        c.peer = peer
+        let limits = server.clientLimits
+        if limited && limits.countsConnections(of: peer) {
+            if limits.connectionOpened(peer, now: loop.now) {
+                c.countedPeer = true
+            } else {
+                c.overConnectionLimit = true
+            }
+        }
         if tls {
             guard let t = server.tlsContext.map({ TLSSession($0) }) ?? nil else {
                 Log.error("TLS session could not be created: \(TLSContext.lastError())")
@@ -160,6 +170,10 @@ final class LoopContext {
 
     func closed(_ c: Connection) {
         loop.preconditionInLoop()
+        if c.countedPeer {
+            c.countedPeer = false
+            server.clientLimits.connectionClosed(c.peer)
+        }
         let i = c.sweepIndex
         let last = connections.count - 1
         if i != last {
@@ -210,6 +224,11 @@ final class LoopContext {
         while i >= 0 {
             if i < connections.count { connections[i].sweep(now: seconds) }
             i -= 1
+        }
+        // Addresses with nothing counted are forgotten every 10 s (by one loop).
+        if loop.index == 0 {
+            if seconds % 10 == 0 { server.clientLimits.sweep(now: loop.now) }
+            server.memory.check(connections: server.connectionCount, now: seconds)
         }
         if !shuttingDown {
             for l in listeners where l.paused {

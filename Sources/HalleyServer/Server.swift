@@ -16,6 +16,10 @@ public final class Server: @unchecked Sendable {
     public let config: ServerConfig
     public let router: Router
     public let metrics = Metrics()
+    /// Per-address limits, shared by every loop.
+    public let clientLimits: ClientLimits
+    /// Gives freed heap pages back after a load went (loop 0 checks every 10 s).
+    let memory = MemoryTrim()
     let metricsRouter = Router()
     let openConnections = Atomic<Int>(0)
     public private(set) var maxConnections = 0
@@ -35,6 +39,7 @@ public final class Server: @unchecked Sendable {
     public init(config: ServerConfig, router: Router = Router()) {
         self.config = config
         self.router = router
+        clientLimits = ClientLimits(config: config.clientLimits)
         if config.publicRoot != nil && router.fallback == nil { router.fallback = StaticFiles.handler }
     }
 
@@ -67,6 +72,9 @@ public final class Server: @unchecked Sendable {
         let threadCount = config.threads > 0 ? config.threads : Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         let metrics = self.metrics
         metrics.openConnections = { [unowned self] in self.connectionCount }
+        let limits = clientLimits
+        let memory = self.memory
+        metrics.addSource { limits.metricsText() + memory.metricsText() }
         metricsRouter.add([.get], "/metrics") { _, responder in
             responder.respond(HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
                                            body: .bytes(Array(metrics.render().utf8))))
@@ -107,15 +115,15 @@ public final class Server: @unchecked Sendable {
             metrics.loops.append(counters)
             let ctx = LoopContext(loop: loop, server: self, counters: counters)
             ctx.listeners.append(try Listener(fd: fds[i], loop: loop, canAccept: { [unowned ctx] waiting in ctx.canAccept(someoneWaiting: waiting) },
-                                              onAccept: { [unowned ctx] fd in ctx.accept(fd, router: self.router, tls: tlsOnMain) }))
+                                              onAccept: { [unowned ctx] fd, peer in ctx.accept(fd, peer: peer, router: self.router, tls: tlsOnMain) }))
             if i < tlsFds.count {
                 ctx.listeners.append(try Listener(fd: tlsFds[i], loop: loop, canAccept: { [unowned ctx] waiting in ctx.canAccept(someoneWaiting: waiting) },
-                                                  onAccept: { [unowned ctx] fd in ctx.accept(fd, router: self.router, tls: true) }))
+                                                  onAccept: { [unowned ctx] fd, peer in ctx.accept(fd, peer: peer, router: self.router, tls: true) }))
             }
             if i == 0, let mfd = metricsFd {
                 let mr = metricsRouter
                 ctx.listeners.append(try Listener(fd: mfd, loop: loop, canAccept: { [unowned ctx] waiting in ctx.canAccept(someoneWaiting: waiting) },
-                                                  onAccept: { [unowned ctx] fd in ctx.accept(fd, router: mr) }))
+                                                  onAccept: { [unowned ctx] fd, peer in ctx.accept(fd, peer: peer, router: mr, limited: false) }))
             }
             loops.append(loop)
             contexts.append(ctx)

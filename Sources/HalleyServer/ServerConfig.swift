@@ -37,6 +37,8 @@ public struct ServerConfig: Sendable {
     public var staticCacheControl = "no-cache"
 
     public var webSocket = WebSocketConfig()
+    /// Per client address: connections, session opens, lingering sessions; trusted proxies.
+    public var clientLimits = ClientLimitConfig()
 
     /// TLS: PEM certificate (with its chain) and key. Set both to serve https and wss: on
     /// `tlsPort` beside plain HTTP on `port`, or, without `tlsPort`, on `port` itself.

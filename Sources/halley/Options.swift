@@ -1,5 +1,6 @@
 import HalleyCore
 import HalleyHub
+import HalleyLoop
 import HalleyServer
 import HalleyWebSocket
 
@@ -97,6 +98,22 @@ struct Options {
             o.hub.origins = OriginPolicy(v.split(separator: ",").map { String($0).trimmingSpaces() }.filter { !$0.isEmpty })
         },
         Spec(flag: "session-linger", value: "SECONDS", help: "a resumable session outlives its transport this long (default 30)") { _, o, v throws(OptionError) in o.hub.sessionLinger = try int("--session-linger", v) },
+        Spec(flag: "session-linger-unconfirmed", value: "SECONDS", help: "a session whose client never came back after opening it lingers this long (default 5)") { _, o, v throws(OptionError) in o.hub.sessionLingerUnconfirmed = try int("--session-linger-unconfirmed", v) },
+        Spec(flag: "max-connections-per-address", value: "N", help: "open connections from one client address, else 429; 0: off (default 1000)") { c, _, v throws(OptionError) in c.clientLimits.maxConnectionsPerAddress = try int("--max-connections-per-address", v) },
+        Spec(flag: "session-opens-per-second", value: "N", help: "new sessions per second from one client address, else 429 / 4100; 0: off (default 20)") { c, _, v throws(OptionError) in c.clientLimits.sessionOpensPerSecond = try int("--session-opens-per-second", v) },
+        Spec(flag: "session-open-burst", value: "N", help: "new sessions one client address may open at once (default 100)") { c, _, v throws(OptionError) in c.clientLimits.sessionOpenBurst = try int("--session-open-burst", v, min: 1) },
+        Spec(flag: "max-lingering-per-address", value: "N", help: "sessions without a transport from one client address, else new ones get 429 / 4100; 0: off (default 500)") { c, _, v throws(OptionError) in c.clientLimits.maxLingeringPerAddress = try int("--max-lingering-per-address", v) },
+        Spec(flag: "trusted-proxies", value: "LIST", help: "proxies (addresses or CIDRs, comma-separated) whose X-Forwarded-For / Forwarded name the client (default none)") { c, _, v throws(OptionError) in
+            var nets: [IPNetwork] = []
+            for part in v.split(separator: ",") {
+                let t = part.trimmingSpaces()
+                guard !t.isEmpty else { continue }
+                guard let n = IPNetwork(Substring(t)) else { throw OptionError(description: "--trusted-proxies: '\(t)' is not an address or CIDR range") }
+                nets.append(n)
+            }
+            c.clientLimits.trustedProxies = nets
+        },
+        Spec(flag: "allow-tokens-in-urls", value: "", help: "accept session tokens in URLs (old halley.js; they end up in access logs) (default off)") { _, o, _ in o.hub.allowTokensInURLs = true },
         Spec(flag: "session-buffer-bytes", value: "BYTES", help: "unacknowledged bytes a session keeps, then --slow-consumer (default 1048576)") { _, o, v throws(OptionError) in o.hub.sessionBufferBytes = try int("--session-buffer-bytes", v, min: 1024) },
         Spec(flag: "slow-consumer", value: "POLICY", help: "when a session's buffer is full: close (4100) or gap (skip, then halley:gap) (default close)") { _, o, v throws(OptionError) in
             guard let p = SlowConsumerPolicy(rawValue: v) else { throw OptionError(description: "--slow-consumer: expected close or gap, got '\(v)'") }

@@ -59,7 +59,7 @@ do throws(TLSError) {
     exit(1)
 }
 do {
-    try server.start { loops in hub.attach(loops: loops) }
+    try server.start { loops in hub.attach(loops: loops, clientLimits: server.clientLimits) }
 } catch {
     Log.error("start failed: \(error)")
     exit(1)

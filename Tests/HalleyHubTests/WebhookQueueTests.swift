@@ -126,6 +126,29 @@ import Testing
         #expect(q.add(client(8), at: 2000) == .overflow(dropped: 1, firstOfEpisode: true))
     }
 
+    /// Issue 18: 10,000 events of 10 KiB were 100 MB per URL. The byte bound drops the oldest
+    /// first, whatever the count, and the accounting returns to zero as batches leave.
+    @Test func byteBoundDropsTheOldestLargeEvents() {
+        var q = queue { $0.maxQueuedBytes = 50_000 }
+        func big(_ n: Int) -> WebhookEvent {
+            .clientEvent(channel: "private-c", event: "client-\(n)", data: String(repeating: "x", count: 10_240), socketID: "1.1", userID: nil)
+        }
+        let size = big(0).queuedBytes
+        #expect(size > 10_240 && size < 10_500)
+        for i in 0..<4 { #expect(q.add(big(i), at: 0) == .queued) }
+        #expect(q.add(big(4), at: 0) == .overflow(dropped: 1, firstOfEpisode: true))
+        #expect(q.bytes == 4 * size && q.queuedCount == 4)
+        // Small events still fit beside them; a held one counts too.
+        #expect(q.add(.channelVacated(channel: "v"), at: 0) == .queued)
+        #expect(q.bytes == 4 * size + WebhookEvent.channelVacated(channel: "v").queuedBytes)
+        // A cancelled held event gives its bytes back.
+        #expect(q.add(.channelOccupied(channel: "v"), at: 1) == .cancelled)
+        #expect(q.bytes == 4 * size)
+        let b = q.next(now: 1000, wallMillis: 0)!
+        #expect(b.events == [big(1), big(2), big(3), big(4)])
+        #expect(q.bytes == 0)
+    }
+
     @Test func overflowDropsHeldEventsWhenNothingIsQueued() {
         var q = queue { $0.maxQueued = 2 }
         _ = q.add(.channelVacated(channel: "a"), at: 0)

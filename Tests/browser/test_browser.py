@@ -226,6 +226,12 @@ def test_cut_connections_every_event_once_in_order(hub, browser, transports):
         drops = [l for l in s["log"] if " dropped " in l or " failed " in l or " timeout " in l]
         assert proxy.cuts >= 2 and len(drops) >= 2, (proxy.cuts, s["log"])
         assert all(w["to"] == transports.split(",")[0] or w["reason"] != "initial" for w in s["switches"]), s["switches"]
+        # Every resume went through the proxy: none of them put the session's token in a URL
+        # (issue 18: an access log would have handed the session to its reader).
+        token = d.execute_script("return panel.client.connection._token")
+        targets = [t for (_, _, t, _) in proxy.requests]
+        assert token and len(targets) > 5, (token, targets[:5])
+        assert not [t for t in targets if token in t or "token=" in t], [t for t in targets if "token" in t][:5]
         # The longest pause between two events: what a cut costs the application.
         stall = d.execute_script("var t = panel.events.map(e => e.at), m = 0;"
                                  "for (var i = 1; i < t.length; i++) m = Math.max(m, t[i] - t[i - 1]); return m;")

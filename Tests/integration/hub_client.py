@@ -28,8 +28,9 @@ TIMEOUT = 5.0
 
 # ---- publishing
 
-def http_request(port, method, path, body=None, headers=None, timeout=TIMEOUT):
-    c = http.client.HTTPConnection(HOST, port, timeout=timeout)
+def http_request(port, method, path, body=None, headers=None, timeout=TIMEOUT, source=None):
+    """`source`: the local address to send from (any 127.x.y.z: another client to the hub)."""
+    c = http.client.HTTPConnection(HOST, port, timeout=timeout, source_address=(source, 0) if source else None)
     try:
         c.request(method, path, body=body, headers=headers or {})
         r = c.getresponse()
@@ -117,20 +118,33 @@ class Dedup:
 # ---- WebSocket
 
 class WS:
+    """A resume names the session and last seq in the URL and shows its token in the first
+    message (`halley:resume`); `token_in_url=True` sends the old form (the token in the URL),
+    which the hub takes only with --allow-tokens-in-urls."""
+
     def __init__(self, port, key="app-key", halley=True, session=None, token=None, last_seq=None, protocol="7",
-                 compression="deflate", origin=None, extra=""):
+                 compression="deflate", origin=None, extra="", token_in_url=False, sock=None):
         q = []
         if protocol is not None:
             q.append(f"protocol={protocol}")
         if halley:
             q.append("halley=1")
         if session:
-            q += [f"session={session}", f"token={token}", f"last_seq={last_seq or 0}"]
+            q += [f"session={session}", f"last_seq={last_seq or 0}"]
+            if token_in_url:
+                q.append(f"token={token}")
         url = f"ws://{HOST}:{port}/app/{key}?{'&'.join(q)}{extra}"
         kw = {}
         if origin:
             kw["origin"] = origin
+        if sock is not None:
+            kw["sock"] = sock
         self.ws = ws_connect(url, open_timeout=TIMEOUT, close_timeout=2, compression=compression, max_size=None, legacy=True, **kw)
+        if session and not token_in_url and token is not None:  # token None: the test sends its own first message
+            try:
+                self.send({"event": "halley:resume", "data": {"token": token}})
+            except Exception:  # noqa: BLE001 - a refused opening is closed already; recv() tells
+                pass
         self.established = None
 
     def recv(self, timeout=TIMEOUT):
@@ -179,11 +193,16 @@ class WS:
 # ---- Server-Sent Events
 
 class SSE:
-    def __init__(self, port, query="key=app-key", last_event_id=None, origin=None, timeout=TIMEOUT):
-        self.conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    """`token`: sent in the X-Halley-Token header (with `session` and `last_seq` in `query`)."""
+
+    def __init__(self, port, query="key=app-key", last_event_id=None, origin=None, timeout=TIMEOUT, token=None,
+                 source=None):
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=timeout, source_address=(source, 0) if source else None)
         headers = {"Accept": "text/event-stream"}
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
+        if token is not None:
+            headers["X-Halley-Token"] = token
         if origin:
             headers["Origin"] = origin
         self.conn.request("GET", f"/halley/sse?{query}", headers=headers)
@@ -240,32 +259,36 @@ class SSE:
 # ---- long-polling and HTTP sending
 
 class Poll:
-    def __init__(self, port, key="app-key", origin=None):
+    def __init__(self, port, key="app-key", origin=None, source=None):
         self.port = port
         self.origin = origin
+        self.source = source
         status, headers, body = self.get(f"/halley/poll?key={key}")
         assert status == 200, (status, body)
         j = json.loads(body)
         self.session, self.token, self.cursor = j["session"], j["token"], j["cursor"]
         self.first = j
 
-    def headers(self):
-        return {"Origin": self.origin} if self.origin else {}
+    def headers(self, token=None):
+        h = {"Origin": self.origin} if self.origin else {}
+        if token is not None:
+            h["X-Halley-Token"] = token
+        return h
 
-    def get(self, path, timeout=30):
-        return http_request(self.port, "GET", path, headers=self.headers(), timeout=timeout)
+    def get(self, path, timeout=30, token=None):
+        return http_request(self.port, "GET", path, headers=self.headers(token), timeout=timeout, source=self.source)
 
     def poll(self, timeout=30):
-        status, headers, body = self.get(f"/halley/poll?session={self.session}&token={self.token}&cursor={self.cursor}", timeout)
+        status, headers, body = self.get(f"/halley/poll?session={self.session}&cursor={self.cursor}", timeout, token=self.token)
         assert status == 200, (status, body)
         j = json.loads(body)
         self.cursor = j["cursor"]
         return j["messages"]
 
     def send(self, msg):
-        h = {"Content-Type": "application/json", **self.headers()}
-        status, _, body = http_request(self.port, "POST", f"/halley/send?session={self.session}&token={self.token}",
-                                       json.dumps(msg).encode(), h)
+        h = {"Content-Type": "application/json", **self.headers(self.token)}
+        status, _, body = http_request(self.port, "POST", f"/halley/send?session={self.session}",
+                                       json.dumps(msg).encode(), h, source=getattr(self, "source", None))
         return status, json.loads(body)
 
     def subscribe(self, channel, since=None, auth=None):
@@ -278,10 +301,15 @@ class Poll:
         assert status == 200, (status, body)
 
 
-def send_http(port, session, token, msg):
-    status, _, body = http_request(port, "POST", f"/halley/send?session={session}&token={token}", json.dumps(msg).encode(),
-                                   {"Content-Type": "application/json"})
+def send_http(port, session, token, msg, source=None):
+    """POST /halley/send with the token in the X-Halley-Token header."""
+    status, _, body = http_request(port, "POST", f"/halley/send?session={session}", json.dumps(msg).encode(),
+                                   {"Content-Type": "application/json", "X-Halley-Token": token}, source=source)
     return status, json.loads(body)
+
+
+def token_header(token):
+    return {"X-Halley-Token": token}
 
 
 def wait_until(pred, timeout=5.0, step=0.02):

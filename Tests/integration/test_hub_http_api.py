@@ -19,7 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from halley_client import Halley
-from hub_client import SSE, WS, Poll, http_request, publish, publish_signed, send_http
+from hub_client import SSE, WS, Poll, http_request, publish, publish_signed, send_http, token_header
 
 TOKEN = "tok"
 GOOD = "http://good.example"
@@ -657,9 +657,9 @@ def test_poll_bad_origin_403(hub):
 
 def test_send_bad_origin_403(hub):
     p = Poll(hub.port, origin=GOOD)
-    status, h, body = http_request(hub.port, "POST", f"/halley/send?session={p.session}&token={p.token}",
+    status, h, body = http_request(hub.port, "POST", f"/halley/send?session={p.session}",
                                    json.dumps({"event": "pusher:ping", "data": {}}).encode(),
-                                   {"Origin": EVIL, "Content-Type": "application/json"})
+                                   {"Origin": EVIL, "Content-Type": "application/json", **token_header(p.token)})
     assert status == 403, body
     assert "access-control-allow-origin" not in h
     status, body = p.send({"event": "pusher:ping", "data": {}})
@@ -720,13 +720,13 @@ def test_poll_unknown_key_404(hub):
 def test_poll_unknown_session_404(hub):
     # An id the hub never issued reads as `expired`: the hub cannot tell it from a session
     # that expired long ago or before a restart (docs/PROTOCOL.md, "Resuming"). A real expiry,
-    # a wrong token (`unknown`) and `terminated`: test_hub_resume.py.
-    status, _, body = http_request(hub.port, "GET", "/halley/poll?session=1234.5678&token=00&cursor=0")
+    # a wrong token (answered the same) and `terminated`: test_hub_resume.py.
+    status, _, body = http_request(hub.port, "GET", "/halley/poll?session=1234.5678&cursor=0", headers=token_header("00"))
     assert status == 404, body
     j = json.loads(body)
     assert "session not found" in error_of(j) and j["halley:reason"] == "expired"
     # With the key, a new session starts instead, saying why.
-    status, _, body = http_request(hub.port, "GET", "/halley/poll?session=1234.5678&token=00&cursor=0&key=app-key")
+    status, _, body = http_request(hub.port, "GET", "/halley/poll?session=1234.5678&cursor=0&key=app-key", headers=token_header("00"))
     assert status == 200, body
     j = json.loads(body)
     info = json.loads(j["messages"][0]["data"])
@@ -762,8 +762,8 @@ def test_send_wrong_token_404(hub):
 @pytest.mark.parametrize("raw", [b"{not json", b"", b'[{"event":"pusher:ping"}, 3]', b'{"data":{}}'])
 def test_send_invalid_body_400(hub, raw):
     p = Poll(hub.port)
-    status, _, body = http_request(hub.port, "POST", f"/halley/send?session={p.session}&token={p.token}", raw,
-                                   {"Content-Type": "application/json"})
+    status, _, body = http_request(hub.port, "POST", f"/halley/send?session={p.session}", raw,
+                                   {"Content-Type": "application/json", **token_header(p.token)})
     assert status == 400, body
     error_of(json.loads(body))
 
@@ -798,7 +798,8 @@ def test_overlapping_poll_409_and_first_poll_still_answered(hub):
     t.start()
     time.sleep(0.4)  # the first poll is waiting on the server
     assert t.is_alive(), result
-    status, h, body = http_request(hub.port, "GET", f"/halley/poll?session={p.session}&token={p.token}&cursor={p.cursor}")
+    status, h, body = http_request(hub.port, "GET", f"/halley/poll?session={p.session}&cursor={p.cursor}",
+                                   headers=token_header(p.token))
     assert status == 409, body
     assert "poll already pending" in error_of(json.loads(body))
     status, body = publish(hub.port, {"channel": c, "event": "later", "data": "for the first poll"})
@@ -872,10 +873,10 @@ def test_app_allowed_origins_apply_to_every_request_of_a_session(start_halley, t
     p = Poll(h.port, key="strict", origin=good)
     p.subscribe("strict-a")
     assert p.poll()[0]["event"] == "pusher_internal:subscription_succeeded"
-    qs = f"session={p.session}&token={p.token}"
+    qs = f"session={p.session}"
 
     def answer(method, path, body=None):
-        hd = {"Origin": bad}
+        hd = {"Origin": bad, **token_header(p.token)}
         if body is not None:
             hd["Content-Type"] = "application/json"
         status, headers, data = http_request(h.port, method, path, body, hd)
@@ -891,13 +892,10 @@ def test_app_allowed_origins_apply_to_every_request_of_a_session(start_halley, t
     sub_b = json.dumps({"event": "pusher:subscribe", "data": {"channel": "strict-b"}}).encode()
     assert answer("POST", f"/halley/send?{qs}", sub_b)[0] == refusal
     # SSE resumes, by query and by Last-Event-ID.
-    s = SSE(h.port, query=f"{qs}&last_seq={p.cursor}", origin=bad)
+    s = SSE(h.port, query=f"{qs}&last_seq={p.cursor}", origin=bad, token=p.token)
     assert (s.status, json.loads(s.resp.read())) == refusal
     s.close()
     s = SSE(h.port, query="key=strict", last_event_id=f"{p.cursor}:{p.session}:{p.token}", origin=bad)
-    assert (s.status, json.loads(s.resp.read())) == refusal
-    s.close()
-    s = SSE(h.port, query=f"last_event_id={p.cursor}:{p.session}:{p.token}", origin=bad)
     assert (s.status, json.loads(s.resp.read())) == refusal
     s.close()
     # WebSocket resume from the bad origin: refused as before (4009).

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from hub_client import HOST, SSE, WS, Dedup, Poll, http_request, payload_of, publish, pusher_client, send_http, wait_until
+from hub_client import (HOST, SSE, WS, Dedup, Poll, http_request, payload_of, publish, pusher_client, send_http,
+                        token_header, wait_until)
 
 
 class Client:
@@ -66,7 +67,7 @@ class Client:
 
     def run_poll(self, until, abrupt):
         p = Poll.__new__(Poll)
-        p.port, p.origin = self.port, None
+        p.port, p.origin, p.source = self.port, None, None
         p.session, p.token, p.cursor = self.session, self.token, self.last
         while not until():
             for m in p.poll(timeout=10):
@@ -75,7 +76,7 @@ class Client:
         if abrupt:
             # One more poll, dropped (RST) while the hub holds it or is answering it: what it
             # carried was never read, and must come again on the next transport.
-            drop_poll(self.port, f"/halley/poll?session={self.session}&token={self.token}&cursor={self.last}")
+            drop_poll(self.port, f"/halley/poll?session={self.session}&cursor={self.last}", token=self.token)
 
     def run_sse(self, until, abrupt):
         s = SSE(self.port, last_event_id=f"{self.last}:{self.session}:{self.token}")
@@ -88,11 +89,12 @@ class Client:
         s.abort() if abrupt else s.close()
 
 
-def drop_poll(port, path, hold=0.1):
+def drop_poll(port, path, hold=0.1, token=None):
     """Sends a long-poll on a raw socket, lets the hub hold it `hold` seconds, then resets
     the connection without reading. True if nothing had been answered by then."""
     sock = socket.create_connection((HOST, port), timeout=5)
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    extra = f"X-Halley-Token: {token}\r\n" if token else ""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
     time.sleep(hold)
     waiting = not select.select([sock], [], [], 0)[0]
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -316,8 +318,8 @@ def test_long_poll_dropped_while_waiting_loses_nothing(start_halley):
     p = Poll(h.port)
     p.subscribe("drop")
     assert p.poll()[0]["event"] == "pusher_internal:subscription_succeeded"
-    path = f"/halley/poll?session={p.session}&token={p.token}&cursor={p.cursor}"
-    assert drop_poll(h.port, path, hold=0.5), "the poll was answered without a message"
+    path = f"/halley/poll?session={p.session}&cursor={p.cursor}"
+    assert drop_poll(h.port, path, hold=0.5, token=p.token), "the poll was answered without a message"
     time.sleep(0.2)
     publish(h.port, {"channel": "drop", "event": "e", "data": "a"})
     publish(h.port, {"channel": "drop", "event": "e", "data_base64": base64.b64encode(b"\x00\xffb").decode()})
@@ -327,7 +329,7 @@ def test_long_poll_dropped_while_waiting_loses_nothing(start_halley):
     # A message that a dropped poll was answered with (never read) comes again.
     t = threading.Timer(0.3, publish, args=(h.port, {"channel": "drop", "event": "e", "data": "c"}))
     t.start()
-    assert not drop_poll(h.port, f"/halley/poll?session={p.session}&token={p.token}&cursor={p.cursor}", hold=0.8)
+    assert not drop_poll(h.port, f"/halley/poll?session={p.session}&cursor={p.cursor}", hold=0.8, token=p.token)
     t.join()
     got = p.poll(timeout=5)
     assert [m["data"] for m in got] == ["c"], got
@@ -352,12 +354,12 @@ def test_binary_payload_is_replayed_on_every_transport(start_halley):
     seq = m["halley:seq"]
     ws.abort()
     last = sub["halley:seq"]  # the subscription answer was processed, the blob was not
-    status, _, body = http_request(h.port, "GET", f"/halley/poll?session={sid}&token={token}&cursor={last}")
+    status, _, body = http_request(h.port, "GET", f"/halley/poll?session={sid}&cursor={last}", headers=token_header(token))
     j = json.loads(body)
     assert status == 200 and len(j["messages"]) == 1, j
     m = j["messages"][0]
     assert m["halley:binary"] is True and base64.b64decode(m["data"]) == blob and m["halley:seq"] == seq, m
-    s = SSE(h.port, query=f"session={sid}&token={token}&last_seq={last}")
+    s = SSE(h.port, query=f"session={sid}&last_seq={last}", token=token)
     est = json.loads(s.recv()["data"])
     assert est["halley:resumed"] is True and est["socket_id"] == sid
     m = s.recv()
@@ -374,9 +376,10 @@ def test_binary_payload_is_replayed_on_every_transport(start_halley):
 
 
 def test_sse_resumes_with_last_event_id_query_parameter(start_halley):
-    """`?last_event_id=` (no Last-Event-ID header, no key) resumes the session: the messages
-    after its seq, once and in order, then live ones; and it acknowledges up to that seq."""
-    h = start_halley("--app-token", "tok")
+    """With --allow-tokens-in-urls, `?last_event_id=` (no Last-Event-ID header, no key)
+    resumes the session: the messages after its seq, once and in order, then live ones; and
+    it acknowledges up to that seq. (Without the flag it is refused: test_tokens_in_urls.py.)"""
+    h = start_halley("--app-token", "tok", "--allow-tokens-in-urls")
     s = SSE(h.port)
     first_id, est = s.event()
     info = json.loads(est["data"])
@@ -462,7 +465,7 @@ def test_expired_session_ends_its_subscriptions(start_halley, kind):
     ws.close()
     status, body = send_http(h.port, sid, token, {"event": "pusher:ping", "data": {}})
     assert status == 404 and body == {"error": "session not found", "halley:reason": "expired"}, body
-    status, _, body = http_request(h.port, "GET", f"/halley/poll?session={sid}&token={token}&cursor=0")
+    status, _, body = http_request(h.port, "GET", f"/halley/poll?session={sid}&cursor=0", headers=token_header(token))
     assert status == 404 and json.loads(body)["halley:reason"] == "expired", body
     s = SSE(h.port, query="", last_event_id=f"0:{sid}:{token}")
     assert s.status == 400  # no key: nothing to start instead
@@ -474,10 +477,11 @@ def test_expired_session_ends_its_subscriptions(start_halley, kind):
     s.close()
 
 
-def test_resume_reasons_unknown_and_terminated(start_halley):
-    """`unknown`: a live session shown with the wrong token (it is not touched);
-    `terminated`: ended by the app (terminate_connections). A never-issued id reads as
-    `expired` (the hub cannot tell it from one that expired long ago or before a restart)."""
+def test_wrong_token_reads_as_unknown_id_and_terminated_is_told_to_its_client(start_halley):
+    """A live session shown with the wrong token is answered exactly as an id that was never
+    issued (`expired`; the session is not touched): the answer does not tell whether an id is
+    live. `terminated` (ended by the app) is told to the client that shows the right token,
+    and `expired` to anyone else."""
     h = start_halley("--app-token", "tok")
     ws = WS(h.port)
     info = ws.hello()
@@ -485,10 +489,11 @@ def test_resume_reasons_unknown_and_terminated(start_halley):
     wrong = ("0" if token[0] != "0" else "1") + token[1:]
     other = WS(h.port, session=sid, token=wrong, last_seq=0)
     again = other.hello()
-    assert again["halley:resumed"] is False and again["halley:reason"] == "unknown" and again["socket_id"] != sid
+    assert again["halley:resumed"] is False and again["halley:reason"] == "expired" and again["socket_id"] != sid
     other.close()
     status, body = send_http(h.port, sid, wrong, {"event": "pusher:ping", "data": {}})
-    assert status == 404 and body["halley:reason"] == "unknown", body
+    never = send_http(h.port, "1234.5678", wrong, {"event": "pusher:ping", "data": {}})
+    assert (status, body) == never == (404, {"error": "session not found", "halley:reason": "expired"}), (body, never)
     ws.send({"event": "pusher:ping", "data": {}})
     assert ws.recv()["event"] == "pusher:pong"  # untouched
     # Terminated by the app.
@@ -504,8 +509,11 @@ def test_resume_reasons_unknown_and_terminated(start_halley):
     again = w2.hello()
     assert again["halley:resumed"] is False and again["halley:reason"] == "terminated", again
     w2.close()
-    status, _, body = http_request(h.port, "GET", f"/halley/poll?session={sid}&token={token}&cursor=0")
+    status, _, body = http_request(h.port, "GET", f"/halley/poll?session={sid}&cursor=0", headers=token_header(token))
     assert status == 404 and json.loads(body)["halley:reason"] == "terminated", body
+    # The terminated session with a wrong token: as if it never existed.
+    status, _, body = http_request(h.port, "GET", f"/halley/poll?session={sid}&cursor=0", headers=token_header(wrong))
+    assert status == 404 and json.loads(body)["halley:reason"] == "expired", body
     # Never issued.
-    status, _, body = http_request(h.port, "GET", f"/halley/poll?session=1234.5678&token={token}&cursor=0")
+    status, _, body = http_request(h.port, "GET", f"/halley/poll?session=1234.5678&cursor=0", headers=token_header(token))
     assert status == 404 and json.loads(body)["halley:reason"] == "expired", body

@@ -29,10 +29,10 @@ def pub(h, channel, data, event="tick"):
 
 
 def raw_poll(h, p, cursor=None, key=None, timeout=30):
-    q = f"session={p.session}&token={p.token}&cursor={p.cursor if cursor is None else cursor}"
+    q = f"session={p.session}&cursor={p.cursor if cursor is None else cursor}"
     if key:
         q += f"&key={key}"
-    status, _, body = http_request(h.port, "GET", f"/halley/poll?{q}", timeout=timeout)
+    status, _, body = http_request(h.port, "GET", f"/halley/poll?{q}", timeout=timeout, headers={"X-Halley-Token": p.token})
     return status, json.loads(body)
 
 

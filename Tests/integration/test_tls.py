@@ -312,8 +312,9 @@ def test_hub_over_wss_and_https_transports(tls_hub, certs):
         sid = json.loads(est["data"])["socket_id"]
         tok = json.loads(est["data"])["halley:token"]
         post = http.client.HTTPSConnection("localhost", tls_hub.tls_port, timeout=5, context=client_ctx(certs["a"][0]))
-        post.request("POST", f"/halley/send?session={sid}&token={tok}",
-                     body=json.dumps({"event": "pusher:subscribe", "data": {"channel": "tls-news"}}))
+        post.request("POST", f"/halley/send?session={sid}",
+                     body=json.dumps({"event": "pusher:subscribe", "data": {"channel": "tls-news"}}),
+                     headers={"X-Halley-Token": tok})
         assert post.getresponse().status == 200
         assert next_event()["event"] == "pusher_internal:subscription_succeeded"
         status, body = publish(tls_hub.port, {"channel": "tls-news", "event": "flash", "data": "x" * 5000})
