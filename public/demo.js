@@ -3,7 +3,7 @@
 (function () {
   "use strict";
   var NUMBERS = ["wsTimeout", "streamTimeout", "pollTimeout", "probeDelay", "probeMaxDelay", "backoffBase",
-    "backoffMax", "transportTTL", "ackInterval", "activityTimeout", "pongTimeout"];
+    "backoffMax", "transportTTL", "ackInterval", "activityTimeout", "pongTimeout", "confirmTimeout"];
   var q = new URLSearchParams(location.search);
 
   window.demoOptions = function (extra) {
@@ -12,6 +12,7 @@
     if (q.has("transports")) o.transports = q.get("transports").split(",");
     if (q.has("binaryType")) o.binaryType = q.get("binaryType");
     if (q.has("remember")) o.rememberTransport = q.get("remember") !== "0";
+    if (q.has("share")) o.shareConnection = q.get("share") !== "0";
     if (q.has("host")) o.host = q.get("host");
     for (var k in extra || {}) o[k] = extra[k];
     return o;

@@ -30,8 +30,11 @@
  *   codes: 4000–4099 do not reconnect (state `failed`), 4100–4199 back off, 4200–4299 at once.
  * - Binary: `trigger("client-…", ArrayBuffer | typed array | DataView | Blob)`; binary events
  *   arrive as ArrayBuffer or Blob (`binaryType`).
- * - Private and presence channels are authorized with one request for all channels waiting
- *   (`channelAuthorization.endpoint`, batch format of pusher-js-auth) or a custom handler.
+ * - Private and presence channels and user sign-in are authorized as pusher-js does
+ *   (`channelAuthorization` / `userAuthentication`: a form POST of `socket_id` and
+ *   `channel_name` to `/pusher/auth`, or `customHandler(params, callback)`), so a backend written
+ *   for pusher-js (Laravel's `/broadcasting/auth`, an SDK's `authorizeChannel`) answers as is;
+ *   `channelAuthorization.batch: true` asks for every waiting channel in one request.
  */
 (function (global) {
   "use strict";
@@ -44,6 +47,8 @@
     forceTLS: null,               // with a host without scheme: wss/https (default: the page's scheme)
     transports: TRANSPORTS,       // order of attempts; leave one out to disable it
     wsTimeout: 5000,              // ms from opening a WebSocket to its first message
+    confirmTimeout: 4000,         // ms for the answer to the ping sent after the hello (WebSocket, SSE): a
+                                  // transport is up only once it has carried traffic both ways
     streamTimeout: 5000,          // ms from opening an SSE stream to its first event
     pollTimeout: 10000,           // ms from the first poll to its answer
     pollRequestTimeout: 40000,    // ms a held long-poll may take (the hub answers within 25 s)
@@ -59,10 +64,20 @@
     binaryType: "arraybuffer",    // or "blob", as WebSocket.binaryType
     autoConnect: true,
     disconnectOnPageHide: true,   // leave presence channels at once when the page goes away
-    channelAuthorization: null,   // {endpoint, headers, params, credentials, batch, customHandler}
-    authEndpoint: null,           // pusher-js style shorthand for channelAuthorization.endpoint
-    auth: null,                   // pusher-js style {headers, params}
-    authorizer: null,             // function (socketId, channelNames) -> Promise<{name: {auth, channel_data}}>
+    shareConnection: true,        // tabs of this page origin share one session with the hub (Web Locks + BroadcastChannel)
+    // pusher-js's forms (https://pusher.com/docs/channels/using_channels/authorized-connections/):
+    // {endpoint ("/pusher/auth"), transport ("ajax"), params, headers, headersProvider(),
+    //  paramsProvider(), customHandler({socketId, channelName}, callback(error, {auth, channel_data})),
+    //  credentials (fetch's, default "same-origin"); Halley's own: batch (true: one request
+    //  for every channel waiting, pusher-js-auth's batch format), batchHandler(socketId, names)
+    //  -> Promise<{name: {auth, channel_data}}>}
+    channelAuthorization: null,
+    // {endpoint ("/pusher/user-auth"), transport, params, headers, headersProvider(), paramsProvider(),
+    //  customHandler({socketId}, callback(error, {auth, user_data}))}: for signin()
+    userAuthentication: null,
+    authEndpoint: null,           // pusher-js's older shorthand for channelAuthorization.endpoint
+    auth: null,                   // pusher-js's older {headers, params}
+    authorizer: null,             // pusher-js's older (channel, options) -> {authorize(socketId, callback)}
     storage: null                 // a Storage (default: localStorage when available)
   };
 
@@ -201,7 +216,33 @@
     return null;
   };
   TransportMemory.prototype.remember = function (name) {
-    try { if (this.storage) this.storage.setItem(this.key, JSON.stringify({ transport: name, until: now() + this.ttl })); } catch (e) { /* ignore */ }
+    try {
+      if (!this.storage) return;
+      var v = parseJSON(this.storage.getItem(this.key)) || {};
+      v.transport = name;
+      v.until = now() + this.ttl;
+      if (v.broken && v.broken[name]) delete v.broken[name];
+      this.storage.setItem(this.key, JSON.stringify(v));
+    } catch (e) { /* ignore */ }
+  };
+  /** A transport that opened and then carried nothing back (a proxy that passes the WebSocket
+   *  handshake and then forwards nothing, or holds frames): not tried first again for the TTL
+   *  (still probed, which costs nothing when it fails). */
+  TransportMemory.prototype.markBroken = function (name) {
+    try {
+      if (!this.storage) return;
+      var v = parseJSON(this.storage.getItem(this.key)) || {};
+      v.broken = v.broken || {};
+      v.broken[name] = now() + this.ttl;
+      if (v.transport === name) delete v.transport;
+      this.storage.setItem(this.key, JSON.stringify(v));
+    } catch (e) { /* ignore */ }
+  };
+  TransportMemory.prototype.isBroken = function (name) {
+    try {
+      var v = this.storage && parseJSON(this.storage.getItem(this.key));
+      return !!(v && v.broken && v.broken[name] > now());
+    } catch (e) { return false; }
   };
 
   // ---- transports ---------------------------------------------------------------------------
@@ -236,16 +277,16 @@
     this._teardown();
   };
 
-  /** The hub's JSON error body of a refused HTTP request, classified. */
+  /** The hub's JSON error body of a refused HTTP request, classified by its `code` (the
+   *  Pusher close code of the same refusal on WebSocket; docs/PROTOCOL.md): 4000–4099 stop,
+   *  4100–4199 (over capacity, a per-address limit) back off. Without a code (a proxy's 403 or
+   *  404 on one path) the next transport is tried; a 429 or 503 without one backs off. */
   function httpRefusal(status, body) {
     var j = parseJSON(body) || {};
-    var text = String(j.error || "");
-    var fatal = (status === 404 && /unknown app key|missing key/.test(text)) ||
-      (status === 403 && /origin not allowed|application disabled/.test(text));
-    // 503: the hub is at its session limit; 403 with this text: the app's connection quota.
-    // Other refusals (a proxy's 403 or 404 on one path) move on to the next transport.
-    return { status: status, error: text || ("HTTP " + status), fatal: fatal,
-      backoff: status === 503 || (status === 403 && /quota/.test(text)) };
+    var code = typeof j.code === "number" ? j.code : 0;
+    return { status: status, code: code, error: String(j.error || "HTTP " + status), reason: j["halley:reason"] || null,
+      fatal: code >= 4000 && code < 4100,
+      backoff: (code >= 4100 && code < 4200) || (!code && (status === 429 || status === 503)) };
   }
 
   // WebSocket: /app/{key}?protocol=7&halley=1[&session&last_seq]; a resume's token goes in the
@@ -346,8 +387,9 @@
   SSETransport.prototype.send = function (list) { return this.conn._httpSend(list); };
   SSETransport.prototype._teardown = function () { if (this.abort) this.abort.abort(); };
 
-  // Long-polling: GET /halley/poll (the first answers at once; the next ones wait for messages
-  // after their cursor, which acknowledges everything up to it).
+  // Long-polling: GET /halley/poll opens the session and answers at once; then POST
+  // /halley/poll (the token in the body) waits for messages after its cursor, which
+  // acknowledges everything up to it.
   function PollTransport(conn, resume) { Transport.call(this, conn, "poll", resume); }
   PollTransport.prototype = Object.create(Transport.prototype);
   PollTransport.prototype.start = function () {
@@ -370,8 +412,15 @@
     this.abort = new AbortController();
     var timer = setTimeout(function () { self.abort.abort(); }, conn.opts.pollRequestTimeout);
     if (resuming) this._nudge(150);
-    fetch(url, { cache: "no-store", credentials: "omit", signal: this.abort.signal,
-      headers: params ? { "X-Halley-Token": params.token } : {} }).then(function (res) {
+    // A session's poll is a POST whose text/plain body carries the token: a "simple" request
+    // (no CORS preflight per poll, as a header would need) with no token in its URL.
+    var init = { cache: "no-store", credentials: "omit", signal: this.abort.signal };
+    if (params) {
+      init.method = "POST";
+      init.headers = { "Content-Type": "text/plain;charset=UTF-8" };
+      init.body = JSON.stringify({ "halley:token": params.token });
+    }
+    fetch(url, init).then(function (res) {
       return res.text().then(function (text) {
         clearTimeout(timer);
         if (self.closed) return;
@@ -431,6 +480,7 @@
     this._held = Object.create(null);  // messages that came early (seq > last + 1)
     this._active = null;
     this._probe = null;
+    this._brokenHere = Object.create(null);  // transports found silent on this page
     this._probeDelay = opts.probeDelay;
     this._attempt = 0;
     this._chainIndex = 0;
@@ -477,8 +527,12 @@
   Connection.prototype._resumeParams = function () {
     return this._session ? { session: this._session, token: this._token, lastSeq: this._lastSeq } : null;
   };
+  /** The transports to try, in order: the configured ones, less those found silent here (for
+   *  `transportTTL`), unless that would leave none. */
   Connection.prototype._order = function () {
-    return this.opts.transports.filter(function (t) { return TRANSPORTS.indexOf(t) >= 0; });
+    var all = this.opts.transports.filter(function (t) { return TRANSPORTS.indexOf(t) >= 0; }), self = this;
+    var working = all.filter(function (t) { return !self._brokenHere[t] && !(self.opts.rememberTransport && self.memory.isBroken(t)); });
+    return working.length ? working : all;
   };
 
   Connection.prototype.connect = function () {
@@ -530,15 +584,19 @@
     if (t === this._probe) return this._probeFailed(t, info);
     if (t !== this._active) return;
     this._active = null;
-    var detail = info.timeout ? "timeout" : info.code ? "close " + info.code + (info.reason ? " " + info.reason : "")
+    var detail = info.timeout ? "timeout" : info.silent ? "silent" : info.code ? "close " + info.code + (info.reason ? " " + info.reason : "")
       : info.status ? "HTTP " + info.status + " " + (info.error || "") : info.ended ? "ended" : info.error || "closed";
-    if (!info.timeout) this._note(t.name, t.helloed ? "dropped" : "failed", detail);
+    if (!info.timeout && !info.silent) this._note(t.name, t.confirmed ? "dropped" : "failed", detail);
     if (!this._wanted) return;
     var code = info.code || 0;
     if ((code >= 4000 && code < 4100) || info.fatal) return this._fail(t, detail);
-    if (!t.helloed) {
+    if (!t.confirmed) {
       // Not up: the next transport at once; after the last, back off and start over.
-      var order = this._order(), next = this._chainIndex + 1;
+      // The one after it in the configured order (it may just have left `_order()`, found silent).
+      var order = this._order(), all = this.opts.transports, next = order.length;
+      for (var k = all.indexOf(t.name) + 1; k < all.length; k++) {
+        if (order.indexOf(all[k]) >= 0) { next = order.indexOf(all[k]); break; }
+      }
       if (next < order.length && !(code >= 4100 && code < 4300) && !info.backoff) {
         this._chainIndex = next;
         return this._try(next);
@@ -587,24 +645,35 @@
     this._setState("failed", detail);
   };
 
-  /** The hub's first message: the session is new, or resumed. */
+  /** The hub's first message: the session is new, or resumed. The transport is not up yet:
+   *  a proxy may have passed the handshake and this first message and nothing after (some
+   *  antivirus scanners and corporate proxies do), so the client pings and waits for the pong
+   *  (`confirmTimeout`) before it counts the transport as up (`_confirm`). Long-polling is
+   *  request and answer by nature: up at once. */
   Connection.prototype._hello = function (t, data) {
     clearTimeout(t.deadline);
     t.helloed = true;
-    var fromProbe = t === this._probe;
-    var previous = this.transport;
-    if (fromProbe) {
-      this._probe = null;
-      var old = this._active;
-      this._active = t;
-      if (old) old.close();
-      this._pendingReconnect = false;
-      this._heldHTTP = null;
-      this._probeDelay = this.opts.probeDelay;
-      this._note("ws", "upgraded", "from " + previous);
-    }
+    t.hello = data;
+    if (t !== this._probe) this._adopt(t, data);
+    if (t.name === "poll") return this._confirm(t);
+    var self = this, limit = this.opts.confirmTimeout;
+    t.send([{ event: "pusher:ping", data: {} }]);
+    t.confirmTimer = setTimeout(function () {
+      if (t.closed || t.confirmed) return;
+      self._note(t.name, "silent", "no answer to a ping within " + limit + " ms: remembered as broken here");
+      self._brokenHere[t.name] = true;
+      self.memory.markBroken(t.name);
+      t.close();
+      if (t === self._probe) self._probeFailed(t, { silent: true });
+      else self._transportDown(t, { silent: true });
+    }, limit);
+  };
+
+  /** Takes the session the hub named in `data` (new, or the one resumed). */
+  Connection.prototype._adopt = function (t, data) {
     var resumed = data["halley:resumed"] === true && this._session === data.socket_id;
-    var lost = this._session && !resumed ? { previous: this._session, reason: data["halley:reason"] || "expired" } : null;
+    t.resumed = resumed;
+    t.lost = this._session && !resumed ? { previous: this._session, reason: data["halley:reason"] || "expired" } : null;
     if (!resumed) {
       this._session = data.socket_id;
       this._token = data["halley:token"];
@@ -615,9 +684,30 @@
     }
     this.socket_id = this._session;
     if (data.activity_timeout) this._activityTimeout = Math.min(this.opts.activityTimeout, data.activity_timeout * 1000);
+  };
+
+  /** The transport carried traffic both ways: it is up. */
+  Connection.prototype._confirm = function (t) {
+    clearTimeout(t.confirmTimer);
+    t.confirmed = true;
+    var fromProbe = t === this._probe;
+    var previous = this.transport;
+    if (fromProbe) {
+      this._probe = null;
+      var old = this._active;
+      this._active = t;
+      if (old) old.close();
+      this._pendingReconnect = false;
+      this._heldHTTP = null;
+      this._probeDelay = this.opts.probeDelay;
+      this._adopt(t, t.hello);
+      this._note("ws", "upgraded", "from " + previous);
+    }
+    var resumed = t.resumed, lost = t.lost;
     this._lastRx = now();
     this._pingAt = 0;
     this._lastGood = t.name;
+    delete this._brokenHere[t.name];
     if (this.opts.rememberTransport) this.memory.remember(t.name);
     this.transport = t.name;
     this._note(t.name, "connected", resumed ? "resumed " + this._session + " after seq " + (t.resume ? t.resume.lastSeq : 0) : "new session " + this._session + (lost ? " (" + lost.reason + ")" : ""));
@@ -640,10 +730,11 @@
     if (t !== this._active && t !== this._probe) return;
     if (msg.event === "pusher:connection_established") {
       var data = typeof msg.data === "string" ? parseJSON(msg.data) : msg.data;
-      if (data && data.socket_id) this._hello(t, data);
+      if (data && data.socket_id && !t.helloed) this._hello(t, data);
       return;
     }
-    if (t === this._probe) return;  // nothing else comes before the hello
+    if (t.helloed && !t.confirmed && msg.event === "pusher:pong") return this._confirm(t);
+    if (t === this._probe) return;  // the probe carries nothing for the application until it is up
     if (!t.helloed) return;         // a poll's pong or heartbeat before its session is known
     this._lastRx = now();
     this._pingAt = 0;
@@ -690,6 +781,7 @@
     return true;
   };
   Connection.prototype._pump = function () {
+    if (this._follower) return this._follower._pump();
     var t = this._active;
     if (this.state !== "connected" || !t || !t.helloed) return;
     var batch = [];
@@ -760,7 +852,7 @@
   Connection.prototype._scheduleProbe = function () {
     var self = this;
     clearTimeout(this._probeTimer);
-    if (this.transport === "ws" || this._order().indexOf("ws") < 0 || !this.opts.probeDelay) return;
+    if (this.transport === "ws" || this.opts.transports.indexOf("ws") < 0 || !this.opts.probeDelay) return;
     var delay = this._probeDelay;
     this._probeDelay = Math.min(this.opts.probeMaxDelay, delay * 2);
     this._probeTimer = setTimeout(function () { self._startProbe(); }, delay);
@@ -781,7 +873,8 @@
     clearTimeout(t.deadline);
     if (this._probe !== t) return;
     this._probe = null;
-    this._note("ws", "probe failed", info.timeout ? "timeout" : info.code ? "close " + info.code : info.error || "closed");
+    clearTimeout(t.confirmTimer);
+    this._note("ws", "probe failed", info.timeout ? "timeout" : info.silent ? "silent" : info.code ? "close " + info.code : info.error || "closed");
     this._scheduleProbe();
     // The fallback transport waited while the probe ran: let it go on.
     if (this._pendingReconnect) {
@@ -891,6 +984,8 @@
     } else {
       msg = { event: event, channel: name, data: data === undefined ? {} : data };
     }
+    var share = this.client._share;
+    if (share && share.role === "leader") Promise.resolve(msg).then(function (m) { share._relayClientEvent(m, null); });
     return this.client.connection.send(msg, this);
   };
   Channel.prototype.unsubscribe = function () { this.client.unsubscribe(this.name); };
@@ -925,88 +1020,524 @@
     for (var i = 0; i < waiting.length; i++) this.client.connection.send(waiting[i], this);
   };
 
-  /** Presence members (pusher-js): count, me, each(fn), get(id). */
+  /** Presence members (pusher-js): count, me, each(fn), get(id). `members` has no prototype
+   *  and is read with hasOwnProperty only: a user id "constructor", "toString" or "__proto__"
+   *  is a member like any other. */
+  var own = Object.prototype.hasOwnProperty;
   function Members() { this._reset(); this.myID = null; this.me = null; }
-  Members.prototype._reset = function () { this.members = {}; this.count = 0; };
+  Members.prototype._reset = function () { this.members = Object.create(null); this.count = 0; };
   Members.prototype._set = function (p) {
     this._reset();
     if (!p) return;
     var hash = p.hash || {};
     var ids = p.ids || Object.keys(hash);
-    for (var i = 0; i < ids.length; i++) this.members[ids[i]] = hash[ids[i]] == null ? null : hash[ids[i]];
-    this.count = ids.length;
-    if (this.myID != null && this.myID in this.members) this.me = { id: this.myID, info: this.members[this.myID] };
+    for (var i = 0; i < ids.length; i++) {
+      var id = String(ids[i]);
+      if (!own.call(this.members, id)) this.count++;
+      this.members[id] = own.call(hash, id) && hash[id] != null ? hash[id] : null;
+    }
+    if (this.myID != null && own.call(this.members, this.myID)) this.me = { id: this.myID, info: this.members[this.myID] };
   };
   Members.prototype._add = function (d) {
-    var fresh = !(d.user_id in this.members);
-    this.members[d.user_id] = d.user_info == null ? null : d.user_info;
+    var id = String(d.user_id), fresh = !own.call(this.members, id);
+    this.members[id] = d.user_info == null ? null : d.user_info;
     if (fresh) this.count++;
-    return { id: d.user_id, info: this.members[d.user_id] };
+    return { id: id, info: this.members[id] };
   };
   Members.prototype._remove = function (d) {
-    if (!(d.user_id in this.members)) return null;
-    var m = { id: d.user_id, info: this.members[d.user_id] };
-    delete this.members[d.user_id];
+    var id = String(d.user_id);
+    if (!own.call(this.members, id)) return null;
+    var m = { id: id, info: this.members[id] };
+    delete this.members[id];
     this.count--;
     return m;
   };
   Members.prototype.get = function (id) {
-    return Object.prototype.hasOwnProperty.call(this.members, id) ? { id: id, info: this.members[id] } : null;
+    return own.call(this.members, id) ? { id: id, info: this.members[id] } : null;
+  };
+  /** The roster as the hub sends it (`{ids, hash, count}`), for a tab that joins later. */
+  Members.prototype._export = function () {
+    var ids = [], hash = {};
+    for (var id in this.members) if (own.call(this.members, id)) { ids.push(id); hash[id] = this.members[id]; }
+    return { ids: ids, hash: hash, count: ids.length };
   };
   Members.prototype.each = function (fn) {
-    for (var id in this.members) if (Object.prototype.hasOwnProperty.call(this.members, id)) fn({ id: id, info: this.members[id] });
+    for (var id in this.members) if (own.call(this.members, id)) fn({ id: id, info: this.members[id] });
   };
 
   // ---- authorization ------------------------------------------------------------------------
 
-  /** One request for every channel waiting: `socket_id=S&channel_name[0]=A&channel_name[1]=B`
-   *  (pusher-js-auth's batch format), answered `{"A": {"status": 200, "data": {"auth": …,
-   *  "channel_data": …}}, "B": {"status": 403}}` (a bare `{auth, channel_data}` per channel
-   *  is accepted too). `batch: false`: one pusher-js request per channel
-   *  (`socket_id=S&channel_name=A` → `{auth, channel_data}`), for any Pusher backend. */
-  function endpointAuthorizer(cfg) {
-    function post(body) {
-      var headers = extend({ "Content-Type": "application/x-www-form-urlencoded" }, cfg.headers);
-      return fetch(cfg.endpoint, { method: "POST", headers: headers, body: body, credentials: cfg.credentials || "same-origin" })
-        .then(function (res) {
-          return res.text().then(function (t) {
-            if (!res.ok) { var err = new Error("auth endpoint answered " + res.status); err.status = res.status; throw err; }
-            var j = parseJSON(t);
-            if (!j) throw new Error("auth endpoint answered no JSON");
-            return j;
-          });
+  function formBody(fields) {
+    var out = [];
+    for (var k in fields) if (own.call(fields, k) && fields[k] != null) out.push(encodeURIComponent(k) + "=" + encodeURIComponent(fields[k]));
+    return out.join("&");
+  }
+
+  /** POSTs `fields` (and the configured params) form-encoded to `cfg.endpoint`, as pusher-js's
+   *  ajax transport does; resolves with the JSON answer, rejects with an Error carrying
+   *  `status` on a non-2xx answer. */
+  function authRequest(cfg, what, fields) {
+    if (cfg.transport && cfg.transport !== "ajax") return Promise.reject(new Error(what + ": transport " + cfg.transport + " is not supported (use ajax)"));
+    var params = extend({}, typeof cfg.params === "function" ? cfg.params() : cfg.params, cfg.paramsProvider && cfg.paramsProvider());
+    var headers = extend({ "Content-Type": "application/x-www-form-urlencoded" }, cfg.headers, cfg.headersProvider && cfg.headersProvider());
+    return fetch(cfg.endpoint, { method: "POST", headers: headers, body: formBody(extend({}, params, fields)), credentials: cfg.credentials || "same-origin" })
+      .then(function (res) {
+        return res.text().then(function (t) {
+          if (!res.ok) {
+            throw extend(new Error("Unable to retrieve auth string from " + what + " endpoint - received status: " + res.status + " from " + cfg.endpoint), { status: res.status });
+          }
+          var j = parseJSON(t);
+          if (!j) throw extend(new Error("JSON returned from " + what + " endpoint was invalid, yet status code was 200. Data was: " + t), { status: res.status });
+          return j;
         });
+      });
+  }
+
+  /** pusher-js's customHandler(params, callback) as a Promise. */
+  function viaCallback(fn, params) {
+    return new Promise(function (resolve, reject) {
+      fn(params, function (err, data) { if (err) reject(err instanceof Error ? err : new Error(String(err))); else resolve(data); });
+    });
+  }
+
+  /** How this client authorizes channels: pusher-js's forms by default (one form POST per
+   *  channel, `socket_id` + `channel_name` → `{auth, channel_data, shared_secret}`), or a
+   *  batch (`batch: true`: `socket_id=S&channel_name[0]=A&channel_name[1]=B` answered
+   *  `{"A": {"status": 200, "data": {auth, channel_data}}, "B": {"status": 403}}`; an endpoint
+   *  that answers a batch with an error gets single requests from then on). */
+  function ChannelAuthorizer(opts) {
+    var cfg = extend({ endpoint: "/pusher/auth" }, opts.auth, opts.channelAuthorization);
+    if (opts.authEndpoint && !(opts.channelAuthorization && opts.channelAuthorization.endpoint)) cfg.endpoint = opts.authEndpoint;
+    this.cfg = cfg;
+    this.opts = opts;
+    this.batchWorks = cfg.batch === true || !!cfg.batchHandler;
+  }
+  ChannelAuthorizer.prototype.one = function (socketId, name) {
+    var cfg = this.cfg, opts = this.opts;
+    if (cfg.customHandler) return viaCallback(cfg.customHandler, { socketId: socketId, channelName: name });
+    if (opts.authorizer) {
+      var a = opts.authorizer({ name: name }, opts);
+      return new Promise(function (resolve, reject) {
+        a.authorize(socketId, function (err, data) { if (err) reject(err instanceof Error ? err : new Error(String(err))); else resolve(data); });
+      });
     }
-    function extra() {
-      var params = typeof cfg.params === "function" ? cfg.params() : cfg.params, s = "";
-      for (var k in params || {}) s += "&" + encodeURIComponent(k) + "=" + encodeURIComponent(params[k]);
-      return s;
-    }
-    return function (socketId, names) {
-      if (cfg.batch === false) {
-        return Promise.all(names.map(function (n) {
-          return post("socket_id=" + encodeURIComponent(socketId) + "&channel_name=" + encodeURIComponent(n) + extra())
-            .then(function (j) { return j; }, function (e) { return e; });
-        })).then(function (list) {
-          var out = {};
-          names.forEach(function (n, i) { out[n] = list[i]; });
-          return out;
-        });
-      }
-      var body = "socket_id=" + encodeURIComponent(socketId);
-      names.forEach(function (n, i) { body += "&channel_name%5B" + i + "%5D=" + encodeURIComponent(n); });
-      return post(body + extra()).then(function (j) {
+    return authRequest(cfg, "channel-authorization", { socket_id: socketId, channel_name: name });
+  };
+  /** Resolves with {name: authData | Error} for every name. */
+  ChannelAuthorizer.prototype.all = function (socketId, names) {
+    var self = this;
+    function singly() {
+      return Promise.all(names.map(function (n) {
+        return self.one(socketId, n).then(function (d) { return d; }, function (e) { return e; });
+      })).then(function (list) {
         var out = {};
-        names.forEach(function (n) {
-          var r = j[n];
-          if (!r) { out[n] = Object.assign(new Error("no authorization for " + n), { status: 404 }); return; }
-          if (r.status && r.status !== 200) { out[n] = Object.assign(new Error("authorization refused"), { status: r.status }); return; }
-          out[n] = r.data || r;
-        });
+        names.forEach(function (n, i) { out[n] = list[i]; });
         return out;
       });
-    };
+    }
+    if (!this.batchWorks || (names.length < 2 && !this.cfg.batchHandler)) return singly();
+    var request = this.cfg.batchHandler ? Promise.resolve(this.cfg.batchHandler(socketId, names)) : authRequest(this.cfg, "channel-authorization",
+      (function () { var f = { socket_id: socketId }; names.forEach(function (n, i) { f["channel_name[" + i + "]"] = n; }); return f; })());
+    return request.then(function (j) {
+      var out = {}, isBatch = j && typeof j === "object" && names.every(function (n) { return j[n] && typeof j[n] === "object"; });
+      if (!isBatch) throw new Error("not a batch answer");
+      names.forEach(function (n) {
+        var r = j[n];
+        if (r.status && r.status !== 200) out[n] = extend(new Error("authorization refused for " + n), { status: r.status });
+        else out[n] = r.data || r;
+      });
+      return out;
+    }).catch(function (e) {
+      if (self.cfg.batchHandler) throw e;
+      // A stock backend (one channel_name per request) refused the batch: single requests,
+      // now and from now on.
+      self.batchWorks = false;
+      return singly();
+    });
+  };
+
+  /** The signed-in user (pusher-js's `pusher.user`): `signin()`, then `bind(event, fn)` gets
+   *  the events the app's backend sends to the user (`#server-to-user-{id}`). */
+  function UserFacade(client) {
+    Emitter.call(this);
+    this.client = client;
+    this.user_data = null;
+    this.signin_requested = false;
+    this._serverChannel = null;
+    this._pending = false;
   }
+  mixin(UserFacade);
+  UserFacade.prototype.signin = function () {
+    this.signin_requested = true;
+    if (this.client.connection.state === "connected") this._signin();
+    return this;
+  };
+  UserFacade.prototype._signin = function () {
+    var c = this.client.connection, sid = c._session, self = this, opts = this.client.config;
+    if (!this.signin_requested || this._pending || !sid) return;
+    var cfg = extend({ endpoint: "/pusher/user-auth" }, opts.userAuthentication);
+    this._pending = true;
+    var req = cfg.customHandler ? viaCallback(cfg.customHandler, { socketId: sid }) : authRequest(cfg, "user-authentication", { socket_id: sid });
+    req.then(function (a) {
+      self._pending = false;
+      if (c._session !== sid) return self._signin();  // a new session meanwhile
+      if (!a || !a.auth || a.user_data == null) throw new Error("user-authentication answered no auth and user_data");
+      c.send({ event: "pusher:signin", data: { auth: a.auth, user_data: a.user_data } });
+    }).catch(function (e) {
+      self._pending = false;
+      self.emit("pusher:signin_error", { error: String(e && e.message || e), status: e && e.status || 0 });
+      c.emit("error", { type: "AuthError", error: String(e && e.message || e) });
+    });
+  };
+  UserFacade.prototype._succeeded = function (data) {
+    var d = decodeData(data) || {};
+    this.user_data = typeof d.user_data === "string" ? parseJSON(d.user_data) : d.user_data;
+    var id = this.user_data && this.user_data.id;
+    if (id == null) return;
+    var name = "#server-to-user-" + id, self = this;
+    if (!this._serverChannel || this._serverChannel.name !== name) {
+      if (this._serverChannel) this.client.unsubscribe(this._serverChannel.name);
+      this._serverChannel = this.client.subscribe(name);
+      this._serverChannel.bind_global(function (event, payload, meta) {
+        if (event.indexOf("pusher") !== 0 && event.indexOf("halley:") !== 0) self.emit(event, payload, meta);
+      });
+    } else if (this._serverChannel._session !== this.client.connection._session) {
+      this.client._subscribeNow([this._serverChannel]);  // signed in again on a new session
+    }
+    this.emit("pusher:signin_success", this.user_data);
+  };
+  /** A new session: sign in again (a resumed one still is). */
+  UserFacade.prototype._connected = function (resumed) {
+    if (!resumed) this.user_data = null;
+    if (this.signin_requested && !resumed) this._signin();
+  };
+
+  // ---- one connection for all tabs ----------------------------------------------------------
+  //
+  // The tabs of one page origin that use one hub and key share one session: the tab holding
+  // the Web Lock "halley:<hub>:<key>" (the leader) runs the transport and subscribes, on the
+  // hub, every channel any tab wants (a presence channel counts the user once); the others
+  // (followers) reach it over the BroadcastChannel of the same name. The leader passes on every
+  // message it dispatches; each tab dispatches those of its own channels, once (by seq). A
+  // client event one tab sends reaches the other tabs too, as it would with a connection each.
+  // The leader also sends a snapshot (session, token, channels, who wants what): when its tab
+  // closes, the lock goes to another tab, which resumes the same session from the last seq it
+  // saw, so nothing is lost. Not SharedWorker: a worker's script must be on the page's own
+  // origin, and a hub usually serves halley.js from its own.
+
+  var SHARING = Object.create(null);  // share names taken by a client of this page
+
+  function Share(client) {
+    this.client = client;
+    this.name = "halley:" + client.origin + ":" + client.key;
+    this.tab = Math.random().toString(36).slice(2) + now().toString(36);
+    this.role = null;                         // "pending", "leader" or "follower"
+    this.tabs = Object.create(null);          // leader: other tabs → {channel: true}
+    this.channels = Object.create(null);      // leader: channels only other tabs want
+    this.snap = null;                         // follower: the leader's last snapshot
+    this.session = null;                      // follower: the session of lastSeq
+    this.lastSeq = 0;                         // follower: last seq passed on
+    this._release = null;
+    this._orphans = [];
+    this._snapTimer = null;
+    var self = this;
+    this.bc = new BroadcastChannel(this.name);
+    this.bc.onmessage = function (ev) { self._got(ev.data); };
+    client.connection.bind("state_change", function () { if (self.role === "leader") self._snapshot(); });
+  }
+  Share.available = function () {
+    return typeof BroadcastChannel !== "undefined" && typeof navigator !== "undefined" && !!navigator.locks &&
+      typeof navigator.locks.request === "function";
+  };
+  Share.prototype._post = function (m) { try { this.bc.postMessage(m); } catch (e) { report(e); } };
+
+  /** connect(): the lock decides. */
+  Share.prototype.start = function () {
+    var self = this;
+    if (this.role === "leader") return this.client.connection.connect();
+    if (this.role === "follower" || this.role === "pending") return;
+    this.role = "pending";
+    navigator.locks.request(this.name, { ifAvailable: true }, function (lock) {
+      if (lock) return self._lead();
+      self._follow();
+      navigator.locks.request(self.name, function () { return self._lead(); });
+      return null;
+    });
+  };
+
+  /** disconnect(): true when it was handled here (a follower leaves; a leader with other tabs
+   *  hands the session over instead of leaving its channels). */
+  Share.prototype.stop = function () {
+    var c = this.client.connection;
+    if (this.role === "follower" || this.role === "pending") {
+      this._post({ t: "leave", tab: this.tab });
+      this.role = null;
+      c._follower = null;
+      c._wanted = false;
+      c._setState("disconnected");
+      return true;
+    }
+    if (this.role === "leader" && Object.keys(this.tabs).length) {
+      this._snapshot(true);
+      this._post({ t: "leaving", tab: this.tab });
+      this.role = null;
+      c.disconnect();
+      c._session = null;
+      for (var n in this.client.channels) { this.client.channels[n].subscribed = false; this.client.channels[n]._session = null; }
+      this.tabs = Object.create(null);
+      this.channels = Object.create(null);
+      if (this._release) { var r = this._release; this._release = null; r(); }
+      return true;
+    }
+    if (this.role === "leader" && this._release) { var r2 = this._release; this._release = null; this.role = null; later(r2); }
+    return false;
+  };
+
+  Share.prototype._lead = function () {
+    var self = this, was = this.role;
+    var held = new Promise(function (resolve) { self._release = resolve; });
+    if (was === null) { this._release(); this._release = null; return held; }  // stopped meanwhile
+    this.role = "leader";
+    if (was === "follower") this._takeOver();
+    else this.client.connection.connect();
+    this._post({ t: "leader", tab: this.tab });
+    return held;
+  };
+
+  Share.prototype._follow = function () {
+    if (this.role !== "pending") return;
+    this.role = "follower";
+    var c = this.client.connection;
+    c._follower = this;
+    c._wanted = true;
+    c._setState("connecting");
+    this._announce();
+  };
+  Share.prototype._announce = function () {
+    this._post({ t: "join", tab: this.tab, channels: Object.keys(this.client.channels), signin: this.client.user.signin_requested });
+  };
+
+  Share.prototype._got = function (m) {
+    if (!m || m.tab === this.tab) return;
+    if (this.role === "leader") this._leaderGot(m);
+    else if (this.role === "follower") this._followerGot(m);
+  };
+
+  // -- the leader
+
+  Share.prototype._leaderGot = function (m) {
+    var client = this.client;
+    switch (m.t) {
+      case "join":
+        var known = this.tabs[m.tab];
+        this.tabs[m.tab] = known || Object.create(null);
+        for (var i = 0; i < (m.channels || []).length; i++) this._want(m.tab, m.channels[i], !!(known && known[m.channels[i]]));
+        if (m.signin) client.user.signin();
+        this._snapshot();
+        break;
+      case "sub": this._want(m.tab, m.channel, false); this._snapshot(); break;
+      case "unsub": this._unwant(m.tab, m.channel); this._snapshot(); break;
+      case "leave":
+        var wanted = Object.keys(this.tabs[m.tab] || {});
+        for (var j = 0; j < wanted.length; j++) this._unwant(m.tab, wanted[j]);
+        delete this.tabs[m.tab];
+        this._snapshot();
+        break;
+      case "signin": client.user.signin(); break;
+      case "send":
+        var ch = m.channel ? client._hubChannels()[m.channel] : null;
+        client.connection.send(m.msg, ch || undefined);
+        this._relayClientEvent(m.msg, m.tab);
+        break;
+    }
+  };
+
+  /** Tab `tab` wants `name`: subscribed on the hub if nobody had it; a tab that joins a channel
+   *  subscribed already gets its subscription answer (the roster, for presence) from here. */
+  Share.prototype._want = function (tab, name, quiet) {
+    var client = this.client;
+    (this.tabs[tab] || (this.tabs[tab] = Object.create(null)))[name] = true;
+    var ch = client.channels[name] || this.channels[name];
+    if (!ch) {
+      ch = this.channels[name] = new Channel(name, client);
+      if (name.indexOf("presence-") === 0) ch.members = new Members();
+      if (client.connection.state === "connected") client._subscribeNow([ch]);
+      return;
+    }
+    if (ch.subscribed && !quiet) {
+      this._post({ t: "msg", to: tab, session: client.connection._session, msg: {
+        event: "pusher_internal:subscription_succeeded", channel: name,
+        data: JSON.stringify(ch.members ? { presence: ch.members._export() } : {}),
+        "halley:epoch": ch.epoch, "halley:offset": ch.offset } });
+    }
+  };
+  Share.prototype._wantedElsewhere = function (name) {
+    for (var t in this.tabs) if (this.tabs[t][name]) return true;
+    return false;
+  };
+  Share.prototype._unwant = function (tab, name) {
+    if (this.tabs[tab]) delete this.tabs[tab][name];
+    if (this.client.channels[name] || this._wantedElsewhere(name)) return;
+    var ch = this.channels[name];
+    delete this.channels[name];
+    if (ch) this._unsubscribeOnHub(ch);
+  };
+  Share.prototype._unsubscribeOnHub = function (ch) {
+    var c = this.client.connection;
+    if (ch._session && ch._session === c._session) {
+      c._sendNow({ event: "pusher:unsubscribe", data: { channel: ch.name } }) || c.send({ event: "pusher:unsubscribe", data: { channel: ch.name } });
+    }
+    ch._session = null;
+  };
+  /** The leader's page subscribes a channel another tab has: it takes over its state. */
+  Share.prototype._adopt = function (ch) {
+    var shared = this.channels[ch.name];
+    delete this.channels[ch.name];
+    ch._session = shared._session;
+    ch.subscribed = shared.subscribed;
+    ch.subscriptionPending = shared.subscriptionPending;
+    ch.epoch = shared.epoch;
+    ch.offset = shared.offset;
+    if (ch.members && shared.members) ch.members = shared.members;
+    if (ch.subscribed) later(function () { ch.emit("pusher:subscription_succeeded", ch.members || {}); });
+  };
+  /** The leader's page leaves a channel other tabs still want: it stays on the hub. */
+  Share.prototype._keep = function (ch) {
+    var kept = new Channel(ch.name, this.client);
+    kept._session = ch._session;
+    kept.subscribed = ch.subscribed;
+    kept.epoch = ch.epoch;
+    kept.offset = ch.offset;
+    kept.members = ch.members || null;
+    if (!kept.members) delete kept.members;
+    this.channels[ch.name] = kept;
+  };
+
+  Share.prototype._broadcast = function (msg) {
+    if (Object.keys(this.tabs).length) this._post({ t: "msg", session: this.client.connection._session, msg: msg });
+  };
+  /** A client event sent by one tab goes to the hub (for other sessions) and to the other tabs
+   *  of this session that have the channel, as separate connections would get it. */
+  Share.prototype._relayClientEvent = function (msg, fromTab) {
+    if (!msg || !msg.channel || String(msg.event).indexOf("client-") !== 0) return;
+    var copy = { event: msg.event, channel: msg.channel, data: typeof msg.data === "string" ? msg.data : JSON.stringify(msg.data) };
+    if (msg["halley:binary"]) copy["halley:binary"] = true;
+    this._post({ t: "msg", except: fromTab, session: this.client.connection._session, msg: copy });
+    if (fromTab && this.client.channels[msg.channel]) this.client._dispatchLocal(copy);
+  };
+
+  Share.prototype._snapshot = function (now_) {
+    var self = this;
+    if (!now_) {
+      if (this._snapTimer) return;
+      this._snapTimer = setTimeout(function () { self._snapTimer = null; self._snapshot(true); }, 0);
+      return;
+    }
+    var c = this.client.connection, channels = {}, all = this.client._hubChannels(), tabs = {};
+    for (var n in all) {
+      var ch = all[n];
+      channels[n] = { epoch: ch.epoch, offset: ch.offset, subscribed: ch.subscribed && ch._session === c._session,
+        presence: ch.members ? ch.members._export() : null, mine: !!this.client.channels[n] };
+    }
+    for (var t in this.tabs) tabs[t] = Object.keys(this.tabs[t]);
+    this._post({ t: "snap", tab: this.tab, state: c.state, transport: c.transport, session: c._session, token: c._token,
+      channels: channels, tabs: tabs, signin: this.client.user.signin_requested });
+  };
+  /** After every hello of the leader's session: channels no tab wants any more (the previous
+   *  leader's own) leave the hub. */
+  Share.prototype._connected = function () {
+    if (this.role !== "leader") return;
+    var orphans = this._orphans;
+    this._orphans = [];
+    for (var i = 0; i < orphans.length; i++) {
+      var ch = this.channels[orphans[i]];
+      if (ch && !this._wantedElsewhere(ch.name) && !this.client.channels[ch.name]) {
+        delete this.channels[ch.name];
+        this._unsubscribeOnHub(ch);
+      }
+    }
+    this._snapshot();
+  };
+
+  // -- a follower
+
+  Share.prototype._followerGot = function (m) {
+    var c = this.client.connection;
+    switch (m.t) {
+      case "leader": this._announce(); break;
+      case "snap":
+        this.snap = m;
+        this._newSession(m.session);
+        c.socket_id = m.session;
+        c.transport = m.transport;
+        if (m.state === "connected" || m.state === "connecting" || m.state === "unavailable") c._setState(m.state);
+        break;
+      case "msg":
+        if ((m.to && m.to !== this.tab) || m.except === this.tab) return;
+        this._newSession(m.session);
+        var seq = m.msg["halley:seq"];
+        if (typeof seq === "number") {
+          if (seq <= this.lastSeq) return;
+          this.lastSeq = seq;
+        }
+        this.client._dispatchLocal(m.msg);
+        break;
+    }
+  };
+  Share.prototype._newSession = function (session) {
+    if (!session || session === this.session) return;
+    this.session = session;
+    this.lastSeq = 0;
+  };
+  /** The follower's messages go to the leader (a Blob being read waits its turn). */
+  Share.prototype._pump = function () {
+    var c = this.client.connection;
+    while (c._out.length) {
+      var e = c._out[0];
+      if (e.msg && typeof e.msg.then === "function") break;
+      c._out.shift();
+      if (e.msg) this._post({ t: "send", tab: this.tab, msg: e.msg, channel: e.channel ? e.channel.name : null });
+    }
+  };
+
+  /** This follower takes over (the leader's tab closed): the same session, resumed after the
+   *  last seq this tab saw, with every channel any tab wants still subscribed on it. */
+  Share.prototype._takeOver = function () {
+    var c = this.client.connection, s = this.snap, client = this.client;
+    c._follower = null;
+    this.tabs = Object.create(null);
+    this.channels = Object.create(null);
+    this._orphans = [];
+    if (s && s.session && s.session === this.session) {
+      c._session = s.session;
+      c._token = s.token;
+      c._lastSeq = this.lastSeq;
+      c._ackedSeq = 0;
+      c._held = Object.create(null);
+      for (var t in s.tabs) {
+        if (t === this.tab) continue;
+        var set = this.tabs[t] = Object.create(null);
+        for (var i = 0; i < s.tabs[t].length; i++) set[s.tabs[t][i]] = true;
+      }
+      for (var n in s.channels) {
+        var info = s.channels[n], mine = client.channels[n];
+        var ch = mine || new Channel(n, client);
+        if (info.subscribed) { ch._session = s.session; ch.subscribed = true; }
+        if (ch.epoch == null) { ch.epoch = info.epoch; ch.offset = info.offset; }
+        if (n.indexOf("presence-") === 0) {
+          if (!ch.members) ch.members = new Members();
+          if (!mine && info.presence) ch.members._set(info.presence);
+        }
+        if (!mine) {
+          this.channels[n] = ch;
+          if (!this._wantedElsewhere(n)) this._orphans.push(n);  // the old leader's alone
+        }
+      }
+      if (s.signin) client.user.signin_requested = true;
+    }
+    c._wanted = false;
+    c.connect();
+  };
 
   // ---- the client -------------------------------------------------------------------------
 
@@ -1028,11 +1559,15 @@
     this.config = opts;
     this.origin = resolveOrigin(opts.host, opts.forceTLS);
     this.channels = Object.create(null);
-    var authCfg = extend({}, opts.auth, opts.channelAuthorization);
-    if (opts.authEndpoint && !authCfg.endpoint) authCfg.endpoint = opts.authEndpoint;
-    this._authorize = opts.authorizer || authCfg.customHandler || (authCfg.endpoint ? endpointAuthorizer(authCfg) : null);
+    this._authorizer = new ChannelAuthorizer(opts);
     this._authQueue = [];
+    this.user = new UserFacade(this);
     this.connection = new Connection(this, opts);
+    // One client per page shares (the first for this hub and key): a second client in the same
+    // page asked for a connection of its own.
+    var shareName = "halley:" + this.origin + ":" + key;
+    this._share = opts.shareConnection && Share.available() && !SHARING[shareName] ? new Share(this) : null;
+    if (this._share) SHARING[shareName] = true;
     var self = this;
     if (opts.disconnectOnPageHide && typeof window !== "undefined" && window.addEventListener) {
       // Leave presence channels at once rather than after the session's linger; a page
@@ -1053,10 +1588,27 @@
   Halley.scriptOrigin = SCRIPT_ORIGIN;
   Halley.DEFAULTS = DEFAULTS;
 
-  Halley.prototype.connect = function () { this.connection.connect(); return this; };
+  Halley.prototype.connect = function () {
+    if (this._share) this._share.start();
+    else this.connection.connect();
+    return this;
+  };
+  /** pusher-js's user sign-in: asks `userAuthentication` for a signature and sends
+   *  `pusher:signin`; then `halley.user.bind(event, fn)` gets the events sent to the user.
+   *  Signed in again by itself on every new session. */
+  Halley.prototype.signin = function () {
+    if (this._share && this._share.role === "follower") {
+      this.user.signin_requested = true;
+      this._share._post({ t: "signin", tab: this._share.tab });
+      return this;
+    }
+    this.user.signin();
+    return this;
+  };
   /** Leaves every channel (so presence rosters update at once) and closes the transport. The
    *  session stays resumable on the hub for its linger time; connect() starts a new one. */
   Halley.prototype.disconnect = function () {
+    if (this._share && this._share.stop()) return this;  // a follower, or a leader that handed over
     this._leave();
     this.connection.disconnect();
     this.connection._session = null;
@@ -1086,6 +1638,15 @@
     if (ch) return ch;
     ch = this.channels[name] = new Channel(name, this);
     if (name.indexOf("presence-") === 0) ch.members = new Members();
+    var share = this._share;
+    if (share && share.role === "follower") {
+      share._post({ t: "sub", tab: share.tab, channel: name });
+      return ch;
+    }
+    if (share && share.role === "leader" && share.channels[name]) {
+      share._adopt(ch);  // another tab has it on the hub already
+      return ch;
+    }
     if (this.connection.state === "connected") this._subscribeNow([ch]);
     return ch;
   };
@@ -1094,6 +1655,17 @@
     var ch = this.channels[name];
     if (!ch) return;
     delete this.channels[name];
+    var share = this._share;
+    if (share && share.role === "follower") {
+      ch.subscribed = false;
+      share._post({ t: "unsub", tab: share.tab, channel: name });
+      return;
+    }
+    if (share && share.role === "leader" && share._wantedElsewhere(name)) {
+      share._keep(ch);  // other tabs still want it: it stays on the hub
+      ch.subscribed = false;
+      return;
+    }
     ch.subscribed = false;
     if (ch._session && ch._session === this.connection._session) {
       this.connection._sendNow({ event: "pusher:unsubscribe", data: { channel: name } }) ||
@@ -1112,14 +1684,28 @@
    *  one, only channels added meanwhile. */
   Halley.prototype._connected = function (resumed) {
     var sid = this.connection._session, todo = [];
-    for (var n in this.channels) {
-      var ch = this.channels[n];
+    var all = this._hubChannels();
+    for (var n in all) {
+      var ch = all[n];
       if (ch._session !== sid) {
         if (!resumed) ch.subscribed = false;
-        todo.push(ch);
+        // The user's channel waits for the sign-in of the new session (UserFacade).
+        if (n.indexOf("#server-to-user-") !== 0) todo.push(ch);
       }
     }
     if (todo.length) this._subscribeNow(todo);
+    this.user._connected(resumed);
+    if (this._share) this._share._connected();
+  };
+
+  /** Every channel this tab has on the hub: its own, and, leading shared tabs, theirs. */
+  Halley.prototype._hubChannels = function () {
+    var s = this._share;
+    if (!s || s.role !== "leader") return this.channels;
+    var all = Object.create(null);
+    for (var a in s.channels) all[a] = s.channels[a];
+    for (var b in this.channels) all[b] = this.channels[b];
+    return all;
   };
 
   Halley.prototype._subscribeNow = function (channels) {
@@ -1148,22 +1734,18 @@
 
   Halley.prototype._authorizeWaiting = function () {
     var sid = this.connection._session, self = this;
-    var list = this._authQueue.filter(function (ch) { return self.channels[ch.name] === ch && ch._session === sid; });
+    var list = this._authQueue.filter(function (ch) { return self._hubChannels()[ch.name] === ch && ch._session === sid; });
     this._authQueue = [];
     if (!list.length) return;
     function refuse(ch, err) {
       ch.subscriptionPending = false;
       ch.emit("pusher:subscription_error", { type: "AuthError", error: String(err && err.message || err), status: err && err.status || 0 });
     }
-    if (!this._authorize) {
-      list.forEach(function (ch) { refuse(ch, new Error("no channelAuthorization endpoint or authorizer configured")); });
-      return;
-    }
     var names = list.map(function (ch) { return ch.name; });
-    Promise.resolve().then(function () { return self._authorize(sid, names); }).then(function (answers) {
+    Promise.resolve().then(function () { return self._authorizer.all(sid, names); }).then(function (answers) {
       if (self.connection._session !== sid) return;  // a new session subscribes again
       list.forEach(function (ch) {
-        if (self.channels[ch.name] !== ch) return;
+        if (self._hubChannels()[ch.name] !== ch) return;
         var a = answers && answers[ch.name];
         if (!a || a instanceof Error || !a.auth) return refuse(ch, a instanceof Error ? a : new Error("no auth for " + ch.name));
         if (ch.members && a.channel_data) {
@@ -1178,8 +1760,14 @@
   };
 
   /** A message in the session's order. */
-  Halley.prototype._dispatch = function (msg) {
-    var event = msg.event, name = msg.channel, ch = name ? this.channels[name] : null;
+  /** Dispatches a message another tab passed on (not passed on again). */
+  Halley.prototype._dispatchLocal = function (msg) { this._dispatch(msg, true); };
+
+  Halley.prototype._dispatch = function (msg, local) {
+    var share = this._share;
+    if (share && share.role === "leader" && !local) share._broadcast(msg);
+    var event = msg.event, name = msg.channel, mine = name ? this.channels[name] : null;
+    var ch = mine || (name && share && share.role === "leader" ? share.channels[name] : null) || null;
     switch (event) {
       case "pusher:error": {
         var d = decodeData(msg.data) || {};
@@ -1187,6 +1775,9 @@
         return;
       }
       case "pusher:pong": case "halley:heartbeat": case "halley:reconnect": return;
+      case "pusher:signin_success":
+        this.user._succeeded(msg.data);
+        return;
       case "pusher_internal:subscription_succeeded":
         if (ch) ch._succeeded(msg);
         return;
@@ -1229,7 +1820,7 @@
     var meta = { channel: name, event: event, offset: msg["halley:offset"], seq: msg["halley:seq"], binary: !!(msg.__binary || msg["halley:binary"]) };
     if (msg.user_id != null) meta.user_id = msg.user_id;
     ch.emit(event, data, meta);
-    this.emit(event, data, meta);
+    if (mine) this.emit(event, data, meta);
   };
 
   // ---- export -------------------------------------------------------------------------------

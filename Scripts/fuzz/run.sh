@@ -49,7 +49,7 @@ crashed() {
     tail -n 60 "$log"
     echo "FUZZ FAILURE: $product crashed; reproducer:"
     for f in "$work/$product"-crash-* "$work/$product"-timeout-* "$work/$product"-oom-*; do
-        [ -f "$f" ] && { echo "$f"; xxd "$f" | head -n 20; }
+        [ -f "$f" ] && { echo "$f"; od -A x -t x1z "$f" | head -n 20; }
     done
     return 1
 }

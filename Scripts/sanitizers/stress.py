@@ -113,7 +113,10 @@ def main():
     with open(cfg, "w") as f:
         json.dump({"apps": [{"id": APP, "key": KEY, "secret": SECRET, "token": TOKEN, "client_events_per_second": 1000,
                              "webhooks": [{"url": hooks.url}]}]}, f)
-    hub = Halley(os.path.join(work, "public"), ["--config", cfg, "--log-level", "warning", "--session-linger", "3", "--poll-timeout", "1",
+    # Every worker here is one address (127.0.0.1): the per-address limits are off.
+    hub = Halley(os.path.join(work, "public"), ["--config", cfg, "--log-level", "warning", "--session-linger", "3",
+                                                "--max-connections-per-address", "0", "--session-opens-per-second", "0",
+                                                "--max-lingering-per-address", "0", "--poll-timeout", "1",
                                                 "--heartbeat", "1", "--ws-ping-interval", "2"], threads=2,
                  start_timeout=30)
     port = hub.port

@@ -145,7 +145,7 @@ extension LoopHub {
             return
         }
         let client = hub.clientAddress(request, responder)
-        if let t = pusherHTTP.byPath[path], t.client == client {
+        if let t = pusherHTTP.byPath[path], ClientLimits.sameClient(t.client, client) {
             // The session's app checks every receive request's origin, not only the opening's
             // (as `xhr_send` does): a session is not a way around `allowed_origins`.
             // An ended session's transport lingers with no session: the path's app decides then.
@@ -180,7 +180,7 @@ extension LoopHub {
         }
         if pusherHTTP.byPath[path] != nil {
             // Another address names a live session: it is not that session's client.
-            Log.info("pusher-js \(path): a request from \(client), not the session's address: 404")
+            Log.debug("pusher-js \(path): a request from \(client), not the session's address: 404")
             responder.respond(HubHTTP.pusherHTTPText(404, "Not found: no such session", origin: origin))
             return
         }
@@ -211,7 +211,7 @@ extension LoopHub {
     /// client ignores the answer); unknown session 404; a body that is not an array of
     /// strings 400. Any of them, `[]` included, tells the session its client is alive.
     func pusherSend(_ request: HTTPRequest, _ responder: Responder, _ path: String) {
-        guard let t = pusherHTTP.byPath[path], let s = t.session, t.client == hub.clientAddress(request, responder) else {
+        guard let t = pusherHTTP.byPath[path], let s = t.session, ClientLimits.sameClient(t.client, hub.clientAddress(request, responder)) else {
             let (ok, origin) = hub.pusherHTTPOrigin(request, app: hub.app(key: request.parameters["key"] ?? ""))
             responder.respond(HubHTTP.pusherHTTPText(404, "Not found: no such session", origin: ok ? origin : nil))
             return

@@ -21,9 +21,13 @@ enum HubHTTP {
         HTTPResponse(status: status, headers: jsonHeaders(origin: origin), body: .bytes(body))
     }
 
-    static func error(_ status: Int, _ message: String, origin: String? = nil, reason: String? = nil) -> HTTPResponse {
+    /// `{"error": message, "code": code, "halley:reason": reason}`. `code` is the Pusher close
+    /// code the same refusal gets on WebSocket (docs/PROTOCOL.md, "Errors and close codes"):
+    /// clients act on it (4000–4099 stop, 4100–4199 back off), never on the English text.
+    static func error(_ status: Int, _ message: String, origin: String? = nil, reason: String? = nil, code: UInt16? = nil) -> HTTPResponse {
         var b = JSONObjectBuilder()
         b.string("error", message)
+        if let c = code { b.int("code", UInt64(c)) }
         if let r = reason { b.string("halley:reason", r) }
         return json(status, b.closed, origin: origin)
     }
@@ -38,7 +42,10 @@ extension Hub {
         router.add([.get], "/halley/sse") { [self] request, responder in
             routeToOwner(request, responder) { $0.sse($1, $2, $3) }
         }
-        router.add([.get], "/halley/poll") { [self] request, responder in
+        // POST too: a poll with `{"halley:token": …}` as a text/plain body is a simple request
+        // (no CORS preflight, where a GET with X-Halley-Token needs one per distinct URL: one
+        // per poll, as the cursor changes).
+        router.add([.get, .post], "/halley/poll") { [self] request, responder in
             routeToOwner(request, responder) { $0.poll($1, $2, $3) }
         }
         router.add([.post], "/halley/send") { [self] request, responder in
@@ -97,7 +104,7 @@ extension Hub {
     func preflight(_ request: HTTPRequest, _ responder: Responder) {
         let (ok, origin) = corsOrigin(request)
         guard ok, let o = origin else {
-            responder.respond(HubHTTP.error(403, "origin not allowed"))
+            responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized))
             return
         }
         responder.respond(HTTPResponse(status: 204, headers: [
@@ -174,16 +181,17 @@ extension LoopHub {
     /// a disabled app, an origin the app does not allow, or its connection quota; 429 past a
     /// per-address limit; 503 at the node's session limit.
     func openSession(_ app: App, _ request: HTTPRequest, _ responder: Responder, origin: String?) -> Opened {
-        guard app.enabled else { return .refused(HubHTTP.error(403, "application disabled", origin: origin)) }
+        guard app.enabled else { return .refused(HubHTTP.error(403, "application disabled", origin: origin, code: PusherErrorCode.applicationDisabled)) }
         if let r = appOriginRefusal(app.origins, request, origin: origin) { return .refused(r) }
         guard let s = newSession(app: app, resumable: true, client: hub.clientAddress(request, responder)) else {
             if refusedByClientLimit {
-                var r = HubHTTP.error(429, refusal.message, origin: origin)
+                var r = HubHTTP.error(429, refusal.message, origin: origin, code: PusherErrorCode.overCapacity)
                 r.headers.append(("Retry-After", "5"))
                 return .refused(r)
             }
             let quota = refusal.code == PusherErrorCode.overConnectionQuota
-            return .refused(HubHTTP.error(quota ? 403 : 503, quota ? "application is over connection quota" : "over capacity", origin: origin))
+            return .refused(HubHTTP.error(quota ? 403 : 503, quota ? "application is over connection quota" : "over capacity", origin: origin,
+                                          code: quota ? PusherErrorCode.overConnectionQuota : PusherErrorCode.overCapacity))
         }
         return .session(s)
     }
@@ -195,7 +203,7 @@ extension LoopHub {
     /// retain per field, on every poll).
     func appOriginRefusal(_ origins: OriginPolicy?, _ request: HTTPRequest, origin: String?) -> HTTPResponse? {
         guard let o = origins, !o.allows(request.head.headers["Origin"]) else { return nil }
-        return HubHTTP.error(403, "origin not allowed for this application", origin: origin)
+        return HubHTTP.error(403, "origin not allowed for this application", origin: origin, code: PusherErrorCode.connectionUnauthorized)
     }
 
     // MARK: session tokens
@@ -211,22 +219,24 @@ extension LoopHub {
     }
 
     func sessionToken(_ request: HTTPRequest, _ q: [(String, String)], origin: String?) -> TokenShown {
+        let inURL = Query.value(q, "token")
+        // Refused even beside a header: the URL has gone to the access log all the same.
+        if inURL != nil && !hub.config.allowTokensInURLs { return .failure(Self.tokenInURLRefusal(origin: origin)) }
         if let t = request.head.headers["X-Halley-Token"] { return .success(t) }
-        guard let t = Query.value(q, "token") else { return .success("") }
-        if hub.config.allowTokensInURLs { return .success(t) }
-        return .failure(Self.tokenInURLRefusal(origin: origin))
+        return .success(inURL ?? "")
     }
 
     static func tokenInURLRefusal(origin: String?) -> HTTPResponse {
         Log.info("a session token in a URL refused (send it in the X-Halley-Token header; --allow-tokens-in-urls accepts the old form)")
-        return HubHTTP.error(400, "session tokens in URLs are refused: send the X-Halley-Token header", origin: origin, reason: "token_in_url")
+        return HubHTTP.error(400, "session tokens in URLs are refused: send the X-Halley-Token header", origin: origin, reason: "token_in_url",
+                             code: PusherErrorCode.tokenInURL)
     }
 
     // MARK: Server-Sent Events
 
     func sse(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)]) {
         let (ok, origin) = hub.corsOrigin(request)
-        guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed")); return }
+        guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized)); return }
         var resume: (id: SessionID, token: String, seq: UInt64)? = nil
         // The event id carries the token: the Last-Event-ID header, or the query's copy (a URL:
         // only with --allow-tokens-in-urls).
@@ -264,7 +274,8 @@ extension LoopHub {
         if session == nil {
             let key = Query.value(q, "key") ?? ""
             guard let app = hub.app(key: key) else {
-                responder.respond(HubHTTP.error(key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin, reason: reason))
+                responder.respond(HubHTTP.error(key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin, reason: reason,
+                                                code: PusherErrorCode.applicationDoesNotExist))
                 return
             }
             switch openSession(app, request, responder, origin: origin) {
@@ -298,13 +309,16 @@ extension LoopHub {
 
     func poll(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)]) {
         let (ok, origin) = hub.corsOrigin(request)
-        guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed")); return }
+        guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized)); return }
         var reason: String? = nil
         if let sid = Query.value(q, "session"), let id = SessionID(sid) {
-            let token: String
+            var token: String
             switch sessionToken(request, q, origin: origin) {
             case .success(let t): token = t
             case .failure(let r): responder.respond(r); return
+            }
+            if token.isEmpty, !request.body.isEmpty, let v = try? JSONParser.parse(request.body), let t = v.object?["halley:token"]?.string {
+                token = t
             }
             switch lookup(id, token: token) {
             case .found(let s):
@@ -345,7 +359,8 @@ extension LoopHub {
             if reason != nil {
                 responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: reason))
             } else {
-                responder.respond(HubHTTP.error(key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin))
+                responder.respond(HubHTTP.error(key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin,
+                                                code: PusherErrorCode.applicationDoesNotExist))
             }
             return
         }
@@ -366,7 +381,7 @@ extension LoopHub {
 
     func send(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)]) {
         let (ok, origin) = hub.corsOrigin(request)
-        guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed")); return }
+        guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized)); return }
         guard let sid = Query.value(q, "session"), let id = SessionID(sid) else {
             responder.respond(HubHTTP.error(400, "missing or malformed session", origin: origin))
             return

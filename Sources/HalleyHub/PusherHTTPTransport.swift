@@ -46,7 +46,9 @@ final class PusherHTTPTransport: Transport {
     unowned(unsafe) let loopHub: LoopHub  // outlives its transports
     /// `key/server/session` of the URL: the session's only name.
     let path: String
-    var session: Session?
+    var session: Session? {
+        didSet { countLingering() }
+    }
 
     enum Receiver {
         case none
@@ -56,7 +58,22 @@ final class PusherHTTPTransport: Transport {
         case poll(Responder, since: Int32, origin: String?)
     }
 
-    var receiver = Receiver.none
+    var receiver = Receiver.none {
+        didSet { countLingering() }
+    }
+    /// Counted in the client's lingering sessions (`ClientLimits.lingering`): a live session
+    /// with no receive request attached (between polls, between streams), as a resumable
+    /// session without a transport is.
+    var lingerCounted = false
+
+    func countLingering() {
+        var idle = false
+        if case .none = receiver { idle = true }
+        let want = idle && session != nil && closeFrame == nil
+        guard want != lingerCounted else { return }
+        lingerCounted = want
+        loopHub.hub.clientLimits.lingering(client, want ? 1 : -1, now: loopHub.loop.now)
+    }
     /// Bumped per attached request, so a late hang-up of an older one is ignored.
     var generation = 0
     /// Messages waiting for a receive request: each its own frame `a["…"]\n` (a batch

@@ -107,6 +107,12 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     }
 
     func webSocket(_ ws: WebSocketConnection, binary: UnsafeRawBufferPointer) {
+        if awaiting != nil {
+            awaiting = nil
+            Log.info("websocket: expected halley:resume as the first message")
+            ws.close(code: 1008, reason: "expected halley:resume")
+            return
+        }
         sendControl(Wire.error(code: nil, message: "binary messages from clients are not supported"))
     }
 

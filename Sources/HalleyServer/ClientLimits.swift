@@ -21,9 +21,14 @@ public struct ClientLimitConfig: Sendable {
     /// requests, pusher-js HTTP sessions between polls). Default 500; past it, new sessions
     /// of that address are refused as above until some attach again or expire.
     public var maxLingeringPerAddress = 500
-    /// Peers whose `X-Forwarded-For` / `Forwarded` headers name the client (the reverse
-    /// proxies in front of the hub). Default none: every request is its socket's peer.
+    /// Peers whose `clientAddressHeader` names the client (the reverse proxies in front of the
+    /// hub). Default none: every request is its socket's peer.
     public var trustedProxies: [IPNetwork] = []
+    /// The one header a trusted proxy writes the client into: `X-Forwarded-For` (default:
+    /// nginx's `$proxy_add_x_forwarded_for`, HAProxy's `option forwardfor`), `Forwarded`
+    /// (RFC 7239 `for=`), or a header holding one address (`X-Real-IP`). Only that header is
+    /// read: a proxy passes the others through as the client wrote them.
+    public var clientAddressHeader = "X-Forwarded-For"
 
     public init() {}
 }
@@ -57,6 +62,8 @@ public final class ClientLimits: @unchecked Sendable {
         let lastLog = Atomic<Int64>(Int64.min / 2)
     }
     let tallies: [Tally]
+    /// A forwarding header seen with no trusted proxy configured: warned once.
+    let warnedUntrustedForward = Atomic<Bool>(false)
 
     public init(config: ClientLimitConfig) {
         self.config = config
@@ -67,6 +74,10 @@ public final class ClientLimits: @unchecked Sendable {
     @inline(__always) static func key(_ a: IPAddress) -> IPAddress {
         a.isV4 ? a : IPAddress(hi: a.hi, lo: 0)
     }
+
+    /// Whether two addresses are one client for the limits (the same IPv4 address, or the same
+    /// IPv6 /64: privacy addresses rotate within it).
+    public static func sameClient(_ a: IPAddress, _ b: IPAddress) -> Bool { key(a) == key(b) }
 
     @inline(__always) func stripe(_ k: IPAddress) -> Locked<[IPAddress: Entry]> {
         stripes[Int(truncatingIfNeeded: (k.hi ^ k.lo ^ (k.lo >> 29)) & 63)]
@@ -167,28 +178,37 @@ public final class ClientLimits: @unchecked Sendable {
     }
 
     /// The client a request comes from: its socket's peer, unless that peer is a trusted
-    /// proxy; then the last address of `X-Forwarded-For` (or of `Forwarded: for=`, which wins)
-    /// that is not itself a trusted proxy, read from the right (the end a proxy appends to:
-    /// what the client wrote on the left is not believed).
+    /// proxy; then the last address of `clientAddressHeader` (every line of it: RFC 9110 §5.3,
+    /// and HAProxy adds a line of its own after the client's) that is not itself a trusted
+    /// proxy, read from the right (the end a proxy appends to: what the client wrote on the
+    /// left is not believed).
     public func clientAddress(peer: IPAddress, headers: HTTPHeaders) -> IPAddress {
-        guard !config.trustedProxies.isEmpty, isTrustedProxy(peer) else { return peer }
-        // Every line of the header, in order (RFC 9110 §5.3: one comma-separated list; HAProxy's
-        // forwardfor adds a line of its own after the client's).
+        guard !config.trustedProxies.isEmpty, isTrustedProxy(peer) else {
+            if config.trustedProxies.isEmpty && !warnedUntrustedForward.load(ordering: .relaxed)
+                && headers.contains(config.clientAddressHeader)
+                && !warnedUntrustedForward.exchange(true, ordering: .relaxed) {
+                Log.warning("requests carry \(config.clientAddressHeader) but --trusted-proxies is empty: each client counts as its socket's peer (a proxy in front counts as one client for the per-address limits)")
+            }
+            return peer
+        }
+        let lines = headers.values(config.clientAddressHeader)
+        guard !lines.isEmpty else { return peer }
         var hops: [Substring] = []
-        let forwarded = headers.values("Forwarded")
-        if !forwarded.isEmpty {
-            for element in forwarded.joined(separator: ",").split(separator: ",") {
+        if config.clientAddressHeader.lowercased() == "forwarded" {
+            for element in lines.joined(separator: ",").split(separator: ",") {
+                var found: Substring? = nil
                 for pair in element.split(separator: ";") {
                     let kv = pair.split(separator: "=", maxSplits: 1)
                     guard kv.count == 2, kv[0].trimmingSpaces().lowercased() == "for" else { continue }
                     var v = Substring(kv[1].trimmingSpaces())
                     if v.first == "\"" && v.last == "\"" && v.count >= 2 { v = v.dropFirst().dropLast() }
-                    hops.append(Self.stripPort(v))
+                    found = Self.stripPort(v)
                 }
+                // An element without for= names no node: nothing to believe past it.
+                hops.append(found ?? "unknown")
             }
         } else {
-            let x = headers.values("X-Forwarded-For").joined(separator: ",")
-            hops = x.split(separator: ",").map { Self.stripPort(Substring($0.trimmingSpaces())) }
+            hops = lines.joined(separator: ",").split(separator: ",").map { Self.stripPort(Substring($0.trimmingSpaces())) }
         }
         for h in hops.reversed() {
             guard let a = IPAddress(h) else { return peer }  // "unknown", an obfuscated id: stop

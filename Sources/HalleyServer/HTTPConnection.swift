@@ -90,8 +90,6 @@ final class HTTPConnection: Connection {
     var handOffPending: HandOff?
     /// Bytes arrived while a request was held (see `handleEvent`).
     var heldSawData = false
-    /// Accepted past its address's connection limit: its first request is answered 429.
-    var overConnectionLimit = false
 
     /// A long-poll or stream is held open, watching for the client's hang-up.
     var isHeld: Bool { awaiting && (stream != nil || heldWatch != nil) }
@@ -277,15 +275,6 @@ final class HTTPConnection: Connection {
         respondMinor = UInt8(head.minorVersion)
         respondKeepAlive = head.keepAlive && !ctx.shuttingDown && !peerClosed
         let responder = Responder(connection: self, serial: serial)
-        if overConnectionLimit {
-            // ClientLimitConfig.maxConnectionsPerAddress: the client may come back when one of
-            // its other connections has closed.
-            respondKeepAlive = false
-            var r = HTTPResponse.text(429, "Too Many Requests: too many connections from your address\n")
-            r.headers.append(("Retry-After", "10"))
-            respond(r, serial: serial)
-            return
-        }
         switch router.match(head.method, head.path) {
         case .handler(let h, let params):
             h(HTTPRequest(head: head, body: body, parameters: params), responder)
@@ -296,6 +285,22 @@ final class HTTPConnection: Connection {
         case .notFound:
             respond(.text(404, "Not Found\n"), serial: serial)
         }
+    }
+
+    /// A connection past its address's limit (ClientLimitConfig.maxConnectionsPerAddress) is
+    /// answered 429 at once, before it sends anything, and closed: waiting for its request
+    /// would let it hold a slot of the node's `--max-connections` for the keep-alive timeout.
+    /// What it sends meanwhile is read and dropped during the close's linger (at most 2 s), so
+    /// the answer is not reset away.
+    func refuseOverLimit() {
+        serial &+= 1
+        awaiting = true
+        respondHead = false
+        respondMinor = 1
+        respondKeepAlive = false
+        var r = HTTPResponse.text(429, "Too Many Requests: too many connections from your address\n")
+        r.headers.append(("Retry-After", "10"))
+        respond(r, serial: serial)
     }
 
     /// Answers a request the parser refused, then closes (RFC 9112 §11: after a framing error
@@ -362,6 +367,10 @@ final class HTTPConnection: Connection {
         if closed { return }
         ws.out = out
         out = nil
+        // The address's connection count moves with the socket (here, once the socket is the
+        // WebSocket's for good: an HTTP connection that closed before counts itself down).
+        ws.countedPeer = countedPeer
+        countedPeer = false
         ctx.replace(self, with: ws)
         let leftover = pendingIn
         pendingIn = nil

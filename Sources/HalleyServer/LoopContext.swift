@@ -135,21 +135,31 @@ final class LoopContext {
     /// `limited`: counted against the peer's connection limit (not on the metrics port).
     func accept(_ fd: Int32, peer: IPAddress, router: Router, tls: Bool = false, limited: Bool = true) {
         loop.preconditionInLoop()
+        let limits = server.clientLimits
+        var counted = false, over = false
+        if limited && limits.countsConnections(of: peer) {
+            if limits.connectionOpened(peer, now: loop.now) {
+                counted = true
+            } else if tls {
+                // No answer is possible before a handshake: closed at once.
+                Sys.close(fd)
+                return
+            } else {
+                over = true
+            }
+        }
         Socket.setNoDelay(fd)
         let c = HTTPConnection(fd: fd, context: self, router: router)
         c.peer = peer
-        let limits = server.clientLimits
-        if limited && limits.countsConnections(of: peer) {
-            if limits.connectionOpened(peer, now: loop.now) {
-                c.countedPeer = true
-            } else {
-                c.overConnectionLimit = true
-            }
+        c.countedPeer = counted
+        func giveUp() {
+            if counted { limits.connectionClosed(peer) }
+            Sys.close(fd)
         }
         if tls {
             guard let t = server.tlsContext.map({ TLSSession($0) }) ?? nil else {
                 Log.error("TLS session could not be created: \(TLSContext.lastError())")
-                Sys.close(fd)
+                giveUp()
                 return
             }
             t.createdAt = seconds
@@ -159,13 +169,14 @@ final class LoopContext {
             try loop.register(fd, events: c.interest, handler: c)
         } catch {
             Log.error("register connection: \(error)")
-            Sys.close(fd)
+            giveUp()
             return
         }
         c.sweepIndex = connections.count
         connections.append(c)
         server.openConnections.add(1, ordering: .relaxed)
         counters.add(.connectionsAccepted)
+        if over { c.refuseOverLimit() }
     }
 
     func closed(_ c: Connection) {

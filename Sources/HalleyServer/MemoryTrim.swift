@@ -24,6 +24,12 @@ final class MemoryTrim: Sendable {
         var trims = 0
     }
     let state = Locked(State())
+    /// `malloc_trim(0)`; a test counts the calls instead.
+    let trimmer: @Sendable () -> Int32
+
+    init(trimmer: @escaping @Sendable () -> Int32 = { halley_malloc_trim() }) {
+        self.trimmer = trimmer
+    }
 
     /// Called by loop 0 every second with the connection count and the loop's second.
     func check(connections: Int, now: Int32) {
@@ -46,7 +52,7 @@ final class MemoryTrim: Sendable {
         }
         guard trim else { return }
         let start = Clock.monotonicMillis()
-        let released = halley_malloc_trim()
+        let released = trimmer()
         let took = Clock.monotonicMillis() - start
         state.withLock { $0.trims += 1 }
         Log.debug("memory: malloc_trim after a drop to \(connections) connections (\(took) ms, released: \(released != 0))")

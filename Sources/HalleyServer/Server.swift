@@ -18,7 +18,7 @@ public final class Server: @unchecked Sendable {
     public let metrics = Metrics()
     /// Per-address limits, shared by every loop.
     public let clientLimits: ClientLimits
-    /// Gives freed heap pages back after a load went (loop 0 checks every 10 s).
+    /// Gives freed heap pages back after a load went (loop 0 checks every second).
     let memory = MemoryTrim()
     let metricsRouter = Router()
     let openConnections = Atomic<Int>(0)

@@ -71,10 +71,7 @@ public final class WebSocketConnection: Connection {
         lastRead = ctx.seconds
         lastMessage = ctx.seconds
         super.init(fd: http.fd, context: ctx)
-        // The address's connection count moves with the socket.
         peer = http.peer
-        countedPeer = http.countedPeer
-        http.countedPeer = false
         interest = http.interest
         out = http.out
         tls = http.tls

@@ -103,7 +103,11 @@ struct Options {
         Spec(flag: "session-opens-per-second", value: "N", help: "new sessions per second from one client address, else 429 / 4100; 0: off (default 20)") { c, _, v throws(OptionError) in c.clientLimits.sessionOpensPerSecond = try int("--session-opens-per-second", v) },
         Spec(flag: "session-open-burst", value: "N", help: "new sessions one client address may open at once (default 100)") { c, _, v throws(OptionError) in c.clientLimits.sessionOpenBurst = try int("--session-open-burst", v, min: 1) },
         Spec(flag: "max-lingering-per-address", value: "N", help: "sessions without a transport from one client address, else new ones get 429 / 4100; 0: off (default 500)") { c, _, v throws(OptionError) in c.clientLimits.maxLingeringPerAddress = try int("--max-lingering-per-address", v) },
-        Spec(flag: "trusted-proxies", value: "LIST", help: "proxies (addresses or CIDRs, comma-separated) whose X-Forwarded-For / Forwarded name the client (default none)") { c, _, v throws(OptionError) in
+        Spec(flag: "client-address-header", value: "NAME", help: "the header trusted proxies write the client into: X-Forwarded-For, Forwarded or one holding one address (default X-Forwarded-For)") { c, _, v throws(OptionError) in
+            guard !v.isEmpty, v.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: ":") }) else { throw OptionError(description: "--client-address-header: expected a header name, got '\(v)'") }
+            c.clientLimits.clientAddressHeader = v
+        },
+        Spec(flag: "trusted-proxies", value: "LIST", help: "proxies (addresses or CIDRs, comma-separated) whose --client-address-header names the client (default none)") { c, _, v throws(OptionError) in
             var nets: [IPNetwork] = []
             for part in v.split(separator: ",") {
                 let t = part.trimmingSpaces()

@@ -55,15 +55,28 @@ import HalleyLoop
         #expect(l.clientAddress(peer: ip("10.0.0.1"), headers: headers([("X-Forwarded-For", "198.51.100.4:5555")])) == ip("198.51.100.4"))
         // Two header lines are one list (RFC 9110 §5.3).
         #expect(l.clientAddress(peer: ip("10.0.0.1"), headers: headers([("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "198.51.100.8")])) == ip("198.51.100.8"))
-        // Forwarded wins over X-Forwarded-For; quoted, bracketed IPv6 with a port.
+        // Only the configured header is read: a Forwarded the client wrote (and the proxy passed
+        // through) names nobody.
         #expect(l.clientAddress(peer: ip("10.0.0.1"), headers: headers([("X-Forwarded-For", "198.51.100.4"),
-                                                                            ("Forwarded", "for=192.0.2.60;proto=http, for=\"[2001:db8::7]:47011\"")])) == ip("2001:db8::7"))
-        // An obfuscated or unknown node: the proxy itself is the client (nothing to believe).
-        #expect(l.clientAddress(peer: ip("10.0.0.1"), headers: headers([("Forwarded", "for=unknown")])) == ip("10.0.0.1"))
+                                                                            ("Forwarded", "for=192.0.2.60")])) == ip("198.51.100.4"))
+        #expect(l.clientAddress(peer: ip("10.0.0.1"), headers: headers([("Forwarded", "for=192.0.2.60")])) == ip("10.0.0.1"))
         // Only trusted proxies in the list: the left-most.
         #expect(l.clientAddress(peer: ip("10.0.0.1"), headers: headers([("X-Forwarded-For", "192.168.1.1, 192.168.2.2")])) == ip("192.168.1.1"))
         // No header.
         #expect(l.clientAddress(peer: ip("10.0.0.1"), headers: headers([])) == ip("10.0.0.1"))
+    }
+
+    @Test func forwardedWhenConfigured() {
+        let l = limits { $0.clientAddressHeader = "Forwarded" }
+        // Quoted, bracketed IPv6 with a port; other parameters ignored.
+        #expect(l.clientAddress(peer: ip("10.0.0.1"), headers: headers([("X-Forwarded-For", "198.51.100.4"),
+                                                                            ("Forwarded", "for=192.0.2.60;proto=http, for=\"[2001:db8::7]:47011\"")])) == ip("2001:db8::7"))
+        // An obfuscated or unknown node, or an element without for=: nothing to believe past it.
+        #expect(l.clientAddress(peer: ip("10.0.0.1"), headers: headers([("Forwarded", "for=unknown")])) == ip("10.0.0.1"))
+        #expect(l.clientAddress(peer: ip("10.0.0.1"), headers: headers([("Forwarded", "for=192.0.2.60, proto=https")])) == ip("10.0.0.1"))
+        // A one-address header.
+        let r = limits { $0.clientAddressHeader = "X-Real-IP" }
+        #expect(r.clientAddress(peer: ip("10.0.0.1"), headers: headers([("X-Real-IP", "198.51.100.9")])) == ip("198.51.100.9"))
     }
 
     @Test func connectionsCountPerAddressAndTrustedProxiesAreExempt() {

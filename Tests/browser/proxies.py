@@ -10,6 +10,11 @@ upgrades are piped both ways untouched, or refused.
   response has ended, as buffering proxies and some antivirus filters do; a stream never
   gets through, a complete response does.
 - `cut_every`: aborts every connection (both sides, RST) every so many seconds.
+- `silent_ws`: passes a WebSocket upgrade and its answer (the 101 and what the hub writes in
+  the next 300 ms: its first message), then forwards nothing in either direction and keeps
+  both connections open, as some antivirus HTTP scanners and corporate proxies do.
+- `hold_ws`: forwards WebSocket bytes both ways, but holds them and lets them through only
+  every `hold_ws` seconds (30 by default in the tests).
 - `down`: the network is gone: open connections are aborted, new ones closed at once.
 
 Attributes can be changed while the proxy runs (`proxy.refuse_ws = False` lets WebSocket through
@@ -24,9 +29,12 @@ import time
 
 
 class Proxy:
-    def __init__(self, upstream_port: int, refuse_ws=False, buffer=False, buffer_bytes=256 * 1024, cut_every=None):
+    def __init__(self, upstream_port: int, refuse_ws=False, buffer=False, buffer_bytes=256 * 1024, cut_every=None,
+                 silent_ws=False, hold_ws=None):
         self.upstream_port = upstream_port
         self.refuse_ws = refuse_ws
+        self.silent_ws = silent_ws
+        self.hold_ws = hold_ws
         self.buffer = buffer
         self.buffer_bytes = buffer_bytes
         self.cut_every = cut_every
@@ -132,8 +140,24 @@ class Proxy:
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
             self._conns.add(up_w)
             up_w.write(("\r\n".join([lines[0]] + headers) + "\r\n\r\n").encode("latin-1"))
-            to_hub = asyncio.ensure_future(self._pipe(reader, up_w))
-            to_client = asyncio.ensure_future(self._pipe(up_r, writer, buffered=self.buffer and not websocket))
+            if websocket and self.silent_ws:
+                # The answer and what follows it for 300 ms go through; then nothing, either way.
+                until = time.monotonic() + 0.3
+                while time.monotonic() < until:
+                    try:
+                        data = await asyncio.wait_for(up_r.read(65536), max(0.01, until - time.monotonic()))
+                    except asyncio.TimeoutError:
+                        break
+                    if not data:
+                        break
+                    writer.write(data)
+                    await writer.drain()
+                while not reader.at_eof() and not up_r.at_eof():
+                    await asyncio.sleep(0.5)
+                return
+            hold = self.hold_ws if websocket else None
+            to_hub = asyncio.ensure_future(self._pipe(reader, up_w, hold=hold, first_free=False))
+            to_client = asyncio.ensure_future(self._pipe(up_r, writer, buffered=self.buffer and not websocket, hold=hold))
             if websocket:
                 await asyncio.wait([to_hub, to_client], return_when=asyncio.FIRST_COMPLETED)
             else:
@@ -151,8 +175,10 @@ class Proxy:
                     except Exception:
                         pass
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, buffered=False):
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, buffered=False, hold=None, first_free=True):
         held = bytearray()
+        if hold:
+            return await self._pipe_held(src, dst, hold, first_free)
         try:
             while True:
                 data = await src.read(65536)
@@ -172,3 +198,43 @@ class Proxy:
                 dst.write_eof()
         except (ConnectionError, OSError, asyncio.CancelledError):
             pass
+
+    async def _pipe_held(self, src, dst, every, first_free):
+        """Collects what arrives and writes it out only every `every` seconds (the first read
+        of the hub's answer, the 101, goes at once)."""
+        held = bytearray()
+        done = asyncio.Event()
+
+        async def collect():
+            nonlocal held
+            try:
+                while True:
+                    data = await src.read(65536)
+                    if not data:
+                        break
+                    held += data
+            except (ConnectionError, OSError, asyncio.CancelledError):
+                pass
+            done.set()
+
+        task = asyncio.ensure_future(collect())
+        try:
+            if first_free:
+                while not held and not done.is_set():
+                    await asyncio.sleep(0.01)
+                dst.write(bytes(held))
+                held = bytearray()
+                await dst.drain()
+            while not done.is_set():
+                try:
+                    await asyncio.wait_for(done.wait(), every)
+                except asyncio.TimeoutError:
+                    pass
+                if held:
+                    dst.write(bytes(held))
+                    held = bytearray()
+                    await dst.drain()
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            task.cancel()

@@ -292,7 +292,7 @@ def test_private_and_presence_channels_share_one_auth_request(hub, backend, brow
     before = len(backend.requests)
     names = ["private-b1", "private-b2", "presence-b3", "private-b4"]
     d.execute_script("""
-        var h = new Halley('app-key', {channelAuthorization: {endpoint: arguments[0], params: {name: 'Zed'}}});
+        var h = new Halley('app-key', {channelAuthorization: {endpoint: arguments[0], batch: true, params: {name: 'Zed'}}});
         window.batch = {h: h, ok: [], errors: []};
         arguments[1].forEach(function (n) {
           var c = h.subscribe(n);

@@ -21,8 +21,8 @@ import h11
 
 HALLEY_BIN = os.environ.get("HALLEY_BIN", "/work/main/.build/debug/halley")
 # Tests that measure the hub's memory (RSS) run a build without sanitizers: AddressSanitizer's
-# quarantine and redzones hold freed memory on purpose. Scripts/test.sh points this at the
-# debug build; unset, it is HALLEY_BIN.
+# quarantine and redzones hold freed memory on purpose. Scripts/test.sh points this at a plain
+# release build; unset, it is HALLEY_BIN.
 HALLEY_MEMORY_BIN = os.environ.get("HALLEY_MEMORY_BIN") or HALLEY_BIN
 HOST = "127.0.0.1"
 SOCK_TIMEOUT = 5.0

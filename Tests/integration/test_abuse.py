@@ -92,11 +92,15 @@ class Flood:
                         if not chunk:
                             raise EOFError
                         buf += chunk
+                        end = 0
                         for m in re.finditer(rb"HTTP/1\.1 (\d{3}) ", buf):
                             with self.lock:
                                 self.statuses[int(m.group(1))] = self.statuses.get(int(m.group(1)), 0) + 1
                             got += 1
-                        buf = buf[buf.rfind(b"HTTP/1.1 ") + 1:] if b"HTTP/1.1 " in buf else buf
+                            end = m.end()
+                        # Keep what follows the last status line counted: a status line cut by
+                        # the read completes with the next one (none is longer than 64 bytes).
+                        buf = buf[end:] if end else buf[-64:]
             except (OSError, EOFError):
                 pass
             finally:
@@ -214,9 +218,10 @@ def test_the_session_flood_from_one_address_leaves_other_clients_served(start_ha
 
 
 def test_connection_limit_per_address(start_halley):
-    """--max-connections-per-address: the connection past it gets 429 (Retry-After) on its
-    first request and is closed; other addresses are not affected; a closed connection makes
-    room again. A WebSocket upgrade past it is refused the same way."""
+    """--max-connections-per-address: the connection past it gets 429 (Retry-After) at once,
+    before it sends anything, and is closed (it holds no slot waiting for a request); other
+    addresses are not affected; a closed connection makes room again. A WebSocket upgrade past
+    it is refused the same way."""
     h = start_halley("--max-connections-per-address", "5", "--metrics-port", "0", threads=1)
     held = [bound_socket("127.0.0.3", h.port) for _ in range(5)]
     for s in held:
@@ -225,12 +230,23 @@ def test_connection_limit_per_address(start_halley):
     status, hdrs, body = raw_get("127.0.0.3", h.port, "/index.html")
     assert status == 429 and hdrs.get("retry-after") == "10" and hdrs.get("connection") == "close", (status, hdrs)
     assert b"too many connections" in body
+    # Answered without a request: an idle connection past the limit is gone at once.
+    idle = bound_socket("127.0.0.3", h.port)
+    idle.settimeout(3)
+    got = b""
+    while True:
+        chunk = idle.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    assert got.startswith(b"HTTP/1.1 429 ") and b"Connection: close" in got, got[:200]
+    idle.close()
     with pytest.raises(Exception):
         WS(h.port, halley=False, sock=bound_socket("127.0.0.3", h.port))
     assert raw_get("127.0.0.4", h.port, "/index.html")[0] == 200
     held.pop().close()
     assert wait_until(lambda: raw_get("127.0.0.3", h.port, "/index.html")[0] == 200, timeout=5)
-    assert metric(h, "halley_client_limit_refusals_total", '{limit="connections"}') == 2
+    assert metric(h, "halley_client_limit_refusals_total", '{limit="connections"}') >= 2
     for s in held:
         s.close()
 
@@ -245,7 +261,7 @@ def test_lingering_sessions_limit_per_address(start_halley):
         assert raw_get("127.0.0.5", h.port, "/halley/poll?key=app-key")[0] == 200
     status, hdrs, body = raw_get("127.0.0.5", h.port, "/halley/poll?key=app-key")
     j = json.loads(body)
-    assert status == 429 and hdrs.get("retry-after") == "5" and "idle sessions" in j["error"], (status, j)
+    assert status == 429 and hdrs.get("retry-after") == "5" and j["code"] == 4100 and "idle sessions" in j["error"], (status, j)
     ws = WS(h.port, halley=False, sock=bound_socket("127.0.0.5", h.port))
     m = ws.recv()
     assert m["event"] == "pusher:error" and m["data"]["code"] == 4100, m
@@ -256,6 +272,19 @@ def test_lingering_sessions_limit_per_address(start_halley):
     # Unconfirmed, they expire after 2 s: room again.
     assert wait_until(lambda: raw_get("127.0.0.5", h.port, "/halley/poll?key=app-key")[0] == 200, timeout=6)
     assert metric(h, "halley_client_limit_refusals_total", '{limit="lingering_sessions"}') >= 2
+
+
+def test_pusher_js_http_sessions_count_as_lingering_between_requests(start_halley):
+    """A pusher-js xhr session between two polls holds a slot as a resumable session without
+    a transport does: past --max-lingering-per-address, new ones are refused `o` + c[4100]."""
+    import pusher_xhr
+    h = start_halley("--max-lingering-per-address", "2", "--session-opens-per-second", "0")
+    for _ in range(2):
+        c = pusher_xhr.Client(h.port)
+        status, _, frames = c.poll()
+        assert status == 200 and frames == [("o", None)], frames
+    status, _, frames = pusher_xhr.Client(h.port).poll()
+    assert status == 200 and frames[0] == ("o", None) and frames[1][0] == "c" and frames[1][1] == 4100, frames
 
 
 def test_a_session_its_client_never_came_back_to_lingers_briefly(start_halley):
@@ -275,9 +304,10 @@ def test_a_session_its_client_never_came_back_to_lingers_briefly(start_halley):
 
 
 def test_client_address_from_trusted_proxies_only(start_halley):
-    """X-Forwarded-For / Forwarded name the client only when the socket's peer is a trusted
-    proxy; the address is read from the right (what the proxy appended), skipping trusted
-    proxies; from anyone else the headers are ignored."""
+    """X-Forwarded-For names the client only when the socket's peer is a trusted proxy; the
+    address is read from the right (what the proxy appended), skipping trusted proxies; from
+    anyone else the header is ignored, and so is any other header (a `Forwarded` the client
+    wrote and the proxy passed through)."""
     h = start_halley("--trusted-proxies", "127.0.0.1, 10.9.0.0/16", "--session-opens-per-second", "1",
                      "--session-open-burst", "2", "--metrics-port", "0")
 
@@ -289,12 +319,29 @@ def test_client_address_from_trusted_proxies_only(start_halley):
     assert opens("127.0.0.1", {"X-Forwarded-For": "10.0.0.2"}) == [200, 200, 429]
     # What the client wrote on the left is not believed; a second trusted proxy is skipped.
     assert opens("127.0.0.1", {"X-Forwarded-For": "10.0.0.2, 10.0.0.3, 10.9.1.1"}) == [200, 200, 429]
-    assert opens("127.0.0.1", {"Forwarded": 'for="[2001:db8::1]:4711";proto=https'}) == [200, 200, 429]
     # The same IPv6 /64 is one client.
-    assert opens("127.0.0.1", {"Forwarded": 'for="[2001:db8::2]"'}) == [429, 429, 429]
+    assert opens("127.0.0.1", {"X-Forwarded-For": "2001:db8::1"}) == [200, 200, 429]
+    assert opens("127.0.0.1", {"X-Forwarded-For": "2001:db8::2"}) == [429, 429, 429]
+    # A Forwarded header is not what this proxy writes: it cannot pick a fresh address.
+    assert opens("127.0.0.1", {"X-Forwarded-For": "10.0.0.1", "Forwarded": "for=10.7.7.7"}) == [429, 429, 429]
     # Not a trusted proxy: its headers count for nothing; it is limited as itself.
     assert opens("127.0.0.7", {"X-Forwarded-For": "10.0.0.50"}) == [200, 200, 429]
     assert opens("127.0.0.7", {"X-Forwarded-For": "10.0.0.51"}) == [429, 429, 429]
+
+
+def test_forwarded_header_when_configured_and_the_warning_without_trusted_proxies(start_halley):
+    h = start_halley("--trusted-proxies", "127.0.0.1", "--client-address-header", "Forwarded",
+                     "--session-opens-per-second", "1", "--session-open-burst", "1")
+    ok = lambda hd: raw_get("127.0.0.1", h.port, "/halley/poll?key=app-key", hd)[0]  # noqa: E731
+    assert [ok({"Forwarded": 'for="[2001:db8:5::1]:4711";proto=https'}) for _ in range(2)] == [200, 429]
+    assert ok({"Forwarded": "for=198.51.100.3"}) == 200
+    # X-Forwarded-For is not the configured header.
+    assert ok({"X-Forwarded-For": "198.51.100.4", "Forwarded": "for=198.51.100.3"}) == 429
+    plain = start_halley()
+    for _ in range(3):
+        raw_get("127.0.0.1", plain.port, "/halley/poll?key=app-key", {"X-Forwarded-For": "198.51.100.4"})
+    warnings = [l for l in plain.log_lines() if "--trusted-proxies is empty" in l]
+    assert len(warnings) == 1, warnings
 
 
 def test_webhook_queue_is_bounded_in_bytes(start_halley, tmp_path):

@@ -867,7 +867,7 @@ def test_app_allowed_origins_apply_to_every_request_of_a_session(start_halley, t
     h = start_halley("--config", str(cfg))
     status, headers, body = http_request(h.port, "GET", "/halley/poll?key=strict", headers={"Origin": bad})
     refusal = (status, json.loads(body))
-    assert refusal == (403, {"error": "origin not allowed for this application"}), refusal
+    assert refusal == (403, {"error": "origin not allowed for this application", "code": 4009}), refusal
     assert headers["access-control-allow-origin"] == bad
 
     p = Poll(h.port, key="strict", origin=good)

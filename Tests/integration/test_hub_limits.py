@@ -309,7 +309,7 @@ def test_max_sessions(start_halley):
         # HTTP transports: 503.
         status, _, body = http_request(h.port, "GET", "/halley/poll?key=app-key")
         assert status == 503, body
-        assert "over capacity" in error_of(json.loads(body))
+        assert "over capacity" in error_of(json.loads(body)) and json.loads(body)["code"] == 4100
         sse = SSE(h.port)
         try:
             assert sse.status == 503

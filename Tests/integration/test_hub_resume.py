@@ -469,7 +469,7 @@ def test_expired_session_ends_its_subscriptions(start_halley, kind):
     assert status == 404 and json.loads(body)["halley:reason"] == "expired", body
     s = SSE(h.port, query="", last_event_id=f"0:{sid}:{token}")
     assert s.status == 400  # no key: nothing to start instead
-    assert json.loads(s.resp.read()) == {"error": "missing key", "halley:reason": "expired"}
+    assert json.loads(s.resp.read()) == {"error": "missing key", "code": 4001, "halley:reason": "expired"}
     s.close()
     s = SSE(h.port, query="key=app-key", last_event_id=f"0:{sid}:{token}")
     info = json.loads(s.recv()["data"])

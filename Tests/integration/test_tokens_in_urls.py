@@ -25,7 +25,7 @@ def subscribed_poll(h):
 
 def refusal(status, body):
     j = json.loads(body)
-    return status == 400 and j.get("halley:reason") == "token_in_url" and "X-Halley-Token" in j["error"]
+    return status == 400 and j.get("halley:reason") == "token_in_url" and j.get("code") == 4010 and "X-Halley-Token" in j["error"]
 
 
 def test_tokens_in_urls_are_refused_by_default(start_halley):
@@ -119,3 +119,28 @@ def test_old_forms_work_with_allow_tokens_in_urls(start_halley):
     ws = WS(h.port, session=p.session, token=p.token, last_seq=j["cursor"], token_in_url=True)
     assert ws.hello()["halley:resumed"] is True
     ws.close()
+
+
+def test_a_token_in_the_url_is_refused_even_beside_the_header(start_halley):
+    """The URL went to the access log all the same."""
+    h = start_halley()
+    p = subscribed_poll(h)
+    status, _, body = http_request(h.port, "GET", f"/halley/poll?session={p.session}&token={p.token}&cursor={p.cursor}",
+                                   headers={"X-Halley-Token": p.token})
+    assert refusal(status, body), (status, body)
+
+
+def test_a_poll_can_carry_its_token_in_a_post_body(start_halley):
+    """POST /halley/poll with {"halley:token": T} as text/plain: a simple request (no CORS
+    preflight per poll, as a header would need); what halley.js does."""
+    h = start_halley("--app-token", "tok")
+    p = subscribed_poll(h)
+    publish(h.port, {"channel": "t", "event": "e", "data": "by post"})
+    status, _, body = http_request(h.port, "POST", f"/halley/poll?session={p.session}&cursor={p.cursor}",
+                                   json.dumps({"halley:token": p.token}).encode(), {"Content-Type": "text/plain;charset=UTF-8"})
+    j = json.loads(body)
+    assert status == 200 and [m["data"] for m in j["messages"]] == ["by post"], (status, j)
+    # A wrong token in the body reads as an unknown id.
+    status, _, body = http_request(h.port, "POST", f"/halley/poll?session={p.session}&cursor={j['cursor']}",
+                                   json.dumps({"halley:token": "0" * 32}).encode(), {"Content-Type": "text/plain;charset=UTF-8"})
+    assert status == 404 and json.loads(body)["halley:reason"] == "expired", body
