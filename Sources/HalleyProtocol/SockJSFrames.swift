@@ -243,7 +243,9 @@ public struct SockJSFrameReader {
             guard let s = try json().string else { throw .badFrame("m: not a string") }
             return .messages([s])
         case UInt8(ascii: "c"):
-            guard let a = try json().array, a.count == 2, let code = a[0].uint64, let reason = a[1].string else {
+            // A close code is at most 4 digits; a larger number (found by fuzzing: it trapped
+            // converting to Int) is a bad frame.
+            guard let a = try json().array, a.count == 2, let code = a[0].uint64, code <= 65535, let reason = a[1].string else {
                 throw .badFrame("c: expected [code, reason]")
             }
             return .close(code: Int(code), reason: reason)

@@ -82,6 +82,13 @@ import Testing
         return (bytes, frames)
     }
 
+    /// Found by the fuzzer (HalleyFuzzSockJS, 2026-12-06): a close code past Int.max trapped.
+    @Test func aCloseCodeTooLargeIsABadFrameNotATrap() {
+        #expect(throws: SockJSFrameReader.ReadError.self) { try SockJSFrameReader.parse(line: Array(#"c[11111111111111111114,"x"]"#.utf8)) }
+        #expect(throws: SockJSFrameReader.ReadError.self) { try SockJSFrameReader.parse(line: Array(#"c[65536,"x"]"#.utf8)) }
+        #expect((try? SockJSFrameReader.parse(line: Array(#"c[4100,"x"]"#.utf8))) == .close(code: 4100, reason: "x"))
+    }
+
     @Test func readerGivesTheSameFramesWhole() throws {
         let (bytes, frames) = Self.sampleStream()
         var r = SockJSFrameReader()
