@@ -1,4 +1,5 @@
 import Testing
+import HalleyLoop
 @testable import HalleyHub
 
 @Suite struct WebhookQueueTests {
@@ -170,5 +171,29 @@ import Testing
         #expect(WebhookEvent.signature(body: body, secret: "app-secret") == "0b1e7577215c027687a783f32114fe0d0adbb3f59a9030c2df37b72cbb82b5c0")
         let presence = WebhookEvent.body([.clientEvent(channel: "presence-p", event: "client-y", data: "d", socketID: "3.4", userID: "u")], timeMillis: 1)
         #expect(String(decoding: presence, as: UTF8.self) == #"{"time_ms":1,"events":[{"name":"client_event","channel":"presence-p","event":"client-y","data":"d","socket_id":"3.4","user_id":"u"}]}"#)
+    }
+}
+
+/// The inbox between the threads that emit webhook events and the sending loop: bounded in
+/// events and bytes (issue 18), past that events are dropped and counted, never queued.
+@Suite struct WebhookInboxTests {
+    @Test func theInboxIsBoundedInBytes() throws {
+        // A loop that never runs: nothing drains the inbox.
+        let loop = try EventLoop(index: 0, maxDescriptors: 64)
+        let w = Webhooks(loop: loop)
+        var app = App.development
+        app.webhooks = [Webhook(url: "http://127.0.0.1:9/hook")]
+        let data = String(repeating: "x", count: 10_240)
+        let fits = Webhooks.maxInboxBytes / WebhookEvent.clientEvent(channel: "private-c", event: "client-e", data: data,
+                                                                    socketID: "1.1", userID: nil).queuedBytes
+        for i in 0..<(fits + 50) {
+            w.emit(app, .clientEvent(channel: "private-c", event: "client-e", data: data, socketID: "1.\(i % 10)", userID: nil))
+        }
+        #expect(w.counters.get(\.droppedOverflow) == 50)
+        #expect(w.inbox.withLock { $0.bytes } <= Webhooks.maxInboxBytes)
+        // The bound is in bytes: a small event still fits in what is left.
+        let before = w.inbox.withLock { $0.events.count }
+        w.emit(app, .channelOccupied(channel: "c"))
+        #expect(w.counters.get(\.droppedOverflow) == 50 && w.inbox.withLock { $0.events.count } == before + 1)
     }
 }

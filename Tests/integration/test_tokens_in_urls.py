@@ -144,3 +144,23 @@ def test_a_poll_can_carry_its_token_in_a_post_body(start_halley):
     status, _, body = http_request(h.port, "POST", f"/halley/poll?session={p.session}&cursor={j['cursor']}",
                                    json.dumps({"halley:token": "0" * 32}).encode(), {"Content-Type": "text/plain;charset=UTF-8"})
     assert status == 404 and json.loads(body)["halley:reason"] == "expired", body
+
+
+def test_a_websocket_resume_without_its_first_message_closes_after_10_s(start_halley):
+    """WebSocketTransport.resumeMessageTimeout: a resume that never shows its token holds its
+    connection 10 s at most (1008); the session is not touched."""
+    import time
+    h = start_halley()
+    ws = WS(h.port)
+    info = ws.hello()
+    ws.subscribe("x")  # a session its client used: it lingers the full 30 s
+    ws.abort()
+    waiting = WS(h.port, session=info["socket_id"], token=None, last_seq=0)
+    t0 = time.monotonic()
+    with pytest.raises(Exception):
+        waiting.recv(timeout=14)
+    took = time.monotonic() - t0
+    assert waiting.ws.close_code == 1008 and 9 <= took <= 13, (waiting.ws.close_code, took)
+    again = WS(h.port, session=info["socket_id"], token=info["halley:token"], last_seq=0)
+    assert again.hello()["halley:resumed"] is True
+    again.close()
