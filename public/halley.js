@@ -49,6 +49,7 @@
     wsTimeout: 5000,              // ms from opening a WebSocket to its first message
     confirmTimeout: 4000,         // ms for the answer to the ping sent after the hello (WebSocket, SSE): a
                                   // transport is up only once it has carried traffic both ways
+    holeTimeout: 3000,            // ms a missing seq is waited for before the session is resumed
     streamTimeout: 5000,          // ms from opening an SSE stream to its first event
     pollTimeout: 10000,           // ms from the first poll to its answer
     pollRequestTimeout: 40000,    // ms a held long-poll may take (the hub answers within 25 s)
@@ -681,6 +682,9 @@
       this._ackedSeq = 0;
       this._held = Object.create(null);
       this._httpQueue = [];  // messages for the old session
+      clearTimeout(this._holeTimer);
+      this._holeTimer = null;
+      this._holeResumedAt = null;
     }
     this.socket_id = this._session;
     if (data.activity_timeout) this._activityTimeout = Math.min(this.opts.activityTimeout, data.activity_timeout * 1000);
@@ -703,6 +707,8 @@
       this._adopt(t, t.hello);
       this._note("ws", "upgraded", "from " + previous);
     }
+    var early = t.early || [];
+    t.early = null;
     var resumed = t.resumed, lost = t.lost;
     this._lastRx = now();
     this._pingAt = 0;
@@ -720,6 +726,7 @@
     }
     this._setState("connected", { transport: t.name, resumed: resumed });
     if (lost) this.emit("halley:session_lost", lost);
+    for (var i = 0; i < early.length && this._active === t; i++) this._receive(t, early[i]);
     this.client._connected(resumed);
     this._pump();
     this._scheduleProbe();
@@ -734,14 +741,19 @@
       return;
     }
     if (t.helloed && !t.confirmed && msg.event === "pusher:pong") return this._confirm(t);
-    if (t === this._probe) return;  // the probe carries nothing for the application until it is up
+    if (t === this._probe) {
+      // Once it has its hello the hub sends the session's messages on the probe only: kept
+      // for when it is confirmed (then dispatched, in order), dropped with it if it fails.
+      if (t.helloed) (t.early || (t.early = [])).push(msg);
+      return;
+    }
     if (!t.helloed) return;         // a poll's pong or heartbeat before its session is known
     this._lastRx = now();
     this._pingAt = 0;
     var seq = msg["halley:seq"];
     if (typeof seq !== "number") return this.client._dispatch(msg);
     if (seq <= this._lastSeq) return;  // already dispatched (resent after a resume)
-    if (seq > this._lastSeq + 1) { this._held[seq] = msg; return; }
+    if (seq > this._lastSeq + 1) { this._held[seq] = msg; this._watchHole(t); return; }
     this._lastSeq = seq;
     this.client._dispatch(msg);
     while (this._held[this._lastSeq + 1]) {
@@ -752,6 +764,34 @@
     }
     for (var k in this._held) if (+k <= this._lastSeq) delete this._held[k];
     this._scheduleAck();
+  };
+
+  /** Messages after a missing seq wait for it (the hub sends in order, so a hole means a
+   *  message went astray between transports). If it does not come within `holeTimeout`, the
+   *  transport is dropped and the session resumed from the last seq dispatched (the hub
+   *  resends what followed); if the hole is still there after that (the hub no longer has it),
+   *  the client goes on from the next message it holds and reports the loss. */
+  Connection.prototype._watchHole = function (t) {
+    var self = this, from = this._lastSeq;
+    if (this._holeTimer) return;
+    this._holeTimer = setTimeout(function () {
+      self._holeTimer = null;
+      var held = Object.keys(self._held).map(Number).sort(function (a, b) { return a - b; });
+      if (!held.length || self._lastSeq > from) return;  // filled meanwhile
+      if (self._holeResumedAt !== from) {
+        self._holeResumedAt = from;
+        self._note(t.name, "hole", "seq " + (from + 1) + " missing: resuming after " + from);
+        var a = self._active;
+        if (a) { a.close(); self._transportDown(a, { error: "missing seq" }); }
+        return;
+      }
+      self._note(t.name, "hole", "seq " + (from + 1) + " to " + (held[0] - 1) + " lost");
+      self.emit("error", { type: "HalleyError", error: "messages lost", from: from + 1, to: held[0] - 1 });
+      self._lastSeq = held[0] - 1;
+      var first = self._held[held[0]];
+      delete self._held[held[0]];
+      self._receive(self._active || t, first);
+    }, this.opts.holeTimeout);
   };
 
   Connection.prototype._scheduleAck = function () {
@@ -943,6 +983,7 @@
     clearTimeout(this._retryTimer); this._retryTimer = null;
     clearTimeout(this._probeTimer); this._probeTimer = null;
     clearTimeout(this._ackTimer); this._ackTimer = null;
+    clearTimeout(this._holeTimer); this._holeTimer = null;
     clearInterval(this._watchTimer); this._watchTimer = null;
   };
 
@@ -1057,7 +1098,7 @@
   };
   /** The roster as the hub sends it (`{ids, hash, count}`), for a tab that joins later. */
   Members.prototype._export = function () {
-    var ids = [], hash = {};
+    var ids = [], hash = Object.create(null);
     for (var id in this.members) if (own.call(this.members, id)) { ids.push(id); hash[id] = this.members[id]; }
     return { ids: ids, hash: hash, count: ids.length };
   };
@@ -1169,7 +1210,9 @@
   mixin(UserFacade);
   UserFacade.prototype.signin = function () {
     this.signin_requested = true;
-    if (this.client.connection.state === "connected") this._signin();
+    var share = this.client._share;
+    if (share && share.role === "follower") share._post({ t: "signin", tab: share.tab });  // the leader signs the session in
+    else if (this.client.connection.state === "connected") this._signin();
     return this;
   };
   UserFacade.prototype._signin = function () {
@@ -1185,8 +1228,8 @@
       c.send({ event: "pusher:signin", data: { auth: a.auth, user_data: a.user_data } });
     }).catch(function (e) {
       self._pending = false;
-      self.emit("pusher:signin_error", { error: String(e && e.message || e), status: e && e.status || 0 });
-      c.emit("error", { type: "AuthError", error: String(e && e.message || e) });
+      // Through the dispatch, so that the tabs sharing this session hear it too.
+      self.client._dispatch({ event: "halley:signin_error", data: { error: String(e && e.message || e), status: e && e.status || 0 } });
     });
   };
   UserFacade.prototype._succeeded = function (data) {
@@ -1219,25 +1262,32 @@
   // hub, every channel any tab wants (a presence channel counts the user once); the others
   // (followers) reach it over the BroadcastChannel of the same name. The leader passes on every
   // message it dispatches; each tab dispatches those of its own channels, once (by seq). A
-  // client event one tab sends reaches the other tabs too, as it would with a connection each.
-  // The leader also sends a snapshot (session, token, channels, who wants what): when its tab
-  // closes, the lock goes to another tab, which resumes the same session from the last seq it
-  // saw, so nothing is lost. Not SharedWorker: a worker's script must be on the page's own
-  // origin, and a hub usually serves halley.js from its own.
+  // client event one tab sends on a private or presence channel reaches the other tabs too, as
+  // it would with a connection each. The leader also sends a snapshot (session, token,
+  // channels, who wants what): when its tab closes, the lock goes to another tab, which takes
+  // the old leader's last messages, then resumes the same session from the last seq it saw, so
+  // nothing is lost. Every tab of the session has the same socket_id. Not SharedWorker: a
+  // worker's script must be on the page's own origin, and a hub usually serves halley.js from
+  // its own.
 
   var SHARING = Object.create(null);  // share names taken by a client of this page
+  var TAKEOVER_GRACE = 300;           // ms a new leader waits for the old one's last messages
 
   function Share(client) {
     this.client = client;
     this.name = "halley:" + client.origin + ":" + client.key;
     this.tab = Math.random().toString(36).slice(2) + now().toString(36);
-    this.role = null;                         // "pending", "leader" or "follower"
+    this.role = null;                         // "pending", "follower", "taking" or "leader"
     this.tabs = Object.create(null);          // leader: other tabs → {channel: true}
     this.channels = Object.create(null);      // leader: channels only other tabs want
     this.snap = null;                         // follower: the leader's last snapshot
     this.session = null;                      // follower: the session of lastSeq
     this.lastSeq = 0;                         // follower: last seq passed on
+    this.sent = [];                           // follower: messages the leader has not acknowledged
+    this.sendId = 0;
+    this.away = false;                        // follower: left (pagehide); offsets may be behind
     this._release = null;
+    this._lockWanted = false;
     this._orphans = [];
     this._snapTimer = null;
     var self = this;
@@ -1255,12 +1305,14 @@
   Share.prototype.start = function () {
     var self = this;
     if (this.role === "leader") return this.client.connection.connect();
-    if (this.role === "follower" || this.role === "pending") return;
+    if (this.role === "follower" || this.role === "pending" || this.role === "taking") return;
     this.role = "pending";
+    if (this._lockWanted) return this._follow();  // a lock request is queued already
     navigator.locks.request(this.name, { ifAvailable: true }, function (lock) {
       if (lock) return self._lead();
       self._follow();
-      navigator.locks.request(self.name, function () { return self._lead(); });
+      self._lockWanted = true;
+      navigator.locks.request(self.name, function () { self._lockWanted = false; return self._lead(); });
       return null;
     });
   };
@@ -1269,18 +1321,23 @@
    *  hands the session over instead of leaving its channels). */
   Share.prototype.stop = function () {
     var c = this.client.connection;
-    if (this.role === "follower" || this.role === "pending") {
+    if (this.role === "follower" || this.role === "pending" || this.role === "taking") {
       this._post({ t: "leave", tab: this.tab });
       this.role = null;
+      this.away = true;
       c._follower = null;
       c._wanted = false;
       c._setState("disconnected");
       return true;
     }
     if (this.role === "leader" && Object.keys(this.tabs).length) {
+      // Its own channels that no other tab wants stay on the hub until the next leader's hello
+      // (it leaves them then): a presence roster sees this tab's user leave only if no other
+      // tab of the session has the channel.
       this._snapshot(true);
       this._post({ t: "leaving", tab: this.tab });
       this.role = null;
+      this.away = true;
       c.disconnect();
       c._session = null;
       for (var n in this.client.channels) { this.client.channels[n].subscribed = false; this.client.channels[n]._session = null; }
@@ -1297,11 +1354,23 @@
     var self = this, was = this.role;
     var held = new Promise(function (resolve) { self._release = resolve; });
     if (was === null) { this._release(); this._release = null; return held; }  // stopped meanwhile
+    if (was === "follower") {
+      // The old leader's last messages may still be on their way: take them first (until its
+      // `leaving`, at most TAKEOVER_GRACE ms), so the resume starts after the last one.
+      this.role = "taking";
+      this._takeTimer = setTimeout(function () { self._becomeLeader(true); }, TAKEOVER_GRACE);
+      return held;
+    }
+    this._becomeLeader(false);
+    return held;
+  };
+  Share.prototype._becomeLeader = function (takeOver) {
+    clearTimeout(this._takeTimer);
+    if (this.role !== "taking" && this.role !== "pending") return;
     this.role = "leader";
-    if (was === "follower") this._takeOver();
+    if (takeOver) this._takeOver();
     else this.client.connection.connect();
     this._post({ t: "leader", tab: this.tab });
-    return held;
   };
 
   Share.prototype._follow = function () {
@@ -1312,15 +1381,21 @@
     c._wanted = true;
     c._setState("connecting");
     this._announce();
+    this._pump();
   };
   Share.prototype._announce = function () {
-    this._post({ t: "join", tab: this.tab, channels: Object.keys(this.client.channels), signin: this.client.user.signin_requested });
+    var offsets = {};
+    for (var n in this.client.channels) offsets[n] = this.away ? this.client.channels[n].offset : null;
+    this._post({ t: "join", tab: this.tab, channels: Object.keys(this.client.channels), offsets: offsets,
+      signin: this.client.user.signin_requested });
+    this.away = false;
+    for (var i = 0; i < this.sent.length; i++) this._post(this.sent[i]);  // to the new leader
   };
 
   Share.prototype._got = function (m) {
     if (!m || m.tab === this.tab) return;
     if (this.role === "leader") this._leaderGot(m);
-    else if (this.role === "follower") this._followerGot(m);
+    else if (this.role === "follower" || this.role === "taking") this._followerGot(m);
   };
 
   // -- the leader
@@ -1329,13 +1404,19 @@
     var client = this.client;
     switch (m.t) {
       case "join":
-        var known = this.tabs[m.tab];
-        this.tabs[m.tab] = known || Object.create(null);
-        for (var i = 0; i < (m.channels || []).length; i++) this._want(m.tab, m.channels[i], !!(known && known[m.channels[i]]));
+        // The tab's whole set: what it no longer has (an unsubscribe lost in a leader change) goes.
+        var had = this.tabs[m.tab] || Object.create(null), want = Object.create(null);
+        this.tabs[m.tab] = Object.create(null);
+        for (var i = 0; i < (m.channels || []).length; i++) {
+          var n = m.channels[i];
+          want[n] = true;
+          this._want(m.tab, n, !!had[n], m.offsets && m.offsets[n]);
+        }
+        for (var old in had) if (!want[old]) this._unwant(m.tab, old);
         if (m.signin) client.user.signin();
         this._snapshot();
         break;
-      case "sub": this._want(m.tab, m.channel, false); this._snapshot(); break;
+      case "sub": this._want(m.tab, m.channel, false, null); this._snapshot(); break;
       case "unsub": this._unwant(m.tab, m.channel); this._snapshot(); break;
       case "leave":
         var wanted = Object.keys(this.tabs[m.tab] || {});
@@ -1345,6 +1426,7 @@
         break;
       case "signin": client.user.signin(); break;
       case "send":
+        if (m.id) this._post({ t: "sent", to: m.tab, id: m.id });
         var ch = m.channel ? client._hubChannels()[m.channel] : null;
         client.connection.send(m.msg, ch || undefined);
         this._relayClientEvent(m.msg, m.tab);
@@ -1352,9 +1434,20 @@
     }
   };
 
+  /** The leader's answer to a tab that joins a channel already on the hub. `behind`: the
+   *  tab left (bfcache) and comes back with an older offset: it is told it missed some. */
+  Share.prototype._succeededFor = function (ch, behind) {
+    var m = { event: "pusher_internal:subscription_succeeded", channel: ch.name,
+      data: JSON.stringify(ch.members ? { presence: ch.members._export() } : {}),
+      "halley:epoch": ch.epoch, "halley:offset": ch.offset };
+    if (ch.members && ch.members.myID != null) m["halley:my_id"] = ch.members.myID;
+    if (behind) { m["halley:recovered"] = false; m["halley:reason"] = "missed_while_away"; }
+    return m;
+  };
+
   /** Tab `tab` wants `name`: subscribed on the hub if nobody had it; a tab that joins a channel
    *  subscribed already gets its subscription answer (the roster, for presence) from here. */
-  Share.prototype._want = function (tab, name, quiet) {
+  Share.prototype._want = function (tab, name, quiet, offset) {
     var client = this.client;
     (this.tabs[tab] || (this.tabs[tab] = Object.create(null)))[name] = true;
     var ch = client.channels[name] || this.channels[name];
@@ -1365,10 +1458,8 @@
       return;
     }
     if (ch.subscribed && !quiet) {
-      this._post({ t: "msg", to: tab, session: client.connection._session, msg: {
-        event: "pusher_internal:subscription_succeeded", channel: name,
-        data: JSON.stringify(ch.members ? { presence: ch.members._export() } : {}),
-        "halley:epoch": ch.epoch, "halley:offset": ch.offset } });
+      var behind = offset != null && ch.offset != null && offset < ch.offset;
+      this._post({ t: "msg", to: tab, session: client.connection._session, msg: this._succeededFor(ch, behind) });
     }
   };
   Share.prototype._wantedElsewhere = function (name) {
@@ -1389,41 +1480,44 @@
     }
     ch._session = null;
   };
-  /** The leader's page subscribes a channel another tab has: it takes over its state. */
-  Share.prototype._adopt = function (ch) {
-    var shared = this.channels[ch.name];
-    delete this.channels[ch.name];
-    ch._session = shared._session;
-    ch.subscribed = shared.subscribed;
-    ch.subscriptionPending = shared.subscriptionPending;
-    ch.epoch = shared.epoch;
-    ch.offset = shared.offset;
-    if (ch.members && shared.members) ch.members = shared.members;
+  /** The leader's page subscribes a channel another tab has on the hub: the same object
+   *  becomes the page's (a subscription or authorization in flight goes on). */
+  Share.prototype._adopt = function (name) {
+    var ch = this.channels[name];
+    delete this.channels[name];
+    this.client.channels[name] = ch;
     if (ch.subscribed) later(function () { ch.emit("pusher:subscription_succeeded", ch.members || {}); });
+    return ch;
   };
-  /** The leader's page leaves a channel other tabs still want: it stays on the hub. */
+  /** The leader's page leaves a channel other tabs still want: the object stays on the hub,
+   *  without the page's handlers. */
   Share.prototype._keep = function (ch) {
-    var kept = new Channel(ch.name, this.client);
-    kept._session = ch._session;
-    kept.subscribed = ch.subscribed;
-    kept.epoch = ch.epoch;
-    kept.offset = ch.offset;
-    kept.members = ch.members || null;
-    if (!kept.members) delete kept.members;
-    this.channels[ch.name] = kept;
+    ch.unbind_all();
+    this.channels[ch.name] = ch;
   };
 
   Share.prototype._broadcast = function (msg) {
-    if (Object.keys(this.tabs).length) this._post({ t: "msg", session: this.client.connection._session, msg: msg });
+    if (!Object.keys(this.tabs).length) return;
+    if (msg.event === "pusher_internal:subscription_succeeded" && msg.channel) {
+      var ch = this.client._hubChannels()[msg.channel];
+      if (ch && ch.members && ch.members.myID != null) { msg = extend({}, msg); msg["halley:my_id"] = ch.members.myID; }
+    }
+    this._post({ t: "msg", session: this.client.connection._session, msg: msg });
   };
   /** A client event sent by one tab goes to the hub (for other sessions) and to the other tabs
-   *  of this session that have the channel, as separate connections would get it. */
+   *  of this session that have the channel, as separate connections would get it: only on the
+   *  channels where the hub relays client events (private and presence, not encrypted), with
+   *  the user's id on presence channels. */
   Share.prototype._relayClientEvent = function (msg, fromTab) {
     if (!msg || !msg.channel || String(msg.event).indexOf("client-") !== 0) return;
-    var copy = { event: msg.event, channel: msg.channel, data: typeof msg.data === "string" ? msg.data : JSON.stringify(msg.data) };
+    var name = msg.channel;
+    if (!(name.indexOf("private-") === 0 || name.indexOf("presence-") === 0) || name.indexOf("private-encrypted-") === 0) return;
+    var copy = { event: msg.event, channel: name, data: typeof msg.data === "string" ? msg.data : JSON.stringify(msg.data) };
     if (msg["halley:binary"]) copy["halley:binary"] = true;
+    var ch = this.client._hubChannels()[name];
+    if (ch && ch.members && ch.members.myID != null) copy.user_id = ch.members.myID;
     this._post({ t: "msg", except: fromTab, session: this.client.connection._session, msg: copy });
-    if (fromTab && this.client.channels[msg.channel]) this.client._dispatchLocal(copy);
+    if (fromTab && this.client.channels[name]) this.client._dispatchLocal(copy);
   };
 
   Share.prototype._snapshot = function (now_) {
@@ -1437,7 +1531,7 @@
     for (var n in all) {
       var ch = all[n];
       channels[n] = { epoch: ch.epoch, offset: ch.offset, subscribed: ch.subscribed && ch._session === c._session,
-        presence: ch.members ? ch.members._export() : null, mine: !!this.client.channels[n] };
+        myID: ch.members ? ch.members.myID : null, mine: !!this.client.channels[n] };
     }
     for (var t in this.tabs) tabs[t] = Object.keys(this.tabs[t]);
     this._post({ t: "snap", tab: this.tab, state: c.state, transport: c.transport, session: c._session, token: c._token,
@@ -1464,13 +1558,19 @@
   Share.prototype._followerGot = function (m) {
     var c = this.client.connection;
     switch (m.t) {
-      case "leader": this._announce(); break;
+      case "leader": if (this.role === "follower") this._announce(); break;
+      case "leaving": if (this.role === "taking") this._becomeLeader(true); break;
       case "snap":
         this.snap = m;
+        if (this.role !== "follower") break;
         this._newSession(m.session);
         c.socket_id = m.session;
         c.transport = m.transport;
-        if (m.state === "connected" || m.state === "connecting" || m.state === "unavailable") c._setState(m.state);
+        if (m.state && m.state !== "initialized") c._setState(m.state);
+        break;
+      case "sent":
+        if (m.to !== this.tab) break;
+        this.sent = this.sent.filter(function (x) { return x.id !== m.id; });
         break;
       case "msg":
         if ((m.to && m.to !== this.tab) || m.except === this.tab) return;
@@ -1489,25 +1589,32 @@
     this.session = session;
     this.lastSeq = 0;
   };
-  /** The follower's messages go to the leader (a Blob being read waits its turn). */
+  /** The follower's messages go to the leader (a Blob being read waits its turn), kept until
+   *  the leader acknowledges them: a leader change in between sends them to the next one. */
   Share.prototype._pump = function () {
     var c = this.client.connection;
     while (c._out.length) {
       var e = c._out[0];
       if (e.msg && typeof e.msg.then === "function") break;
       c._out.shift();
-      if (e.msg) this._post({ t: "send", tab: this.tab, msg: e.msg, channel: e.channel ? e.channel.name : null });
+      if (!e.msg) continue;
+      var m = { t: "send", tab: this.tab, id: ++this.sendId, msg: e.msg, channel: e.channel ? e.channel.name : null };
+      this.sent.push(m);
+      this._post(m);
     }
   };
 
-  /** This follower takes over (the leader's tab closed): the same session, resumed after the
-   *  last seq this tab saw, with every channel any tab wants still subscribed on it. */
+  /** This tab takes over (the leader's tab closed): the same session, resumed after the last
+   *  seq this tab saw, with every channel any tab wants still subscribed on it (presence ones
+   *  subscribed again: the hub answers with the roster as it is now). */
   Share.prototype._takeOver = function () {
-    var c = this.client.connection, s = this.snap, client = this.client;
+    var c = this.client.connection, s = this.snap, client = this.client, mine;
     c._follower = null;
     this.tabs = Object.create(null);
     this.channels = Object.create(null);
     this._orphans = [];
+    var unsent = this.sent;
+    this.sent = [];
     if (s && s.session && s.session === this.session) {
       c._session = s.session;
       c._token = s.token;
@@ -1520,13 +1627,16 @@
         for (var i = 0; i < s.tabs[t].length; i++) set[s.tabs[t][i]] = true;
       }
       for (var n in s.channels) {
-        var info = s.channels[n], mine = client.channels[n];
+        var info = s.channels[n];
+        mine = client.channels[n];
         var ch = mine || new Channel(n, client);
-        if (info.subscribed) { ch._session = s.session; ch.subscribed = true; }
         if (ch.epoch == null) { ch.epoch = info.epoch; ch.offset = info.offset; }
         if (n.indexOf("presence-") === 0) {
           if (!ch.members) ch.members = new Members();
-          if (!mine && info.presence) ch.members._set(info.presence);
+          if (info.myID != null) ch.members.myID = info.myID;
+        } else if (info.subscribed) {
+          ch._session = s.session;
+          ch.subscribed = true;
         }
         if (!mine) {
           this.channels[n] = ch;
@@ -1534,6 +1644,11 @@
         }
       }
       if (s.signin) client.user.signin_requested = true;
+    }
+    // What this tab sent and the old leader did not acknowledge goes out on the session now.
+    for (var k = 0; k < unsent.length; k++) {
+      var cm = unsent[k].channel ? client._hubChannels()[unsent[k].channel] : null;
+      c.send(unsent[k].msg, cm || undefined);
     }
     c._wanted = false;
     c.connect();
@@ -1596,15 +1711,7 @@
   /** pusher-js's user sign-in: asks `userAuthentication` for a signature and sends
    *  `pusher:signin`; then `halley.user.bind(event, fn)` gets the events sent to the user.
    *  Signed in again by itself on every new session. */
-  Halley.prototype.signin = function () {
-    if (this._share && this._share.role === "follower") {
-      this.user.signin_requested = true;
-      this._share._post({ t: "signin", tab: this._share.tab });
-      return this;
-    }
-    this.user.signin();
-    return this;
-  };
+  Halley.prototype.signin = function () { this.user.signin(); return this; };
   /** Leaves every channel (so presence rosters update at once) and closes the transport. The
    *  session stays resumable on the hub for its linger time; connect() starts a new one. */
   Halley.prototype.disconnect = function () {
@@ -1644,8 +1751,8 @@
       return ch;
     }
     if (share && share.role === "leader" && share.channels[name]) {
-      share._adopt(ch);  // another tab has it on the hub already
-      return ch;
+      delete this.channels[name];
+      return share._adopt(name);  // another tab has it on the hub already: the same object
     }
     if (this.connection.state === "connected") this._subscribeNow([ch]);
     return ch;
@@ -1663,7 +1770,6 @@
     }
     if (share && share.role === "leader" && share._wantedElsewhere(name)) {
       share._keep(ch);  // other tabs still want it: it stays on the hub
-      ch.subscribed = false;
       return;
     }
     ch.subscribed = false;
@@ -1738,8 +1844,10 @@
     this._authQueue = [];
     if (!list.length) return;
     function refuse(ch, err) {
-      ch.subscriptionPending = false;
-      ch.emit("pusher:subscription_error", { type: "AuthError", error: String(err && err.message || err), status: err && err.status || 0 });
+      // As the hub's own refusal would come: through the dispatch, so that other tabs sharing
+      // this session and wanting the channel hear it too.
+      self._dispatch({ event: "pusher:subscription_error", channel: ch.name,
+        data: { type: "AuthError", error: String(err && err.message || err), status: err && err.status || 0 } });
     }
     var names = list.map(function (ch) { return ch.name; });
     Promise.resolve().then(function () { return self._authorizer.all(sid, names); }).then(function (answers) {
@@ -1778,8 +1886,16 @@
       case "pusher:signin_success":
         this.user._succeeded(msg.data);
         return;
+      case "halley:signin_error":
+        this.user.emit("pusher:signin_error", msg.data);
+        this.connection.emit("error", { type: "AuthError", error: msg.data && msg.data.error });
+        return;
       case "pusher_internal:subscription_succeeded":
-        if (ch) ch._succeeded(msg);
+        if (ch) {
+          // A tab sharing the session learns the user it is from the leader, who authorized.
+          if (ch.members && msg["halley:my_id"] != null) ch.members.myID = String(msg["halley:my_id"]);
+          ch._succeeded(msg);
+        }
         return;
       case "pusher:subscription_error":
         if (ch) {

@@ -13,8 +13,10 @@ upgrades are piped both ways untouched, or refused.
 - `silent_ws`: passes a WebSocket upgrade and its answer (the 101 and what the hub writes in
   the next 300 ms: its first message), then forwards nothing in either direction and keeps
   both connections open, as some antivirus HTTP scanners and corporate proxies do.
-- `hold_ws`: forwards WebSocket bytes both ways, but holds them and lets them through only
-  every `hold_ws` seconds (30 by default in the tests).
+  With `silent_ws="after_first_frame"` the client's first read (a resume's `halley:resume`)
+  goes through too, so the hub answers, and then nothing.
+- `hold_ws`: forwards WebSocket bytes both ways, but (after the upgrade's first 300 ms) holds
+  them and lets them through only every `hold_ws` seconds (30 by default in the tests).
 - `down`: the network is gone: open connections are aborted, new ones closed at once.
 
 Attributes can be changed while the proxy runs (`proxy.refuse_ws = False` lets WebSocket through
@@ -142,6 +144,14 @@ class Proxy:
             up_w.write(("\r\n".join([lines[0]] + headers) + "\r\n\r\n").encode("latin-1"))
             if websocket and self.silent_ws:
                 # The answer and what follows it for 300 ms go through; then nothing, either way.
+                if self.silent_ws == "after_first_frame":
+                    # The 101, then the client's first frame to the hub.
+                    answer = await up_r.read(65536)
+                    writer.write(answer)
+                    await writer.drain()
+                    first = await asyncio.wait_for(reader.read(65536), 10)
+                    up_w.write(first)
+                    await up_w.drain()
                 until = time.monotonic() + 0.3
                 while time.monotonic() < until:
                     try:
@@ -220,11 +230,14 @@ class Proxy:
         task = asyncio.ensure_future(collect())
         try:
             if first_free:
-                while not held and not done.is_set():
+                # The upgrade's answer and what follows it for 300 ms (the hub's first message).
+                until = time.monotonic() + 0.3
+                while time.monotonic() < until and not done.is_set():
                     await asyncio.sleep(0.01)
-                dst.write(bytes(held))
-                held = bytearray()
-                await dst.drain()
+                    if held:
+                        dst.write(bytes(held))
+                        held = bytearray()
+                        await dst.drain()
             while not done.is_set():
                 try:
                     await asyncio.wait_for(done.wait(), every)

@@ -62,11 +62,13 @@ def test_a_websocket_that_carries_nothing_falls_back_without_loss(hub, browser, 
         proxy.stop()
 
 
-def test_the_probe_through_a_silent_proxy_does_not_take_the_session(hub, browser):
-    """On SSE, a WebSocket probe through the silent proxy must not take the session over: its
-    `halley:resume` never reaches the hub, so no hello comes and the probe times out; the
-    events keep coming on SSE, once and in order."""
-    proxy = Proxy(hub.port, silent_ws=True)
+@pytest.mark.parametrize("silent", [True, "after_first_frame"], ids=["resume-lost", "ping-lost"])
+def test_the_probe_through_a_silent_proxy_does_not_take_the_session(hub, browser, silent):
+    """On SSE, a WebSocket probe through a silent proxy: either its `halley:resume` never
+    reaches the hub (no hello: the probe times out), or it does, the hub moves the session to
+    the probe and answers, and then nothing passes (no pong: the probe is silent; the session
+    comes back to SSE). Either way the events keep coming, once and in order."""
+    proxy = Proxy(hub.port, silent_ws=silent)
     d = browser()
     channel = unique("probe-silent")
     d.get(f"{proxy.origin}/connection.html?channel={channel}&transports=sse,ws&probeDelay=1000&probeMaxDelay=1000")
@@ -79,7 +81,7 @@ def test_the_probe_through_a_silent_proxy_does_not_take_the_session(hub, browser
         s = panel_state(d)
         assert s["transport"] == "sse", s["log"]
         assert_in_order_once(s["ns"], sent)
-        assert any("probe failed" in l for l in s["log"]), s["log"]
+        assert any(("probe failed silent" if silent == "after_first_frame" else "probe failed") in l for l in s["log"]), s["log"]
         assert len(proxy.websocket_requests()) >= 1
     finally:
         pub.stop()
@@ -248,6 +250,8 @@ def test_five_tabs_share_one_session_and_survive_the_leader_closing(start_hub, b
     roles = each("return panel.client._share.role")
     assert roles.count("leader") == 1 and roles.count("follower") == 4, roles
     assert metric(h, "halley_sessions") == 1, "five tabs, one session"
+    sids = set(each("return panel.client.connection.socket_id"))
+    assert len(sids) == 1, sids
     leader = handles[roles.index("leader")]
     pub = Publisher(h.port, channel, every=0.04, count=150).start()
     try:
@@ -260,9 +264,11 @@ def test_five_tabs_share_one_session_and_survive_the_leader_closing(start_hub, b
         for w in handles:
             d.switch_to.window(w)
             wait_last(d, sent, timeout=20)
-            assert_in_order_once(panel_state(d)["ns"], sent)
+            ns = panel_state(d)["ns"]
+            assert ns == list(range(1, sent + 1)), f"lost {sorted(set(range(1, sent + 1)) - set(ns))[:20]} or duplicated: {ns[:40]}"
         roles = each("return panel.client._share.role")
         assert roles.count("leader") == 1, roles
+        assert set(each("return panel.client.connection.socket_id")) == sids, "the same session, resumed"
         assert metric(h, "halley_sessions") == 1, "the session was resumed, not replaced"
         # A tab without sharing has a session of its own.
         d.switch_to.new_window("tab")
@@ -280,3 +286,90 @@ def wait_until_metric(h, name, value, timeout=5):
             return True
         time.sleep(0.1)
     return False
+
+
+def test_tabs_share_private_presence_client_events_and_sign_in(start_hub, browser):
+    """Two tabs sharing a session, with an SDK-written auth endpoint: a follower's private and
+    presence channels are authorized by the leader; the presence channel counts the user once
+    and the follower knows who it is; a client event from one tab reaches the other tab (and
+    another browser through the hub); a sign-in asked by the follower brings it the events
+    sent to the user; after the leader tab closes, the follower leads and still receives."""
+    h = start_hub()
+    sdk = SDKBackend(h.port)
+    try:
+        d = browser("--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                    "--disable-backgrounding-occluded-windows")
+        setup = """
+            var backend = arguments[0], done = arguments[arguments.length - 1], s = document.createElement('script');
+            s.src = '/halley.js';
+            s.onload = function () {
+              var h = new Halley('app-key', {channelAuthorization: {endpoint: backend + '/pusher/auth', params: {name: 'Tia'}},
+                                             userAuthentication: {endpoint: backend + '/pusher/user-auth', params: {name: 'Tia'}}});
+              window.T = {h: h, got: [], user: [], ok: []};
+              h.user.bind('notice', function (data) { T.user.push(data); });
+              done(true);
+            };
+            document.head.appendChild(s);"""
+        url = f"http://127.0.0.1:{h.port}/index.html"
+        d.get(url)
+        d.execute_async_script(setup, sdk.origin)
+        a = d.current_window_handle
+        wait_for(d, "return T.h._share && T.h._share.role === 'leader' && T.h.connection.state === 'connected'", what="tab A leads")
+        d.switch_to.new_window("tab")
+        d.get(url)
+        d.execute_async_script(setup, sdk.origin)
+        b = d.current_window_handle
+        wait_for(d, "return T.h._share.role === 'follower' && T.h.connection.state === 'connected'", what="tab B follows")
+        sub = """var name = arguments[0], c = T.h.subscribe(name);
+                 c.bind('pusher:subscription_succeeded', function () { T.ok.push(name); });
+                 c.bind('client-hi', function (data, meta) { T.got.push([name, data, (meta && meta.user_id) || null]); });"""
+        for ch in ("private-shared", "presence-shared"):
+            d.execute_script(sub, ch)
+        wait_for(d, "return T.ok.length === 2", what="B's private and presence channels")
+        assert d.execute_script("var m = T.h.channel('presence-shared').members; return [m.count, m.me && m.me.id]") == [1, "tia"]
+        d.switch_to.window(a)
+        for ch in ("private-shared", "presence-shared"):
+            d.execute_script(sub, ch)
+        wait_for(d, "return T.ok.length === 2", what="A's channels (already on the hub)")
+        assert d.execute_script("return T.h.channel('presence-shared').members.count") == 1
+        # Another browser, a session of its own, on the private channel.
+        other = browser()
+        other.get(url)
+        other.execute_async_script(setup.replace("'Tia'", "'Oz'"), sdk.origin)
+        other.execute_script(sub, "private-shared")
+        wait_for(other, "return T.ok.length === 1", what="the other browser subscribed")
+        # A client event from the follower: the leader tab and the other browser get it.
+        d.switch_to.window(b)
+        d.execute_script("T.h.channel('private-shared').trigger('client-hi', {from: 'B'})")
+        d.switch_to.window(a)
+        wait_for(d, "return T.got.length === 1", what="tab A gets B's client event")
+        assert d.execute_script("return T.got") == [["private-shared", {"from": "B"}, None]]
+        wait_for(other, "return T.got.length === 1", what="the other browser gets it")
+        # Sign-in asked by the follower.
+        d.switch_to.window(b)
+        d.execute_script("T.h.user.signin()")
+        wait_for(d, "return T.h.user.user_data && T.h.user._serverChannel && T.h.user._serverChannel.subscribed", what="B signed in")
+        sdk.sdk.send_to_user("tia", "notice", {"n": 1})
+        wait_for(d, "return T.user.length === 1", what="B gets the event to the user")
+        # The leader closes: B leads, the session goes on.
+        d.switch_to.window(a)
+        d.close()
+        d.switch_to.window(b)
+        wait_for(d, "return T.h._share.role === 'leader' && T.h.connection.state === 'connected'", timeout=15, what="B leads")
+        sdk.sdk.trigger("presence-shared", "news", {"n": 2})
+        d.execute_script("T.h.channel('presence-shared').bind('news', function (x) { T.got.push(['news', x, null]); })")
+        sdk.sdk.trigger("presence-shared", "news", {"n": 3})
+        wait_for(d, "return T.got.some(g => g[0] === 'news' && g[1].n === 3)", what="B receives as the leader")
+        assert d.execute_script("var m = T.h.channel('presence-shared').members; return [m.count, m.me && m.me.id]") == [1, "tia"]
+    finally:
+        sdk.stop()
+
+
+def test_a_coded_refusal_over_http_stops_the_client(hub, browser):
+    """An unknown key on SSE: the hub's 404 carries code 4001, and halley.js stops (failed)
+    at once instead of trying the next transport and backing off forever."""
+    d = browser()
+    d.get(f"http://127.0.0.1:{hub.port}/connection.html?key=no-such-key&transports=sse,poll&channel=x")
+    wait_for(d, "return panel.client.connection.state === 'failed'", timeout=10, what="failed")
+    log = d.execute_script("return panel.client.connection.log.map(e => [e.transport, e.event, e.detail].join(' '))")
+    assert not any(l.startswith("poll attempt") for l in log), log

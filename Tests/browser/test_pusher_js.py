@@ -117,7 +117,7 @@ def test_pusher_js_presence_on_two_pages(hub, browser, app, transport):
     wait_for(a, "return P.events.some(e => e.event === 'member_removed' && e.id === 'bob')", timeout=20, what="Ann sees Bob leave")
 
 
-@pytest.mark.parametrize("transport", ["ws", "xhr_streaming"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_pusher_js_encrypted_channel_and_sign_in(hub, browser, app, transport):
     """pusher-with-encryption.js decrypts what the SDK encrypts with the master key (the hub
     relays the ciphertext untouched); sign-in and send_to_user reach `pusher.user`."""
