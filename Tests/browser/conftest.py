@@ -53,7 +53,18 @@ def hub():
 
 @pytest.fixture(scope="session")
 def backend():
+    """The demo app backend (Scripts/demo_backend.py): only for what needs its batch format."""
     b = AuthBackend()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def sdk(hub):
+    """An app backend written with the official Pusher SDK and nothing else (sdk_backend.py):
+    the auth endpoint the tests use, as a Laravel app would answer."""
+    from sdk_backend import SDKBackend
+    b = SDKBackend(hub.port)
     yield b
     b.stop()
 

@@ -17,13 +17,6 @@ from sdk_backend import SDKBackend
 from test_browser import Publisher, assert_in_order_once, open_panel, panel_state, unique, wait_last
 
 
-@pytest.fixture(scope="module")
-def sdk(hub):
-    b = SDKBackend(hub.port)
-    yield b
-    b.stop()
-
-
 # ---- 1. a WebSocket that opens and then carries nothing -------------------------------------
 
 @pytest.mark.parametrize("mode", ["silent", "held"])
