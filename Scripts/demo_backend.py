@@ -58,6 +58,42 @@ def sign_query(key: str, secret: str, method: str, path: str, body: bytes) -> st
     return query + "&auth_signature=" + hmac_hex(secret, f"{method}\n{path}\n{query}")
 
 
+class JSONHandler(BaseHTTPRequestHandler):
+    """JSON answers open to every origin (CORS), no access log: the demo backend's handler and
+    the browser tests' SDK backend build on it."""
+    extra_cors: tuple = ()
+
+    def log_message(self, *args):
+        pass
+
+    def allowed_headers(self):
+        return "Content-Type, Authorization"
+
+    def cors(self):
+        self.send_header("Access-Control-Allow-Origin", self.headers.get("Origin") or "*")
+        for k, v in self.extra_cors:
+            self.send_header(k, v)
+        self.send_header("Vary", "Origin")
+        self.send_header("Access-Control-Allow-Methods", "POST, OPTIONS")
+        self.send_header("Access-Control-Allow-Headers", self.allowed_headers())
+
+    def answer(self, status, obj):
+        # bytes as text: the Pusher SDK gives an encrypted channel's shared_secret as bytes.
+        body = json.dumps(obj, default=lambda o: o.decode() if isinstance(o, bytes) else str(o)).encode()
+        self.send_response(status)
+        self.cors()
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_OPTIONS(self):
+        self.send_response(204)
+        self.cors()
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
 class AuthBackend:
     """The auth endpoint (and the optional ticker) on 127.0.0.1:`port` (0: a free one)."""
 
@@ -66,31 +102,7 @@ class AuthBackend:
         self.requests: list[dict] = []  # every auth request: {"socket_id", "channels"}
         backend = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def cors(self):
-                self.send_header("Access-Control-Allow-Origin", self.headers.get("Origin") or "*")
-                self.send_header("Vary", "Origin")
-                self.send_header("Access-Control-Allow-Methods", "POST, OPTIONS")
-                self.send_header("Access-Control-Allow-Headers", "Content-Type, Authorization")
-
-            def answer(self, status, obj):
-                body = json.dumps(obj).encode()
-                self.send_response(status)
-                self.cors()
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_OPTIONS(self):
-                self.send_response(204)
-                self.cors()
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
+        class Handler(JSONHandler):
             def do_GET(self):
                 self.answer(200, {"halley_demo_backend": True, "auth": "POST /auth"})
 

@@ -1427,7 +1427,7 @@
       case "signin": client.user.signin(); break;
       case "send":
         if (m.id) this._post({ t: "sent", to: m.tab, id: m.id });
-        var ch = m.channel ? client._hubChannels()[m.channel] : null;
+        var ch = m.channel ? client._hubChannel(m.channel) : null;
         client.connection.send(m.msg, ch || undefined);
         this._relayClientEvent(m.msg, m.tab);
         break;
@@ -1499,7 +1499,7 @@
   Share.prototype._broadcast = function (msg) {
     if (!Object.keys(this.tabs).length) return;
     if (msg.event === "pusher_internal:subscription_succeeded" && msg.channel) {
-      var ch = this.client._hubChannels()[msg.channel];
+      var ch = this.client._hubChannel(msg.channel);
       if (ch && ch.members && ch.members.myID != null) { msg = extend({}, msg); msg["halley:my_id"] = ch.members.myID; }
     }
     this._post({ t: "msg", session: this.client.connection._session, msg: msg });
@@ -1514,7 +1514,7 @@
     if (!(name.indexOf("private-") === 0 || name.indexOf("presence-") === 0) || name.indexOf("private-encrypted-") === 0) return;
     var copy = { event: msg.event, channel: name, data: typeof msg.data === "string" ? msg.data : JSON.stringify(msg.data) };
     if (msg["halley:binary"]) copy["halley:binary"] = true;
-    var ch = this.client._hubChannels()[name];
+    var ch = this.client._hubChannel(name);
     if (ch && ch.members && ch.members.myID != null) copy.user_id = ch.members.myID;
     this._post({ t: "msg", except: fromTab, session: this.client.connection._session, msg: copy });
     if (fromTab && this.client.channels[name]) this.client._dispatchLocal(copy);
@@ -1647,7 +1647,7 @@
     }
     // What this tab sent and the old leader did not acknowledge goes out on the session now.
     for (var k = 0; k < unsent.length; k++) {
-      var cm = unsent[k].channel ? client._hubChannels()[unsent[k].channel] : null;
+      var cm = unsent[k].channel ? client._hubChannel(unsent[k].channel) : null;
       c.send(unsent[k].msg, cm || undefined);
     }
     c._wanted = false;
@@ -1804,6 +1804,12 @@
     if (this._share) this._share._connected();
   };
 
+  /** The channel `name` this tab has on the hub: its own, or, leading shared tabs, theirs. */
+  Halley.prototype._hubChannel = function (name) {
+    var s = this._share;
+    return this.channels[name] || (s && s.role === "leader" ? s.channels[name] : null) || null;
+  };
+
   /** Every channel this tab has on the hub: its own, and, leading shared tabs, theirs. */
   Halley.prototype._hubChannels = function () {
     var s = this._share;
@@ -1840,7 +1846,7 @@
 
   Halley.prototype._authorizeWaiting = function () {
     var sid = this.connection._session, self = this;
-    var list = this._authQueue.filter(function (ch) { return self._hubChannels()[ch.name] === ch && ch._session === sid; });
+    var list = this._authQueue.filter(function (ch) { return self._hubChannel(ch.name) === ch && ch._session === sid; });
     this._authQueue = [];
     if (!list.length) return;
     function refuse(ch, err) {
@@ -1853,7 +1859,7 @@
     Promise.resolve().then(function () { return self._authorizer.all(sid, names); }).then(function (answers) {
       if (self.connection._session !== sid) return;  // a new session subscribes again
       list.forEach(function (ch) {
-        if (self._hubChannels()[ch.name] !== ch) return;
+        if (self._hubChannel(ch.name) !== ch) return;
         var a = answers && answers[ch.name];
         if (!a || a instanceof Error || !a.auth) return refuse(ch, a instanceof Error ? a : new Error("no auth for " + ch.name));
         if (ch.members && a.channel_data) {
@@ -1875,7 +1881,7 @@
     var share = this._share;
     if (share && share.role === "leader" && !local) share._broadcast(msg);
     var event = msg.event, name = msg.channel, mine = name ? this.channels[name] : null;
-    var ch = mine || (name && share && share.role === "leader" ? share.channels[name] : null) || null;
+    var ch = name ? this._hubChannel(name) : null;
     switch (event) {
       case "pusher:error": {
         var d = decodeData(msg.data) || {};

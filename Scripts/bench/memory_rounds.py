@@ -108,26 +108,24 @@ def main():
         rows = []
         base = rss_mb(pid)
         log(f"baseline {base:.1f} MB")
-        for r in (1, 2):
+        def subscriptions():
             socks = open_sessions(hub, args.n, 500, 300)
             subscribe_more(socks, args.k)
-            loaded = rss_mb(pid)
-            for s in socks:
-                s.close()
-            time.sleep(args.settle)
-            after = rss_mb(pid)
-            rows.append(("subscriptions", r, loaded, after))
-            log(f"round {r}: {args.n} sessions x {args.k} channels: loaded {loaded:.1f} MB, {args.settle:.0f} s after closing {after:.1f} MB")
+            return socks
+
+        loads = [("subscriptions", f"{args.n} sessions x {args.k} channels", subscriptions)]
         if args.idle:
+            loads.append(("connections", f"{args.idle} idle connections", lambda: idle_connections(hub.port, args.idle)))
+        for what, label, open_load in loads:
             for r in (1, 2):
-                socks = idle_connections(hub.port, args.idle)
+                socks = open_load()
                 loaded = rss_mb(pid)
                 for s in socks:
                     s.close()
                 time.sleep(args.settle)
                 after = rss_mb(pid)
-                rows.append(("connections", r, loaded, after))
-                log(f"round {r}: {args.idle} idle connections: loaded {loaded:.1f} MB, {args.settle:.0f} s after closing {after:.1f} MB")
+                rows.append((what, r, loaded, after))
+                log(f"round {r}: {label}: loaded {loaded:.1f} MB, {args.settle:.0f} s after closing {after:.1f} MB")
         print()
         print(f"| load | round | baseline MB | loaded MB | {args.settle:.0f} s after closing MB |")
         print("| --- | --- | --- | --- | --- |")

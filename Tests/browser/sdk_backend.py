@@ -14,14 +14,17 @@ Every request is recorded (`requests`) so a test can count them.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import sys
+from http.server import ThreadingHTTPServer
 
 import pusher
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "Scripts"))
+from demo_backend import JSONHandler  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -54,32 +57,11 @@ class SDKBackend:
         self.requests: list[dict] = []
         backend = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+        class Handler(JSONHandler):
+            extra_cors = (("Access-Control-Allow-Credentials", "true"),)
 
-            def cors(self):
-                self.send_header("Access-Control-Allow-Origin", self.headers.get("Origin") or "*")
-                self.send_header("Access-Control-Allow-Credentials", "true")
-                self.send_header("Vary", "Origin")
-                self.send_header("Access-Control-Allow-Methods", "POST, OPTIONS")
-                self.send_header("Access-Control-Allow-Headers", self.headers.get("Access-Control-Request-Headers") or "Content-Type")
-
-            def answer(self, status, obj):
-                # The SDK gives an encrypted channel's shared_secret as bytes (base64 text).
-                body = json.dumps(obj, default=lambda o: o.decode() if isinstance(o, bytes) else str(o)).encode()
-                self.send_response(status)
-                self.cors()
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_OPTIONS(self):
-                self.send_response(204)
-                self.cors()
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+            def allowed_headers(self):
+                return self.headers.get("Access-Control-Request-Headers") or "Content-Type"
 
             def do_GET(self):
                 f = STATIC.get(urllib.parse.urlsplit(self.path).path)

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import record, wait_for
+from hub_client import exact_text
 from proxies import Proxy
 from sdk_backend import PUSHER_JS, SDKBackend
 from test_browser import Publisher, open_panel, panel_state, unique
@@ -26,18 +27,7 @@ _TEXT = ['"', "\\", "é", "✓", "😀", "<", "a", " "]
 
 def text_of(n, seed):
     """`n` bytes of UTF-8 that JSON.parse refuses (pusher-js parses `data` when it can)."""
-    out, used, i = ["x"], 1, seed
-    while True:
-        c = _TEXT[i % len(_TEXT)]
-        if used + len(c.encode()) > n:
-            break
-        out.append(c)
-        used += len(c.encode())
-        i += 1
-    out.append("y" * (n - used))
-    s = "".join(out)
-    assert len(s.encode()) == n
-    return s
+    return exact_text(n, seed, _TEXT, lead="x", fill="y")
 
 
 @pytest.fixture(scope="module")

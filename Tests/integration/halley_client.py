@@ -419,6 +419,15 @@ def rss_kb(pid) -> int:
 SANITIZER_LOGS = os.environ.get("HALLEY_SANITIZER_LOGS")
 
 
+def no_sanitizer_reports():
+    """The body of both suites' autouse fixture: fails the test when a hub it ran wrote a
+    sanitizer report meanwhile."""
+    before = sanitizer_snapshot()
+    yield
+    reports = sanitizer_reports_since(before)
+    assert not reports, f"sanitizer report(s) while this test ran:\n{reports}"
+
+
 def sanitizer_snapshot() -> dict[str, int]:
     """The size of every report file now."""
     if not SANITIZER_LOGS or not os.path.isdir(SANITIZER_LOGS):

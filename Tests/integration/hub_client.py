@@ -81,6 +81,23 @@ def decode_binary_frame(b: bytes):
     return header, b[4 + n:]
 
 
+def exact_text(n: int, seed: int, chars, lead="", fill="x") -> str:
+    """Exactly `n` bytes of UTF-8: `lead`, then `chars` cycled from `seed` while they fit, then
+    `fill` to the size (payloads across frame-length boundaries, byte for byte)."""
+    out, used, i = [lead], len(lead.encode()), seed
+    while True:
+        c = chars[i % len(chars)]
+        if used + len(c.encode()) > n:
+            break
+        out.append(c)
+        used += len(c.encode())
+        i += 1
+    out.append(fill * (n - used))
+    s = "".join(out)
+    assert len(s.encode()) == n
+    return s
+
+
 def payload_of(msg):
     """The payload bytes of a received channel event (text, base64 flag, or binary frame)."""
     if "halley:binary_payload" in msg:

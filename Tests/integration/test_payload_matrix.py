@@ -27,7 +27,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 import pusher_xhr
-from hub_client import SSE, WS, Poll, payload_of, publish, pusher_client
+from hub_client import SSE, WS, Poll, exact_text, payload_of, publish, pusher_client
 
 SIZES = [0, 1, 125, 126, 1000, 1024, 4096, 10240]
 ECHO_SIZES = SIZES + [65535, 65536, 1 << 20]
@@ -40,18 +40,7 @@ _TEXT = ['"', "\\", "\n", "/", "é", "✓", "😀", "<", "\u2028", "\t", "a", "Z
 
 
 def text_of(n: int, seed: int) -> str:
-    out, used, i = [], 0, seed
-    while True:
-        c = _TEXT[i % len(_TEXT)]
-        if used + len(c.encode()) > n:
-            break
-        out.append(c)
-        used += len(c.encode())
-        i += 1
-    out.append("x" * (n - used))
-    s = "".join(out)
-    assert len(s.encode()) == n
-    return s
+    return exact_text(n, seed, _TEXT)
 
 
 def binary_of(n: int, seed: int) -> bytes:
