@@ -30,8 +30,20 @@ public enum LogLevel: Int, Sendable, Comparable, CaseIterable {
     public static func < (a: LogLevel, b: LogLevel) -> Bool { a.rawValue < b.rawValue }
 }
 
+/// How a log line is written: `2026-12-06T08:00:00.000Z info text` or one JSON object
+/// (`{"time":"…","level":"info","msg":"text"}`) for log collectors.
+public enum LogFormat: Int, Sendable {
+    case text = 0, json
+}
+
 public enum Log {
     private static let threshold = Atomic<Int>(LogLevel.info.rawValue)
+    private static let formatValue = Atomic<Int>(LogFormat.text.rawValue)
+
+    public static var format: LogFormat {
+        get { LogFormat(rawValue: formatValue.load(ordering: .relaxed)) ?? .text }
+        set { formatValue.store(newValue.rawValue, ordering: .relaxed) }
+    }
 
     public static var level: LogLevel {
         get { LogLevel(rawValue: threshold.load(ordering: .relaxed)) ?? .info }
@@ -64,7 +76,9 @@ public enum Log {
         }
         let stamp = "\(t.tm_year + 1900)-\(pad(t.tm_mon + 1, 2))-\(pad(t.tm_mday, 2))T"
             + "\(pad(t.tm_hour, 2)):\(pad(t.tm_min, 2)):\(pad(t.tm_sec, 2)).\(pad(Int32(ms), 3))Z"
-        var line = "\(stamp) \(l.name) \(message())\n"
+        var line = format == .json
+            ? "{\"time\":\"\(stamp)\",\"level\":\"\(l.name)\",\"msg\":\"\(jsonEscaped(message()))\"}\n"
+            : "\(stamp) \(l.name) \(message())\n"
         line.withUTF8 { p in
             var off = 0
             while off < p.count {
@@ -73,5 +87,25 @@ public enum Log {
                 off += n
             }
         }
+    }
+
+    /// `text` as the inside of a JSON string: quotes, backslashes and control characters
+    /// escaped (RFC 8259 section 7); everything else as it is (UTF-8).
+    public static func jsonEscaped(_ text: String) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(text.utf8.count + 8)
+        let hex = Array("0123456789abcdef".utf8)
+        for b in text.utf8 {
+            switch b {
+            case UInt8(ascii: "\""): out += [92, 34]
+            case UInt8(ascii: "\\"): out += [92, 92]
+            case 10: out += [92, UInt8(ascii: "n")]
+            case 13: out += [92, UInt8(ascii: "r")]
+            case 9: out += [92, UInt8(ascii: "t")]
+            case 0..<32, 127: out += [92, UInt8(ascii: "u"), 48, 48, hex[Int(b >> 4)], hex[Int(b & 15)]]
+            default: out.append(b)
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 }

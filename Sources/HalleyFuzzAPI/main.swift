@@ -17,7 +17,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let pairs = Query.parse(query[...])
     _ = Query.value(pairs, "auth_key")  // the lookup the API does first
     if (try? PusherSignature.verify(method: "POST", path: "/apps/1/events", query: pairs, body: body, now: now,
-                                   secretFor: { $0 == "key" ? "secret" : nil })) != nil {
+                                   secretsFor: { $0 == "key" ? ["secret"] : [] })) != nil {
         // Passing needs an HMAC under the secret: the fuzzer cannot have made one unless the
         // input is a valid signed request (the committed seeds carry none).
         let sig = Query.value(pairs, "auth_signature") ?? ""
@@ -33,7 +33,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     signed.append(("auth_signature", sig))
     do {
         _ = try PusherSignature.verify(method: "POST", path: "/apps/1/events", query: signed, body: body, now: now,
-                                       secretFor: { $0 == "key" ? "secret" : nil })
+                                       secretsFor: { $0 == "key" ? ["secret"] : [] })
     } catch {
         fatalError("a request signed by the SDK rules was refused: \(error) for \(signed)")
     }

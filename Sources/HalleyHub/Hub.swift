@@ -13,12 +13,33 @@ import Synchronization
 /// a channel's messages in offset order whatever thread published them.
 public final class Hub: Sendable {
     public let config: HubConfig
-    let appsByKey: [String: App]
-    let appsByID: [String: App]
+    /// The apps: replaced whole by `reload` (SIGHUP re-reads the apps file). Taken alone or
+    /// inside `state`'s lock (webhook events are emitted under it), never the other way round.
+    let appTable: Locked<AppTable>
     let state = Locked<State>(State())
     let sessionCount = Atomic<Int>(0)
-    /// Sessions per app id (for apps with a connection quota).
-    let appSessions: [String: Counter]
+
+    /// One configuration of apps, immutable; a reload makes a new one.
+    final class AppTable: Sendable {
+        let apps: [App]
+        let byKey: [String: App]
+        let byID: [String: App]
+        /// Sessions per app id (for apps with a connection quota); kept across reloads.
+        let sessions: [String: Counter]
+
+        init(_ apps: [App], counters old: [String: Counter] = [:]) {
+            self.apps = apps
+            var k: [String: App] = [:]
+            var i: [String: App] = [:]
+            for a in apps {
+                k[a.key] = a
+                i[a.id] = a
+            }
+            byKey = k
+            byID = i
+            sessions = Dictionary(uniqueKeysWithValues: apps.map { ($0.id, old[$0.id] ?? Counter()) })
+        }
+    }
 
     final class Counter: Sendable {
         let value = Atomic<Int>(0)
@@ -28,7 +49,7 @@ public final class Hub: Sendable {
     }
     // Set once by `attach(to:)` before the loops run, read-only after.
     nonisolated(unsafe) var loops: [LoopHub] = []
-    /// Set by `attach` when an app has webhooks, read-only after; sends from loop 0.
+    /// Set by `attach`, read-only after; sends from loop 0.
     nonisolated(unsafe) var webhooks: Webhooks?
     /// The server's per-address limits; set by `attach` before the loops run, read-only after.
     nonisolated(unsafe) var clientLimits = ClientLimits(config: ClientLimitConfig())
@@ -49,19 +70,12 @@ public final class Hub: Sendable {
 
     public init(config: HubConfig) {
         self.config = config
-        var k: [String: App] = [:]
-        var i: [String: App] = [:]
-        for a in config.apps {
-            k[a.key] = a
-            i[a.id] = a
-        }
-        appsByKey = k
-        appsByID = i
-        appSessions = Dictionary(uniqueKeysWithValues: config.apps.map { ($0.id, Counter()) })
+        appTable = Locked(AppTable(config.apps))
     }
 
-    public func app(key: String) -> App? { appsByKey[key] }
-    public func app(id: String) -> App? { appsByID[id] }
+    var apps: AppTable { appTable.withLock { $0 } }
+    public func app(key: String) -> App? { apps.byKey[key] }
+    public func app(id: String) -> App? { apps.byID[id] }
 
     /// Creates one `LoopHub` per server loop and routes the hub's endpoints. Call after
     /// `server.start()` made the loops, before any request can arrive — i.e. use
@@ -69,7 +83,8 @@ public final class Hub: Sendable {
     public func attach(loops serverLoops: [EventLoop], clientLimits: ClientLimits = ClientLimits(config: ClientLimitConfig())) {
         self.clientLimits = clientLimits
         loops = serverLoops.map { LoopHub(hub: self, loop: $0, loopCount: serverLoops.count) }
-        if config.apps.contains(where: { !$0.webhooks.isEmpty }) { webhooks = Webhooks(loop: serverLoops[0]) }
+        // Always: a reload may give an app webhooks (an app without any costs one check).
+        webhooks = Webhooks(loop: serverLoops[0])
     }
 
     var loopCount: Int { loops.count }
@@ -322,7 +337,7 @@ public final class Hub: Sendable {
     }
 
     func webhook(_ key: ChannelKey, _ event: WebhookEvent) {
-        guard let w = webhooks, let app = appsByID[key.app], !key.name.hasPrefix(LoopHub.userChannelPrefix) else { return }
+        guard let w = webhooks, let app = app(id: key.app), !key.name.hasPrefix(LoopHub.userChannelPrefix) else { return }
         w.emit(app, event)
     }
 

@@ -38,12 +38,34 @@ public struct App: Sendable, Equatable {
     /// Origins allowed for this app's clients; nil: the hub's `--origins`.
     public var origins: OriginPolicy?
     public var webhooks: [Webhook] = []
+    /// The secret a reload replaced, still accepted until `previousSecretUntil` (wall-clock
+    /// seconds): backends and auth endpoints move to the new secret without a window of
+    /// refused signatures. Set by `Hub.reload`, never by the apps file.
+    public var previousSecret: String?
+    public var previousSecretUntil = 0
 
     public init(id: String, key: String, secret: String, token: String? = nil) {
         self.id = id
         self.key = key
         self.secret = secret
         self.token = token
+    }
+
+    /// The secrets a signature may use at `now`: the current one, and the previous one
+    /// during a rotation's overlap.
+    public func secrets(now: Int) -> [String] {
+        if let p = previousSecret, now < previousSecretUntil { return [secret, p] }
+        return [secret]
+    }
+
+    /// Equal but for a rotation's bookkeeping (what a reload compares).
+    func sameConfiguration(as o: App) -> Bool {
+        var a = self, b = o
+        a.previousSecret = nil
+        a.previousSecretUntil = 0
+        b.previousSecret = nil
+        b.previousSecretUntil = 0
+        return a == b
     }
 
     /// The development app used when none is configured.
@@ -124,6 +146,10 @@ public struct HubConfig: Sendable {
     public var maxEventNameLength = 200
     /// `activity_timeout` announced to Pusher clients, seconds. Default 120.
     public var activityTimeout = 120
+
+    /// Seconds an app's previous secret is still accepted after a reload changed it. Default
+    /// 600; 0: the new secret alone, at once.
+    public var secretOverlap = 600
 
     /// Origins allowed on WebSocket and the HTTP transports (CORS). Default: any.
     public var origins = OriginPolicy()

@@ -61,6 +61,10 @@ final class LoopHub: @unchecked Sendable {
 
     /// Resumable sessions by id (for resume and HTTP requests).
     var sessions: [SessionID: Session] = [:]
+    /// Every session of this loop not ended, resumable or not (for a reload and the drain).
+    var live: ContiguousArray<Session> = []
+    /// A graceful shutdown began: no new sessions.
+    var draining = false
     /// Sessions signed in as a user (`pusher:signin`), by id (for `terminate_connections`).
     var signedIn: [SessionID: Session] = [:]
     var channels: [ChannelKey: LocalChannel] = [:]
@@ -104,6 +108,11 @@ final class LoopHub: @unchecked Sendable {
     /// app's connection quota (4004); `refusal` says which.
     func newSession(app: App, resumable: Bool, client: IPAddress) -> Session? {
         loop.preconditionInLoop()
+        if draining {
+            refusal = (PusherErrorCode.genericReconnect, "Server shutting down: reconnect")
+            refusedByClientLimit = false
+            return nil
+        }
         if let kind = hub.clientLimits.sessionOpen(client, now: loop.now) {
             refusal = (PusherErrorCode.overCapacity, kind == .sessionOpens
                        ? "Too many new sessions from your address: retry later"
@@ -119,7 +128,7 @@ final class LoopHub: @unchecked Sendable {
             refusal = (PusherErrorCode.overCapacity, "Over capacity")
             return nil
         }
-        if app.maxConnections > 0, let c = hub.appSessions[app.id] {
+        if app.maxConnections > 0, let c = hub.apps.sessions[app.id] {
             if c.add(1) > app.maxConnections {
                 c.add(-1)
                 hub.sessionCount.subtract(1, ordering: .relaxed)
@@ -132,6 +141,8 @@ final class LoopHub: @unchecked Sendable {
         while sessions[id] != nil { id = SessionID.random(loop: index, loops: loopCount) }
         let s = Session(id: id, app: app, resumable: resumable, client: client, loopHub: self)
         if resumable { sessions[id] = s }
+        s.liveSlot = live.count
+        live.append(s)
         return s
     }
 
@@ -158,6 +169,12 @@ final class LoopHub: @unchecked Sendable {
         loop.preconditionInLoop()
         guard !s.ended else { return }
         s.ended = true
+        let last = live.count - 1
+        if s.liveSlot != last {
+            live[s.liveSlot] = live[last]
+            live[s.liveSlot].liveSlot = s.liveSlot
+        }
+        live.removeLast()
         if let u = s.userID {
             signedIn[s.id] = nil
             hub.signOut(UserKey(app: s.app.id, id: u), session: s.id)
@@ -175,7 +192,7 @@ final class LoopHub: @unchecked Sendable {
             hub.clientLimits.lingering(s.client, -1, now: loop.now)
         }
         hub.sessionCount.subtract(1, ordering: .relaxed)
-        if s.app.maxConnections > 0 { hub.appSessions[s.app.id]?.add(-1) }
+        if s.app.maxConnections > 0 { hub.apps.sessions[s.app.id]?.add(-1) }
         if let t = s.transport {
             s.transport = nil
             if let m = message { t.sendControl(Wire.error(code: code, message: m)) }
@@ -270,7 +287,7 @@ final class LoopHub: @unchecked Sendable {
             }
             let text = PusherAuth.channelString(socketID: s.id.description, channel: name, channelData: kind == .presence ? channelData : nil)
             do {
-                try PusherAuth.verify(auth: a, key: s.app.key, secret: s.app.secret, text: text)
+                try PusherAuth.verify(auth: a, key: s.app.key, secrets: s.app.secrets(now: Clock.wallSeconds()), text: text)
             } catch {
                 Log.info("session \(s.id): subscribe to \(name) refused: \(error)")
                 refuse("AuthError", "Invalid signature: expected HMAC SHA256 hex digest of '\(text)' (\(error))", 401)

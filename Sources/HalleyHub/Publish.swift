@@ -51,7 +51,7 @@ extension Hub {
                 guard let a = app(key: k) else { return .failure(Refusal(status: 401, text: "unknown key")) }
                 candidates = [a]
             } else {
-                candidates = config.apps
+                candidates = apps.apps
             }
             for a in candidates {
                 if let t = a.token, Digest.constantTimeEqual(Array(t.utf8), Array(token.utf8)) { return .success(a) }
@@ -60,7 +60,7 @@ extension Hub {
         }
         do {
             let key = try PusherSignature.verify(method: request.method.description, path: path, query: q, body: request.body,
-                                                 now: Clock.wallSeconds(), secretFor: { [self] in app(key: $0)?.secret })
+                                                 now: Clock.wallSeconds(), secretsFor: { [self] in app(key: $0)?.secrets(now: Clock.wallSeconds()) ?? [] })
             return .success(app(key: key)!)
         } catch {
             return .failure(Refusal(status: 401, text: error.description))

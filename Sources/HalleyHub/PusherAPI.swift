@@ -60,7 +60,7 @@ extension Hub {
         }
         do {
             _ = try PusherSignature.verify(method: request.method.description, path: path, query: q, body: request.body,
-                                           now: Clock.wallSeconds(), secretFor: { $0 == app.key ? app.secret : nil })
+                                           now: Clock.wallSeconds(), secretsFor: { $0 == app.key ? app.secrets(now: Clock.wallSeconds()) : [] })
         } catch {
             Log.info("api \(path): 401 \(error)")
             responder.respond(Self.apiError(401, Self.signatureText(error, app: app, method: request.method.description, path: path, query: q)))

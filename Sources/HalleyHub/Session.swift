@@ -23,7 +23,10 @@ protocol Transport: AnyObject {
 /// Loop-confined: only its loop touches it.
 final class Session {
     let id: SessionID
-    let app: App
+    /// Its app as configured now (a reload that changes the app replaces it).
+    var app: App
+    /// Its index in the loop's `live` list.
+    var liveSlot = -1
     /// Set for resumable sessions (the secret a client shows to resume).
     let token: SessionToken?
     /// Outlives its sessions (`unowned(unsafe)`: no reference-count check per access).
@@ -316,7 +319,7 @@ final class Session {
         }
         guard uid.utf8.count <= PresenceMember.maxUserIDLength else { return fail("user id is longer than \(PresenceMember.maxUserIDLength) characters") }
         do {
-            try PusherAuth.verify(auth: auth, key: app.key, secret: app.secret, text: PusherAuth.userString(socketID: id.description, userData: userData))
+            try PusherAuth.verify(auth: auth, key: app.key, secrets: app.secrets(now: Clock.wallSeconds()), text: PusherAuth.userString(socketID: id.description, userData: userData))
         } catch {
             return fail("Invalid signature for pusher:signin (\(error))")
         }

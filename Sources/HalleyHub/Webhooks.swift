@@ -174,7 +174,8 @@ final class WebhookDriver {
     }
 
     func target(_ app: App, _ w: Webhook) -> Int? {
-        let k = app.id + "\u{0}" + w.url
+        // The secret too: after a rotation, events are signed with the new one.
+        let k = app.id + "\u{0}" + w.url + "\u{0}" + app.secret
         if let i = targetIndex[k] { return i }
         guard let url = try? HTTPURL(w.url) else {
             // The configuration file checks URLs; an app built in code may not have.

@@ -37,13 +37,19 @@ public enum PusherAuth {
 
     /// Checks `auth` (`key:hex`) against the expected signature of `text`, in constant time.
     public static func verify(auth: String, key: String, secret: String, text: String) throws(Failure) -> Void {
+        try verify(auth: auth, key: key, secrets: [secret], text: text)
+    }
+
+    /// The same against any of `secrets` (a rotation's overlap accepts the previous secret).
+    public static func verify(auth: String, key: String, secrets: [String], text: String) throws(Failure) -> Void {
         let a = Array(auth.utf8)
         guard let colon = a.lastIndex(of: UInt8(ascii: ":")), colon > 0 else { throw .malformed }
         guard a[..<colon].elementsEqual(key.utf8) else { throw .wrongKey }
-        let expected = Array(Digest.hex(Digest.hmacSHA256(key: Array(secret.utf8), data: Array(text.utf8))).utf8)
         // Hex is case-insensitive; SDKs write lower case.
         let given = a[(colon + 1)...].map { $0 >= 65 && $0 <= 70 ? $0 | 0x20 : $0 }
-        guard Digest.constantTimeEqual(expected, given) else { throw .badSignature }
+        let data = Array(text.utf8)
+        let ok = secrets.contains { Digest.constantTimeEqual(Array(Digest.hex(Digest.hmacSHA256(key: Array($0.utf8), data: data)).utf8), given) }
+        guard ok else { throw .badSignature }
     }
 }
 

@@ -74,9 +74,11 @@ public enum PusherSignature {
         Digest.hex(Digest.hmacSHA256(key: Array(secret.utf8), data: bytesToSign(method: method, path: path, query: query)))
     }
 
-    /// Checks a request; `secretFor` maps an `auth_key` to its app's secret. Returns the key.
+    /// Checks a request; `secretsFor` maps an `auth_key` to the secrets its app accepts (the
+    /// current one, and the previous one while a rotation overlaps; none: unknown key).
+    /// Returns the key.
     public static func verify(method: String, path: String, query: [(String, String)], body: [UInt8],
-                              now: Int, secretFor: (String) -> String?) throws(Failure) -> String {
+                              now: Int, secretsFor: (String) -> [String]) throws(Failure) -> String {
         var key: String?, ts: String?, sig: String?, version: String?, md5: String?
         for (k, v) in query {
             switch lower(k) {
@@ -92,7 +94,8 @@ public enum PusherSignature {
         guard let ts = ts else { throw .missing("auth_timestamp") }
         guard let sig = sig else { throw .missing("auth_signature") }
         guard version == "1.0" else { throw version == nil ? .missing("auth_version") : .badVersion }
-        guard let secret = secretFor(key) else { throw .unknownKey }
+        let secrets = secretsFor(key)
+        guard !secrets.isEmpty else { throw .unknownKey }
         // Parsed and compared without overflow: the timestamp is attacker-chosen.
         guard let t = Int(ts) else { throw .expired(skew: Int.max) }
         let (diff, overflow) = now.subtractingReportingOverflow(t)
@@ -102,8 +105,8 @@ public enum PusherSignature {
         } else if !body.isEmpty {
             throw .missing("body_md5")
         }
-        let mac = Digest.hmacSHA256(key: Array(secret.utf8), data: bytesToSign(method: method, path: path, query: query))
-        guard hexEqual(mac, sig) else { throw .badSignature }
+        let data = bytesToSign(method: method, path: path, query: query)
+        guard secrets.contains(where: { hexEqual(Digest.hmacSHA256(key: Array($0.utf8), data: data), sig) }) else { throw .badSignature }
         return key
     }
 

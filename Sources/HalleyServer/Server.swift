@@ -136,12 +136,16 @@ public final class Server: @unchecked Sendable {
     /// Graceful shutdown: every loop closes its listeners and idle connections at once,
     /// finishes the responses in flight, and stops when its last connection closes or
     /// `shutdownGrace` seconds pass. Safe from any thread; `wait` returns when all are done.
-    public func shutdown() {
+    /// `beforeClosing` runs first on each loop (the hub tells its clients to reconnect); what
+    /// it writes is flushed before idle connections close.
+    public func shutdown(beforeClosing: @escaping @Sendable (Int) -> Void = { _ in }) {
         let grace = Int64(config.shutdownGrace) * 1000
         for (loop, ctx) in zip(loops, contexts) {
             let box = UncheckedBox(ctx)
             loop.execute {
                 let ctx = box.value
+                beforeClosing(ctx.loop.index)
+                ctx.flushCork()
                 ctx.beginShutdown()
                 ctx.loop.schedule(afterMillis: grace) { ctx.forceClose() }
             }

@@ -19,6 +19,7 @@ struct Options {
     }
 
     var logLevel = LogLevel.info
+    var logFormat = LogFormat.text
     var showHelp = false
     var hub = HubConfig()
     /// The `--app-*` flags given (flag or variable): an error together with `--config`.
@@ -55,7 +56,11 @@ struct Options {
         Spec(flag: "body-timeout", value: "SECONDS", help: "a request body may stall this long, else 408 (default 30)") { c, _, v throws(OptionError) in c.bodyTimeout = try int("--body-timeout", v, min: 1) },
         Spec(flag: "keepalive-timeout", value: "SECONDS", help: "idle keep-alive connections are closed after (default 60)") { c, _, v throws(OptionError) in c.keepAliveTimeout = try int("--keepalive-timeout", v, min: 1) },
         Spec(flag: "send-timeout", value: "SECONDS", help: "a blocked write may make no progress this long (default 60)") { c, _, v throws(OptionError) in c.sendTimeout = try int("--send-timeout", v, min: 1) },
-        Spec(flag: "shutdown-grace", value: "SECONDS", help: "on SIGINT/SIGTERM, wait this long for responses in flight (default 10)") { c, _, v throws(OptionError) in c.shutdownGrace = try int("--shutdown-grace", v) },
+        Spec(flag: "log-format", value: "text|json", help: "log lines as text or one JSON object each (time, level, msg) (default text)") { _, o, v throws(OptionError) in
+            guard let f = ["text": LogFormat.text, "json": .json][v] else { throw OptionError(description: "--log-format: expected text or json, got '\(v)'") }
+            o.logFormat = f
+        },
+        Spec(flag: "shutdown-grace", value: "SECONDS", help: "on SIGINT/SIGTERM, clients are told to reconnect elsewhere and responses in flight get this long (default 10)") { c, _, v throws(OptionError) in c.shutdownGrace = try int("--shutdown-grace", v) },
         Spec(flag: "static-cache-control", value: "VALUE", help: "Cache-Control of static files (default no-cache)") { c, _, v in c.staticCacheControl = v },
         Spec(flag: "ws-max-message", value: "BYTES", help: "largest WebSocket message, else close 1009 (default 1048576)") { c, _, v throws(OptionError) in c.webSocket.maxMessageBytes = try int("--ws-max-message", v, min: 125) },
         Spec(flag: "ws-ping-interval", value: "SECONDS", help: "ping a WebSocket silent this long (default 25)") { c, _, v throws(OptionError) in c.webSocket.pingInterval = try int("--ws-ping-interval", v, min: 1) },
@@ -97,6 +102,7 @@ struct Options {
         Spec(flag: "origins", value: "LIST", help: "origins allowed on WebSocket and HTTP transports, comma-separated; *.example.com wildcards (default *)") { _, o, v in
             o.hub.origins = OriginPolicy(v.split(separator: ",").map { String($0).trimmingSpaces() }.filter { !$0.isEmpty })
         },
+        Spec(flag: "secret-overlap", value: "SECONDS", help: "after a reload (SIGHUP) changes an app's secret, the old one is still accepted this long (default 600)") { _, o, v throws(OptionError) in o.hub.secretOverlap = try int("--secret-overlap", v) },
         Spec(flag: "session-linger", value: "SECONDS", help: "a resumable session outlives its transport this long (default 30)") { _, o, v throws(OptionError) in o.hub.sessionLinger = try int("--session-linger", v) },
         Spec(flag: "session-linger-unconfirmed", value: "SECONDS", help: "a session whose client never came back after opening it lingers this long (default 5)") { _, o, v throws(OptionError) in o.hub.sessionLingerUnconfirmed = try int("--session-linger-unconfirmed", v) },
         Spec(flag: "max-connections-per-address", value: "N", help: "open connections from one client address, else 429; 0: off (default 1000)") { c, _, v throws(OptionError) in c.clientLimits.maxConnectionsPerAddress = try int("--max-connections-per-address", v) },

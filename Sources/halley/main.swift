@@ -34,6 +34,7 @@ if options.showHelp {
     exit(0)
 }
 Log.level = options.logLevel
+Log.format = options.logFormat
 
 var cfg = config
 if let root = cfg.publicRoot {
@@ -88,19 +89,37 @@ if let path = options.configPath {
     for w in Options.developmentWarnings([app], configPath: nil) { Log.warning(w) }
 }
 
+/// SIGHUP: the TLS certificate and key, and the apps file, read again. What fails to load is
+/// logged and the running configuration kept.
+@MainActor func reload() {
+    var what: [String] = []
+    if cfg.tlsCertFile != nil {
+        what.append("TLS")
+        do throws(TLSError) {
+            try server.reloadTLS()
+            Log.lifecycle("SIGHUP: TLS certificate and key reloaded; new connections use them")
+        } catch {
+            Log.error("SIGHUP: TLS reload failed, keeping the old certificate: \(error)")
+        }
+    }
+    if let path = options.configPath {
+        what.append("apps")
+        do throws(AppsFile.ParseError) {
+            let apps = try AppsFile.load(path)
+            let r = hub.reload(apps: apps)
+            Log.lifecycle("SIGHUP: \(apps.count) app\(apps.count == 1 ? "" : "s") reloaded from \(path): \(r.description)")
+            for w in Options.developmentWarnings(apps, configPath: path) { Log.warning(w) }
+        } catch {
+            Log.error("SIGHUP: apps file not reloaded, keeping the running apps: \(error)")
+        }
+    }
+    if what.isEmpty { Log.info("SIGHUP: nothing to reload (no TLS, no --config)") }
+}
+
 while true {
     let sig = halley_wait_signal()
     if sig == SIGHUP {
-        if cfg.tlsCertFile == nil {
-            Log.info("SIGHUP: nothing to reload (no TLS)")
-        } else {
-            do throws(TLSError) {
-                try server.reloadTLS()
-                Log.lifecycle("SIGHUP: TLS certificate and key reloaded; new connections use them")
-            } catch {
-                Log.error("SIGHUP: TLS reload failed, keeping the old certificate: \(error)")
-            }
-        }
+        reload()
         continue
     }
     if sig == SIGINT || sig == SIGTERM {
@@ -108,7 +127,8 @@ while true {
         break
     }
 }
-server.shutdown()
+// Clients are told to reconnect (elsewhere) before the listeners close and idle connections go.
+server.shutdown(beforeClosing: { loop in hub.drain(loop: loop) })
 startSecondSignalWatcher()
 server.wait()
 Log.lifecycle("halley stopped")

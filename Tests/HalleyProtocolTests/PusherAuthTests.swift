@@ -14,6 +14,15 @@ import Testing
         try PusherAuth.verify(auth: auth, key: key, secret: secret, text: text)
     }
 
+    /// A rotation's overlap: a signature by either secret passes, by neither fails.
+    @Test func acceptsAnyOfTheAppsSecrets() throws {
+        let auth = PusherAuth.token(key: key, secret: secret, text: "1.2:private-x")
+        try PusherAuth.verify(auth: auth, key: key, secrets: ["new", secret], text: "1.2:private-x")
+        #expect(throws: PusherAuth.Failure.badSignature) {
+            try PusherAuth.verify(auth: auth, key: key, secrets: ["new", "other"], text: "1.2:private-x")
+        }
+    }
+
     @Test func signsPrivateAndPresenceChannels() throws {
         #expect(PusherAuth.channelString(socketID: "1234.1234", channel: "private-foobar", channelData: nil) == "1234.1234:private-foobar")
         let auth = PusherAuth.token(key: key, secret: secret, text: "1234.1234:private-foobar")

@@ -52,10 +52,18 @@ import Testing
                 == "da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c")
     }
 
-    func verify(_ q: [(String, String)], body: [UInt8]? = nil, now: Int = 1353088179) throws(PusherSignature.Failure) -> String {
+    func verify(_ q: [(String, String)], body: [UInt8]? = nil, now: Int = 1353088179,
+                secrets: [String]? = nil) throws(PusherSignature.Failure) -> String {
         try PusherSignature.verify(method: "POST", path: "/apps/3/events", query: q, body: body ?? self.body, now: now) {
-            $0 == key ? secret : nil
+            $0 == key ? (secrets ?? [secret]) : []
         }
+    }
+
+    /// A rotation's overlap: the signature of either secret passes, of neither fails.
+    @Test func acceptsAnyOfTheAppsSecrets() throws {
+        #expect(try verify(signed, secrets: ["new-secret", secret]) == key)
+        #expect(try verify(signed, secrets: [secret, "new-secret"]) == key)
+        #expect(throws: PusherSignature.Failure.badSignature) { try verify(signed, secrets: ["new-secret", "other"]) }
     }
 
     var signed: [(String, String)] {
