@@ -5,7 +5,8 @@
 #
 # With no arguments (the development app) it also starts the demo pages' app backend,
 # Scripts/demo_backend.py on http://127.0.0.1:8081 (signs the chat's presence subscriptions,
-# feeds the ticker), and stops it with the hub. DEMO_BACKEND=0 leaves it out.
+# feeds the ticker), and stops it with the hub. DEMO_BACKEND=0 leaves it out. The live view
+# is then at http://127.0.0.1:8080/stats.html#token=dev-admin (admin token dev-admin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -23,7 +24,8 @@ if [ $# -eq 0 ] && [ "${DEMO_BACKEND:-1}" != 0 ] && command -v python3 >/dev/nul
     python3 Scripts/demo_backend.py &
     backend=$!
     trap 'kill $backend 2>/dev/null || true' EXIT
-    .build/release/halley --public public
+    echo "live stats: http://127.0.0.1:8080/stats.html#token=dev-admin"
+    .build/release/halley --public public --admin-token dev-admin
 else
     exec .build/release/halley --public public "$@"
 fi

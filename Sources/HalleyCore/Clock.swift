@@ -11,6 +11,13 @@ public enum Clock {
         return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
     }
 
+    /// Monotonic nanoseconds since an arbitrary point (latency histograms).
+    public static func monotonicNanos() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+    }
+
     /// Seconds since the Unix epoch.
     public static func wallSeconds() -> Int {
         var ts = timespec()

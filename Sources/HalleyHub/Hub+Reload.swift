@@ -50,7 +50,7 @@ extension Hub {
             }
             let ids = Set(new.map(\.id))
             summary.removed = old.apps.map(\.id).filter { !ids.contains($0) }
-            t = AppTable(next, counters: old.sessions)
+            t = AppTable(next, counters: old.sessions, stats: old.stats)
             return t
         }
         let removed = Set(summary.removed)

@@ -18,6 +18,19 @@ public final class Hub: Sendable {
     let appTable: Locked<AppTable>
     let state = Locked<State>(State())
     let sessionCount = Atomic<Int>(0)
+    /// Each loop's sessions per app, counted once a second (`LoopHub.takeCensus`).
+    let census = Locked<[[String: AppCensus]]>([])
+    /// Per-second totals of the last minutes (loop 0 samples them).
+    let history = Locked(StatsHistory())
+    /// Webhook events waiting in the sending loop's queues (it stores the count each second).
+    let webhookQueued = Atomic<Int>(0)
+    let startedAt = Clock.monotonicMillis()
+    /// Latency histograms (made by `attach`, one writer per loop).
+    nonisolated(unsafe) var deliveryLatency = LatencyHistogram(loops: 1)
+    nonisolated(unsafe) var publishHandling = LatencyHistogram(loops: 1)
+    /// The server's metrics (set by `addMetrics` before the loops run): `/stats` reads its
+    /// open-connection gauge.
+    nonisolated(unsafe) var serverMetrics: Metrics?
 
     /// One configuration of apps, immutable; a reload makes a new one.
     final class AppTable: Sendable {
@@ -26,8 +39,10 @@ public final class Hub: Sendable {
         let byID: [String: App]
         /// Sessions per app id (for apps with a connection quota); kept across reloads.
         let sessions: [String: Counter]
+        /// Counters per app id for `/stats` and `/metrics`; kept across reloads.
+        let stats: [String: AppStats]
 
-        init(_ apps: [App], counters old: [String: Counter] = [:]) {
+        init(_ apps: [App], counters old: [String: Counter] = [:], stats oldStats: [String: AppStats] = [:]) {
             self.apps = apps
             var k: [String: App] = [:]
             var i: [String: App] = [:]
@@ -38,6 +53,7 @@ public final class Hub: Sendable {
             byKey = k
             byID = i
             sessions = Dictionary(uniqueKeysWithValues: apps.map { ($0.id, old[$0.id] ?? Counter()) })
+            stats = Dictionary(uniqueKeysWithValues: apps.map { ($0.id, oldStats[$0.id] ?? AppStats()) })
         }
     }
 
@@ -82,6 +98,9 @@ public final class Hub: Sendable {
     /// `Server.onLoopsReady`.
     public func attach(loops serverLoops: [EventLoop], clientLimits: ClientLimits = ClientLimits(config: ClientLimitConfig())) {
         self.clientLimits = clientLimits
+        census.withLock { $0 = Array(repeating: [:], count: serverLoops.count) }
+        deliveryLatency = LatencyHistogram(loops: serverLoops.count)
+        publishHandling = LatencyHistogram(loops: serverLoops.count)
         loops = serverLoops.map { LoopHub(hub: self, loop: $0, loopCount: serverLoops.count) }
         // Always: a reload may give an app webhooks (an app without any costs one check).
         webhooks = Webhooks(loop: serverLoops[0])
@@ -109,6 +128,7 @@ public final class Hub: Sendable {
             prepared.append((ChannelKey(app: app.id, name: c), p, h))
         }
         let now = Clock.monotonicMillis()
+        stats(app.id)?.add(.messagesIn, channels.count)
         var result = PublishResult()
         var out = Outbox(loops: loops.count)
         state.withLock { st in
@@ -362,10 +382,51 @@ public final class Hub: Sendable {
 
     /// Adds the hub's gauges to `/metrics`.
     public func addMetrics(to metrics: Metrics) {
-        metrics.addSource { [self] in
-            "# TYPE halley_sessions gauge\nhalley_sessions \(sessionCount.load(ordering: .relaxed))\n" +
-            "# TYPE halley_channels gauge\nhalley_channels \(channelCount)\n" + (webhooks?.metricsText() ?? "")
+        serverMetrics = metrics
+        metrics.addSource { [self] in metricsText() }
+    }
+
+    /// The hub's part of `/metrics` (every family is listed in the README).
+    func metricsText() -> String {
+        var out = ""
+        func family(_ name: String, _ type: String, _ help: String, _ samples: [(String, Int)]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for (labels, v) in samples { out += "\(name)\(labels) \(v)\n" }
         }
+        family("halley_sessions", "gauge", "Sessions on this node, live and lingering.", [("", sessionCount.load(ordering: .relaxed))])
+        family("halley_channels", "gauge", "Channels known to this node (with subscribers, history or a cached message).", [("", channelCount)])
+        let table = apps
+        let census = censusByApp()
+        let channels = channelCounts()
+        let ids = table.apps.map(\.id)
+        family("halley_app_connections", "gauge", "Sessions with a transport attached, by app and transport (counted each second).",
+               ids.flatMap { id in TransportKind.allCases.map { k in ("{app=\"\(id)\",transport=\"\(k.name)\"}", census[id]?.byTransport[k.rawValue] ?? 0) } })
+        family("halley_app_sessions", "gauge", "Sessions by app and state: live (a transport attached) or lingering (waiting for the client to resume).",
+               ids.flatMap { id in [("{app=\"\(id)\",state=\"live\"}", census[id]?.live ?? 0), ("{app=\"\(id)\",state=\"lingering\"}", census[id]?.lingering ?? 0)] })
+        family("halley_app_channels", "gauge", "Channels with subscribers, by app.", ids.map { ("{app=\"\($0)\"}", channels[$0]?.channels ?? 0) })
+        family("halley_app_subscriptions", "gauge", "Channel subscriptions, by app.", ids.map { ("{app=\"\($0)\"}", channels[$0]?.subscriptions ?? 0) })
+        let help: [AppCounter: String] = [
+            .messagesIn: "Messages published into channels (one per channel), client events included, by app.",
+            .messagesOut: "Messages handed to subscribers' transports, by app.",
+            .sessionsOpened: "Sessions opened, by app.",
+            .resumes: "Sessions a client came back to on a new connection (WebSocket or SSE resume), by app.",
+            .fallbacks: "Sessions that opened on or moved to an HTTP transport (SSE, long-poll, xhr), by app.",
+            .gaps: "Gap notices: messages a session missed (slow consumer with policy gap, or history that could not cover a recovery), by app.",
+            .slowConsumers: "Sessions that hit their buffer bound (closed 4100, or skipping with policy gap), by app.",
+        ]
+        for k in AppCounter.allCases {
+            family("halley_app_\(k.name)_total", "counter", help[k]!, ids.map { ("{app=\"\($0)\"}", table.stats[$0]?.get(k) ?? 0) })
+        }
+        out += deliveryLatency.render(name: "halley_delivery_latency_seconds",
+                                      help: "From a publish accepted to its message handed to a loop's subscribers, per message and loop.")
+        out += publishHandling.render(name: "halley_publish_handling_seconds",
+                                      help: "Time in the hub handling one publish request (POST /publish, the HTTP API's events and batch_events): checks, encoding, fan-out hand-off, the answer.")
+        if let w = webhooks {
+            family("halley_webhook_events_queued", "gauge", "Webhook events waiting to be sent.",
+                   [("", w.inbox.withLock { $0.events.count } + webhookQueued.load(ordering: .relaxed))])
+            out += w.metricsText()
+        }
+        return out
     }
 
     /// Channels known to the node (for metrics and tests).

@@ -151,6 +151,10 @@ public struct HubConfig: Sendable {
     /// 600; 0: the new secret alone, at once.
     public var secretOverlap = 600
 
+    /// Bearer token of `GET /stats` (every app); nil: that endpoint is off (each app can still
+    /// read its own with a signed `GET /apps/{id}/stats`).
+    public var adminToken: String?
+
     /// Origins allowed on WebSocket and the HTTP transports (CORS). Default: any.
     public var origins = OriginPolicy()
 

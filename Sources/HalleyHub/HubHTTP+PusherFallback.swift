@@ -188,6 +188,7 @@ extension LoopHub {
             return refuse(refusal.code, refusal.message)
         }
         let t = PusherHTTPTransport(loopHub: self, path: path, client: client)
+        t.kind = streaming ? .xhrStreaming : .xhrPolling
         t.session = s
         pusherHTTP.byPath[path] = t
         s.attach(t, lastSeen: nil)

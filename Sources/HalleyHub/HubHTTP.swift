@@ -54,7 +54,8 @@ extension Hub {
         for path in ["/halley/sse", "/halley/poll", "/halley/send"] {
             router.add([.options], path) { [self] request, responder in preflight(request, responder) }
         }
-        router.add([.post], "/publish") { [self] request, responder in publishEndpoint(request, responder) }
+        router.add([.post], "/publish") { [self] request, responder in timed(responder) { publishEndpoint(request, responder) } }
+        router.add([.get], "/stats") { [self] request, responder in statsEndpoint(request, responder) }
         installPusherAPI(on: router)
         installPusherFallback(on: router)
     }
@@ -301,6 +302,7 @@ extension LoopHub {
         stream.write([.bytes(Wire.ssePrelude(padding: hub.config.ssePadding, retryMillis: hub.config.sseRetryMillis))])
         // The first event has an id too (the last seq seen), so a stream that drops before the
         // first numbered event still resumes the session.
+        if lastSeen != nil { hub.stats(s.app.id)?.add(.resumes) }
         t.sendEstablished(s.established(resumed: lastSeen != nil, reason: reason), lastSeen: lastSeen ?? 0)
         s.attach(t, lastSeen: lastSeen)
     }

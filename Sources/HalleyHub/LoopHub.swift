@@ -12,7 +12,13 @@ final class LocalChannel {
     var sessions: [Session] = []
     var joined: [UInt64] = []
 
-    init(key: ChannelKey) { self.key = key }
+    /// Its app's counters (messages out).
+    let stats: AppStats?
+
+    init(key: ChannelKey, stats: AppStats?) {
+        self.key = key
+        self.stats = stats
+    }
 }
 
 /// A message on its way through one loop: the encodings shared by the loop's subscribers,
@@ -42,12 +48,6 @@ final class Delivery {
     }
 }
 
-/// The hub's counters of one loop (loop-confined; read for /metrics).
-struct HubCounters {
-    var slowConsumers = 0
-    var delivered = 0
-}
-
 /// The hub's part on one loop: the sessions it owns, who is subscribed to what, fan-out,
 /// and the once-a-second work (expiry, heartbeats, poll timeouts). Loop-confined.
 final class LoopHub: @unchecked Sendable {
@@ -57,7 +57,6 @@ final class LoopHub: @unchecked Sendable {
     let loop: EventLoop
     let index: Int
     let loopCount: Int
-    var counters = HubCounters()
 
     /// Resumable sessions by id (for resume and HTTP requests).
     var sessions: [SessionID: Session] = [:]
@@ -143,6 +142,7 @@ final class LoopHub: @unchecked Sendable {
         if resumable { sessions[id] = s }
         s.liveSlot = live.count
         live.append(s)
+        hub.stats(app.id)?.add(.sessionsOpened)
         return s
     }
 
@@ -323,6 +323,7 @@ final class LoopHub: @unchecked Sendable {
             for p in pubs where p.exclude != s.id { s.enqueue(p.message) }
         case .notRecovered(let why):
             Log.debug("session \(s.id): \(name) not recovered: \(why)")
+            hub.stats(s.app.id)?.add(.gaps)
             s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: (false, why), roster: r.roster)))
         }
         if ChannelName.kind(name) == .cache {
@@ -340,7 +341,7 @@ final class LoopHub: @unchecked Sendable {
     /// Adds `s` to this loop's subscribers of `key` (subscribed at offset `at` in the hub).
     func join(_ s: Session, _ key: ChannelKey, at offset: UInt64) {
         let lc = channels[key] ?? {
-            let c = LocalChannel(key: key)
+            let c = LocalChannel(key: key, stats: hub.stats(key.app))
             channels[key] = c
             return c
         }()
@@ -459,7 +460,9 @@ final class LoopHub: @unchecked Sendable {
                 }
             }
         }
-        counters.delivered += sessions.count * pubs.count
+        lc.stats?.add(.messagesOut, sessions.count * pubs.count)
+        let now = Clock.monotonicNanos()
+        for p in pubs { hub.deliveryLatency.observe(nanos: now - p.publishedNanos, loop: index) }
     }
 
     // MARK: polls
@@ -515,6 +518,11 @@ final class LoopHub: @unchecked Sendable {
             endedReasons = endedReasons.filter { now - $0.value.at < 600 }
         }
         if !pusherHTTP.isEmpty { pusherHTTP.tick(now: now) }
-        if index == 0 { hub.sweepChannels() }
+        takeCensus()
+        if index == 0 {
+            hub.sweepChannels()
+            hub.sampleStats()
+            if let w = hub.webhooks { hub.webhookQueued.store(w.driver.value.queuedEvents, ordering: .relaxed) }
+        }
     }
 }

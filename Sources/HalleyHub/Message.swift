@@ -38,6 +38,8 @@ final class Publication: @unchecked Sendable {
     let time: Int64
     /// A session that must not get it (the publisher's own, `socket_id`).
     let exclude: SessionID?
+    /// Monotonic nanoseconds of publishing (the delivery-latency histogram).
+    let publishedNanos = Clock.monotonicNanos()
 
     init(message: OutMessage, offset: UInt64, time: Int64, exclude: SessionID?) {
         self.message = message

@@ -6,6 +6,7 @@ import HalleyServer
 /// answers with every message after its cursor as soon as there is one (at the end of the
 /// loop turn, so a burst goes in one answer), or empty after `pollTimeout`. Loop-confined.
 final class PollTransport: Transport {
+    var kind: TransportKind { .longPoll }
     unowned(unsafe) let loopHub: LoopHub  // outlives its transports
     let responder: Responder
     var session: Session?

@@ -8,8 +8,9 @@ import HalleyServer
 /// SDKs sign. Errors are Pusher's: plain-text bodies with 400, 401, 403, 404 and 413.
 extension Hub {
     func installPusherAPI(on router: Router) {
-        router.add([.post], "/apps/{app}/events") { [self] rq, rs in api(rq, rs) { $0.events($1) } }
-        router.add([.post], "/apps/{app}/batch_events") { [self] rq, rs in api(rq, rs) { $0.batchEvents($1) } }
+        router.add([.post], "/apps/{app}/events") { [self] rq, rs in timed(rs) { api(rq, rs) { $0.events($1) } } }
+        router.add([.post], "/apps/{app}/batch_events") { [self] rq, rs in timed(rs) { api(rq, rs) { $0.batchEvents($1) } } }
+        router.add([.get], "/apps/{app}/stats") { [self] rq, rs in api(rq, rs) { .success($0.statsJSON(only: $1.app.id, openConnections: nil)) } }
         router.add([.get], "/apps/{app}/channels") { [self] rq, rs in api(rq, rs) { $0.channelsInfo($1) } }
         router.add([.get], "/apps/{app}/channels/{channel}") { [self] rq, rs in api(rq, rs) { $0.channelInfo($1) } }
         router.add([.get], "/apps/{app}/channels/{channel}/users") { [self] rq, rs in api(rq, rs) { $0.channelUsers($1) } }

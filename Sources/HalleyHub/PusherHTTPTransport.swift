@@ -58,6 +58,9 @@ final class PusherHTTPTransport: Transport {
         case poll(Responder, since: Int32, origin: String?)
     }
 
+    /// xhr_streaming or xhr (pusher-js keeps one kind per session).
+    var kind = TransportKind.xhrStreaming
+
     var receiver = Receiver.none {
         didSet { countLingering() }
     }
@@ -146,7 +149,7 @@ final class PusherHTTPTransport: Transport {
     }
 
     func replyOverflow(_ s: Session) {
-        loopHub.counters.slowConsumers += 1
+        loopHub.hub.stats(s.app.id)?.add(.slowConsumers)
         switch config.slowConsumer {
         case .close:
             Log.info("pusher-js session \(path): buffer full (\(bufferedBytes) B) with replies to the client's messages: closing \(PusherErrorCode.overCapacity)")
@@ -269,6 +272,7 @@ final class PusherHTTPTransport: Transport {
         heard()
         generation += 1
         let g = generation
+        kind = .xhrStreaming
         receiver = .stream(st)
         heldSince = -1
         holdExpired = false
@@ -293,6 +297,7 @@ final class PusherHTTPTransport: Transport {
             return
         }
         let g = generation
+        kind = .xhrPolling
         receiver = .poll(r, since: loopHub.seconds, origin: origin)
         r.onDisconnect { [unowned self] in self.receiverGone(g) }
     }

@@ -6,6 +6,8 @@ import HalleyServer
 /// What a session needs from the connection it is attached to (DESIGN: a small adapter per
 /// transport; the session knows only these). Loop-confined.
 protocol Transport: AnyObject {
+    /// What it is, for `/stats` and `/metrics`.
+    var kind: TransportKind { get }
     /// Sends a message of the session's order (`seq` 0: a plain Pusher session, no seq).
     func send(_ m: OutMessage, seq: UInt64, delivery: Delivery?)
     /// Sends a message outside the order (connection_established, pong, errors): a closed
@@ -48,6 +50,8 @@ final class Session {
     /// In the loop's `detached` list (at most once).
     var inDetachedList = false
     var ended = false
+    /// Counted in its app's `fallbacks` (it opened on or moved to an HTTP transport).
+    var fellBack = false
 
     /// Resumable sessions: the seq of the last message sent, and the unacknowledged
     /// messages, oldest first (`unacked[unackedStart]` has seq `seq - unackedCount + 1`).
@@ -113,7 +117,7 @@ final class Session {
 
     /// The buffer bound was hit while sending `m`.
     func overflow(_ m: OutMessage) {
-        loopHub.counters.slowConsumers += 1
+        loopHub.hub.stats(app.id)?.add(.slowConsumers)
         switch config.slowConsumer {
         case .close:
             Log.info("session \(id): buffer full (\(resumable ? unackedBytes : transport?.bufferedBytes ?? 0) B): closing \(PusherErrorCode.overCapacity)")
@@ -140,6 +144,7 @@ final class Session {
             let used = resumable ? unackedBytes : (transport?.bufferedBytes ?? 0)
             guard used + m.size <= config.sessionBufferBytes else { return false }
             gaps.removeFirst()
+            loopHub.hub.stats(app.id)?.add(.gaps)
             if resumable {
                 seq += 1
                 unacked.append(m)
@@ -186,6 +191,10 @@ final class Session {
     /// Attaches `t`, replacing any other, and resends what the client has not seen.
     func attach(_ t: Transport, lastSeen: UInt64?) {
         loopHub.loop.preconditionInLoop()
+        if !fellBack && t.kind.isFallback {
+            fellBack = true
+            loopHub.hub.stats(app.id)?.add(.fallbacks)
+        }
         // The new transport is in place before the old one is let go: ending the old one
         // (an SSE response, a poll answer) can run a pipelined request for this session.
         let old = transport

@@ -6,6 +6,7 @@ import HalleyServer
 /// client sends by POST). Every message is an event whose id carries seq, session and token,
 /// so a browser's EventSource that reconnects by itself resumes. Loop-confined.
 final class SSETransport: Transport {
+    var kind: TransportKind { .sse }
     unowned(unsafe) let loopHub: LoopHub  // outlives its transports
     let stream: HTTPStream
     var session: Session?

@@ -7,6 +7,7 @@ import HalleyServer
 /// connection: client messages go to the session, session messages become frames.
 /// Loop-confined.
 final class WebSocketTransport: WebSocketDelegate, Transport {
+    var kind: TransportKind { .websocket }
     unowned(unsafe) let loopHub: LoopHub  // outlives its transports
     /// Set when the connection opens and cleared when it reports its close: the loop's
     /// connection table keeps it alive in between, so the reference needs no count. Not `weak`:
@@ -69,6 +70,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     func start(resuming s: Session, lastSeen last: UInt64) {
         guard !s.ended else { return startFresh(s.app, reason: "expired") }
         session = s
+        loopHub.hub.stats(s.app.id)?.add(.resumes)
         sendControl(s.established(resumed: true, reason: nil))
         s.attach(self, lastSeen: last)
     }

@@ -72,6 +72,11 @@ struct WebhookQueue {
     var heldIndex: [String: Int] = [:]
     var queued: [Entry] = []
     var queuedHead = 0
+    /// Events waiting: held (debouncing), queued, in a batch in flight or to retry.
+    var waiting: Int {
+        held[heldHead...].reduce(0) { $0 + ($1 == nil ? 0 : 1) } + (queued.count - queuedHead)
+            + (inFlight?.events.count ?? 0) + (retry?.events.count ?? 0)
+    }
     /// Emission time of the oldest queued event (the batch window starts there).
     var queuedSince: Int64?
     /// A batch sent and not answered yet.

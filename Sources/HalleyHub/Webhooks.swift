@@ -140,6 +140,8 @@ final class WebhookDriver {
     var take: () -> [Webhooks.Pending] = { [] }
     var targets: [Target] = []
     var targetIndex: [String: Int] = [:]
+    /// Events waiting in every target's queue (for `/stats`).
+    var queuedEvents: Int { targets.reduce(0) { $0 + $1.queue.waiting } }
     var timer: (id: UInt64, at: Int64)?
 
     init(loop: EventLoop, policy: WebhookPolicy, client: HTTPClient.Options, counters: WebhookCounters) {

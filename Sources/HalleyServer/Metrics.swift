@@ -61,6 +61,9 @@ public final class Metrics: @unchecked Sendable {
 
     public func addSource(_ render: @escaping @Sendable () -> String) { sources.append(render) }
 
+    /// Client connections open now (HTTP and WebSocket).
+    public var openConnectionCount: Int { openConnections() }
+
     func sum(_ c: Counter) -> Int { loops.reduce(0) { $0 + $1.get(c) } }
 
     public func render() -> String {
@@ -93,6 +96,67 @@ public final class Metrics: @unchecked Sendable {
         family("halley_websocket_backpressure_total", "counter", "Messages that found a full send buffer.", [("", sum(.wsBackpressure))])
         family("halley_connection_handoffs_total", "counter", "Connections moved to the loop that owns their session.", [("", sum(.handOffs))])
         for s in sources { out += s() }
+        return out
+    }
+}
+
+/// A Prometheus histogram of durations with one writer per loop (relaxed load and store per
+/// slot, as `LoopCounters`), rendered summed over the loops.
+public final class LatencyHistogram: @unchecked Sendable {
+    // @unchecked Sendable: atomics only, allocated once; each loop writes its own slots.
+    /// Upper bounds in seconds: 100 µs to 2.5 s.
+    public static let bounds: [Double] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
+    let boundsNanos: [Int64] = LatencyHistogram.bounds.map { Int64($0 * 1e9) }
+    let loops: Int
+    /// Per loop: one count per bucket, the +Inf bucket, the sum (ns) and the count.
+    let stride = LatencyHistogram.bounds.count + 3
+    let values: UnsafeMutablePointer<Atomic<Int>>
+
+    public init(loops: Int) {
+        self.loops = max(1, loops)
+        values = .allocate(capacity: self.loops * stride)
+        for i in 0..<(self.loops * stride) { (values + i).initialize(to: Atomic<Int>(0)) }
+    }
+
+    deinit {
+        values.deinitialize(count: loops * stride)
+        values.deallocate()
+    }
+
+    @inline(__always) func bump(_ i: Int, _ n: Int) {
+        let v = values + i
+        v.pointee.store(v.pointee.load(ordering: .relaxed) &+ n, ordering: .relaxed)
+    }
+
+    /// On loop `loop` only (its slots have one writer).
+    @inline(__always) public func observe(nanos: Int64, loop: Int) {
+        guard loop < loops else { return }
+        let ns = max(0, nanos)
+        var b = 0
+        while b < boundsNanos.count && ns > boundsNanos[b] { b += 1 }
+        let base = loop * stride
+        bump(base + b, 1)
+        bump(base + boundsNanos.count + 1, Int(ns))
+        bump(base + boundsNanos.count + 2, 1)
+    }
+
+    func total(_ slot: Int) -> Int {
+        (0..<loops).reduce(0) { $0 + (values + $1 * stride + slot).pointee.load(ordering: .relaxed) }
+    }
+
+    /// The `_bucket` (cumulative), `_sum` (seconds) and `_count` lines.
+    public func render(name: String, help: String) -> String {
+        var out = "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
+        var cumulative = 0
+        for (i, le) in Self.bounds.enumerated() {
+            cumulative += total(i)
+            out += "\(name)_bucket{le=\"\(le)\"} \(cumulative)\n"
+        }
+        cumulative += total(Self.bounds.count)
+        let count = total(Self.bounds.count + 2)
+        out += "\(name)_bucket{le=\"+Inf\"} \(cumulative)\n"
+        out += "\(name)_sum \(Double(total(Self.bounds.count + 1)) / 1e9)\n"
+        out += "\(name)_count \(count)\n"
         return out
     }
 }

@@ -102,6 +102,10 @@ struct Options {
         Spec(flag: "origins", value: "LIST", help: "origins allowed on WebSocket and HTTP transports, comma-separated; *.example.com wildcards (default *)") { _, o, v in
             o.hub.origins = OriginPolicy(v.split(separator: ",").map { String($0).trimmingSpaces() }.filter { !$0.isEmpty })
         },
+        Spec(flag: "admin-token", value: "TOKEN", help: "bearer token of GET /stats, the live view of every app (default none: off)") { _, o, v throws(OptionError) in
+            guard !v.isEmpty else { throw OptionError(description: "--admin-token: empty") }
+            o.hub.adminToken = v
+        },
         Spec(flag: "secret-overlap", value: "SECONDS", help: "after a reload (SIGHUP) changes an app's secret, the old one is still accepted this long (default 600)") { _, o, v throws(OptionError) in o.hub.secretOverlap = try int("--secret-overlap", v) },
         Spec(flag: "session-linger", value: "SECONDS", help: "a resumable session outlives its transport this long (default 30)") { _, o, v throws(OptionError) in o.hub.sessionLinger = try int("--session-linger", v) },
         Spec(flag: "session-linger-unconfirmed", value: "SECONDS", help: "a session whose client never came back after opening it lingers this long (default 5)") { _, o, v throws(OptionError) in o.hub.sessionLingerUnconfirmed = try int("--session-linger-unconfirmed", v) },

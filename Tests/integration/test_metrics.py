@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
 import pytest
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from halley_client import Client, connect, parse_metrics
+from hub_client import WS, publish
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "README.md")
 
 FAMILIES = {
     "halley_connections_open": "gauge",
@@ -38,10 +44,8 @@ def test_metrics_format(halley):
     for name, kind in FAMILIES.items():
         assert f"# TYPE {name} {kind}\n" in text, name
         assert re.search(rf"^# HELP {name} \S", text, re.M), name
-    sample = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"]*"\})? -?\d+(\.\d+)?$')
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            assert sample.match(line), line
+    # The Prometheus project's own parser reads all of it.
+    assert list(text_string_to_metric_families(text))
     values = parse_metrics(text)
     for cls in ("1xx", "2xx", "3xx", "4xx", "5xx"):
         assert REQ % cls in values
@@ -149,3 +153,46 @@ def test_metrics_port_is_optional(start_halley, flag):
     h = start_halley(*flag)
     assert (h.metrics_port is not None) == bool(flag)
     assert h.get("/metrics").status == 404
+
+
+def documented_families():
+    """The families the README's metrics table lists (`| `name` | type | …`)."""
+    text = open(README, encoding="utf-8").read()
+    section = text.split("### Metrics", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `(halley_[a-z_]+)` \| (gauge|counter|histogram) \|", section, re.M))
+
+
+def test_every_metric_is_documented_and_parses(start_halley):
+    """Every family /metrics writes is in the README's table with its type (and the other way
+    round), the whole text parses with prometheus-client, and the histograms count what was done."""
+    h = start_halley("--metrics-port", "0", "--app-token", "tok")
+    ws = WS(h.port, halley=False)
+    ws.hello()
+    ws.subscribe("m")
+    for i in range(7):
+        status, _ = publish(h.port, {"channel": "m", "event": "e", "data": str(i)})
+        assert status == 201
+        assert ws.recv()["event"] == "e"
+    time.sleep(1.2)  # the per-loop session counts are taken once a second
+    r = h.get("/metrics", port=h.metrics_port)
+    text = r.body.decode()
+    written = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    documented = documented_families()
+    assert written == documented
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("halley_publish_handling_seconds", "halley_delivery_latency_seconds"):
+        f = families[name]
+        assert f.type == "histogram"
+        buckets = [(s.labels["le"], s.value) for s in f.samples if s.name == name + "_bucket"]
+        count = next(s.value for s in f.samples if s.name == name + "_count")
+        total = next(s.value for s in f.samples if s.name == name + "_sum")
+        assert [v for _, v in buckets] == sorted(v for _, v in buckets), buckets
+        assert buckets[-1] == ("+Inf", count)
+        assert count == 7, (name, count)  # seven publishes, one subscriber loop
+        assert 0 < total < 7, total
+    values = parse_metrics(text)
+    assert values['halley_app_messages_in_total{app="1"}'] == 7
+    assert values['halley_app_messages_out_total{app="1"}'] == 7
+    assert values['halley_app_connections{app="1",transport="websocket"}'] == 1
+    assert values['halley_app_subscriptions{app="1"}'] == 1
+    ws.close()

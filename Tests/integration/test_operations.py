@@ -233,3 +233,77 @@ def test_log_format_json_writes_one_object_per_line(start_halley):
         assert o["time"].endswith("Z") and "T" in o["time"]
     assert any("halley listening on http://127.0.0.1:" in json.loads(x)["msg"] for x in lines)
     assert any(json.loads(x)["msg"] == "halley stopped" for x in lines)
+
+
+# ---- /stats --------------------------------------------------------------------------------------
+
+def get_stats(port, token):
+    h = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    status, headers, body = http_request(port, "GET", "/stats", headers=h)
+    return status, headers, body
+
+
+def test_stats_needs_the_admin_token(start_halley):
+    off = start_halley()
+    status, _, body = get_stats(off.port, "x")
+    assert status == 403 and b"--admin-token" in body
+    h = start_halley("--admin-token", "adm")
+    for token in (None, "adm2", "ad", ""):
+        status, headers, _ = get_stats(h.port, token)
+        assert status == 401, token
+        assert headers.get("www-authenticate") == "Bearer"
+    status, headers, body = get_stats(h.port, "adm")
+    assert status == 200 and headers["cache-control"] == "no-store"
+    assert json.loads(body)["total"]["sessions"] == {"live": 0, "lingering": 0}
+
+
+def test_stats_count_sessions_transports_messages_and_resumes(start_halley, tmp_path):
+    path = tmp_path / "apps.json"
+    write(path, APPS[:2])
+    h = start_halley("--config", str(path), "--admin-token", "adm")
+    a = WS(h.port, key="k1", halley=False)
+    a.hello()
+    a.subscribe("c")
+    r = WS(h.port, key="k1", halley=True)
+    est = r.hello()
+    r.subscribe("c")
+    b = SSE(h.port, query="key=k2")
+    b.recv()
+    for i in range(4):
+        assert publish(h.port, {"channel": "c", "event": "e", "data": str(i)}, token="t1")[0] == 201
+    for ws in (a, r):
+        for _ in range(4):
+            assert ws.recv()["event"] == "e"
+    r.abort()
+    r2 = WS(h.port, key="k1", halley=True, session=est["socket_id"], token=est["halley:token"], last_seq=6)
+    assert r2.recv()["event"] == "pusher:connection_established"
+
+    def stats():
+        status, _, body = get_stats(h.port, "adm")
+        assert status == 200
+        return json.loads(body)
+
+    # Session counts are taken once a second.
+    assert wait_until(lambda: stats()["apps"]["1"]["connections"]["websocket"] == 2, timeout=3)
+    s = stats()
+    one, two = s["apps"]["1"], s["apps"]["2"]
+    assert one["sessions"] == {"live": 2, "lingering": 0}
+    assert one["channels"] == 1 and one["subscriptions"] == 2
+    assert one["messages_in"] == 4 and one["messages_out"] == 8
+    assert one["sessions_opened"] == 2 and one["resumes"] == 1 and one["fallbacks"] == 0
+    assert two["connections"]["sse"] == 1 and two["fallbacks"] == 1 and two["messages_in"] == 0
+    assert s["total"]["messages_out"] == 8 and s["total"]["connections"]["sse"] == 1
+    assert s["open_connections"] >= 3
+    assert set(s["history"]) == {"messages_in_per_second", "messages_out_per_second", "sessions"}
+    # One app's own view, signed like the HTTP API; another app's signature is refused.
+    client = pusher.Pusher(app_id="1", key="k1", secret="s1", host="127.0.0.1", port=h.port, ssl=False)
+    req = pusher.http.Request(client._pusher_client, "GET", "/apps/1/stats", {})
+    status, _, body = http_request(h.port, "GET", req.signed_path)
+    assert status == 200, body
+    mine = json.loads(body)
+    assert list(mine["apps"]) == ["1"] and "history" not in mine and "open_connections" not in mine
+    other = pusher.Pusher(app_id="2", key="k2", secret="s2", host="127.0.0.1", port=h.port, ssl=False)
+    req = pusher.http.Request(other._pusher_client, "GET", "/apps/1/stats", {})
+    assert http_request(h.port, "GET", req.signed_path)[0] == 401
+    for c in (a, r2, b):
+        c.close()
