@@ -18,7 +18,7 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
-swift build -c release --product halley 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]'
+swift build -c release --static-swift-stdlib --product halley 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]'
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "build failed"; exit 1; }
 if [ $# -eq 0 ] && [ "${DEMO_BACKEND:-1}" != 0 ] && command -v python3 >/dev/null; then
     python3 Scripts/demo_backend.py &

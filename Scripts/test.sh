@@ -82,9 +82,10 @@ mkdir -p "$sanitizer_logs"
 export HALLEY_SANITIZER_LOGS="$sanitizer_logs"
 export ASAN_OPTIONS="log_path=$sanitizer_logs/asan:halt_on_error=0:detect_leaks=0"
 # Tests that measure RSS run a plain release build: ASan's quarantine keeps freed memory on
-# purpose, and a debug build holds far more than what ships.
-step "swift build -c release (the hub the memory tests run)"
-build -c release --product halley
+# purpose, and a debug build holds far more than what ships. It is the binary that ships: the
+# Swift runtime linked in (--static-swift-stdlib), packaged and tested by test_package.py.
+step "swift build -c release --static-swift-stdlib (the hub that ships; the memory and package tests run it)"
+build -c release --static-swift-stdlib --product halley
 export HALLEY_MEMORY_BIN="$root/.build/release/halley"
 sanitizer_check() {
     if [ -n "$(ls -A "$sanitizer_logs")" ]; then

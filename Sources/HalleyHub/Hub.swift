@@ -37,7 +37,7 @@ public final class Hub: Sendable {
         let apps: [App]
         let byKey: [String: App]
         let byID: [String: App]
-        /// Sessions per app id (for apps with a connection quota); kept across reloads.
+        /// Sessions per app id (for the apps' connection quotas); kept across reloads.
         let sessions: [String: Counter]
         /// Counters per app id for `/stats` and `/metrics`; kept across reloads.
         let stats: [String: AppStats]

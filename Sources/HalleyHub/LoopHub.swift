@@ -127,8 +127,9 @@ final class LoopHub: @unchecked Sendable {
             refusal = (PusherErrorCode.overCapacity, "Over capacity")
             return nil
         }
-        if app.maxConnections > 0, let c = hub.apps.sessions[app.id] {
-            if c.add(1) > app.maxConnections {
+        // Every app's sessions are counted (not only those with a quota): a reload may set one.
+        if let c = hub.apps.sessions[app.id] {
+            if c.add(1) > app.maxConnections && app.maxConnections > 0 {
                 c.add(-1)
                 hub.sessionCount.subtract(1, ordering: .relaxed)
                 Log.info("app \(app.id): connection quota \(app.maxConnections) reached: refusing a new session")
@@ -192,7 +193,7 @@ final class LoopHub: @unchecked Sendable {
             hub.clientLimits.lingering(s.client, -1, now: loop.now)
         }
         hub.sessionCount.subtract(1, ordering: .relaxed)
-        if s.app.maxConnections > 0 { hub.apps.sessions[s.app.id]?.add(-1) }
+        hub.apps.sessions[s.app.id]?.add(-1)
         if let t = s.transport {
             s.transport = nil
             if let m = message { t.sendControl(Wire.error(code: code, message: m)) }

@@ -79,7 +79,7 @@ def test_sighup_adds_removes_and_changes_apps_without_dropping_others(start_hall
         ws.subscribe("c")
         conns[a["id"]] = ws
     # App 3 removed, app 2 disabled, app 1 changed (client events off), app 4 added.
-    new = [dict(APPS[0], client_events=False), dict(APPS[1], enabled=False),
+    new = [dict(APPS[0], client_events=False, max_connections=1), dict(APPS[1], enabled=False),
            {"id": "4", "key": "k4", "secret": "s4", "token": "t4"}]
     mark = reload(h, path, new)
     line = next(x for x in h.lines_since(mark) if "reloaded" in x)
@@ -96,6 +96,9 @@ def test_sighup_adds_removes_and_changes_apps_without_dropping_others(start_hall
     ws1.send({"event": "client-x", "channel": "private-c", "data": {}})
     m = ws1.recv()
     assert m["event"] == "pusher:error" and "not enabled" in m["data"]["message"], m
+    # The quota set by the reload counts the session opened before it.
+    over = WS(h.port, key="k1", halley=False)
+    assert "quota" in pusher_error(closed_with(over, 4004), 4004)
     # Removed and disabled apps are refused for new connections and publishes; the new one works.
     gone = WS(h.port, key="k3", halley=False)
     assert pusher_error(closed_with(gone, 4001), 4001)
