@@ -20,9 +20,12 @@ step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 # --- system packages, only when missing ---------------------------------------------------
 need=()
-for pkg in zlib1g-dev libssl-dev pkg-config openssl curl; do
+# nginx, haproxy: the package test runs the shipped proxy examples; systemd: systemd-analyze
+# checks the shipped unit (nothing is started).
+for pkg in zlib1g-dev libssl-dev pkg-config openssl curl nginx haproxy; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # Debian's python3 makes venvs only with python3-venv (pyenv's Pythons need nothing).
 "${PYTHON:-python3}" -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
