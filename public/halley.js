@@ -585,11 +585,13 @@
     if (t === this._probe) return this._probeFailed(t, info);
     if (t !== this._active) return;
     this._active = null;
-    var detail = info.timeout ? "timeout" : info.silent ? "silent" : info.code ? "close " + info.code + (info.reason ? " " + info.reason : "")
+    // An HTTP transport learns the hub's code from its `pusher:error` before the stream ends or
+    // the poll is answered (a WebSocket from its close frame): 4200 (a hub draining) is "at once".
+    var code = info.code || t.hubCode || 0;
+    var detail = info.timeout ? "timeout" : info.silent ? "silent" : code ? "close " + code + (info.reason ? " " + info.reason : "")
       : info.status ? "HTTP " + info.status + " " + (info.error || "") : info.ended ? "ended" : info.error || "closed";
     if (!info.timeout && !info.silent) this._note(t.name, t.confirmed ? "dropped" : "failed", detail);
     if (!this._wanted) return;
-    var code = info.code || 0;
     if ((code >= 4000 && code < 4100) || info.fatal) return this._fail(t, detail);
     if (!t.confirmed) {
       // Not up: the next transport at once; after the last, back off and start over.
@@ -735,6 +737,10 @@
   /** Every message of the active transport (or the probe) comes here. */
   Connection.prototype._receive = function (t, msg) {
     if (t !== this._active && t !== this._probe) return;
+    if (msg.event === "pusher:error") {
+      var err = typeof msg.data === "string" ? parseJSON(msg.data) : msg.data;
+      if (err && err.code >= 4000 && err.code < 4300) t.hubCode = err.code;
+    }
     if (msg.event === "pusher:connection_established") {
       var data = typeof msg.data === "string" ? parseJSON(msg.data) : msg.data;
       if (data && data.socket_id && !t.helloed) this._hello(t, data);
