@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.join(ROOT, "Tests", "integration"))
 
 import pusher_xhr  # noqa: E402
 from halley_client import Halley  # noqa: E402
-from hub_client import SSE, WS, Poll, publish, pusher_client, send_http  # noqa: E402
+from hub_client import SSE, WS, Poll, http_request, publish, pusher_client, send_http  # noqa: E402
 
 KEY, SECRET, TOKEN, APP = "skey", "ssecret", "tok", "9"
 CHANNELS = [f"c{i}" for i in range(8)]
@@ -110,14 +110,15 @@ def main():
     work = tempfile.mkdtemp(prefix="stress-")
     os.makedirs(os.path.join(work, "public"))
     cfg = os.path.join(work, "apps.json")
+    main_app = {"id": APP, "key": KEY, "secret": SECRET, "token": TOKEN, "client_events_per_second": 1000,
+                "webhooks": [{"url": hooks.url}]}
     with open(cfg, "w") as f:
-        json.dump({"apps": [{"id": APP, "key": KEY, "secret": SECRET, "token": TOKEN, "client_events_per_second": 1000,
-                             "webhooks": [{"url": hooks.url}]}]}, f)
+        json.dump({"apps": [main_app]}, f)
     # Every worker here is one address (127.0.0.1): the per-address limits are off.
     hub = Halley(os.path.join(work, "public"), ["--config", cfg, "--log-level", "warning", "--session-linger", "3",
                                                 "--max-connections-per-address", "0", "--session-opens-per-second", "0",
                                                 "--max-lingering-per-address", "0", "--poll-timeout", "1",
-                                                "--heartbeat", "1", "--ws-ping-interval", "2"], threads=2,
+                                                "--heartbeat", "1", "--ws-ping-interval", "2", "--admin-token", "adm"], threads=2,
                  start_timeout=30)
     port = hub.port
     sdk = pusher_client(port, app_id=APP, key=KEY, secret=SECRET)
@@ -268,8 +269,37 @@ def main():
         bump("api queries")
         time.sleep(0.05)
 
+    def stats():
+        status, _, body = http_request(port, "GET", "/stats", headers={"Authorization": "Bearer adm"})
+        assert status == 200, status
+        json.loads(body)
+        bump("stats reads")
+        time.sleep(0.05)
+
+    def reload():
+        """SIGHUP with a second app added or removed (its clients closed 4001) and the main
+        app's rate changed, while a client of the second app is connected."""
+        extra = random.random() < 0.5
+        apps = [dict(main_app, client_events_per_second=random.choice([999, 1000]))]
+        if extra:
+            apps.append({"id": "77", "key": "k77", "secret": "s77"})
+        with open(cfg + ".tmp", "w") as f:
+            json.dump({"apps": apps}, f)
+        os.replace(cfg + ".tmp", cfg)
+        hub.signal(signal.SIGHUP)
+        bump("reloads")
+        try:
+            ws = WS(port, key="k77", halley=False)
+            ws.recv(timeout=2)
+            time.sleep(random.uniform(0.2, 1))
+            ws.close()
+        except Exception:  # noqa: BLE001 - refused (4001) while the app is out: expected
+            pass
+
     for i in range(2):
         threads.append(worker(f"publisher-{i}", stop, publisher))
+    threads.append(worker("stats", stop, stats))
+    threads.append(worker("reload", stop, reload))
     for i in range(12):
         threads.append(worker(f"ws-{i}", stop, subscriber(resumable=i % 2 == 0)))
     for name, body, n in (("ws-resume", ws_resumer, 2), ("sse-resume", sse_resumer, 2), ("poll", poller, 2),
@@ -294,7 +324,8 @@ def main():
         print(f"STRESS FAILURE: the hub exited with {rc}\n" + hub.log_text()[-4000:])
         failed = True
     quiet = [k for k in ("publishes", "ws messages", "ws resumes", "sse resumes", "poll messages", "presence visits",
-                         "client events", "terminations", "xhr messages", "api queries", "webhook events") if counts[k] == 0]
+                         "client events", "terminations", "xhr messages", "api queries", "webhook events",
+                         "stats reads", "reloads") if counts[k] == 0]
     if quiet:
         print(f"STRESS FAILURE: these workers did nothing: {', '.join(quiet)}")
         failed = True
