@@ -184,7 +184,9 @@ final class LoopHub: @unchecked Sendable {
         s.subscriptions.removeAll()
         if s.resumable {
             sessions[s.id] = nil
-            endedReasons[s.id] = (reason, seconds, s.token)
+            // "expired" is what a lookup answers for an unknown id anyway: not kept (it is
+            // what most sessions end with, and each record stays 10 minutes).
+            if reason != "expired" { endedReasons[s.id] = (reason, seconds, s.token) }
         }
         s.unacked.removeAll()
         s.unackedBytes = 0
