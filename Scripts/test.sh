@@ -9,6 +9,7 @@
 #   BROWSER        0 skips the browser tests
 #   FUZZ_SECONDS   seconds of exploration per fuzz target (default 20; 0 skips fuzzing)
 #   STRESS_SECONDS seconds of the ThreadSanitizer stress run (default 60; 0 skips it)
+#   SOAK_MINUTES   minutes of the soak (default 2; 0 skips it)
 #   AUTOBAHN       cases for the Autobahn|Testsuite run against /echo (default: all, 1.* to
 #                  13.*, about 12 minutes); 0 skips it
 set -euo pipefail
@@ -145,6 +146,17 @@ if [ "${STRESS_SECONDS:-60}" != 0 ]; then
     HALLEY_BIN="$root/.build-tsan/release/halley" .venv/bin/python Scripts/sanitizers/stress.py \
         --duration "${STRESS_SECONDS:-60}" --logs "$root/.test-out/tsan" 2>&1 | tee .test-out/stress.log
     [ "${PIPESTATUS[0]}" = 0 ] || { echo "ThreadSanitizer stress run failed"; exit 1; }
+fi
+
+# --- soak: two minutes of mixed load on the shipped build -------------------------------------
+# Scripts/soak.sh: 10,000 clients with churn on every transport, resumes and switches, presence,
+# client events, 50 publishes/s, slow consumers; fails on a lost or duplicated message on a
+# resumable session, descriptors not back at their baseline, or a hub that dies. (RSS growth is
+# judged on runs of 10 minutes or more.) SOAK_MINUTES=0 skips it.
+if [ "${SOAK_MINUTES:-2}" != 0 ]; then
+    step "soak (${SOAK_MINUTES:-2} min, 10,000 clients, the release build)"
+    HALLEY_BIN="$root/.build/release/halley" Scripts/soak.sh "${SOAK_MINUTES:-2}" --out .test-out/soak \
+        || { echo "soak failed (.test-out/soak: soak.csv, soak.png, summary.json, hub.log)"; exit 1; }
 fi
 
 # --- WebSocket conformance --------------------------------------------------------------------

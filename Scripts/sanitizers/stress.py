@@ -27,20 +27,18 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "Tests", "integration"))
 
 import pusher_xhr  # noqa: E402
-from halley_client import Halley  # noqa: E402
+from halley_client import Halley, WebhookReceiver  # noqa: E402
 from hub_client import SSE, WS, Poll, http_request, publish, pusher_client, send_http  # noqa: E402
 
 KEY, SECRET, TOKEN, APP = "skey", "ssecret", "tok", "9"
@@ -62,24 +60,6 @@ def sign(text):
 def auth(socket_id, channel, channel_data=None):
     text = f"{socket_id}:{channel}" + (f":{channel_data}" if channel_data else "")
     return f"{KEY}:{sign(text)}"
-
-
-class Webhooks:
-    def __init__(self):
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                bump("webhook events", len(json.loads(body)["events"]))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
 
 def worker(name, stop, body):
@@ -106,7 +86,7 @@ def main():
     os.makedirs(args.logs, exist_ok=True)
     os.environ["TSAN_OPTIONS"] = f"log_path={args.logs}/tsan halt_on_error=0 second_deadlock_stack=1 history_size=4"
     os.environ["ASAN_OPTIONS"] = f"log_path={args.logs}/asan halt_on_error=0 detect_leaks=0"
-    hooks = Webhooks()
+    hooks = WebhookReceiver(lambda events: bump("webhook events", len(events)))
     work = tempfile.mkdtemp(prefix="stress-")
     os.makedirs(os.path.join(work, "public"))
     cfg = os.path.join(work, "apps.json")

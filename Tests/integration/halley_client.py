@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import time
 from dataclasses import dataclass, field
 
@@ -456,3 +457,32 @@ def sanitizer_reports_since(snapshot: dict[str, int]) -> str:
     except Exception:
         grouped = ""
     return (grouped or "") + "\n" + raw[:6000]
+
+
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 that answers the hub's webhook POSTs with 200, counts the
+    events by name and hands each request's events to `on_events` (the stress run, the soak)."""
+
+    def __init__(self, on_events=None):
+        import collections
+        import json
+        self.counts = collections.Counter()
+        counts = self.counts
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                events = json.loads(body).get("events", [])
+                counts.update(e.get("name") for e in events)
+                if on_events:
+                    on_events(events)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhooks"
