@@ -63,8 +63,13 @@ final class ChannelState {
         compact()
     }
 
+    /// Lets go of evicted entries once they are as many as the live ones: at most one more
+    /// dead than live entry is held, and each compaction moves no more entries than it frees.
+    /// (With a fixed floor of 64, a quiet channel whose history is trimmed by age held 64 dead
+    /// messages for many minutes: with hundreds of such channels the heap grew for ten
+    /// minutes of steady load.)
     func compact() {
-        if historyStart > 64 && historyStart * 2 > history.count {
+        if historyStart > 0 && historyStart * 2 >= history.count {
             history.removeFirst(historyStart)
             historyStart = 0
         }

@@ -167,7 +167,7 @@ final class Session {
         if unackedStart == unacked.count {
             unacked.removeAll(keepingCapacity: unacked.count <= 64)
             unackedStart = 0
-        } else if unackedStart > 64 && unackedStart * 2 > unacked.count {
+        } else if unackedStart * 2 >= unacked.count {  // as `ChannelState.compact`
             unacked.removeFirst(unackedStart)
             unackedStart = 0
         }

@@ -29,6 +29,20 @@ import Testing
         #expect(offsets(ch.recover(epoch: ch.epoch, after: 99)) == [])
     }
 
+    /// A quiet channel trimmed by age (one message a second, 60 s kept) holds no more evicted
+    /// messages than live ones.
+    @Test func evictedMessagesAreLetGoOf() {
+        let ch = ChannelState(name: "c", loops: 1)
+        for i in UInt64(1)...600 {
+            ch.lastOffset = i
+            ch.append(pub(i, at: Int64(i) * 1000), keep: 100)
+            ch.trim(olderThan: Int64(i) * 1000 - 60_000)
+            #expect(ch.history.count - ch.historyCount <= ch.historyCount + 1)
+        }
+        #expect(ch.historyCount == 61)
+        #expect(offsets(ch.recover(epoch: ch.epoch, after: 539)) == Array(540...600))
+    }
+
     @Test func saysWhyItCannot() {
         let ch = filled(10, keep: 4)
         guard case .notRecovered(let why) = ch.recover(epoch: ch.epoch, after: 5) else { Issue.record("recovered"); return }
