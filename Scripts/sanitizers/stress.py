@@ -147,9 +147,10 @@ def main():
                     break
                 last = m.get("halley:seq", last)
             ws.abort()
+            t_abort = time.monotonic()
             ws = WS(port, key=KEY, halley=True, session=est["socket_id"], token=est["halley:token"], last_seq=last)
             again = ws.hello()
-            assert again["socket_id"] == est["socket_id"], again
+            assert again["socket_id"] == est["socket_id"], (again, f"{time.monotonic() - t_abort:.2f} s after the abort", time.strftime("%H:%M:%S"))
             bump("ws resumes")
         ws.close()
 
@@ -254,7 +255,7 @@ def main():
         assert status == 200, status
         json.loads(body)
         bump("stats reads")
-        time.sleep(0.05)
+        time.sleep(0.2)
 
     def reload():
         """SIGHUP with a second app added or removed (its clients closed 4001) and the main

@@ -164,7 +164,9 @@ extension LoopHub {
     /// The opening of a resume that showed its token.
     func resume(_ app: App, _ id: SessionID, token: String, lastSeen: UInt64) -> WebSocketTransport.Opening {
         switch lookup(id, token: token) {
-        case .found(let s) where s.app == app:
+        // By id: a reload replaces the app's value in the table before each loop updates its
+        // sessions' copy, and a resume in between is still the same app's.
+        case .found(let s) where s.app.id == app.id:
             return .resume(s, lastSeen: lastSeen)
         case .found:
             return .new(app, resumable: true, reason: "expired")  // another app's session: as if unknown
