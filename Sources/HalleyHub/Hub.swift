@@ -390,8 +390,7 @@ public final class Hub: Sendable {
     func metricsText() -> String {
         var out = ""
         func family(_ name: String, _ type: String, _ help: String, _ samples: [(String, Int)]) {
-            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
-            for (labels, v) in samples { out += "\(name)\(labels) \(v)\n" }
+            out += Metrics.family(name, type, help, samples)
         }
         family("halley_sessions", "gauge", "Sessions on this node, live and lingering.", [("", sessionCount.load(ordering: .relaxed))])
         family("halley_channels", "gauge", "Channels known to this node (with subscribers, history or a cached message).", [("", channelCount)])

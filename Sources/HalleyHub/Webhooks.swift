@@ -88,9 +88,7 @@ public final class Webhooks: Sendable {
     /// Prometheus text for `/metrics` (the hub adds it with `Metrics.addSource`).
     public func metricsText() -> String {
         func family(_ name: String, _ help: String, _ samples: [(String, Int)]) -> String {
-            var s = "# HELP \(name) \(help)\n# TYPE \(name) counter\n"
-            for (labels, v) in samples { s += "\(name)\(labels) \(v)\n" }
-            return s
+            Metrics.family(name, "counter", help, samples)
         }
         let c = counters
         return family("halley_webhook_events_sent_total", "Webhook events delivered (answered 2xx).", [("", c.get(\.sent))])

@@ -66,11 +66,17 @@ public final class Metrics: @unchecked Sendable {
 
     func sum(_ c: Counter) -> Int { loops.reduce(0) { $0 + $1.get(c) } }
 
+    /// One family in the text format: HELP, TYPE, then a sample per label set.
+    public static func family(_ name: String, _ type: String, _ help: String, _ samples: [(String, Int)]) -> String {
+        var out = "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+        for (labels, v) in samples { out += "\(name)\(labels) \(v)\n" }
+        return out
+    }
+
     public func render() -> String {
         var out = ""
         func family(_ name: String, _ type: String, _ help: String, _ samples: [(String, Int)]) {
-            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
-            for (labels, v) in samples { out += "\(name)\(labels) \(v)\n" }
+            out += Self.family(name, type, help, samples)
         }
         let accepted = sum(.connectionsAccepted)
         family("halley_connections_open", "gauge", "Client connections open now (HTTP and WebSocket).", [("", openConnections())])
