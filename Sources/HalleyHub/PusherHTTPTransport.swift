@@ -14,11 +14,12 @@ enum PusherHTTP {
     /// pusher-js's `MAX_BUFFER_LENGTH` (`http_request.ts`): past this many UTF-16 code units of
     /// `responseText`, at a line boundary, the client aborts the stream and opens a new one
     /// for the same session. The hub's frames are ASCII, so that is its byte count.
+    /// A stream past this is held: nothing more is written to it (pusher-js aborts it once it
+    /// has *read* that far, however long that takes on a slow link, and what was written after
+    /// would be lost), and what follows waits for the client's next stream. There is no time
+    /// limit on the hold: what waits counts against `--session-buffer-bytes` (the slow-consumer
+    /// policy), and the silence limit ends a client that neither rotates nor sends.
     static let clientRotationBytes = 256 * 1024
-    /// Seconds a stream past `clientRotationBytes` is held (nothing more written to it, so
-    /// nothing is lost when the client aborts it) waiting for the client's next stream. A
-    /// client that does not rotate then gets the rest on the same stream. Default 5.
-    static let rotationWaitSeconds: Int32 = 5
     /// `h` bytes of the streaming prelude. Default 2048 (SockJS's; pushes the response
     /// through proxies that buffer the first kilobytes).
     static let preludeBytes = 2048
@@ -92,10 +93,8 @@ final class PusherHTTPTransport: Transport {
     var lastHeartbeat: Int32 = 0
     /// Replies are being skipped (policy `gap`, buffer full): logged once per episode.
     var skippingReplies = false
-    /// The stream passed `clientRotationBytes`: held since this second (-1: not held).
-    var heldSince: Int32 = -1
-    /// The client did not rotate in time: write on past the limit.
-    var holdExpired = false
+    /// The stream passed `clientRotationBytes`: nothing more goes on it.
+    var held = false
     /// In the table's ready list (a poll to answer at the end of the turn).
     var readyQueued = false
     /// Set once the session ended: what receive requests get from now on (`c[code,reason]`).
@@ -173,7 +172,10 @@ final class PusherHTTPTransport: Transport {
         endedAt = loopHub.seconds
         if expiring { return }  // `tick` removes it
         switch receiver {
-        case .stream(let st) where heldSince < 0 || holdExpired:
+        case .stream(let st):
+            // Even on a held stream: pusher-js reads a `c` that comes with the bytes that make
+            // it rotate before it rotates; when it rotates first, its next stream within the
+            // linger gets the `c` again.
             writeQueue(st)
             st.write([.bytes(closeFrame!)])
             release()
@@ -191,7 +193,7 @@ final class PusherHTTPTransport: Transport {
     /// request.
     func deliver(_ q: SharedBytes) {
         switch receiver {
-        case .stream(let st) where (heldSince < 0 || holdExpired) && queue.isEmpty:
+        case .stream(let st) where !held && queue.isEmpty:
             st.write([.shared(q)])
             wrote(st)
         case .poll:
@@ -235,10 +237,10 @@ final class PusherHTTPTransport: Transport {
 
     func wrote(_ st: HTTPStream) {
         lastWrite = loopHub.seconds
-        if heldSince < 0 && !holdExpired && st.bodyBytes > PusherHTTP.clientRotationBytes {
+        if !held && st.bodyBytes > PusherHTTP.clientRotationBytes {
             // pusher-js aborts this stream once it has read this far: what comes next goes on
             // its next stream.
-            heldSince = loopHub.seconds
+            held = true
         }
     }
 
@@ -274,8 +276,7 @@ final class PusherHTTPTransport: Transport {
         let g = generation
         kind = .xhrStreaming
         receiver = .stream(st)
-        heldSince = -1
-        holdExpired = false
+        held = false
         st.onClose = { [unowned self] in self.receiverGone(g) }
         st.write([.bytes(PusherHTTP.prelude)])
         if open { st.write([.shared(PusherHTTP.openBytes)]) }
@@ -341,19 +342,16 @@ final class PusherHTTPTransport: Transport {
 
     // MARK: once a second
 
-    /// Heartbeats, liveness, poll timeouts, the rotation wait, the linger. False when it is
+    /// Heartbeats, liveness, poll timeouts, the linger. False when it is
     /// done (remove it from the table).
     func tick(now: Int32) -> Bool {
         if let c = closeFrame {
             // Ended: kept a linger time for the client to learn the code on its next request.
             switch receiver {
             case .none: return now - endedAt < PusherHTTP.lingerSeconds
-            case .stream(let st):
-                if now - heldSince >= PusherHTTP.rotationWaitSeconds {
-                    writeQueue(st)
-                    st.write([.bytes(c)])
-                    release()
-                }
+            case .stream(let st):  // `detach` and `attach` release it: not expected here
+                st.write([.bytes(c)])
+                release()
             case .poll: break
             }
             return true
@@ -375,12 +373,8 @@ final class PusherHTTPTransport: Transport {
                 loopHub.end(s, reason: "ping_timeout", code: PusherErrorCode.pongNotReceived, message: "Pong reply not received")
                 return true  // ended: the branch above from now on
             }
-            if heldSince >= 0 && !holdExpired {
-                if now - heldSince >= PusherHTTP.rotationWaitSeconds {
-                    Log.info("pusher-js session \(path): the client did not open a new stream after \(PusherHTTP.clientRotationBytes) B: writing on")
-                    holdExpired = true
-                    writeQueue(st)
-                }
+            if held {
+                // Waiting for the client's next stream: nothing goes on this one.
             } else if now - lastWrite >= heartbeat || (now - lastHeard >= heartbeat && now - lastHeartbeat >= heartbeat) {
                 // After a heartbeat of silence either way: pusher-js answers `h` with an
                 // `xhr_send` of `[]`, which is how a busy stream's client is heard.

@@ -153,6 +153,27 @@ class Stream:
         line, _, self.data = self.data.partition(b"\n")
         return line
 
+    def chunk(self, timeout=TIMEOUT):
+        """Decodes exactly one more HTTP chunk, reading from the socket no more than that needs:
+        a browser on a slow link whose progress event ends where a frame ends (the hub writes
+        frame by frame). Its bytes go to `data`."""
+        self.sock.settimeout(timeout)
+        while b"\r\n" not in self.raw:
+            self._recv_upto(1)
+        i = self.raw.find(b"\r\n")
+        size = int(self.raw[:i].split(b";")[0], 16)
+        while len(self.raw) < i + 4 + size:
+            self._recv_upto(i + 4 + size - len(self.raw))
+        data, self.raw = self.raw[i + 2:i + 2 + size], self.raw[i + 4 + size:]
+        self.ended = size == 0
+        self._got(data)
+
+    def _recv_upto(self, n):
+        b = self.sock.recv(n)
+        if not b:
+            raise EOFError("connection closed")
+        self.raw += b
+
     def frame(self, timeout=TIMEOUT):
         line = self.line(timeout)
         return None if line is None else parse_frame(line)

@@ -19,7 +19,7 @@ import pytest
 
 from halley_client import Halley, rss_kb
 from hub_client import WS, publish, publish_signed, pusher_client, wait_until
-from pusher_xhr import MAX_BUFFER_LENGTH, Client, compact, frames_of, next_message, open_stream, session_path
+from pusher_xhr import MAX_BUFFER_LENGTH, Client, compact, frames_of, next_message, open_stream, parse_frame, session_path
 
 KEY, SECRET = "app-key", "app-secret"
 
@@ -160,6 +160,51 @@ def test_streaming_rotation_loses_and_repeats_nothing(hub):
     assert not t.errors, t.errors
     check_all(got, n)
     assert rotations >= 2, rotations  # 160 x 8 KB is about 1.3 MB
+    st.abort()
+
+
+def test_a_slow_reader_rotates_without_losing_anything(hub):
+    """pusher-js aborts a stream once it has *read* 256 KiB, however long that takes: on a slow
+    link, long after the hub wrote it. The hub holds the stream until the client's next one
+    comes, not for a fixed time: a client that reads its first 256 KiB in more than 7 s (the
+    hub used to write on after 5 s, and what it wrote then was lost in the abort) still gets
+    every message once, in order. The client reads one chunk at a time, as a browser's
+    progress events on a slow link deliver it, and rotates at the first chunk past 256 KiB."""
+    c = Client(hub.port)
+    st, _ = open_stream(c, rcvbuf=4096)
+    c.subscribe("slow")
+    assert next_message(st, "pusher_internal:subscription_succeeded")["channel"] == "slow"
+    assert st.data == b"" and st.raw == b""
+
+    def publish_range(a, b):
+        for i in range(a, b):
+            body = {"channel": "slow", "event": f"e{i}", "data": json.dumps({"i": i, "pad": "x" * 2000})}
+            assert publish(hub.port, body)[0] == 201
+
+    n = 220
+    publish_range(0, 200)  # about 420 KB: the hub holds the stream after 256 KiB of it
+    time.sleep(7)
+    publish_range(200, n)
+    got, rotations = [], 0
+    deadline = time.monotonic() + 30
+    while len(got) < n:
+        assert time.monotonic() < deadline, f"{len(got)} of {n} events"
+        st.chunk(timeout=10)
+        while b"\n" in st.data:
+            line = st.line()
+            if line in (b"h", b"h" * 2048):
+                continue
+            f = parse_frame(line)
+            assert f[0] == "a", f
+            got += events(f[1], "slow")
+        if st.total > MAX_BUFFER_LENGTH and st.raw == b"":
+            assert st.quiet_for(0.5), "the hub wrote past the client's rotation point"
+            st.abort()
+            st = c.stream(rcvbuf=4096)
+            assert st.status == 200
+            rotations += 1
+    check_all(got, n)
+    assert rotations == 1, rotations
     st.abort()
 
 
@@ -498,14 +543,21 @@ def test_replies_to_a_stream_that_is_not_read_are_bounded(start_halley, policy):
         mid = rss_kb(h.proc.pid)
         assert [c.send_raw(body)[0] for _ in range(15)] == [204] * 15
         assert rss_kb(h.proc.pid) - mid < 6 * 1024, (mid, rss_kb(h.proc.pid))
-        # Drain what waits (pongs only; past 256 KiB the hub holds them for 5 s for a rotation
-        # this client does not make); then a ping is answered again.
+        # Drain what waits (pongs only) and rotate as pusher-js does: the hub holds the stream
+        # past 256 KiB, and the rest comes on the next one; then a ping is answered again.
         pong = {"event": "pusher:pong", "data": {}}
-        while not st.quiet_for(6):
-            st._decode()
-            while b"\n" in st.data:
-                f = st.frame()
-                assert f[0] == "a" and all(m == pong for m in f[1]), f
+        for rotations in range(8):
+            while not st.quiet_for(1.5):
+                st._decode()
+                while b"\n" in st.data:
+                    f = st.frame()
+                    assert f[0] == "a" and all(m == pong for m in f[1]), f
+            if not st.should_rotate():
+                break
+            st.abort()
+            st = c.stream()
+            assert st.line() == b"h" * 2048
+        assert rotations >= 1
         assert c.send("pusher:ping", {})[0] == 204
         assert next_message(st, timeout=7) == pong
         st.abort()
