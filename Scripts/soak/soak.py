@@ -212,7 +212,7 @@ def main():
     rows = []
     csv_path = os.path.join(args.out, "soak.csv")
     fields = ["t_s", "phase", "hub_rss_mb", "hub_fds", "hub_cpu_pct", "hub_threads", "load_cpu_pct", "load_rss_mb",
-              "clients_open", "hub_connections", "hub_sessions", "delivered_per_s", "opens_per_s", "publishes", "errors"]
+              "heap_in_use_mb", "heap_free_mb", "clients_open", "hub_connections", "hub_sessions", "delivered_per_s", "opens_per_s", "publishes", "errors"]
     csv_file = open(csv_path, "w", newline="")
     writer = csv.DictWriter(csv_file, fieldnames=fields)
     writer.writeheader()
@@ -241,7 +241,10 @@ def main():
         state["prev"] = cur
         row = {"t_s": round(now - state["t0"], 1), "phase": phase, "hub_rss_mb": round(rss, 2), "hub_fds": fds,
                "hub_cpu_pct": round(cpu, 1), "hub_threads": threads, "load_cpu_pct": round(lcpu, 1),
-               "load_rss_mb": round(lrss, 1), "clients_open": prog.get("open_total", 0) if phase != "after load" else 0,
+               "load_rss_mb": round(lrss, 1),
+               "heap_in_use_mb": round(mt.get('halley_heap_bytes{state="in_use"}', 0) / 2**20, 2),
+               "heap_free_mb": round(mt.get('halley_heap_bytes{state="free"}', 0) / 2**20, 2),
+               "clients_open": prog.get("open_total", 0) if phase != "after load" else 0,
                "hub_connections": int(mt.get("halley_connections_open", 0)), "hub_sessions": int(mt.get("halley_sessions", 0)),
                "delivered_per_s": round(dps, 1), "opens_per_s": round(ops, 1), "publishes": counts.get("publishes", 0),
                "errors": prog.get("errors", 0)}
@@ -291,7 +294,7 @@ def main():
             next_at += args.sample
             if time.monotonic() - last_print >= 60 or t < args.sample * 1.5:
                 last_print = time.monotonic()
-                log(f"soak: {t / 60:5.1f} min  RSS {r['hub_rss_mb']:7.1f} MB  fds {r['hub_fds']:6d}  hub CPU "
+                log(f"soak: {t / 60:5.1f} min  RSS {r['hub_rss_mb']:7.1f} MB (heap {r['heap_in_use_mb']:.1f} in use, {r['heap_free_mb']:.1f} free)  fds {r['hub_fds']:6d}  hub CPU "
                     f"{r['hub_cpu_pct']:5.1f} %  load CPU {r['load_cpu_pct']:5.1f} %  clients {r['clients_open']:6d}  "
                     f"delivered {r['delivered_per_s']:7.0f}/s  errors {r['errors']}")
         time.sleep(0.2)

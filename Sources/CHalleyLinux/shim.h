@@ -13,6 +13,16 @@ extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 // malloc.h: glibc's heap trimming (Glibc's Swift module leaves malloc.h out).
 extern int malloc_trim(size_t pad);
 static inline int halley_malloc_trim(void) { return malloc_trim(0); }
+// mallinfo2 (glibc 2.33): the heap's bytes in use and free, summed over every arena.
+struct mallinfo2 {
+    size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
+};
+extern struct mallinfo2 mallinfo2(void);
+static inline void halley_heap_bytes(size_t *in_use, size_t *free_bytes) {
+    struct mallinfo2 m = mallinfo2();
+    *in_use = m.uordblks + m.hblkhd;
+    *free_bytes = m.fordblks;
+}
 
 // Glibc's Swift module lacks these; wrappers keep the flag constants usable from Swift.
 static inline int halley_accept4(int fd, struct sockaddr *addr, socklen_t *len) {
