@@ -71,10 +71,10 @@ extension LoopHub {
         for s in live where !s.ended {
             if removed.contains(s.app.id) {
                 Log.info("session \(s.id): app \(s.app.id) removed by a reload")
-                end(s, reason: "app_removed", code: PusherErrorCode.applicationDoesNotExist, message: "Application does not exist")
+                end(s, .appRemoved)
             } else if let a = changed[s.app.id] {
                 if !a.enabled {
-                    end(s, reason: "app_disabled", code: PusherErrorCode.applicationDisabled, message: "Application disabled")
+                    end(s, .appDisabled)
                 } else {
                     s.app = a
                 }
@@ -101,7 +101,7 @@ extension LoopHub {
         draining = true
         let n = live.count
         for s in live where !s.ended {
-            end(s, reason: "shutdown", code: PusherErrorCode.genericReconnect, message: "Server shutting down: reconnect")
+            end(s, .shutdown)
         }
         if n > 0 { Log.info("loop \(index): shutting down, \(n) session\(n == 1 ? "" : "s") told to reconnect (4200)") }
     }

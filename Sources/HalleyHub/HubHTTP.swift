@@ -169,7 +169,7 @@ extension LoopHub {
         case .found(let s) where s.app.id == app.id:
             return .resume(s, lastSeen: lastSeen)
         case .found:
-            return .new(app, resumable: true, reason: "expired")  // another app's session: as if unknown
+            return .new(app, resumable: true, reason: .expired)  // another app's session: as if unknown
         case .gone(let why):
             return .new(app, resumable: true, reason: why)
         }
@@ -260,7 +260,7 @@ extension LoopHub {
         }
         var session: Session? = nil
         var lastSeen: UInt64? = nil
-        var reason: String? = nil
+        var reason: SessionEnd? = nil
         if let r = resume {
             switch lookup(r.id, token: r.token) {
             case .found(let s):
@@ -277,7 +277,7 @@ extension LoopHub {
         if session == nil {
             let key = Query.value(q, "key") ?? ""
             guard let app = hub.app(key: key) else {
-                responder.respond(HubHTTP.error(key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin, reason: reason,
+                responder.respond(HubHTTP.error(key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin, reason: reason?.rawValue,
                                                 code: PusherErrorCode.applicationDoesNotExist))
                 return
             }
@@ -314,7 +314,7 @@ extension LoopHub {
     func poll(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)]) {
         let (ok, origin) = hub.corsOrigin(request)
         guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized)); return }
-        var reason: String? = nil
+        var reason: SessionEnd? = nil
         if let sid = Query.value(q, "session"), let id = SessionID(sid) {
             var token: String
             switch sessionToken(request, q, origin: origin) {
@@ -361,7 +361,7 @@ extension LoopHub {
         let key = Query.value(q, "key") ?? ""
         guard let app = hub.app(key: key) else {
             if reason != nil {
-                responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: reason))
+                responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: reason?.rawValue))
             } else {
                 responder.respond(HubHTTP.error(key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin,
                                                 code: PusherErrorCode.applicationDoesNotExist))
@@ -418,7 +418,7 @@ extension LoopHub {
         switch lookup(id, token: token) {
         case .found(let found): s = found
         case .gone(let why):
-            responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: why))
+            responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: why.rawValue))
             return
         }
         if let refused = appOriginRefusal(s.app.origins, request, origin: origin) {

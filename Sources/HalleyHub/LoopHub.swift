@@ -79,7 +79,7 @@ final class LoopHub: @unchecked Sendable {
     /// answer to a client that tries to resume one; forgotten after 10 minutes.
     /// The token is kept so that the reason is told only to the session's own client: anyone
     /// else gets `expired`, as for an id that never existed.
-    var endedReasons: [SessionID: (reason: String, at: Int32, token: SessionToken?)] = [:]
+    var endedReasons: [SessionID: (reason: SessionEnd, at: Int32, token: SessionToken?)] = [:]
     var seconds: Int32 { Int32(loop.now / 1000) }
 
     init(hub: Hub, loop: EventLoop, loopCount: Int) {
@@ -150,7 +150,7 @@ final class LoopHub: @unchecked Sendable {
     /// Looks up a resumable session for a client that shows its id and token.
     enum Lookup {
         case found(Session)
-        case gone(String)
+        case gone(SessionEnd)
     }
 
     func lookup(_ id: SessionID, token: String) -> Lookup {
@@ -160,13 +160,13 @@ final class LoopHub: @unchecked Sendable {
         let shown = SessionToken(token)
         if let s = sessions[id], !s.ended {
             if let t = shown, t == s.token { return .found(s) }
-            return .gone("expired")
+            return .gone(.expired)
         }
         if let e = endedReasons[id], let t = shown, t == e.token { return .gone(e.reason) }
-        return .gone("expired")
+        return .gone(.expired)
     }
 
-    func end(_ s: Session, reason: String, code: UInt16?, message: String?) {
+    func end(_ s: Session, _ reason: SessionEnd) {
         loop.preconditionInLoop()
         guard !s.ended else { return }
         s.ended = true
@@ -186,7 +186,7 @@ final class LoopHub: @unchecked Sendable {
             sessions[s.id] = nil
             // "expired" is what a lookup answers for an unknown id anyway: not kept (it is
             // what most sessions end with, and each record stays 10 minutes).
-            if reason != "expired" { endedReasons[s.id] = (reason, seconds, s.token) }
+            if reason != .expired { endedReasons[s.id] = (reason, seconds, s.token) }
         }
         s.unacked.removeAll()
         s.unackedBytes = 0
@@ -198,8 +198,9 @@ final class LoopHub: @unchecked Sendable {
         hub.apps.sessions[s.app.id]?.add(-1)
         if let t = s.transport {
             s.transport = nil
-            if let m = message { t.sendControl(Wire.error(code: code, message: m)) }
-            t.detach(code: code ?? 1000, reason: message ?? "")
+            let e = reason.pusherError
+            if let e { t.sendControl(Wire.error(code: e.code, message: e.message)) }
+            t.detach(code: e?.code ?? 1000, reason: e?.message ?? "")
         }
     }
 
@@ -220,7 +221,7 @@ final class LoopHub: @unchecked Sendable {
         loop.preconditionInLoop()
         guard let s = signedIn[id], !s.ended else { return }
         Log.info("session \(id): terminated by the app")
-        end(s, reason: "terminated", code: PusherErrorCode.connectionUnauthorized, message: "connection terminated by the app")
+        end(s, .terminated)
     }
 
     func noteDetached(_ s: Session) {
@@ -500,7 +501,7 @@ final class LoopHub: @unchecked Sendable {
                 guard !s.ended && s.transport == nil else { continue }
                 if now - s.detachedAt >= (s.confirmed ? linger : briefLinger) {
                     Log.debug("session \(s.id): expired")
-                    end(s, reason: "expired", code: nil, message: nil)
+                    end(s, .expired)
                 } else {
                     s.inDetachedList = true
                     keep.append(s)

@@ -17,7 +17,7 @@ extension Hub {
             responder.respond(HubHTTP.error(401, e.text))
             return
         }
-        switch parsePublish(request.body) {
+        switch parsePublish(request.body, app: app) {
         case .failure(let e):
             Log.info("publish refused: \(e.status) \(e.text)")
             responder.respond(HubHTTP.error(e.status, e.text))
@@ -75,14 +75,11 @@ extension Hub {
         var exclude: SessionID?
     }
 
-    func parsePublish(_ body: [UInt8]) -> Result<PublishRequest, Refusal> {
+    func parsePublish(_ body: [UInt8], app: App) -> Result<PublishRequest, Refusal> {
         let v: JSONValue
         do { v = try JSONParser.parse(body) } catch { return .failure(Refusal(status: 400, text: error.description)) }
         guard let o = v.object else { return .failure(Refusal(status: 400, text: "body must be a JSON object")) }
-        guard let event = o["event"]?.string, !event.isEmpty else { return .failure(Refusal(status: 400, text: "missing event")) }
-        guard event.count <= config.maxEventNameLength else {
-            return .failure(Refusal(status: 400, text: "event name is longer than \(config.maxEventNameLength) characters"))
-        }
+        guard let event = o["event"]?.string else { return .failure(Refusal(status: 400, text: "missing event")) }
         var channels: [String] = []
         if let c = o["channel"]?.string { channels.append(c) }
         if let cs = o["channels"] {
@@ -110,9 +107,8 @@ extension Hub {
         } else {
             r.data = ""
         }
-        let size = r.binary?.count ?? r.data?.utf8.count ?? 0
-        guard size <= config.maxEventBytes else {
-            return .failure(Refusal(status: 413, text: "data is \(size) bytes; the limit is \(config.maxEventBytes)"))
+        if let p = config.eventProblem(app: app, name: event, dataBytes: r.binary?.count ?? r.data?.utf8.count ?? 0) {
+            return .failure(Refusal(status: p.status, text: p.text))
         }
         if let x = o["socket_id"] {
             guard let s = x.string, let id = SessionID(s) else { return .failure(Refusal(status: 400, text: "socket_id must look like 1234.5678")) }

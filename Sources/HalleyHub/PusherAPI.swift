@@ -107,7 +107,6 @@ extension Hub {
     func parseAPIEvent(_ o: [String: JSONValue], app: App, batch: Bool) -> Result<APIEvent, Refusal> {
         func bad(_ t: String) -> Result<APIEvent, Refusal> { .failure(Refusal(status: 400, text: t)) }
         guard let name = o["name"]?.string, !name.isEmpty else { return bad("Expected name parameter to be a non-empty string") }
-        guard name.utf8.count <= config.maxEventNameLength else { return bad("Event name is longer than \(config.maxEventNameLength) characters") }
         let data: String
         switch o["data"] {
         case .string(let s)?: data = s
@@ -134,9 +133,8 @@ extension Hub {
         if channels.count > 1, channels.contains(where: { $0.hasPrefix("private-encrypted-") }) {
             return bad("Encrypted channels take one channel per event")
         }
-        let limit = app.maxEventBytes ?? config.maxEventBytes
-        guard data.utf8.count <= limit else {
-            return .failure(Refusal(status: 413, text: "The data content of this event exceeds the allowed maximum (\(limit) bytes)"))
+        if let p = config.eventProblem(app: app, name: name, dataBytes: data.utf8.count) {
+            return .failure(Refusal(status: p.status, text: p.text))
         }
         var exclude: SessionID? = nil
         if let x = o["socket_id"] {

@@ -152,7 +152,7 @@ final class PusherHTTPTransport: Transport {
         switch config.slowConsumer {
         case .close:
             Log.info("pusher-js session \(path): buffer full (\(bufferedBytes) B) with replies to the client's messages: closing \(PusherErrorCode.overCapacity)")
-            loopHub.end(s, reason: "buffer_overflow", code: PusherErrorCode.overCapacity, message: "halley: session buffer full")
+            loopHub.end(s, .bufferOverflow)
         case .gap:
             if !skippingReplies { Log.info("pusher-js session \(path): buffer full: skipping replies to the client's messages") }
             skippingReplies = true
@@ -370,7 +370,7 @@ final class PusherHTTPTransport: Transport {
                 // A stream's client that vanished (no FIN: a laptop closed, a network gone)
                 // would otherwise keep the session, and its presence, until TCP gives up.
                 Log.info("pusher-js session \(path): nothing from the client for \(now - lastHeard) s: closing \(PusherErrorCode.pongNotReceived)")
-                loopHub.end(s, reason: "ping_timeout", code: PusherErrorCode.pongNotReceived, message: "Pong reply not received")
+                loopHub.end(s, .pingTimeout)
                 return true  // ended: the branch above from now on
             }
             if held {

@@ -121,7 +121,7 @@ final class Session {
         switch config.slowConsumer {
         case .close:
             Log.info("session \(id): buffer full (\(resumable ? unackedBytes : transport?.bufferedBytes ?? 0) B): closing \(PusherErrorCode.overCapacity)")
-            loopHub.end(self, reason: "buffer_overflow", code: PusherErrorCode.overCapacity, message: "halley: session buffer full")
+            loopHub.end(self, .bufferOverflow)
         case .gap:
             guard let c = m.channel else { return }  // a session message: dropped with its channel's gap
             if let i = gaps.firstIndex(where: { $0.channel == c }) {
@@ -223,7 +223,7 @@ final class Session {
                 loopHub.hub.clientLimits.lingering(client, 1, now: loopHub.loop.now)
             }
         } else {
-            loopHub.end(self, reason: "closed", code: nil, message: nil)
+            loopHub.end(self, .closed)
         }
     }
 
@@ -281,9 +281,6 @@ final class Session {
         guard subscriptions.contains(where: { $0.channel.key == key }) else {
             return reject("not subscribed to \(ch)")
         }
-        guard msg.event.utf8.count <= config.maxEventNameLength else {
-            return reject("event name is longer than \(config.maxEventNameLength) characters")
-        }
         let now = loopHub.seconds
         if now != clientEventSecond {
             clientEventSecond = now
@@ -299,15 +296,15 @@ final class Session {
         case let v?: data = String(decoding: v.serialized, as: UTF8.self)
         case nil: data = ""
         }
-        let limit = app.maxEventBytes ?? config.maxEventBytes
-        guard data.utf8.count <= limit else { return reject("event data is \(data.utf8.count) bytes; the limit is \(limit)") }
         var binary: [UInt8]? = nil
         if msg.binary {
             // halley.js: a binary client event, relayed as binary (a binary frame to resumable
-            // WebSocket sessions, `halley:binary` base64 to the others).
+            // WebSocket sessions, `halley:binary` base64 to the others). The message's own size
+            // limit bounds what is decoded here.
             guard let bytes = Base64.decode(data) else { return reject("halley:binary data is not base64") }
             binary = bytes
         }
+        if let p = config.eventProblem(app: app, name: msg.event, dataBytes: binary?.count ?? data.utf8.count) { return reject(p.text) }
         let user = kind == .presence ? loopHub.hub.presenceUser(key, session: id) : nil
         _ = loopHub.hub.publish(app: app, channels: [ch], event: msg.event, data: data, binary: binary, exclude: id, userID: user)
         loopHub.hub.clientEventHook(app, channel: ch, event: msg.event, data: data, socketID: id, userID: user)
@@ -355,14 +352,14 @@ final class Session {
     // MARK: encodings
 
     /// `pusher:connection_established` for this session.
-    func established(resumed: Bool, reason: String?) -> [UInt8] {
+    func established(resumed: Bool, reason: SessionEnd?) -> [UInt8] {
         var d = JSONObjectBuilder()
         d.string("socket_id", id.description)
         d.int("activity_timeout", UInt64(config.activityTimeout))
         if let t = token {
             d.string("halley:token", t.description)
             d.bool("halley:resumed", resumed)
-            if let r = reason { d.string("halley:reason", r) }
+            if let r = reason { d.string("halley:reason", r.rawValue) }
         }
         return Wire.protocolEvent("pusher:connection_established", data: d) + Wire.plainTail
     }

@@ -20,7 +20,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     enum Opening {
         /// Pusher errors that end the connection at once (unknown app, bad protocol).
         case refuse(UInt16, String)
-        case new(App, resumable: Bool, reason: String?)
+        case new(App, resumable: Bool, reason: SessionEnd?)
         case resume(Session, lastSeen: UInt64)
         /// `?session=…&last_seq=…` without a token: it comes in the first message,
         /// `{"event":"halley:resume","data":{"token":"…"}}` (tokens stay out of URLs, which
@@ -68,7 +68,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     /// Attaches to `s` (found by id and token), or to a fresh session if it ended meanwhile
     /// (another loop turn passed since the lookup).
     func start(resuming s: Session, lastSeen last: UInt64) {
-        guard !s.ended else { return startFresh(s.app, reason: "expired") }
+        guard !s.ended else { return startFresh(s.app, reason: .expired) }
         session = s
         loopHub.hub.stats(s.app.id)?.add(.resumes)
         sendControl(s.established(resumed: true, reason: nil))
@@ -76,7 +76,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     }
 
     /// A new session (`reason`: why a resume failed), or the refusal (limits).
-    func startFresh(_ app: App, resumable: Bool = true, reason: String?) {
+    func startFresh(_ app: App, resumable: Bool = true, reason: SessionEnd?) {
         guard let ws = ws else { return }
         guard let s = loopHub.newSession(app: app, resumable: resumable, client: client) else {
             let (code, message) = loopHub.refusal
@@ -100,7 +100,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
             }
             switch loopHub.resume(a.app, a.id, token: token, lastSeen: a.lastSeen) {
             case .resume(let s, let last): start(resuming: s, lastSeen: last)
-            case .new(let app, _, let reason): startFresh(app, reason: reason ?? "expired")
+            case .new(let app, _, let reason): startFresh(app, reason: reason ?? .expired)
             default: ws.close(code: 1011, reason: "unexpected resume outcome")
             }
             return

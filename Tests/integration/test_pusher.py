@@ -5,6 +5,7 @@ user sign-in, connection errors, and the HTTP API driven by the official Pusher 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -18,7 +19,8 @@ import pusher
 import pusher.errors
 import pytest
 
-from hub_client import HOST, WS, http_request, pusher_client, wait_until
+import pusher_xhr
+from hub_client import HOST, WS, http_request, publish, publish_signed, pusher_client, wait_until
 
 KEY, SECRET = "app-key", "app-secret"
 
@@ -280,6 +282,92 @@ def test_client_events_can_be_disabled(start_halley, tmp_path):
     m = a.next("pusher:error")
     assert m["data"]["code"] is None and "not enabled" in m["data"]["message"]
     a.close()
+
+
+def test_an_apps_event_limits_hold_on_every_path(start_halley, tmp_path):
+    """One check for every way of publishing (issue 17): an app's `max_event_bytes` (64 here,
+    the node's default is 10 KiB) and the 200-byte event name, both counted in UTF-8 bytes, on
+    POST /publish (bearer and signed, text and base64), the HTTP API's events and
+    batch_events, and client events over WebSocket and pusher-js's xhr_send. At the limit the
+    event arrives; one byte over it is refused with the path's own error and arrives nowhere.
+    Another app keeps the node's limit."""
+    cfg = tmp_path / "apps.json"
+    cfg.write_text(json.dumps({"apps": [
+        {"id": "7", "key": "k7", "secret": "s7", "token": "t7", "max_event_bytes": 64},
+        {"id": "8", "key": "k8", "secret": "s8", "token": "t8"}]}))
+    h = start_halley("--config", str(cfg))
+    cl = pusher_client(h.port, app_id="7", key="k7", secret="s7")
+    ch = "private-lim"
+    recv = Client(h.port, key="k7")
+    recv.sub_private(ch, client=cl)
+    at, over = "é" * 32, "é" * 32 + "x"  # 64 and 65 bytes (33 characters)
+    name_at, name_over = "é" * 100, "é" * 100 + "x"  # 200 and 201 bytes
+
+    def arrives(event, data):
+        m = recv.next(event)
+        assert m["channel"] == ch and m["data"] == data, m
+
+    def nothing_arrives():
+        assert [m for m in recv.quiet(0.3) if not m["event"].startswith("pusher")] == []
+
+    def bearer(body, token="t7"):
+        return publish(h.port, body, token=token)
+
+    # POST /publish with a bearer token: text, base64, and the name.
+    assert bearer({"channel": ch, "event": "p1", "data": at})[0] == 201
+    arrives("p1", at)
+    status, body = bearer({"channel": ch, "event": "p1", "data": over})
+    assert status == 413 and "event data is 65 bytes; the limit is 64" in body["error"], body
+    status, body = bearer({"channel": ch, "event": "p2", "data_base64": base64.b64encode(b"\0" * 65).decode()})
+    assert status == 413 and "event data is 65 bytes" in body["error"], body
+    assert bearer({"channel": ch, "event": name_at, "data": "n"})[0] == 201
+    arrives(name_at, "n")
+    status, body = bearer({"channel": ch, "event": name_over, "data": "n"})
+    assert status == 400 and "event name is longer than 200 bytes" in body["error"], body
+    nothing_arrives()
+    # The same body is fine for the other app (the node's 10 KiB).
+    assert bearer({"channel": ch, "event": "p1", "data": over}, token="t8")[0] == 202
+    # POST /publish signed like the HTTP API.
+    status, body = publish_signed(h.port, {"channel": ch, "event": "p3", "data": over}, key="k7", secret="s7")
+    assert status == 413 and "event data is 65 bytes" in body["error"], body
+    # The HTTP API: events and batch_events.
+    status, _, body = signed(h.port, "POST", "/apps/7/events", {"name": "a1", "channel": ch, "data": at}, key="k7", secret="s7")
+    assert status == 200, body
+    arrives("a1", at)
+    for name, data, want, text in [("a1", over, 413, "event data is 65 bytes; the limit is 64"),
+                                   (name_over, "n", 400, "event name is longer than 200 bytes")]:
+        status, _, body = signed(h.port, "POST", "/apps/7/events", {"name": name, "channel": ch, "data": data}, key="k7", secret="s7")
+        assert status == want and text in body.decode(), body
+        status, _, body = signed(h.port, "POST", "/apps/7/batch_events",
+                                 {"batch": [{"name": "b1", "channel": ch, "data": "ok"}, {"name": name, "channel": ch, "data": data}]},
+                                 key="k7", secret="s7")
+        assert status == want and text in body.decode(), body
+    nothing_arrives()  # a refused batch publishes none of its events
+    # Client events over WebSocket.
+    a = Client(h.port, key="k7")
+    a.sub_private(ch, client=cl)
+    a.send({"event": "client-w", "channel": ch, "data": at})
+    arrives("client-w", at)
+    a.send({"event": "client-w", "channel": ch, "data": over})
+    m = a.next("pusher:error")
+    assert m["data"]["message"] == "event data is 65 bytes; the limit is 64", m
+    a.send({"event": "client-" + "é" * 97, "channel": ch, "data": "n"})  # 7 + 194 = 201 bytes
+    assert a.next("pusher:error")["data"]["message"] == "event name is longer than 200 bytes"
+    nothing_arrives()
+    a.close()
+    # Client events over pusher-js's xhr_send.
+    x = pusher_xhr.Client(h.port, key="k7")
+    st, est = pusher_xhr.open_stream(x)
+    x.subscribe(ch, "k7:" + sign(f"{est['socket_id']}:{ch}", "s7"))
+    assert pusher_xhr.next_message(st)["event"] == "pusher_internal:subscription_succeeded"
+    assert x.send("client-x", at, channel=ch)[0] == 204
+    arrives("client-x", at)
+    assert x.send("client-x", over, channel=ch)[0] == 204
+    m = pusher_xhr.next_message(st, "pusher:error")
+    assert m["data"]["message"] == "event data is 65 bytes; the limit is 64", m
+    nothing_arrives()
+    st.abort()
+    recv.close()
 
 
 # ---- user sign-in and events to a user

@@ -1,0 +1,37 @@
+import HalleyProtocol
+
+/// Why a session ended: the `halley:reason` told to a client that tries to resume it, and the
+/// Pusher error and close its transport gets (docs/PROTOCOL.md, "How a session ends").
+enum SessionEnd: String, Sendable {
+    /// It outlived its transport by the resume window (also the answer for an id the hub does
+    /// not know, or a token that does not match).
+    case expired
+    /// Its client went: a plain Pusher session's transport closed.
+    case closed
+    /// Its buffer bound was passed under `--slow-consumer close`.
+    case bufferOverflow = "buffer_overflow"
+    /// A pusher-js streaming session heard nothing from its client within the silence limit.
+    case pingTimeout = "ping_timeout"
+    /// The app's `terminate_connections`.
+    case terminated
+    /// A reload removed its app.
+    case appRemoved = "app_removed"
+    /// A reload disabled its app.
+    case appDisabled = "app_disabled"
+    /// The hub is draining (SIGTERM): reconnect at once, elsewhere.
+    case shutdown
+
+    /// The `pusher:error` (and close code) the session's transport gets; nil: none (the
+    /// client is gone, or the session outlived it).
+    var pusherError: (code: UInt16, message: String)? {
+        switch self {
+        case .expired, .closed: nil
+        case .bufferOverflow: (PusherErrorCode.overCapacity, "halley: session buffer full")
+        case .pingTimeout: (PusherErrorCode.pongNotReceived, "Pong reply not received")
+        case .terminated: (PusherErrorCode.connectionUnauthorized, "connection terminated by the app")
+        case .appRemoved: (PusherErrorCode.applicationDoesNotExist, "Application does not exist")
+        case .appDisabled: (PusherErrorCode.applicationDisabled, "Application disabled")
+        case .shutdown: (PusherErrorCode.genericReconnect, "Server shutting down: reconnect")
+        }
+    }
+}
