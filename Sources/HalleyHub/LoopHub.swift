@@ -2,6 +2,7 @@ import HalleyCore
 import HalleyLoop
 import HalleyProtocol
 import HalleyServer
+import HalleyWebSocket
 
 /// Subscribers of one channel on one loop. `joined[i]` is the channel offset that was
 /// current when `sessions[i]` subscribed: a message already in the loop's inbox then (offset

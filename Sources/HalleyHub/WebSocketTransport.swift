@@ -2,6 +2,7 @@ import HalleyCore
 import HalleyLoop
 import HalleyProtocol
 import HalleyServer
+import HalleyWebSocket
 
 /// A session's WebSocket (`/app/{key}`): duplex, binary-capable. The delegate of its
 /// connection: client messages go to the session, session messages become frames.

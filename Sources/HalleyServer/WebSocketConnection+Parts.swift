@@ -2,29 +2,14 @@ import HalleyCore
 import HalleyLoop
 import HalleyWebSocket
 
-/// A message body shared by many connections that each end it with their own few bytes
-/// (the hub's `,"halley:seq":N}`). Framed per connection, but the shared bytes are never
-/// copied into a new buffer, and with permessage-deflate they are compressed once per window
-/// size: the compressed prefix keeps its sync-flush marker (so it ends byte-aligned) and each
-/// connection's tail follows as a stored block (RFC 1951 §3.2.4), then one zero byte that
-/// begins the empty stored block the receiver completes with 00 00 FF FF. Loop-confined.
-public final class PreparedPrefix {
-    public let prefix: SharedBytes
-    var deflated: [Int: SharedBytes] = [:]
-
-    public init(_ prefix: SharedBytes) { self.prefix = prefix }
-
-    func compressed(_ ws: WebSocketConnection, windowBits: Int) -> SharedBytes {
-        if let d = deflated[windowBits] { return d }
-        let z = ws.ctx.deflater(windowBits: windowBits).compress(prefix.buffer)
-        let p = UnsafeMutableRawPointer.allocate(byteCount: z.count + 4, alignment: 8)
-        if z.count > 0 { p.copyMemory(from: z.baseAddress!, byteCount: z.count) }
-        // RFC 7692 §7.2.1: compress() stripped 00 00 FF FF; here it stays, as an empty
-        // stored block between the shared bytes and the tail.
-        (p + z.count).storeBytes(of: UInt32(0xFFFF_0000).littleEndian, as: UInt32.self)
-        let d = SharedBytes(adopting: p, count: z.count + 4)
-        deflated[windowBits] = d
-        return d
+extension WebSocketConnection {
+    /// `m`'s frame for this connection: compressed (once per window size, for every
+    /// connection) when it negotiated permessage-deflate and `m` is large enough.
+    func frame(of m: PreparedMessage) -> SharedBytes {
+        if let d = deflate, m.payload.count >= ctx.config.webSocket.compressionThreshold {
+            return m.frame(deflater: ctx.deflater(windowBits: d.serverMaxWindowBits), windowBits: d.serverMaxWindowBits)
+        }
+        return m.frame()
     }
 }
 
@@ -44,7 +29,7 @@ extension WebSocketConnection {
         guard admit(length + WebSocketFrameEncoder.maxHeaderBytes) else { return .dropped }
         var header: (UInt64, UInt64) = (0, 0)
         if let d = deflate, length >= ctx.config.webSocket.compressionThreshold {
-            let z = prefix.compressed(self, windowBits: d.serverMaxWindowBits)
+            let z = prefix.compressed(deflater: ctx.deflater(windowBits: d.serverMaxWindowBits), windowBits: d.serverMaxWindowBits)
             var block: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0, 0)
             // Without the trailing zero byte the receiver's 00 00 FF FF would be read as a block
             // header and lengths: a client that keeps its inflater between messages (allowed)

@@ -174,7 +174,7 @@ public final class WebSocketConnection: Connection {
     @discardableResult
     public func send(_ message: PreparedMessage) -> SendResult {
         guard state == .open, !closed else { return .dropped }
-        let frame = message.frame(for: self)
+        let frame = self.frame(of: message)
         guard admit(frame.count) else { return .dropped }
         ctx.cork(for: self)
         ctx.corkAppend(shared: frame)
@@ -329,45 +329,5 @@ public final class WebSocketConnection: Connection {
     override func shutdownRequested() {
         if state == .open { close(code: WebSocketCloseCode.goingAway, reason: "server shutting down") }
         else if lingering { close() }
-    }
-}
-
-/// A message framed once (and compressed once per window size when it is large enough) for
-/// every connection it goes to: "prepare once, send many". Loop-confined.
-public final class PreparedMessage {
-    let opcode: UInt8
-    let payload: SharedBytes
-    var plain: SharedBytes?
-    var deflated: [Int: SharedBytes] = [:]
-
-    public init(text: [UInt8]) {
-        opcode = WebSocketOpcode.text
-        payload = SharedBytes(text)
-    }
-
-    public init(binary: [UInt8]) {
-        opcode = WebSocketOpcode.binary
-        payload = SharedBytes(binary)
-    }
-
-    func frame(for ws: WebSocketConnection) -> SharedBytes {
-        if let d = ws.deflate, payload.count >= ws.ctx.config.webSocket.compressionThreshold {
-            if let f = deflated[d.serverMaxWindowBits] { return f }
-            let z = ws.ctx.deflater(windowBits: d.serverMaxWindowBits).compress(payload.buffer)
-            let f = Self.build(opcode, z, rsv1: true)
-            deflated[d.serverMaxWindowBits] = f
-            return f
-        }
-        if let p = plain { return p }
-        let f = Self.build(opcode, payload.buffer, rsv1: false)
-        plain = f
-        return f
-    }
-
-    static func build(_ opcode: UInt8, _ body: UnsafeRawBufferPointer, rsv1: Bool) -> SharedBytes {
-        let p = UnsafeMutableRawPointer.allocate(byteCount: body.count + WebSocketFrameEncoder.maxHeaderBytes, alignment: 16)
-        let h = WebSocketFrameEncoder.writeHeader(into: p, opcode: opcode, rsv1: rsv1, length: body.count)
-        if body.count > 0 { (p + h).copyMemory(from: body.baseAddress!, byteCount: body.count) }
-        return SharedBytes(adopting: p, count: h + body.count)
     }
 }

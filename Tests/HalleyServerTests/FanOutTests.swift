@@ -3,7 +3,7 @@ import Glibc
 #endif
 import Testing
 import HalleyCore
-import HalleyWebSocket
+@testable import HalleyWebSocket
 @testable import HalleyServer
 
 /// A fan-out endpoint for the test: "go" sends one PreparedMessage to every member and
