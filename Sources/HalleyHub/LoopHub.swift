@@ -190,7 +190,6 @@ final class LoopHub: @unchecked Sendable {
             if reason != .expired { endedReasons[s.id] = (reason, seconds, s.token) }
         }
         s.unacked.removeAll()
-        s.unackedBytes = 0
         if s.lingerCounted {
             s.lingerCounted = false
             hub.clientLimits.lingering(s.client, -1, now: loop.now)

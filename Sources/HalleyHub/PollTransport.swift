@@ -3,8 +3,9 @@ import HalleyProtocol
 import HalleyServer
 
 /// One waiting long-poll (`GET /halley/poll`): attached to its session while it waits, it
-/// answers with every message after its cursor as soon as there is one (at the end of the
-/// loop turn, so a burst goes in one answer), or empty after `pollTimeout`. Loop-confined.
+/// collects what the session sends it (on attaching, the messages after its cursor; then new
+/// ones) and answers as soon as there is one (at the end of the loop turn, so a burst goes in
+/// one answer), or empty after `pollTimeout`. Loop-confined.
 final class PollTransport: Transport {
     var kind: TransportKind { .longPoll }
     unowned(unsafe) let loopHub: LoopHub  // outlives its transports
@@ -16,6 +17,8 @@ final class PollTransport: Transport {
     var queuedForAnswer = false
     /// Messages outside the session order (errors, pongs) for the answer.
     var controls: [[UInt8]] = []
+    /// Messages of the session's order for the answer, with their seq.
+    var messages: [(seq: UInt64, message: OutMessage)] = []
     /// The first answer of a session carries its id and token at the top level.
     let introduce: Bool
     let origin: String?
@@ -32,7 +35,11 @@ final class PollTransport: Transport {
         self.origin = origin
     }
 
-    func send(_ m: OutMessage, seq: UInt64, delivery: Delivery?) { loopHub.pollReady(self) }
+    func send(_ m: OutMessage, seq: UInt64, delivery: Delivery?) {
+        guard !answered else { return }
+        messages.append((seq, m))
+        loopHub.pollReady(self)
+    }
 
     func sendControl(_ json: [UInt8]) {
         controls.append(json)
@@ -53,15 +60,8 @@ final class PollTransport: Transport {
         let s = session
         session = nil
         // One buffer, sized once: the answer is built per poll (each session's seq differs).
-        // The unacknowledged messages after the cursor are read in place (no copy of the list).
-        var first = 0
-        var seqOfFirst: UInt64 = 0
         var size = 64 + controls.reduce(0) { $0 + $1.count + 1 }
-        if let s = s, s.unackedCount > 0 {
-            seqOfFirst = s.seq - UInt64(s.unackedCount) + 1
-            first = s.unackedStart + Int(cursor >= seqOfFirst ? min(cursor - seqOfFirst + 1, UInt64(s.unackedCount)) : 0)
-            for k in first..<s.unacked.count { size += s.unacked[k].prefix.count + 36 }
-        }
+        for (_, m) in messages { size += m.prefix.count + 36 }
         var body: [UInt8] = []
         body.reserveCapacity(size)
         body.append(UInt8(ascii: "{"))
@@ -77,21 +77,18 @@ final class PollTransport: Transport {
             body += c
             items += 1
         }
-        if let s = s, s.unackedCount > 0 {
-            var tail: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
-            var q = seqOfFirst + UInt64(first - s.unackedStart)
-            for k in first..<s.unacked.count {
-                if items > 0 { body.append(UInt8(ascii: ",")) }
-                body.append(contentsOf: s.unacked[k].prefix.buffer)
-                withUnsafeMutableBytes(of: &tail) { t in
-                    let n = Wire.seqTail(q, into: t.baseAddress!)
-                    body.append(contentsOf: UnsafeRawBufferPointer(rebasing: t[0..<n]))
-                }
-                items += 1
-                last = q
-                q += 1
+        var tail: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
+        for (q, m) in messages where q > cursor {
+            if items > 0 { body.append(UInt8(ascii: ",")) }
+            body.append(contentsOf: m.prefix.buffer)
+            withUnsafeMutableBytes(of: &tail) { t in
+                let n = Wire.seqTail(q, into: t.baseAddress!)
+                body.append(contentsOf: UnsafeRawBufferPointer(rebasing: t[0..<n]))
             }
+            items += 1
+            last = q
         }
+        messages.removeAll()
         body += Array("],\"cursor\":\(last)}".utf8)
         var r = HTTPResponse(status: 200, body: .bytes(body))
         if let o = origin {

@@ -91,8 +91,6 @@ final class PusherHTTPTransport: Transport {
     var lastHeard: Int32
     /// Monotonic second of the last `h` written.
     var lastHeartbeat: Int32 = 0
-    /// Replies are being skipped (policy `gap`, buffer full): logged once per episode.
-    var skippingReplies = false
     /// The stream passed `clientRotationBytes`: nothing more goes on it.
     var held = false
     /// In the table's ready list (a poll to answer at the end of the turn).
@@ -140,23 +138,11 @@ final class PusherHTTPTransport: Transport {
         guard closeFrame == nil else { return }
         let f = SharedBytes(SockJS.messages([SockJS.quoted(json)]))
         if let s = session, !s.ended, bufferedBytes + f.count > config.sessionBufferBytes {
-            replyOverflow(s)
+            s.overflow(nil)
             return
         }
-        skippingReplies = false
+        session?.skippingReplies = false
         deliver(f)
-    }
-
-    func replyOverflow(_ s: Session) {
-        loopHub.hub.stats(s.app.id)?.add(.slowConsumers)
-        switch config.slowConsumer {
-        case .close:
-            Log.info("pusher-js session \(path): buffer full (\(bufferedBytes) B) with replies to the client's messages: closing \(PusherErrorCode.overCapacity)")
-            loopHub.end(s, .bufferOverflow)
-        case .gap:
-            if !skippingReplies { Log.info("pusher-js session \(path): buffer full: skipping replies to the client's messages") }
-            skippingReplies = true
-        }
     }
 
     var bufferedBytes: Int {

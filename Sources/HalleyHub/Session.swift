@@ -53,12 +53,11 @@ final class Session {
     /// Counted in its app's `fallbacks` (it opened on or moved to an HTTP transport).
     var fellBack = false
 
-    /// Resumable sessions: the seq of the last message sent, and the unacknowledged
-    /// messages, oldest first (`unacked[unackedStart]` has seq `seq - unackedCount + 1`).
-    var seq: UInt64 = 0
-    var unacked: [OutMessage] = []
-    var unackedStart = 0
-    var unackedBytes = 0
+    /// Resumable sessions: the numbered messages not yet acknowledged.
+    var unacked = UnackedRing()
+    /// Replies to the client's own messages are being skipped (policy `gap`, buffer full):
+    /// logged once per episode.
+    var skippingReplies = false
 
     /// The user signed in with `pusher:signin`, if any.
     var userID: String?
@@ -84,7 +83,6 @@ final class Session {
     }
 
     var resumable: Bool { token != nil }
-    var unackedCount: Int { unacked.count - unackedStart }
     var config: HubConfig { loopHub.hub.config }
 
     // MARK: sending
@@ -94,12 +92,7 @@ final class Session {
         loopHub.loop.preconditionInLoop()
         guard !ended else { return }
         let t = transport  // read once: each read of the property is a retain
-        let full: Bool
-        if resumable {
-            full = unackedBytes + m.size > config.sessionBufferBytes
-        } else {
-            full = (t?.bufferedBytes ?? 0) + m.size > config.sessionBufferBytes
-        }
+        let full = bufferedBytes(t) + m.size > config.sessionBufferBytes
         // Under `gap`, a session message (a subscription answer) is never skipped: only
         // channel messages can be named in a gap notice. It may overrun the bound a little.
         if (full && (m.isChannelMessage || config.slowConsumer == .close))
@@ -107,23 +100,38 @@ final class Session {
             overflow(m)
             return
         }
-        if resumable {
-            seq += 1
-            unacked.append(m)
-            unackedBytes += m.size
-        }
-        t?.send(m, seq: resumable ? seq : 0, delivery: delivery)
+        send(m, on: t, delivery: delivery)
     }
 
-    /// The buffer bound was hit while sending `m`.
-    func overflow(_ m: OutMessage) {
+    /// What counts against the session's buffer bound: the unacknowledged messages of a
+    /// resumable session, what the transport holds unsent for a plain one.
+    func bufferedBytes(_ t: Transport?) -> Int {
+        resumable ? unacked.bytes : (t?.bufferedBytes ?? 0)
+    }
+
+    /// The one way a message of the session's order goes out: numbered and kept until
+    /// acknowledged (resumable), then to the transport, if one is attached.
+    @inline(__always)
+    func send(_ m: OutMessage, on t: Transport?, delivery: Delivery?) {
+        let seq = resumable ? unacked.append(m) : 0
+        t?.send(m, seq: seq, delivery: delivery)
+    }
+
+    /// The buffer bound was hit while sending `m` (nil: a reply to the client's own message,
+    /// outside the order, which `gap` skips without a notice).
+    func overflow(_ m: OutMessage?) {
         loopHub.hub.stats(app.id)?.add(.slowConsumers)
         switch config.slowConsumer {
         case .close:
-            Log.info("session \(id): buffer full (\(resumable ? unackedBytes : transport?.bufferedBytes ?? 0) B): closing \(PusherErrorCode.overCapacity)")
+            Log.info("session \(id): buffer full (\(bufferedBytes(transport)) B)\(m == nil ? " with replies to the client's messages" : ""): closing \(PusherErrorCode.overCapacity)")
             loopHub.end(self, .bufferOverflow)
         case .gap:
-            guard let c = m.channel else { return }  // a session message: dropped with its channel's gap
+            guard let m, let c = m.channel else {
+                // A reply or a session message: dropped (with its channel's gap, if any).
+                if m == nil && !skippingReplies { Log.info("session \(id): buffer full: skipping replies to the client's messages") }
+                if m == nil { skippingReplies = true }
+                return
+            }
             if let i = gaps.firstIndex(where: { $0.channel == c }) {
                 gaps[i].to = m.offset
             } else {
@@ -141,49 +149,21 @@ final class Session {
             d.int("from", g.from)
             d.int("to", g.to)
             let m = OutMessage(prefix: Wire.protocolEvent("halley:gap", channel: g.channel, data: d))
-            let used = resumable ? unackedBytes : (transport?.bufferedBytes ?? 0)
-            guard used + m.size <= config.sessionBufferBytes else { return false }
+            guard bufferedBytes(transport) + m.size <= config.sessionBufferBytes else { return false }
             gaps.removeFirst()
             loopHub.hub.stats(app.id)?.add(.gaps)
-            if resumable {
-                seq += 1
-                unacked.append(m)
-                unackedBytes += m.size
-            }
-            transport?.send(m, seq: resumable ? seq : 0, delivery: nil)
+            send(m, on: transport, delivery: nil)
         }
         return true
     }
 
-    /// The client has processed everything up to `upTo`.
-    func ack(_ upTo: UInt64) {
+    /// The client has processed everything up to `upTo`; room made announces pending gaps
+    /// (`announce`: not while a transport is attached and not yet sent what waits).
+    func ack(_ upTo: UInt64, announce: Bool = true) {
         if upTo > 0 { confirmed = true }
-        guard resumable, unackedCount > 0 else { return }
-        let first = seq - UInt64(unackedCount) + 1
-        guard upTo >= first else { return }
-        let n = Int(min(upTo, seq) - first + 1)
-        for k in unackedStart..<(unackedStart + n) { unackedBytes -= unacked[k].size }
-        unackedStart += n
-        if unackedStart == unacked.count {
-            unacked.removeAll(keepingCapacity: unacked.count <= 64)
-            unackedStart = 0
-        } else if unackedStart * 2 >= unacked.count {  // as `ChannelState.compact`
-            unacked.removeFirst(unackedStart)
-            unackedStart = 0
-        }
-        if !gaps.isEmpty { announceGaps() }
-    }
-
-    /// Unacknowledged messages after `after`, with their seq.
-    func pending(after: UInt64) -> [(UInt64, OutMessage)] {
-        let first = seq - UInt64(unackedCount) + 1
-        var out: [(UInt64, OutMessage)] = []
-        var s = first
-        for k in unackedStart..<unacked.count {
-            if s > after { out.append((s, unacked[k])) }
-            s += 1
-        }
-        return out
+        guard resumable else { return }
+        unacked.ack(upTo: upTo)
+        if announce && !gaps.isEmpty { announceGaps() }
     }
 
     // MARK: transports
@@ -207,8 +187,10 @@ final class Session {
         }
         if let o = old, o !== t { o.detach(code: 1000, reason: "replaced by a new connection") }
         guard transport === t, !ended else { return }
-        if let last = lastSeen { ack(last) }
-        for (s, m) in pending(after: lastSeen ?? 0) { t.send(m, seq: s, delivery: nil) }
+        if let last = lastSeen { ack(last, announce: false) }
+        for (seq, m) in unacked.after(lastSeen ?? 0) { t.send(m, seq: seq, delivery: nil) }
+        // After what waited: a gap notice numbered now must not overtake it.
+        if !gaps.isEmpty && transport === t { announceGaps() }
     }
 
     /// The transport went (closed, timed out, a poll answered).

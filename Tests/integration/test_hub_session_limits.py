@@ -239,6 +239,38 @@ def test_session_buffer_gap_on_long_poll(start_halley):
     assert [m["halley:offset"] for m in got] == [41], got
 
 
+def test_a_resume_sends_what_waited_before_the_gap_notice(start_halley):
+    """Under `gap`, a WebSocket resume that acknowledges part of what waited makes room for
+    the pending gap notice: the notice comes after the messages resent, numbered next, never
+    before them (a client drops a seq it has passed: the resent messages would be lost)."""
+    h = start_halley("--app-token", TOKEN, "--session-buffer-bytes", "4096", "--slow-consumer", "gap")
+    ws = WS(h.port)
+    info = ws.hello()
+    ws.subscribe("gr")
+    fill(h, "gr")
+    ticks = []
+    while True:
+        try:
+            m = ws.recv(timeout=1)
+        except TimeoutError:
+            break
+        assert m["event"] == "tick", m  # no notice: nothing acknowledged, the buffer is full
+        ticks.append(m)
+    assert 5 <= len(ticks) < 40, len(ticks)
+    ws.abort()
+    seen = ticks[2]["halley:seq"]
+    ws2 = WS(h.port, session=info["socket_id"], token=info["halley:token"], last_seq=seen)
+    assert ws2.hello()["halley:resumed"] is True
+    got = []
+    while not got or got[-1]["event"] != "halley:gap":
+        got.append(ws2.recv(timeout=5))
+    seqs = [m["halley:seq"] for m in got]
+    assert seqs == list(range(seen + 1, seen + 1 + len(got))), seqs
+    assert [m["halley:offset"] for m in got[:-1]] == [m["halley:offset"] for m in ticks[3:]]
+    assert json.loads(got[-1]["data"]) == {"from": len(ticks) + 1, "to": 40}
+    ws2.close()
+
+
 # ---- the documented defaults
 
 
