@@ -198,14 +198,29 @@ public final class EventLoop: @unchecked Sendable {
             } else if n < 0 && errno != EINTR {
                 Log.error("loop \(index): epoll_wait: \(String(cString: strerror(errno)))")
             }
-            runTimers()
-            if now >= nextTick {
-                nextTick = now + 1000
-                for t in tickHandlers { t() }
-            }
-            for h in turnEndHandlers { h() }
+            finishTurn()
         }
         drainInbox()
+    }
+
+    /// The end of every turn: due timers, the second's tick when due, the turn-end work.
+    func finishTurn() {
+        runTimers()
+        if now >= nextTick {
+            nextTick = now + 1000
+            for t in tickHandlers { t() }
+        }
+        for h in turnEndHandlers { h() }
+    }
+
+    /// One turn by hand, at monotonic millisecond `now`, without waiting for descriptors:
+    /// the inbox, then `finishTurn`. For tests that drive a loop that never `run`s (the hub
+    /// without sockets; swift-nio's EmbeddedEventLoop is the model), on the test's thread.
+    public func step(at now: Int64) {
+        precondition(thread == nil, "step drives a loop that does not run")
+        self.now = now
+        drainInbox()
+        finishTurn()
     }
 
     func drainInbox() {
