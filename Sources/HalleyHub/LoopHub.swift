@@ -170,7 +170,7 @@ final class LoopHub: @unchecked Sendable {
     func end(_ s: Session, _ reason: SessionEnd) {
         loop.preconditionInLoop()
         guard !s.ended else { return }
-        s.ended = true
+        let was = s.markEnded(reason)
         let last = live.count - 1
         if s.liveSlot != last {
             live[s.liveSlot] = live[last]
@@ -190,14 +190,10 @@ final class LoopHub: @unchecked Sendable {
             if reason != .expired { endedReasons[s.id] = (reason, seconds, s.token) }
         }
         s.unacked.removeAll()
-        if s.lingerCounted {
-            s.lingerCounted = false
-            hub.clientLimits.lingering(s.client, -1, now: loop.now)
-        }
+        if case .lingering = was { hub.clientLimits.lingering(s.client, -1, now: loop.now) }
         hub.sessionCount.subtract(1, ordering: .relaxed)
         hub.apps.sessions[s.app.id]?.add(-1)
-        if let t = s.transport {
-            s.transport = nil
+        if case .attached(let t) = was {
             let e = reason.pusherError
             if let e { t.sendControl(Wire.error(code: e.code, message: e.message)) }
             t.detach(code: e?.code ?? 1000, reason: e?.message ?? "")
@@ -498,8 +494,8 @@ final class LoopHub: @unchecked Sendable {
             var keep: [Session] = []
             for s in detached {
                 s.inDetachedList = false
-                guard !s.ended && s.transport == nil else { continue }
-                if now - s.detachedAt >= (s.confirmed ? linger : briefLinger) {
+                guard case .lingering(let since) = s.phase else { continue }
+                if now - since >= (s.confirmed ? linger : briefLinger) {
                     Log.debug("session \(s.id): expired")
                     end(s, .expired)
                 } else {

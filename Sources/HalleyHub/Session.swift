@@ -34,7 +34,29 @@ final class Session {
     /// Outlives its sessions (`unowned(unsafe)`: no reference-count check per access).
     unowned(unsafe) let loopHub: LoopHub
 
-    var transport: Transport?
+    /// Where the session is in its life: one value, so that an ended session with a
+    /// transport, or a lingering one nobody counts, cannot be written.
+    enum Phase {
+        /// Made, no transport attached yet (the request that opened it attaches one next).
+        case opened
+        /// A transport is attached.
+        case attached(Transport)
+        /// Its transport went at monotonic second `since`: a resumable session waits for its
+        /// client (the linger), counted in the client's lingering sessions.
+        case lingering(since: Int32)
+        /// Over (`LoopHub.end`); what a resume is told.
+        case ended(SessionEnd)
+    }
+    private(set) var phase = Phase.opened
+
+    var transport: Transport? {
+        if case .attached(let t) = phase { return t }
+        return nil
+    }
+    var ended: Bool {
+        if case .ended = phase { return true }
+        return false
+    }
     /// The client's address (a trusted proxy's client), for the per-address limits.
     let client: IPAddress
     /// The client came back after opening it (a second request, an ack, any message): until
@@ -43,13 +65,8 @@ final class Session {
     var confirmed = false
     /// Transports attached so far (the second one confirms the session).
     var attaches = 0
-    /// Counted in the client's lingering sessions (`ClientLimits.lingering`).
-    var lingerCounted = false
-    /// Monotonic second the transport went (lingering since).
-    var detachedAt: Int32 = 0
-    /// In the loop's `detached` list (at most once).
+    /// In the loop's `detached` list (at most once; bookkeeping of the list, not a phase).
     var inDetachedList = false
-    var ended = false
     /// Counted in its app's `fallbacks` (it opened on or moved to an HTTP transport).
     var fellBack = false
 
@@ -168,23 +185,29 @@ final class Session {
 
     // MARK: transports
 
+    /// The session is over (`LoopHub.end`, its only caller): returns the phase it was in.
+    func markEnded(_ reason: SessionEnd) -> Phase {
+        let was = phase
+        phase = .ended(reason)
+        return was
+    }
+
     /// Attaches `t`, replacing any other, and resends what the client has not seen.
     func attach(_ t: Transport, lastSeen: UInt64?) {
         loopHub.loop.preconditionInLoop()
+        guard !ended else { return }
         if !fellBack && t.kind.isFallback {
             fellBack = true
             loopHub.hub.stats(app.id)?.add(.fallbacks)
         }
         // The new transport is in place before the old one is let go: ending the old one
         // (an SSE response, a poll answer) can run a pipelined request for this session.
+        let was = phase
         let old = transport
-        transport = t
+        phase = .attached(t)
         attaches += 1
         if attaches > 1 { confirmed = true }
-        if lingerCounted {
-            lingerCounted = false
-            loopHub.hub.clientLimits.lingering(client, -1, now: loopHub.loop.now)
-        }
+        if case .lingering = was { loopHub.hub.clientLimits.lingering(client, -1, now: loopHub.loop.now) }
         if let o = old, o !== t { o.detach(code: 1000, reason: "replaced by a new connection") }
         guard transport === t, !ended else { return }
         if let last = lastSeen { ack(last, announce: false) }
@@ -195,15 +218,11 @@ final class Session {
 
     /// The transport went (closed, timed out, a poll answered).
     func transportGone(_ t: Transport) {
-        guard transport === t, !ended else { return }
-        transport = nil
+        guard transport === t else { return }
         if resumable {
-            detachedAt = loopHub.seconds
+            phase = .lingering(since: loopHub.seconds)
             loopHub.noteDetached(self)
-            if !lingerCounted {
-                lingerCounted = true
-                loopHub.hub.clientLimits.lingering(client, 1, now: loopHub.loop.now)
-            }
+            loopHub.hub.clientLimits.lingering(client, 1, now: loopHub.loop.now)
         } else {
             loopHub.end(self, .closed)
         }
