@@ -32,11 +32,11 @@ let package = Package(
                        providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CHalleyLinux", path: "Sources/CHalleyLinux"),
 
-        // core: byte buffers, clock, limits. Imports Glibc only.
+        // core: byte buffers, shared bytes, locks, clock, log, UTF-8, base64. Imports Glibc only.
         .target(name: "HalleyCore"),
         // SHA-1, MD5, HMAC-SHA256 from OpenSSL.
         .target(name: "HalleyCrypto", dependencies: ["COpenSSL"]),
-        // HTTP/1.1 parser and encoder: no sockets.
+        // HTTP/1.1 request and response parsers, limits, dates: no sockets.
         .target(name: "HalleyHTTP", dependencies: ["HalleyCore"]),
         // WebSocket handshake, frames, permessage-deflate: no sockets.
         .target(name: "HalleyWebSocket", dependencies: ["HalleyCore", "HalleyCrypto", "CZlib"]),

@@ -4,8 +4,8 @@ import Glibc
 
 /// A growable byte buffer with a read and a write index, for bytes that must outlive one loop
 /// turn: a partial request, a blocked write. Connections allocate one only while such bytes
-/// exist and drop it when it empties, so an idle connection holds none (DESIGN: idle
-/// connections are cheap).
+/// exist and drop it when it empties, so an idle connection holds none (docs/ARCHITECTURE.md,
+/// "Ownership").
 ///
 /// Not thread-safe: owned by one event loop, like the connection that holds it.
 public final class ByteBuffer {

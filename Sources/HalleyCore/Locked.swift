@@ -6,8 +6,8 @@ import Glibc
 /// loops' inboxes, the hub's channel table, webhook queues).
 ///
 /// Not `Synchronization.Mutex`: ThreadSanitizer on Linux does not see that type's futex, so
-/// every access it guards is reported as a race (TESTING.md: 32 false reports in a 2-minute
-/// load), which would hide a real one. TSan intercepts `pthread_mutex_*`; uncontended, both
+/// every access it guards is reported as a race (32 false reports in a 2-minute
+/// load, measured with `Scripts/sanitizers/stress.py`), which would hide a real one. TSan intercepts `pthread_mutex_*`; uncontended, both
 /// cost about the same (one atomic each way).
 public final class Locked<Value: ~Copyable>: @unchecked Sendable {
     // @unchecked Sendable: `value` is only touched between lock and unlock.

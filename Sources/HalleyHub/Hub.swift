@@ -94,8 +94,8 @@ public final class Hub: Sendable {
     public func app(id: String) -> App? { apps.byID[id] }
 
     /// Creates one `LoopHub` per server loop and routes the hub's endpoints. Call after
-    /// `server.start()` made the loops, before any request can arrive — i.e. use
-    /// `Server.onLoopsReady`.
+    /// `server.start()` made the loops, before any request can arrive: in
+    /// `Server.start(beforeRunning:)`.
     public func attach(loops serverLoops: [EventLoop], clientLimits: ClientLimits = ClientLimits(config: ClientLimitConfig())) {
         self.clientLimits = clientLimits
         census.withLock { $0 = Array(repeating: [:], count: serverLoops.count) }

@@ -384,7 +384,7 @@ final class PusherHTTPSessions {
     /// Polls with messages to answer at the end of the turn (a burst goes in one answer).
     var readyList: [PusherHTTPTransport] = []
     /// Messages as frames (`a["…"]\n`), shared by every session of the loop that gets them
-    /// (DESIGN: encode once per transport shape). Holds the message, so its identity is not
+    /// (encoded once per transport shape: docs/ARCHITECTURE.md, "The path of a message"). Holds the message, so its identity is not
     /// reused.
     var frameCache: [ObjectIdentifier: (OutMessage, SharedBytes)] = [:]
 

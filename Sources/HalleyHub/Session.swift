@@ -3,8 +3,8 @@ import HalleyLoop
 import HalleyProtocol
 import HalleyServer
 
-/// What a session needs from the connection it is attached to (DESIGN: a small adapter per
-/// transport; the session knows only these). Loop-confined.
+/// What a session needs from the connection it is attached to (a small adapter per
+/// transport; the session knows only these: docs/ARCHITECTURE.md, "Sessions and transports"). Loop-confined.
 protocol Transport: AnyObject {
     /// What it is, for `/stats` and `/metrics`.
     var kind: TransportKind { get }
@@ -19,7 +19,7 @@ protocol Transport: AnyObject {
     func detach(code: UInt16, reason: String)
 }
 
-/// One client's session (DESIGN "Sessions and transports"): an id, the loop that owns it,
+/// One client's session (docs/ARCHITECTURE.md, "Sessions and transports"): an id, the loop that owns it,
 /// its subscriptions and, when resumable, a sequence number per outbound message and the
 /// messages not yet acknowledged. It outlives its transport by `sessionLinger` seconds.
 /// Loop-confined: only its loop touches it.

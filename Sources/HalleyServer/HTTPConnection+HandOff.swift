@@ -2,7 +2,7 @@ import HalleyCore
 import HalleyHTTP
 import HalleyLoop
 
-/// Moving a connection to another loop (DESIGN: a session is owned by one loop; a request
+/// Moving a connection to another loop (docs/ARCHITECTURE.md, "Ownership": a session is owned by one loop; a request
 /// for it that lands on another loop is handed to the owner — the connection moves, not the
 /// messages). The descriptor stays open; the old loop forgets it and the new one adopts it
 /// with everything pending (unwritten answers, pipelined requests).

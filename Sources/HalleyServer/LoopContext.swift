@@ -26,7 +26,8 @@ final class LoopContext {
     let startMillis: Int64
 
     // The cork: responses produced while handling one connection's events are gathered here
-    // and written with one writev at the end (DESIGN: one write per socket per loop turn).
+    // and written with one writev at the end (one write per socket per loop turn:
+    // docs/ARCHITECTURE.md, "The path of a message").
     let cork = ByteBuffer(capacity: 64 * 1024)
     var segments: [Segment] = []
     var corkOwner: Connection? {
