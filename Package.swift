@@ -23,6 +23,7 @@ let package = Package(
         .executable(name: "HalleyFuzzSockJS", targets: ["HalleyFuzzSockJS"]),
         .executable(name: "HalleyFuzzAPI", targets: ["HalleyFuzzAPI"]),
         .executable(name: "HalleyFuzzAppsFile", targets: ["HalleyFuzzAppsFile"]),
+        .executable(name: "HalleyFuzzRESP", targets: ["HalleyFuzzRESP"]),
     ],
     targets: [
         // System shims.
@@ -68,6 +69,8 @@ let package = Package(
         .executableTarget(name: "HalleyFuzzSockJS", dependencies: ["HalleyProtocol"]),
         .executableTarget(name: "HalleyFuzzAPI", dependencies: ["HalleyProtocol", "HalleyCrypto"]),
         .executableTarget(name: "HalleyFuzzAppsFile", dependencies: ["HalleyHub"]),
+        // libFuzzer entry for the RESP parser (replies and pushes of a Redis server).
+        .executableTarget(name: "HalleyFuzzRESP", dependencies: ["HalleyProtocol"]),
         // Fan-out and long-poll load generator for Scripts/bench/fanout.sh and longpoll.sh
         // (Halley and Nchan subscribers, a publisher at a fixed rate, delivery latency).
         .executableTarget(name: "HalleyFanoutBench", dependencies: ["CHalleyLinux"]),

@@ -26,6 +26,7 @@ all_targets=(
     "sockjs HalleyFuzzSockJS Tests/fuzz/sockjs-seeds Tests/fuzz/json.dict"
     "api HalleyFuzzAPI Tests/fuzz/api-seeds Tests/fuzz/api.dict"
     "apps HalleyFuzzAppsFile Tests/fuzz/apps-seeds Tests/fuzz/apps.dict"
+    "resp HalleyFuzzRESP Tests/fuzz/resp-seeds Tests/fuzz/resp.dict"
 )
 wanted="${FUZZ_TARGETS:-}"
 
