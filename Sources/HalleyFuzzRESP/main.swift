@@ -34,6 +34,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         let back: RESPValue?
         do { back = try p.next() } catch { fatalError("\(v) encodes to bytes that do not read: \(error)") }
         guard let back, same([v], [back]) || v == .null else { fatalError("\(v) reads back as \(String(describing: back))") }
+        if p.pendingBytes != 0 { fatalError("\(v) encodes to more than one value") }
     }
     return 0
 }
@@ -43,7 +44,9 @@ func same(_ a: [RESPValue], _ b: [RESPValue]) -> Bool {
     guard a.count == b.count else { return false }
     for (x, y) in zip(a, b) where x != y {
         if case .double(let p) = x, case .double(let q) = y, p.isNaN && q.isNaN { continue }
-        if let e = x.elements, let f = y.elements, same(e, f) { continue }
+        if case .array(let e) = x, case .array(let f) = y, same(e, f) { continue }
+        if case .set(let e) = x, case .set(let f) = y, same(e, f) { continue }
+        if case .push(let e) = x, case .push(let f) = y, same(e, f) { continue }
         if case .map(let e) = x, case .map(let f) = y, same(e, f) { continue }
         return false
     }

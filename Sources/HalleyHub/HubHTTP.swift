@@ -298,7 +298,12 @@ extension LoopHub {
             headers.append(("Access-Control-Allow-Origin", o))
             headers.append(("Vary", "Origin"))
         }
-        guard let stream = responder.startStream(status: 200, headers: headers) else { return }
+        guard let stream = responder.startStream(status: 200, headers: headers) else {
+            // The connection went before its answer: a session opened for it would wait for
+            // a transport forever (it never lingers: nothing attached it).
+            if case .opened = s.phase { end(s, .expired) }
+            return
+        }
         let t = SSETransport(loopHub: self, stream: stream, session: s)
         streams.append(t)
         stream.write([.bytes(Wire.ssePrelude(padding: hub.config.ssePadding, retryMillis: hub.config.sseRetryMillis))])

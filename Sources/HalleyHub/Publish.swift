@@ -79,7 +79,7 @@ extension Hub {
         let v: JSONValue
         do { v = try JSONParser.parse(body) } catch { return .failure(Refusal(status: 400, text: error.description)) }
         guard let o = v.object else { return .failure(Refusal(status: 400, text: "body must be a JSON object")) }
-        guard let event = o["event"]?.string else { return .failure(Refusal(status: 400, text: "missing event")) }
+        guard let event = o["event"]?.string else { return .failure(Refusal(status: 400, text: EventProblem.noName.text)) }
         var channels: [String] = []
         if let c = o["channel"]?.string { channels.append(c) }
         if let cs = o["channels"] {

@@ -59,9 +59,6 @@ struct UnackedRing {
             }
             return (seq, messages[index])
         }
-
-        /// Bytes of the messages left.
-        var bytes: Int { messages[index...].reduce(0) { $0 + $1.size } }
     }
 
     /// Lets go of every message (the session ended); the numbering stays.

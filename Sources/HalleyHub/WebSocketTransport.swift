@@ -128,8 +128,9 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     /// Pusher: "4201 Pong reply not received" (pusher-js reconnects at once), told as a
     /// `pusher:error` too.
     func webSocketPingTimedOut(_ ws: WebSocketConnection) -> (code: UInt16, reason: String) {
-        sendControl(Wire.error(code: PusherErrorCode.pongNotReceived, message: "Pong reply not received"))
-        return (PusherErrorCode.pongNotReceived, "Pong reply not received")
+        let e = SessionEnd.pingTimeout.pusherError!
+        sendControl(Wire.error(code: e.code, message: e.message))
+        return (e.code, e.message)
     }
 
     func webSocketDidClose(_ ws: WebSocketConnection, code: UInt16?) {

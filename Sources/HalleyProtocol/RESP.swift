@@ -83,8 +83,10 @@ public struct RESPParser: Sendable {
         public var maxBulkBytes = 64 << 20
         /// Elements of one aggregate (a map's pairs count twice). Default 1,048,576.
         public var maxElements = 1 << 20
-        /// Nesting of aggregates. Default 32.
+        /// Nesting of aggregates (an attribute counts as a level). Default 32.
         public var maxDepth = 32
+        /// Bytes held for a value that has not all arrived. Default 128 MiB.
+        public var maxBufferedBytes = 128 << 20
         public init() {}
     }
 
@@ -98,7 +100,10 @@ public struct RESPParser: Sendable {
     public var pendingBytes: Int { buffer.count - start }
 
     public mutating func append(_ bytes: UnsafeRawBufferPointer) {
-        if start > 0 && (start == buffer.count || start >= 4096) {
+        if start > 0 && start == buffer.count {
+            buffer.removeAll(keepingCapacity: buffer.capacity <= 1 << 20)  // a huge reply's buffer goes
+            start = 0
+        } else if start >= 4096 {
             buffer.removeFirst(start)
             start = 0
         }
@@ -108,16 +113,22 @@ public struct RESPParser: Sendable {
     public mutating func append(_ bytes: [UInt8]) { bytes.withUnsafeBytes { append($0) } }
 
     /// The next whole value, or nil when it has not all arrived. After an error the parser
-    /// is unusable.
+    /// is unusable. A value is first scanned (nothing allocated) and built only once it is
+    /// all there: a large reply arriving in many reads is not built again and again.
     public mutating func next() throws(RESPError) -> RESPValue? {
         guard start < buffer.count else { return nil }
         var at = start
         let v = try buffer.withUnsafeBufferPointer { b throws(RESPError) -> RESPValue? in
-            var reader = Reader(bytes: b, limits: limits)
-            let v = try reader.value(at: &at, depth: 0)
-            return v
+            let reader = Reader(bytes: b, limits: limits)
+            var scan = at
+            guard try reader.value(at: &scan, depth: 0, build: false) != nil else { return nil }
+            return try reader.value(at: &at, depth: 0, build: true)
         }
-        if v != nil { start = at }
+        guard let v else {
+            if buffer.count - start > limits.maxBufferedBytes { throw .tooLarge }
+            return nil
+        }
+        start = at
         return v
     }
 
@@ -188,15 +199,20 @@ public struct RESPParser: Sendable {
             return at..<(at + n)
         }
 
-        mutating func value(at: inout Int, depth: Int) throws(RESPError) -> RESPValue? {
+        static let types: Set<UInt8> = Set("+-:_#,($!=*%~>|".utf8)
+
+        /// The value at `at`, moving `at` past it; nil: incomplete. `build` false: checked
+        /// and skipped only (the value returned is a placeholder).
+        func value(at: inout Int, depth: Int, build: Bool) throws(RESPError) -> RESPValue? {
             guard at < bytes.count else { return nil }
             let type = bytes[at]
+            guard Self.types.contains(type) else { throw .unknownType(type) }
             guard let header = try line(at: at + 1) else { return nil }
             var next = header.upperBound + 2
             let v: RESPValue
             switch type {
-            case UInt8(ascii: "+"): v = .simple(text(header))
-            case UInt8(ascii: "-"): v = .error(text(header))
+            case UInt8(ascii: "+"): v = build ? .simple(text(header)) : .null
+            case UInt8(ascii: "-"): v = build ? .error(text(header)) : .null
             case UInt8(ascii: ":"): v = .integer(try number(header))
             case UInt8(ascii: "_"):
                 guard header.isEmpty else { throw .badValue }
@@ -231,16 +247,20 @@ public struct RESPParser: Sendable {
                 }
                 guard let d = try data(at: next, count: n) else { return nil }
                 next = d.upperBound + 2
+                if type == UInt8(ascii: "="), n < 4 || bytes[d.lowerBound + 3] != UInt8(ascii: ":")
+                    || !bytes[d.lowerBound..<(d.lowerBound + 3)].allSatisfy({ $0 > 32 && $0 < 127 }) {
+                    throw .badValue  // the format is three printable ASCII bytes (`txt`, `mkd`), then `:`
+                }
+                guard build else {
+                    v = .null
+                    break
+                }
                 let payload = Array(UnsafeBufferPointer(rebasing: bytes[d]))
                 if type == UInt8(ascii: "$") {
                     v = .bulk(payload)
                 } else if type == UInt8(ascii: "!") {
                     v = .error(String(decoding: payload, as: UTF8.self))
                 } else {
-                    // The format is three printable ASCII bytes (`txt`, `mkd`), then `:`.
-                    guard payload.count >= 4, payload[3] == UInt8(ascii: ":"), payload[0..<3].allSatisfy({ $0 > 32 && $0 < 127 }) else {
-                        throw .badValue
-                    }
                     v = .verbatim(format: String(decoding: payload[0..<3], as: UTF8.self), text: Array(payload[4...]))
                 }
             case UInt8(ascii: "*"), UInt8(ascii: "%"), UInt8(ascii: "~"), UInt8(ascii: ">"), UInt8(ascii: "|"):
@@ -252,10 +272,10 @@ public struct RESPParser: Sendable {
                 }
                 let count = pairs ? 2 * n : n
                 var items: [RESPValue] = []
-                items.reserveCapacity(Swift.min(count, 1024))
+                if build { items.reserveCapacity(Swift.min(count, 1024)) }
                 for _ in 0..<count {
-                    guard let item = try value(at: &next, depth: depth + 1) else { return nil }
-                    items.append(item)
+                    guard let item = try value(at: &next, depth: depth + 1, build: build) else { return nil }
+                    if build { items.append(item) }
                 }
                 switch type {
                 case UInt8(ascii: "*"): v = .array(items)
@@ -265,7 +285,7 @@ public struct RESPParser: Sendable {
                 default:
                     // `|`: attributes describe the value that follows (CLIENT TRACKING and the
                     // like); nothing the hub asks for has them: skipped, the value returned.
-                    guard let described = try value(at: &next, depth: depth) else { return nil }
+                    guard let described = try value(at: &next, depth: depth + 1, build: build) else { return nil }
                     v = described
                 }
             default:

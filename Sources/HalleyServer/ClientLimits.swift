@@ -156,6 +156,12 @@ public final class ClientLimits: @unchecked Sendable {
         }
     }
 
+    /// The sessions of `client` lingering now (what `lingering` counted).
+    public func lingeringCount(of client: IPAddress) -> Int {
+        let k = Self.key(client)
+        return Int(stripe(k).withLock { $0[k]?.lingering ?? 0 })
+    }
+
     /// Forgets addresses with nothing counted and a full bucket (called every few seconds).
     public func sweep(now: Int64) {
         let rate = Double(config.sessionOpensPerSecond), burst = Double(config.sessionOpenBurst)

@@ -1,5 +1,6 @@
 import Testing
 import HalleyCore
+import HalleyLoop
 import HalleyProtocol
 @testable import HalleyHub
 
@@ -120,6 +121,50 @@ import HalleyProtocol
         #expect(ended(s) == false)
         h.step(seconds: 2)
         #expect(ended(s) == true)
+    }
+
+    /// Its client's lingering count goes up when a session loses its transport and down when
+    /// it gets one back, expires or is ended, and never twice.
+    @Test func theLingeringCountBalances() throws {
+        let h = try HubHarness { $0.sessionLinger = 10 }
+        let limits = h.hub.clientLimits
+        let client = IPAddress(v4: 0x7F00_0001)
+        func lingering() -> Int { limits.lingeringCount(of: client) }
+        let (s, a) = h.open()
+        let (s2, t2) = h.open()
+        h.send(s, #"{"event":"pusher:ping","data":{}}"#)
+        #expect(lingering() == 0)
+        s.transportGone(a)
+        s.transportGone(a)  // twice: counted once
+        #expect(lingering() == 1)
+        let b = MemoryTransport()
+        s.attach(b, lastSeen: 0)
+        #expect(lingering() == 0)
+        s.transportGone(b)
+        s2.transportGone(t2)
+        #expect(lingering() == 2)
+        h.hub.loops[0].end(s2, .terminated)  // ended while lingering
+        #expect(lingering() == 1)
+        h.step(seconds: 11)  // expired
+        #expect(ended(s) == true && lingering() == 0)
+        let (s3, c) = h.open()
+        h.hub.loops[0].end(s3, .terminated)  // ended while attached: never counted
+        #expect(lingering() == 0 && c.detached?.code == PusherErrorCode.connectionUnauthorized)
+    }
+
+    /// A resumable session's bound is its unacknowledged bytes, whatever the socket holds.
+    @Test func aResumableSessionPastItsBoundEndsWith4100() throws {
+        let h = try HubHarness { $0.sessionBufferBytes = 2048 }
+        let (s, t) = h.open()
+        h.subscribe(s, "c")
+        for _ in 1...5 { h.publish("c", "e", String(repeating: "x", count: 300)) }
+        #expect(ended(s) == false)  // about 1,800 bytes unacknowledged
+        h.send(s, #"{"event":"halley:ack","data":{"seq":\#(t.events("c").last!.seq)}}"#)
+        for _ in 1...5 { h.publish("c", "e", String(repeating: "x", count: 300)) }
+        #expect(ended(s) == false)  // the acknowledgement made room
+        h.publish("c", "e", String(repeating: "x", count: 300))
+        #expect(ended(s) == true && t.detached?.code == PusherErrorCode.overCapacity)
+        #expect(t.events("c").count == 10)
     }
 
     @Test func underCloseAFullBufferEndsTheSessionWith4100() throws {

@@ -16,23 +16,35 @@ import Testing
         return out
     }
 
+    /// Where each value of `input` ends (read whole).
+    func ends(_ input: [UInt8]) throws -> [Int] {
+        var p = RESPParser()
+        var out: [Int] = []
+        p.append(input)
+        while try p.next() != nil { out.append(input.count - p.pendingBytes) }
+        return out
+    }
+
     /// The values of `input` fed in two pieces split at every offset, and byte by byte: all
     /// must equal `want`, and none may come before its last byte.
     func checkEverySplit(_ input: [UInt8], _ want: [RESPValue]) throws {
+        let ends = try ends(input)
         for cut in 0...input.count {
             var p = RESPParser()
             var got: [RESPValue] = []
             p.append(Array(input[..<cut]))
             while let v = try p.next() { got.append(v) }
+            #expect(got.count == ends.filter { $0 <= cut }.count, "split at \(cut): a value came before its last byte")
             p.append(Array(input[cut...]))
             while let v = try p.next() { got.append(v) }
             #expect(got == want, "split at \(cut)")
         }
         var p = RESPParser()
         var got: [RESPValue] = []
-        for b in input {
+        for (k, b) in input.enumerated() {
             p.append([b])
             while let v = try p.next() { got.append(v) }
+            #expect(got.count == ends.filter { $0 <= k + 1 }.count, "byte \(k)")
         }
         #expect(got == want, "byte by byte")
         #expect(p.pendingBytes == 0)
@@ -175,6 +187,46 @@ import Testing
         #expect(throws: RESPError.tooLarge) { try parse(bytes("%3\r\n"), limits: l) }
         #expect(try parse(bytes("*1\r\n*1\r\n*1\r\n:1\r\n"), limits: l) == [.array([.array([.array([.integer(1)])])])])
         #expect(throws: RESPError.tooDeep) { try parse(bytes("*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n"), limits: l) }
+        // Attributes count as levels: a chain of them cannot run the stack down.
+        #expect(try parse(bytes("|0\r\n|0\r\n|0\r\n:1\r\n"), limits: l) == [.integer(1)])
+        #expect(throws: RESPError.tooDeep) { try parse(bytes(String(repeating: "|0\r\n", count: 100_000) + ":1\r\n")) }
+        // What waits for a value's end is bounded.
+        l.maxBufferedBytes = 16
+        l.maxBulkBytes = 100
+        var p = RESPParser(limits: l)
+        p.append(bytes("$100\r\n0123456789"))
+        #expect(try p.next() == nil)
+        p.append(bytes("0123456789"))
+        #expect(throws: RESPError.tooLarge) { try p.next() }
+    }
+
+    /// A type byte that is no RESP type is refused at once, not after a line's worth.
+    @Test func anUnknownTypeIsRefusedAtItsFirstByte() {
+        var p = RESPParser()
+        p.append(bytes("x"))
+        #expect(throws: RESPError.unknownType(UInt8(ascii: "x"))) { try p.next() }
+    }
+
+    /// The buffer drops what was taken while a value is still coming (the 4 KiB compaction),
+    /// and a huge reply's buffer does not stay after it.
+    @Test func compactionKeepsAPartialValue() throws {
+        var p = RESPParser()
+        let one = RESP.command("PUBLISH", "channel", String(repeating: "x", count: 100))
+        var stream: [UInt8] = []
+        for _ in 0..<200 { stream += one }
+        var got = 0
+        var k = 0
+        while k < stream.count {  // 333-byte pieces: values always straddle them
+            let piece = Array(stream[k..<min(stream.count, k + 333)])
+            p.append(piece)
+            while try p.next() != nil { got += 1 }
+            k += 333
+        }
+        #expect(got == 200 && p.pendingBytes == 0)
+        p.append(RESP.encode(.bulk([UInt8](repeating: 1, count: 4 << 20))))
+        #expect(try p.next() != nil)
+        p.append(bytes("+OK\r\n"))
+        #expect(try p.next() == .simple("OK") && p.buffer.capacity <= 1 << 20)
     }
 
     /// A long run of values through one parser: what was taken is let go of (the buffer does

@@ -353,6 +353,13 @@ def test_an_apps_event_limits_hold_on_every_path(start_halley, tmp_path):
     assert m["data"]["message"] == "event data is 65 bytes; the limit is 64", m
     a.send({"event": "client-" + "é" * 97, "channel": ch, "data": "n"})  # 7 + 194 = 201 bytes
     assert a.next("pusher:error")["data"]["message"] == "event name is longer than 200 bytes"
+    # A binary client event counts its decoded bytes (88 characters of base64 for 64 bytes).
+    b64_at, b64_over = base64.b64encode(bytes(range(64))).decode(), base64.b64encode(bytes(range(65))).decode()
+    a.send({"event": "client-b", "channel": ch, "data": b64_at, "halley:binary": True})
+    m = recv.next("client-b")
+    assert m["halley:binary"] is True and base64.b64decode(m["data"]) == bytes(range(64)), m
+    a.send({"event": "client-b", "channel": ch, "data": b64_over, "halley:binary": True})
+    assert a.next("pusher:error")["data"]["message"] == "event data is 65 bytes; the limit is 64"
     nothing_arrives()
     a.close()
     # Client events over pusher-js's xhr_send.
@@ -365,6 +372,9 @@ def test_an_apps_event_limits_hold_on_every_path(start_halley, tmp_path):
     assert x.send("client-x", over, channel=ch)[0] == 204
     m = pusher_xhr.next_message(st, "pusher:error")
     assert m["data"]["message"] == "event data is 65 bytes; the limit is 64", m
+    assert x.send("client-" + "é" * 97, "n", channel=ch)[0] == 204
+    m = pusher_xhr.next_message(st, "pusher:error")
+    assert m["data"]["message"] == "event name is longer than 200 bytes", m
     nothing_arrives()
     st.abort()
     recv.close()
