@@ -27,10 +27,12 @@ let package = Package(
     ],
     targets: [
         // System shims.
-        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
-                       providers: [.apt(["zlib1g-dev"])]),
-        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
-                       providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(
+            name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(
+            name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CHalleyLinux", path: "Sources/CHalleyLinux"),
 
         // core: byte buffers, shared bytes, locks, clock, log, UTF-8, base64. Imports Glibc only.
@@ -44,14 +46,21 @@ let package = Package(
         // epoll event loops, sockets, listeners, timers.
         .target(name: "HalleyLoop", dependencies: ["HalleyCore", "CHalleyLinux"]),
         // HTTP server: connections, router, static files, metrics.
-        .target(name: "HalleyServer", dependencies: ["HalleyCore", "HalleyHTTP", "HalleyWebSocket", "HalleyLoop", "COpenSSL"],
-                swiftSettings: hotPath),
+        .target(
+            name: "HalleyServer",
+            dependencies: ["HalleyCore", "HalleyHTTP", "HalleyWebSocket", "HalleyLoop", "COpenSSL"],
+            swiftSettings: hotPath),
         // Pusher protocol messages, JSON, channel names, signatures, SSE and poll encodings:
         // no sockets, no loops.
         .target(name: "HalleyProtocol", dependencies: ["HalleyCore", "HalleyCrypto"]),
         // The hub: apps, channels (offsets, history), sessions, transports, POST /publish.
-        .target(name: "HalleyHub", dependencies: ["HalleyCore", "HalleyCrypto", "HalleyProtocol", "HalleyServer", "HalleyLoop", "HalleyHTTP", "HalleyWebSocket"],
-                swiftSettings: hotPath),
+        .target(
+            name: "HalleyHub",
+            dependencies: [
+                "HalleyCore", "HalleyCrypto", "HalleyProtocol", "HalleyServer", "HalleyLoop", "HalleyHTTP",
+                "HalleyWebSocket",
+            ],
+            swiftSettings: hotPath),
         // The executable: configuration, wiring, signals, logs.
         .executableTarget(name: "halley", dependencies: ["HalleyServer", "HalleyHub"]),
         // libFuzzer entry for the request parser (built with --sanitize=fuzzer).

@@ -58,6 +58,12 @@ build() {
     grep -E 'warning:' .test-out/build.log | grep -v "__asan_extra_spill_area" | sort -u || true
 }
 
+step "swift format lint (.swift-format: 120 columns)"
+if ! swift format lint --strict --recursive Sources Tests Package.swift; then
+    echo "formatting: run 'swift format format --in-place --recursive Sources Tests Package.swift'"
+    exit 1
+fi
+
 step "swift build"
 build
 

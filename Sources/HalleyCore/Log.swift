@@ -74,9 +74,11 @@ public enum Log {
             let s = String(v)
             return String(repeating: "0", count: max(0, w - s.count)) + s
         }
-        let stamp = "\(t.tm_year + 1900)-\(pad(t.tm_mon + 1, 2))-\(pad(t.tm_mday, 2))T"
+        let stamp =
+            "\(t.tm_year + 1900)-\(pad(t.tm_mon + 1, 2))-\(pad(t.tm_mday, 2))T"
             + "\(pad(t.tm_hour, 2)):\(pad(t.tm_min, 2)):\(pad(t.tm_sec, 2)).\(pad(Int32(ms), 3))Z"
-        var line = format == .json
+        var line =
+            format == .json
             ? "{\"time\":\"\(stamp)\",\"level\":\"\(l.name)\",\"msg\":\"\(jsonEscaped(message()))\"}\n"
             : "\(stamp) \(l.name) \(message())\n"
         line.withUTF8 { p in

@@ -23,7 +23,9 @@ public struct UTF8Validator: Sendable {
         while i < n {
             if remaining == 0 {
                 // ASCII fast path, a word at a time.
-                while i + 8 <= n && (base.loadUnaligned(fromByteOffset: i, as: UInt64.self) & 0x8080_8080_8080_8080) == 0 {
+                while i + 8 <= n
+                    && (base.loadUnaligned(fromByteOffset: i, as: UInt64.self) & 0x8080_8080_8080_8080) == 0
+                {
                     i += 8
                 }
                 if i >= n { break }

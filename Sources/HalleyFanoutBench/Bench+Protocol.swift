@@ -138,7 +138,9 @@ extension Bench {
         case 9:
             st.pointee.pings += 1
             if c.pointee.state == .open {
-                send(i, maskedFrame(opcode: 10, payload: Array(UnsafeBufferPointer(start: p, count: len)), key: rng.next()))
+                send(
+                    i,
+                    maskedFrame(opcode: 10, payload: Array(UnsafeBufferPointer(start: p, count: len)), key: rng.next()))
             }
         case 10:
             break
@@ -148,7 +150,8 @@ extension Bench {
                 return
             }
             let code = len >= 2 ? Int(p[0]) << 8 | Int(p[1]) : -1
-            let reason = len > 2 ? String(decoding: UnsafeBufferPointer(start: p + 2, count: len - 2), as: UTF8.self) : ""
+            let reason =
+                len > 2 ? String(decoding: UnsafeBufferPointer(start: p + 2, count: len - 2), as: UTF8.self) : ""
             send(i, maskedFrame(opcode: 8, payload: len >= 2 ? [p[0], p[1]] : [], key: rng.next()))
             fail(i, "the server closed the WebSocket: code \(code) '\(reason)' (step \(c.pointee.step))")
         }
@@ -175,7 +178,10 @@ extension Bench {
                 return
             }
             if contains("pusher:error", in: p, len) || contains("subscription_error", in: p, len) {
-                fail(i, "hub error: \(String(decoding: UnsafeBufferPointer(start: p, count: min(len, 300)), as: UTF8.self))")
+                fail(
+                    i,
+                    "hub error: \(String(decoding: UnsafeBufferPointer(start: p, count: min(len, 300)), as: UTF8.self))"
+                )
                 return
             }
         }
@@ -265,7 +271,8 @@ extension Bench {
         switch c.pointee.step {
         case 0:
             guard let session = jsonString("session", in: body, len), let token = jsonString("token", in: body, len),
-                  let cursor = jsonInt(Self.kCursor, in: body, len) else {
+                let cursor = jsonInt(Self.kCursor, in: body, len)
+            else {
                 fail(i, "no session, token or cursor in the first poll answer: \(bodyText(body, len))")
                 return
             }
@@ -295,7 +302,8 @@ extension Bench {
                 if !c.pointee.ready && contains("\"pusher_internal:subscription_succeeded\"", in: body, len) {
                     markReady(i)
                 } else if contains("pusher:error", in: body, len) || contains("subscription_error", in: body, len)
-                            || contains("halley:reason", in: body, len) {
+                    || contains("halley:reason", in: body, len)
+                {
                     fail(i, "hub error in a poll answer: \(bodyText(body, len))")
                     return
                 }
@@ -330,8 +338,10 @@ extension Bench {
     static let ifModifiedSince = Array("If-Modified-Since: ".utf8)
     static let ifNoneMatch = Array("If-None-Match: ".utf8)
 
-    func nchanPoll(_ i: Int, _ start: UnsafePointer<UInt8>, _ head: ResponseHead, _ body: UnsafePointer<UInt8>,
-                   _ len: Int, _ now: Int64) {
+    func nchanPoll(
+        _ i: Int, _ start: UnsafePointer<UInt8>, _ head: ResponseHead, _ body: UnsafePointer<UInt8>,
+        _ len: Int, _ now: Int64
+    ) {
         let c = conns + i
         switch head.status {
         case 200:

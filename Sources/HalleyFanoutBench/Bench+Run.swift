@@ -38,7 +38,8 @@ extension Bench {
         }
         if s.pointee.oldest < s.pointee.nextSeq {
             let lossNs = Int64(o.lossTimeout * 1e9)
-            while s.pointee.oldest < s.pointee.nextSeq && now - ringSent[Int(s.pointee.oldest & Self.ringMask)] > lossNs {
+            while s.pointee.oldest < s.pointee.nextSeq && now - ringSent[Int(s.pointee.oldest & Self.ringMask)] > lossNs
+            {
                 s.pointee.stalls += 1
                 s.pointee.oldest += 1
                 advance()
@@ -192,7 +193,8 @@ extension Bench {
         }
         _ = halley_epoll_ctl(epfd, EPOLL_CTL_ADD, timerfd, Self.evIn, Self.timerId)
         let s = st
-        let what = "\(o.server.rawValue) \(o.transport == .ws ? "WebSocket" : o.transport == .longpoll ? "long-poll" : "xhr_streaming")"
+        let what =
+            "\(o.server.rawValue) \(o.transport == .ws ? "WebSocket" : o.transport == .longpoll ? "long-poll" : "xhr_streaming")"
 
         // 1. Publishers, then every subscriber.
         for i in n..<total where !startConnect(i) { return 1 }
@@ -207,7 +209,9 @@ extension Bench {
         let openSeconds = Double(monotonicNanos() - tOpen) / 1e9
         warn("\(s.pointee.ready) of \(n) \(what) subscribers subscribed in \(fixed(openSeconds, 2)) s")
         if s.pointee.ready < n {
-            warn("\(n - s.pointee.ready) subscribers did not subscribe (\(s.pointee.failed) failed, \(s.pointee.connecting) still opening)")
+            warn(
+                "\(n - s.pointee.ready) subscribers did not subscribe (\(s.pointee.failed) failed, \(s.pointee.connecting) still opening)"
+            )
             closeAll()
             return 1
         }
@@ -231,8 +235,9 @@ extension Bench {
         for i in 0..<n where conns[i].expect != s.pointee.nextSeq { behind += 1 }
         if behind > 0 { warn("sync: \(behind) subscribers still without the last sync message") }
         let syncSeconds = Double(monotonicNanos() - tSync) / 1e9
-        warn("sync: every subscriber receiving after \(s.pointee.nextSeq) messages, \(fixed(syncSeconds, 2)) s"
-             + (s.pointee.gotFirst < n ? ": \(n - s.pointee.gotFirst) subscribers got none" : ""))
+        warn(
+            "sync: every subscriber receiving after \(s.pointee.nextSeq) messages, \(fixed(syncSeconds, 2)) s"
+                + (s.pointee.gotFirst < n ? ": \(n - s.pointee.gotFirst) subscribers got none" : ""))
         if s.pointee.gotFirst < n {
             closeAll()
             return 1
@@ -258,7 +263,8 @@ extension Bench {
                 w = openWindow()
                 runUntil(w.t0 + Int64(o.duration * 1e9)) { s.pointee.errors == errors0 }
                 closeWindow(&w)
-                extra = " rate=\(fixed(o.rate, 1)) pub_behind_max_us=\(s.pointee.pubBehindMax / 1000) pub_late=\(s.pointee.pubLate)"
+                extra =
+                    " rate=\(fixed(o.rate, 1)) pub_behind_max_us=\(s.pointee.pubBehindMax / 1000) pub_late=\(s.pointee.pubLate)"
             } else {
                 startPhase(.window)
                 let tw = monotonicNanos()
@@ -293,21 +299,27 @@ extension Bench {
             line += " messages=\(messages) expected=\(expected) received=\(received) missing=\(missing)"
             line += " p50_us=\(lat.percentile(0.5, total: count)) p90_us=\(lat.percentile(0.9, total: count))"
             line += " p99_us=\(lat.percentile(0.99, total: count)) p999_us=\(lat.percentile(0.999, total: count))"
-            line += " max_us=\(s.pointee.latMax / 1000) mean_us=\(fixed(count > 0 ? Double(s.pointee.latSum) / Double(count) / 1000 : 0, 1))"
-            line += " pub_p50_us=\(pubLat.percentile(0.5, total: s.pointee.pubCount)) pub_p99_us=\(pubLat.percentile(0.99, total: s.pointee.pubCount))"
+            line +=
+                " max_us=\(s.pointee.latMax / 1000) mean_us=\(fixed(count > 0 ? Double(s.pointee.latSum) / Double(count) / 1000 : 0, 1))"
+            line +=
+                " pub_p50_us=\(pubLat.percentile(0.5, total: s.pointee.pubCount)) pub_p99_us=\(pubLat.percentile(0.99, total: s.pointee.pubCount))"
             line += " pub_max_us=\(s.pointee.pubMax / 1000) pub_202=\(s.pointee.pub202) stalls=\(s.pointee.stalls)"
-            line += " drain_s=\(fixed(drainSeconds, 2)) dups=\(s.pointee.dups - dups0) skipped=\(s.pointee.skipped - skipped0)"
+            line +=
+                " drain_s=\(fixed(drainSeconds, 2)) dups=\(s.pointee.dups - dups0) skipped=\(s.pointee.skipped - skipped0)"
             line += " reordered=\(s.pointee.reordered - reordered0)"
-            line += " other=\(s.pointee.other - other0) reconnects=\(s.pointee.reconnects - reconnects0) pings=\(s.pointee.pings)"
+            line +=
+                " other=\(s.pointee.other - other0) reconnects=\(s.pointee.reconnects - reconnects0) pings=\(s.pointee.pings)"
             line += " rotations=\(s.pointee.rotations - rotations0)"
             line += " errors=\(s.pointee.errors - errors0) live=\(live)"
             if o.busyPoll && phase == "capacity" {
                 line += " busy_poll=1 client_spin_pct=\(fixed(Double(s.pointee.idleNs) / 1e7 / secs, 1))"
             }
-            line += " client_cpu_pct=\(fixed(100 * (cpuUser + cpuSys) / secs, 1)) client_user_s=\(fixed(cpuUser, 2)) client_sys_s=\(fixed(cpuSys, 2))"
+            line +=
+                " client_cpu_pct=\(fixed(100 * (cpuUser + cpuSys) / secs, 1)) client_user_s=\(fixed(cpuUser, 2)) client_sys_s=\(fixed(cpuSys, 2))"
             if let a = w.server0, let b = w.server1 {
                 line += " server_cpu_s=\(fixed(b - a, 2)) server_cpu_pct=\(fixed(100 * (b - a) / secs, 1))"
-                line += " deliveries_per_server_cpu_s=\(b - a > 0 ? fixed(Double(windowDeliveries) / (b - a), 0) : "inf")"
+                line +=
+                    " deliveries_per_server_cpu_s=\(b - a > 0 ? fixed(Double(windowDeliveries) / (b - a), 0) : "inf")"
             } else if !o.serverPids.isEmpty {
                 line += " server_cpu_s=? server_cpu_pct=?"
             }
@@ -321,8 +333,9 @@ extension Bench {
             }
             writeStdout(line + "\n")
             if missing != 0 || s.pointee.errors != errors0 || s.pointee.dups != dups0 || live < n {
-                warn("phase \(phase): \(missing) deliveries missing of \(expected), \(s.pointee.dups - dups0) duplicates, "
-                     + "\(s.pointee.errors - errors0) errors, \(n - live) subscribers gone")
+                warn(
+                    "phase \(phase): \(missing) deliveries missing of \(expected), \(s.pointee.dups - dups0) duplicates, "
+                        + "\(s.pointee.errors - errors0) errors, \(n - live) subscribers gone")
                 failed = true
                 break
             }

@@ -19,7 +19,10 @@ extension Bench {
     func xhrPrepare(_ i: Int) {
         let c = conns + i
         var session = ""
-        for _ in 0..<8 { session.append(Character(Unicode.Scalar(UInt8(Array("0123456789abcdefghijklmnopqrstuv".utf8)[Int(rng.next() % 32)])))) }
+        for _ in 0..<8 {
+            session.append(
+                Character(Unicode.Scalar(UInt8(Array("0123456789abcdefghijklmnopqrstuv".utf8)[Int(rng.next() % 32)]))))
+        }
         let base = "/pusher/app/\(o.appKey)/\(i % 1000)/\(session)"
         let query = "?protocol=7&client=js&version=8.4.0&t=1&n=\(i)"
         let head = " HTTP/1.1\r\nHost: \(o.host):\(o.port)\r\nContent-Type: application/json\r\nContent-Length: "
@@ -83,7 +86,10 @@ extension Bench {
             }
             // "HTTP/1.1 200", chunked (the hub streams chunked on HTTP/1.1).
             guard he >= 12, p[9] == 50, p[10] == 48, p[11] == 48 else {
-                fail(i, "xhr_streaming: '\(String(decoding: UnsafeBufferPointer(start: p, count: min(he, 60)), as: UTF8.self))'")
+                fail(
+                    i,
+                    "xhr_streaming: '\(String(decoding: UnsafeBufferPointer(start: p, count: min(he, 60)), as: UTF8.self))'"
+                )
                 return count
             }
             c.pointee.awaiting = false
@@ -108,7 +114,15 @@ extension Bench {
             while k < count {
                 let d = p[k]
                 let v: Int
-                if d >= 48 && d <= 57 { v = Int(d - 48) } else if d >= 97 && d <= 102 { v = Int(d - 87) } else if d >= 65 && d <= 70 { v = Int(d - 55) } else { break }
+                if d >= 48 && d <= 57 {
+                    v = Int(d - 48)
+                } else if d >= 97 && d <= 102 {
+                    v = Int(d - 87)
+                } else if d >= 65 && d <= 70 {
+                    v = Int(d - 55)
+                } else {
+                    break
+                }
                 size = size << 4 | v
                 k += 1
                 if k - off > 8 { fail(i, "chunk size too long"); return count }
@@ -147,7 +161,9 @@ extension Bench {
             return
         }
         if p[0] == UInt8(ascii: "h") || p[0] == UInt8(ascii: "o") { return }
-        if p[0] == UInt8(ascii: "c") || contains("pusher:error", in: p, len) || contains("subscription_error", in: p, len) {
+        if p[0] == UInt8(ascii: "c") || contains("pusher:error", in: p, len)
+            || contains("subscription_error", in: p, len)
+        {
             fail(i, "hub error on the stream: \(bodyText(p, len))")
             return
         }

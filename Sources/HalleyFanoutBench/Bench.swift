@@ -133,11 +133,13 @@ final class Bench {
         subscribeJSON = Array("{\"event\":\"pusher:subscribe\",\"data\":{\"channel\":\"\(o.channel)\"}}".utf8)
         channelBytes = Array(o.channel.utf8)
         if o.server == .halley {
-            publishHead = Array(("POST /publish HTTP/1.1\r\nHost: \(o.host):\(o.port)\r\nAuthorization: Bearer \(o.token)\r\n"
-                                 + "Content-Type: application/json\r\nContent-Length: ").utf8)
+            publishHead = Array(
+                ("POST /publish HTTP/1.1\r\nHost: \(o.host):\(o.port)\r\nAuthorization: Bearer \(o.token)\r\n"
+                    + "Content-Type: application/json\r\nContent-Length: ").utf8)
         } else {
-            publishHead = Array(("POST /pub/\(o.channel) HTTP/1.1\r\nHost: \(o.host):\(o.port)\r\n"
-                                 + "Content-Type: text/plain\r\nAccept: text/json\r\nContent-Length: ").utf8)
+            publishHead = Array(
+                ("POST /pub/\(o.channel) HTTP/1.1\r\nHost: \(o.host):\(o.port)\r\n"
+                    + "Content-Type: text/plain\r\nAccept: text/json\r\nContent-Length: ").utf8)
         }
     }
 
@@ -401,7 +403,8 @@ final class Bench {
 
     func startConnect(_ i: Int) -> Bool {
         let c = conns + i
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(
+            AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 {
             error(i, "socket: \(errnoString())")
             return false
@@ -409,7 +412,9 @@ final class Bench {
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         if rc != 0 && errno != EINPROGRESS {
             error(i, "connect: \(errnoString())")
@@ -455,7 +460,8 @@ final class Bench {
             let keyText = base64(key)
             acceptValues[i] = base64(sha1(Array((keyText + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8)))
             let path = o.server == .halley ? "/app/\(o.appKey)?protocol=7&client=bench&version=1" : "/sub/\(o.channel)"
-            var req = "GET \(path) HTTP/1.1\r\nHost: \(o.host):\(o.port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            var req =
+                "GET \(path) HTTP/1.1\r\nHost: \(o.host):\(o.port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             req += "Sec-WebSocket-Key: \(keyText)\r\nSec-WebSocket-Version: 13\r\n\r\n"
             c.pointee.state = .upgrading
             send(i, Array(req.utf8))
@@ -493,7 +499,9 @@ final class Bench {
             while v.last == " " || v.last == "\t" { v = v.dropLast() }
             headers[l[..<colon].lowercased(), default: []].append(String(v))
         }
-        guard headers["upgrade"]?.first?.lowercased() == "websocket" else { fail(i, "101 without Upgrade: websocket"); return }
+        guard headers["upgrade"]?.first?.lowercased() == "websocket" else {
+            fail(i, "101 without Upgrade: websocket"); return
+        }
         guard let accept = headers["sec-websocket-accept"], accept.count == 1, accept[0] == acceptValues[i] else {
             fail(i, "Sec-WebSocket-Accept \(headers["sec-websocket-accept"] ?? []) != \(acceptValues[i] ?? "?")")
             return

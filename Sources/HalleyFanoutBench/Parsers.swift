@@ -127,8 +127,10 @@ func parseResponse(_ p: UnsafePointer<UInt8>, _ n: Int, scratch: inout ByteBuf, 
     r.headEnd = he + 4
     // Status line: HTTP/1.x SP DDD
     guard he >= 12, p[0] == 72, p[1] == 84, p[2] == 84, p[3] == 80, p[4] == 47, p[5] == 49, p[6] == 46,
-          p[8] == 32 else {
-        return .invalid("bad status line '\(String(decoding: UnsafeBufferPointer(start: p, count: min(he, 60)), as: UTF8.self))'")
+        p[8] == 32
+    else {
+        return .invalid(
+            "bad status line '\(String(decoding: UnsafeBufferPointer(start: p, count: min(he, 60)), as: UTF8.self))'")
     }
     var status = 0
     for j in 9..<12 {
@@ -191,7 +193,15 @@ func parseResponse(_ p: UnsafePointer<UInt8>, _ n: Int, scratch: inout ByteBuf, 
             while k < n {
                 let d = p[k]
                 let v: Int
-                if d >= 48 && d <= 57 { v = Int(d - 48) } else if d >= 97 && d <= 102 { v = Int(d - 87) } else if d >= 65 && d <= 70 { v = Int(d - 55) } else { break }
+                if d >= 48 && d <= 57 {
+                    v = Int(d - 48)
+                } else if d >= 97 && d <= 102 {
+                    v = Int(d - 87)
+                } else if d >= 65 && d <= 70 {
+                    v = Int(d - 55)
+                } else {
+                    break
+                }
                 size = size * 16 + v
                 digits += 1
                 if digits > 12 { return .invalid("chunk size too long") }

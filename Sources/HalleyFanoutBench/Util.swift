@@ -16,8 +16,10 @@ func monotonicNanos() -> Int64 {
 func cpuSeconds() -> (user: Double, system: Double) {
     var ru = rusage()
     getrusage(RUSAGE_SELF.rawValue, &ru)
-    return (Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6,
-            Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6)
+    return (
+        Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6,
+        Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6
+    )
 }
 
 /// utime + stime of a process in seconds, from /proc/PID/stat; nil when it cannot be read.

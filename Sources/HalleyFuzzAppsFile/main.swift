@@ -14,9 +14,13 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         return 0
     }
     if apps.isEmpty { fatalError("a file with no apps was accepted") }
-    if Set(apps.map(\.id)).count != apps.count || Set(apps.map(\.key)).count != apps.count { fatalError("duplicate id or key accepted") }
+    if Set(apps.map(\.id)).count != apps.count || Set(apps.map(\.key)).count != apps.count {
+        fatalError("duplicate id or key accepted")
+    }
     for a in apps {
-        if a.id.isEmpty || !a.id.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) { fatalError("app id \(a.id) is not digits") }
+        if a.id.isEmpty || !a.id.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) {
+            fatalError("app id \(a.id) is not digits")
+        }
         if a.key.isEmpty || a.secret.isEmpty { fatalError("empty key or secret accepted") }
     }
     return 0

@@ -33,7 +33,9 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         p.append(RESP.encode(v))
         let back: RESPValue?
         do { back = try p.next() } catch { fatalError("\(v) encodes to bytes that do not read: \(error)") }
-        guard let back, same([v], [back]) || v == .null else { fatalError("\(v) reads back as \(String(describing: back))") }
+        guard let back, same([v], [back]) || v == .null else {
+            fatalError("\(v) reads back as \(String(describing: back))")
+        }
         if p.pendingBytes != 0 { fatalError("\(v) encodes to more than one value") }
     }
     return 0

@@ -21,7 +21,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     var split = SockJSFrameReader()
     let cut = size > 0 ? Int(bytes[0]) % (size + 1) : 0
     let a = Result { () throws(SockJSFrameReader.ReadError) in try whole.feed(bytes) }
-    let b = Result { () throws(SockJSFrameReader.ReadError) in try split.feed(bytes[..<cut]) + split.feed(bytes[cut...]) }
+    let b = Result { () throws(SockJSFrameReader.ReadError) in try split.feed(bytes[..<cut]) + split.feed(bytes[cut...])
+    }
     switch (a, b) {
     case (.success(let x), .success(let y)):
         if x != y { fatalError("reader disagrees with itself when split at \(cut)") }

@@ -9,7 +9,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let deflate = data[1] & 1 == 1
     let input = Array(UnsafeBufferPointer(start: data + 2, count: size - 2))
     let whole = run([input], deflate: deflate)
-    let pieces = run([Array(input[..<min(split, input.count)]), Array(input[min(split, input.count)...])], deflate: deflate)
+    let pieces = run(
+        [Array(input[..<min(split, input.count)]), Array(input[min(split, input.count)...])], deflate: deflate)
     if whole != pieces { fatalError("reader disagrees with itself when split at \(split): \(whole) vs \(pieces)") }
     return 0
 }

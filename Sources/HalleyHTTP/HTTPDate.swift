@@ -21,8 +21,9 @@ public enum HTTPDate {
     public static func parse(_ s: String) -> Int? {
         let u = Array(s.utf8)
         guard u.count == 29, u[3] == 44, u[4] == 32, u[7] == 32, u[11] == 32, u[16] == 32,
-              u[19] == 58, u[22] == 58, u[25] == 32,
-              String(decoding: u[26..<29], as: UTF8.self) == "GMT" else { return nil }
+            u[19] == 58, u[22] == 58, u[25] == 32,
+            String(decoding: u[26..<29], as: UTF8.self) == "GMT"
+        else { return nil }
         func num(_ r: Range<Int>) -> Int? {
             var v = 0
             for c in u[r] {
@@ -32,8 +33,9 @@ public enum HTTPDate {
             return v
         }
         guard let day = num(5..<7), let year = num(12..<16), let hh = num(17..<19),
-              let mm = num(20..<22), let ss = num(23..<25),
-              let mon = months.firstIndex(of: String(decoding: u[8..<11], as: UTF8.self)) else { return nil }
+            let mm = num(20..<22), let ss = num(23..<25),
+            let mon = months.firstIndex(of: String(decoding: u[8..<11], as: UTF8.self))
+        else { return nil }
         var t = tm()
         t.tm_year = Int32(year - 1900)
         t.tm_mon = Int32(mon)

@@ -28,8 +28,10 @@ public struct HTTPHeaders: Sendable, Sequence {
             b.append(contentsOf: n.utf8)
             let vs = b.count
             b.append(contentsOf: v.utf8)
-            f.append(Field(nameStart: UInt32(ns), nameCount: UInt32(n.utf8.count),
-                           valueStart: UInt32(vs), valueCount: UInt32(v.utf8.count)))
+            f.append(
+                Field(
+                    nameStart: UInt32(ns), nameCount: UInt32(n.utf8.count),
+                    valueStart: UInt32(vs), valueCount: UInt32(v.utf8.count)))
         }
         bytes = b
         fields = f
@@ -108,4 +110,3 @@ public struct HTTPHeaders: Sendable, Sequence {
 @inline(__always) func asciiLower(_ c: UInt8) -> UInt8 {
     (c >= 65 && c <= 90) ? c | 0x20 : c
 }
-

@@ -26,7 +26,10 @@ public enum FuzzDriver {
                     case .needMore(let c):
                         return (nil, c)
                     case .head(let h, let c):
-                        return ("head \(h.method) \(h.target) 1.\(h.minorVersion) fields=\(h.headers.count) cl=\(h.contentLength.map(String.init) ?? "-") chunked=\(h.isChunked) keepAlive=\(h.keepAlive) continue=\(h.expectsContinue)", c)
+                        return (
+                            "head \(h.method) \(h.target) 1.\(h.minorVersion) fields=\(h.headers.count) cl=\(h.contentLength.map(String.init) ?? "-") chunked=\(h.isChunked) keepAlive=\(h.keepAlive) continue=\(h.expectsContinue)",
+                            c
+                        )
                     case .body(let r, let c):
                         body.append(contentsOf: buf[r])
                         return ("", c)

@@ -27,16 +27,25 @@ extension HTTPRequestParser {
                     return fail(.badRequest(c == 10 ? "bare LF" : "bad chunk size"))
                 }
             case .chunkSizeSpace:
-                if c == 59 { state = .chunkExtension }
-                else if c == 13 { state = .chunkSizeLF }
-                else if c != 32 && c != 9 { return fail(.badRequest("bad chunk size")) }
+                if c == 59 {
+                    state = .chunkExtension
+                } else if c == 13 {
+                    state = .chunkSizeLF
+                } else if c != 32 && c != 9 {
+                    return fail(.badRequest("bad chunk size"))
+                }
             case .chunkExtension:
-                if c == 13 { state = .chunkSizeLF }
-                else if c == 10 { return fail(.badRequest("bare LF")) }
-                else if !HTTPChars.isFieldValue(c) { return fail(.badRequest("bad chunk extension")) }
-                else {
+                if c == 13 {
+                    state = .chunkSizeLF
+                } else if c == 10 {
+                    return fail(.badRequest("bare LF"))
+                } else if !HTTPChars.isFieldValue(c) {
+                    return fail(.badRequest("bad chunk extension"))
+                } else {
                     extensionBytes += 1
-                    if extensionBytes > Self.maxChunkExtensionBytes { return fail(.badRequest("chunk extension too long")) }
+                    if extensionBytes > Self.maxChunkExtensionBytes {
+                        return fail(.badRequest("chunk extension too long"))
+                    }
                 }
             case .chunkSizeLF:
                 guard c == 10 else { return fail(.badRequest("bare CR")) }
@@ -62,15 +71,23 @@ extension HTTPRequestParser {
                 chunkDigits = 0
                 state = .chunkSize
             case .trailerLineStart:
-                if c == 13 { state = .trailerEndLF }
-                else if c == 10 { return fail(.badRequest("bare LF")) }
-                else if c == 32 || c == 9 { return fail(.badRequest("obsolete line folding")) }
-                else { state = .trailerLine; trailerBytes += 1 }
+                if c == 13 {
+                    state = .trailerEndLF
+                } else if c == 10 {
+                    return fail(.badRequest("bare LF"))
+                } else if c == 32 || c == 9 {
+                    return fail(.badRequest("obsolete line folding"))
+                } else {
+                    state = .trailerLine; trailerBytes += 1
+                }
             case .trailerLine:
-                if c == 13 { state = .trailerLineLF }
-                else if c == 10 { return fail(.badRequest("bare LF")) }
-                else if c != 9 && (c < 32 || c == 127) { return fail(.badRequest("bad character in trailer")) }
-                else {
+                if c == 13 {
+                    state = .trailerLineLF
+                } else if c == 10 {
+                    return fail(.badRequest("bare LF"))
+                } else if c != 9 && (c < 32 || c == 127) {
+                    return fail(.badRequest("bad character in trailer"))
+                } else {
                     trailerBytes += 1
                     if trailerBytes > limits.maxHeaderBytes { return fail(.headersTooLarge) }
                 }

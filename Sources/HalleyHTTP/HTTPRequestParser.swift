@@ -149,7 +149,9 @@ public struct HTTPRequestParser: Sendable {
         return .needMore(consumed: 0)
     }
 
-    func parseCompleteHead(_ head: UnsafeRawBufferPointer, requestLineEnd: Int) -> Swift.Result<HTTPRequestHead, HTTPParseError> {
+    func parseCompleteHead(
+        _ head: UnsafeRawBufferPointer, requestLineEnd: Int
+    ) -> Swift.Result<HTTPRequestHead, HTTPParseError> {
         // Request line: method SP target SP version (RFC 9112 §3).
         var p = 0
         while p < requestLineEnd && HTTPChars.isToken(head[p]) { p += 1 }
@@ -158,7 +160,9 @@ public struct HTTPRequestParser: Sendable {
         p += 1
         let targetStart = p
         while p < requestLineEnd && head[p] > 32 && head[p] < 127 { p += 1 }
-        if p == targetStart || p >= requestLineEnd || head[p] != 32 { return .failure(.badRequest("bad request target")) }
+        if p == targetStart || p >= requestLineEnd || head[p] != 32 {
+            return .failure(.badRequest("bad request target"))
+        }
         let targetBytes = UnsafeRawBufferPointer(rebasing: head[targetStart..<p])
         p += 1
         let version = UnsafeRawBufferPointer(rebasing: head[p..<requestLineEnd])
@@ -197,8 +201,9 @@ public struct HTTPRequestParser: Sendable {
                 return .failure(.badRequest("bad character in header value"))
             }
             if fields.count == limits.maxHeaderCount { return .failure(.headersTooLarge) }
-            let field = HTTPHeaders.Field(nameStart: UInt32(line), nameCount: UInt32(n - line),
-                                          valueStart: UInt32(vs), valueCount: UInt32(ve - vs))
+            let field = HTTPHeaders.Field(
+                nameStart: UInt32(line), nameCount: UInt32(n - line),
+                valueStart: UInt32(vs), valueCount: UInt32(ve - vs))
             fields.append(field)
             let name = UnsafeRawBufferPointer(rebasing: head[line..<n])
             let value = UnsafeRawBufferPointer(rebasing: head[vs..<ve])
@@ -206,7 +211,9 @@ public struct HTTPRequestParser: Sendable {
             case 4 where HTTPChars.equalsLower(name, "host"):
                 hostCount += 1
             case 6 where HTTPChars.equalsLower(name, "expect"):
-                if HTTPChars.equalsLower(value, "100-continue") { expectsContinue = true } else {
+                if HTTPChars.equalsLower(value, "100-continue") {
+                    expectsContinue = true
+                } else {
                     return .failure(.expectationFailed)
                 }
             case 10 where HTTPChars.equalsLower(name, "connection"):
@@ -245,24 +252,28 @@ public struct HTTPRequestParser: Sendable {
         }
         if let cl = contentLength, cl > limits.maxBodyBytes { return .failure(.contentTooLarge) }
         // RFC 9112 §3.2: a 1.1 request without exactly one Host gets 400.
-        if minor == 1 && hostCount != 1 { return .failure(.badRequest(hostCount == 0 ? "missing Host" : "duplicate Host")) }
+        if minor == 1 && hostCount != 1 {
+            return .failure(.badRequest(hostCount == 0 ? "missing Host" : "duplicate Host"))
+        }
         if minor == 0 && hostCount > 1 { return .failure(.badRequest("duplicate Host")) }
 
         let keepAlive = minor == 1 ? !connectionClose : (connectionKeepAlive && !connectionClose)
-        return .success(HTTPRequestHead(
-            method: method, target: target, minorVersion: minor,
-            headers: HTTPHeaders(bytes: bytes, fields: fields),
-            contentLength: chunked ? nil : contentLength, isChunked: chunked,
-            keepAlive: keepAlive,
-            // RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
-            expectsContinue: expectsContinue && minor == 1 && (chunked || (contentLength ?? 0) > 0)))
+        return .success(
+            HTTPRequestHead(
+                method: method, target: target, minorVersion: minor,
+                headers: HTTPHeaders(bytes: bytes, fields: fields),
+                contentLength: chunked ? nil : contentLength, isChunked: chunked,
+                keepAlive: keepAlive,
+                // RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
+                expectsContinue: expectsContinue && minor == 1 && (chunked || (contentLength ?? 0) > 0)))
     }
 
     /// 1 or 0 for HTTP/1.1 and 1.0; -1 for another well-formed version (505); nil when the
     /// version is malformed (400).
     func versionOf(_ v: UnsafeRawBufferPointer) -> Int? {
         guard v.count == 8, v[0] == 72, v[1] == 84, v[2] == 84, v[3] == 80, v[4] == 47,
-              HTTPChars.isDigit(v[5]), v[6] == 46, HTTPChars.isDigit(v[7]) else { return nil }
+            HTTPChars.isDigit(v[5]), v[6] == 46, HTTPChars.isDigit(v[7])
+        else { return nil }
         if v[5] == 49 && v[7] == 49 { return 1 }
         if v[5] == 49 && v[7] == 48 { return 0 }
         return -1

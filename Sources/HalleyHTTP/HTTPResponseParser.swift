@@ -83,7 +83,8 @@ public struct HTTPResponseParser {
     }
 
     var response: HTTPClientResponse {
-        HTTPClientResponse(status: status, reason: reason, minorVersion: minor, headers: HTTPHeaders(fields), body: body)
+        HTTPClientResponse(
+            status: status, reason: reason, minorVersion: minor, headers: HTTPHeaders(fields), body: body)
     }
 
     /// Consumes `bytes`; returns the response once it is complete (and again on later calls,
@@ -245,7 +246,8 @@ public struct HTTPResponseParser {
             .map { $0.trimmingSpaces() }
         if let first = lengths.first {
             guard lengths.allSatisfy({ $0 == first }),
-                  let n = Array(first.utf8).withUnsafeBytes({ HTTPChars.decimal($0) }) else {
+                let n = Array(first.utf8).withUnsafeBytes({ HTTPChars.decimal($0) })
+            else {
                 throw .malformed("bad Content-Length")
             }
             guard n <= limits.maxBodyBytes else { throw .bodyTooLarge }

@@ -19,13 +19,16 @@ public struct HTTPURL: Sendable, Equatable, CustomStringConvertible {
     public init(_ s: String) throws(ParseError) {
         func fail(_ why: String) -> ParseError { ParseError(description: why) }
         let b = Array(s.utf8)
-        guard b.allSatisfy({ $0 > 32 && $0 < 127 }) else { throw fail("expected a URL without spaces or control characters") }
+        guard b.allSatisfy({ $0 > 32 && $0 < 127 }) else {
+            throw fail("expected a URL without spaces or control characters")
+        }
         let lower = s.lowercased()
         if lower.hasPrefix("https://") { throw fail("https is not supported yet (no TLS client): use http://") }
         guard lower.hasPrefix("http://") else { throw fail("expected http://host[:port]/path") }
         var rest = b[7...]
         if rest.contains(UInt8(ascii: "#")) { throw fail("a URL with a #fragment") }
-        let authorityEnd = rest.firstIndex(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") }) ?? rest.endIndex
+        let authorityEnd =
+            rest.firstIndex(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") }) ?? rest.endIndex
         let authority = rest[..<authorityEnd]
         rest = rest[authorityEnd...]
         if authority.contains(UInt8(ascii: "@")) { throw fail("user information in a URL is not supported") }
@@ -52,8 +55,10 @@ public struct HTTPURL: Sendable, Equatable, CustomStringConvertible {
         guard !host.isEmpty else { throw fail("expected a host") }
         var port = 80
         if let p = portText {
-            guard !p.isEmpty, p.count <= 5, p.allSatisfy(HTTPChars.isDigit), let v = Int(String(decoding: p, as: UTF8.self)),
-                  v >= 1, v <= 65535 else { throw fail("expected a port from 1 to 65535") }
+            guard !p.isEmpty, p.count <= 5, p.allSatisfy(HTTPChars.isDigit),
+                let v = Int(String(decoding: p, as: UTF8.self)),
+                v >= 1, v <= 65535
+            else { throw fail("expected a port from 1 to 65535") }
             port = v
         }
         self.host = String(decoding: host, as: UTF8.self)

@@ -44,7 +44,9 @@ public enum AppsFile {
             let n = fread(&chunk, 1, chunk.count, f)
             if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
             if n < chunk.count {
-                if ferror(f) != 0 { throw ParseError(description: "\(path): cannot read: \(String(cString: strerror(errno)))") }
+                if ferror(f) != 0 {
+                    throw ParseError(description: "\(path): cannot read: \(String(cString: strerror(errno)))")
+                }
                 break
             }
             if bytes.count > 16 << 20 { throw ParseError(description: "\(path): larger than 16 MiB") }
@@ -71,10 +73,14 @@ public enum AppsFile {
         for (n, item) in items.enumerated() {
             let at = "apps[\(n)]"
             guard let o = item.object else { throw fail(at, "expected an object") }
-            if let k = o.keys.sorted().first(where: { !appFields.contains($0) }) { throw fail(at, "unknown field \"\(k)\"") }
+            if let k = o.keys.sorted().first(where: { !appFields.contains($0) }) {
+                throw fail(at, "unknown field \"\(k)\"")
+            }
             let app = try parseApp(o, at: at, fail)
             if let other = ids[app.id] { throw fail("\(at).id", "duplicate id \"\(app.id)\" (also apps[\(other)])") }
-            if let other = keys[app.key] { throw fail("\(at).key", "duplicate key \"\(app.key)\" (also apps[\(other)])") }
+            if let other = keys[app.key] {
+                throw fail("\(at).key", "duplicate key \"\(app.key)\" (also apps[\(other)])")
+            }
             ids[app.id] = n
             keys[app.key] = n
             apps.append(app)
@@ -82,7 +88,9 @@ public enum AppsFile {
         return apps
     }
 
-    static func parseApp(_ o: [String: JSONValue], at: String, _ fail: (String, String) -> ParseError) throws(ParseError) -> App {
+    static func parseApp(
+        _ o: [String: JSONValue], at: String, _ fail: (String, String) -> ParseError
+    ) throws(ParseError) -> App {
         func string(_ k: String, required: Bool) throws(ParseError) -> String? {
             guard let v = o[k] else {
                 if required { throw fail(at, "missing \"\(k)\"") }
@@ -110,13 +118,17 @@ public enum AppsFile {
         switch o["id"] {
         case nil: throw fail(at, "missing \"id\"")
         case .number(let s)?, .string(let s)?:
-            guard !s.isEmpty, s.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { throw fail("\(at).id", "expected digits, got \"\(s)\"") }
+            guard !s.isEmpty, s.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else {
+                throw fail("\(at).id", "expected digits, got \"\(s)\"")
+            }
             id = s
         default: throw fail("\(at).id", "expected digits, got \(o["id"]!.serializedText)")
         }
         let key = try string("key", required: true)!
         guard !key.contains("/") else { throw fail("\(at).key", "expected a key without '/'") }
-        var app = App(id: id, key: key, secret: try string("secret", required: true)!, token: try string("token", required: false))
+        var app = App(
+            id: id, key: key, secret: try string("secret", required: true)!, token: try string("token", required: false)
+        )
         if let b = try bool("enabled") { app.enabled = b }
         if let b = try bool("client_events") { app.clientEvents = b }
         if let n = try int("client_events_per_second", min: 1) { app.clientEventsPerSecond = n }
@@ -142,20 +154,29 @@ public enum AppsFile {
         return app
     }
 
-    static func parseWebhook(_ v: JSONValue, at: String, _ fail: (String, String) -> ParseError) throws(ParseError) -> Webhook {
+    static func parseWebhook(
+        _ v: JSONValue, at: String, _ fail: (String, String) -> ParseError
+    ) throws(ParseError) -> Webhook {
         guard let o = v.object else { throw fail(at, "expected an object {\"url\": ..., \"events\": [...]}") }
-        if let k = o.keys.sorted().first(where: { !webhookFields.contains($0) }) { throw fail(at, "unknown field \"\(k)\"") }
+        if let k = o.keys.sorted().first(where: { !webhookFields.contains($0) }) {
+            throw fail(at, "unknown field \"\(k)\"")
+        }
         guard let u = o["url"] else { throw fail(at, "missing \"url\"") }
         guard let url = u.string else { throw fail("\(at).url", "expected a string") }
         do throws(HTTPURL.ParseError) { _ = try HTTPURL(url) } catch { throw fail("\(at).url", "\(error)") }
         var events: Set<String> = []
         if let ev = o["events"] {
             guard let a = ev.array else { throw fail("\(at).events", "expected an array of event names") }
-            guard !a.isEmpty else { throw fail("\(at).events", "expected at least one event name (leave \"events\" out for all)") }
+            guard !a.isEmpty else {
+                throw fail("\(at).events", "expected at least one event name (leave \"events\" out for all)")
+            }
             for (i, e) in a.enumerated() {
                 guard let s = e.string else { throw fail("\(at).events[\(i)]", "expected a string") }
                 guard WebhookEvent.names.contains(s) else {
-                    throw fail("\(at).events[\(i)]", "unknown event \"\(s)\" (expected one of \(WebhookEvent.names.sorted().joined(separator: ", ")))")
+                    throw fail(
+                        "\(at).events[\(i)]",
+                        "unknown event \"\(s)\" (expected one of \(WebhookEvent.names.sorted().joined(separator: ", ")))"
+                    )
                 }
                 events.insert(s)
             }

@@ -39,7 +39,8 @@ final class ChannelState {
     init(name: String, loops: Int) {
         self.name = name
         self.kind = ChannelName.kind(name)
-        self.epoch = String(UInt32.random(in: 0...UInt32.max), radix: 36) + String(UInt16.random(in: 0...UInt16.max), radix: 36)
+        self.epoch =
+            String(UInt32.random(in: 0...UInt32.max), radix: 36) + String(UInt16.random(in: 0...UInt16.max), radix: 36)
         self.perLoop = Array(repeating: 0, count: loops)
     }
 

@@ -54,7 +54,8 @@ extension Hub {
             return t
         }
         let removed = Set(summary.removed)
-        let changed = Dictionary(uniqueKeysWithValues: summary.changed.compactMap { id in table.byID[id].map { (id, $0) } })
+        let changed = Dictionary(
+            uniqueKeysWithValues: summary.changed.compactMap { id in table.byID[id].map { (id, $0) } })
         guard !removed.isEmpty || !changed.isEmpty else { return summary }
         for lh in loops {
             lh.loop.execute { lh.appsReloaded(changed: changed, removed: removed) }

@@ -96,7 +96,9 @@ public final class Hub: Sendable {
     /// Creates one `LoopHub` per server loop and routes the hub's endpoints. Call after
     /// `server.start()` made the loops, before any request can arrive: in
     /// `Server.start(beforeRunning:)`.
-    public func attach(loops serverLoops: [EventLoop], clientLimits: ClientLimits = ClientLimits(config: ClientLimitConfig())) {
+    public func attach(
+        loops serverLoops: [EventLoop], clientLimits: ClientLimits = ClientLimits(config: ClientLimitConfig())
+    ) {
         self.clientLimits = clientLimits
         census.withLock { $0 = Array(repeating: [:], count: serverLoops.count) }
         deliveryLatency = LatencyHistogram(loops: serverLoops.count)
@@ -116,8 +118,10 @@ public final class Hub: Sendable {
     }
 
     /// Publishes one event to `channels` (validated by the caller).
-    func publish(app: App, channels: [String], event: String, data: String?, binary: [UInt8]?, exclude: SessionID?,
-                 userID: String? = nil) -> PublishResult {
+    func publish(
+        app: App, channels: [String], event: String, data: String?, binary: [UInt8]?, exclude: SessionID?,
+        userID: String? = nil
+    ) -> PublishResult {
         // Encode outside the lock: the bytes before the offset are the same for every
         // channel but the channel name.
         let dataText = binary.map { Base64.encode($0) } ?? data ?? ""
@@ -136,7 +140,9 @@ public final class Hub: Sendable {
                 let ch = st.channel(key, loops: loops.count)
                 // Events to a user are live only: nothing replays a user channel's history.
                 let keep = !key.name.hasPrefix(LoopHub.userChannelPrefix)
-                let off = post(ch, key, prefix: prefix, header: header, binary: binary, exclude: exclude, now: now, keep: keep, into: &out)
+                let off = post(
+                    ch, key, prefix: prefix, header: header, binary: binary, exclude: exclude, now: now, keep: keep,
+                    into: &out)
                 result.channels.append((key.name, off, ch.epoch))
                 result.sessions += ch.subscribers
                 if let x = exclude, ch.members.contains(x) { result.sessions -= 1 }
@@ -175,8 +181,10 @@ public final class Hub: Sendable {
 
     /// Gives a message the channel's next offset and adds it to the outbox of every loop
     /// with subscribers (and, when `keep`, to the history and the cache). Under the lock.
-    func post(_ ch: ChannelState, _ key: ChannelKey, prefix: [UInt8], header: [UInt8]?, binary: [UInt8]?,
-              exclude: SessionID?, now: Int64, keep: Bool, into out: inout Outbox) -> UInt64 {
+    func post(
+        _ ch: ChannelState, _ key: ChannelKey, prefix: [UInt8], header: [UInt8]?, binary: [UInt8]?,
+        exclude: SessionID?, now: Int64, keep: Bool, into out: inout Outbox
+    ) -> UInt64 {
         ch.lastOffset += 1
         let off = ch.lastOffset
         var p = prefix
@@ -214,8 +222,10 @@ public final class Hub: Sendable {
 
     /// Subscribes a session (a presence member when `member` is set: the first session of a
     /// user announces it with `pusher_internal:member_added` to the others).
-    func subscribe(_ key: ChannelKey, session: SessionID, loop: Int, since: (epoch: String, offset: UInt64)?,
-                   member: PresenceMember? = nil) -> Result<SubscribeResult, SubscribeRefusal> {
+    func subscribe(
+        _ key: ChannelKey, session: SessionID, loop: Int, since: (epoch: String, offset: UInt64)?,
+        member: PresenceMember? = nil
+    ) -> Result<SubscribeResult, SubscribeRefusal> {
         let now = Clock.monotonicMillis()
         let cacheCutoff = now - Int64(config.cacheSeconds) * 1000
         let historyCutoff = now - Int64(config.historySeconds) * 1000
@@ -241,7 +251,9 @@ public final class Hub: Sendable {
                     d.string("user_id", m.userID)
                     d.raw("user_info", m.info)
                     let prefix = Wire.protocolEvent("pusher_internal:member_added", channel: key.name, data: d)
-                    _ = post(ch, key, prefix: prefix, header: nil, binary: nil, exclude: session, now: now, keep: false, into: &out)
+                    _ = post(
+                        ch, key, prefix: prefix, header: nil, binary: nil, exclude: session, now: now, keep: false,
+                        into: &out)
                     webhook(key, .memberAdded(channel: key.name, userID: m.userID))
                 }
                 roster = presenceRoster(ch)
@@ -256,7 +268,9 @@ public final class Hub: Sendable {
             var cached: Publication? = nil
             if ch.kind == .cache, let c = ch.cached, c.time >= cacheCutoff { cached = c }
             out.queue(to: loops)
-            return .success(SubscribeResult(epoch: ch.epoch, lastOffset: ch.lastOffset, recovery: recovery, cached: cached, roster: roster))
+            return .success(
+                SubscribeResult(
+                    epoch: ch.epoch, lastOffset: ch.lastOffset, recovery: recovery, cached: cached, roster: roster))
         }
         out.wake(loops)
         return r
@@ -305,7 +319,9 @@ public final class Hub: Sendable {
                     var d = JSONObjectBuilder()
                     d.string("user_id", uid)
                     let prefix = Wire.protocolEvent("pusher_internal:member_removed", channel: key.name, data: d)
-                    _ = post(ch, key, prefix: prefix, header: nil, binary: nil, exclude: session, now: Clock.monotonicMillis(), keep: false, into: &out)
+                    _ = post(
+                        ch, key, prefix: prefix, header: nil, binary: nil, exclude: session,
+                        now: Clock.monotonicMillis(), keep: false, into: &out)
                     webhook(key, .memberRemoved(channel: key.name, userID: uid))
                 }
             }
@@ -352,12 +368,17 @@ public final class Hub: Sendable {
 
     // MARK: webhooks (called under the lock: `emit` only queues)
 
-    func clientEventHook(_ app: App, channel: String, event: String, data: String, socketID: SessionID, userID: String?) {
-        webhooks?.emit(app, .clientEvent(channel: channel, event: event, data: data, socketID: socketID.description, userID: userID))
+    func clientEventHook(_ app: App, channel: String, event: String, data: String, socketID: SessionID, userID: String?)
+    {
+        webhooks?.emit(
+            app,
+            .clientEvent(channel: channel, event: event, data: data, socketID: socketID.description, userID: userID))
     }
 
     func webhook(_ key: ChannelKey, _ event: WebhookEvent) {
-        guard let w = webhooks, let app = app(id: key.app), !key.name.hasPrefix(LoopHub.userChannelPrefix) else { return }
+        guard let w = webhooks, let app = app(id: key.app), !key.name.hasPrefix(LoopHub.userChannelPrefix) else {
+            return
+        }
         w.emit(app, event)
     }
 
@@ -392,37 +413,66 @@ public final class Hub: Sendable {
         func family(_ name: String, _ type: String, _ help: String, _ samples: [(String, Int)]) {
             out += Metrics.family(name, type, help, samples)
         }
-        family("halley_sessions", "gauge", "Sessions on this node, live and lingering.", [("", sessionCount.load(ordering: .relaxed))])
-        family("halley_channels", "gauge", "Channels known to this node (with subscribers, history or a cached message).", [("", channelCount)])
+        family(
+            "halley_sessions", "gauge", "Sessions on this node, live and lingering.",
+            [("", sessionCount.load(ordering: .relaxed))])
+        family(
+            "halley_channels", "gauge", "Channels known to this node (with subscribers, history or a cached message).",
+            [("", channelCount)])
         let table = apps
         let census = censusByApp()
         let channels = channelCounts()
         let ids = table.apps.map(\.id)
-        family("halley_app_connections", "gauge", "Sessions with a transport attached, by app and transport (counted each second).",
-               ids.flatMap { id in TransportKind.allCases.map { k in ("{app=\"\(id)\",transport=\"\(k.name)\"}", census[id]?.byTransport[k.rawValue] ?? 0) } })
-        family("halley_app_sessions", "gauge", "Sessions by app and state: live (a transport attached) or lingering (waiting for the client to resume).",
-               ids.flatMap { id in [("{app=\"\(id)\",state=\"live\"}", census[id]?.live ?? 0), ("{app=\"\(id)\",state=\"lingering\"}", census[id]?.lingering ?? 0)] })
-        family("halley_app_channels", "gauge", "Channels with subscribers, by app.", ids.map { ("{app=\"\($0)\"}", channels[$0]?.channels ?? 0) })
-        family("halley_app_subscriptions", "gauge", "Channel subscriptions, by app.", ids.map { ("{app=\"\($0)\"}", channels[$0]?.subscriptions ?? 0) })
+        family(
+            "halley_app_connections", "gauge",
+            "Sessions with a transport attached, by app and transport (counted each second).",
+            ids.flatMap { id in
+                TransportKind.allCases.map { k in
+                    ("{app=\"\(id)\",transport=\"\(k.name)\"}", census[id]?.byTransport[k.rawValue] ?? 0)
+                }
+            })
+        family(
+            "halley_app_sessions", "gauge",
+            "Sessions by app and state: live (a transport attached) or lingering (waiting for the client to resume).",
+            ids.flatMap { id in
+                [
+                    ("{app=\"\(id)\",state=\"live\"}", census[id]?.live ?? 0),
+                    ("{app=\"\(id)\",state=\"lingering\"}", census[id]?.lingering ?? 0),
+                ]
+            })
+        family(
+            "halley_app_channels", "gauge", "Channels with subscribers, by app.",
+            ids.map { ("{app=\"\($0)\"}", channels[$0]?.channels ?? 0) })
+        family(
+            "halley_app_subscriptions", "gauge", "Channel subscriptions, by app.",
+            ids.map { ("{app=\"\($0)\"}", channels[$0]?.subscriptions ?? 0) })
         let help: [AppCounter: String] = [
             .messagesIn: "Messages published into channels (one per channel), client events included, by app.",
             .messagesOut: "Messages handed to subscribers' transports, by app.",
             .sessionsOpened: "Sessions opened, by app.",
             .resumes: "Sessions a client came back to on a new connection (WebSocket or SSE resume), by app.",
             .fallbacks: "Sessions that opened on or moved to an HTTP transport (SSE, long-poll, xhr), by app.",
-            .gaps: "Gap notices: messages a session missed (slow consumer with policy gap, or history that could not cover a recovery), by app.",
+            .gaps:
+                "Gap notices: messages a session missed (slow consumer with policy gap, or history that could not cover a recovery), by app.",
             .slowConsumers: "Sessions that hit their buffer bound (closed 4100, or skipping with policy gap), by app.",
         ]
         for k in AppCounter.allCases {
-            family("halley_app_\(k.name)_total", "counter", help[k]!, ids.map { ("{app=\"\($0)\"}", table.stats[$0]?.get(k) ?? 0) })
+            family(
+                "halley_app_\(k.name)_total", "counter", help[k]!,
+                ids.map { ("{app=\"\($0)\"}", table.stats[$0]?.get(k) ?? 0) })
         }
-        out += deliveryLatency.render(name: "halley_delivery_latency_seconds",
-                                      help: "From a publish accepted to its message handed to a loop's subscribers, per message and loop.")
-        out += publishHandling.render(name: "halley_publish_handling_seconds",
-                                      help: "Time in the hub handling one publish request (POST /publish, the HTTP API's events and batch_events): checks, encoding, fan-out hand-off, the answer.")
+        out += deliveryLatency.render(
+            name: "halley_delivery_latency_seconds",
+            help: "From a publish accepted to its message handed to a loop's subscribers, per message and loop.")
+        out += publishHandling.render(
+            name: "halley_publish_handling_seconds",
+            help:
+                "Time in the hub handling one publish request (POST /publish, the HTTP API's events and batch_events): checks, encoding, fan-out hand-off, the answer."
+        )
         if let w = webhooks {
-            family("halley_webhook_events_queued", "gauge", "Webhook events waiting to be sent.",
-                   [("", w.inbox.withLock { $0.events.count } + webhookQueued.load(ordering: .relaxed))])
+            family(
+                "halley_webhook_events_queued", "gauge", "Webhook events waiting to be sent.",
+                [("", w.inbox.withLock { $0.events.count } + webhookQueued.load(ordering: .relaxed))])
             out += w.metricsText()
         }
         return out

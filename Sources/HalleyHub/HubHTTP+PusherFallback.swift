@@ -13,12 +13,16 @@ import HalleyWebSocket
 /// - `xhr_send`: a JSON array of JSON strings, each one a Pusher message (`[]`: a ping).
 /// The session is named only by `{server}/{session}`: a hash of it picks the loop that owns it.
 extension HubHTTP {
-    static let pusherHTTPPlainHeaders = SharedBytes(Array(
-        "Content-Type: application/javascript; charset=UTF-8\r\nCache-Control: no-store, no-cache, no-transform, must-revalidate, max-age=0\r\n".utf8))
+    static let pusherHTTPPlainHeaders = SharedBytes(
+        Array(
+            "Content-Type: application/javascript; charset=UTF-8\r\nCache-Control: no-store, no-cache, no-transform, must-revalidate, max-age=0\r\n"
+                .utf8))
 
     static func pusherHTTPHeaders(origin: String?) -> [(String, String)] {
-        var h = [("Content-Type", "application/javascript; charset=UTF-8"),
-                 ("Cache-Control", "no-store, no-cache, no-transform, must-revalidate, max-age=0")]
+        var h = [
+            ("Content-Type", "application/javascript; charset=UTF-8"),
+            ("Cache-Control", "no-store, no-cache, no-transform, must-revalidate, max-age=0"),
+        ]
         if let o = origin {
             h.append(("Access-Control-Allow-Origin", o))
             h.append(("Vary", "Origin"))
@@ -71,11 +75,13 @@ extension Hub {
     /// 8 characters of [0-9a-v]; SockJS: anything without a dot), else nil.
     static func pusherHTTPPath(_ request: HTTPRequest) -> (path: String, id: String)? {
         guard let key = request.parameters["key"], let server = request.parameters["server"],
-              let session = request.parameters["session"] else { return nil }
+            let session = request.parameters["session"]
+        else { return nil }
         func plausible(_ s: String) -> Bool {
-            !s.isEmpty && s.utf8.count <= 64 && s.utf8.allSatisfy { c in
-                (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 || c == 95
-            }
+            !s.isEmpty && s.utf8.count <= 64
+                && s.utf8.allSatisfy { c in
+                    (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 || c == 95
+                }
         }
         guard plausible(server), plausible(session), !key.isEmpty, key.utf8.count <= 200 else { return nil }
         let id = server + "/" + session
@@ -91,15 +97,18 @@ extension Hub {
     }
 
     /// Runs `body` on the loop that owns the session the path names (moving the connection).
-    func routeFallback(_ request: HTTPRequest, _ responder: Responder,
-                       _ body: @escaping @Sendable (LoopHub, HTTPRequest, Responder, String) -> Void) {
+    func routeFallback(
+        _ request: HTTPRequest, _ responder: Responder,
+        _ body: @escaping @Sendable (LoopHub, HTTPRequest, Responder, String) -> Void
+    ) {
         guard let (path, id) = Self.pusherHTTPPath(request) else {
             responder.respond(HubHTTP.pusherHTTPText(404, "Not found: bad server or session id", origin: nil))
             return
         }
         let owner = Self.pusherHTTPOwner(id, loops: loops.count)
         if owner != responder.loopIndex {
-            responder.handOff(toLoop: owner, request) { [self] req, resp in body(loops[resp.loopIndex], req, resp, path) }
+            responder.handOff(toLoop: owner, request) { [self] req, resp in body(loops[resp.loopIndex], req, resp, path)
+            }
             return
         }
         body(loops[responder.loopIndex], request, responder, path)
@@ -155,7 +164,9 @@ extension LoopHub {
                 return
             }
             if streaming {
-                guard let st = responder.startStream(status: 200, headers: Self.pusherStreamHeaders(origin)) else { return }
+                guard let st = responder.startStream(status: 200, headers: Self.pusherStreamHeaders(origin)) else {
+                    return
+                }
                 t.attach(stream: st, open: false)
             } else {
                 t.attach(poll: responder, origin: origin)
@@ -165,16 +176,22 @@ extension LoopHub {
         // `o` first, so that pusher-js's handshake sees the code (a `c` before `o` is lost).
         func refuse(_ code: UInt16, _ message: String) {
             Log.info("pusher-js \(path): refused: \(code) \(message)")
-            responder.respond(HubHTTP.pusherHTTPResponse(200, SockJS.open + SockJS.close(code: code, reason: message), origin: origin))
+            responder.respond(
+                HubHTTP.pusherHTTPResponse(200, SockJS.open + SockJS.close(code: code, reason: message), origin: origin)
+            )
         }
-        guard let app = app else { return refuse(PusherErrorCode.applicationDoesNotExist, "Application does not exist") }
+        guard let app = app else {
+            return refuse(PusherErrorCode.applicationDoesNotExist, "Application does not exist")
+        }
         guard app.enabled else { return refuse(PusherErrorCode.applicationDisabled, "Application disabled") }
         if let o = origin, let allowed = app.origins, !allowed.allows(o) {
             // As on WebSocket: the app's own origin list refuses with 4009 (so pusher-js stops).
             return refuse(PusherErrorCode.connectionUnauthorized, "Origin not allowed for this application")
         }
         let q = Query.parse(request.head.query)
-        guard let p = Query.value(q, "protocol") else { return refuse(PusherErrorCode.noProtocolVersion, "No protocol version supplied") }
+        guard let p = Query.value(q, "protocol") else {
+            return refuse(PusherErrorCode.noProtocolVersion, "No protocol version supplied")
+        }
         guard let v = Int(p), (4...7).contains(v) else {
             return refuse(PusherErrorCode.unsupportedProtocolVersion, "Unsupported protocol version \(p)")
         }
@@ -212,7 +229,9 @@ extension LoopHub {
     /// client ignores the answer); unknown session 404; a body that is not an array of
     /// strings 400. Any of them, `[]` included, tells the session its client is alive.
     func pusherSend(_ request: HTTPRequest, _ responder: Responder, _ path: String) {
-        guard let t = pusherHTTP.byPath[path], let s = t.session, ClientLimits.sameClient(t.client, hub.clientAddress(request, responder)) else {
+        guard let t = pusherHTTP.byPath[path], let s = t.session,
+            ClientLimits.sameClient(t.client, hub.clientAddress(request, responder))
+        else {
             let (ok, origin) = hub.pusherHTTPOrigin(request, app: hub.app(key: request.parameters["key"] ?? ""))
             responder.respond(HubHTTP.pusherHTTPText(404, "Not found: no such session", origin: ok ? origin : nil))
             return

@@ -24,7 +24,9 @@ enum HubHTTP {
     /// `{"error": message, "code": code, "halley:reason": reason}`. `code` is the Pusher close
     /// code the same refusal gets on WebSocket (docs/PROTOCOL.md, "Errors and close codes"):
     /// clients act on it (4000–4099 stop, 4100–4199 back off), never on the English text.
-    static func error(_ status: Int, _ message: String, origin: String? = nil, reason: String? = nil, code: UInt16? = nil) -> HTTPResponse {
+    static func error(
+        _ status: Int, _ message: String, origin: String? = nil, reason: String? = nil, code: UInt16? = nil
+    ) -> HTTPResponse {
         var b = JSONObjectBuilder()
         b.string("error", message)
         if let c = code { b.int("code", UInt64(c)) }
@@ -54,7 +56,9 @@ extension Hub {
         for path in ["/halley/sse", "/halley/poll", "/halley/send"] {
             router.add([.options], path) { [self] request, responder in preflight(request, responder) }
         }
-        router.add([.post], "/publish") { [self] request, responder in timed(responder) { publishEndpoint(request, responder) } }
+        router.add([.post], "/publish") { [self] request, responder in
+            timed(responder) { publishEndpoint(request, responder) }
+        }
         router.add([.get], "/stats") { [self] request, responder in statsEndpoint(request, responder) }
         installPusherAPI(on: router)
         installPusherFallback(on: router)
@@ -63,7 +67,9 @@ extension Hub {
     /// The session a request names (`session`, or the SSE event id), if any.
     static func namedSession(_ request: HTTPRequest, _ q: [(String, String)]) -> SessionID? {
         if let s = Query.value(q, "session") { return SessionID(s) }
-        if let id = request.head.headers["Last-Event-ID"] ?? Query.value(q, "last_event_id"), let e = Wire.parseEventID(id) {
+        if let id = request.head.headers["Last-Event-ID"] ?? Query.value(q, "last_event_id"),
+            let e = Wire.parseEventID(id)
+        {
             return SessionID(e.session)
         }
         return nil
@@ -71,8 +77,10 @@ extension Hub {
 
     /// Runs `body` on the loop that owns the session the request names (moving the
     /// connection there), or here for a new session.
-    func routeToOwner(_ request: HTTPRequest, _ responder: Responder,
-                      _ body: @escaping @Sendable (LoopHub, HTTPRequest, Responder, [(String, String)]) -> Void) {
+    func routeToOwner(
+        _ request: HTTPRequest, _ responder: Responder,
+        _ body: @escaping @Sendable (LoopHub, HTTPRequest, Responder, [(String, String)]) -> Void
+    ) {
         // The router answers HEAD with GET routes; these would open a session or a stream.
         if request.method == .head {
             var r = HubHTTP.error(405, "HEAD opens no session; use GET")
@@ -84,7 +92,9 @@ extension Hub {
         if let id = Self.namedSession(request, q) {
             let owner = id.owner(loops: loops.count)
             if owner != responder.loopIndex {
-                responder.handOff(toLoop: owner, request) { [self] req, resp in body(loops[resp.loopIndex], req, resp, q) }
+                responder.handOff(toLoop: owner, request) { [self] req, resp in
+                    body(loops[resp.loopIndex], req, resp, q)
+                }
                 return
             }
         }
@@ -108,19 +118,24 @@ extension Hub {
             responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized))
             return
         }
-        responder.respond(HTTPResponse(status: 204, headers: [
-            ("Access-Control-Allow-Origin", o), ("Vary", "Origin"),
-            ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
-            ("Access-Control-Allow-Headers", "Content-Type, Last-Event-ID, Authorization, X-Halley-Token"),
-            ("Access-Control-Max-Age", "600"),
-        ]))
+        responder.respond(
+            HTTPResponse(
+                status: 204,
+                headers: [
+                    ("Access-Control-Allow-Origin", o), ("Vary", "Origin"),
+                    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+                    ("Access-Control-Allow-Headers", "Content-Type, Last-Event-ID, Authorization, X-Halley-Token"),
+                    ("Access-Control-Max-Age", "600"),
+                ]))
     }
 }
 
 extension LoopHub {
     // MARK: WebSocket
 
-    func webSocket(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)], endpoint: WebSocketHandshake.Endpoint) {
+    func webSocket(
+        _ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)], endpoint: WebSocketHandshake.Endpoint
+    ) {
         let key = request.parameters["key"] ?? ""
         let opening: WebSocketTransport.Opening
         if let app = hub.app(key: key) {
@@ -142,7 +157,9 @@ extension LoopHub {
             opening = .refuse(PusherErrorCode.applicationDoesNotExist, "application does not exist")
         }
         let client = hub.clientAddress(request, responder)
-        responder.upgrade(request, endpoint: endpoint) { [unowned self] _ in WebSocketTransport(loopHub: self, opening: opening, client: client) }
+        responder.upgrade(request, endpoint: endpoint) { [unowned self] _ in
+            WebSocketTransport(loopHub: self, opening: opening, client: client)
+        }
     }
 
     func resumeOrNew(_ app: App, _ q: [(String, String)], resumable: Bool) -> WebSocketTransport.Opening {
@@ -155,8 +172,12 @@ extension LoopHub {
             return .awaitResume(app, id, lastSeen: last)
         }
         guard hub.config.allowTokensInURLs else {
-            Log.info("websocket: a session token in a URL refused (send halley:resume; --allow-tokens-in-urls accepts the old form)")
-            return .refuse(PusherErrorCode.tokenInURL, "Session tokens in URLs are refused: send halley:resume as the first message")
+            Log.info(
+                "websocket: a session token in a URL refused (send halley:resume; --allow-tokens-in-urls accepts the old form)"
+            )
+            return .refuse(
+                PusherErrorCode.tokenInURL,
+                "Session tokens in URLs are refused: send halley:resume as the first message")
         }
         return resume(app, id, token: token, lastSeen: last)
     }
@@ -184,7 +205,10 @@ extension LoopHub {
     /// a disabled app, an origin the app does not allow, or its connection quota; 429 past a
     /// per-address limit; 503 at the node's session limit.
     func openSession(_ app: App, _ request: HTTPRequest, _ responder: Responder, origin: String?) -> Opened {
-        guard app.enabled else { return .refused(HubHTTP.error(403, "application disabled", origin: origin, code: PusherErrorCode.applicationDisabled)) }
+        guard app.enabled else {
+            return .refused(
+                HubHTTP.error(403, "application disabled", origin: origin, code: PusherErrorCode.applicationDisabled))
+        }
         if let r = appOriginRefusal(app.origins, request, origin: origin) { return .refused(r) }
         guard let s = newSession(app: app, resumable: true, client: hub.clientAddress(request, responder)) else {
             if refusedByClientLimit {
@@ -193,8 +217,10 @@ extension LoopHub {
                 return .refused(r)
             }
             let quota = refusal.code == PusherErrorCode.overConnectionQuota
-            return .refused(HubHTTP.error(quota ? 403 : 503, quota ? "application is over connection quota" : "over capacity", origin: origin,
-                                          code: quota ? PusherErrorCode.overConnectionQuota : PusherErrorCode.overCapacity))
+            return .refused(
+                HubHTTP.error(
+                    quota ? 403 : 503, quota ? "application is over connection quota" : "over capacity", origin: origin,
+                    code: quota ? PusherErrorCode.overConnectionQuota : PusherErrorCode.overCapacity))
         }
         return .session(s)
     }
@@ -206,7 +232,9 @@ extension LoopHub {
     /// retain per field, on every poll).
     func appOriginRefusal(_ origins: OriginPolicy?, _ request: HTTPRequest, origin: String?) -> HTTPResponse? {
         guard let o = origins, !o.allows(request.head.headers["Origin"]) else { return nil }
-        return HubHTTP.error(403, "origin not allowed for this application", origin: origin, code: PusherErrorCode.connectionUnauthorized)
+        return HubHTTP.error(
+            403, "origin not allowed for this application", origin: origin, code: PusherErrorCode.connectionUnauthorized
+        )
     }
 
     // MARK: session tokens
@@ -230,22 +258,31 @@ extension LoopHub {
     }
 
     static func tokenInURLRefusal(origin: String?) -> HTTPResponse {
-        Log.info("a session token in a URL refused (send it in the X-Halley-Token header; --allow-tokens-in-urls accepts the old form)")
-        return HubHTTP.error(400, "session tokens in URLs are refused: send the X-Halley-Token header", origin: origin, reason: "token_in_url",
-                             code: PusherErrorCode.tokenInURL)
+        Log.info(
+            "a session token in a URL refused (send it in the X-Halley-Token header; --allow-tokens-in-urls accepts the old form)"
+        )
+        return HubHTTP.error(
+            400, "session tokens in URLs are refused: send the X-Halley-Token header", origin: origin,
+            reason: "token_in_url",
+            code: PusherErrorCode.tokenInURL)
     }
 
     // MARK: Server-Sent Events
 
     func sse(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)]) {
         let (ok, origin) = hub.corsOrigin(request)
-        guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized)); return }
+        guard ok else {
+            responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized));
+            return
+        }
         var resume: (id: SessionID, token: String, seq: UInt64)? = nil
         // The event id carries the token: the Last-Event-ID header, or the query's copy (a URL:
         // only with --allow-tokens-in-urls).
         var eventID = request.head.headers["Last-Event-ID"]
         if eventID == nil, let fromQuery = Query.value(q, "last_event_id") {
-            guard hub.config.allowTokensInURLs else { responder.respond(Self.tokenInURLRefusal(origin: origin)); return }
+            guard hub.config.allowTokensInURLs else {
+                responder.respond(Self.tokenInURLRefusal(origin: origin)); return
+            }
             eventID = fromQuery
         }
         if let raw = eventID, let e = Wire.parseEventID(raw), let id = SessionID(e.session) {
@@ -277,8 +314,11 @@ extension LoopHub {
         if session == nil {
             let key = Query.value(q, "key") ?? ""
             guard let app = hub.app(key: key) else {
-                responder.respond(HubHTTP.error(key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin, reason: reason?.rawValue,
-                                                code: PusherErrorCode.applicationDoesNotExist))
+                responder.respond(
+                    HubHTTP.error(
+                        key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin,
+                        reason: reason?.rawValue,
+                        code: PusherErrorCode.applicationDoesNotExist))
                 return
             }
             switch openSession(app, request, responder, origin: origin) {
@@ -318,7 +358,10 @@ extension LoopHub {
 
     func poll(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)]) {
         let (ok, origin) = hub.corsOrigin(request)
-        guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized)); return }
+        guard ok else {
+            responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized));
+            return
+        }
         var reason: SessionEnd? = nil
         if let sid = Query.value(q, "session"), let id = SessionID(sid) {
             var token: String
@@ -326,7 +369,9 @@ extension LoopHub {
             case .success(let t): token = t
             case .failure(let r): responder.respond(r); return
             }
-            if token.isEmpty, !request.body.isEmpty, let v = try? JSONParser.parse(request.body), let t = v.object?["halley:token"]?.string {
+            if token.isEmpty, !request.body.isEmpty, let v = try? JSONParser.parse(request.body),
+                let t = v.object?["halley:token"]?.string
+            {
                 token = t
             }
             switch lookup(id, token: token) {
@@ -341,7 +386,8 @@ extension LoopHub {
                     return
                 }
                 let cursor = Query.value(q, "cursor").flatMap { UInt64($0) } ?? 0
-                let p = PollTransport(loopHub: self, responder: responder, session: s, cursor: cursor, introduce: false, origin: origin)
+                let p = PollTransport(
+                    loopHub: self, responder: responder, session: s, cursor: cursor, introduce: false, origin: origin)
                 s.attach(p, lastSeen: cursor)
                 if p.queuedForAnswer {
                     // Messages are waiting: answer now, inside the connection's event (its
@@ -368,8 +414,10 @@ extension LoopHub {
             if reason != nil {
                 responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: reason?.rawValue))
             } else {
-                responder.respond(HubHTTP.error(key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin,
-                                                code: PusherErrorCode.applicationDoesNotExist))
+                responder.respond(
+                    HubHTTP.error(
+                        key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin,
+                        code: PusherErrorCode.applicationDoesNotExist))
             }
             return
         }
@@ -380,7 +428,8 @@ extension LoopHub {
             responder.respond(r)
             return
         }
-        let p = PollTransport(loopHub: self, responder: responder, session: s, cursor: 0, introduce: true, origin: origin)
+        let p = PollTransport(
+            loopHub: self, responder: responder, session: s, cursor: 0, introduce: true, origin: origin)
         p.controls.append(s.established(resumed: false, reason: reason))
         s.attach(p, lastSeen: nil)
         p.answer()
@@ -390,7 +439,10 @@ extension LoopHub {
 
     func send(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)]) {
         let (ok, origin) = hub.corsOrigin(request)
-        guard ok else { responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized)); return }
+        guard ok else {
+            responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized));
+            return
+        }
         guard let sid = Query.value(q, "session"), let id = SessionID(sid) else {
             responder.respond(HubHTTP.error(400, "missing or malformed session", origin: origin))
             return
@@ -413,7 +465,8 @@ extension LoopHub {
         }
         if let o = value.object, let t = o["halley:token"]?.string {
             guard let m = o["messages"]?.array else {
-                responder.respond(HubHTTP.error(400, "expected {\"halley:token\": …, \"messages\": [...]}", origin: origin))
+                responder.respond(
+                    HubHTTP.error(400, "expected {\"halley:token\": …, \"messages\": [...]}", origin: origin))
                 return
             }
             token = t
@@ -433,7 +486,8 @@ extension LoopHub {
         var messages: [ClientMessage] = []
         for v in list {
             guard let m = try? ClientMessage.decode(v) else {
-                responder.respond(HubHTTP.error(400, "each message must be a JSON object with an event", origin: origin))
+                responder.respond(
+                    HubHTTP.error(400, "each message must be a JSON object with an event", origin: origin))
                 return
             }
             messages.append(m)

@@ -114,9 +114,12 @@ final class LoopHub: @unchecked Sendable {
             return nil
         }
         if let kind = hub.clientLimits.sessionOpen(client, now: loop.now) {
-            refusal = (PusherErrorCode.overCapacity, kind == .sessionOpens
-                       ? "Too many new sessions from your address: retry later"
-                       : "Too many idle sessions from your address: retry later")
+            refusal = (
+                PusherErrorCode.overCapacity,
+                kind == .sessionOpens
+                    ? "Too many new sessions from your address: retry later"
+                    : "Too many idle sessions from your address: retry later"
+            )
             refusedByClientLimit = true
             return nil
         }
@@ -229,7 +232,9 @@ final class LoopHub: @unchecked Sendable {
 
     // MARK: subscriptions
 
-    func subscribe(_ s: Session, channel name: String, since: (String, UInt64)?, auth: String? = nil, channelData: String? = nil) {
+    func subscribe(
+        _ s: Session, channel name: String, since: (String, UInt64)?, auth: String? = nil, channelData: String? = nil
+    ) {
         loop.preconditionInLoop()
         func refuse(_ type: String, _ text: String, _ status: Int) {
             var d = JSONObjectBuilder()
@@ -245,7 +250,11 @@ final class LoopHub: @unchecked Sendable {
                 refuse("AuthError", "\(name) is the channel of a signed-in user: sign in first (pusher:signin)", 403)
                 return
             }
-            s.enqueue(OutMessage(prefix: succeeded(name, epoch: hub.peek(ChannelKey(app: s.app.id, name: name)).epoch, offset: 0, recovered: nil, roster: nil)))
+            s.enqueue(
+                OutMessage(
+                    prefix: succeeded(
+                        name, epoch: hub.peek(ChannelKey(app: s.app.id, name: name)).epoch, offset: 0, recovered: nil,
+                        roster: nil)))
             return
         }
         if let p = ChannelName.problem(name) {
@@ -285,9 +294,11 @@ final class LoopHub: @unchecked Sendable {
                     return
                 }
             }
-            let text = PusherAuth.channelString(socketID: s.id.description, channel: name, channelData: kind == .presence ? channelData : nil)
+            let text = PusherAuth.channelString(
+                socketID: s.id.description, channel: name, channelData: kind == .presence ? channelData : nil)
             do {
-                try PusherAuth.verify(auth: a, key: s.app.key, secrets: s.app.secrets(now: Clock.wallSeconds()), text: text)
+                try PusherAuth.verify(
+                    auth: a, key: s.app.key, secrets: s.app.secrets(now: Clock.wallSeconds()), text: text)
             } catch {
                 Log.info("session \(s.id): subscribe to \(name) refused: \(error)")
                 refuse("AuthError", "Invalid signature: expected HMAC SHA256 hex digest of '\(text)' (\(error))", 401)
@@ -297,17 +308,23 @@ final class LoopHub: @unchecked Sendable {
         let key = ChannelKey(app: s.app.id, name: name)
         let already = s.subscriptions.contains { $0.channel.key == key }
         if !already && s.subscriptions.count >= hub.config.maxSubscriptionsPerSession {
-            refuse("LimitReached", "a session may subscribe to at most \(hub.config.maxSubscriptionsPerSession) channels", 400)
+            refuse(
+                "LimitReached", "a session may subscribe to at most \(hub.config.maxSubscriptionsPerSession) channels",
+                400)
             return
         }
         if already {
             // Pusher answers a repeated subscribe again; the subscription stays as it was.
             let r = hub.peek(key)
-            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: nil, roster: r.roster)))
+            s.enqueue(
+                OutMessage(
+                    prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: nil, roster: r.roster)))
             return
         }
         let r: Hub.SubscribeResult
-        switch hub.subscribe(key, session: s.id, loop: index, since: since.map { (epoch: $0.0, offset: $0.1) }, member: member) {
+        switch hub.subscribe(
+            key, session: s.id, loop: index, since: since.map { (epoch: $0.0, offset: $0.1) }, member: member)
+        {
         case .success(let ok): r = ok
         case .failure(.presenceFull(let n)):
             Log.info("session \(s.id): subscribe to \(name) refused: presence channel full")
@@ -317,14 +334,22 @@ final class LoopHub: @unchecked Sendable {
         join(s, key, at: r.lastOffset)
         switch r.recovery {
         case .none:
-            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: nil, roster: r.roster)))
+            s.enqueue(
+                OutMessage(
+                    prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: nil, roster: r.roster)))
         case .recovered(let pubs):
-            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: (true, nil), roster: r.roster)))
+            s.enqueue(
+                OutMessage(
+                    prefix: succeeded(
+                        name, epoch: r.epoch, offset: r.lastOffset, recovered: (true, nil), roster: r.roster)))
             for p in pubs where p.exclude != s.id { s.enqueue(p.message) }
         case .notRecovered(let why):
             Log.debug("session \(s.id): \(name) not recovered: \(why)")
             hub.stats(s.app.id)?.add(.gaps)
-            s.enqueue(OutMessage(prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: (false, why), roster: r.roster)))
+            s.enqueue(
+                OutMessage(
+                    prefix: succeeded(
+                        name, epoch: r.epoch, offset: r.lastOffset, recovered: (false, why), roster: r.roster)))
         }
         if ChannelName.kind(name) == .cache {
             if let c = r.cached {
@@ -340,17 +365,21 @@ final class LoopHub: @unchecked Sendable {
 
     /// Adds `s` to this loop's subscribers of `key` (subscribed at offset `at` in the hub).
     func join(_ s: Session, _ key: ChannelKey, at offset: UInt64) {
-        let lc = channels[key] ?? {
-            let c = LocalChannel(key: key, stats: hub.stats(key.app))
-            channels[key] = c
-            return c
-        }()
+        let lc =
+            channels[key]
+            ?? {
+                let c = LocalChannel(key: key, stats: hub.stats(key.app))
+                channels[key] = c
+                return c
+            }()
         s.subscriptions.append(Session.Subscription(channel: lc, slot: lc.sessions.count))
         lc.sessions.append(s)
         lc.joined.append(offset)
     }
 
-    func succeeded(_ name: String, epoch: String, offset: UInt64, recovered: (Bool, String?)?, roster: [UInt8]?) -> [UInt8] {
+    func succeeded(
+        _ name: String, epoch: String, offset: UInt64, recovered: (Bool, String?)?, roster: [UInt8]?
+    ) -> [UInt8] {
         // Presence: the roster is the data (pusher-js reads `data.presence`).
         var d = JSONObjectBuilder()
         if let r = roster { d.raw("presence", r) }

@@ -18,7 +18,10 @@ public final class OutMessage: @unchecked Sendable {
     /// Bytes this message counts for in a session's buffer.
     let size: Int
 
-    init(prefix: [UInt8], channel: String? = nil, offset: UInt64 = 0, binaryHeader: [UInt8]? = nil, binaryPayload: [UInt8]? = nil) {
+    init(
+        prefix: [UInt8], channel: String? = nil, offset: UInt64 = 0, binaryHeader: [UInt8]? = nil,
+        binaryPayload: [UInt8]? = nil
+    ) {
         self.prefix = SharedBytes(prefix)
         self.channel = channel
         self.isChannelMessage = channel != nil
@@ -102,7 +105,9 @@ struct SessionToken: Equatable {
     let hi: UInt64
     let lo: UInt64
 
-    static func random() -> SessionToken { SessionToken(hi: .random(in: 0...UInt64.max), lo: .random(in: 0...UInt64.max)) }
+    static func random() -> SessionToken {
+        SessionToken(hi: .random(in: 0...UInt64.max), lo: .random(in: 0...UInt64.max))
+    }
 
     init(hi: UInt64, lo: UInt64) {
         self.hi = hi

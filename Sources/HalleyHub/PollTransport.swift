@@ -23,7 +23,8 @@ final class PollTransport: Transport {
     let introduce: Bool
     let origin: String?
 
-    static let plainHeaders = SharedBytes(Array("Content-Type: application/json\r\nCache-Control: no-cache, no-store\r\n".utf8))
+    static let plainHeaders = SharedBytes(
+        Array("Content-Type: application/json\r\nCache-Control: no-cache, no-store\r\n".utf8))
 
     init(loopHub: LoopHub, responder: Responder, session: Session, cursor: UInt64, introduce: Bool, origin: String?) {
         self.loopHub = loopHub

@@ -22,7 +22,8 @@ extension Hub {
             Log.info("publish refused: \(e.status) \(e.text)")
             responder.respond(HubHTTP.error(e.status, e.text))
         case .success(let p):
-            let r = publish(app: app, channels: p.channels, event: p.event, data: p.data, binary: p.binary, exclude: p.exclude)
+            let r = publish(
+                app: app, channels: p.channels, event: p.event, data: p.data, binary: p.binary, exclude: p.exclude)
             var body: [UInt8] = Array(#"{"channels":{"#.utf8)
             for (k, c) in r.channels.enumerated() {
                 if k > 0 { body.append(UInt8(ascii: ",")) }
@@ -44,7 +45,9 @@ extension Hub {
     /// Bearer token (when the app has one) or the Pusher query signature.
     func authenticate(_ request: HTTPRequest, _ q: [(String, String)], path: String) -> Result<App, Refusal> {
         if let auth = request.head.headers["Authorization"] {
-            guard auth.lowercased().hasPrefix("bearer ") else { return .failure(Refusal(status: 401, text: "Authorization must be Bearer")) }
+            guard auth.lowercased().hasPrefix("bearer ") else {
+                return .failure(Refusal(status: 401, text: "Authorization must be Bearer"))
+            }
             let token = String(auth.dropFirst(7)).trimmingSpaces()
             let candidates: [App]
             if let k = Query.value(q, "key") {
@@ -59,8 +62,10 @@ extension Hub {
             return .failure(Refusal(status: 401, text: "invalid bearer token"))
         }
         do {
-            let key = try PusherSignature.verify(method: request.method.description, path: path, query: q, body: request.body,
-                                                 now: Clock.wallSeconds(), secretsFor: { [self] in app(key: $0)?.secrets(now: Clock.wallSeconds()) ?? [] })
+            let key = try PusherSignature.verify(
+                method: request.method.description, path: path, query: q, body: request.body,
+                now: Clock.wallSeconds(),
+                secretsFor: { [self] in app(key: $0)?.secrets(now: Clock.wallSeconds()) ?? [] })
             return .success(app(key: key)!)
         } catch {
             return .failure(Refusal(status: 401, text: error.description))
@@ -79,13 +84,19 @@ extension Hub {
         let v: JSONValue
         do { v = try JSONParser.parse(body) } catch { return .failure(Refusal(status: 400, text: error.description)) }
         guard let o = v.object else { return .failure(Refusal(status: 400, text: "body must be a JSON object")) }
-        guard let event = o["event"]?.string else { return .failure(Refusal(status: 400, text: EventProblem.noName.text)) }
+        guard let event = o["event"]?.string else {
+            return .failure(Refusal(status: 400, text: EventProblem.noName.text))
+        }
         var channels: [String] = []
         if let c = o["channel"]?.string { channels.append(c) }
         if let cs = o["channels"] {
-            guard let a = cs.array else { return .failure(Refusal(status: 400, text: "channels must be an array of strings")) }
+            guard let a = cs.array else {
+                return .failure(Refusal(status: 400, text: "channels must be an array of strings"))
+            }
             for c in a {
-                guard let s = c.string else { return .failure(Refusal(status: 400, text: "channels must be an array of strings")) }
+                guard let s = c.string else {
+                    return .failure(Refusal(status: 400, text: "channels must be an array of strings"))
+                }
                 channels.append(s)
             }
         }
@@ -96,11 +107,15 @@ extension Hub {
         var seen = Set<String>()
         channels = channels.filter { seen.insert($0).inserted }
         for c in channels {
-            if let p = ChannelName.problem(c) { return .failure(Refusal(status: 400, text: "\(p): '\(c.prefix(200))'")) }
+            if let p = ChannelName.problem(c) {
+                return .failure(Refusal(status: 400, text: "\(p): '\(c.prefix(200))'"))
+            }
         }
         var r = PublishRequest(channels: channels, event: event)
         if let b = o["data_base64"] {
-            guard let s = b.string, let bytes = Base64.decode(s) else { return .failure(Refusal(status: 400, text: "data_base64 is not base64")) }
+            guard let s = b.string, let bytes = Base64.decode(s) else {
+                return .failure(Refusal(status: 400, text: "data_base64 is not base64"))
+            }
             r.binary = bytes
         } else if let d = o["data"] {
             if case .string(let s) = d { r.data = s } else { r.data = String(decoding: d.serialized, as: UTF8.self) }
@@ -111,7 +126,9 @@ extension Hub {
             return .failure(Refusal(status: p.status, text: p.text))
         }
         if let x = o["socket_id"] {
-            guard let s = x.string, let id = SessionID(s) else { return .failure(Refusal(status: 400, text: "socket_id must look like 1234.5678")) }
+            guard let s = x.string, let id = SessionID(s) else {
+                return .failure(Refusal(status: 400, text: "socket_id must look like 1234.5678"))
+            }
             r.exclude = id
         }
         return .success(r)

@@ -9,15 +9,25 @@ import HalleyServer
 extension Hub {
     func installPusherAPI(on router: Router) {
         router.add([.post], "/apps/{app}/events") { [self] rq, rs in timed(rs) { api(rq, rs) { $0.events($1) } } }
-        router.add([.post], "/apps/{app}/batch_events") { [self] rq, rs in timed(rs) { api(rq, rs) { $0.batchEvents($1) } } }
-        router.add([.get], "/apps/{app}/stats") { [self] rq, rs in api(rq, rs) { .success($0.statsJSON(only: $1.app.id, openConnections: nil)) } }
+        router.add([.post], "/apps/{app}/batch_events") { [self] rq, rs in
+            timed(rs) { api(rq, rs) { $0.batchEvents($1) } }
+        }
+        router.add([.get], "/apps/{app}/stats") { [self] rq, rs in
+            api(rq, rs) { .success($0.statsJSON(only: $1.app.id, openConnections: nil)) }
+        }
         router.add([.get], "/apps/{app}/channels") { [self] rq, rs in api(rq, rs) { $0.channelsInfo($1) } }
         router.add([.get], "/apps/{app}/channels/{channel}") { [self] rq, rs in api(rq, rs) { $0.channelInfo($1) } }
-        router.add([.get], "/apps/{app}/channels/{channel}/users") { [self] rq, rs in api(rq, rs) { $0.channelUsers($1) } }
-        router.add([.post], "/apps/{app}/users/{user}/terminate_connections") { [self] rq, rs in api(rq, rs) { $0.terminateUser($1) } }
+        router.add([.get], "/apps/{app}/channels/{channel}/users") { [self] rq, rs in
+            api(rq, rs) { $0.channelUsers($1) }
+        }
+        router.add([.post], "/apps/{app}/users/{user}/terminate_connections") { [self] rq, rs in
+            api(rq, rs) { $0.terminateUser($1) }
+        }
         // pusher-http-python 3.3.4 sends `terminate_user_connections` without the `/apps/{id}`
         // prefix (and signs that path): the app is the one of `auth_key`.
-        router.add([.post], "/users/{user}/terminate_connections") { [self] rq, rs in api(rq, rs) { $0.terminateUser($1) } }
+        router.add([.post], "/users/{user}/terminate_connections") { [self] rq, rs in
+            api(rq, rs) { $0.terminateUser($1) }
+        }
     }
 
     /// A signed API request of one app.
@@ -31,7 +41,9 @@ extension Hub {
 
     /// Pusher's error answer: a line of plain text.
     static func apiError(_ status: Int, _ text: String) -> HTTPResponse {
-        HTTPResponse(status: status, headers: [("Content-Type", "text/plain; charset=utf-8")], body: .bytes(Array((text + "\n").utf8)))
+        HTTPResponse(
+            status: status, headers: [("Content-Type", "text/plain; charset=utf-8")],
+            body: .bytes(Array((text + "\n").utf8)))
     }
 
     static func apiOK(_ body: [UInt8]) -> HTTPResponse {
@@ -60,11 +72,14 @@ extension Hub {
             app = a
         }
         do {
-            _ = try PusherSignature.verify(method: request.method.description, path: path, query: q, body: request.body,
-                                           now: Clock.wallSeconds(), secretsFor: { $0 == app.key ? app.secrets(now: Clock.wallSeconds()) : [] })
+            _ = try PusherSignature.verify(
+                method: request.method.description, path: path, query: q, body: request.body,
+                now: Clock.wallSeconds(), secretsFor: { $0 == app.key ? app.secrets(now: Clock.wallSeconds()) : [] })
         } catch {
             Log.info("api \(path): 401 \(error)")
-            responder.respond(Self.apiError(401, Self.signatureText(error, app: app, method: request.method.description, path: path, query: q)))
+            responder.respond(
+                Self.apiError(
+                    401, Self.signatureText(error, app: app, method: request.method.description, path: path, query: q)))
             return
         }
         guard app.enabled else {
@@ -82,12 +97,17 @@ extension Hub {
     }
 
     /// Pusher's explanation of a refused signature (what to sign; never the expected value).
-    static func signatureText(_ f: PusherSignature.Failure, app: App, method: String, path: String, query: [(String, String)]) -> String {
+    static func signatureText(
+        _ f: PusherSignature.Failure, app: App, method: String, path: String, query: [(String, String)]
+    ) -> String {
         switch f {
         case .unknownKey: return "Unknown auth_key"
         case .badSignature:
-            let s = PusherSignature.stringToSign(method: method, path: path, query: query).split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\\n")
-            return "Invalid signature: you should have sent HmacSHA256Hex(\"\(s)\", your_secret_key), but you sent \"\(Query.value(query, "auth_signature") ?? "")\""
+            let s = PusherSignature.stringToSign(method: method, path: path, query: query).split(
+                separator: "\n", omittingEmptySubsequences: false
+            ).joined(separator: "\\n")
+            return
+                "Invalid signature: you should have sent HmacSHA256Hex(\"\(s)\", your_secret_key), but you sent \"\(Query.value(query, "auth_signature") ?? "")\""
         case .expired: return "Timestamp expired: " + f.description
         default: return f.description
         }
@@ -106,7 +126,9 @@ extension Hub {
 
     func parseAPIEvent(_ o: [String: JSONValue], app: App, batch: Bool) -> Result<APIEvent, Refusal> {
         func bad(_ t: String) -> Result<APIEvent, Refusal> { .failure(Refusal(status: 400, text: t)) }
-        guard let name = o["name"]?.string, !name.isEmpty else { return bad("Expected name parameter to be a non-empty string") }
+        guard let name = o["name"]?.string, !name.isEmpty else {
+            return bad("Expected name parameter to be a non-empty string")
+        }
         let data: String
         switch o["data"] {
         case .string(let s)?: data = s
@@ -120,11 +142,15 @@ extension Hub {
         }
         if let cs = o["channels"] {
             guard !batch else { return bad("batch events take one channel each") }
-            guard let a = cs.array, a.allSatisfy({ $0.string != nil }) else { return bad("Expected channels parameter to be an array of strings") }
+            guard let a = cs.array, a.allSatisfy({ $0.string != nil }) else {
+                return bad("Expected channels parameter to be an array of strings")
+            }
             channels += a.map { $0.string! }
         }
         guard !channels.isEmpty else { return bad("Missing channel or channels parameter") }
-        guard channels.count <= config.maxChannelsPerPublish else { return bad("Too many channels: at most \(config.maxChannelsPerPublish) per event") }
+        guard channels.count <= config.maxChannelsPerPublish else {
+            return bad("Too many channels: at most \(config.maxChannelsPerPublish) per event")
+        }
         var seen = Set<String>()
         channels = channels.filter { seen.insert($0).inserted }
         for c in channels {
@@ -138,14 +164,18 @@ extension Hub {
         }
         var exclude: SessionID? = nil
         if let x = o["socket_id"] {
-            guard let s = x.string, let id = SessionID(s) else { return bad("Invalid socket_id: expected digits.digits") }
+            guard let s = x.string, let id = SessionID(s) else {
+                return bad("Invalid socket_id: expected digits.digits")
+            }
             exclude = id
         }
         var info = Set<String>()
         if let i = o["info"] {
             guard let s = i.string else { return bad("Expected info parameter to be a comma-separated string") }
             info = Set(s.split(separator: ",").map { String($0).trimmingSpaces() })
-            for a in info where a != "user_count" && a != "subscription_count" { return bad("Unknown info attribute '\(a.prefix(40))'") }
+            for a in info where a != "user_count" && a != "subscription_count" {
+                return bad("Unknown info attribute '\(a.prefix(40))'")
+            }
         }
         return .success(APIEvent(channels: channels, name: name, data: data, exclude: exclude, info: info))
     }
@@ -162,7 +192,9 @@ extension Hub {
     }
 
     func events(_ r: APIRequest) -> Result<[UInt8], Refusal> {
-        guard let o = parseBody(r.request.body) else { return .failure(Refusal(status: 400, text: "Expected a JSON object body")) }
+        guard let o = parseBody(r.request.body) else {
+            return .failure(Refusal(status: 400, text: "Expected a JSON object body"))
+        }
         let e: APIEvent
         switch parseAPIEvent(o, app: r.app, batch: false) {
         case .failure(let f): return .failure(f)
@@ -182,18 +214,23 @@ extension Hub {
             return .failure(Refusal(status: 400, text: "Expected a JSON object with a batch array"))
         }
         guard list.count <= config.maxBatchEvents else {
-            return .failure(Refusal(status: 400, text: "Batch too large: at most \(config.maxBatchEvents) events per request"))
+            return .failure(
+                Refusal(status: 400, text: "Batch too large: at most \(config.maxBatchEvents) events per request"))
         }
         // All or nothing: every event is checked before any is published.
         var events: [APIEvent] = []
         for (i, v) in list.enumerated() {
-            guard let eo = v.object else { return .failure(Refusal(status: 400, text: "batch[\(i)] must be a JSON object")) }
+            guard let eo = v.object else {
+                return .failure(Refusal(status: 400, text: "batch[\(i)] must be a JSON object"))
+            }
             switch parseAPIEvent(eo, app: r.app, batch: true) {
             case .failure(let f): return .failure(Refusal(status: f.status, text: "batch[\(i)]: \(f.text)"))
             case .success(let e): events.append(e)
             }
         }
-        for e in events { _ = publish(app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude) }
+        for e in events {
+            _ = publish(app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude)
+        }
         guard events.contains(where: { !$0.info.isEmpty }) else { return .success(Array("{}".utf8)) }
         var out: [UInt8] = Array(#"{"batch":["#.utf8)
         for (i, e) in events.enumerated() {
@@ -242,15 +279,21 @@ extension Hub {
         case .success(let i): info = i
         }
         if info.contains("user_count") && !prefix.hasPrefix("presence-") {
-            return .failure(Refusal(status: 400, text: "user_count may only be requested for presence channels: add filter_by_prefix=presence-"))
+            return .failure(
+                Refusal(
+                    status: 400,
+                    text: "user_count may only be requested for presence channels: add filter_by_prefix=presence-"))
         }
         if info.contains("subscription_count") && prefix.hasPrefix("presence-") {
-            return .failure(Refusal(status: 400, text: "subscription_count is not available for presence channels: use user_count"))
+            return .failure(
+                Refusal(status: 400, text: "subscription_count is not available for presence channels: use user_count"))
         }
         let list = state.withLock { st -> [(String, Int, Int)] in
             var out: [(String, Int, Int)] = []
-            for (k, ch) in st.channels where k.app == r.app.id && ch.subscribers > 0 && k.name.hasPrefix(prefix)
-                && !k.name.hasPrefix(LoopHub.userChannelPrefix) {
+            for (k, ch) in st.channels
+            where k.app == r.app.id && ch.subscribers > 0 && k.name.hasPrefix(prefix)
+                && !k.name.hasPrefix(LoopHub.userChannelPrefix)
+            {
                 out.append((k.name, ch.subscribers, ch.users.count))
             }
             return out
@@ -269,7 +312,9 @@ extension Hub {
 
     func channelInfo(_ r: APIRequest) -> Result<[UInt8], Refusal> {
         let name = r.parameter("channel") ?? ""
-        if let p = ChannelName.problem(name) { return .failure(Refusal(status: 400, text: "\(p): '\(name.prefix(200))'")) }
+        if let p = ChannelName.problem(name) {
+            return .failure(Refusal(status: 400, text: "\(p): '\(name.prefix(200))'"))
+        }
         let info: Set<String>
         switch infoAttributes(r.query, allowed: ["user_count", "subscription_count", "cache"]) {
         case .failure(let f): return .failure(f)
@@ -280,7 +325,8 @@ extension Hub {
             return .failure(Refusal(status: 400, text: "user_count is only available for presence channels"))
         }
         if info.contains("subscription_count") && kind == .presence {
-            return .failure(Refusal(status: 400, text: "subscription_count is not available for presence channels: use user_count"))
+            return .failure(
+                Refusal(status: 400, text: "subscription_count is not available for presence channels: use user_count"))
         }
         if info.contains("cache") && kind != .cache {
             return .failure(Refusal(status: 400, text: "cache is only available for cache channels"))
@@ -322,11 +368,15 @@ extension Hub {
 
     func channelUsers(_ r: APIRequest) -> Result<[UInt8], Refusal> {
         let name = r.parameter("channel") ?? ""
-        if let p = ChannelName.problem(name) { return .failure(Refusal(status: 400, text: "\(p): '\(name.prefix(200))'")) }
+        if let p = ChannelName.problem(name) {
+            return .failure(Refusal(status: 400, text: "\(p): '\(name.prefix(200))'"))
+        }
         guard ChannelName.kind(name) == .presence else {
             return .failure(Refusal(status: 400, text: "Users are only available for presence channels"))
         }
-        let ids = state.withLock { $0.channels[ChannelKey(app: r.app.id, name: name)].map { Array($0.users.keys) } ?? [] }
+        let ids = state.withLock {
+            $0.channels[ChannelKey(app: r.app.id, name: name)].map { Array($0.users.keys) } ?? []
+        }
         var out: [UInt8] = Array(#"{"users":["#.utf8)
         for (i, id) in ids.sorted().enumerated() {
             if i > 0 { out.append(UInt8(ascii: ",")) }

@@ -355,13 +355,16 @@ final class PusherHTTPTransport: Transport {
             if now - lastHeard >= PusherHTTP.silenceSeconds(heartbeat: config.heartbeat), let s = session {
                 // A stream's client that vanished (no FIN: a laptop closed, a network gone)
                 // would otherwise keep the session, and its presence, until TCP gives up.
-                Log.info("pusher-js session \(path): nothing from the client for \(now - lastHeard) s: closing \(PusherErrorCode.pongNotReceived)")
+                Log.info(
+                    "pusher-js session \(path): nothing from the client for \(now - lastHeard) s: closing \(PusherErrorCode.pongNotReceived)"
+                )
                 loopHub.end(s, .pingTimeout)
                 return true  // ended: the branch above from now on
             }
             if held {
                 // Waiting for the client's next stream: nothing goes on this one.
-            } else if now - lastWrite >= heartbeat || (now - lastHeard >= heartbeat && now - lastHeartbeat >= heartbeat) {
+            } else if now - lastWrite >= heartbeat || (now - lastHeard >= heartbeat && now - lastHeartbeat >= heartbeat)
+            {
                 // After a heartbeat of silence either way: pusher-js answers `h` with an
                 // `xhr_send` of `[]`, which is how a busy stream's client is heard.
                 st.write([.bytes(SockJS.heartbeat)])

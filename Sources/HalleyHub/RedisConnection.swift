@@ -26,7 +26,9 @@ public struct RedisURL: Equatable, Sendable, CustomStringConvertible {
     }
 
     public init(_ text: String) throws(ParseError) {
-        func fail(_ why: String) -> ParseError { ParseError(description: "--redis: \(why) (expected redis://[user:password@]host:port[/db])") }
+        func fail(_ why: String) -> ParseError {
+            ParseError(description: "--redis: \(why) (expected redis://[user:password@]host:port[/db])")
+        }
         if text.hasPrefix("rediss://") { throw fail("rediss:// (TLS) is not supported") }
         guard text.hasPrefix("redis://") else { throw fail("not a redis:// URL") }
         var rest = Substring(text.dropFirst("redis://".count))
@@ -62,7 +64,9 @@ public struct RedisURL: Equatable, Sendable, CustomStringConvertible {
             }
         } else if let colon = hostPort.lastIndex(of: ":") {
             host = String(hostPort[..<colon])
-            guard let p = Int(hostPort[hostPort.index(after: colon)...]), (1...65535).contains(p) else { throw fail("bad port") }
+            guard let p = Int(hostPort[hostPort.index(after: colon)...]), (1...65535).contains(p) else {
+                throw fail("bad port")
+            }
             port = p
         } else {
             host = String(hostPort)
@@ -266,7 +270,9 @@ public final class RedisConnection: EventHandler {
         do throws(IOError) {
             while written < out.count {
                 let r: Result<IOResult, IOError> = out.withUnsafeBytes { b in
-                    do throws(IOError) { return .success(try Sys.write(fd, UnsafeRawBufferPointer(rebasing: b[written...]))) } catch { return .failure(error) }
+                    do throws(IOError) {
+                        return .success(try Sys.write(fd, UnsafeRawBufferPointer(rebasing: b[written...])))
+                    } catch { return .failure(error) }
                 }
                 guard case .done(let n) = try r.get() else { break }
                 written += n

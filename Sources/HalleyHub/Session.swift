@@ -113,7 +113,8 @@ final class Session {
         // Under `gap`, a session message (a subscription answer) is never skipped: only
         // channel messages can be named in a gap notice. It may overrun the bound a little.
         if (full && (m.isChannelMessage || config.slowConsumer == .close))
-            || (!gaps.isEmpty && m.isChannelMessage && !announceGaps()) {
+            || (!gaps.isEmpty && m.isChannelMessage && !announceGaps())
+        {
             overflow(m)
             return
         }
@@ -140,12 +141,16 @@ final class Session {
         loopHub.hub.stats(app.id)?.add(.slowConsumers)
         switch config.slowConsumer {
         case .close:
-            Log.info("session \(id): buffer full (\(bufferedBytes(transport)) B)\(m == nil ? " with replies to the client's messages" : ""): closing \(PusherErrorCode.overCapacity)")
+            Log.info(
+                "session \(id): buffer full (\(bufferedBytes(transport)) B)\(m == nil ? " with replies to the client's messages" : ""): closing \(PusherErrorCode.overCapacity)"
+            )
             loopHub.end(self, .bufferOverflow)
         case .gap:
             guard let m, let c = m.channel else {
                 // A reply or a session message: dropped (with its channel's gap, if any).
-                if m == nil && !skippingReplies { Log.info("session \(id): buffer full: skipping replies to the client's messages") }
+                if m == nil && !skippingReplies {
+                    Log.info("session \(id): buffer full: skipping replies to the client's messages")
+                }
                 if m == nil { skippingReplies = true }
                 return
             }
@@ -242,9 +247,12 @@ final class Session {
                 return
             }
             var since: (String, UInt64)? = nil
-            if let s = msg.data?["halley:since"], let e = s["epoch"]?.string, let o = s["offset"]?.uint64 { since = (e, o) }
-            loopHub.subscribe(self, channel: ch, since: since, auth: msg.data?["auth"]?.string,
-                              channelData: msg.data?["channel_data"]?.string)
+            if let s = msg.data?["halley:since"], let e = s["epoch"]?.string, let o = s["offset"]?.uint64 {
+                since = (e, o)
+            }
+            loopHub.subscribe(
+                self, channel: ch, since: since, auth: msg.data?["auth"]?.string,
+                channelData: msg.data?["channel_data"]?.string)
         case "pusher:unsubscribe":
             if let ch = msg.data?["channel"]?.string { loopHub.unsubscribe(self, channel: ch) }
         case "pusher:pong":
@@ -277,7 +285,9 @@ final class Session {
         guard kind == .private || kind == .presence else {
             return reject("client events are only allowed on private and presence channels")
         }
-        guard !ch.hasPrefix("private-encrypted-") else { return reject("client events are not allowed on encrypted channels") }
+        guard !ch.hasPrefix("private-encrypted-") else {
+            return reject("client events are not allowed on encrypted channels")
+        }
         let key = ChannelKey(app: app.id, name: ch)
         guard subscriptions.contains(where: { $0.channel.key == key }) else {
             return reject("not subscribed to \(ch)")
@@ -289,7 +299,9 @@ final class Session {
         }
         clientEvents += 1
         guard clientEvents <= app.clientEventsPerSecond else {
-            return reject("Client event rejected - rate limit exceeded (\(app.clientEventsPerSecond) per second)", code: PusherErrorCode.clientEventRejected)
+            return reject(
+                "Client event rejected - rate limit exceeded (\(app.clientEventsPerSecond) per second)",
+                code: PusherErrorCode.clientEventRejected)
         }
         let data: String
         switch msg.data {
@@ -305,9 +317,12 @@ final class Session {
             guard let bytes = Base64.decode(data) else { return reject("halley:binary data is not base64") }
             binary = bytes
         }
-        if let p = config.eventProblem(app: app, name: msg.event, dataBytes: binary?.count ?? data.utf8.count) { return reject(p.text) }
+        if let p = config.eventProblem(app: app, name: msg.event, dataBytes: binary?.count ?? data.utf8.count) {
+            return reject(p.text)
+        }
         let user = kind == .presence ? loopHub.hub.presenceUser(key, session: id) : nil
-        _ = loopHub.hub.publish(app: app, channels: [ch], event: msg.event, data: data, binary: binary, exclude: id, userID: user)
+        _ = loopHub.hub.publish(
+            app: app, channels: [ch], event: msg.event, data: data, binary: binary, exclude: id, userID: user)
         loopHub.hub.clientEventHook(app, channel: ch, event: msg.event, data: data, socketID: id, userID: user)
     }
 
@@ -324,9 +339,13 @@ final class Session {
         guard let u = try? JSONParser.parse(Array(userData.utf8)), let uid = u["id"]?.string, !uid.isEmpty else {
             return fail("user_data must be a JSON object with a non-empty string id")
         }
-        guard uid.utf8.count <= PresenceMember.maxUserIDLength else { return fail("user id is longer than \(PresenceMember.maxUserIDLength) characters") }
+        guard uid.utf8.count <= PresenceMember.maxUserIDLength else {
+            return fail("user id is longer than \(PresenceMember.maxUserIDLength) characters")
+        }
         do {
-            try PusherAuth.verify(auth: auth, key: app.key, secrets: app.secrets(now: Clock.wallSeconds()), text: PusherAuth.userString(socketID: id.description, userData: userData))
+            try PusherAuth.verify(
+                auth: auth, key: app.key, secrets: app.secrets(now: Clock.wallSeconds()),
+                text: PusherAuth.userString(socketID: id.description, userData: userData))
         } catch {
             return fail("Invalid signature for pusher:signin (\(error))")
         }
@@ -346,7 +365,8 @@ final class Session {
             handle(try ClientMessage.decode(bytes))
         } catch {
             Log.info("session \(id): bad message: \(error)")
-            transport?.sendControl(Wire.error(code: nil, message: "invalid message: expected a JSON object with an event"))
+            transport?.sendControl(
+                Wire.error(code: nil, message: "invalid message: expected a JSON object with an event"))
         }
     }
 

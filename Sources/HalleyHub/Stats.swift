@@ -144,8 +144,9 @@ extension Hub {
             tin += i
             tout += o
         }
-        let s = StatsHistory.Sample(at: Clock.monotonicMillis(), messagesIn: tin, messagesOut: tout,
-                                    sessions: sessionCount.load(ordering: .relaxed), perApp: perApp)
+        let s = StatsHistory.Sample(
+            at: Clock.monotonicMillis(), messagesIn: tin, messagesOut: tout,
+            sessions: sessionCount.load(ordering: .relaxed), perApp: perApp)
         history.withLock { $0.add(s) }
     }
 
@@ -190,8 +191,10 @@ extension Hub {
             let r = (v * 10).rounded() / 10
             return r == r.rounded() ? String(Int(r)) : String(r)
         }
-        func section(_ b: inout JSONObjectBuilder, census c: AppCensus, channels ch: (channels: Int, subscriptions: Int),
-                     counters: (AppCounter) -> Int, rateIn: Double, rateOut: Double) {
+        func section(
+            _ b: inout JSONObjectBuilder, census c: AppCensus, channels ch: (channels: Int, subscriptions: Int),
+            counters: (AppCounter) -> Int, rateIn: Double, rateOut: Double
+        ) {
             var conn = JSONObjectBuilder()
             for k in TransportKind.allCases { conn.int(k.name, UInt64(c.byTransport[k.rawValue])) }
             b.raw("connections", conn.closed)
@@ -225,8 +228,9 @@ extension Hub {
             totalOut += rout
         }
         var total = JSONObjectBuilder()
-        section(&total, census: totalCensus, channels: totalChannels, counters: { totals[$0.rawValue] },
-                rateIn: totalIn, rateOut: totalOut)
+        section(
+            &total, census: totalCensus, channels: totalChannels, counters: { totals[$0.rawValue] },
+            rateIn: totalIn, rateOut: totalOut)
         if only == nil, let w = webhooks {
             let inbox = w.inbox.withLock { ($0.events.count, $0.bytes) }
             var wh = JSONObjectBuilder()
@@ -252,7 +256,9 @@ extension Hub {
                 var prev: StatsHistory.Sample?
                 for s in tail {
                     if rate {
-                        if let p = prev, s.at > p.at { parts.append(rounded(Double(pick(s) - pick(p)) * 1000 / Double(s.at - p.at))) }
+                        if let p = prev, s.at > p.at {
+                            parts.append(rounded(Double(pick(s) - pick(p)) * 1000 / Double(s.at - p.at)))
+                        }
                     } else {
                         parts.append(String(pick(s)))
                     }
@@ -281,12 +287,17 @@ extension Hub {
     /// `GET /stats` with `Authorization: Bearer <--admin-token>`: every app and the totals.
     func statsEndpoint(_ request: HTTPRequest, _ responder: Responder) {
         guard let admin = config.adminToken else {
-            responder.respond(HubHTTP.error(403, "GET /stats is off: start the hub with --admin-token (or sign GET /apps/{id}/stats as the HTTP API)"))
+            responder.respond(
+                HubHTTP.error(
+                    403,
+                    "GET /stats is off: start the hub with --admin-token (or sign GET /apps/{id}/stats as the HTTP API)"
+                ))
             return
         }
         guard let auth = request.head.headers["Authorization"], auth.utf8.count > 7,
-              auth.prefix(7).lowercased() == "bearer ",
-              Digest.constantTimeEqual(Array(auth.utf8.dropFirst(7)), Array(admin.utf8)) else {
+            auth.prefix(7).lowercased() == "bearer ",
+            Digest.constantTimeEqual(Array(auth.utf8.dropFirst(7)), Array(admin.utf8))
+        else {
             Log.info("stats: 401 (no or wrong admin token)")
             var r = HubHTTP.error(401, "GET /stats needs Authorization: Bearer <admin token>")
             r.headers.append(("WWW-Authenticate", "Bearer"))

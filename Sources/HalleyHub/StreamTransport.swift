@@ -37,8 +37,10 @@ final class SSETransport: Transport {
             let n = 4 + Wire.writeDecimal(seq, into: p + 4)
             let t = Wire.seqTail(seq, into: p + n)
             if baseline < 0 { baseline = stream.bodyBytes }
-            stream.write([.raw(UnsafeRawBufferPointer(start: p, count: n)), .bytes(idSuffix), .shared(m.prefix),
-                          .raw(UnsafeRawBufferPointer(start: p + n, count: t)), .bytes(Wire.sseEventEnd)])
+            stream.write([
+                .raw(UnsafeRawBufferPointer(start: p, count: n)), .bytes(idSuffix), .shared(m.prefix),
+                .raw(UnsafeRawBufferPointer(start: p + n, count: t)), .bytes(Wire.sseEventEnd),
+            ])
         }
         wrote()
     }
@@ -46,7 +48,10 @@ final class SSETransport: Transport {
     static let idField: [UInt8] = Array("id: ".utf8)
 
     func sendEstablished(_ json: [UInt8], lastSeen: UInt64) {
-        stream.write([.bytes(Self.idField), .bytes(Array(String(lastSeen).utf8)), .bytes(idSuffix), .bytes(json), .bytes(Wire.sseEventEnd)])
+        stream.write([
+            .bytes(Self.idField), .bytes(Array(String(lastSeen).utf8)), .bytes(idSuffix), .bytes(json),
+            .bytes(Wire.sseEventEnd),
+        ])
         wrote()
     }
 

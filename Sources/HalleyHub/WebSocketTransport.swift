@@ -94,7 +94,8 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
         if let a = awaiting {
             awaiting = nil
             guard let m = try? ClientMessage.decode(text), m.event == "halley:resume",
-                  let token = m.data?.object?["token"]?.string else {
+                let token = m.data?.object?["token"]?.string
+            else {
                 Log.info("websocket: expected halley:resume as the first message")
                 ws.close(code: 1008, reason: "expected halley:resume")
                 return

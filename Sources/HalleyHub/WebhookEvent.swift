@@ -16,7 +16,9 @@ public enum WebhookEvent: Sendable, Equatable {
     case clientEvent(channel: String, event: String, data: String, socketID: String, userID: String?)
 
     /// The names an app's `webhooks[].events` may list.
-    public static let names: Set<String> = ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event"]
+    public static let names: Set<String> = [
+        "channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event",
+    ]
 
     /// What the event costs while it waits in a queue: its strings and about 64 bytes of
     /// bookkeeping (an estimate, for the byte bound; the body it becomes is a little larger).

@@ -136,7 +136,9 @@ struct WebhookQueue {
     /// Drops the oldest queued (else held) events past `maxQueued` or `maxQueuedBytes`.
     mutating func trim() -> Added {
         var dropped = 0
-        while heldCount + queuedCount > policy.maxQueued || (bytes > policy.maxQueuedBytes && heldCount + queuedCount > 0) {
+        while heldCount + queuedCount > policy.maxQueued
+            || (bytes > policy.maxQueuedBytes && heldCount + queuedCount > 0)
+        {
             if queuedCount > 0 {
                 bytes -= queued[queuedHead].event.queuedBytes
                 queuedHead += 1
@@ -197,7 +199,8 @@ struct WebhookQueue {
             return inFlight
         }
         guard let since = queuedSince, queuedCount > 0,
-              queuedCount >= policy.maxBatch || since + policy.batchMillis <= now else { return nil }
+            queuedCount >= policy.maxBatch || since + policy.batchMillis <= now
+        else { return nil }
         let n = min(policy.maxBatch, queuedCount)
         let events = queued[queuedHead..<(queuedHead + n)].map(\.event)
         for e in events { bytes -= e.queuedBytes }

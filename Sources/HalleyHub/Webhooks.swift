@@ -43,19 +43,23 @@ public final class Webhooks: Sendable {
     let driver: UncheckedBox<WebhookDriver>
 
     /// `loop`: the loop that sends (the hub passes loop 0). Safe from any thread.
-    public init(loop: EventLoop, policy: WebhookPolicy = WebhookPolicy(), client: HTTPClient.Options = HTTPClient.Options()) {
+    public init(
+        loop: EventLoop, policy: WebhookPolicy = WebhookPolicy(), client: HTTPClient.Options = HTTPClient.Options()
+    ) {
         self.loop = loop
         let d = WebhookDriver(loop: loop, policy: policy, client: client, counters: counters)
         driver = UncheckedBox(d)
         let box = driver
         // The loop's tick list is loop-confined: register from its own thread.
         loop.execute { [self] in
-            box.value.start { self.inbox.withLock { q in
-                let taken = q.events
-                q.events.removeAll(keepingCapacity: true)
-                q.bytes = 0
-                return taken
-            } }
+            box.value.start {
+                self.inbox.withLock { q in
+                    let taken = q.events
+                    q.events.removeAll(keepingCapacity: true)
+                    q.bytes = 0
+                    return taken
+                }
+            }
         }
     }
 
@@ -80,7 +84,9 @@ public final class Webhooks: Sendable {
         if !kept {
             counters.add(\.droppedOverflow, 1)
             if firstDrop {
-                Log.warning("webhooks: more than \(Self.maxInbox) events or \(Self.maxInboxBytes) bytes waiting to be queued: dropping new ones (logged at most every 10 s; halley_webhook_events_dropped_total counts them)")
+                Log.warning(
+                    "webhooks: more than \(Self.maxInbox) events or \(Self.maxInboxBytes) bytes waiting to be queued: dropping new ones (logged at most every 10 s; halley_webhook_events_dropped_total counts them)"
+                )
             }
         }
     }
@@ -91,12 +97,18 @@ public final class Webhooks: Sendable {
             Metrics.family(name, "counter", help, samples)
         }
         let c = counters
-        return family("halley_webhook_events_sent_total", "Webhook events delivered (answered 2xx).", [("", c.get(\.sent))])
-            + family("halley_webhook_requests_failed_total", "Webhook requests that failed (connect, timeout, non-2xx).", [("", c.get(\.failed))])
+        return family(
+            "halley_webhook_events_sent_total", "Webhook events delivered (answered 2xx).", [("", c.get(\.sent))])
+            + family(
+                "halley_webhook_requests_failed_total", "Webhook requests that failed (connect, timeout, non-2xx).",
+                [("", c.get(\.failed))])
             + family("halley_webhook_retries_total", "Webhook requests that were retries.", [("", c.get(\.retried))])
-            + family("halley_webhook_events_dropped_total", "Webhook events dropped: queue overflow, or retries given up.", [
-                ("{reason=\"overflow\"}", c.get(\.droppedOverflow)), ("{reason=\"gave_up\"}", c.get(\.droppedGaveUp)),
-            ])
+            + family(
+                "halley_webhook_events_dropped_total", "Webhook events dropped: queue overflow, or retries given up.",
+                [
+                    ("{reason=\"overflow\"}", c.get(\.droppedOverflow)),
+                    ("{reason=\"gave_up\"}", c.get(\.droppedGaveUp)),
+                ])
     }
 }
 
@@ -166,7 +178,9 @@ final class WebhookDriver {
                 if case .overflow(let n, let first) = r {
                     counters.add(\.droppedOverflow, n)
                     if first {
-                        Log.warning("webhook \(targets[i].url) (app \(p.app.id)): more than \(policy.maxQueued) events or \(policy.maxQueuedBytes) bytes waiting: dropping the oldest")
+                        Log.warning(
+                            "webhook \(targets[i].url) (app \(p.app.id)): more than \(policy.maxQueued) events or \(policy.maxQueuedBytes) bytes waiting: dropping the oldest"
+                        )
                     }
                 }
             }
@@ -182,7 +196,8 @@ final class WebhookDriver {
             Log.error("webhook URL of app \(app.id) is not usable: \(w.url)")
             return nil
         }
-        targets.append(Target(appID: app.id, key: app.key, secret: app.secret, url: url, queue: WebhookQueue(policy: policy)))
+        targets.append(
+            Target(appID: app.id, key: app.key, secret: app.secret, url: url, queue: WebhookQueue(policy: policy)))
         targetIndex[k] = targets.count - 1
         return targets.count - 1
     }
@@ -214,12 +229,14 @@ final class WebhookDriver {
     func send(_ i: Int, _ b: WebhookQueue.Batch) {
         let t = targets[i]
         let body = WebhookEvent.body(b.events, timeMillis: b.timeMillis)
-        let request = t.url.request(method: "POST", fields: [
-            ("Content-Type", "application/json"),
-            ("X-Pusher-Key", t.key),
-            ("X-Pusher-Signature", WebhookEvent.signature(body: body, secret: t.secret)),
-            ("User-Agent", "halley"),
-        ], body: body)
+        let request = t.url.request(
+            method: "POST",
+            fields: [
+                ("Content-Type", "application/json"),
+                ("X-Pusher-Key", t.key),
+                ("X-Pusher-Signature", WebhookEvent.signature(body: body, secret: t.secret)),
+                ("User-Agent", "halley"),
+            ], body: body)
         if b.attempts > 1 { counters.add(\.retried, 1) }
         HTTPClient.send(on: loop, url: t.url, request: request, options: client) { [self] r in
             completed(i, r)
@@ -247,7 +264,9 @@ final class WebhookDriver {
         case .gaveUp(let n, let attempts, let ms):
             counters.add(\.failed, 1)
             counters.add(\.droppedGaveUp, n)
-            Log.warning("webhook \(t.url) (app \(t.appID)): gave up on \(n) events after \(attempts) attempts in \(ms / 1000) s (last: \(why))")
+            Log.warning(
+                "webhook \(t.url) (app \(t.appID)): gave up on \(n) events after \(attempts) attempts in \(ms / 1000) s (last: \(why))"
+            )
         }
         pump()
     }

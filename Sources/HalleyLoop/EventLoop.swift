@@ -61,7 +61,8 @@ public final class EventLoop: @unchecked Sendable {
         handlerCapacity = maxDescriptors
         handlers = calloc(maxDescriptors, MemoryLayout<EventHandler?>.stride)!
             .bindMemory(to: EventHandler?.self, capacity: maxDescriptors)
-        events = UnsafeMutableRawPointer.allocate(byteCount: Int(Self.maxEvents) * halley_epoll_event_size(), alignment: 16)
+        events = UnsafeMutableRawPointer.allocate(
+            byteCount: Int(Self.maxEvents) * halley_epoll_event_size(), alignment: 16)
         readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: readBufferSize, alignment: 16)
         now = Clock.monotonicMillis()
         nextTick = now + 1000
@@ -248,12 +249,14 @@ public final class EventLoop: @unchecked Sendable {
         // Unmanaged: one +1 reference carried through pthread_create's void*, taken back by the thread.
         let box = Unmanaged.passRetained(self)
         var tid = pthread_t()
-        let rc = pthread_create(&tid, nil, { arg in
-            let loop = Unmanaged<EventLoop>.fromOpaque(arg!).takeRetainedValue()
-            halley_set_thread_name("halley-loop-\(loop.index)")
-            loop.run()
-            return nil
-        }, box.toOpaque())
+        let rc = pthread_create(
+            &tid, nil,
+            { arg in
+                let loop = Unmanaged<EventLoop>.fromOpaque(arg!).takeRetainedValue()
+                halley_set_thread_name("halley-loop-\(loop.index)")
+                loop.run()
+                return nil
+            }, box.toOpaque())
         precondition(rc == 0, "pthread_create failed: \(rc)")
         return tid
     }

@@ -50,7 +50,8 @@ public enum Sys {
         try retrying("write", { Glibc.write(fd, buf.baseAddress, buf.count) })
     }
 
-    public static func sendfile(_ out: Int32, _ inFd: Int32, offset: inout Int, count: Int) throws(IOError) -> IOResult {
+    public static func sendfile(_ out: Int32, _ inFd: Int32, offset: inout Int, count: Int) throws(IOError) -> IOResult
+    {
         var off = off_t(offset)
         let r = try retrying("sendfile", { Glibc.sendfile(out, inFd, &off, count) })
         offset = Int(off)

@@ -33,8 +33,10 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
         } else if Int32(family) == AF_INET6, length >= MemoryLayout<sockaddr_in6>.size {
             var a = storage.load(as: sockaddr_in6.self)
             let (h, l) = withUnsafeBytes(of: &a.sin6_addr) { b in
-                (UInt64(bigEndian: b.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
-                 UInt64(bigEndian: b.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+                (
+                    UInt64(bigEndian: b.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
+                    UInt64(bigEndian: b.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+                )
             }
             self.init(hi: h, lo: l)
         } else {
@@ -52,8 +54,10 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
             let ok = String(s).withCString { inet_pton(AF_INET6, $0, &buf) } == 1
             guard ok else { return nil }
             let (h, l) = withUnsafeBytes(of: &buf) { b in
-                (UInt64(bigEndian: b.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
-                 UInt64(bigEndian: b.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+                (
+                    UInt64(bigEndian: b.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
+                    UInt64(bigEndian: b.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+                )
             }
             self.init(hi: h, lo: l)
         } else {

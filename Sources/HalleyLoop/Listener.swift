@@ -17,7 +17,10 @@ public final class Listener: EventHandler {
     public private(set) var paused = false
     public private(set) var closed = false
 
-    public init(fd: Int32, loop: EventLoop, canAccept: @escaping (_ someoneWaiting: Bool) -> Bool, onAccept: @escaping (Int32, IPAddress) -> Void) throws(IOError) {
+    public init(
+        fd: Int32, loop: EventLoop, canAccept: @escaping (_ someoneWaiting: Bool) -> Bool,
+        onAccept: @escaping (Int32, IPAddress) -> Void
+    ) throws(IOError) {
         self.fd = fd
         self.loop = loop
         self.onAccept = onAccept

@@ -64,8 +64,10 @@ public struct SocketAddress: @unchecked Sendable, CustomStringConvertible {
 
     /// Resolves `host` without blocking `loop`: numeric addresses at once, names on a
     /// short-lived thread of their own; `done` runs on `loop`'s thread either way.
-    public static func resolve(host: String, port: Int, on loop: EventLoop,
-                               _ done: @escaping @Sendable (Result<SocketAddress, IOError>) -> Void) {
+    public static func resolve(
+        host: String, port: Int, on loop: EventLoop,
+        _ done: @escaping @Sendable (Result<SocketAddress, IOError>) -> Void
+    ) {
         if let a = numeric(host: host, port: port) {
             done(.success(a))
             return
@@ -81,12 +83,14 @@ public struct SocketAddress: @unchecked Sendable, CustomStringConvertible {
         var attr = pthread_attr_t()
         pthread_attr_init(&attr)
         pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
-        let rc = pthread_create(&tid, &attr, { arg in
-            let w = Unmanaged<ThreadWork>.fromOpaque(arg!).takeRetainedValue()
-            halley_set_thread_name("halley-resolve")
-            w.body()
-            return nil
-        }, box.toOpaque())
+        let rc = pthread_create(
+            &tid, &attr,
+            { arg in
+                let w = Unmanaged<ThreadWork>.fromOpaque(arg!).takeRetainedValue()
+                halley_set_thread_name("halley-resolve")
+                w.body()
+                return nil
+            }, box.toOpaque())
         pthread_attr_destroy(&attr)
         if rc != 0 {
             box.release()
@@ -99,18 +103,22 @@ public struct SocketAddress: @unchecked Sendable, CustomStringConvertible {
         var s = storage
         let port: UInt16
         if family == AF_INET6 {
-            port = withUnsafePointer(to: &s) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
-                var a = p.pointee.sin6_addr
-                inet_ntop(AF_INET6, &a, &buf, socklen_t(buf.count))
-                return UInt16(bigEndian: p.pointee.sin6_port)
-            } }
+            port = withUnsafePointer(to: &s) {
+                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
+                    var a = p.pointee.sin6_addr
+                    inet_ntop(AF_INET6, &a, &buf, socklen_t(buf.count))
+                    return UInt16(bigEndian: p.pointee.sin6_port)
+                }
+            }
             return "[\(Self.text(buf))]:\(port)"
         }
-        port = withUnsafePointer(to: &s) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in
-            var a = p.pointee.sin_addr
-            inet_ntop(AF_INET, &a, &buf, socklen_t(buf.count))
-            return UInt16(bigEndian: p.pointee.sin_port)
-        } }
+        port = withUnsafePointer(to: &s) {
+            $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in
+                var a = p.pointee.sin_addr
+                inet_ntop(AF_INET, &a, &buf, socklen_t(buf.count))
+                return UInt16(bigEndian: p.pointee.sin_port)
+            }
+        }
         return "\(Self.text(buf)):\(port)"
     }
 
@@ -129,7 +137,9 @@ extension Socket {
     /// A non-blocking TCP socket connecting to `address`, and whether it is connected already;
     /// if not, wait until it is writable, then read `connectError`.
     public static func connect(to address: SocketAddress) throws(IOError) -> (fd: Int32, connected: Bool) {
-        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(
+            address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue),
+            0)
         if fd < 0 { throw IOError(errno: errno, function: "socket") }
         var s = address.storage
         let rc = withUnsafePointer(to: &s) {

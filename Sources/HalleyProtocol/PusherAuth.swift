@@ -48,7 +48,9 @@ public enum PusherAuth {
         // Hex is case-insensitive; SDKs write lower case.
         let given = a[(colon + 1)...].map { $0 >= 65 && $0 <= 70 ? $0 | 0x20 : $0 }
         let data = Array(text.utf8)
-        let ok = secrets.contains { Digest.constantTimeEqual(Array(Digest.hex(Digest.hmacSHA256(key: Array($0.utf8), data: data)).utf8), given) }
+        let ok = secrets.contains {
+            Digest.constantTimeEqual(Array(Digest.hex(Digest.hmacSHA256(key: Array($0.utf8), data: data)).utf8), given)
+        }
         guard ok else { throw .badSignature }
     }
 }

@@ -34,10 +34,12 @@ public struct ClientMessage: Equatable, Sendable {
         var data = o["data"]
         // Some clients send data as a JSON string even for protocol events: unwrap it.
         if e.hasPrefix("pusher:") || e.hasPrefix("halley:"), case .string(let s)? = data,
-           let inner = try? JSONParser.parse(Array(s.utf8)), inner.object != nil {
+            let inner = try? JSONParser.parse(Array(s.utf8)), inner.object != nil
+        {
             data = inner
         }
-        return ClientMessage(event: e, channel: o["channel"]?.string, data: data, binary: o["halley:binary"] == .bool(true))
+        return ClientMessage(
+            event: e, channel: o["channel"]?.string, data: data, binary: o["halley:binary"] == .bool(true))
     }
 }
 
@@ -93,10 +95,11 @@ public enum ChannelName {
 
     @inline(__always) static func allowed(_ c: UInt8) -> Bool {
         switch c {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"):
             return true
         case UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "="), UInt8(ascii: "@"), UInt8(ascii: ","),
-             UInt8(ascii: "."), UInt8(ascii: ";"):
+            UInt8(ascii: "."), UInt8(ascii: ";"):
             return true
         default:
             return false

@@ -25,7 +25,8 @@ public enum PusherSignature {
             case .missing(let p): return "missing \(p)"
             case .unknownKey: return "unknown auth_key"
             case .badVersion: return "auth_version must be 1.0"
-            case .expired(let s): return "auth_timestamp is \(s) s away from the server clock (limit \(PusherSignature.maxClockSkew) s)"
+            case .expired(let s):
+                return "auth_timestamp is \(s) s away from the server clock (limit \(PusherSignature.maxClockSkew) s)"
             case .bodyMD5Mismatch: return "body_md5 does not match the body"
             case .badSignature: return "invalid auth_signature"
             }
@@ -71,14 +72,17 @@ public enum PusherSignature {
     }
 
     public static func sign(secret: String, method: String, path: String, query: [(String, String)]) -> String {
-        Digest.hex(Digest.hmacSHA256(key: Array(secret.utf8), data: bytesToSign(method: method, path: path, query: query)))
+        Digest.hex(
+            Digest.hmacSHA256(key: Array(secret.utf8), data: bytesToSign(method: method, path: path, query: query)))
     }
 
     /// Checks a request; `secretsFor` maps an `auth_key` to the secrets its app accepts (the
     /// current one, and the previous one while a rotation overlaps; none: unknown key).
     /// Returns the key.
-    public static func verify(method: String, path: String, query: [(String, String)], body: [UInt8],
-                              now: Int, secretsFor: (String) -> [String]) throws(Failure) -> String {
+    public static func verify(
+        method: String, path: String, query: [(String, String)], body: [UInt8],
+        now: Int, secretsFor: (String) -> [String]
+    ) throws(Failure) -> String {
         var key: String?, ts: String?, sig: String?, version: String?, md5: String?
         for (k, v) in query {
             switch lower(k) {
@@ -99,14 +103,18 @@ public enum PusherSignature {
         // Parsed and compared without overflow: the timestamp is attacker-chosen.
         guard let t = Int(ts) else { throw .expired(skew: Int.max) }
         let (diff, overflow) = now.subtractingReportingOverflow(t)
-        guard !overflow, diff.magnitude <= UInt(maxClockSkew) else { throw .expired(skew: overflow ? Int.max : Int(clamping: diff.magnitude)) }
+        guard !overflow, diff.magnitude <= UInt(maxClockSkew) else {
+            throw .expired(skew: overflow ? Int.max : Int(clamping: diff.magnitude))
+        }
         if let md5 = md5 {
             guard hexEqual(Digest.md5(body), md5) else { throw .bodyMD5Mismatch }
         } else if !body.isEmpty {
             throw .missing("body_md5")
         }
         let data = bytesToSign(method: method, path: path, query: query)
-        guard secrets.contains(where: { hexEqual(Digest.hmacSHA256(key: Array($0.utf8), data: data), sig) }) else { throw .badSignature }
+        guard secrets.contains(where: { hexEqual(Digest.hmacSHA256(key: Array($0.utf8), data: data), sig) }) else {
+            throw .badSignature
+        }
         return key
     }
 

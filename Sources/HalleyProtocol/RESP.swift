@@ -181,7 +181,9 @@ public struct RESPParser: Sendable {
             return -v
         }
 
-        func text(_ r: Range<Int>) -> String { String(decoding: UnsafeBufferPointer(rebasing: bytes[r]), as: UTF8.self) }
+        func text(_ r: Range<Int>) -> String {
+            String(decoding: UnsafeBufferPointer(rebasing: bytes[r]), as: UTF8.self)
+        }
 
         /// A length header: -1 only where `nullable`.
         func length(_ r: Range<Int>, nullable: Bool, max: Int) throws(RESPError) -> Int? {
@@ -218,7 +220,9 @@ public struct RESPParser: Sendable {
                 guard header.isEmpty else { throw .badValue }
                 v = .null
             case UInt8(ascii: "#"):
-                guard header.count == 1, bytes[header.lowerBound] == UInt8(ascii: "t") || bytes[header.lowerBound] == UInt8(ascii: "f") else {
+                guard header.count == 1,
+                    bytes[header.lowerBound] == UInt8(ascii: "t") || bytes[header.lowerBound] == UInt8(ascii: "f")
+                else {
                     throw .badValue
                 }
                 v = .boolean(bytes[header.lowerBound] == UInt8(ascii: "t"))
@@ -230,8 +234,12 @@ public struct RESPParser: Sendable {
                 case "nan": v = .double(.nan)
                 default:
                     // Digits, sign, point, exponent only: Double("0x1p3") or " 1" must not pass.
-                    guard !t.isEmpty, t.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || $0 == 43 || $0 == 45 || $0 == 46 || $0 == 69 || $0 == 101 }),
-                          let d = Double(t) else { throw .badValue }
+                    guard !t.isEmpty,
+                        t.utf8.allSatisfy({
+                            ($0 >= 48 && $0 <= 57) || $0 == 43 || $0 == 45 || $0 == 46 || $0 == 69 || $0 == 101
+                        }),
+                        let d = Double(t)
+                    else { throw .badValue }
                     v = .double(d)
                 }
             case UInt8(ascii: "("):
@@ -247,8 +255,10 @@ public struct RESPParser: Sendable {
                 }
                 guard let d = try data(at: next, count: n) else { return nil }
                 next = d.upperBound + 2
-                if type == UInt8(ascii: "="), n < 4 || bytes[d.lowerBound + 3] != UInt8(ascii: ":")
-                    || !bytes[d.lowerBound..<(d.lowerBound + 3)].allSatisfy({ $0 > 32 && $0 < 127 }) {
+                if type == UInt8(ascii: "="),
+                    n < 4 || bytes[d.lowerBound + 3] != UInt8(ascii: ":")
+                        || !bytes[d.lowerBound..<(d.lowerBound + 3)].allSatisfy({ $0 > 32 && $0 < 127 })
+                {
                     throw .badValue  // the format is three printable ASCII bytes (`txt`, `mkd`), then `:`
                 }
                 guard build else {
@@ -266,7 +276,11 @@ public struct RESPParser: Sendable {
             case UInt8(ascii: "*"), UInt8(ascii: "%"), UInt8(ascii: "~"), UInt8(ascii: ">"), UInt8(ascii: "|"):
                 guard depth < limits.maxDepth else { throw .tooDeep }
                 let pairs = type == UInt8(ascii: "%") || type == UInt8(ascii: "|")
-                guard let n = try length(header, nullable: type == UInt8(ascii: "*"), max: pairs ? limits.maxElements / 2 : limits.maxElements) else {
+                guard
+                    let n = try length(
+                        header, nullable: type == UInt8(ascii: "*"),
+                        max: pairs ? limits.maxElements / 2 : limits.maxElements)
+                else {
                     v = .null
                     break
                 }
@@ -355,7 +369,8 @@ public enum RESP {
         case .null: line(UInt8(ascii: "_"), "")
         case .array(let a): aggregate(UInt8(ascii: "*"), a, count: a.count)
         case .boolean(let b): line(UInt8(ascii: "#"), b ? "t" : "f")
-        case .double(let d): line(UInt8(ascii: ","), d.isNaN ? "nan" : d == .infinity ? "inf" : d == -.infinity ? "-inf" : "\(d)")
+        case .double(let d):
+            line(UInt8(ascii: ","), d.isNaN ? "nan" : d == .infinity ? "inf" : d == -.infinity ? "-inf" : "\(d)")
         case .bigNumber(let s): line(UInt8(ascii: "("), s)
         case .verbatim(let f, let t):
             header(UInt8(ascii: "="), t.count + 4, into: &out)

@@ -169,7 +169,11 @@ public enum SockJS {
         var out: [String] = []
         out.reserveCapacity(a.count)
         for e in a {
-            guard let s = e.string else { throw .shape("expected a JSON array of strings, found \(String(decoding: e.serialized.prefix(40), as: UTF8.self))") }
+            guard let s = e.string else {
+                throw .shape(
+                    "expected a JSON array of strings, found \(String(decoding: e.serialized.prefix(40), as: UTF8.self))"
+                )
+            }
             out.append(s)
         }
         return out
@@ -224,7 +228,9 @@ public struct SockJSFrameReader {
         guard let type = line.first else { throw .badFrame("empty line") }
         let rest = Array(line.dropFirst())
         func json() throws(ReadError) -> JSONValue {
-            do { return try JSONParser.parse(rest) } catch { throw .badFrame("\(Character(Unicode.Scalar(type))): \(error)") }
+            do { return try JSONParser.parse(rest) } catch {
+                throw .badFrame("\(Character(Unicode.Scalar(type))): \(error)")
+            }
         }
         switch type {
         case UInt8(ascii: "o"):
@@ -245,7 +251,9 @@ public struct SockJSFrameReader {
         case UInt8(ascii: "c"):
             // A close code is at most 4 digits; a larger number (found by fuzzing: it trapped
             // converting to Int) is a bad frame.
-            guard let a = try json().array, a.count == 2, let code = a[0].uint64, code <= 65535, let reason = a[1].string else {
+            guard let a = try json().array, a.count == 2, let code = a[0].uint64, code <= 65535,
+                let reason = a[1].string
+            else {
                 throw .badFrame("c: expected [code, reason]")
             }
             return .close(code: Int(code), reason: reason)

@@ -7,8 +7,10 @@ import HalleyCore
 public enum Wire {
     /// `{"event":E,"channel":C,"data":D[,"halley:binary":true][,"halley:offset":O]`
     /// `user_id`: the sender of a client event on a presence channel (Pusher adds it).
-    public static func eventPrefix(event: String, channel: String?, data: String, binary: Bool = false, offset: UInt64 = 0,
-                                   userID: String? = nil) -> [UInt8] {
+    public static func eventPrefix(
+        event: String, channel: String?, data: String, binary: Bool = false, offset: UInt64 = 0,
+        userID: String? = nil
+    ) -> [UInt8] {
         var b = JSONObjectBuilder()
         b.string("event", event)
         if let c = channel { b.string("channel", c) }
@@ -42,7 +44,9 @@ public enum Wire {
     }
 
     public static func seqTail(_ seq: UInt64) -> [UInt8] {
-        [UInt8](unsafeUninitializedCapacity: 40) { b, n in n = seqTail(seq, into: UnsafeMutableRawPointer(b.baseAddress!)) }
+        [UInt8](unsafeUninitializedCapacity: 40) { b, n in
+            n = seqTail(seq, into: UnsafeMutableRawPointer(b.baseAddress!))
+        }
     }
 
     /// Writes `v` in decimal; returns the digit count (at most 20).
@@ -63,8 +67,10 @@ public enum Wire {
 
     /// `{"event":E[,"channel":C],"data":"<data JSON as a string>"}`: Pusher's protocol events
     /// carry their data as a JSON string.
-    public static func protocolEvent(_ event: String, channel: String? = nil, data: JSONObjectBuilder? = nil,
-                                     extra: (inout JSONObjectBuilder) -> Void = { _ in }) -> [UInt8] {
+    public static func protocolEvent(
+        _ event: String, channel: String? = nil, data: JSONObjectBuilder? = nil,
+        extra: (inout JSONObjectBuilder) -> Void = { _ in }
+    ) -> [UInt8] {
         var b = JSONObjectBuilder()
         b.string("event", event)
         if let c = channel { b.string("channel", c) }

@@ -168,7 +168,8 @@ public final class ClientLimits: @unchecked Sendable {
         for s in stripes {
             s.withLock { t in
                 t = t.filter { _, e in
-                    e.connections > 0 || e.lingering > 0 || (rate > 0 && e.tokens + Double(now - e.refilled) * rate / 1000 < burst)
+                    e.connections > 0 || e.lingering > 0
+                        || (rate > 0 && e.tokens + Double(now - e.refilled) * rate / 1000 < burst)
                 }
             }
         }
@@ -192,8 +193,11 @@ public final class ClientLimits: @unchecked Sendable {
         guard !config.trustedProxies.isEmpty, isTrustedProxy(peer) else {
             if config.trustedProxies.isEmpty && !warnedUntrustedForward.load(ordering: .relaxed)
                 && headers.contains(config.clientAddressHeader)
-                && !warnedUntrustedForward.exchange(true, ordering: .relaxed) {
-                Log.warning("requests carry \(config.clientAddressHeader) but --trusted-proxies is empty: each client counts as its socket's peer (a proxy in front counts as one client for the per-address limits)")
+                && !warnedUntrustedForward.exchange(true, ordering: .relaxed)
+            {
+                Log.warning(
+                    "requests carry \(config.clientAddressHeader) but --trusted-proxies is empty: each client counts as its socket's peer (a proxy in front counts as one client for the per-address limits)"
+                )
             }
             return peer
         }
@@ -214,7 +218,9 @@ public final class ClientLimits: @unchecked Sendable {
                 hops.append(found ?? "unknown")
             }
         } else {
-            hops = lines.joined(separator: ",").split(separator: ",").map { Self.stripPort(Substring($0.trimmingSpaces())) }
+            hops = lines.joined(separator: ",").split(separator: ",").map {
+                Self.stripPort(Substring($0.trimmingSpaces()))
+            }
         }
         for h in hops.reversed() {
             guard let a = IPAddress(h) else { return peer }  // "unknown", an obfuscated id: stop
@@ -237,14 +243,17 @@ public final class ClientLimits: @unchecked Sendable {
         let n = t.refused.add(1, ordering: .relaxed).newValue
         let last = t.lastLog.load(ordering: .relaxed)
         if now - last >= 10_000, t.lastLog.compareExchange(expected: last, desired: now, ordering: .relaxed).exchanged {
-            Log.warning("client \(who): over the per-address \(kind.rawValue.replacingUnderscores()) limit: refused (\(n) refusals of this kind so far; next report in 10 s at the earliest)")
+            Log.warning(
+                "client \(who): over the per-address \(kind.rawValue.replacingUnderscores()) limit: refused (\(n) refusals of this kind so far; next report in 10 s at the earliest)"
+            )
         }
     }
 
     public func metricsText() -> String {
         var s = "# TYPE halley_client_limit_refusals_total counter\n"
         for (i, k) in ClientLimitKind.allCases.enumerated() {
-            s += "halley_client_limit_refusals_total{limit=\"\(k.rawValue)\"} \(tallies[i].refused.load(ordering: .relaxed))\n"
+            s +=
+                "halley_client_limit_refusals_total{limit=\"\(k.rawValue)\"} \(tallies[i].refused.load(ordering: .relaxed))\n"
         }
         s += "# TYPE halley_client_addresses gauge\nhalley_client_addresses \(trackedAddresses)\n"
         return s

@@ -174,7 +174,9 @@ public class Connection: EventHandler {
     /// The nginx courtesy: a plain-text 400 for a plain HTTP request on the TLS port.
     func plainHTTPOnTLSPort() {
         let body = "This port speaks HTTPS: use https:// (plain HTTP was sent to the TLS port).\n"
-        let text = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
+        let text =
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
+            + body
         var bytes = Array(text.utf8)
         _ = try? bytes.withUnsafeMutableBytes { b throws(IOError) in try Sys.write(fd, UnsafeRawBufferPointer(b)) }
     }

@@ -67,14 +67,17 @@ final class FileCache {
         var st = stat()
         guard lstat(candidate, &st) == 0 else { entries[relative] = nil; return .notFound }
         // No symbolic link anywhere below the root: the resolved path must be the lexical one.
-        guard let real = FileCache.realPath(candidate), real == candidate || (candidate.hasSuffix("/") && real + "/" == candidate) else {
+        guard let real = FileCache.realPath(candidate),
+            real == candidate || (candidate.hasSuffix("/") && real + "/" == candidate)
+        else {
             entries[relative] = nil
             return .notFound
         }
         if (st.st_mode & S_IFMT) == S_IFDIR { return .directory }
         guard (st.st_mode & S_IFMT) == S_IFREG else { return .notFound }
         if var e = entries[relative], e.size == Int(st.st_size), e.inode == UInt64(st.st_ino),
-           e.mtime.tv_sec == st.st_mtim.tv_sec, e.mtime.tv_nsec == st.st_mtim.tv_nsec {
+            e.mtime.tv_sec == st.st_mtim.tv_sec, e.mtime.tv_nsec == st.st_mtim.tv_nsec
+        {
             e.checkedAt = now
             entries[relative] = e
             return .file(e)
@@ -114,16 +117,18 @@ final class FileCache {
         let mtimeMillis = Int(st.st_mtim.tv_sec) * 1000 + Int(st.st_mtim.tv_nsec) / 1_000_000
         let etag = "\"\(String(mtimeMillis, radix: 16))-\(String(size, radix: 16))\""
         let lastModified = Int(st.st_mtim.tv_sec)
-        let headers = "Content-Type: \(ContentTypes.forPath(relative))\r\n"
+        let headers =
+            "Content-Type: \(ContentTypes.forPath(relative))\r\n"
             + "ETag: \(etag)\r\n"
             + "Last-Modified: \(HTTPDate.format(lastModified))\r\n"
             + "Cache-Control: \(config.staticCacheControl)\r\n"
             // Scripts may be loaded by pages of other origins: a module script
             // (`<script type="module" src=…/halley.mjs>`, `import`) is fetched in CORS mode.
             + (relative.hasSuffix(".js") || relative.hasSuffix(".mjs") ? "Access-Control-Allow-Origin: *\r\n" : "")
-        return Entry(realPath: path, size: size, mtime: st.st_mtim, inode: UInt64(st.st_ino), body: body,
-                     headers: SharedBytes(Array(headers.utf8)), etag: etag, lastModified: lastModified,
-                     checkedAt: now)
+        return Entry(
+            realPath: path, size: size, mtime: st.st_mtim, inode: UInt64(st.st_ino), body: body,
+            headers: SharedBytes(Array(headers.utf8)), etag: etag, lastModified: lastModified,
+            checkedAt: now)
     }
 
     /// Opens a large file for one response; nil when it changed or vanished since `entry`.

@@ -43,8 +43,10 @@ public enum HTTPClient {
     /// Sends `request` (whole request bytes, see `HTTPURL.request`) to `url` and calls `done`
     /// once, on `loop`'s thread. Call on `loop`'s thread. A host name is looked up on a
     /// thread of its own for every request (no cache).
-    public static func send(on loop: EventLoop, url: HTTPURL, request: [UInt8], options: Options = Options(),
-                            _ done: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
+    public static func send(
+        on loop: EventLoop, url: HTTPURL, request: [UInt8], options: Options = Options(),
+        _ done: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void
+    ) {
         let call = HTTPClientCall(loop: loop, request: request, options: options, done: done)
         let box = UncheckedBox(call)
         SocketAddress.resolve(host: url.host, port: url.port, on: loop) { r in box.value.resolved(r) }
@@ -65,8 +67,10 @@ final class HTTPClientCall: EventHandler {
     var connectTimer: UInt64?
     var deadlineTimer: UInt64?
 
-    init(loop: EventLoop, request: [UInt8], options: HTTPClient.Options,
-         done: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void) {
+    init(
+        loop: EventLoop, request: [UInt8], options: HTTPClient.Options,
+        done: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void
+    ) {
         self.loop = loop
         self.request = request
         self.options = options
@@ -121,7 +125,9 @@ final class HTTPClientCall: EventHandler {
             do throws(IOError) {
                 while written < request.count {
                     let r: Result<IOResult, IOError> = request.withUnsafeBytes { b in
-                        do throws(IOError) { return .success(try Sys.write(fd, UnsafeRawBufferPointer(rebasing: b[written...]))) } catch { return .failure(error) }
+                        do throws(IOError) {
+                            return .success(try Sys.write(fd, UnsafeRawBufferPointer(rebasing: b[written...])))
+                        } catch { return .failure(error) }
                     }
                     guard case .done(let n) = try r.get() else { break }
                     written += n

@@ -29,8 +29,10 @@ struct MovedConnection {
 }
 
 extension HTTPConnection {
-    func handOff(_ request: HTTPRequest, serial s: UInt32, toLoop index: Int,
-                 then: @escaping @Sendable (HTTPRequest, Responder) -> Void) {
+    func handOff(
+        _ request: HTTPRequest, serial s: UInt32, toLoop index: Int,
+        then: @escaping @Sendable (HTTPRequest, Responder) -> Void
+    ) {
         guard s == serial, awaiting, !closed, stream == nil, handOffPending == nil else { return }
         let contexts = ctx.server.contexts
         guard index >= 0 && index < contexts.count && contexts[index] !== ctx else {
@@ -48,10 +50,11 @@ extension HTTPConnection {
         handOffPending = nil
         if ctx.isCorkOwner(self) { ctx.flushCork() }
         guard !closed else { return }
-        let moved = MovedConnection(fd: fd, router: router, out: out, tls: tls, pendingIn: pendingIn, serial: serial,
-                                    respondHead: respondHead, respondMinor: respondMinor,
-                                    respondKeepAlive: respondKeepAlive, peerClosed: peerClosed,
-                                    peer: peer, countedPeer: countedPeer)
+        let moved = MovedConnection(
+            fd: fd, router: router, out: out, tls: tls, pendingIn: pendingIn, serial: serial,
+            respondHead: respondHead, respondMinor: respondMinor,
+            respondKeepAlive: respondKeepAlive, peerClosed: peerClosed,
+            peer: peer, countedPeer: countedPeer)
         countedPeer = false
         // This object is done: nothing it does from now on may touch the descriptor.
         closed = true
@@ -79,7 +82,9 @@ extension LoopContext {
             connections[i].sweepIndex = i
         }
         connections.removeLast()
-        if isCorkOwner(c) { corkOwner = nil; cork.clear(); segments.removeAll(keepingCapacity: true); referencedBytesReset() }
+        if isCorkOwner(c) {
+            corkOwner = nil; cork.clear(); segments.removeAll(keepingCapacity: true); referencedBytesReset()
+        }
         if shuttingDown && connections.isEmpty { loop.stop() }
     }
 

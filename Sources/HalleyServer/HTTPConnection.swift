@@ -15,8 +15,10 @@ public struct Responder {
     public func respond(_ response: HTTPResponse) { connection.respond(response, serial: serial) }
 
     /// Upgrades to WebSocket when the handshake is valid; answers the refusal otherwise.
-    public func upgrade(_ request: HTTPRequest, endpoint: WebSocketHandshake.Endpoint,
-                        _ makeDelegate: (HTTPRequest) -> WebSocketDelegate?) {
+    public func upgrade(
+        _ request: HTTPRequest, endpoint: WebSocketHandshake.Endpoint,
+        _ makeDelegate: (HTTPRequest) -> WebSocketDelegate?
+    ) {
         connection.upgrade(request, serial: serial, endpoint: endpoint, makeDelegate)
     }
 
@@ -43,7 +45,9 @@ public struct Responder {
 
     /// Moves the connection to loop `index` and calls `then` there with a responder on the
     /// new loop (at once when it is already there).
-    public func handOff(toLoop index: Int, _ request: HTTPRequest, then: @escaping @Sendable (HTTPRequest, Responder) -> Void) {
+    public func handOff(
+        toLoop index: Int, _ request: HTTPRequest, then: @escaping @Sendable (HTTPRequest, Responder) -> Void
+    ) {
         connection.handOff(request, serial: serial, toLoop: index, then: then)
     }
 
@@ -126,7 +130,9 @@ final class HTTPConnection: Connection {
             if events & (Events.hangup | Events.error | Events.readHangup) != 0 { close(); return }
             if events & Events.readable != 0 { heldSawData = true }
         }
-        if !closed && events & (Events.hangup | Events.error | Events.readHangup) != 0 && interest & Events.readable == 0 {
+        if !closed && events & (Events.hangup | Events.error | Events.readHangup) != 0
+            && interest & Events.readable == 0
+        {
             // Not reading (a held request, a blocked write): level-triggered epoll would
             // report the hang-up again every turn. The peer is gone: close.
             close()
@@ -147,7 +153,8 @@ final class HTTPConnection: Connection {
     }
 
     override var readsNow: Bool {
-        !closed && !peerClosed && upgradedTo == nil && handOffPending == nil && (lingering || (!awaiting && out == nil && !closing))
+        !closed && !peerClosed && upgradedTo == nil && handOffPending == nil
+            && (lingering || (!awaiting && out == nil && !closing))
     }
 
     func readable() {
@@ -247,7 +254,8 @@ final class HTTPConnection: Connection {
                 // allocate the whole body limit.
                 if let cl = h.contentLength, cl > 0 { body.reserveCapacity(min(cl, 64 * 1024)) }
             case .body(let r, let c):
-                body.append(contentsOf: UnsafeRawBufferPointer(rebasing: buf[(off + r.lowerBound)..<(off + r.upperBound)]))
+                body.append(
+                    contentsOf: UnsafeRawBufferPointer(rebasing: buf[(off + r.lowerBound)..<(off + r.upperBound)]))
                 off += c
             case .end(let c):
                 off += c
@@ -325,8 +333,10 @@ final class HTTPConnection: Connection {
 
     // MARK: upgrading
 
-    func upgrade(_ request: HTTPRequest, serial s: UInt32, endpoint: WebSocketHandshake.Endpoint,
-                 _ makeDelegate: (HTTPRequest) -> WebSocketDelegate?) {
+    func upgrade(
+        _ request: HTTPRequest, serial s: UInt32, endpoint: WebSocketHandshake.Endpoint,
+        _ makeDelegate: (HTTPRequest) -> WebSocketDelegate?
+    ) {
         guard s == serial, awaiting, !closed else { return }
         if ctx.shuttingDown {
             respond(.text(503, "Service Unavailable: shutting down\n"), serial: s)
@@ -335,8 +345,10 @@ final class HTTPConnection: Connection {
         var ep = endpoint
         ep.compression = ep.compression && ctx.config.webSocket.compression
         let head = request.head
-        switch WebSocketHandshake.evaluate(isGet: head.method == .get, minorVersion: head.minorVersion,
-                                           values: { head.headers.values($0) }, endpoint: ep) {
+        switch WebSocketHandshake.evaluate(
+            isGet: head.method == .get, minorVersion: head.minorVersion,
+            values: { head.headers.values($0) }, endpoint: ep)
+        {
         case .refuse(let status, let headers, let reason):
             Log.info("fd \(fd): websocket handshake refused: \(status) \(reason)")
             respond(.text(status, reason + "\n", headers: headers), serial: s)
@@ -352,7 +364,8 @@ final class HTTPConnection: Connection {
             ctx.corkAppend(ServerTables.crlf)
             ctx.count(.requests1xx)
             ctx.count(.wsUpgrades)
-            let ws = WebSocketConnection(upgrading: self, delegate: delegate, deflate: deflate, subprotocol: subprotocol)
+            let ws = WebSocketConnection(
+                upgrading: self, delegate: delegate, deflate: deflate, subprotocol: subprotocol)
             upgradedTo = ws
             // A late answer: no event of ours will come to finish the hand-over.
             if !inEvent { finishUpgrade(ws) }
@@ -472,7 +485,9 @@ final class HTTPConnection: Connection {
     override func wantedEvents() -> UInt32 {
         var want: UInt32 = 0
         if out != nil { want |= Events.writable }
-        if !peerClosed && (lingering || (!awaiting && out == nil && !closing)) { want |= Events.readable | Events.readHangup }
+        if !peerClosed && (lingering || (!awaiting && out == nil && !closing)) {
+            want |= Events.readable | Events.readHangup
+        }
         // A held long-poll or a stream: learn at once when the client goes.
         if isHeld {
             want |= Events.readHangup
@@ -539,7 +554,9 @@ final class HTTPConnection: Connection {
     override func shutdownRequested() {
         // A stream or a held long-poll would last until the grace ends: cut it now, the
         // client reconnects (and resumes) elsewhere.
-        if lingering || stream != nil || heldWatch != nil || (!awaiting && out == nil && parser.isIdle && pendingIn == nil) {
+        if lingering || stream != nil || heldWatch != nil
+            || (!awaiting && out == nil && parser.isIdle && pendingIn == nil)
+        {
             close()
         } else {
             respondKeepAlive = false

@@ -194,7 +194,9 @@ final class LoopContext {
         }
         connections.removeLast()
         server.openConnections.subtract(1, ordering: .relaxed)
-        if isCorkOwner(c) { corkOwner = nil; cork.clear(); segments.removeAll(keepingCapacity: true); referencedBytes = 0 }
+        if isCorkOwner(c) {
+            corkOwner = nil; cork.clear(); segments.removeAll(keepingCapacity: true); referencedBytes = 0
+        }
         for l in listeners where l.paused {
             noteWaiting(l)
             l.resume()
@@ -403,7 +405,8 @@ final class LoopContext {
                     guard n < 8 else { break }
                     switch s {
                     case .cork(let a, let b): v[n] = iovec(iov_base: cork.base + a, iov_len: b - a)
-                    case .shared(let sh, let a, let b): v[n] = iovec(iov_base: UnsafeMutableRawPointer(mutating: sh.base + a), iov_len: b - a)
+                    case .shared(let sh, let a, let b):
+                        v[n] = iovec(iov_base: UnsafeMutableRawPointer(mutating: sh.base + a), iov_len: b - a)
                     case .file: return n
                     }
                     n += 1

@@ -55,7 +55,8 @@ final class MemoryTrim: Sendable {
         let released = trimmer()
         let took = Clock.monotonicMillis() - start
         state.withLock { $0.trims += 1 }
-        Log.debug("memory: malloc_trim after a drop to \(connections) connections (\(took) ms, released: \(released != 0))")
+        Log.debug(
+            "memory: malloc_trim after a drop to \(connections) connections (\(took) ms, released: \(released != 0))")
     }
 
     var trims: Int { state.withLock { $0.trims } }
@@ -74,9 +75,11 @@ final class MemoryTrim: Sendable {
 
     func metricsText() -> String {
         let heap = Self.heapBytes()
-        return Metrics.family("halley_memory_trims_total", "counter",
-                              "Times freed heap memory was given back to the system after a load went.", [("", trims)])
-            + Metrics.family("halley_heap_bytes", "gauge", "Heap bytes in use and held free by the allocator (every arena).",
-                             [("{state=\"in_use\"}", heap.inUse), ("{state=\"free\"}", heap.free)])
+        return Metrics.family(
+            "halley_memory_trims_total", "counter",
+            "Times freed heap memory was given back to the system after a load went.", [("", trims)])
+            + Metrics.family(
+                "halley_heap_bytes", "gauge", "Heap bytes in use and held free by the allocator (every arena).",
+                [("{state=\"in_use\"}", heap.inUse), ("{state=\"free\"}", heap.free)])
     }
 }

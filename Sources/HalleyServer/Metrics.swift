@@ -79,28 +79,45 @@ public final class Metrics: @unchecked Sendable {
             out += Self.family(name, type, help, samples)
         }
         let accepted = sum(.connectionsAccepted)
-        family("halley_connections_open", "gauge", "Client connections open now (HTTP and WebSocket).", [("", openConnections())])
+        family(
+            "halley_connections_open", "gauge", "Client connections open now (HTTP and WebSocket).",
+            [("", openConnections())])
         family("halley_connections_accepted_total", "counter", "HTTP connections accepted.", [("", accepted)])
-        family("halley_http_requests_total", "counter", "HTTP responses sent, by status class.", [
-            ("{class=\"1xx\"}", sum(.requests1xx)), ("{class=\"2xx\"}", sum(.requests2xx)),
-            ("{class=\"3xx\"}", sum(.requests3xx)), ("{class=\"4xx\"}", sum(.requests4xx)),
-            ("{class=\"5xx\"}", sum(.requests5xx)),
-        ])
+        family(
+            "halley_http_requests_total", "counter", "HTTP responses sent, by status class.",
+            [
+                ("{class=\"1xx\"}", sum(.requests1xx)), ("{class=\"2xx\"}", sum(.requests2xx)),
+                ("{class=\"3xx\"}", sum(.requests3xx)), ("{class=\"4xx\"}", sum(.requests4xx)),
+                ("{class=\"5xx\"}", sum(.requests5xx)),
+            ])
         family("halley_bytes_in_total", "counter", "Bytes read from clients.", [("", sum(.bytesIn))])
         family("halley_bytes_out_total", "counter", "Bytes written to clients.", [("", sum(.bytesOut))])
-        family("halley_limit_breaches_total", "counter", "Requests or connections refused for breaking a limit, by kind.", [
-            ("{kind=\"request_line\"}", sum(.breachRequestLine)), ("{kind=\"headers\"}", sum(.breachHeaders)),
-            ("{kind=\"body\"}", sum(.breachBody)), ("{kind=\"header_timeout\"}", sum(.breachHeaderTimeout)),
-            ("{kind=\"body_timeout\"}", sum(.breachBodyTimeout)), ("{kind=\"connections\"}", sum(.breachConnections)),
-        ])
-        family("halley_http_bad_requests_total", "counter", "Requests refused as malformed (400, 501, 505, 417).", [("", sum(.badRequests))])
+        family(
+            "halley_limit_breaches_total", "counter", "Requests or connections refused for breaking a limit, by kind.",
+            [
+                ("{kind=\"request_line\"}", sum(.breachRequestLine)), ("{kind=\"headers\"}", sum(.breachHeaders)),
+                ("{kind=\"body\"}", sum(.breachBody)), ("{kind=\"header_timeout\"}", sum(.breachHeaderTimeout)),
+                ("{kind=\"body_timeout\"}", sum(.breachBodyTimeout)),
+                ("{kind=\"connections\"}", sum(.breachConnections)),
+            ])
+        family(
+            "halley_http_bad_requests_total", "counter", "Requests refused as malformed (400, 501, 505, 417).",
+            [("", sum(.badRequests))])
         family("halley_websocket_upgrades_total", "counter", "WebSocket handshakes accepted.", [("", sum(.wsUpgrades))])
-        family("halley_websocket_messages_total", "counter", "WebSocket messages, by direction.", [
-            ("{direction=\"in\"}", sum(.wsMessagesIn)), ("{direction=\"out\"}", sum(.wsMessagesOut)),
-        ])
-        family("halley_websocket_protocol_errors_total", "counter", "WebSocket connections closed for breaking the protocol or a limit.", [("", sum(.wsProtocolErrors))])
-        family("halley_websocket_backpressure_total", "counter", "Messages that found a full send buffer.", [("", sum(.wsBackpressure))])
-        family("halley_connection_handoffs_total", "counter", "Connections moved to the loop that owns their session.", [("", sum(.handOffs))])
+        family(
+            "halley_websocket_messages_total", "counter", "WebSocket messages, by direction.",
+            [
+                ("{direction=\"in\"}", sum(.wsMessagesIn)), ("{direction=\"out\"}", sum(.wsMessagesOut)),
+            ])
+        family(
+            "halley_websocket_protocol_errors_total", "counter",
+            "WebSocket connections closed for breaking the protocol or a limit.", [("", sum(.wsProtocolErrors))])
+        family(
+            "halley_websocket_backpressure_total", "counter", "Messages that found a full send buffer.",
+            [("", sum(.wsBackpressure))])
+        family(
+            "halley_connection_handoffs_total", "counter", "Connections moved to the loop that owns their session.",
+            [("", sum(.handOffs))])
         for s in sources { out += s() }
         return out
     }
@@ -111,7 +128,9 @@ public final class Metrics: @unchecked Sendable {
 public final class LatencyHistogram: @unchecked Sendable {
     // @unchecked Sendable: atomics only, allocated once; each loop writes its own slots.
     /// Upper bounds in seconds: 100 µs to 2.5 s.
-    public static let bounds: [Double] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
+    public static let bounds: [Double] = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+    ]
     let boundsNanos: [Int64] = LatencyHistogram.bounds.map { Int64($0 * 1e9) }
     let loops: Int
     /// Per loop: one count per bucket, the +Inf bucket, the sum (ns) and the count.

@@ -73,22 +73,32 @@ final class OutputQueue {
                 switch chunks[0] {
                 case .bytes(let b):
                     let k = min(budget, b.readableBytes)
-                    guard tls.encrypt(UnsafeRawBufferPointer(start: b.base + b.readerIndex, count: k)) else { throw Self.tlsWriteFailed }
+                    guard tls.encrypt(UnsafeRawBufferPointer(start: b.base + b.readerIndex, count: k)) else {
+                        throw Self.tlsWriteFailed
+                    }
                     b.moveReader(by: k)
                     if b.isEmpty { chunks.removeFirst() }
                     totalBytes -= k
                     budget -= k
                 case .shared(let s, let start, let end):
                     let k = min(budget, end - start)
-                    guard tls.encrypt(UnsafeRawBufferPointer(start: s.base + start, count: k)) else { throw Self.tlsWriteFailed }
-                    if start + k == end { chunks.removeFirst() } else { chunks[0] = .shared(s, start: start + k, end: end) }
+                    guard tls.encrypt(UnsafeRawBufferPointer(start: s.base + start, count: k)) else {
+                        throw Self.tlsWriteFailed
+                    }
+                    if start + k == end {
+                        chunks.removeFirst()
+                    } else {
+                        chunks[0] = .shared(s, start: start + k, end: end)
+                    }
                     totalBytes -= k
                     budget -= k
                 case .file(let f, let off, let end):
                     let want = min(budget, end - off, scratch.count)
                     let n = pread(f.fd, scratch.baseAddress, want, off_t(off))
                     if n <= 0 { throw IOError(errno: n < 0 ? errno : EIO, function: "pread: file shrank") }
-                    guard tls.encrypt(UnsafeRawBufferPointer(rebasing: scratch[0..<n])) else { throw Self.tlsWriteFailed }
+                    guard tls.encrypt(UnsafeRawBufferPointer(rebasing: scratch[0..<n])) else {
+                        throw Self.tlsWriteFailed
+                    }
                     if off + n >= end { chunks.removeFirst() } else { chunks[0] = .file(f, offset: off + n, end: end) }
                     totalBytes -= n
                     budget -= n
@@ -104,54 +114,59 @@ final class OutputQueue {
     func drain(_ fd: Int32) throws(IOError) -> Int {
         var written = 0
         return try withUnsafeTemporaryAllocation(of: iovec.self, capacity: 64) { iov throws(IOError) -> Int in
-        while !chunks.isEmpty {
-            if case .file(let f, let off, let end) = chunks[0] {
-                var o = off
-                switch try Sys.sendfile(fd, f.fd, offset: &o, count: min(end - off, 1 << 20)) {
-                case .wouldBlock: return written
-                case .done(let n):
-                    if n == 0 { throw IOError(errno: EIO, function: "sendfile: file shrank") }
-                    written += n
-                    totalBytes -= n
-                    if o >= end { chunks.removeFirst() } else { chunks[0] = .file(f, offset: o, end: end) }
+            while !chunks.isEmpty {
+                if case .file(let f, let off, let end) = chunks[0] {
+                    var o = off
+                    switch try Sys.sendfile(fd, f.fd, offset: &o, count: min(end - off, 1 << 20)) {
+                    case .wouldBlock: return written
+                    case .done(let n):
+                        if n == 0 { throw IOError(errno: EIO, function: "sendfile: file shrank") }
+                        written += n
+                        totalBytes -= n
+                        if o >= end { chunks.removeFirst() } else { chunks[0] = .file(f, offset: o, end: end) }
+                    }
+                    continue
                 }
-                continue
-            }
-            var n = 0
-            for c in chunks {
-                if n == 64 { break }
-                switch c {
-                case .bytes(let b):
-                    iov[n] = iovec(iov_base: b.base + b.readerIndex, iov_len: b.readableBytes)
-                case .shared(let s, let start, let end):
-                    iov[n] = iovec(iov_base: UnsafeMutableRawPointer(mutating: s.base + start), iov_len: end - start)
-                case .file:
-                    break
+                var n = 0
+                for c in chunks {
+                    if n == 64 { break }
+                    switch c {
+                    case .bytes(let b):
+                        iov[n] = iovec(iov_base: b.base + b.readerIndex, iov_len: b.readableBytes)
+                    case .shared(let s, let start, let end):
+                        iov[n] = iovec(
+                            iov_base: UnsafeMutableRawPointer(mutating: s.base + start), iov_len: end - start)
+                    case .file:
+                        break
+                    }
+                    if case .file = c { break }
+                    n += 1
                 }
-                if case .file = c { break }
-                n += 1
-            }
-            let r = try Sys.writev(fd, iov.baseAddress!, n)
-            guard case .done(var w) = r else { return written }
-            written += w
-            totalBytes -= w
-            while w > 0 {
-                switch chunks[0] {
-                case .bytes(let b):
-                    let k = min(w, b.readableBytes)
-                    b.moveReader(by: k)
-                    w -= k
-                    if b.isEmpty { chunks.removeFirst() }
-                case .shared(let s, let start, let end):
-                    let k = min(w, end - start)
-                    w -= k
-                    if start + k == end { chunks.removeFirst() } else { chunks[0] = .shared(s, start: start + k, end: end) }
-                case .file:
-                    preconditionFailure("writev wrote past the memory chunks")
+                let r = try Sys.writev(fd, iov.baseAddress!, n)
+                guard case .done(var w) = r else { return written }
+                written += w
+                totalBytes -= w
+                while w > 0 {
+                    switch chunks[0] {
+                    case .bytes(let b):
+                        let k = min(w, b.readableBytes)
+                        b.moveReader(by: k)
+                        w -= k
+                        if b.isEmpty { chunks.removeFirst() }
+                    case .shared(let s, let start, let end):
+                        let k = min(w, end - start)
+                        w -= k
+                        if start + k == end {
+                            chunks.removeFirst()
+                        } else {
+                            chunks[0] = .shared(s, start: start + k, end: end)
+                        }
+                    case .file:
+                        preconditionFailure("writev wrote past the memory chunks")
+                    }
                 }
             }
-        }
-        return written
+            return written
         }
     }
 }

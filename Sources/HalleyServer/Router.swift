@@ -49,8 +49,10 @@ public final class Router: @unchecked Sendable {
 
     /// Adds a WebSocket endpoint: GET `pattern` upgrades (RFC 6455 §4.2) and `makeDelegate`
     /// gives the new connection its application side.
-    public func addWebSocket(_ pattern: String, endpoint: WebSocketHandshake.Endpoint = .init(),
-                             _ makeDelegate: @escaping @Sendable (HTTPRequest) -> WebSocketDelegate?) {
+    public func addWebSocket(
+        _ pattern: String, endpoint: WebSocketHandshake.Endpoint = .init(),
+        _ makeDelegate: @escaping @Sendable (HTTPRequest) -> WebSocketDelegate?
+    ) {
         add([.get], pattern) { request, responder in
             responder.upgrade(request, endpoint: endpoint, makeDelegate)
         }
@@ -73,7 +75,9 @@ public final class Router: @unchecked Sendable {
                     switch seg {
                     case .literal(let l): if l != part { ok = false }
                     case .parameter(let name):
-                        params[name] = part.utf8.contains(37) ? (String(part).removingPercentEncoding ?? String(part)) : String(part)
+                        params[name] =
+                            part.utf8.contains(37)
+                            ? (String(part).removingPercentEncoding ?? String(part)) : String(part)
                     }
                     if !ok { break }
                 }

@@ -76,8 +76,10 @@ public final class Server: @unchecked Sendable {
         let memory = self.memory
         metrics.addSource { limits.metricsText() + memory.metricsText() }
         metricsRouter.add([.get], "/metrics") { _, responder in
-            responder.respond(HTTPResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
-                                           body: .bytes(Array(metrics.render().utf8))))
+            responder.respond(
+                HTTPResponse(
+                    status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
+                    body: .bytes(Array(metrics.render().utf8))))
         }
 
         var fds: [Int32] = []
@@ -100,7 +102,9 @@ public final class Server: @unchecked Sendable {
             let f = try Socket.listen(host: config.host, port: tp, reusePort: true)
             tlsFds.append(f)
             tlsPort = Socket.localPort(f)
-            for _ in 1..<fds.count { tlsFds.append(try Socket.listen(host: config.host, port: tlsPort!, reusePort: true)) }
+            for _ in 1..<fds.count {
+                tlsFds.append(try Socket.listen(host: config.host, port: tlsPort!, reusePort: true))
+            }
         }
         var metricsFd: Int32? = nil
         if let mp = config.metricsPort {
@@ -114,16 +118,28 @@ public final class Server: @unchecked Sendable {
             let counters = LoopCounters()
             metrics.loops.append(counters)
             let ctx = LoopContext(loop: loop, server: self, counters: counters)
-            ctx.listeners.append(try Listener(fd: fds[i], loop: loop, canAccept: { [unowned ctx] waiting in ctx.canAccept(someoneWaiting: waiting) },
-                                              onAccept: { [unowned ctx] fd, peer in ctx.accept(fd, peer: peer, router: self.router, tls: tlsOnMain) }))
+            ctx.listeners.append(
+                try Listener(
+                    fd: fds[i], loop: loop,
+                    canAccept: { [unowned ctx] waiting in ctx.canAccept(someoneWaiting: waiting) },
+                    onAccept: { [unowned ctx] fd, peer in
+                        ctx.accept(fd, peer: peer, router: self.router, tls: tlsOnMain)
+                    }))
             if i < tlsFds.count {
-                ctx.listeners.append(try Listener(fd: tlsFds[i], loop: loop, canAccept: { [unowned ctx] waiting in ctx.canAccept(someoneWaiting: waiting) },
-                                                  onAccept: { [unowned ctx] fd, peer in ctx.accept(fd, peer: peer, router: self.router, tls: true) }))
+                ctx.listeners.append(
+                    try Listener(
+                        fd: tlsFds[i], loop: loop,
+                        canAccept: { [unowned ctx] waiting in ctx.canAccept(someoneWaiting: waiting) },
+                        onAccept: { [unowned ctx] fd, peer in ctx.accept(fd, peer: peer, router: self.router, tls: true)
+                        }))
             }
             if i == 0, let mfd = metricsFd {
                 let mr = metricsRouter
-                ctx.listeners.append(try Listener(fd: mfd, loop: loop, canAccept: { [unowned ctx] waiting in ctx.canAccept(someoneWaiting: waiting) },
-                                                  onAccept: { [unowned ctx] fd, peer in ctx.accept(fd, peer: peer, router: mr, limited: false) }))
+                ctx.listeners.append(
+                    try Listener(
+                        fd: mfd, loop: loop,
+                        canAccept: { [unowned ctx] waiting in ctx.canAccept(someoneWaiting: waiting) },
+                        onAccept: { [unowned ctx] fd, peer in ctx.accept(fd, peer: peer, router: mr, limited: false) }))
             }
             loops.append(loop)
             contexts.append(ctx)

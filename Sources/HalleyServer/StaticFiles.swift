@@ -102,5 +102,3 @@ enum StaticFiles {
         return .success(out)
     }
 }
-
-

@@ -28,9 +28,13 @@ public final class TLSContext: @unchecked Sendable {
         self.keyFile = keyFile
         for (what, path) in [("certificate", certFile), ("key", keyFile)] {
             if access(path, F_OK) != 0 { throw TLSError(description: "TLS \(what) file \(path): not found") }
-            if access(path, R_OK) != 0 { throw TLSError(description: "TLS \(what) file \(path): not readable (permissions)") }
+            if access(path, R_OK) != 0 {
+                throw TLSError(description: "TLS \(what) file \(path): not readable (permissions)")
+            }
         }
-        guard let c = SSL_CTX_new(TLS_server_method()) else { throw TLSError(description: "TLS: SSL_CTX_new failed: \(Self.lastError())") }
+        guard let c = SSL_CTX_new(TLS_server_method()) else {
+            throw TLSError(description: "TLS: SSL_CTX_new failed: \(Self.lastError())")
+        }
         // Every stored property is set from here on: a throw below runs deinit, which frees
         // the context.
         ctx = c
@@ -43,10 +47,14 @@ public final class TLSContext: @unchecked Sendable {
         guard SSL_CTX_use_PrivateKey_file(c, keyFile, SSL_FILETYPE_PEM) == 1 else {
             let e = Self.lastError()
             if Self.fileMentions(keyFile, "ENCRYPTED") {
-                throw TLSError(description: "TLS key file \(keyFile) is encrypted: give an unencrypted key (openssl pkey -in KEY -out KEY.plain)")
+                throw TLSError(
+                    description:
+                        "TLS key file \(keyFile) is encrypted: give an unencrypted key (openssl pkey -in KEY -out KEY.plain)"
+                )
             }
             if e.contains("key values mismatch") {
-                throw TLSError(description: "TLS key file \(keyFile) does not match the certificate in \(certFile) (\(e))")
+                throw TLSError(
+                    description: "TLS key file \(keyFile) does not match the certificate in \(certFile) (\(e))")
             }
             throw TLSError(description: "TLS key file \(keyFile): not a PEM private key (\(e))")
         }
@@ -59,7 +67,10 @@ public final class TLSContext: @unchecked Sendable {
         _ = halley_ssl_ctx_session_cache_server(c)
         _ = SSL_CTX_set_options(c, halley_ssl_server_options())
         // TLS 1.2: forward secrecy and AEAD only, strongest first (TLS 1.3 suites are all fine).
-        _ = SSL_CTX_set_cipher_list(c, "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+        _ = SSL_CTX_set_cipher_list(
+            c,
+            "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+        )
         let sid: [UInt8] = Array("halley".utf8)
         _ = SSL_CTX_set_session_id_context(c, sid, UInt32(sid.count))
         SSL_CTX_set_alpn_select_cb(c, halleyALPNSelect, nil)
@@ -75,7 +86,9 @@ public final class TLSContext: @unchecked Sendable {
         let n = fread(&buf, 1, buf.count, f)
         let needle = Array(text.utf8)
         guard n >= needle.count else { return false }
-        for i in 0...(n - needle.count) where buf[i] == needle[0] && Array(buf[i..<(i + needle.count)]) == needle { return true }
+        for i in 0...(n - needle.count) where buf[i] == needle[0] && Array(buf[i..<(i + needle.count)]) == needle {
+            return true
+        }
         return false
     }
 
@@ -92,9 +105,11 @@ public final class TLSContext: @unchecked Sendable {
 
 /// ALPN: `http/1.1` when the client offers it; otherwise no protocol is agreed (a client
 /// offering only `h2` then fails or falls back by itself).
-private func halleyALPNSelect(_ ssl: OpaquePointer?, _ out: UnsafeMutablePointer<UnsafePointer<UInt8>?>?,
-                              _ outLen: UnsafeMutablePointer<UInt8>?, _ input: UnsafePointer<UInt8>?, _ inLen: UInt32,
-                              _ arg: UnsafeMutableRawPointer?) -> Int32 {
+private func halleyALPNSelect(
+    _ ssl: OpaquePointer?, _ out: UnsafeMutablePointer<UnsafePointer<UInt8>?>?,
+    _ outLen: UnsafeMutablePointer<UInt8>?, _ input: UnsafePointer<UInt8>?, _ inLen: UInt32,
+    _ arg: UnsafeMutableRawPointer?
+) -> Int32 {
     guard let input = input, let out = out, let outLen = outLen else { return SSL_TLSEXT_ERR_NOACK }
     var i = 0
     let n = Int(inLen)

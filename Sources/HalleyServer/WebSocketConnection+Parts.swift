@@ -29,15 +29,21 @@ extension WebSocketConnection {
         guard admit(length + WebSocketFrameEncoder.maxHeaderBytes) else { return .dropped }
         var header: (UInt64, UInt64) = (0, 0)
         if let d = deflate, length >= ctx.config.webSocket.compressionThreshold {
-            let z = prefix.compressed(deflater: ctx.deflater(windowBits: d.serverMaxWindowBits), windowBits: d.serverMaxWindowBits)
-            var block: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0, 0)
+            let z = prefix.compressed(
+                deflater: ctx.deflater(windowBits: d.serverMaxWindowBits), windowBits: d.serverMaxWindowBits)
+            var block: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (
+                0, 0, 0, 0, 0, 0, 0, 0, 0
+            )
             // Without the trailing zero byte the receiver's 00 00 FF FF would be read as a block
             // header and lengths: a client that keeps its inflater between messages (allowed)
             // or appends a final block (Go) would fail.
-            let blockLength = withUnsafeMutableBytes(of: &block) { PerMessageDeflate.storedTail(tail, into: $0.baseAddress!) }
+            let blockLength = withUnsafeMutableBytes(of: &block) {
+                PerMessageDeflate.storedTail(tail, into: $0.baseAddress!)
+            }
             ctx.cork(for: self)
             withUnsafeMutableBytes(of: &header) { h in
-                let n = WebSocketFrameEncoder.writeHeader(into: h.baseAddress!, opcode: WebSocketOpcode.text, rsv1: true, length: z.count + blockLength)
+                let n = WebSocketFrameEncoder.writeHeader(
+                    into: h.baseAddress!, opcode: WebSocketOpcode.text, rsv1: true, length: z.count + blockLength)
                 ctx.corkAppend(UnsafeRawBufferPointer(rebasing: h[0..<n]))
             }
             ctx.corkAppend(shared: z)
@@ -45,7 +51,8 @@ extension WebSocketConnection {
         } else {
             ctx.cork(for: self)
             withUnsafeMutableBytes(of: &header) { h in
-                let n = WebSocketFrameEncoder.writeHeader(into: h.baseAddress!, opcode: WebSocketOpcode.text, rsv1: false, length: length)
+                let n = WebSocketFrameEncoder.writeHeader(
+                    into: h.baseAddress!, opcode: WebSocketOpcode.text, rsv1: false, length: length)
                 ctx.corkAppend(UnsafeRawBufferPointer(rebasing: h[0..<n]))
             }
             ctx.corkAppend(shared: prefix.prefix)
@@ -64,7 +71,8 @@ extension WebSocketConnection {
         ctx.cork(for: self)
         var header: (UInt64, UInt64) = (0, 0)
         withUnsafeMutableBytes(of: &header) { h in
-            let n = WebSocketFrameEncoder.writeHeader(into: h.baseAddress!, opcode: WebSocketOpcode.binary, rsv1: false, length: length)
+            let n = WebSocketFrameEncoder.writeHeader(
+                into: h.baseAddress!, opcode: WebSocketOpcode.binary, rsv1: false, length: length)
             ctx.corkAppend(UnsafeRawBufferPointer(rebasing: h[0..<n]))
         }
         for p in parts where p.count > 0 { ctx.corkAppend(p) }

@@ -55,13 +55,16 @@ public final class WebSocketConnection: Connection {
     var pingSent = false
     var lingering = false
 
-    init(upgrading http: HTTPConnection, delegate: WebSocketDelegate, deflate: DeflateParameters?, subprotocol: String?) {
+    init(upgrading http: HTTPConnection, delegate: WebSocketDelegate, deflate: DeflateParameters?, subprotocol: String?)
+    {
         let ctx = http.ctx
         var limits = WebSocketReader.Limits()
         limits.maxMessageBytes = ctx.config.webSocket.maxMessageBytes
         var inflater: Inflater? = nil
         if let d = deflate {
-            inflater = d.clientNoContextTakeover ? ctx.sharedInflater : Inflater(resetAfterMessage: false, output: ctx.inflateOutput)
+            inflater =
+                d.clientNoContextTakeover
+                ? ctx.sharedInflater : Inflater(resetAfterMessage: false, output: ctx.inflateOutput)
         }
         reader = WebSocketReader(limits: limits, inflater: inflater)
         self.delegate = delegate
@@ -221,7 +224,8 @@ public final class WebSocketConnection: Connection {
         ctx.cork(for: self)
         var header: (UInt64, UInt64) = (0, 0)
         withUnsafeMutableBytes(of: &header) { h in
-            let n = WebSocketFrameEncoder.writeHeader(into: h.baseAddress!, opcode: opcode, rsv1: rsv1, length: body.count)
+            let n = WebSocketFrameEncoder.writeHeader(
+                into: h.baseAddress!, opcode: opcode, rsv1: rsv1, length: body.count)
             ctx.corkAppend(UnsafeRawBufferPointer(rebasing: h[0..<n]))
         }
         ctx.corkAppend(body)
@@ -327,7 +331,10 @@ public final class WebSocketConnection: Connection {
     }
 
     override func shutdownRequested() {
-        if state == .open { close(code: WebSocketCloseCode.goingAway, reason: "server shutting down") }
-        else if lingering { close() }
+        if state == .open {
+            close(code: WebSocketCloseCode.goingAway, reason: "server shutting down")
+        } else if lingering {
+            close()
+        }
     }
 }

@@ -17,7 +17,8 @@ extension Bench {
 
     func startConnect(_ i: Int) {
         let c = conns + i
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(
+            AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 {
             error(i, "socket: \(errnoString())")
             st.pointee.failed += 1
@@ -26,7 +27,9 @@ extension Bench {
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         if rc != 0 && errno != EINPROGRESS {
             error(i, "connect: \(errnoString())")
@@ -102,8 +105,12 @@ extension Bench {
             guard let colon = l.firstIndex(of: ":") else { continue }
             headers[l[..<colon].lowercased(), default: []].append(Self.trim(l[l.index(after: colon)...]))
         }
-        guard headers["upgrade"]?.first?.lowercased() == "websocket" else { fail(i, "101 without Upgrade: websocket"); return }
-        guard headers["connection"]?.first?.lowercased().contains("upgrade") == true else { fail(i, "101 without Connection: upgrade"); return }
+        guard headers["upgrade"]?.first?.lowercased() == "websocket" else {
+            fail(i, "101 without Upgrade: websocket"); return
+        }
+        guard headers["connection"]?.first?.lowercased().contains("upgrade") == true else {
+            fail(i, "101 without Connection: upgrade"); return
+        }
         guard let accept = headers["sec-websocket-accept"], accept.count == 1, accept[0] == acceptValues[i] else {
             fail(i, "Sec-WebSocket-Accept \(headers["sec-websocket-accept"] ?? []) != \(acceptValues[i] ?? "?")")
             return
@@ -113,10 +120,15 @@ extension Bench {
             let value = ext.joined(separator: ", ")
             guard o.deflate else { fail(i, "extension '\(value)' the client did not offer"); return }
             let params = value.split(separator: ";").map { Self.trim($0).lowercased() }
-            guard params.first == "permessage-deflate", !value.contains(",") else { fail(i, "unexpected extensions '\(value)'"); return }
+            guard params.first == "permessage-deflate", !value.contains(",") else {
+                fail(i, "unexpected extensions '\(value)'"); return
+            }
             for p in params.dropFirst() {
                 let name = p.split(separator: "=").first.map(String.init) ?? p
-                guard ["server_no_context_takeover", "client_no_context_takeover", "server_max_window_bits"].contains(name) else {
+                guard
+                    ["server_no_context_takeover", "client_no_context_takeover", "server_max_window_bits"].contains(
+                        name)
+                else {
                     fail(i, "permessage-deflate parameter '\(p)' not acceptable to this client")
                     return
                 }

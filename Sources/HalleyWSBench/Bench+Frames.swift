@@ -167,7 +167,8 @@ extension Bench {
         if c.pointee.msgCompressed {
             guard let z = inflaters[i] else { fail(i, "compressed frame without an inflater"); return }
             let ok = StreamInflater.tail.withUnsafeBufferPointer { t in
-                z.feed(t.baseAddress!, 4, scratch: scratch, scratchSize: Self.scratchSize) { out, m in check(c, out, m) }
+                z.feed(t.baseAddress!, 4, scratch: scratch, scratchSize: Self.scratchSize) { out, m in check(c, out, m)
+                }
             }
             if !ok { fail(i, "corrupt compressed message"); return }
             if c.pointee.deflate == 1 { z.reset() }
@@ -176,9 +177,12 @@ extension Bench {
         let mop = c.pointee.msgOpcode
         c.pointee.msgOpcode = 0
         if mop != opcode || c.pointee.msgLen != size || !c.pointee.msgOk {
-            let what = mop != opcode ? "opcode \(mop), expected \(opcode)"
-                : c.pointee.msgLen != size ? "\(c.pointee.msgLen) bytes, expected \(size)"
-                : "content differs from message #\(c.pointee.expect) that was sent"
+            let what =
+                mop != opcode
+                ? "opcode \(mop), expected \(opcode)"
+                : c.pointee.msgLen != size
+                    ? "\(c.pointee.msgLen) bytes, expected \(size)"
+                    : "content differs from message #\(c.pointee.expect) that was sent"
             fail(i, "wrong echo: \(what)\(c.pointee.msgCompressed ? " (compressed)" : "")")
             return
         }

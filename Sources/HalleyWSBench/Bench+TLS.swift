@@ -69,7 +69,8 @@ extension Bench {
                     st.pointee.resets += 1
                     closeConn(i)
                 } else {
-                    fail(i, "SSL_read: \(TLSClient.describe(ssl, got, e, savedErrno: saved)) (phase \(c.pointee.phase))")
+                    fail(
+                        i, "SSL_read: \(TLSClient.describe(ssl, got, e, savedErrno: saved)) (phase \(c.pointee.phase))")
                 }
                 return
             }
@@ -120,6 +121,7 @@ extension Bench {
         }
         queues[i] = nil
         c.pointee.blocked = false
-        _ = halley_epoll_ctl(epfd, EPOLL_CTL_MOD, c.pointee.fd, Self.evIn | (c.pointee.tlsReadWantsWrite ? Self.evOut : 0), UInt64(i))
+        _ = halley_epoll_ctl(
+            epfd, EPOLL_CTL_MOD, c.pointee.fd, Self.evIn | (c.pointee.tlsReadWantsWrite ? Self.evOut : 0), UInt64(i))
     }
 }

@@ -164,8 +164,10 @@ final class Bench {
             payloads.append(p)
         }
         var rng = SystemRandomNumberGenerator()
-        func build(_ bodies: [[UInt8]], rsv1: Bool, _ offsets: UnsafeMutablePointer<Int>,
-                   _ lengths: UnsafeMutablePointer<Int>) -> UnsafeMutablePointer<UInt8> {
+        func build(
+            _ bodies: [[UInt8]], rsv1: Bool, _ offsets: UnsafeMutablePointer<Int>,
+            _ lengths: UnsafeMutablePointer<Int>
+        ) -> UnsafeMutablePointer<UInt8> {
             var all: [UInt8] = []
             for (k, body) in bodies.enumerated() {
                 offsets[k] = all.count
@@ -197,7 +199,9 @@ final class Bench {
             f += [0x80 | 126, UInt8(len >> 8), UInt8(len & 0xFF)]
         } else {
             f.append(0x80 | 127)
-            for s in stride(from: 56, through: 0, by: -8) { f.append(UInt8(truncatingIfNeeded: UInt64(len) >> UInt64(s))) }
+            for s in stride(from: 56, through: 0, by: -8) {
+                f.append(UInt8(truncatingIfNeeded: UInt64(len) >> UInt64(s)))
+            }
         }
         let k = [UInt8(key >> 24), UInt8((key >> 16) & 0xFF), UInt8((key >> 8) & 0xFF), UInt8(key & 0xFF)]
         f += k
@@ -290,8 +294,11 @@ final class Bench {
             tlsHandshakeStep(i)
         default:
             if ev & Self.evOut != 0 && c.pointee.blocked { flushQueue(i) }
-            if c.pointee.fd >= 0 && ev & (Self.evIn | Self.evErr | Self.evHup) != 0 { readable(i) }
-            else if tls && c.pointee.tlsReadWantsWrite && ev & Self.evOut != 0 { readable(i) }
+            if c.pointee.fd >= 0 && ev & (Self.evIn | Self.evErr | Self.evHup) != 0 {
+                readable(i)
+            } else if tls && c.pointee.tlsReadWantsWrite && ev & Self.evOut != 0 {
+                readable(i)
+            }
         }
     }
 
@@ -466,17 +473,23 @@ final class Bench {
         waitUntil(tOpen + Int64(o.connectTimeout * 1e9)) { st.pointee.opened + st.pointee.failed < n }
         let openSeconds = Double(monotonicNanos() - tOpen) / 1e9
         let ext = extensionsSeen.map { "\($0.value) x \($0.key)" }.sorted().joined(separator: "; ")
-        warn("\(st.pointee.opened) of \(n) connections open in \(fixed(openSeconds, 2)) s (extensions: \(ext.isEmpty ? "-" : ext))")
+        warn(
+            "\(st.pointee.opened) of \(n) connections open in \(fixed(openSeconds, 2)) s (extensions: \(ext.isEmpty ? "-" : ext))"
+        )
         if tls {
             warn("TLS: \(tlsSeen.map { "\($0.value) x \($0.key)" }.sorted().joined(separator: "; "))")
         }
         if st.pointee.opened < n {
-            warn("\(n - st.pointee.opened) connections did not open (\(st.pointee.failed) failed, \(st.pointee.connecting) still opening)")
+            warn(
+                "\(n - st.pointee.opened) connections did not open (\(st.pointee.failed) failed, \(st.pointee.connecting) still opening)"
+            )
             return 1
         }
         if o.deflate && zframes != nil {
             let plainBytes = poolCount * size
-            warn("sending compressed messages where deflate was negotiated: \(plainBytes) B of payload deflate to \(deflatedSizes) B")
+            warn(
+                "sending compressed messages where deflate was negotiated: \(plainBytes) B of payload deflate to \(deflatedSizes) B"
+            )
         }
 
         // 2. Warm up, then the measured window.
@@ -528,16 +541,20 @@ final class Bench {
         var line = "messages=\(msgs) seconds=\(fixed(seconds, 3)) msgs_per_sec=\(fixed(Double(msgs) / seconds, 1))"
         line += " p50_us=\(percentile(0.50)) p99_us=\(percentile(0.99)) p999_us=\(percentile(0.999))"
         line += " max_us=\(st.pointee.windowMaxNs / 1000) mean_us=\(fixed(mean, 1))"
-        line += " connections=\(n) size=\(size) type=\(o.binary ? "binary" : "text") deflate=\(o.deflate ? "offered" : "off")"
+        line +=
+            " connections=\(n) size=\(size) type=\(o.binary ? "binary" : "text") deflate=\(o.deflate ? "offered" : "off")"
         line += " compressed_echoes=\(st.pointee.compressedEchoes) verified=\(st.pointee.verified)"
         line += " sent=\(st.pointee.totalSent) echoes=\(st.pointee.totalEchoes) warmup_echoes=\(warmupEchoes)"
-        line += " client_cpu_pct=\(fixed(100 * (cpuUser + cpuSys) / seconds, 1)) client_user_s=\(fixed(cpuUser, 3)) client_sys_s=\(fixed(cpuSys, 3))"
+        line +=
+            " client_cpu_pct=\(fixed(100 * (cpuUser + cpuSys) / seconds, 1)) client_user_s=\(fixed(cpuUser, 3)) client_sys_s=\(fixed(cpuSys, 3))"
         line += " errors=\(st.pointee.errors) unanswered=\(unanswered) pings=\(st.pointee.pings)"
-        line += " closed=\(closing) close_replies=\(closeReplies) close_no_eof=\(stillOpen) close_resets=\(st.pointee.resets)"
+        line +=
+            " closed=\(closing) close_replies=\(closeReplies) close_no_eof=\(stillOpen) close_resets=\(st.pointee.resets)"
         line += " eof_without_close=\(st.pointee.serverCloses)"
         if tls { line += " tls=1 tls_tickets=\(TLSClient.ticketsReceived)" }
-        line += cpuFields(serverPids: o.serverPids, server0: server0, server1: server1, cores0: cores0, cores1: cores1,
-                          seconds: seconds, count: msgs, unit: "msgs")
+        line += cpuFields(
+            serverPids: o.serverPids, server0: server0, server1: server1, cores0: cores0, cores1: cores1,
+            seconds: seconds, count: msgs, unit: "msgs")
         print(line)
         if st.pointee.errors > 0 {
             warn("\(st.pointee.errors) error(s); the first ones are above")

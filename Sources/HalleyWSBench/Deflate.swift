@@ -25,8 +25,10 @@ final class StreamInflater {
     /// Inflates `count` bytes at `input` into `scratch`, calling `sink` with every chunk of
     /// output. False when the data is not valid deflate.
     @inline(__always)
-    func feed(_ input: UnsafePointer<UInt8>, _ count: Int, scratch: UnsafeMutablePointer<UInt8>, scratchSize: Int,
-              _ sink: (UnsafePointer<UInt8>, Int) -> Void) -> Bool {
+    func feed(
+        _ input: UnsafePointer<UInt8>, _ count: Int, scratch: UnsafeMutablePointer<UInt8>, scratchSize: Int,
+        _ sink: (UnsafePointer<UInt8>, Int) -> Void
+    ) -> Bool {
         z.pointee.next_in = UnsafeMutablePointer(mutating: input)
         z.pointee.avail_in = UInt32(count)
         while true {

@@ -78,7 +78,8 @@ final class HandshakeBench {
 
     func start(_ i: Int) {
         let s = slots + i
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(
+            AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 {
             error("socket: \(errnoString())")
             return
@@ -86,7 +87,9 @@ final class HandshakeBench {
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         if rc != 0 && errno != EINPROGRESS {
             error("connect: \(errnoString())")
@@ -198,7 +201,8 @@ final class HandshakeBench {
                     return
                 }
                 if s.pointee.responseBytes == 0 {
-                    let head = String(decoding: UnsafeBufferPointer(start: rbuf, count: min(Int(got), 12)), as: UTF8.self)
+                    let head = String(
+                        decoding: UnsafeBufferPointer(start: rbuf, count: min(Int(got), 12)), as: UTF8.self)
                     s.pointee.statusOk = head == "HTTP/1.1 200"
                 }
                 s.pointee.responseBytes += Int(got)
@@ -264,7 +268,9 @@ final class HandshakeBench {
         lastSweep = now
         for i in 0..<k where slots[i].fd >= 0 && now - slots[i].startedAt > slotTimeoutNs {
             timeouts += 1
-            if timeouts <= 3 { warn("slot \(i): no close within \(slotTimeoutNs / 1_000_000_000) s (\(slots[i].step))") }
+            if timeouts <= 3 {
+                warn("slot \(i): no close within \(slotTimeoutNs / 1_000_000_000) s (\(slots[i].step))")
+            }
             finish(i, clean: false)
         }
     }
@@ -310,18 +316,23 @@ final class HandshakeBench {
         let h = windowHandshakes
         windowLatencyUs.sort()
         func pct(_ q: Double) -> Int32 {
-            windowLatencyUs.isEmpty ? 0 : windowLatencyUs[min(windowLatencyUs.count - 1, Int(q * Double(windowLatencyUs.count)))]
+            windowLatencyUs.isEmpty
+                ? 0 : windowLatencyUs[min(windowLatencyUs.count - 1, Int(q * Double(windowLatencyUs.count)))]
         }
         let cpuUser = cpu1.user - cpu0.user
         let cpuSys = cpu1.system - cpu0.system
         var line = "handshakes=\(h) seconds=\(fixed(seconds, 3)) handshakes_per_sec=\(fixed(Double(h) / seconds, 1))"
-        line += " p50_us=\(pct(0.5)) p99_us=\(pct(0.99)) connections=\(k) after=\(o.httpRequest ? "http_request" : "close_notify")"
-        line += " total_handshakes=\(handshakes) completed=\(completed) responses=\(responses) bad_responses=\(badResponses)"
+        line +=
+            " p50_us=\(pct(0.5)) p99_us=\(pct(0.99)) connections=\(k) after=\(o.httpRequest ? "http_request" : "close_notify")"
+        line +=
+            " total_handshakes=\(handshakes) completed=\(completed) responses=\(responses) bad_responses=\(badResponses)"
         line += " resumed=\(resumed) tickets_received=\(TLSClient.ticketsReceived) resets=\(resets)"
         line += " failures=\(failures) timeouts=\(timeouts) unfinished=\(unfinished)"
-        line += " client_cpu_pct=\(fixed(100 * (cpuUser + cpuSys) / seconds, 1)) client_user_s=\(fixed(cpuUser, 3)) client_sys_s=\(fixed(cpuSys, 3))"
-        line += cpuFields(serverPids: o.serverPids, server0: server0, server1: server1, cores0: cores0, cores1: cores1,
-                          seconds: seconds, count: h, unit: "handshakes")
+        line +=
+            " client_cpu_pct=\(fixed(100 * (cpuUser + cpuSys) / seconds, 1)) client_user_s=\(fixed(cpuUser, 3)) client_sys_s=\(fixed(cpuSys, 3))"
+        line += cpuFields(
+            serverPids: o.serverPids, server0: server0, server1: server1, cores0: cores0, cores1: cores1,
+            seconds: seconds, count: h, unit: "handshakes")
         let tls = summaries.keys.sorted().map { $0.replacingOccurrences(" ", "_") }.joined(separator: ",")
         line += " tls=\(tls.isEmpty ? "-" : tls)"
         print(line)
@@ -343,8 +354,10 @@ extension String {
 /// The server-CPU and core-busy fields of a result line: `server_cpu_s`, `server_cpu_pct`,
 /// `<unit>_per_server_cpu_s` (from /proc/PID/stat samples before and after the window) and
 /// `core_busy_pct` (from /proc/stat samples).
-func cpuFields(serverPids: [Int32], server0: [Double?], server1: [Double?], cores0: [(Int, Int)], cores1: [(Int, Int)],
-               seconds: Double, count: Int, unit: String) -> String {
+func cpuFields(
+    serverPids: [Int32], server0: [Double?], server1: [Double?], cores0: [(Int, Int)], cores1: [(Int, Int)],
+    seconds: Double, count: Int, unit: String
+) -> String {
     var line = ""
     if !serverPids.isEmpty {
         var serverCPU = 0.0

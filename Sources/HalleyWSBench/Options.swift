@@ -34,51 +34,51 @@ struct Options {
     var httpRequest = false
 
     static let usage = """
-    usage: halley-wsbench --url ws://HOST:PORT/PATH [options]
-           halley-wsbench --url wss://HOST:PORT/PATH [options]
-           halley-wsbench --handshakes --url https://HOST:PORT/PATH [options]
+        usage: halley-wsbench --url ws://HOST:PORT/PATH [options]
+               halley-wsbench --url wss://HOST:PORT/PATH [options]
+               halley-wsbench --handshakes --url https://HOST:PORT/PATH [options]
 
-    A closed-loop WebSocket echo load generator: N connections each send one masked message
-    of SIZE bytes and wait for its echo before sending the next. One thread, epoll,
-    non-blocking sockets. After --warmup seconds it counts echoes for --duration seconds and
-    prints one line on stdout:
-      messages=M seconds=S msgs_per_sec=R p50_us=A p99_us=B [more key=value fields]
-    Progress and errors go to stderr. Exit status 0 when every connection opened and every
-    echo was right, 1 otherwise (2: bad usage).
+        A closed-loop WebSocket echo load generator: N connections each send one masked message
+        of SIZE bytes and wait for its echo before sending the next. One thread, epoll,
+        non-blocking sockets. After --warmup seconds it counts echoes for --duration seconds and
+        prints one line on stdout:
+          messages=M seconds=S msgs_per_sec=R p50_us=A p99_us=B [more key=value fields]
+        Progress and errors go to stderr. Exit status 0 when every connection opened and every
+        echo was right, 1 otherwise (2: bad usage).
 
-    options:
-      --url URL               ws://HOST:PORT/PATH (HOST: IPv4 literal or localhost);
-                              wss:// (or https://) for TLS
-      --tls                   TLS even with a ws:// URL. OpenSSL client on the socket: no
-                              certificate verification, no SNI, no ALPN, no session reuse
-      --connections N         connections (default 100)
-      --size BYTES            message size (default 32)
-      --duration SECONDS      measured window (default 10)
-      --warmup SECONDS        load before the window, not counted (default 1)
-      --binary                send binary messages (default text: ASCII payloads)
-      --deflate               offer "permessage-deflate; client_no_context_takeover" and,
-                              when accepted, send compressed messages (RSV1); compressed
-                              echoes are inflated and checked like plain ones
-      --verify-every N        compare echoed content for every Nth echo (default 1; 0: never;
-                              the length is always checked)
-      --connect-inflight N    connections opened at once (default 256)
-      --connect-timeout S     time allowed to open every connection (default 30)
-      --drain-timeout S       wait for late echoes, then for close replies (default 5 each)
-      --server-pid PID        read this process's CPU time (/proc/PID/stat) at the start and
-                              end of the window: adds server_cpu_s, server_cpu_pct and
-                              msgs_per_server_cpu_s (repeatable: the times are summed)
+        options:
+          --url URL               ws://HOST:PORT/PATH (HOST: IPv4 literal or localhost);
+                                  wss:// (or https://) for TLS
+          --tls                   TLS even with a ws:// URL. OpenSSL client on the socket: no
+                                  certificate verification, no SNI, no ALPN, no session reuse
+          --connections N         connections (default 100)
+          --size BYTES            message size (default 32)
+          --duration SECONDS      measured window (default 10)
+          --warmup SECONDS        load before the window, not counted (default 1)
+          --binary                send binary messages (default text: ASCII payloads)
+          --deflate               offer "permessage-deflate; client_no_context_takeover" and,
+                                  when accepted, send compressed messages (RSV1); compressed
+                                  echoes are inflated and checked like plain ones
+          --verify-every N        compare echoed content for every Nth echo (default 1; 0: never;
+                                  the length is always checked)
+          --connect-inflight N    connections opened at once (default 256)
+          --connect-timeout S     time allowed to open every connection (default 30)
+          --drain-timeout S       wait for late echoes, then for close replies (default 5 each)
+          --server-pid PID        read this process's CPU time (/proc/PID/stat) at the start and
+                                  end of the window: adds server_cpu_s, server_cpu_pct and
+                                  msgs_per_server_cpu_s (repeatable: the times are summed)
 
-    --handshakes: full TLS handshakes per second instead of echoes. --connections N
-    handshakes are kept in flight: each one connects, runs a full handshake (a new SSL,
-    no session cache, no resumption, no TLS 1.2 ticket), then sends close_notify and waits
-    for the server to close (or, with --http-request, sends GET PATH with Connection: close
-    and reads the response to the end), closes, and a new one starts. The line then reads
-      handshakes=H seconds=S handshakes_per_sec=R [handshakes_per_server_cpu_s=...] ...
-      --http-request          one GET per connection after the handshake (see above)
+        --handshakes: full TLS handshakes per second instead of echoes. --connections N
+        handshakes are kept in flight: each one connects, runs a full handshake (a new SSL,
+        no session cache, no resumption, no TLS 1.2 ticket), then sends close_notify and waits
+        for the server to close (or, with --http-request, sends GET PATH with Connection: close
+        and reads the response to the end), closes, and a new one starts. The line then reads
+          handshakes=H seconds=S handshakes_per_sec=R [handshakes_per_server_cpu_s=...] ...
+          --http-request          one GET per connection after the handshake (see above)
 
-    The line also has client_cpu_pct (this process, getrusage) and core_busy_pct (every
-    core's busy share over the window, from /proc/stat).
-    """
+        The line also has client_cpu_pct (this process, getrusage) and core_busy_pct (every
+        core's busy share over the window, from /proc/stat).
+        """
 
     static func parse(_ args: [String]) -> Options {
         var o = Options()
@@ -102,7 +102,9 @@ struct Options {
         func double(_ min: Double) -> Double {
             let name = args[i]
             let v = value()
-            guard let d = Double(v), d >= min, d.isFinite else { fail("\(name): expected a number >= \(min), got '\(v)'") }
+            guard let d = Double(v), d >= min, d.isFinite else {
+                fail("\(name): expected a number >= \(min), got '\(v)'")
+            }
             return d
         }
         while i < args.count {
@@ -147,7 +149,8 @@ struct Options {
             o.path = "/"
         }
         guard let colon = hostPort.lastIndex(of: ":"), let p = Int(hostPort[hostPort.index(after: colon)...]),
-              p > 0, p < 65536 else { fail("--url: expected \(scheme)HOST:PORT/PATH with a port, got '\(u)'") }
+            p > 0, p < 65536
+        else { fail("--url: expected \(scheme)HOST:PORT/PATH with a port, got '\(u)'") }
         o.port = p
         o.host = String(hostPort[..<colon])
         if o.host == "localhost" { o.host = "127.0.0.1" }
@@ -203,8 +206,10 @@ func monotonicNanos() -> Int64 {
 func cpuSeconds() -> (user: Double, system: Double) {
     var ru = rusage()
     getrusage(RUSAGE_SELF.rawValue, &ru)
-    return (Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6,
-            Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6)
+    return (
+        Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6,
+        Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6
+    )
 }
 
 private let base64Alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)

@@ -26,12 +26,14 @@ enum TLSClient {
         _ = SSL_CTX_set_options(ctx, (UInt64(1) << 14) | (UInt64(1) << 7))
         // Partial writes (SSL_write returns what it sent, like write(2)) from a queue that
         // may move between retries.
-        _ = SSL_CTX_ctrl(ctx, SSL_CTRL_MODE, Int(SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER), nil)
+        _ = SSL_CTX_ctrl(
+            ctx, SSL_CTRL_MODE, Int(SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER), nil)
         // Read ahead: one read(2) takes every record the socket holds, instead of a 5-byte
         // header read and a body read per record.
         if readAhead { _ = SSL_CTX_ctrl(ctx, SSL_CTRL_SET_READ_AHEAD, 1, nil) }
         // The client "cache" only counts: no internal store, and the callback keeps nothing.
-        _ = SSL_CTX_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_MODE, Int(SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE), nil)
+        _ = SSL_CTX_ctrl(
+            ctx, SSL_CTRL_SET_SESS_CACHE_MODE, Int(SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE), nil)
         SSL_CTX_sess_set_new_cb(ctx) { _, _ in
             TLSClient.ticketsReceived += 1
             return 0  // not kept: OpenSSL frees it
@@ -57,7 +59,8 @@ enum TLSClient {
         let gid = Int32(truncatingIfNeeded: SSL_ctrl(ssl, SSL_CTRL_GET_NEGOTIATED_GROUP, 0, nil))
         let g = SSL_group_to_name(ssl, gid).map { String(cString: $0) } ?? "group \(gid)"
         var sig: Int32 = 0
-        let s = SSL_get_peer_signature_type_nid(ssl, &sig) == 1 ? (OBJ_nid2sn(sig).map { String(cString: $0) } ?? "?") : "?"
+        let s =
+            SSL_get_peer_signature_type_nid(ssl, &sig) == 1 ? (OBJ_nid2sn(sig).map { String(cString: $0) } ?? "?") : "?"
         return "\(v) \(c) \(g) \(s)\(SSL_session_reused(ssl) == 1 ? " resumed" : "")"
     }
 
@@ -76,7 +79,8 @@ enum TLSClient {
         switch e {
         case SSL_ERROR_SYSCALL:
             let q = lastError()
-            return q != "no detail" ? q : ret == 0 || savedErrno == 0 ? "unexpected end of stream" : errnoString(savedErrno)
+            return q != "no detail"
+                ? q : ret == 0 || savedErrno == 0 ? "unexpected end of stream" : errnoString(savedErrno)
         case SSL_ERROR_SSL:
             return lastError()
         default:

@@ -48,7 +48,9 @@ public enum PerMessageDeflate {
             if kv.count == 2 {
                 var v = kv[1]
                 if v.hasPrefix("\"") && v.hasSuffix("\"") && v.count >= 2 { v = String(v.dropFirst().dropLast()) }
-                guard let n = Int(v), (8...15).contains(n), v.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
+                guard let n = Int(v), (8...15).contains(n), v.allSatisfy({ $0.isASCII && $0.isNumber }) else {
+                    return nil
+                }
                 value = n
             }
             switch name {

@@ -37,7 +37,8 @@ public final class PreparedMessage {
     }
 
     static func build(_ opcode: UInt8, _ body: UnsafeRawBufferPointer, rsv1: Bool) -> SharedBytes {
-        let p = UnsafeMutableRawPointer.allocate(byteCount: body.count + WebSocketFrameEncoder.maxHeaderBytes, alignment: 16)
+        let p = UnsafeMutableRawPointer.allocate(
+            byteCount: body.count + WebSocketFrameEncoder.maxHeaderBytes, alignment: 16)
         let h = WebSocketFrameEncoder.writeHeader(into: p, opcode: opcode, rsv1: rsv1, length: body.count)
         if body.count > 0 { (p + h).copyMemory(from: body.baseAddress!, byteCount: body.count) }
         return SharedBytes(adopting: p, count: h + body.count)

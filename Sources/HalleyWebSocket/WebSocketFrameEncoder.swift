@@ -7,7 +7,9 @@ public enum WebSocketFrameEncoder {
 
     /// Writes a frame header at `out` (room for `maxHeaderBytes`) and returns its length.
     @inline(__always)
-    public static func writeHeader(into out: UnsafeMutableRawPointer, opcode: UInt8, fin: Bool = true, rsv1: Bool = false, length: Int) -> Int {
+    public static func writeHeader(
+        into out: UnsafeMutableRawPointer, opcode: UInt8, fin: Bool = true, rsv1: Bool = false, length: Int
+    ) -> Int {
         out.storeBytes(of: (fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | opcode, as: UInt8.self)
         if length < 126 {
             out.storeBytes(of: UInt8(length), toByteOffset: 1, as: UInt8.self)
@@ -26,7 +28,9 @@ public enum WebSocketFrameEncoder {
     /// A whole frame as bytes (tests, control frames).
     public static func frame(opcode: UInt8, payload: [UInt8], fin: Bool = true, rsv1: Bool = false) -> [UInt8] {
         var header = [UInt8](repeating: 0, count: maxHeaderBytes)
-        let n = header.withUnsafeMutableBytes { writeHeader(into: $0.baseAddress!, opcode: opcode, fin: fin, rsv1: rsv1, length: payload.count) }
+        let n = header.withUnsafeMutableBytes {
+            writeHeader(into: $0.baseAddress!, opcode: opcode, fin: fin, rsv1: rsv1, length: payload.count)
+        }
         return Array(header[0..<n]) + payload
     }
 

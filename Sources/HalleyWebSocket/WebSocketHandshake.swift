@@ -65,21 +65,28 @@ public enum WebSocketHandshake {
     }
 
     /// `values(name)` returns every value of a header, in order.
-    public static func evaluate(isGet: Bool, minorVersion: Int, values: (String) -> [String], endpoint: Endpoint) -> Outcome {
+    public static func evaluate(
+        isGet: Bool, minorVersion: Int, values: (String) -> [String], endpoint: Endpoint
+    ) -> Outcome {
         func tokens(_ name: String) -> [String] {
             values(name).flatMap { $0.split(separator: ",") }.map { $0.trimmingSpaces().lowercased() }
         }
         let upgradeHeaders: [(String, String)] = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
         guard tokens("upgrade").contains("websocket") else {
-            return .refuse(status: 426, headers: upgradeHeaders + [("Sec-WebSocket-Version", "13")], reason: "not a WebSocket upgrade")
+            return .refuse(
+                status: 426, headers: upgradeHeaders + [("Sec-WebSocket-Version", "13")],
+                reason: "not a WebSocket upgrade")
         }
-        guard isGet && minorVersion >= 1 else { return .refuse(status: 400, headers: [], reason: "upgrade needs GET over HTTP/1.1") }
+        guard isGet && minorVersion >= 1 else {
+            return .refuse(status: 400, headers: [], reason: "upgrade needs GET over HTTP/1.1")
+        }
         guard tokens("connection").contains("upgrade") else {
             return .refuse(status: 400, headers: [], reason: "Connection does not list upgrade")
         }
         let versions = values("sec-websocket-version")
         guard versions.count == 1, versions[0].trimmingSpaces() == "13" else {
-            return .refuse(status: 426, headers: [("Sec-WebSocket-Version", "13")], reason: "unsupported WebSocket version")
+            return .refuse(
+                status: 426, headers: [("Sec-WebSocket-Version", "13")], reason: "unsupported WebSocket version")
         }
         let keys = values("sec-websocket-key")
         guard keys.count == 1, let raw = Base64.decode(keys[0].trimmingSpaces()), raw.count == 16 else {

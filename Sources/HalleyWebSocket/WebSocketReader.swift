@@ -155,7 +155,9 @@ public struct WebSocketReader {
         let isFin = b0 & 0x80 != 0
         let rsv1 = b0 & 0x40 != 0
         if b0 & 0x30 != 0 { fail(WebSocketCloseCode.protocolError, "reserved bits set", sink); return false }
-        guard b1 & 0x80 != 0 else { fail(WebSocketCloseCode.protocolError, "unmasked client frame", sink); return false }
+        guard b1 & 0x80 != 0 else {
+            fail(WebSocketCloseCode.protocolError, "unmasked client frame", sink); return false
+        }
         var length = Int(b1 & 0x7F)
         var off = 2
         if length == 126 {
@@ -163,7 +165,9 @@ public struct WebSocketReader {
             off = 4
         } else if length == 127 {
             let l = UInt64(bigEndian: h.loadUnaligned(fromByteOffset: 2, as: UInt64.self))
-            if l >> 63 != 0 { fail(WebSocketCloseCode.protocolError, "64-bit length with the top bit set", sink); return false }
+            if l >> 63 != 0 {
+                fail(WebSocketCloseCode.protocolError, "64-bit length with the top bit set", sink); return false
+            }
             length = l > UInt64(Int.max / 2) ? Int.max / 2 : Int(l)
             off = 10
         }
@@ -171,17 +175,25 @@ public struct WebSocketReader {
         case WebSocketOpcode.close, WebSocketOpcode.ping, WebSocketOpcode.pong:
             // RFC 6455 §5.5: control frames are never fragmented and carry at most 125 bytes.
             if !isFin { fail(WebSocketCloseCode.protocolError, "fragmented control frame", sink); return false }
-            if length > 125 { fail(WebSocketCloseCode.protocolError, "control frame over 125 bytes", sink); return false }
+            if length > 125 {
+                fail(WebSocketCloseCode.protocolError, "control frame over 125 bytes", sink); return false
+            }
             if rsv1 { fail(WebSocketCloseCode.protocolError, "RSV1 on a control frame", sink); return false }
         case WebSocketOpcode.text, WebSocketOpcode.binary:
-            if messageOpcode != 0 { fail(WebSocketCloseCode.protocolError, "new message before the last one ended", sink); return false }
-            if rsv1 && inflater == nil { fail(WebSocketCloseCode.protocolError, "RSV1 without permessage-deflate", sink); return false }
+            if messageOpcode != 0 {
+                fail(WebSocketCloseCode.protocolError, "new message before the last one ended", sink); return false
+            }
+            if rsv1 && inflater == nil {
+                fail(WebSocketCloseCode.protocolError, "RSV1 without permessage-deflate", sink); return false
+            }
             messageOpcode = op
             compressed = rsv1
             messageBytes = 0
             utf8.reset()
         case WebSocketOpcode.continuation:
-            if messageOpcode == 0 { fail(WebSocketCloseCode.protocolError, "continuation without a message", sink); return false }
+            if messageOpcode == 0 {
+                fail(WebSocketCloseCode.protocolError, "continuation without a message", sink); return false
+            }
             if rsv1 { fail(WebSocketCloseCode.protocolError, "RSV1 on a continuation frame", sink); return false }
         default:
             fail(WebSocketCloseCode.protocolError, "unknown opcode \(op)", sink)
@@ -208,7 +220,9 @@ public struct WebSocketReader {
         let op = messageOpcode
         messageOpcode = 0
         if compressed {
-            guard let inf = inflater else { fail(WebSocketCloseCode.protocolError, "compressed without deflate", sink); return }
+            guard let inf = inflater else {
+                fail(WebSocketCloseCode.protocolError, "compressed without deflate", sink); return
+            }
             switch inf.inflate(payload, limit: limits.maxMessageBytes) {
             case .tooBig:
                 fail(WebSocketCloseCode.messageTooBig, "inflated message over \(limits.maxMessageBytes) bytes", sink)
@@ -258,10 +272,14 @@ public struct WebSocketReader {
             }
             if payload.count == 1 { fail(WebSocketCloseCode.protocolError, "close payload of 1 byte", sink); return }
             let code = UInt16(payload[0]) << 8 | UInt16(payload[1])
-            if !WebSocketCloseCode.isValidOnWire(code) { fail(WebSocketCloseCode.protocolError, "invalid close code \(code)", sink); return }
+            if !WebSocketCloseCode.isValidOnWire(code) {
+                fail(WebSocketCloseCode.protocolError, "invalid close code \(code)", sink); return
+            }
             let reason = UnsafeRawBufferPointer(rebasing: payload[2...])
             var v = UTF8Validator()
-            guard v.validate(reason), v.isComplete else { fail(WebSocketCloseCode.invalidPayload, "invalid UTF-8 in close reason", sink); return }
+            guard v.validate(reason), v.isComplete else {
+                fail(WebSocketCloseCode.invalidPayload, "invalid UTF-8 in close reason", sink); return
+            }
             finished = true
             sink(.close(code: code, reason: reason))
         }

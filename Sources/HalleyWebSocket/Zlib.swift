@@ -102,7 +102,9 @@ public final class Deflater {
     public func compress(_ input: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
         output.clear()
         defer { deflateReset(stream) }
-        stream.pointee.next_in = input.baseAddress.map { UnsafeMutablePointer(mutating: $0.assumingMemoryBound(to: UInt8.self)) }
+        stream.pointee.next_in = input.baseAddress.map {
+            UnsafeMutablePointer(mutating: $0.assumingMemoryBound(to: UInt8.self))
+        }
         stream.pointee.avail_in = UInt32(input.count)
         repeat {
             output.reserve(Int(deflateBound(stream, UInt(input.count))) + 16)
@@ -114,7 +116,9 @@ public final class Deflater {
             output.didWrite(room - Int(stream.pointee.avail_out))
         } while stream.pointee.avail_out == 0
         var n = output.readableBytes
-        if n >= 4 && output.readable[n - 4] == 0 && output.readable[n - 3] == 0 && output.readable[n - 2] == 0xFF && output.readable[n - 1] == 0xFF {
+        if n >= 4 && output.readable[n - 4] == 0 && output.readable[n - 3] == 0 && output.readable[n - 2] == 0xFF
+            && output.readable[n - 1] == 0xFF
+        {
             n -= 4
         }
         return UnsafeRawBufferPointer(start: output.base, count: n)

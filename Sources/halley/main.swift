@@ -67,23 +67,30 @@ do {
 }
 let loopsText = server.loops.count == 1 ? "1 loop" : "\(server.loops.count) loops"
 let mainScheme = server.tlsPort == server.port ? "https" : "http"
-var startLine = "halley listening on \(mainScheme)://\(cfg.host):\(server.port) (\(loopsText), max \(server.maxConnections) connections"
+var startLine =
+    "halley listening on \(mainScheme)://\(cfg.host):\(server.port) (\(loopsText), max \(server.maxConnections) connections"
 if let root = cfg.publicRoot { startLine += ", public root \(root)" }
 if let tp = server.tlsPort, tp != server.port { startLine += ", https on https://\(cfg.host):\(tp)" }
 if let mp = server.metricsPort { startLine += ", metrics on http://\(cfg.metricsHost):\(mp)/metrics" }
 Log.lifecycle(startLine + ")")
 if options.hub.streamMaxBytes >= options.hub.sessionBufferBytes {
-    Log.warning("--stream-max-bytes (\(options.hub.streamMaxBytes)) is not below --session-buffer-bytes (\(options.hub.sessionBufferBytes)): an SSE client that never acknowledges by POST overflows its session before its stream rotates")
+    Log.warning(
+        "--stream-max-bytes (\(options.hub.streamMaxBytes)) is not below --session-buffer-bytes (\(options.hub.sessionBufferBytes)): an SSE client that never acknowledges by POST overflows its session before its stream rotates"
+    )
 }
 let app = options.hub.apps[0]
 if let path = options.configPath {
     // Never the secrets or tokens.
     let apps = options.hub.apps
     let hooks = apps.reduce(0) { $0 + $1.webhooks.count }
-    Log.lifecycle("\(apps.count) app\(apps.count == 1 ? "" : "s") loaded from \(path) (ids \(apps.map(\.id).joined(separator: ", ")); \(apps.filter { !$0.enabled }.count) disabled; \(hooks) webhook URL\(hooks == 1 ? "" : "s"))")
+    Log.lifecycle(
+        "\(apps.count) app\(apps.count == 1 ? "" : "s") loaded from \(path) (ids \(apps.map(\.id).joined(separator: ", ")); \(apps.filter { !$0.enabled }.count) disabled; \(hooks) webhook URL\(hooks == 1 ? "" : "s"))"
+    )
     for w in Options.developmentWarnings(apps, configPath: path) { Log.warning(w) }
 } else if app.id == App.development.id && app.key == App.development.key && app.secret == App.development.secret {
-    Log.warning("using the development app (id \(app.id), key \(app.key), secret \(app.secret)): set --app-id, --app-key and --app-secret for anything but local development")
+    Log.warning(
+        "using the development app (id \(app.id), key \(app.key), secret \(app.secret)): set --app-id, --app-key and --app-secret for anything but local development"
+    )
 } else {
     Log.lifecycle("app id \(app.id), key \(app.key)\(app.token != nil ? ", bearer token set" : "")")
     for w in Options.developmentWarnings([app], configPath: nil) { Log.warning(w) }
@@ -107,7 +114,8 @@ if let path = options.configPath {
         do throws(AppsFile.ParseError) {
             let apps = try AppsFile.load(path)
             let r = hub.reload(apps: apps)
-            Log.lifecycle("SIGHUP: \(apps.count) app\(apps.count == 1 ? "" : "s") reloaded from \(path): \(r.description)")
+            Log.lifecycle(
+                "SIGHUP: \(apps.count) app\(apps.count == 1 ? "" : "s") reloaded from \(path): \(r.description)")
             for w in Options.developmentWarnings(apps, configPath: path) { Log.warning(w) }
         } catch {
             Log.error("SIGHUP: apps file not reloaded, keeping the running apps: \(error)")
@@ -123,7 +131,9 @@ while true {
         continue
     }
     if sig == SIGINT || sig == SIGTERM {
-        Log.lifecycle("\(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping (grace \(cfg.shutdownGrace) s, \(server.connectionCount) connections open)")
+        Log.lifecycle(
+            "\(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping (grace \(cfg.shutdownGrace) s, \(server.connectionCount) connections open)"
+        )
         break
     }
 }

@@ -7,10 +7,14 @@ func parseEverySplit(_ input: String, limits: HTTPLimits = HTTPLimits()) -> [Str
     let bytes = Array(input.utf8)
     return bytes.withUnsafeBytes { raw -> [String] in
         let whole = FuzzDriver.run(pieces: [raw], limits: limits)
-        let byByte = FuzzDriver.run(pieces: (0..<raw.count).map { UnsafeRawBufferPointer(rebasing: raw[$0..<($0 + 1)]) }, limits: limits)
+        let byByte = FuzzDriver.run(
+            pieces: (0..<raw.count).map { UnsafeRawBufferPointer(rebasing: raw[$0..<($0 + 1)]) }, limits: limits)
         #expect(byByte == whole, "byte by byte differs")
         for split in 1..<max(1, raw.count) {
-            let two = FuzzDriver.run(pieces: [UnsafeRawBufferPointer(rebasing: raw[0..<split]), UnsafeRawBufferPointer(rebasing: raw[split...])], limits: limits)
+            let two = FuzzDriver.run(
+                pieces: [
+                    UnsafeRawBufferPointer(rebasing: raw[0..<split]), UnsafeRawBufferPointer(rebasing: raw[split...]),
+                ], limits: limits)
             #expect(two == whole, "split at \(split) differs")
         }
         return whole
@@ -27,9 +31,10 @@ func parseOnce(_ input: String, limits: HTTPLimits = HTTPLimits()) -> HTTPReques
 
 @Suite struct ValidRequests {
     @Test func simpleGet() {
-        #expect(parseEverySplit("GET / HTTP/1.1\r\nHost: a\r\n\r\n") == [
-            "head GET / 1.1 fields=1 cl=- chunked=false keepAlive=true continue=false", "end 0 0",
-        ])
+        #expect(
+            parseEverySplit("GET / HTTP/1.1\r\nHost: a\r\n\r\n") == [
+                "head GET / 1.1 fields=1 cl=- chunked=false keepAlive=true continue=false", "end 0 0",
+            ])
     }
 
     @Test func headersAreCaseInsensitiveAndTrimmed() {
@@ -42,7 +47,9 @@ func parseOnce(_ input: String, limits: HTTPLimits = HTTPLimits()) -> HTTPReques
     }
 
     @Test func pipelinedRequestsInOrder() {
-        let r = parseEverySplit("GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /c HTTP/1.1\r\nHost: a\r\n\r\n")
+        let r = parseEverySplit(
+            "GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /c HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
         #expect(r.count == 6)
         #expect(r[0].hasPrefix("head GET /a"))
         #expect(r[2].hasPrefix("head POST /b 1.1 fields=2 cl=5"))
@@ -51,13 +58,16 @@ func parseOnce(_ input: String, limits: HTTPLimits = HTTPLimits()) -> HTTPReques
     }
 
     @Test func chunkedBodyWithExtensionsAndTrailers() {
-        let r = parseEverySplit("POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n6 ; x\r\n world\r\nA\r\n0123456789\r\n0\r\nX-Trailer: yes\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        let r = parseEverySplit(
+            "POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n6 ; x\r\n world\r\nA\r\n0123456789\r\n0\r\nX-Trailer: yes\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
         let body = Array("hello world0123456789".utf8)
-        #expect(r == [
-            "head POST /p 1.1 fields=2 cl=- chunked=true keepAlive=true continue=false",
-            "end \(body.count) \(body.reduce(0) { ($0 &* 31) &+ Int($1) })",
-            "head GET / 1.1 fields=1 cl=- chunked=false keepAlive=true continue=false", "end 0 0",
-        ])
+        #expect(
+            r == [
+                "head POST /p 1.1 fields=2 cl=- chunked=true keepAlive=true continue=false",
+                "end \(body.count) \(body.reduce(0) { ($0 &* 31) &+ Int($1) })",
+                "head GET / 1.1 fields=1 cl=- chunked=false keepAlive=true continue=false", "end 0 0",
+            ])
     }
 
     @Test func transferEncodingIsCaseInsensitive() {
@@ -71,7 +81,9 @@ func parseOnce(_ input: String, limits: HTTPLimits = HTTPLimits()) -> HTTPReques
     }
 
     @Test func expectContinueOnlyWithABody() {
-        #expect(parseOnce("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")?.expectsContinue == true)
+        #expect(
+            parseOnce("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")?
+                .expectsContinue == true)
         #expect(parseOnce("GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\n\r\n")?.expectsContinue == false)
     }
 
@@ -103,8 +115,14 @@ func parseOnce(_ input: String, limits: HTTPLimits = HTTPLimits()) -> HTTPReques
     @Test func bodyExactlyAtTheLimit() {
         var limits = HTTPLimits()
         limits.maxBodyBytes = 10
-        #expect(parseEverySplit("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789", limits: limits).last?.hasPrefix("end 10") == true)
-        #expect(parseEverySplit("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n01234\r\n5\r\n56789\r\n0\r\n\r\n", limits: limits).last?.hasPrefix("end 10") == true)
+        #expect(
+            parseEverySplit("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789", limits: limits).last?
+                .hasPrefix("end 10") == true)
+        #expect(
+            parseEverySplit(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n01234\r\n5\r\n56789\r\n0\r\n\r\n",
+                limits: limits
+            ).last?.hasPrefix("end 10") == true)
     }
 
     @Test func incompleteHeadConsumesNothing() {
@@ -132,7 +150,10 @@ func parseOnce(_ input: String, limits: HTTPLimits = HTTPLimits()) -> HTTPReques
         ("control char in name", "GET / HTTP/1.1\r\nHost: a\r\nX\u{1}Y: b\r\n\r\n", 400),
         ("CL and TE", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
         ("TE and CL", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 400),
-        ("duplicate CL same value", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
+        (
+            "duplicate CL same value",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400
+        ),
         ("conflicting CL", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
         ("CL list", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc", 400),
         ("CL not a number", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n", 400),
@@ -142,7 +163,10 @@ func parseOnce(_ input: String, limits: HTTPLimits = HTTPLimits()) -> HTTPReques
         ("TE gzip", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
         ("TE gzip, chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
         ("TE chunked, gzip", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
-        ("TE chunked twice", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (
+            "TE chunked twice",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400
+        ),
         ("TE in HTTP/1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
         ("missing Host", "GET / HTTP/1.1\r\n\r\n", 400),
         ("duplicate Host", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
@@ -160,10 +184,22 @@ func parseOnce(_ input: String, limits: HTTPLimits = HTTPLimits()) -> HTTPReques
         ("Expect other", "POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\na", 417),
         ("bad chunk size", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
         ("empty chunk size", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\r\n", 400),
-        ("chunk without CRLF", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n", 400),
-        ("chunk size bare LF", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n", 400),
-        ("chunk size overflow", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\n", 413),
-        ("trailer obs-fold", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\n b\r\n\r\n", 400),
+        (
+            "chunk without CRLF",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n", 400
+        ),
+        (
+            "chunk size bare LF", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+            400
+        ),
+        (
+            "chunk size overflow",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\n", 413
+        ),
+        (
+            "trailer obs-fold",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\n b\r\n\r\n", 400
+        ),
     ]
 
     @Test(arguments: 0..<cases.count)
@@ -187,20 +223,29 @@ func parseOnce(_ input: String, limits: HTTPLimits = HTTPLimits()) -> HTTPReques
         limits.maxHeaderBytes = 64
         let big = "GET / HTTP/1.1\r\nHost: a\r\nX: " + String(repeating: "b", count: 60) + "\r\n\r\n"
         #expect(parseEverySplit(big, limits: limits).last == "error 431")
-        #expect(parseEverySplit("GET / HTTP/1.1\r\nHost: a\r\nX: " + String(repeating: "b", count: 60), limits: limits).last == "error 431")
+        #expect(
+            parseEverySplit("GET / HTTP/1.1\r\nHost: a\r\nX: " + String(repeating: "b", count: 60), limits: limits).last
+                == "error 431")
     }
 
     @Test func tooManyHeaders() {
         var limits = HTTPLimits()
         limits.maxHeaderCount = 3
-        #expect(parseEverySplit("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", limits: limits).last == "error 431")
+        #expect(
+            parseEverySplit("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", limits: limits).last
+                == "error 431")
     }
 
     @Test func bodyTooLarge() {
         var limits = HTTPLimits()
         limits.maxBodyBytes = 10
-        #expect(parseEverySplit("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n", limits: limits).last == "error 413")
-        #expect(parseEverySplit("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n012345\r\n5\r\n", limits: limits).last == "error 413")
+        #expect(
+            parseEverySplit("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n", limits: limits).last
+                == "error 413")
+        #expect(
+            parseEverySplit(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n012345\r\n5\r\n", limits: limits
+            ).last == "error 413")
     }
 
     @Test func parserStaysFailed() {

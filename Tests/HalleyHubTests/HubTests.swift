@@ -3,7 +3,9 @@ import Testing
 
 @Suite struct ChannelHistoryTests {
     func pub(_ off: UInt64, at t: Int64) -> Publication {
-        Publication(message: OutMessage(prefix: Array("{\"o\":\(off)".utf8), channel: "c", offset: off), offset: off, time: t, exclude: nil)
+        Publication(
+            message: OutMessage(prefix: Array("{\"o\":\(off)".utf8), channel: "c", offset: off), offset: off, time: t,
+            exclude: nil)
     }
 
     func filled(_ n: UInt64, keep: Int) -> ChannelState {
@@ -45,9 +47,13 @@ import Testing
 
     @Test func saysWhyItCannot() {
         let ch = filled(10, keep: 4)
-        guard case .notRecovered(let why) = ch.recover(epoch: ch.epoch, after: 5) else { Issue.record("recovered"); return }
+        guard case .notRecovered(let why) = ch.recover(epoch: ch.epoch, after: 5) else {
+            Issue.record("recovered"); return
+        }
         #expect(why == "history_expired")
-        guard case .notRecovered(let why2) = ch.recover(epoch: "other", after: 9) else { Issue.record("recovered"); return }
+        guard case .notRecovered(let why2) = ch.recover(epoch: "other", after: 9) else {
+            Issue.record("recovered"); return
+        }
         #expect(why2 == "epoch_changed")
     }
 
@@ -61,7 +67,9 @@ import Testing
         #expect(offsets(ch.recover(epoch: ch.epoch, after: 5)) == [6])
         #expect(offsets(ch.recover(epoch: ch.epoch, after: 4)) == [6])
         #expect(offsets(ch.recover(epoch: ch.epoch, after: 1)) == [2, 3, 6])
-        guard case .notRecovered = ch.recover(epoch: ch.epoch, after: 0) else { Issue.record("recovered past an evicted message"); return }
+        guard case .notRecovered = ch.recover(epoch: ch.epoch, after: 0) else {
+            Issue.record("recovered past an evicted message"); return
+        }
     }
 
     @Test func trimsByAgeAndCompactsWithoutLosingOrder() {

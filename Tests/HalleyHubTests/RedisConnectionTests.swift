@@ -18,7 +18,10 @@ import HalleyProtocol
         #expect(p.user == nil && p.password == "pw" && p.port == 1)
         let six = try RedisURL("redis://[::1]:7000/0")
         #expect(six.host == "::1" && six.port == 7000 && six.description == "redis://[::1]:7000/0")
-        for bad in ["rediss://h:6379", "http://h", "redis://", "redis://h:0", "redis://h:70000", "redis://h:x", "redis://h/db", "redis://[::1"] {
+        for bad in [
+            "rediss://h:6379", "http://h", "redis://", "redis://h:0", "redis://h:70000", "redis://h:x", "redis://h/db",
+            "redis://[::1",
+        ] {
             #expect(throws: RedisURL.ParseError.self, "\(bad)") { try RedisURL(bad) }
         }
     }
@@ -36,9 +39,15 @@ final class RedisServer {
         var a = sockaddr_in()
         a.sin_family = sa_family_t(AF_INET)
         a.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        _ = withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
+        _ = withUnsafeMutablePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) }
+        }
         port = Int(UInt16(bigEndian: a.sin_port))
         close(s)
         args = ["redis-server", "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"] + extra
@@ -61,7 +70,12 @@ final class RedisServer {
             a.sin_family = sa_family_t(AF_INET)
             a.sin_port = UInt16(port).bigEndian
             a.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let ok = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
+            let ok =
+                withUnsafePointer(to: &a) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                    }
+                } == 0
             close(s)
             if ok { return }
             usleep(20_000)
@@ -110,13 +124,17 @@ final class RedisProbe: @unchecked Sendable {  // fields written on the loop, re
     func onLoop(_ body: @escaping () -> Void) {
         let done = Locked(false)
         let b = UncheckedSendable(body)
-        loop.execute { b.value(); done.withLock { $0 = true } }
+        loop.execute {
+            b.value(); done.withLock { $0 = true }
+        }
         while !done.withLock({ $0 }) { usleep(1000) }
     }
 
     func send(_ args: [String]) {
         let box = UncheckedSendable(self)
-        onLoop { box.value.conn.send(args.map { Array($0.utf8) }) { r in box.value.lock.withLock { $0.replies.append(r) } } }
+        onLoop {
+            box.value.conn.send(args.map { Array($0.utf8) }) { r in box.value.lock.withLock { $0.replies.append(r) } }
+        }
     }
 
     /// Waits up to `seconds` for `cond` on the record.
@@ -134,7 +152,9 @@ final class RedisProbe: @unchecked Sendable {  // fields written on the loop, re
     var state: RedisConnection.State {
         let s = Locked(RedisConnection.State.connecting)
         let box = UncheckedSendable(self)
-        onLoop { let st = box.value.conn.state; s.withLock { $0 = st } }
+        onLoop {
+            let st = box.value.conn.state; s.withLock { $0 = st }
+        }
         return s.withLock { $0 }
     }
 
@@ -188,7 +208,11 @@ struct UncheckedSendable<T>: @unchecked Sendable {  // handed to the loop's thre
         pub.send(["PUBLISH", "news", "hello\r\n\u{0}é"])
         #expect(pub.wait { $0.replies == [.success(.integer(1))] })
         #expect(sub.wait { $0.pushes.count == 2 })
-        #expect(sub.record.pushes[1] == .push([.bulk(Array("message".utf8)), .bulk(Array("news".utf8)), .bulk(Array("hello\r\n\u{0}é".utf8))]))
+        #expect(
+            sub.record.pushes[1]
+                == .push([
+                    .bulk(Array("message".utf8)), .bulk(Array("news".utf8)), .bulk(Array("hello\r\n\u{0}é".utf8)),
+                ]))
         // A command on the same connection still gets its own reply.
         sub.send(["PING"])
         #expect(sub.wait { $0.replies.count == 1 })
@@ -211,7 +235,9 @@ struct UncheckedSendable<T>: @unchecked Sendable {  // handed to the loop's thre
         #expect(why.contains("WRONGPASS"))
         wrong.send(["PING"])
         #expect(wrong.wait { $0.replies.count == 1 })
-        guard case .failure(.unavailable) = wrong.record.replies[0] else { Issue.record("\(wrong.record.replies)"); return }
+        guard case .failure(.unavailable) = wrong.record.replies[0] else {
+            Issue.record("\(wrong.record.replies)"); return
+        }
     }
 
     @Test(.enabled(if: available)) func aRedisRestartIsSurvived() throws {
@@ -246,7 +272,9 @@ struct UncheckedSendable<T>: @unchecked Sendable {  // handed to the loop's thre
         kill(r.pid, SIGSTOP)  // Redis stalls (the TCP connection stays up)
         p.send(["PING"])
         #expect(p.wait(5) { $0.replies.count == 1 && $0.states.starts(with: [true, false]) })
-        guard case .failure(.connectionLost(let why)) = p.record.replies[0] else { Issue.record("\(p.record.replies)"); return }
+        guard case .failure(.connectionLost(let why)) = p.record.replies[0] else {
+            Issue.record("\(p.record.replies)"); return
+        }
         #expect(why.contains("no reply within 500 ms"))
         kill(r.pid, SIGCONT)
         #expect(p.wait(10) { $0.states.last == true })  // and it comes back

@@ -78,7 +78,9 @@ import HalleyProtocol
     }
 
     @Test func underGapTheNoticeFollowsWhatFittedOnceThereIsRoom() throws {
-        let h = try HubHarness { $0.sessionBufferBytes = 2048; $0.slowConsumer = .gap }
+        let h = try HubHarness {
+            $0.sessionBufferBytes = 2048; $0.slowConsumer = .gap
+        }
         let (s, t) = h.open()
         h.subscribe(s, "g")
         let pad = String(repeating: "x", count: 200)
@@ -99,7 +101,9 @@ import HalleyProtocol
     /// A resume whose acknowledgement makes room resends what waited first; the pending notice
     /// comes after it, numbered next.
     @Test func aResumeResendsBeforeThePendingGapNotice() throws {
-        let h = try HubHarness { $0.sessionBufferBytes = 2048; $0.slowConsumer = .gap }
+        let h = try HubHarness {
+            $0.sessionBufferBytes = 2048; $0.slowConsumer = .gap
+        }
         let (s, a) = h.open()
         h.subscribe(s, "g")
         for _ in 1...30 { h.publish("g", "e", String(repeating: "x", count: 200)) }
@@ -187,11 +191,15 @@ import HalleyProtocol
         h.subscribe(ann, "presence-room", channelData: #"{"user_id":"ann"}"#)
         h.subscribe(ben, "presence-room", channelData: #"{"user_id":"ben","user_info":{"n":1}}"#)
         h.subscribe(ben2, "presence-room", channelData: #"{"user_id":"ben"}"#)
-        let roster = try JSONParser.parse(Array(b.sentEvents("pusher_internal:subscription_succeeded").last!.data!.utf8))
+        let roster = try JSONParser.parse(
+            Array(b.sentEvents("pusher_internal:subscription_succeeded").last!.data!.utf8))
         #expect(roster["presence"]?["count"]?.uint64 == 2)
         #expect(Set(roster["presence"]?["ids"]?.array?.compactMap(\.string) ?? []) == ["ann", "ben"])
         // ann is told of ben once, not once per connection.
-        #expect(a.sentEvents("pusher_internal:member_added").map { try? JSONParser.parse(Array($0.data!.utf8))["user_id"]?.string } == ["ben"])
+        #expect(
+            a.sentEvents("pusher_internal:member_added").map {
+                try? JSONParser.parse(Array($0.data!.utf8))["user_id"]?.string
+            } == ["ben"])
         #expect(b2.sentEvents("pusher_internal:member_added").isEmpty)
         // ben's first connection goes: ben is still there. The second: ben left.
         h.hub.loops[1].end(ben, .closed)
@@ -199,6 +207,9 @@ import HalleyProtocol
         #expect(a.sentEvents("pusher_internal:member_removed").isEmpty)
         h.hub.loops[0].end(ben2, .closed)
         h.step()
-        #expect(a.sentEvents("pusher_internal:member_removed").map { try? JSONParser.parse(Array($0.data!.utf8))["user_id"]?.string } == ["ben"])
+        #expect(
+            a.sentEvents("pusher_internal:member_removed").map {
+                try? JSONParser.parse(Array($0.data!.utf8))["user_id"]?.string
+            } == ["ben"])
     }
 }

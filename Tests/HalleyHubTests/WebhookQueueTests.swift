@@ -59,7 +59,10 @@ import HalleyLoop
         // After the window the vacated stands, and a later occupied is sent after it.
         _ = q.add(.channelVacated(channel: "a"), at: 200_000)
         _ = q.add(.channelOccupied(channel: "b"), at: 200_001)
-        #expect(q.next(now: 203_000, wallMillis: 0)?.events == [.channelOccupied(channel: "b"), .channelVacated(channel: "a")])
+        #expect(
+            q.next(now: 203_000, wallMillis: 0)?.events == [
+                .channelOccupied(channel: "b"), .channelVacated(channel: "a"),
+            ])
         _ = q.completed(ok: true, now: 203_000)
         #expect(q.add(.channelOccupied(channel: "a"), at: 203_001) == .queued)
     }
@@ -72,9 +75,10 @@ import HalleyLoop
         #expect(q.add(.channelOccupied(channel: "presence-r"), at: 10) == .cancelled)
         #expect(q.add(.memberAdded(channel: "presence-r", userID: "u1"), at: 20) == .cancelled)
         #expect(q.add(.memberAdded(channel: "presence-x", userID: "u2"), at: 30) == .queued)
-        #expect(q.next(now: 3000, wallMillis: 0)?.events == [
-            .memberAdded(channel: "presence-x", userID: "u2"), .memberRemoved(channel: "presence-r", userID: "u2"),
-        ])
+        #expect(
+            q.next(now: 3000, wallMillis: 0)?.events == [
+                .memberAdded(channel: "presence-x", userID: "u2"), .memberRemoved(channel: "presence-r", userID: "u2"),
+            ])
     }
 
     @Test func aFailedBatchIsRetriedWithTheSameEventsAndTime() {
@@ -132,7 +136,9 @@ import HalleyLoop
     @Test func byteBoundDropsTheOldestLargeEvents() {
         var q = queue { $0.maxQueuedBytes = 50_000 }
         func big(_ n: Int) -> WebhookEvent {
-            .clientEvent(channel: "private-c", event: "client-\(n)", data: String(repeating: "x", count: 10_240), socketID: "1.1", userID: nil)
+            .clientEvent(
+                channel: "private-c", event: "client-\(n)", data: String(repeating: "x", count: 10_240),
+                socketID: "1.1", userID: nil)
         }
         let size = big(0).queuedBytes
         #expect(size > 10_240 && size < 10_500)
@@ -157,20 +163,32 @@ import HalleyLoop
         #expect(q.add(.channelVacated(channel: "c"), at: 0) == .overflow(dropped: 1, firstOfEpisode: true))
         // "a" was dropped, so this occupied cancels nothing; queued, it is the oldest queued: dropped.
         #expect(q.add(.channelOccupied(channel: "a"), at: 1) == .overflow(dropped: 1, firstOfEpisode: false))
-        #expect(q.next(now: 3000, wallMillis: 0)?.events == [.channelVacated(channel: "b"), .channelVacated(channel: "c")])
+        #expect(
+            q.next(now: 3000, wallMillis: 0)?.events == [.channelVacated(channel: "b"), .channelVacated(channel: "c")])
     }
 
     @Test func bodyAndSignatureBytes() {
-        let body = WebhookEvent.body([
-            .channelOccupied(channel: "c"),
-            .memberRemoved(channel: "presence-r", userID: "u1"),
-            .clientEvent(channel: "private-p", event: "client-x", data: #"{"a":1}"#, socketID: "1.2", userID: nil),
-        ], timeMillis: 1_700_000_000_123)
-        #expect(String(decoding: body, as: UTF8.self) == #"{"time_ms":1700000000123,"events":[{"name":"channel_occupied","channel":"c"},{"name":"member_removed","channel":"presence-r","user_id":"u1"},{"name":"client_event","channel":"private-p","event":"client-x","data":"{\"a\":1}","socket_id":"1.2"}]}"#)
+        let body = WebhookEvent.body(
+            [
+                .channelOccupied(channel: "c"),
+                .memberRemoved(channel: "presence-r", userID: "u1"),
+                .clientEvent(channel: "private-p", event: "client-x", data: #"{"a":1}"#, socketID: "1.2", userID: nil),
+            ], timeMillis: 1_700_000_000_123)
+        #expect(
+            String(decoding: body, as: UTF8.self)
+                == #"{"time_ms":1700000000123,"events":[{"name":"channel_occupied","channel":"c"},{"name":"member_removed","channel":"presence-r","user_id":"u1"},{"name":"client_event","channel":"private-p","event":"client-x","data":"{\"a\":1}","socket_id":"1.2"}]}"#
+        )
         // Python: hmac.new(b"app-secret", body, hashlib.sha256).hexdigest()
-        #expect(WebhookEvent.signature(body: body, secret: "app-secret") == "0b1e7577215c027687a783f32114fe0d0adbb3f59a9030c2df37b72cbb82b5c0")
-        let presence = WebhookEvent.body([.clientEvent(channel: "presence-p", event: "client-y", data: "d", socketID: "3.4", userID: "u")], timeMillis: 1)
-        #expect(String(decoding: presence, as: UTF8.self) == #"{"time_ms":1,"events":[{"name":"client_event","channel":"presence-p","event":"client-y","data":"d","socket_id":"3.4","user_id":"u"}]}"#)
+        #expect(
+            WebhookEvent.signature(body: body, secret: "app-secret")
+                == "0b1e7577215c027687a783f32114fe0d0adbb3f59a9030c2df37b72cbb82b5c0")
+        let presence = WebhookEvent.body(
+            [.clientEvent(channel: "presence-p", event: "client-y", data: "d", socketID: "3.4", userID: "u")],
+            timeMillis: 1)
+        #expect(
+            String(decoding: presence, as: UTF8.self)
+                == #"{"time_ms":1,"events":[{"name":"client_event","channel":"presence-p","event":"client-y","data":"d","socket_id":"3.4","user_id":"u"}]}"#
+        )
     }
 }
 
@@ -184,10 +202,16 @@ import HalleyLoop
         var app = App.development
         app.webhooks = [Webhook(url: "http://127.0.0.1:9/hook")]
         let data = String(repeating: "x", count: 10_240)
-        let fits = Webhooks.maxInboxBytes / WebhookEvent.clientEvent(channel: "private-c", event: "client-e", data: data,
-                                                                    socketID: "1.1", userID: nil).queuedBytes
+        let fits =
+            Webhooks.maxInboxBytes
+            / WebhookEvent.clientEvent(
+                channel: "private-c", event: "client-e", data: data,
+                socketID: "1.1", userID: nil
+            ).queuedBytes
         for i in 0..<(fits + 50) {
-            w.emit(app, .clientEvent(channel: "private-c", event: "client-e", data: data, socketID: "1.\(i % 10)", userID: nil))
+            w.emit(
+                app,
+                .clientEvent(channel: "private-c", event: "client-e", data: data, socketID: "1.\(i % 10)", userID: nil))
         }
         #expect(w.counters.get(\.droppedOverflow) == 50)
         #expect(w.inbox.withLock { $0.bytes } <= Webhooks.maxInboxBytes)

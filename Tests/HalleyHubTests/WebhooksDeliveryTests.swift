@@ -26,17 +26,23 @@ final class TestReceiver: @unchecked Sendable {
         var a = sockaddr_in()
         a.sin_family = sa_family_t(AF_INET)
         a.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        _ = withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
         listen(s, 16)
         fd = s
         port = Socket.localPort(s)
         let box = Unmanaged.passRetained(self)
         var tid = pthread_t()
-        pthread_create(&tid, nil, { arg in
-            let r = Unmanaged<TestReceiver>.fromOpaque(arg!).takeRetainedValue()
-            r.serve()
-            return nil
-        }, box.toOpaque())
+        pthread_create(
+            &tid, nil,
+            { arg in
+                let r = Unmanaged<TestReceiver>.fromOpaque(arg!).takeRetainedValue()
+                r.serve()
+                return nil
+            }, box.toOpaque())
         pthread_detach(tid)
     }
 
@@ -64,7 +70,10 @@ final class TestReceiver: @unchecked Sendable {
             guard let h = headEnd else { close(c); continue }
             let status = state.withLock { s -> Int in
                 let st = s.statuses.isEmpty ? 200 : s.statuses.removeFirst()
-                s.requests.append(Request(head: String(decoding: data[..<h], as: UTF8.self), body: Array(data[h..<(h + length)]), status: st))
+                s.requests.append(
+                    Request(
+                        head: String(decoding: data[..<h], as: UTF8.self), body: Array(data[h..<(h + length)]),
+                        status: st))
                 return st
             }
             let answer = Array("HTTP/1.1 \(status) X\r\nContent-Length: 0\r\n\r\n".utf8)
@@ -128,7 +137,10 @@ final class TestReceiver: @unchecked Sendable {
         #expect(reqs[0].body == reqs[1].body)
         let body = String(decoding: reqs[0].body, as: UTF8.self)
         #expect(body.hasPrefix("{\"time_ms\":"))
-        #expect(body.hasSuffix(#","events":[{"name":"channel_occupied","channel":"c1"},{"name":"member_added","channel":"presence-p","user_id":"u"}]}"#))
+        #expect(
+            body.hasSuffix(
+                #","events":[{"name":"channel_occupied","channel":"c1"},{"name":"member_added","channel":"presence-p","user_id":"u"}]}"#
+            ))
         let sig = Digest.hex(Digest.hmacSHA256(key: Array("s5".utf8), data: reqs[0].body))
         #expect(reqs[0].head.hasPrefix("POST /h?x=1 HTTP/1.1\r\nHost: 127.0.0.1:\(rcv.port)\r\n"))
         #expect(reqs[0].head.contains("\r\nX-Pusher-Key: k5\r\n"))

@@ -16,7 +16,9 @@ import Testing
             let m = try Array(text.utf8).withUnsafeBytes { try ClientMessage.decode($0) }
             #expect(!m.binary, "halley:binary \(flag)")
         }
-        let plain = try Array(#"{"event":"client-x","data":"hi"}"#.utf8).withUnsafeBytes { try ClientMessage.decode($0) }
+        let plain = try Array(#"{"event":"client-x","data":"hi"}"#.utf8).withUnsafeBytes {
+            try ClientMessage.decode($0)
+        }
         #expect(!plain.binary)
     }
 }

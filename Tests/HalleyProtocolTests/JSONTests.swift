@@ -41,7 +41,9 @@ func parse(_ s: String) throws -> JSONValue { try JSONParser.parse(Array(s.utf8)
     @Test func boundsNestingDepth() throws {
         let ok = String(repeating: "[", count: JSONParser.maxDepth) + String(repeating: "]", count: JSONParser.maxDepth)
         #expect(try parse(ok).array != nil)
-        let deep = String(repeating: "[", count: JSONParser.maxDepth + 1) + String(repeating: "]", count: JSONParser.maxDepth + 1)
+        let deep =
+            String(repeating: "[", count: JSONParser.maxDepth + 1)
+            + String(repeating: "]", count: JSONParser.maxDepth + 1)
         #expect(throws: JSONError.self) { try parse(deep) }
         // Far deeper than any stack would take recursively: refused, not a crash.
         #expect(throws: JSONError.self) { try parse(String(repeating: "[", count: 100_000)) }

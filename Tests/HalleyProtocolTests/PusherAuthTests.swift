@@ -24,12 +24,16 @@ import Testing
     }
 
     @Test func signsPrivateAndPresenceChannels() throws {
-        #expect(PusherAuth.channelString(socketID: "1234.1234", channel: "private-foobar", channelData: nil) == "1234.1234:private-foobar")
+        #expect(
+            PusherAuth.channelString(socketID: "1234.1234", channel: "private-foobar", channelData: nil)
+                == "1234.1234:private-foobar")
         let auth = PusherAuth.token(key: key, secret: secret, text: "1234.1234:private-foobar")
         // Pusher's documented signature for this socket and channel.
         #expect(auth == "278d425bdf160c739803:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4")
         let cd = #"{"user_id":10,"user_info":{"name":"Mr. Channels"}}"#
-        #expect(PusherAuth.channelString(socketID: "1234.1234", channel: "presence-foobar", channelData: cd) == "1234.1234:presence-foobar:" + cd)
+        #expect(
+            PusherAuth.channelString(socketID: "1234.1234", channel: "presence-foobar", channelData: cd)
+                == "1234.1234:presence-foobar:" + cd)
     }
 
     @Test func refusesEveryWayOfGettingItWrong() {
@@ -69,7 +73,9 @@ import Testing
         #expect(throws: PresenceMember.Failure.userIDTooLong) {
             try PresenceMember.parse(#"{"user_id":""# + String(repeating: "x", count: 129) + #""}"#)
         }
-        #expect(try PresenceMember.parse(#"{"user_id":""# + String(repeating: "x", count: 128) + #""}"#).userID.count == 128)
+        #expect(
+            try PresenceMember.parse(#"{"user_id":""# + String(repeating: "x", count: 128) + #""}"#).userID.count == 128
+        )
     }
 }
 

@@ -41,20 +41,29 @@ import Testing
     let secret = "7ad3773142a6692b25b8"
     let body = Array(#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#.utf8)
     var query: [(String, String)] {
-        [("auth_key", key), ("auth_timestamp", "1353088179"), ("auth_version", "1.0"),
-         ("body_md5", "ec365a775a4cd0599faeb73354201b6f")]
+        [
+            ("auth_key", key), ("auth_timestamp", "1353088179"), ("auth_version", "1.0"),
+            ("body_md5", "ec365a775a4cd0599faeb73354201b6f"),
+        ]
     }
 
     @Test func signsLikeThePusherDocumentation() {
         let s = PusherSignature.stringToSign(method: "POST", path: "/apps/3/events", query: query)
-        #expect(s == "POST\n/apps/3/events\nauth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&body_md5=ec365a775a4cd0599faeb73354201b6f")
-        #expect(PusherSignature.sign(secret: secret, method: "POST", path: "/apps/3/events", query: query)
+        #expect(
+            s
+                == "POST\n/apps/3/events\nauth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&body_md5=ec365a775a4cd0599faeb73354201b6f"
+        )
+        #expect(
+            PusherSignature.sign(secret: secret, method: "POST", path: "/apps/3/events", query: query)
                 == "da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c")
     }
 
-    func verify(_ q: [(String, String)], body: [UInt8]? = nil, now: Int = 1353088179,
-                secrets: [String]? = nil) throws(PusherSignature.Failure) -> String {
-        try PusherSignature.verify(method: "POST", path: "/apps/3/events", query: q, body: body ?? self.body, now: now) {
+    func verify(
+        _ q: [(String, String)], body: [UInt8]? = nil, now: Int = 1353088179,
+        secrets: [String]? = nil
+    ) throws(PusherSignature.Failure) -> String {
+        try PusherSignature.verify(method: "POST", path: "/apps/3/events", query: q, body: body ?? self.body, now: now)
+        {
             $0 == key ? (secrets ?? [secret]) : []
         }
     }
@@ -80,14 +89,26 @@ import Testing
         #expect(throws: PusherSignature.Failure.expired(skew: 601)) { try verify(signed, now: 1353088179 + 601) }
         #expect(throws: PusherSignature.Failure.expired(skew: 601)) { try verify(signed, now: 1353088179 - 601) }
         // Attacker-chosen timestamps at the edges of Int: refused, no overflow trap.
-        #expect(throws: PusherSignature.Failure.expired(skew: Int.max)) { try verify(signed.map { $0.0 == "auth_timestamp" ? ($0.0, String(Int.min)) : $0 }) }
-        #expect(throws: PusherSignature.Failure.self) { try verify(signed.map { $0.0 == "auth_timestamp" ? ($0.0, String(Int.max)) : $0 }) }
+        #expect(throws: PusherSignature.Failure.expired(skew: Int.max)) {
+            try verify(signed.map { $0.0 == "auth_timestamp" ? ($0.0, String(Int.min)) : $0 })
+        }
+        #expect(throws: PusherSignature.Failure.self) {
+            try verify(signed.map { $0.0 == "auth_timestamp" ? ($0.0, String(Int.max)) : $0 })
+        }
         #expect(throws: PusherSignature.Failure.bodyMD5Mismatch) { try verify(signed, body: Array("{}".utf8)) }
         #expect(throws: PusherSignature.Failure.missing("auth_signature")) { try verify(query) }
-        #expect(throws: PusherSignature.Failure.missing("body_md5")) { try verify(signed.filter { $0.0 != "body_md5" }) }
-        #expect(throws: PusherSignature.Failure.unknownKey) { try verify(signed.map { $0.0 == "auth_key" ? ($0.0, "other") : $0 }) }
-        #expect(throws: PusherSignature.Failure.badVersion) { try verify(signed.map { $0.0 == "auth_version" ? ($0.0, "2.0") : $0 }) }
+        #expect(throws: PusherSignature.Failure.missing("body_md5")) {
+            try verify(signed.filter { $0.0 != "body_md5" })
+        }
+        #expect(throws: PusherSignature.Failure.unknownKey) {
+            try verify(signed.map { $0.0 == "auth_key" ? ($0.0, "other") : $0 })
+        }
+        #expect(throws: PusherSignature.Failure.badVersion) {
+            try verify(signed.map { $0.0 == "auth_version" ? ($0.0, "2.0") : $0 })
+        }
         #expect(throws: PusherSignature.Failure.badSignature) { try verify(signed + [("extra", "1")]) }
-        #expect(throws: PusherSignature.Failure.badSignature) { try verify(signed.map { $0.0 == "auth_signature" ? ($0.0, String(repeating: "0", count: 64)) : $0 }) }
+        #expect(throws: PusherSignature.Failure.badSignature) {
+            try verify(signed.map { $0.0 == "auth_signature" ? ($0.0, String(repeating: "0", count: 64)) : $0 })
+        }
     }
 }

@@ -77,9 +77,15 @@ import Testing
         ("(3492890328409238509324850943850943825024385\r\n", .bigNumber("3492890328409238509324850943850943825024385")),
         ("!21\r\nSYNTAX invalid syntax\r\n", .error("SYNTAX invalid syntax")),
         ("=15\r\ntxt:Some string\r\n", .verbatim(format: "txt", text: Array("Some string".utf8))),
-        ("%2\r\n+first\r\n:1\r\n+second\r\n:2\r\n", .map([.simple("first"), .integer(1), .simple("second"), .integer(2)])),
+        (
+            "%2\r\n+first\r\n:1\r\n+second\r\n:2\r\n",
+            .map([.simple("first"), .integer(1), .simple("second"), .integer(2)])
+        ),
         ("~2\r\n+orange\r\n+apple\r\n", .set([.simple("orange"), .simple("apple")])),
-        (">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n", .push([.bulk(Array("message".utf8)), .bulk(Array("ch".utf8)), .bulk(Array("hi".utf8))])),
+        (
+            ">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n",
+            .push([.bulk(Array("message".utf8)), .bulk(Array("ch".utf8)), .bulk(Array("hi".utf8))])
+        ),
         // Attributes describe the value after them: skipped, that value returned.
         ("|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*1\r\n:2039\r\n", .array([.integer(2039)])),
     ]
@@ -102,7 +108,8 @@ import Testing
     /// What the multi-node hub will read: an XRANGE reply (entries of id and field list)
     /// and pub/sub messages in RESP2 and RESP3.
     @Test func repliesOfTheCommandsTheHubUses() throws {
-        let xrange = "*2\r\n*2\r\n$15\r\n1700000000000-0\r\n*4\r\n$1\r\no\r\n$1\r\n1\r\n$1\r\nm\r\n$11\r\n{\"event\":1}\r\n"
+        let xrange =
+            "*2\r\n*2\r\n$15\r\n1700000000000-0\r\n*4\r\n$1\r\no\r\n$1\r\n1\r\n$1\r\nm\r\n$11\r\n{\"event\":1}\r\n"
             + "*2\r\n$15\r\n1700000000001-0\r\n*4\r\n$1\r\no\r\n$1\r\n2\r\n$1\r\nm\r\n$2\r\n{}\r\n"
         let v = try #require(try parse(bytes(xrange)).first)
         let entries = try #require(v.elements)

@@ -3,16 +3,21 @@ import Testing
 
 /// The framing of pusher-js's HTTP transports (o, a, m, h, c; the xhr_send body).
 @Suite struct SockJSFramesTests {
-    static let established = #"{"event":"pusher:connection_established","data":"{\"socket_id\":\"123.456\",\"activity_timeout\":120}"}"#
+    static let established =
+        #"{"event":"pusher:connection_established","data":"{\"socket_id\":\"123.456\",\"activity_timeout\":120}"}"#
 
     @Test func encodesEveryFrameExactly() {
         #expect(text(SockJS.open) == "o\n")
         #expect(text(SockJS.heartbeat) == "h\n")
-        #expect(text(SockJS.close(code: 4001, reason: "Application does not exist")) == "c[4001,\"Application does not exist\"]\n")
+        #expect(
+            text(SockJS.close(code: 4001, reason: "Application does not exist"))
+                == "c[4001,\"Application does not exist\"]\n")
         #expect(text(SockJS.messages([])) == "a[]\n")
         // pusher-js's own example (research notes §1.3): the message as a JSON string.
-        #expect(text(SockJS.messages([SockJS.quoted(Array(Self.established.utf8))]))
-                == #"a["{\"event\":\"pusher:connection_established\",\"data\":\"{\\\"socket_id\\\":\\\"123.456\\\",\\\"activity_timeout\\\":120}\"}"]"# + "\n")
+        #expect(
+            text(SockJS.messages([SockJS.quoted(Array(Self.established.utf8))]))
+                == #"a["{\"event\":\"pusher:connection_established\",\"data\":\"{\\\"socket_id\\\":\\\"123.456\\\",\\\"activity_timeout\\\":120}\"}"]"#
+                + "\n")
         #expect(text(SockJS.message(Array(#"{"a":1}"#.utf8))) == #"m"{\"a\":1}""# + "\n")
         let p = SockJS.prelude(2048)
         #expect(p.count == 2049 && p.dropLast().allSatisfy { $0 == UInt8(ascii: "h") } && p.last == 0x0A)
@@ -33,9 +38,11 @@ import Testing
         #expect(text(SockJS.quoted(Array("é".utf8))) == #""\u00e9""#)
     }
 
-    @Test(arguments: [
-        [0xFF], [0xC0, 0x80], [0xE0, 0x80, 0x80], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xE2, 0x9C], [0x80],
-    ] as [[UInt8]])
+    @Test(
+        arguments: [
+            [0xFF], [0xC0, 0x80], [0xE0, 0x80, 0x80], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xE2, 0x9C],
+            [0x80],
+        ] as [[UInt8]])
     func bytesThatAreNotUTF8BecomeReplacementCharacters(_ bad: [UInt8]) throws {
         let q = SockJS.quoted([UInt8(ascii: "x")] + bad + [UInt8(ascii: "y")])
         let s = try #require(try JSONParser.parse(q).string)
@@ -47,7 +54,10 @@ import Testing
         #expect(try SockJS.parseSendBody(Array("[]".utf8)) == [])
         #expect(try SockJS.parseSendBody(Array(" [ ] ".utf8)) == [])
         let sub = #"["{\"event\":\"pusher:subscribe\",\"data\":{\"auth\":\"\",\"channel\":\"foo\"}}"]"#
-        #expect(try SockJS.parseSendBody(Array(sub.utf8)) == [#"{"event":"pusher:subscribe","data":{"auth":"","channel":"foo"}}"#])
+        #expect(
+            try SockJS.parseSendBody(Array(sub.utf8)) == [
+                #"{"event":"pusher:subscribe","data":{"auth":"","channel":"foo"}}"#
+            ])
         #expect(try SockJS.parseSendBody(Array(#"["a","\u00e9",""]"#.utf8)) == ["a", "é", ""])
         #expect(throws: SockJS.SendBodyError.empty) { try SockJS.parseSendBody([]) }
         #expect(throws: SockJS.SendBodyError.empty) { try SockJS.parseSendBody(Array(" \r\n".utf8)) }
@@ -77,15 +87,20 @@ import Testing
         bytes += SockJS.close(code: 4100, reason: "halley: session buffer full")
         let frames: [SockJSFrame] = [
             .heartbeat, .open(nil), .messages([established]), .messages([m1, m2]), .heartbeat, .messages([m2]),
-            .open(.object(["hostname": .string("node3.example.com")])), .close(code: 4100, reason: "halley: session buffer full"),
+            .open(.object(["hostname": .string("node3.example.com")])),
+            .close(code: 4100, reason: "halley: session buffer full"),
         ]
         return (bytes, frames)
     }
 
     /// Found by the fuzzer (HalleyFuzzSockJS, 2026-12-06): a close code past Int.max trapped.
     @Test func aCloseCodeTooLargeIsABadFrameNotATrap() {
-        #expect(throws: SockJSFrameReader.ReadError.self) { try SockJSFrameReader.parse(line: Array(#"c[11111111111111111114,"x"]"#.utf8)) }
-        #expect(throws: SockJSFrameReader.ReadError.self) { try SockJSFrameReader.parse(line: Array(#"c[65536,"x"]"#.utf8)) }
+        #expect(throws: SockJSFrameReader.ReadError.self) {
+            try SockJSFrameReader.parse(line: Array(#"c[11111111111111111114,"x"]"#.utf8))
+        }
+        #expect(throws: SockJSFrameReader.ReadError.self) {
+            try SockJSFrameReader.parse(line: Array(#"c[65536,"x"]"#.utf8))
+        }
         #expect((try? SockJSFrameReader.parse(line: Array(#"c[4100,"x"]"#.utf8))) == .close(code: 4100, reason: "x"))
     }
 

@@ -20,9 +20,12 @@ func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
     }
 
     @Test func binaryFlagAndHeader() throws {
-        let p = try JSONParser.parse(Wire.eventPrefix(event: "b", channel: "c", data: "AAE=", binary: true, offset: 3) + Wire.plainTail)
+        let p = try JSONParser.parse(
+            Wire.eventPrefix(event: "b", channel: "c", data: "AAE=", binary: true, offset: 3) + Wire.plainTail)
         #expect(p["halley:binary"] == .bool(true))
-        #expect(text(Wire.binaryHeaderPrefix(event: "b", channel: "c", offset: 3)) == #"{"event":"b","channel":"c","halley:offset":3"#)
+        #expect(
+            text(Wire.binaryHeaderPrefix(event: "b", channel: "c", offset: 3))
+                == #"{"event":"b","channel":"c","halley:offset":3"#)
     }
 
     @Test func protocolEventsCarryDataAsAJSONString() throws {

@@ -23,7 +23,10 @@ final class FanOut: WebSocketDelegate, @unchecked Sendable {
         if cmd == "go" {
             let p = PreparedMessage(text: Array(String(repeating: "fan-out ", count: 400).utf8))
             let results = members.map { $0.send(p) }
-            ws.send(text: "sent \(results.filter { $0 == .written }.count) plain=\(p.plain == nil ? 0 : 1) deflated=\(p.deflated.count)")
+            ws.send(
+                text:
+                    "sent \(results.filter { $0 == .written }.count) plain=\(p.plain == nil ? 0 : 1) deflated=\(p.deflated.count)"
+            )
         } else if cmd.hasPrefix("flood ") {
             let n = Int(cmd.dropFirst(6))!
             let p = PreparedMessage(binary: [UInt8](repeating: 7, count: 16 * 1024))
@@ -31,7 +34,10 @@ final class FanOut: WebSocketDelegate, @unchecked Sendable {
             for m in members where m !== ws {
                 for _ in 0..<n { counts[m.send(p), default: 0] += 1 }
             }
-            ws.send(text: "written=\(counts[.written] ?? 0) buffered=\(counts[.buffered] ?? 0) dropped=\(counts[.dropped] ?? 0)")
+            ws.send(
+                text:
+                    "written=\(counts[.written] ?? 0) buffered=\(counts[.buffered] ?? 0) dropped=\(counts[.dropped] ?? 0)"
+            )
         }
     }
 }
@@ -47,11 +53,16 @@ final class TestClient {
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
         guard rc == 0 else { throw IOErrorForTest() }
         var tv = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var req = "GET /fanout HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        var req =
+            "GET /fanout HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         if let e = extensions { req += "Sec-WebSocket-Extensions: \(e)\r\n" }
         send(Array((req + "\r\n").utf8))
         while true {
@@ -71,7 +82,8 @@ final class TestClient {
 
     func findHeadEnd() -> Int? {
         guard buffer.count >= 4 else { return nil }
-        for i in 0...(buffer.count - 4) where buffer[i] == 13 && buffer[i + 1] == 10 && buffer[i + 2] == 13 && buffer[i + 3] == 10 { return i }
+        for i in 0...(buffer.count - 4)
+        where buffer[i] == 13 && buffer[i + 1] == 10 && buffer[i + 2] == 13 && buffer[i + 3] == 10 { return i }
         return nil
     }
 
@@ -103,8 +115,11 @@ final class TestClient {
             if buffer.count >= 2 {
                 var len = Int(buffer[1] & 0x7F)
                 var off = 2
-                if len == 126, buffer.count >= 4 { len = Int(buffer[2]) << 8 | Int(buffer[3]); off = 4 }
-                else if len == 127, buffer.count >= 10 { len = buffer[2..<10].reduce(0) { $0 << 8 | Int($1) }; off = 10 }
+                if len == 126, buffer.count >= 4 {
+                    len = Int(buffer[2]) << 8 | Int(buffer[3]); off = 4
+                } else if len == 127, buffer.count >= 10 {
+                    len = buffer[2..<10].reduce(0) { $0 << 8 | Int($1) }; off = 10
+                }
                 if (buffer[1] & 0x7F) < 126 || off > 2, buffer.count >= off + len {
                     let f = (buffer[0], Array(buffer[off..<(off + len)]))
                     buffer.removeFirst(off + len)
@@ -176,10 +191,11 @@ final class TestClient {
             let text = String(decoding: report, as: UTF8.self)
             // 2000 × 16 KiB (32 MiB) outgrow the kernel buffers and the 64 KiB bound: most are
             // dropped, and every one is accounted for.
-            let parts = Dictionary(uniqueKeysWithValues: text.split(separator: " ").map { p -> (String, Int) in
-                let kv = p.split(separator: "=")
-                return (String(kv[0]), Int(kv[1])!)
-            })
+            let parts = Dictionary(
+                uniqueKeysWithValues: text.split(separator: " ").map { p -> (String, Int) in
+                    let kv = p.split(separator: "=")
+                    return (String(kv[0]), Int(kv[1])!)
+                })
             #expect(parts["written", default: 0] + parts["buffered", default: 0] + parts["dropped", default: 0] == 2000)
             #expect(parts["dropped", default: 0] > 1000)
             _ = stuck

@@ -7,7 +7,9 @@ import HalleyCore
 @Suite struct MemoryTrimTests {
     @Test func trimsAfterALoadWentAndOnceMoreLater() {
         let calls = Locked(0)
-        let m = MemoryTrim(trimmer: { calls.withLock { $0 += 1 }; return 1 })
+        let m = MemoryTrim(trimmer: {
+            calls.withLock { $0 += 1 }; return 1
+        })
         var t: Int32 = 0
         func tick(_ connections: Int, seconds: Int32 = 1) {
             for _ in 0..<seconds { t += 1; m.check(connections: connections, now: t) }

@@ -17,24 +17,32 @@ import HalleyHTTP
     }
 
     @Test func headFollowsGet() {
-        guard case .handler = router().match(.head, "/exact") else { Issue.record("HEAD should match a GET route"); return }
+        guard case .handler = router().match(.head, "/exact") else {
+            Issue.record("HEAD should match a GET route"); return
+        }
     }
 
     @Test func parametersAreDecoded() {
-        guard case .handler(_, let p) = router().match(.post, "/apps/42/events") else { Issue.record("no match"); return }
+        guard case .handler(_, let p) = router().match(.post, "/apps/42/events") else {
+            Issue.record("no match"); return
+        }
         #expect(p == ["id": "42"])
         guard case .handler(_, let q) = router().match(.get, "/app/my%20key") else { Issue.record("no match"); return }
         #expect(q == ["key": "my key"])
     }
 
     @Test func wrongMethodListsAllowed() {
-        guard case .methodNotAllowed(let allowed) = router().match(.delete, "/exact") else { Issue.record("expected 405"); return }
+        guard case .methodNotAllowed(let allowed) = router().match(.delete, "/exact") else {
+            Issue.record("expected 405"); return
+        }
         #expect(allowed.contains(.get) && allowed.contains(.head))
     }
 
     @Test func unknownPathWithoutFallback() {
         guard case .notFound = router().match(.get, "/nope") else { Issue.record("expected not found"); return }
-        guard case .notFound = router().match(.get, "/app/a/b") else { Issue.record("segment count must match"); return }
+        guard case .notFound = router().match(.get, "/app/a/b") else {
+            Issue.record("segment count must match"); return
+        }
     }
 }
 
@@ -55,8 +63,10 @@ import HalleyHTTP
     }
 
     @Test func escapesAreRefused() {
-        for bad in ["/..", "/../etc/passwd", "/a/../../b", "/%2e%2e/x", "/%2E%2E/x", "/.%2e/x", "/a%2fb", "/a%2Fb",
-                    "/a%5cb", "/a%00b", "/a\\b", "/%zz", "/%c3", "/./a"] {
+        for bad in [
+            "/..", "/../etc/passwd", "/a/../../b", "/%2e%2e/x", "/%2E%2E/x", "/.%2e/x", "/a%2fb", "/a%2Fb",
+            "/a%5cb", "/a%00b", "/a\\b", "/%zz", "/%c3", "/./a",
+        ] {
             #expect(decode(bad) == nil, "\(bad) must be refused")
         }
     }

@@ -15,15 +15,32 @@ import HalleyCore
         let hello = Array("Hello".utf8)
         let inflater = { Inflater(resetAfterMessage: false) }
         // §7.2.3.1 a message in one compressed frame.
-        #expect(readEverySplit(fromExample([0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]), makeInflater: inflater) == [.text(hello)])
+        #expect(
+            readEverySplit(fromExample([0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]), makeInflater: inflater)
+                == [.text(hello)])
         // §7.2.3.2 the same, in two fragments.
-        #expect(readEverySplit(fromExample([0x41, 0x03, 0xf2, 0x48, 0xcd]) + fromExample([0x80, 0x04, 0xc9, 0xc9, 0x07, 0x00]), makeInflater: inflater) == [.text(hello)])
+        #expect(
+            readEverySplit(
+                fromExample([0x41, 0x03, 0xf2, 0x48, 0xcd]) + fromExample([0x80, 0x04, 0xc9, 0xc9, 0x07, 0x00]),
+                makeInflater: inflater) == [.text(hello)])
         // §7.2.3.3 two messages sharing the LZ77 window (context takeover).
-        #expect(readEverySplit(fromExample([0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]) + fromExample([0xc1, 0x05, 0xf2, 0x00, 0x11, 0x00, 0x00]), makeInflater: inflater) == [.text(hello), .text(hello)])
+        #expect(
+            readEverySplit(
+                fromExample([0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00])
+                    + fromExample([0xc1, 0x05, 0xf2, 0x00, 0x11, 0x00, 0x00]), makeInflater: inflater) == [
+                    .text(hello), .text(hello),
+                ])
         // §7.2.3.4 a stored (uncompressed) block.
-        #expect(readEverySplit(fromExample([0xc1, 0x0b, 0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00]), makeInflater: inflater) == [.text(hello)])
+        #expect(
+            readEverySplit(
+                fromExample([0xc1, 0x0b, 0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00]),
+                makeInflater: inflater) == [.text(hello)])
         // §7.2.3.5 a final block (BFINAL set).
-        #expect(readEverySplit(fromExample([0xc1, 0x08, 0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00]), makeInflater: inflater) == [.text(hello)])
+        #expect(
+            readEverySplit(
+                fromExample([0xc1, 0x08, 0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00]), makeInflater: inflater) == [
+                    .text(hello)
+                ])
     }
 
     @Test func deflaterMatchesTheRFCExample() {
@@ -55,13 +72,16 @@ import HalleyCore
         body += [0, 0, 0xFF, 0xFF]
         let tail = Array(#","halley:seq":42}"#.utf8)
         var out = [UInt8](repeating: 0, count: tail.count + 6)
-        let n = tail.withUnsafeBytes { t in out.withUnsafeMutableBytes { PerMessageDeflate.storedTail(t, into: $0.baseAddress!) } }
+        let n = tail.withUnsafeBytes { t in
+            out.withUnsafeMutableBytes { PerMessageDeflate.storedTail(t, into: $0.baseAddress!) }
+        }
         #expect(n == tail.count + 6)
         #expect(Array(out[0..<5]) == [0x00, UInt8(tail.count), 0x00, ~UInt8(tail.count), 0xFF])
         #expect(out.last == 0)
         let frame = clientFrame(1, body + out, rsv1: true)
         let expected = Seen.text(prefix + tail)
-        #expect(readEverySplit(frame + frame, makeInflater: { Inflater(resetAfterMessage: false) }) == [expected, expected])
+        #expect(
+            readEverySplit(frame + frame, makeInflater: { Inflater(resetAfterMessage: false) }) == [expected, expected])
         #expect(readEverySplit(frame, makeInflater: { Inflater(resetAfterMessage: true) }) == [expected])
     }
 
@@ -72,11 +92,16 @@ import HalleyCore
         let deflater = Deflater()
         let z = Array(zeros.withUnsafeBytes { deflater.compress($0) })
         #expect(z.count < 20_000)  // 10 MiB in a few KiB
-        #expect(read([clientFrame(2, z, rsv1: true)], limits: limits, inflater: Inflater(resetAfterMessage: true)) == [.fail(1009)])
+        #expect(
+            read([clientFrame(2, z, rsv1: true)], limits: limits, inflater: Inflater(resetAfterMessage: true)) == [
+                .fail(1009)
+            ])
     }
 
     @Test func corruptDeflateDataIs1007() {
-        #expect(read([clientFrame(2, [0xff, 0xff, 0xff, 0xff], rsv1: true)], inflater: Inflater(resetAfterMessage: true)) == [.fail(1007)])
+        #expect(
+            read([clientFrame(2, [0xff, 0xff, 0xff, 0xff], rsv1: true)], inflater: Inflater(resetAfterMessage: true))
+                == [.fail(1007)])
     }
 
     @Test func rsv1OnContinuationIsAProtocolError() {
@@ -89,22 +114,36 @@ import HalleyCore
         #expect(PerMessageDeflate.negotiate(["x-webkit-deflate-frame"]) == nil)
         let plain = PerMessageDeflate.negotiate(["permessage-deflate; client_max_window_bits"])
         #expect(plain?.responseHeader == "permessage-deflate; server_no_context_takeover")
-        let full = PerMessageDeflate.negotiate(["permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10; client_max_window_bits=12"])
-        #expect(full?.responseHeader == "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10; client_max_window_bits=12")
-        #expect(PerMessageDeflate.negotiate(["permessage-deflate; client_max_window_bits=\"9\""])?.clientMaxWindowBits == 9)
+        let full = PerMessageDeflate.negotiate([
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10; client_max_window_bits=12"
+        ])
+        #expect(
+            full?.responseHeader
+                == "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10; client_max_window_bits=12"
+        )
+        #expect(
+            PerMessageDeflate.negotiate(["permessage-deflate; client_max_window_bits=\"9\""])?.clientMaxWindowBits == 9)
         // Declined offers fall through to the next one.
-        #expect(PerMessageDeflate.negotiate(["permessage-deflate; unknown=1, permessage-deflate; client_no_context_takeover"])?.clientNoContextTakeover == true)
-        #expect(PerMessageDeflate.negotiate(["permessage-deflate; server_max_window_bits=8"]) == nil)  // zlib's window 8 quirk
+        #expect(
+            PerMessageDeflate.negotiate([
+                "permessage-deflate; unknown=1, permessage-deflate; client_no_context_takeover"
+            ])?.clientNoContextTakeover == true)
+        // zlib's window 8 quirk
+        #expect(PerMessageDeflate.negotiate(["permessage-deflate; server_max_window_bits=8"]) == nil)
         #expect(PerMessageDeflate.negotiate(["permessage-deflate; server_max_window_bits=16"]) == nil)
         #expect(PerMessageDeflate.negotiate(["permessage-deflate; server_max_window_bits"]) == nil)
         #expect(PerMessageDeflate.negotiate(["permessage-deflate; client_max_window_bits=7"]) == nil)
-        #expect(PerMessageDeflate.negotiate(["permessage-deflate; client_no_context_takeover; client_no_context_takeover"]) == nil)
+        #expect(
+            PerMessageDeflate.negotiate(["permessage-deflate; client_no_context_takeover; client_no_context_takeover"])
+                == nil)
         #expect(PerMessageDeflate.negotiate(["permessage-deflate; server_no_context_takeover=1"]) == nil)
     }
 }
 
 @Suite struct HandshakeTests {
-    func evaluate(_ headers: [String: [String]], get: Bool = true, minor: Int = 1, endpoint: WebSocketHandshake.Endpoint = .init()) -> WebSocketHandshake.Outcome {
+    func evaluate(
+        _ headers: [String: [String]], get: Bool = true, minor: Int = 1, endpoint: WebSocketHandshake.Endpoint = .init()
+    ) -> WebSocketHandshake.Outcome {
         WebSocketHandshake.evaluate(isGet: get, minorVersion: minor, values: { headers[$0] ?? [] }, endpoint: endpoint)
     }
 
@@ -147,11 +186,15 @@ import HalleyCore
         var h = good
         h["origin"] = ["https://evil.com"]
         #expect(status(evaluate(h, endpoint: ep)) == 403)
-        for ok in ["https://app.example.com", "https://a.trusted.org", "http://b.c.trusted.org:8080", "http://x.dev.test"] {
+        for ok in [
+            "https://app.example.com", "https://a.trusted.org", "http://b.c.trusted.org:8080", "http://x.dev.test",
+        ] {
             h["origin"] = [ok]
             #expect(status(evaluate(h, endpoint: ep)) == nil, "\(ok)")
         }
-        for bad in ["https://trusted.org", "https://x.dev.test", "https://app.example.com.evil.com", "https://eviltrusted.org"] {
+        for bad in [
+            "https://trusted.org", "https://x.dev.test", "https://app.example.com.evil.com", "https://eviltrusted.org",
+        ] {
             h["origin"] = [bad]
             #expect(status(evaluate(h, endpoint: ep)) == 403, "\(bad)")
         }
@@ -166,7 +209,9 @@ import HalleyCore
         #expect(p == "c")
         #expect(headers.contains { $0 == ("Sec-WebSocket-Protocol", "c") })
         h["sec-websocket-protocol"] = ["x"]
-        guard case .accept(let h2, _, nil) = evaluate(h, endpoint: ep) else { Issue.record("expected no subprotocol"); return }
+        guard case .accept(let h2, _, nil) = evaluate(h, endpoint: ep) else {
+            Issue.record("expected no subprotocol"); return
+        }
         #expect(!h2.contains { $0.0 == "Sec-WebSocket-Protocol" })
     }
 }

@@ -32,7 +32,11 @@ import HalleyCore
             for count in [0, 1, 7, 8, 9, 31, 100] {
                 var data = (0..<count).map { UInt8(truncatingIfNeeded: $0 * 7) }
                 let expected = data.enumerated().map { $0.element ^ key[($0.offset + phase) & 3] }
-                data.withUnsafeMutableBytes { WebSocketFrameEncoder.unmask($0.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 8)!, count: count, key: keyWord, phase: phase) }
+                data.withUnsafeMutableBytes {
+                    WebSocketFrameEncoder.unmask(
+                        $0.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 8)!, count: count, key: keyWord,
+                        phase: phase)
+                }
                 #expect(data == expected)
             }
         }
@@ -53,7 +57,9 @@ import HalleyCore
     }
 
     @Test func fragmentedMessageWithInterleavedPing() {
-        let bytes = clientFrame(1, Array("Hel".utf8), fin: false) + clientFrame(9, [1, 2]) + clientFrame(0, Array("lo".utf8), fin: false) + clientFrame(0, [], fin: true)
+        let bytes =
+            clientFrame(1, Array("Hel".utf8), fin: false) + clientFrame(9, [1, 2])
+            + clientFrame(0, Array("lo".utf8), fin: false) + clientFrame(0, [], fin: true)
         #expect(readEverySplit(bytes) == [.ping([1, 2]), .text(Array("Hello".utf8))])
     }
 
@@ -96,7 +102,8 @@ import HalleyCore
             #expect(read([clientFrame(8, [UInt8(bad >> 8), UInt8(bad & 0xFF)])]) == [.fail(1002)], "code \(bad)")
         }
         for good: UInt16 in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
-            #expect(read([clientFrame(8, [UInt8(good >> 8), UInt8(good & 0xFF)])]) == [.close(good, [])], "code \(good)")
+            #expect(
+                read([clientFrame(8, [UInt8(good >> 8), UInt8(good & 0xFF)])]) == [.close(good, [])], "code \(good)")
         }
         #expect(read([clientFrame(8, [0x03, 0xE8, 0xFF])]) == [.fail(1007)])
     }
@@ -104,15 +111,25 @@ import HalleyCore
     @Test func messageSizeLimit() {
         var limits = WebSocketReader.Limits()
         limits.maxMessageBytes = 100
-        #expect(read([clientFrame(2, [UInt8](repeating: 1, count: 100))], limits: limits) == [.binary([UInt8](repeating: 1, count: 100))])
+        #expect(
+            read([clientFrame(2, [UInt8](repeating: 1, count: 100))], limits: limits) == [
+                .binary([UInt8](repeating: 1, count: 100))
+            ])
         #expect(read([clientFrame(2, [UInt8](repeating: 1, count: 101))], limits: limits) == [.fail(1009)])
         // Refused from the header alone, before the payload arrives.
-        #expect(read([Array(clientFrame(2, [UInt8](repeating: 1, count: 1000)).prefix(8))], limits: limits) == [.fail(1009)])
-        let fragmented = clientFrame(2, [UInt8](repeating: 1, count: 60), fin: false) + clientFrame(0, [UInt8](repeating: 1, count: 60))
+        #expect(
+            read([Array(clientFrame(2, [UInt8](repeating: 1, count: 1000)).prefix(8))], limits: limits) == [.fail(1009)]
+        )
+        let fragmented =
+            clientFrame(2, [UInt8](repeating: 1, count: 60), fin: false)
+            + clientFrame(0, [UInt8](repeating: 1, count: 60))
         #expect(read([fragmented], limits: limits) == [.fail(1009)])
     }
 
     @Test func pingPongPayloads() {
-        #expect(readEverySplit(clientFrame(9, Array("p".utf8)) + clientFrame(10, [])) == [.ping(Array("p".utf8)), .pong([])])
+        #expect(
+            readEverySplit(clientFrame(9, Array("p".utf8)) + clientFrame(10, [])) == [
+                .ping(Array("p".utf8)), .pong([]),
+            ])
     }
 }

@@ -47,8 +47,9 @@ import HalleyCore
                 let (b0, z) = split(Array(f.buffer))
                 #expect(b0 == 0xC1, "n=\(n)")  // FIN, RSV1, text
                 #expect(m.frame(deflater: d, windowBits: bits) === f)  // compressed once per window size
-                let got = read([clientFrame(1, z, rsv1: true)],
-                               inflater: Inflater(resetAfterMessage: true, windowBits: Int32(bits)))
+                let got = read(
+                    [clientFrame(1, z, rsv1: true)],
+                    inflater: Inflater(resetAfterMessage: true, windowBits: Int32(bits)))
                 #expect(got == [.text(text(n))], "n=\(n) bits=\(bits)")
             }
         }
@@ -66,10 +67,13 @@ import HalleyCore
             for seq in [0, 7, 123_456_789] {
                 let tail = Array(#","halley:seq":\#(seq)}"#.utf8)
                 var block = [UInt8](repeating: 0, count: tail.count + 6)
-                let k = tail.withUnsafeBytes { t in block.withUnsafeMutableBytes { PerMessageDeflate.storedTail(t, into: $0.baseAddress!) } }
+                let k = tail.withUnsafeBytes { t in
+                    block.withUnsafeMutableBytes { PerMessageDeflate.storedTail(t, into: $0.baseAddress!) }
+                }
                 let payload = Array(z.buffer) + block[0..<k]
-                let got = read([clientFrame(1, payload, rsv1: true)],
-                               inflater: Inflater(resetAfterMessage: false))
+                let got = read(
+                    [clientFrame(1, payload, rsv1: true)],
+                    inflater: Inflater(resetAfterMessage: false))
                 #expect(got == [.text(text(n) + tail)], "n=\(n) seq=\(seq)")
             }
         }

@@ -1,8 +1,10 @@
 import HalleyWebSocket
 
 /// A client frame: masked with `key` (RFC 6455 §5.3).
-func clientFrame(_ opcode: UInt8, _ payload: [UInt8], fin: Bool = true, rsv1: Bool = false, rsv: UInt8 = 0,
-                 masked: Bool = true, key: [UInt8] = [0x37, 0xfa, 0x21, 0x3d]) -> [UInt8] {
+func clientFrame(
+    _ opcode: UInt8, _ payload: [UInt8], fin: Bool = true, rsv1: Bool = false, rsv: UInt8 = 0,
+    masked: Bool = true, key: [UInt8] = [0x37, 0xfa, 0x21, 0x3d]
+) -> [UInt8] {
     var out: [UInt8] = [(fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | rsv | opcode]
     let m: UInt8 = masked ? 0x80 : 0
     if payload.count < 126 {
@@ -53,8 +55,10 @@ func read(_ pieces: [[UInt8]], limits: WebSocketReader.Limits = .init(), inflate
 
 /// Whole, byte by byte, and split at every offset (or at `offsets` for large inputs): all the
 /// same.
-func readEverySplit(_ bytes: [UInt8], limits: WebSocketReader.Limits = .init(), offsets: [Int]? = nil,
-                    makeInflater: () -> Inflater? = { nil }) -> [Seen] {
+func readEverySplit(
+    _ bytes: [UInt8], limits: WebSocketReader.Limits = .init(), offsets: [Int]? = nil,
+    makeInflater: () -> Inflater? = { nil }
+) -> [Seen] {
     let whole = read([bytes], limits: limits, inflater: makeInflater())
     if offsets == nil {
         let byByte = read(bytes.map { [$0] }, limits: limits, inflater: makeInflater())
