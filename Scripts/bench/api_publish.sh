@@ -151,7 +151,7 @@ fi
 
 halley_port=""
 start_halley() {
-    local cmd=(taskset -c "$SERVER_CPU" "$HALLEY_BIN" --host 127.0.0.1 --port 0 --threads 1 --log-level warning
+    local cmd=(taskset -c "$SERVER_CPU" "$HALLEY_BIN" --max-connections-per-address 0 --session-opens-per-second 0 --max-lingering-per-address 0 --host 127.0.0.1 --port 0 --threads 1 --log-level warning
                --shutdown-grace 1 --public "$tmp/no-public"
                --app-id "$APP_ID" --app-key "$APP_KEY" --app-secret "$APP_SECRET")
     log "halley: ${cmd[*]}"

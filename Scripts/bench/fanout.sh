@@ -187,7 +187,7 @@ fi
 
 halley_port=""
 start_halley() {
-    local cmd=(taskset -c "$SERVER_CPU" "$HALLEY_BIN" --host 127.0.0.1 --port 0 --threads 1 --app-token benchtoken
+    local cmd=(taskset -c "$SERVER_CPU" "$HALLEY_BIN" --max-connections-per-address 0 --session-opens-per-second 0 --max-lingering-per-address 0 --host 127.0.0.1 --port 0 --threads 1 --app-token benchtoken
                --log-level warning --shutdown-grace 1 --public "$tmp/no-public")
     log "halley: ${cmd[*]}"
     # halley reads HALLEY_* variables as options: run it with none of them.

@@ -144,7 +144,7 @@ fi
 halley_port=""
 metrics_port=""
 start_halley() {
-    local cmd=(taskset -c "$SERVER_CPU" "$HALLEY_BIN" --port 0 --threads 1 --public "$root"
+    local cmd=(taskset -c "$SERVER_CPU" "$HALLEY_BIN" --max-connections-per-address 0 --session-opens-per-second 0 --max-lingering-per-address 0 --port 0 --threads 1 --public "$root"
                --log-level info --shutdown-grace 1 --metrics-port 0)
     log "halley: ${cmd[*]}"
     # halley reads HALLEY_* variables as options: run it with none of them.

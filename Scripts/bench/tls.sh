@@ -167,7 +167,7 @@ halley_tls_port=""
 metrics_port=""
 start_halley() { # cert
     local cert=$1
-    local cmd=(taskset -c "$SERVER_CPU" "$HALLEY_BIN" --threads 1 --port 0 --tls-port 0 --tls-cert "$tmp/$cert.crt"
+    local cmd=(taskset -c "$SERVER_CPU" "$HALLEY_BIN" --max-connections-per-address 0 --session-opens-per-second 0 --max-lingering-per-address 0 --threads 1 --port 0 --tls-port 0 --tls-cert "$tmp/$cert.crt"
                --tls-key "$tmp/$cert.key" --log-level warning --shutdown-grace 1 --metrics-port 0)
     log "halley: ${cmd[*]}"
     local unset_env=() v

@@ -81,7 +81,7 @@ echo "halley:  $HALLEY_BIN (git $(git -C "$repo" rev-parse --short HEAD 2>/dev/n
 
 unset_env=()
 for v in $(compgen -e); do [[ $v == HALLEY_* ]] && unset_env+=(-u "$v"); done
-cmd=(taskset -c "$SERVER_CPU" "$HALLEY_BIN" --host 127.0.0.1 --port 0 --threads 1 --app-token benchtoken
+cmd=(taskset -c "$SERVER_CPU" "$HALLEY_BIN" --max-connections-per-address 0 --session-opens-per-second 0 --max-lingering-per-address 0 --host 127.0.0.1 --port 0 --threads 1 --app-token benchtoken
      --log-level warning --shutdown-grace 1 --public "$tmp/no-public")
 log "halley: ${cmd[*]}"
 env "${unset_env[@]}" "${cmd[@]}" 2>"$tmp/halley.log" &
