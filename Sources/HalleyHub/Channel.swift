@@ -79,14 +79,14 @@ final class ChannelState {
     enum Recovery {
         case none
         case recovered([Publication])
-        case notRecovered(String)
+        case notRecovered(RecoveryFailure)
     }
 
     /// The messages after `offset` in `epoch`, when the history still has all of them.
     func recover(epoch e: String, after offset: UInt64) -> Recovery {
-        guard e == epoch else { return .notRecovered("epoch_changed") }
+        guard e == epoch else { return .notRecovered(.epochChanged) }
         if offset >= lastOffset { return .recovered([]) }
-        guard offset >= droppedThrough else { return .notRecovered("history_expired") }
+        guard offset >= droppedThrough else { return .notRecovered(.historyExpired) }
         return .recovered(history[historyStart...].filter { $0.offset > offset })
     }
 

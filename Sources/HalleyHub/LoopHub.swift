@@ -378,7 +378,7 @@ final class LoopHub: @unchecked Sendable {
     }
 
     func succeeded(
-        _ name: String, epoch: String, offset: UInt64, recovered: (Bool, String?)?, roster: [UInt8]?
+        _ name: String, epoch: String, offset: UInt64, recovered: (Bool, RecoveryFailure?)?, roster: [UInt8]?
     ) -> [UInt8] {
         // Presence: the roster is the data (pusher-js reads `data.presence`).
         var d = JSONObjectBuilder()
@@ -388,7 +388,7 @@ final class LoopHub: @unchecked Sendable {
             b.int("halley:offset", offset)
             if let (ok, why) = recovered {
                 b.bool("halley:recovered", ok)
-                if let w = why { b.string("halley:reason", w) }
+                if let w = why { b.string("halley:reason", w.rawValue) }
             }
         }
     }

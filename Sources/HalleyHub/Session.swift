@@ -292,6 +292,8 @@ final class Session {
         guard subscriptions.contains(where: { $0.channel.key == key }) else {
             return reject("not subscribed to \(ch)")
         }
+        // The name first: a refused name uses none of the second's budget.
+        if let p = config.eventProblem(app: app, name: msg.event, dataBytes: 0) { return reject(p.text) }
         let now = loopHub.seconds
         if now != clientEventSecond {
             clientEventSecond = now

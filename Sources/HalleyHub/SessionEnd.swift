@@ -1,5 +1,16 @@
 import HalleyProtocol
 
+/// Why a subscription with `halley:since` could not recover what the client missed: the
+/// `halley:reason` beside `"halley:recovered":false` (docs/PROTOCOL.md, "Subscribing").
+enum RecoveryFailure: String, Sendable {
+    /// The channel's epoch is not the client's (the hub restarted, or the channel was
+    /// forgotten): its offsets mean nothing here.
+    case epochChanged = "epoch_changed"
+    /// Messages after the client's offset have left the history (`--history-size`,
+    /// `--history-seconds`).
+    case historyExpired = "history_expired"
+}
+
 /// Why a session ended: the `halley:reason` told to a client that tries to resume it, and the
 /// Pusher error and close its transport gets (docs/PROTOCOL.md, "How a session ends").
 enum SessionEnd: String, Sendable {

@@ -50,11 +50,11 @@ import Testing
         guard case .notRecovered(let why) = ch.recover(epoch: ch.epoch, after: 5) else {
             Issue.record("recovered"); return
         }
-        #expect(why == "history_expired")
+        #expect(why == .historyExpired && why.rawValue == "history_expired")
         guard case .notRecovered(let why2) = ch.recover(epoch: "other", after: 9) else {
             Issue.record("recovered"); return
         }
-        #expect(why2 == "epoch_changed")
+        #expect(why2 == .epochChanged && why2.rawValue == "epoch_changed")
     }
 
     @Test func offsetsOfMessagesNeverKeptDoNotBreakRecovery() {

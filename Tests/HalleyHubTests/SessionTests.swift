@@ -183,6 +183,22 @@ import HalleyProtocol
         #expect(t.events("c").isEmpty)
     }
 
+    /// A client event refused for its name uses none of the second's rate budget (10).
+    @Test func aRefusedClientEventNameCostsNoRateBudget() throws {
+        let h = try HubHarness()
+        let (a, ta) = h.open()
+        let (b, tb) = h.open()
+        h.subscribe(a, "private-x")
+        h.subscribe(b, "private-x")
+        let long = "client-" + String(repeating: "n", count: 194)  // 201 bytes
+        for _ in 0..<20 { h.send(a, #"{"event":"\#(long)","channel":"private-x","data":"d"}"#) }
+        for i in 0..<10 { h.send(a, #"{"event":"client-ok","channel":"private-x","data":"\#(i)"}"#) }
+        let refusals = ta.controls.filter { $0["event"]?.string == "pusher:error" }
+            .compactMap { $0["data"]?["message"]?.string }
+        #expect(refusals == Array(repeating: "event name is longer than 200 bytes", count: 20))
+        #expect(tb.events("private-x").map(\.data) == (0..<10).map { "\($0)" })
+    }
+
     @Test func presenceRosterAndMemberEventsOncePerUser() throws {
         let h = try HubHarness(loops: 2)
         let (ann, a) = h.open(loop: 0)
