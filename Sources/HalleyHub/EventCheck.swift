@@ -25,13 +25,10 @@ enum EventProblem: Equatable {
 }
 
 extension HubConfig {
-    /// The largest `data` an event of `app` may carry.
-    func maxEventBytes(for app: App) -> Int { app.maxEventBytes ?? maxEventBytes }
-
     func eventProblem(app: App, name: String, dataBytes: Int) -> EventProblem? {
         if name.isEmpty { return .noName }
         if name.utf8.count > maxEventNameLength { return .nameTooLong(limit: maxEventNameLength) }
-        let limit = maxEventBytes(for: app)
+        let limit = app.maxEventBytes ?? maxEventBytes
         if dataBytes > limit { return .dataTooLarge(size: dataBytes, limit: limit) }
         return nil
     }

@@ -79,7 +79,7 @@ final class PollTransport: Transport {
             items += 1
         }
         var tail: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
-        for (q, m) in messages where q > cursor {
+        for (q, m) in messages {
             if items > 0 { body.append(UInt8(ascii: ",")) }
             body.append(contentsOf: m.prefix.buffer)
             withUnsafeMutableBytes(of: &tail) { t in

@@ -137,6 +137,8 @@ public final class RedisConnection: EventHandler {
     var parser: RESPParser
     var out: [UInt8] = []
     var written = 0
+    /// The socket is registered for writability (registered so until the connect completes).
+    var watchingWrites = true
     /// Replies expected, in order: the handshake's are internal (nil callback).
     var pending: [(sent: Int64, reply: ((Result<RESPValue, RedisError>) -> Void)?)] = []
     var pendingStart = 0
@@ -267,26 +269,19 @@ public final class RedisConnection: EventHandler {
 
     func flush() {
         guard fd >= 0, written < out.count else { return }
-        do throws(IOError) {
-            while written < out.count {
-                let r: Result<IOResult, IOError> = out.withUnsafeBytes { b in
-                    do throws(IOError) {
-                        return .success(try Sys.write(fd, UnsafeRawBufferPointer(rebasing: b[written...])))
-                    } catch { return .failure(error) }
-                }
-                guard case .done(let n) = try r.get() else { break }
-                written += n
-            }
-        } catch {
+        let done: Bool
+        do throws(IOError) { done = try Sys.writeAll(fd, out, from: &written) } catch {
             lost("write: \(error)", retry: true)
             return
         }
-        if written == out.count {
+        if done {
             out.removeAll(keepingCapacity: out.count <= 64 * 1024)
             written = 0
-            loop.modify(fd, events: Events.readable | Events.readHangup)
-        } else {
-            loop.modify(fd, events: Events.readable | Events.readHangup | Events.writable)
+        }
+        // Writable interest only while bytes wait: no epoll_ctl per command.
+        if done == watchingWrites {
+            watchingWrites = !done
+            loop.modify(fd, events: Events.readable | Events.readHangup | (done ? 0 : Events.writable))
         }
     }
 
@@ -356,6 +351,7 @@ public final class RedisConnection: EventHandler {
             fd = -1
         }
         connected = false
+        watchingWrites = true
         out.removeAll()
         written = 0
         parser = RESPParser(limits: options.limits)

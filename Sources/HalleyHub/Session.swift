@@ -146,14 +146,14 @@ final class Session {
             )
             loopHub.end(self, .bufferOverflow)
         case .gap:
-            guard let m, let c = m.channel else {
-                // A reply or a session message: dropped (with its channel's gap, if any).
-                if m == nil && !skippingReplies {
+            guard let m else {  // a reply to the client's own message
+                if !skippingReplies {
                     Log.info("session \(id): buffer full: skipping replies to the client's messages")
                 }
-                if m == nil { skippingReplies = true }
+                skippingReplies = true
                 return
             }
+            guard let c = m.channel else { return }  // a session message: dropped with its channel's gap
             if let i = gaps.firstIndex(where: { $0.channel == c }) {
                 gaps[i].to = m.offset
             } else {

@@ -50,6 +50,19 @@ public enum Sys {
         try retrying("write", { Glibc.write(fd, buf.baseAddress, buf.count) })
     }
 
+    /// Writes `bytes` from `offset` on until they are all written or the socket would block,
+    /// moving `offset` past what went. True when everything is written.
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8], from offset: inout Int) throws(IOError) -> Bool {
+        while offset < bytes.count {
+            let r = bytes.withUnsafeBytes { b in
+                Result { () throws(IOError) in try write(fd, UnsafeRawBufferPointer(rebasing: b[offset...])) }
+            }
+            guard case .done(let n) = try r.get() else { return false }
+            offset += n
+        }
+        return true
+    }
+
     public static func sendfile(_ out: Int32, _ inFd: Int32, offset: inout Int, count: Int) throws(IOError) -> IOResult
     {
         var off = off_t(offset)

@@ -123,15 +123,7 @@ final class HTTPClientCall: EventHandler {
         }
         if written < request.count && events & (Events.writable | Events.error | Events.hangup) != 0 {
             do throws(IOError) {
-                while written < request.count {
-                    let r: Result<IOResult, IOError> = request.withUnsafeBytes { b in
-                        do throws(IOError) {
-                            return .success(try Sys.write(fd, UnsafeRawBufferPointer(rebasing: b[written...])))
-                        } catch { return .failure(error) }
-                    }
-                    guard case .done(let n) = try r.get() else { break }
-                    written += n
-                }
+                _ = try Sys.writeAll(fd, request, from: &written)
             } catch {
                 // The peer may have answered and closed early (a 413, a 500): read what is there.
                 if !readAvailable() { finish(.failure(.io(error))) }
