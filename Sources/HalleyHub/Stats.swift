@@ -152,12 +152,16 @@ extension Hub {
 
     /// The census of every loop, summed per app.
     func censusByApp() -> [String: AppCensus] {
-        let perLoop = census.withLock { $0 }
-        var out: [String: AppCensus] = [:]
-        for l in perLoop {
-            for (id, c) in l { out[id, default: AppCensus()].add(c) }
+        // Summed under the lock: a copy taken out would share the array's storage, which the
+        // next `takeCensus` then writes in place (ThreadSanitizer cannot see the reference count
+        // that orders the two; the stress run caught it).
+        census.withLock { perLoop in
+            var out: [String: AppCensus] = [:]
+            for l in perLoop {
+                for (id, c) in l { out[id, default: AppCensus()].add(c) }
+            }
+            return out
         }
-        return out
     }
 
     /// Channels with subscribers and subscriptions, per app.
@@ -178,7 +182,8 @@ extension Hub {
         let table = apps
         let census = censusByApp()
         let channels = channelCounts()
-        let samples = history.withLock { $0.samples }
+        // A fresh array (`map`), not a copy that shares the storage `add` appends to in place.
+        let samples = history.withLock { $0.samples.map { $0 } }
         let ids = only.map { [$0] } ?? table.apps.map(\.id)
         /// Per-second rates over the last 10 s (fewer right after the start).
         func rate(_ pick: (StatsHistory.Sample) -> Int) -> Double {
