@@ -33,21 +33,21 @@ extension HTTPConnection {
         _ request: HTTPRequest, serial s: UInt32, toLoop index: Int,
         then: @escaping @Sendable (HTTPRequest, Responder) -> Void
     ) {
-        guard s == serial, awaiting, !closed, stream == nil, handOffPending == nil else { return }
+        guard s == serial, answerable, !closed else { return }
         let contexts = ctx.server.contexts
         guard index >= 0 && index < contexts.count && contexts[index] !== ctx else {
             then(request, Responder(connection: self, serial: s))
             return
         }
         let h = HandOff(target: contexts[index], request: request, then: then)
-        handOffPending = h
+        exchange = .handingOff(h)
         // Inside our event the hand-over waits until the bytes read with the request are in
         // `pendingIn`; a late call (outside any event) moves at once.
         if !inEvent { finishHandOff(h) }
     }
 
     func finishHandOff(_ h: HandOff) {
-        handOffPending = nil
+        exchange = .answering
         if ctx.isCorkOwner(self) { ctx.flushCork() }
         guard !closed else { return }
         let moved = MovedConnection(
@@ -95,7 +95,7 @@ extension LoopContext {
         c.tls = m.tls
         c.pendingIn = m.pendingIn
         c.serial = m.serial
-        c.awaiting = true
+        c.exchange = .answering
         c.respondHead = m.respondHead
         c.respondMinor = m.respondMinor
         c.respondKeepAlive = m.respondKeepAlive && !shuttingDown

@@ -38,9 +38,7 @@ public struct Responder {
     /// For a request held open (a long-poll): `body` runs if the client goes away before the
     /// answer. While it is set the connection watches for the peer's hang-up.
     public func onDisconnect(_ body: @escaping () -> Void) {
-        guard serial == connection.serial, connection.awaiting, !connection.closed else { return }
-        connection.heldWatch = body
-        if !connection.inEvent { connection.updateInterest() }
+        connection.hold(serial: serial, watch: body)
     }
 
     /// Moves the connection to loop `index` and calls `then` there with a responder on the
@@ -75,28 +73,101 @@ final class HTTPConnection: Connection {
 
     // Per-request facts for the response (set by dispatch).
     var serial: UInt32 = 0
-    var awaiting = false
     var respondHead = false
     var respondMinor: UInt8 = 1
     var respondKeepAlive = true
 
-    /// No more requests: flush, then half-close and linger.
-    var closing = false
-    var lingering = false
+    /// What the connection does with its current request: one thing at a time.
+    enum Exchange {
+        /// No answer owed: requests are read and parsed (as long as `ending` allows).
+        case reading
+        /// A handler owes the answer to request `serial`.
+        case answering
+        /// A long-poll held open: `watch` runs if the client goes away first. `sawData`:
+        /// bytes (a pipelined request) arrived meanwhile; they wait unread until the answer.
+        case held(watch: () -> Void, sawData: Bool)
+        /// A streaming response (SSE, xhr_streaming): the request is held until it ends.
+        case streaming(HTTPStream, sawData: Bool)
+        /// A hand-over to another loop, asked for inside our event, done when it ends.
+        case handingOff(HandOff)
+        /// A handler upgraded the connection (WebSocket): the new handler takes over when
+        /// the event ends.
+        case upgrading(Connection)
+    }
+    var exchange = Exchange.reading
+
+    /// How the connection ends: `closing` takes no more requests (flush the answers owed,
+    /// then half-close); `lingering` has half-closed and reads until the client closes.
+    enum Ending {
+        case open, closing, lingering
+    }
+    var ending = Ending.open
+    /// The client half-closed (EOF read).
     var peerClosed = false
-    /// Set when a handler upgraded the connection (WebSocket): the new handler takes over.
-    var upgradedTo: Connection?
-    /// A streaming response in progress (SSE): the request stays held until it ends.
-    var stream: HTTPStream?
-    /// Called if the client goes away while a held request (long-poll) waits.
-    var heldWatch: (() -> Void)?
-    /// A hand-over to another loop asked for inside our event, done when the event ends.
-    var handOffPending: HandOff?
-    /// Bytes arrived while a request was held (see `handleEvent`).
-    var heldSawData = false
+
+    /// An answer is owed (the handler, a held request or a stream, or a move in progress).
+    var awaiting: Bool {
+        switch exchange {
+        case .reading, .upgrading: return false
+        case .answering, .held, .streaming, .handingOff: return true
+        }
+    }
+
+    /// The handler may still answer: respond, stream, hold, upgrade or move.
+    var answerable: Bool {
+        switch exchange {
+        case .answering, .held: return true
+        case .reading, .streaming, .handingOff, .upgrading: return false
+        }
+    }
 
     /// A long-poll or stream is held open, watching for the client's hang-up.
-    var isHeld: Bool { awaiting && (stream != nil || heldWatch != nil) }
+    var isHeld: Bool {
+        switch exchange {
+        case .held, .streaming: return true
+        default: return false
+        }
+    }
+
+    /// The streaming response in progress, if any.
+    var stream: HTTPStream? {
+        if case .streaming(let st, _) = exchange { return st }
+        return nil
+    }
+
+    /// The socket is read now: parsing requests, or draining a lingering close.
+    var mayRead: Bool {
+        guard !closed && !peerClosed else { return false }
+        if ending == .lingering { return true }
+        guard case .reading = exchange else { return false }
+        return out == nil && ending == .open
+    }
+
+    /// Finishes an upgrade or a hand-over asked for during this event; true when the
+    /// connection is no longer this object's.
+    func finishLeaving() -> Bool {
+        switch exchange {
+        case .upgrading(let next):
+            finishUpgrade(next)
+            return true
+        case .handingOff(let h):
+            finishHandOff(h)
+            return true
+        case .reading, .answering, .held, .streaming:
+            return false
+        }
+    }
+
+    /// Holds the request open (a long-poll) with `watch` to run if the client goes first.
+    func hold(serial s: UInt32, watch: @escaping () -> Void) {
+        guard s == serial, !closed else { return }
+        switch exchange {
+        case .answering: exchange = .held(watch: watch, sawData: false)
+        case .held(_, let saw): exchange = .held(watch: watch, sawData: saw)
+        case .reading, .streaming, .handingOff, .upgrading: return
+        }
+        if !inEvent { updateInterest() }
+    }
 
     /// Monotonic second the current phase started (the head's first byte, or idleness).
     var phaseStart: Int32
@@ -128,7 +199,13 @@ final class HTTPConnection: Connection {
             // holding and answering cost no epoll_ctl. The peer hung up: it is gone. Bytes
             // (a pipelined request) wait unread: stop watching for them until the hold ends.
             if events & (Events.hangup | Events.error | Events.readHangup) != 0 { close(); return }
-            if events & Events.readable != 0 { heldSawData = true }
+            if events & Events.readable != 0 {
+                switch exchange {
+                case .held(let w, false): exchange = .held(watch: w, sawData: true)
+                case .streaming(let st, false): exchange = .streaming(st, sawData: true)
+                default: break
+                }
+            }
         }
         if !closed && events & (Events.hangup | Events.error | Events.readHangup) != 0
             && interest & Events.readable == 0
@@ -139,8 +216,7 @@ final class HTTPConnection: Connection {
             return
         }
         if !closed && events & (Events.readable | Events.hangup | Events.error) != 0 { readable() }
-        if let next = upgradedTo { finishUpgrade(next); return }
-        if let h = handOffPending { finishHandOff(h); return }
+        if finishLeaving() { return }
         if closed { return }
         if ctx.isCorkOwner(self) { ctx.flushCork() }
         updateInterest()
@@ -149,25 +225,22 @@ final class HTTPConnection: Connection {
     /// Requests wait in `pendingIn` behind a held request or a blocked write; true when they
     /// may go on.
     var canProcessPending: Bool {
-        !closed && !awaiting && !closing && out == nil && pendingIn != nil
+        guard case .reading = exchange else { return false }
+        return !closed && ending == .open && out == nil && pendingIn != nil
     }
 
-    override var readsNow: Bool {
-        !closed && !peerClosed && upgradedTo == nil && handOffPending == nil
-            && (lingering || (!awaiting && out == nil && !closing))
-    }
+    override var readsNow: Bool { mayRead }
 
     func readable() {
         let buf = ctx.loop.readBuffer
         for _ in 0..<4 {
-            guard !closed, !peerClosed, upgradedTo == nil, handOffPending == nil else { return }
-            guard lingering || (!awaiting && out == nil && !closing) else { return }
+            guard mayRead else { return }
             let n: Int
             do {
                 guard case .done(let r) = try readSome(buf) else { return }
                 n = r
             } catch {
-                if !lingering { Log.debug("fd \(fd): \(error)") }
+                if ending != .lingering { Log.debug("fd \(fd): \(error)") }
                 close()
                 return
             }
@@ -177,7 +250,7 @@ final class HTTPConnection: Connection {
             }
             ctx.count(.bytesIn, n)
             lastIO = ctx.seconds
-            if lingering { continue }
+            if ending == .lingering { continue }
             process(UnsafeRawBufferPointer(start: buf.baseAddress, count: n))
             if n < buf.count { return }
         }
@@ -185,9 +258,9 @@ final class HTTPConnection: Connection {
 
     func peerEOF() {
         peerClosed = true
-        if !lingering && (awaiting || out != nil || ctx.isCorkOwner(self)) {
+        if ending != .lingering && (awaiting || out != nil || ctx.isCorkOwner(self)) {
             // A response is still owed or being written: finish it, then close.
-            closing = true
+            ending = .closing
             return
         }
         close()
@@ -224,7 +297,7 @@ final class HTTPConnection: Connection {
             body = p.body
             partial = nil
         }
-        while !awaiting && !closing && !closed && upgradedTo == nil && handOffPending == nil {
+        while case .reading = exchange, ending == .open, !closed {
             // Pipelined requests are answered only while their answers drain: past 64 KiB
             // gathered, write; if the socket does not take it all, the rest of the requests
             // wait unparsed (and the socket unread) until it does. A client that pipelines
@@ -278,7 +351,7 @@ final class HTTPConnection: Connection {
 
     func dispatch(_ head: HTTPRequestHead, _ body: [UInt8]) {
         serial &+= 1
-        awaiting = true
+        exchange = .answering
         respondHead = head.method == .head
         respondMinor = UInt8(head.minorVersion)
         respondKeepAlive = head.keepAlive && !ctx.shuttingDown && !peerClosed
@@ -302,7 +375,7 @@ final class HTTPConnection: Connection {
     /// the answer is not reset away.
     func refuseOverLimit() {
         serial &+= 1
-        awaiting = true
+        exchange = .answering
         respondHead = false
         respondMinor = 1
         respondKeepAlive = false
@@ -322,7 +395,7 @@ final class HTTPConnection: Connection {
         }
         Log.info("fd \(fd): \(e.status) \(e.reason)")
         serial &+= 1
-        awaiting = true
+        exchange = .answering
         respondHead = false
         respondMinor = 1
         respondKeepAlive = false
@@ -337,7 +410,7 @@ final class HTTPConnection: Connection {
         _ request: HTTPRequest, serial s: UInt32, endpoint: WebSocketHandshake.Endpoint,
         _ makeDelegate: (HTTPRequest) -> WebSocketDelegate?
     ) {
-        guard s == serial, awaiting, !closed else { return }
+        guard s == serial, answerable, !closed else { return }
         if ctx.shuttingDown {
             respond(.text(503, "Service Unavailable: shutting down\n"), serial: s)
             return
@@ -357,7 +430,6 @@ final class HTTPConnection: Connection {
                 respond(.text(404, "Not Found\n"), serial: s)
                 return
             }
-            awaiting = false
             ctx.cork(for: self)
             ctx.corkAppend(ServerTables.statusLines[101])
             for (n, v) in headers { ctx.corkAppend(Array("\(n): \(v)\r\n".utf8)) }
@@ -366,7 +438,7 @@ final class HTTPConnection: Connection {
             ctx.count(.wsUpgrades)
             let ws = WebSocketConnection(
                 upgrading: self, delegate: delegate, deflate: deflate, subprotocol: subprotocol)
-            upgradedTo = ws
+            exchange = .upgrading(ws)
             // A late answer: no event of ours will come to finish the hand-over.
             if !inEvent { finishUpgrade(ws) }
         }
@@ -402,12 +474,10 @@ final class HTTPConnection: Connection {
     // MARK: responding
 
     func respond(_ r: HTTPResponse, serial s: UInt32) {
-        guard s == serial, awaiting, !closed, stream == nil, handOffPending == nil else { return }
-        awaiting = false
-        heldWatch = nil
-        heldSawData = false
+        guard s == serial, answerable, !closed else { return }
+        exchange = .reading
         let keepAlive = respondKeepAlive && !r.close
-        if !keepAlive { closing = true }
+        if !keepAlive && ending == .open { ending = .closing }
         ctx.cork(for: self)
         encode(r, keepAlive: keepAlive)
         ctx.count(Counter.forStatus(r.status))
@@ -419,9 +489,7 @@ final class HTTPConnection: Connection {
             defer { inEvent = false }
             ctx.flushCork()
             if canProcessPending { process(UnsafeRawBufferPointer(start: nil, count: 0)) }
-            if closed { return }
-            if let h = handOffPending { finishHandOff(h); return }
-            if let next = upgradedTo { finishUpgrade(next); return }
+            if closed || finishLeaving() { return }
             if ctx.isCorkOwner(self) { ctx.flushCork() }
             updateInterest()
         }
@@ -465,8 +533,10 @@ final class HTTPConnection: Connection {
     override func outputDrained() {
         // Keep-alive idleness counts from the end of the last response, not its start.
         if !awaiting { phaseStart = ctx.seconds }
-        if ctx.shuttingDown && !awaiting && parser.isIdle && pendingIn == nil { closing = true }
-        if closing && !awaiting {
+        if ctx.shuttingDown && !awaiting && parser.isIdle && pendingIn == nil && ending == .open {
+            ending = .closing
+        }
+        if ending != .open && !awaiting {
             if peerClosed { close(); return }
             startLingering()
         }
@@ -475,8 +545,8 @@ final class HTTPConnection: Connection {
     /// Half-close and read what the client still sends (a refused body) until it closes, so
     /// that the kernel does not answer it with RST and destroy our last response.
     func startLingering() {
-        guard !lingering else { return }
-        lingering = true
+        guard ending != .lingering else { return }
+        ending = .lingering
         phaseStart = ctx.seconds
         pendingIn = nil
         shutdownOutput()
@@ -485,13 +555,16 @@ final class HTTPConnection: Connection {
     override func wantedEvents() -> UInt32 {
         var want: UInt32 = 0
         if out != nil { want |= Events.writable }
-        if !peerClosed && (lingering || (!awaiting && out == nil && !closing)) {
+        if !peerClosed && (ending == .lingering || (!awaiting && out == nil && ending == .open)) {
             want |= Events.readable | Events.readHangup
         }
         // A held long-poll or a stream: learn at once when the client goes.
-        if isHeld {
+        switch exchange {
+        case .held(_, let sawData), .streaming(_, let sawData):
             want |= Events.readHangup
-            if !heldSawData && !peerClosed { want |= Events.readable }
+            if !sawData && !peerClosed { want |= Events.readable }
+        case .reading, .answering, .handingOff, .upgrading:
+            break
         }
         return want
     }
@@ -514,7 +587,7 @@ final class HTTPConnection: Connection {
             close()
             return
         }
-        if lingering {
+        if ending == .lingering {
             if now - phaseStart > 2 { close() }
             return
         }
@@ -542,7 +615,7 @@ final class HTTPConnection: Connection {
     func timeout(_ what: String) {
         Log.info("fd \(fd): 408 \(what) timeout")
         serial &+= 1
-        awaiting = true
+        exchange = .answering
         respondHead = false
         respondKeepAlive = false
         pendingIn = nil
@@ -554,7 +627,7 @@ final class HTTPConnection: Connection {
     override func shutdownRequested() {
         // A stream or a held long-poll would last until the grace ends: cut it now, the
         // client reconnects (and resumes) elsewhere.
-        if lingering || stream != nil || heldWatch != nil
+        if ending == .lingering || isHeld
             || (!awaiting && out == nil && parser.isIdle && pendingIn == nil)
         {
             close()

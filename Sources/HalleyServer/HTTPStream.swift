@@ -106,7 +106,7 @@ extension HTTPConnection {
     /// Sends the head of a streaming response; the request stays "held" (no later request is
     /// read) until the stream ends.
     func startStream(serial s: UInt32, status: Int, headers: [(String, String)]) -> HTTPStream? {
-        guard s == serial, awaiting, !closed, stream == nil else { return nil }
+        guard s == serial, answerable, !closed else { return nil }
         let chunked = respondMinor >= 1
         if !chunked { respondKeepAlive = false }
         ctx.cork(for: self)
@@ -118,8 +118,9 @@ extension HTTPConnection {
         ctx.corkAppend(ServerTables.crlf)
         ctx.count(Counter.forStatus(status))
         let st = HTTPStream(connection: self, chunked: chunked)
-        stream = st
-        heldWatch = nil
+        var saw = false
+        if case .held(_, let s) = exchange { saw = s }
+        exchange = .streaming(st, sawData: saw)
         if !inEvent {
             ctx.flushCork()
             updateInterest()
@@ -128,27 +129,23 @@ extension HTTPConnection {
     }
 
     func endStream(_ st: HTTPStream) {
-        guard stream === st, !closed else { return }
-        stream = nil
+        guard case .streaming(let current, _) = exchange, current === st, !closed else { return }
+        exchange = .reading
         if st.chunked {
             ctx.cork(for: self)
             ctx.corkAppend(ServerTables.lastChunk)
         }
-        awaiting = false
-        heldSawData = false
-        if !respondKeepAlive { closing = true }
+        if !respondKeepAlive && ending == .open { ending = .closing }
         phaseStart = ctx.seconds
         // HTTP/1.0 (no last chunk): nothing is written to end the body, so no drain would
         // come to finish the close.
-        if closing && out == nil && !ctx.isCorkOwner(self) { outputDrained() }
+        if ending != .open && out == nil && !ctx.isCorkOwner(self) { outputDrained() }
         if !inEvent {
             inEvent = true
             defer { inEvent = false }
             ctx.flushCork()
             if canProcessPending { process(UnsafeRawBufferPointer(start: nil, count: 0)) }
-            if closed { return }
-            if let h = handOffPending { finishHandOff(h); return }
-            if let next = upgradedTo { finishUpgrade(next); return }
+            if closed || finishLeaving() { return }
             if ctx.isCorkOwner(self) { ctx.flushCork() }
             updateInterest()
         }
@@ -156,13 +153,15 @@ extension HTTPConnection {
 
     /// The connection is going: tell whoever waits on it.
     func notifyHolders() {
-        if let st = stream {
-            stream = nil
+        switch exchange {
+        case .streaming(let st, _):
+            exchange = .answering
             st.connectionClosed()
-        }
-        if let w = heldWatch {
-            heldWatch = nil
+        case .held(let w, _):
+            exchange = .answering
             w()
+        case .reading, .answering, .handingOff, .upgrading:
+            break
         }
     }
 }
