@@ -121,7 +121,9 @@ class Halley(Server):
 
     def start(self):
         self.cmd = [self.binary, "--port", "0", "--threads", "1", "--keepalive-timeout", "600",
-                    "--public", self.root, "--log-level", "info", "--shutdown-grace", "1"]
+                    "--public", self.root, "--log-level", "info", "--shutdown-grace", "1",
+               # every client is 127.0.0.1: the per-address abuse limits do not apply here
+               "--max-connections-per-address", "0", "--session-opens-per-second", "0", "--max-lingering-per-address", "0"]
         log("halley: " + " ".join(self.cmd))
         self.logf = open(self.log_path, "wb")
         # halley reads HALLEY_* variables as options: run it with none of them.

@@ -46,6 +46,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from benchlib import (REPO, Failure, ServerProcess, die_with_parent, failures_summary, fd_count, free_port, log, proc_status,
                       readable_count, smaps_rss, version)
 
@@ -54,7 +55,12 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CHANNEL = "bench"
 TOKEN = "benchtoken"
 GOAL_BYTES = 1024
-MODES = ("halley", "halley-resumable", "nchan")
+MODES = ("halley", "halley-resumable", "halley-deflate", "halley-deflate-kept", "nchan")
+# The deflate modes offer what a browser offers (`permessage-deflate; client_max_window_bits`:
+# the client would keep its context) and send pusher:subscribe compressed, as browsers do.
+# halley-deflate: the hub's default (it answers client_no_context_takeover, one inflater per
+# loop); halley-deflate-kept: --ws-client-context-takeover on (an inflater per connection).
+BROWSER_DEFLATE = "permessage-deflate; client_max_window_bits"
 
 
 def shmem_kb(pid):
@@ -77,15 +83,20 @@ class Halley(Server):
     normal = ("halley listening on", "SIGTERM: stopping", "halley stopped", "public root",
               "using the development app", "stopping", "stopped")
 
-    def __init__(self, binary, tmp, resumable, cpu):
-        self.binary, self.resumable, self.cpu = binary, resumable, cpu
-        self.name = "halley-resumable" if resumable else "halley"
+    def __init__(self, binary, tmp, resumable, cpu, deflate=None):
+        self.binary, self.resumable, self.cpu, self.deflate = binary, resumable, cpu, deflate
+        self.name = {None: "halley-resumable" if resumable else "halley", "asked": "halley-deflate",
+                     "kept": "halley-deflate-kept"}[deflate]
         self.log_path = os.path.join(tmp, f"{self.name}.log")
         self.path = "/app/app-key?protocol=7&client=bench&version=1" + ("&halley=1" if resumable else "")
 
     def start(self):
         cmd = [self.binary, "--host", "127.0.0.1", "--port", "0", "--threads", "1", "--app-token", TOKEN,
-               "--ws-ping-interval", "3600", "--log-level", "warning", "--shutdown-grace", "1"]
+               "--ws-ping-interval", "3600", "--log-level", "warning", "--shutdown-grace", "1",
+               # every client is 127.0.0.1: the per-address abuse limits do not apply here
+               "--max-connections-per-address", "0", "--session-opens-per-second", "0", "--max-lingering-per-address", "0"]
+        if self.deflate == "kept":
+            cmd += ["--ws-client-context-takeover", "on"]
         if self.cpu is not None:
             cmd = ["taskset", "-c", str(self.cpu)] + cmd
         env = {k: v for k, v in os.environ.items() if not k.startswith("HALLEY_")}
@@ -172,10 +183,10 @@ class Nchan(Server):
 
 # ---- the client -----------------------------------------------------------------------------
 
-def masked(opcode, payload):
+def masked(opcode, payload, rsv1=False):
     key = os.urandom(4)
     n = len(payload)
-    head = bytes([0x80 | opcode])
+    head = bytes([0x80 | (0x40 if rsv1 else 0) | opcode])
     if n < 126:
         head += bytes([0x80 | n])
     elif n < 65536:
@@ -222,10 +233,18 @@ class Conn:
 SUBSCRIBE = ('{"event":"pusher:subscribe","data":{"channel":"%s"}}' % CHANNEL).encode()
 
 
+def deflated(payload):
+    """One message compressed for permessage-deflate (RFC 7692 §7.2.1: without 00 00 FF FF)."""
+    c = zlib.compressobj(wbits=-15)
+    return (c.compress(payload) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
 def open_sessions(server, count, inflight, timeout):
     """Opens `count` WebSockets to the server and subscribes each to CHANNEL; returns the
     sockets. Raises Failure on any error."""
     halley = isinstance(server, Halley)
+    deflate = halley and server.deflate is not None
+    ext_line = f"Sec-WebSocket-Extensions: {BROWSER_DEFLATE}\r\n" if deflate else ""
     sel = selectors.DefaultSelector()
     done, errors = [], []
     pending = started = 0
@@ -264,7 +283,8 @@ def open_sessions(server, count, inflight, timeout):
                         k = base64.b64encode(os.urandom(16))
                         c.accept = base64.b64encode(hashlib.sha1(k + GUID).digest()).decode()
                         req = (f"GET {server.path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
-                               f"Connection: Upgrade\r\nSec-WebSocket-Key: {k.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+                               f"Connection: Upgrade\r\nSec-WebSocket-Key: {k.decode()}\r\nSec-WebSocket-Version: 13\r\n"
+                               f"{ext_line}\r\n").encode()
                         if c.sock.send(req) != len(req):
                             fail(c, "short send"); pending -= 1; continue
                         c.state = "head"
@@ -288,6 +308,11 @@ def open_sessions(server, count, inflight, timeout):
                             hdr.setdefault(k2.strip().lower(), []).append(v.strip())
                         if hdr.get("sec-websocket-accept") != [c.accept]:
                             fail(c, f"Sec-WebSocket-Accept {hdr.get('sec-websocket-accept')}"); pending -= 1; continue
+                        if deflate:
+                            ext = ";".join(hdr.get("sec-websocket-extensions", []))
+                            asked = "client_no_context_takeover" in ext
+                            if not ext.startswith("permessage-deflate") or asked != (server.deflate == "asked"):
+                                fail(c, f"Sec-WebSocket-Extensions {ext!r}"); pending -= 1; continue
                         if not halley:
                             if c.buf:
                                 fail(c, f"{len(c.buf)} unexpected bytes after the 101"); pending -= 1; continue
@@ -301,7 +326,7 @@ def open_sessions(server, count, inflight, timeout):
                         if op != 1:
                             raise ValueError(f"opcode {op} while subscribing: {payload[:100]!r}")
                         if c.state == "established" and b'"pusher:connection_established"' in payload:
-                            c.sock.send(masked(1, SUBSCRIBE))
+                            c.sock.send(masked(1, deflated(SUBSCRIBE), rsv1=True) if deflate else masked(1, SUBSCRIBE))
                             c.state = "subscribing"
                         elif c.state == "subscribing" and b'"pusher_internal:subscription_succeeded"' in payload:
                             c.state = "subscribed"
@@ -544,7 +569,8 @@ def main():
             if m == "nchan":
                 srv = Nchan(args.nginx_bin, args.nchan_module, tmp, cpu)
             else:
-                srv = Halley(args.halley_bin, tmp, m == "halley-resumable", cpu)
+                srv = Halley(args.halley_bin, tmp, m == "halley-resumable", cpu,
+                             {"halley-deflate": "asked", "halley-deflate-kept": "kept"}.get(m))
             log(f"\n==> {srv.name}")
             results.append(measure(srv, steps, args))
             extra = results[-1]["log"]
@@ -584,6 +610,8 @@ def main():
             line += f" (goal < {GOAL_BYTES} B: {'met' if ok else 'MISSED'})"
         elif r["name"] == "halley-resumable":
             line += " (resumable: token, resend buffer; no goal)"
+        elif r["name"].startswith("halley-deflate"):
+            line += " (a browser's deflate offer, subscribe compressed; no goal)"
         log(line)
     by = {r["name"]: [s for s in r["steps"] if s["label"] == "idle"][-1]["per"] for r in results}
     if "halley" in by and "nchan" in by and by["nchan"] > 0:

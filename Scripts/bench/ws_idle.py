@@ -83,7 +83,9 @@ class Halley(ServerProcess):
 
     def start(self):
         cmd = [self.binary, "--port", "0", "--threads", "1", "--ws-ping-interval", "3600",
-               "--log-level", "warning", "--shutdown-grace", "1"]
+               "--log-level", "warning", "--shutdown-grace", "1",
+               # every client is 127.0.0.1: the per-address abuse limits do not apply here
+               "--max-connections-per-address", "0", "--session-opens-per-second", "0", "--max-lingering-per-address", "0"]
         # halley reads HALLEY_* variables as options: run it with none of them.
         env = {k: v for k, v in os.environ.items() if not k.startswith("HALLEY_")}
         self.launch(cmd, r"halley listening on http://127\.0\.0\.1:(\d+) \(([^)]*)\)", env)

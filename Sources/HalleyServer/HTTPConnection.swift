@@ -417,6 +417,7 @@ final class HTTPConnection: Connection {
         }
         var ep = endpoint
         ep.compression = ep.compression && ctx.config.webSocket.compression
+        ep.clientContextTakeover = ctx.config.webSocket.clientContextTakeover
         let head = request.head
         switch WebSocketHandshake.evaluate(
             isGet: head.method == .get, minorVersion: head.minorVersion,

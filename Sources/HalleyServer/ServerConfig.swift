@@ -71,6 +71,11 @@ public struct WebSocketConfig: Sendable {
     public var backpressure = BackpressurePolicy.close
     /// Accept permessage-deflate offers. Default on.
     public var compression = true
+    /// Let clients keep their compression context between messages: better compression of
+    /// what they send, and a decompressor of their own (about 40 KB each) on the hub. Default
+    /// off: clients are asked for `client_no_context_takeover` and one stream per loop
+    /// inflates them all.
+    public var clientContextTakeover = false
     /// Messages shorter than this are sent uncompressed even when deflate was negotiated:
     /// below it compression costs more CPU than it saves bytes. Default 128 B.
     public var compressionThreshold = 128

@@ -3,7 +3,12 @@ import HalleyCore
 /// permessage-deflate negotiation (RFC 7692 §7.1). The server always compresses each message
 /// on its own (`server_no_context_takeover`, which a server may add to any accepted offer), so
 /// one compressed copy of a broadcast can go to every subscriber and no connection needs a
-/// compressor of its own.
+/// compressor of its own. Unless told otherwise it also asks the client to compress each
+/// message on its own (`client_no_context_takeover`, which a server may add to any accepted
+/// offer too, §7.1.1.1), so that no connection needs a decompressor of its own either: a
+/// client that keeps its context costs the server zlib's state and a 32 KiB window, about
+/// 40 KB, for as long as it is connected (browsers offer context takeover and then mostly
+/// only receive).
 public struct DeflateParameters: Equatable, Sendable {
     /// The client resets its compressor after every message: its messages can be inflated by
     /// a stream shared by the whole loop.
@@ -28,11 +33,16 @@ public enum PerMessageDeflate {
     /// or nil. Offers with unknown or repeated parameters or out-of-range values are declined.
     /// `server_max_window_bits=8` is declined too: zlib's raw deflate turns a window of 8 into
     /// 9, which a client held to 256 bytes could not inflate.
-    public static func negotiate(_ headerValues: [String]) -> DeflateParameters? {
+    /// `clientContextTakeover`: let a client keep its compression context between messages
+    /// when it does not offer `client_no_context_takeover` (else it is asked to).
+    public static func negotiate(_ headerValues: [String], clientContextTakeover: Bool = false) -> DeflateParameters? {
         for offer in headerValues.joined(separator: ",").split(separator: ",") {
             let parts = offer.split(separator: ";").map { $0.trimmingSpaces() }
             guard parts.first?.lowercased() == "permessage-deflate" else { continue }
-            if let p = accept(parts.dropFirst()) { return p }
+            if var p = accept(parts.dropFirst()) {
+                if !clientContextTakeover { p.clientNoContextTakeover = true }
+                return p
+            }
         }
         return nil
     }

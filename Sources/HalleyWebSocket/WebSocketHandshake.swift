@@ -50,6 +50,9 @@ public enum WebSocketHandshake {
         public var origins = OriginPolicy()
         /// Offer to accept permessage-deflate.
         public var compression = true
+        /// Let clients keep their compression context between messages (see
+        /// `PerMessageDeflate`); off: they are asked for `client_no_context_takeover`.
+        public var clientContextTakeover = false
         public init() {}
     }
 
@@ -105,7 +108,10 @@ public enum WebSocketHandshake {
             headers.append(("Sec-WebSocket-Protocol", p))
         }
         var deflate: DeflateParameters? = nil
-        if endpoint.compression, let d = PerMessageDeflate.negotiate(values("sec-websocket-extensions")) {
+        if endpoint.compression,
+            let d = PerMessageDeflate.negotiate(
+                values("sec-websocket-extensions"), clientContextTakeover: endpoint.clientContextTakeover)
+        {
             deflate = d
             headers.append(("Sec-WebSocket-Extensions", d.responseHeader))
         }

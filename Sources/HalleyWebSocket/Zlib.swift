@@ -13,8 +13,12 @@ public final class Inflater {
     }
 
     /// zlib keeps a pointer back to its z_stream and checks it on every call: the stream lives
-    /// at a fixed address of its own, not in a Swift property that could be moved.
-    let stream = UnsafeMutablePointer<z_stream>.allocate(capacity: 1)
+    /// at a fixed address of its own, not in a Swift property that could be moved. Made by the
+    /// first message: zlib's state (about 7 KB, and its 32 KiB window once it inflates) is
+    /// never allocated for a connection that sends nothing compressed, as most subscribers do
+    /// (browsers offer permessage-deflate, then only receive).
+    private var started: UnsafeMutablePointer<z_stream>?
+    let windowBits: Int32
     let resetAfterMessage: Bool
     let output: ByteBuffer
     static let tail: [UInt8] = [0x00, 0x00, 0xFF, 0xFF]
@@ -24,24 +28,38 @@ public final class Inflater {
     /// before the next call), which saves each connection a buffer of its own.
     public init(resetAfterMessage: Bool, windowBits: Int32 = 15, output: ByteBuffer = ByteBuffer(capacity: 4096)) {
         self.resetAfterMessage = resetAfterMessage
+        self.windowBits = windowBits
         self.output = output
-        stream.initialize(to: z_stream())
-        let rc = halley_inflateInit2(stream, -windowBits)
-        precondition(rc == Z_OK, "inflateInit2 failed: \(rc)")
     }
 
     deinit {
-        inflateEnd(stream)
-        stream.deallocate()
+        if let s = started {
+            inflateEnd(s)
+            s.deallocate()
+        }
+    }
+
+    /// True once a message made zlib's state (see `started`).
+    public var hasState: Bool { started != nil }
+
+    private var stream: UnsafeMutablePointer<z_stream> {
+        if let s = started { return s }
+        let s = UnsafeMutablePointer<z_stream>.allocate(capacity: 1)
+        s.initialize(to: z_stream())
+        let rc = halley_inflateInit2(s, -windowBits)
+        precondition(rc == Z_OK, "inflateInit2 failed: \(rc)")
+        started = s
+        return s
     }
 
     /// Inflates one whole message, giving up past `limit` bytes of output (a small frame must
     /// not expand into gigabytes: a deflate bomb gets 1009).
     public func inflate(_ input: UnsafeRawBufferPointer, limit: Int) -> Result {
         output.clear()
+        let stream = self.stream
         defer { if resetAfterMessage { inflateReset(stream) } }
-        var step = run(input, limit: limit)
-        if step == .ok { step = Self.tail.withUnsafeBytes { run($0, limit: limit) } }
+        var step = run(stream, input, limit: limit)
+        if step == .ok { step = Self.tail.withUnsafeBytes { run(stream, $0, limit: limit) } }
         switch step {
         case .ok: return .ok(output.readable)
         case .tooBig: inflateReset(stream); return .tooBig
@@ -51,7 +69,7 @@ public final class Inflater {
 
     private enum Step { case ok, tooBig, corrupt }
 
-    private func run(_ input: UnsafeRawBufferPointer, limit: Int) -> Step {
+    private func run(_ stream: UnsafeMutablePointer<z_stream>, _ input: UnsafeRawBufferPointer, limit: Int) -> Step {
         guard input.count > 0 else { return .ok }
         stream.pointee.next_in = UnsafeMutablePointer(mutating: input.baseAddress!.assumingMemoryBound(to: UInt8.self))
         stream.pointee.avail_in = UInt32(input.count)

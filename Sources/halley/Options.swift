@@ -147,6 +147,15 @@ struct Options {
             }
             c.webSocket.compression = v == "on"
         },
+        Spec(
+            flag: "ws-client-context-takeover", value: "on|off",
+            help: "let clients keep their compression context (about 40 KB each on the hub; default off)"
+        ) { c, _, v throws(OptionError) in
+            guard v == "on" || v == "off" else {
+                throw OptionError(description: "--ws-client-context-takeover: expected on or off, got '\(v)'")
+            }
+            c.webSocket.clientContextTakeover = v == "on"
+        },
         Spec(flag: "ws-compression-threshold", value: "BYTES", help: "send shorter messages uncompressed (default 128)")
         { c, _, v throws(OptionError) in c.webSocket.compressionThreshold = try int("--ws-compression-threshold", v) },
         Spec(flag: "app-id", value: "DIGITS", help: "the app's id (default 1; digits: Pusher SDKs refuse others)") {

@@ -43,6 +43,23 @@ import HalleyCore
                 ])
     }
 
+    /// zlib's state is made by the first compressed message, not by the handshake: a
+    /// connection that only receives holds none. Context takeover still spans messages.
+    @Test func inflaterStateIsMadeByTheFirstMessage() {
+        let inf = Inflater(resetAfterMessage: false)
+        #expect(!inf.hasState)
+        let plain = Array("plain".utf8)
+        #expect(read([clientFrame(0x1, plain)], inflater: inf) == [.text(plain)])
+        #expect(!inf.hasState)
+        let hello = Array("Hello".utf8)
+        let two = [
+            fromExample([0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]),
+            fromExample([0xc1, 0x05, 0xf2, 0x00, 0x11, 0x00, 0x00]),
+        ]
+        #expect(read(two, inflater: inf) == [.text(hello), .text(hello)])
+        #expect(inf.hasState)
+    }
+
     @Test func deflaterMatchesTheRFCExample() {
         let d = Deflater()  // compress returns its own buffer: keep it alive while reading
         let out = Array(Array("Hello".utf8).withUnsafeBytes { d.compress($0) })
@@ -112,8 +129,18 @@ import HalleyCore
     @Test func negotiation() {
         #expect(PerMessageDeflate.negotiate([]) == nil)
         #expect(PerMessageDeflate.negotiate(["x-webkit-deflate-frame"]) == nil)
-        let plain = PerMessageDeflate.negotiate(["permessage-deflate; client_max_window_bits"])
-        #expect(plain?.responseHeader == "permessage-deflate; server_no_context_takeover")
+        // A browser's offer: the client is asked not to keep its context (the hub then needs
+        // no inflater per connection), unless the hub lets it.
+        let browser = ["permessage-deflate; client_max_window_bits"]
+        #expect(
+            PerMessageDeflate.negotiate(browser)?.responseHeader
+                == "permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+        let kept = PerMessageDeflate.negotiate(browser, clientContextTakeover: true)
+        #expect(kept?.responseHeader == "permessage-deflate; server_no_context_takeover")
+        #expect(kept?.clientNoContextTakeover == false)
+        // Offered by the client: taken whatever the hub allows.
+        let offered = ["permessage-deflate; client_no_context_takeover"]
+        #expect(PerMessageDeflate.negotiate(offered, clientContextTakeover: true)?.clientNoContextTakeover == true)
         let full = PerMessageDeflate.negotiate([
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10; client_max_window_bits=12"
         ])

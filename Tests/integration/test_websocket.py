@@ -86,6 +86,69 @@ def test_compressed_echo_is_compressed_on_the_wire(halley):
     s.close()
 
 
+def _deflate_handshake(port, offer):
+    """A raw handshake offering `offer`; the socket, the bytes after the head, and the
+    Sec-WebSocket-Extensions value of the answer."""
+    s = connect(port)
+    key = base64.b64encode(os.urandom(16))
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key
+              + b"\r\nSec-WebSocket-Extensions: " + offer.encode() + b"\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        assert chunk, "closed during handshake"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    ext = [line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+           if line.lower().startswith(b"sec-websocket-extensions:")]
+    return s, rest, ext[0] if ext else None
+
+
+@pytest.mark.parametrize("takeover", ["default", "on"])
+def test_a_browsers_deflate_offer_and_the_clients_context(start_halley, takeover):
+    """A browser offers `permessage-deflate; client_max_window_bits` (context takeover). By
+    default the hub answers `client_no_context_takeover` too, so one inflater per loop serves
+    every client: each message is compressed on its own and comes back whole. With
+    --ws-client-context-takeover on, the client keeps its context: the second message refers
+    back into the first, which only an inflater of the connection's own can follow."""
+    import zlib
+    h = start_halley(*(["--ws-client-context-takeover", "on"] if takeover == "on" else []))
+    s, leftover, ext = _deflate_handshake(h.port, "permessage-deflate; client_max_window_bits")
+    params = [p.strip() for p in ext.split(";")]
+    assert params[0] == "permessage-deflate" and "server_no_context_takeover" in params
+    assert ("client_no_context_takeover" in params) == (takeover == "default"), ext
+    text = b"the same sentence, again and again, " * 40
+    shared = zlib.compressobj(wbits=-15)
+    for i in range(3):
+        comp = shared if takeover == "on" else zlib.compressobj(wbits=-15)
+        body = comp.compress(text + str(i).encode()) + comp.flush(zlib.Z_SYNC_FLUSH)
+        if takeover == "on" and i > 0:
+            assert len(body) < 40, "the shared context should make a repeat tiny"
+        s.sendall(frame(0x2, body[:-4], rsv1=True))
+        b0, payload = read_frame(s, leftover if i == 0 else b"")
+        if b0 & 0x40:
+            payload = zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")
+        assert b0 & 0x0F == 0x2 and payload == text + str(i).encode(), i
+    s.close()
+
+
+def test_python_websockets_accepts_the_hubs_client_no_context_takeover(halley):
+    """Python `websockets` offers context takeover; it takes the hub's
+    `client_no_context_takeover` and compresses each message on its own."""
+    async def go():
+        async with websockets.connect(url(halley), compression="deflate", max_size=None) as ws:
+            ext = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert "client_no_context_takeover" in ext, ext
+            for i in range(20):
+                m = ("payload %d " % i) * (i * 50 + 1)
+                await ws.send(m)
+                assert await ws.recv() == m
+
+    run(go())
+
+
 def test_message_over_limit_closes_1009(start_halley):
     h = start_halley("--ws-max-message", "1000")
 
