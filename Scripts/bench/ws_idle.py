@@ -13,8 +13,11 @@ server's file descriptors return to the baseline.
 halley runs with `--threads 1 --ws-ping-interval 3600` (no pings during the measurement),
 a fresh process per mode:
   plain          no extension offered.
-  deflate        `permessage-deflate; client_max_window_bits` offered: the client keeps
-                 its compression context, so halley keeps an inflater per connection.
+  deflate        `permessage-deflate; client_max_window_bits` offered (a browser's offer)
+                 to a hub run with `--ws-client-context-takeover on`: the client keeps its
+                 compression context, so halley keeps an inflater per connection. (By
+                 default the hub answers such an offer with client_no_context_takeover:
+                 that is the deflate-nct figure.)
   deflate-nct    `permessage-deflate; client_no_context_takeover` offered: halley inflates
                  with one stream shared by the loop.
 In both deflate modes each connection sends one compressed, masked "hello" (RSV1; raw
@@ -86,6 +89,8 @@ class Halley(ServerProcess):
                "--log-level", "warning", "--shutdown-grace", "1",
                # every client is 127.0.0.1: the per-address abuse limits do not apply here
                "--max-connections-per-address", "0", "--session-opens-per-second", "0", "--max-lingering-per-address", "0"]
+        if self.mode == "deflate":
+            cmd += ["--ws-client-context-takeover", "on"]
         # halley reads HALLEY_* variables as options: run it with none of them.
         env = {k: v for k, v in os.environ.items() if not k.startswith("HALLEY_")}
         self.launch(cmd, r"halley listening on http://127\.0\.0\.1:(\d+) \(([^)]*)\)", env)
@@ -148,6 +153,8 @@ def check_head(c, head, offer):
             return f"permessage-deflate not accepted (response: {ext})"
         if "client_no_context_takeover" in offer and "client_no_context_takeover" not in ext[0]:
             return f"client_no_context_takeover not in {ext}"
+        if "client_no_context_takeover" not in offer and "client_no_context_takeover" in ext[0]:
+            return f"context takeover refused ({ext}): is the hub run with --ws-client-context-takeover on?"
     return None
 
 

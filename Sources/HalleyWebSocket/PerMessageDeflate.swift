@@ -4,8 +4,8 @@ import HalleyCore
 /// on its own (`server_no_context_takeover`, which a server may add to any accepted offer), so
 /// one compressed copy of a broadcast can go to every subscriber and no connection needs a
 /// compressor of its own. Unless told otherwise it also asks the client to compress each
-/// message on its own (`client_no_context_takeover`, which a server may add to any accepted
-/// offer too, §7.1.1.1), so that no connection needs a decompressor of its own either: a
+/// message on its own (`client_no_context_takeover`, which a server may include in any
+/// response, §7.1.1.2), so that no connection needs a decompressor of its own either: a
 /// client that keeps its context costs the server zlib's state and a 32 KiB window, about
 /// 40 KB, for as long as it is connected (browsers offer context takeover and then mostly
 /// only receive).

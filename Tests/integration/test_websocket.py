@@ -86,51 +86,49 @@ def test_compressed_echo_is_compressed_on_the_wire(halley):
     s.close()
 
 
-def _deflate_handshake(port, offer):
-    """A raw handshake offering `offer`; the socket, the bytes after the head, and the
-    Sec-WebSocket-Extensions value of the answer."""
-    s = connect(port)
-    key = base64.b64encode(os.urandom(16))
-    s.sendall(b"GET /echo HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key
-              + b"\r\nSec-WebSocket-Extensions: " + offer.encode() + b"\r\n\r\n")
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(4096)
-        assert chunk, "closed during handshake"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101 "), head
+def _extensions(head):
+    """The Sec-WebSocket-Extensions value of a response head (bytes), or None."""
     ext = [line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
            if line.lower().startswith(b"sec-websocket-extensions:")]
-    return s, rest, ext[0] if ext else None
+    return ext[0] if ext else None
 
 
 @pytest.mark.parametrize("takeover", ["default", "on"])
 def test_a_browsers_deflate_offer_and_the_clients_context(start_halley, takeover):
     """A browser offers `permessage-deflate; client_max_window_bits` (context takeover). By
-    default the hub answers `client_no_context_takeover` too, so one inflater per loop serves
-    every client: each message is compressed on its own and comes back whole. With
-    --ws-client-context-takeover on, the client keeps its context: the second message refers
-    back into the first, which only an inflater of the connection's own can follow."""
+    default the hub answers `client_no_context_takeover` too and inflates every client with
+    one stream per loop, reset after each message: messages compressed on their own come back
+    whole, and a message that refers back into the one before (the context the hub asked the
+    client not to keep) is bad deflate data (1007). With --ws-client-context-takeover on the
+    client keeps its context: such messages inflate, which only an inflater of the
+    connection's own can do."""
     import zlib
     h = start_halley(*(["--ws-client-context-takeover", "on"] if takeover == "on" else []))
-    s, leftover, ext = _deflate_handshake(h.port, "permessage-deflate; client_max_window_bits")
+    s, leftover, head = raw_handshake_head(h.port, extensions="permessage-deflate; client_max_window_bits")
+    ext = _extensions(head)
     params = [p.strip() for p in ext.split(";")]
     assert params[0] == "permessage-deflate" and "server_no_context_takeover" in params
     assert ("client_no_context_takeover" in params) == (takeover == "default"), ext
     text = b"the same sentence, again and again, " * 40
-    shared = zlib.compressobj(wbits=-15)
-    for i in range(3):
-        comp = shared if takeover == "on" else zlib.compressobj(wbits=-15)
-        body = comp.compress(text + str(i).encode()) + comp.flush(zlib.Z_SYNC_FLUSH)
-        if takeover == "on" and i > 0:
-            assert len(body) < 40, "the shared context should make a repeat tiny"
+
+    def echo(body, first=False):
         s.sendall(frame(0x2, body[:-4], rsv1=True))
-        b0, payload = read_frame(s, leftover if i == 0 else b"")
+        b0, payload = read_frame(s, leftover if first else b"")
         if b0 & 0x40:
             payload = zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")
-        assert b0 & 0x0F == 0x2 and payload == text + str(i).encode(), i
+        return b0 & 0x0F, payload
+
+    for i in range(2):  # each on its own: fine either way
+        comp = zlib.compressobj(wbits=-15)
+        assert echo(comp.compress(text + b"%d" % i) + comp.flush(zlib.Z_SYNC_FLUSH), first=i == 0) == (0x2, text + b"%d" % i)
+    shared = zlib.compressobj(wbits=-15)
+    assert echo(shared.compress(text + b"a") + shared.flush(zlib.Z_SYNC_FLUSH)) == (0x2, text + b"a")
+    repeat = shared.compress(text + b"b") + shared.flush(zlib.Z_SYNC_FLUSH)  # refers back into "a"
+    op, payload = echo(repeat)
+    if takeover == "on":
+        assert (op, payload) == (0x2, text + b"b")
+    else:
+        assert op == 0x8 and struct.unpack("!H", payload[:2])[0] == 1007, (op, payload[:40])
     s.close()
 
 
@@ -181,6 +179,12 @@ def test_compressed_bomb_closes_1009(start_halley):
 # ---- raw frames for what well-behaved clients never send
 
 def raw_handshake(port, path="/echo", extensions=None, extra=b""):
+    s, rest, _ = raw_handshake_head(port, path, extensions, extra)
+    return s, rest
+
+
+def raw_handshake_head(port, path="/echo", extensions=None, extra=b""):
+    """The socket, the bytes after the 101's head, and the head."""
     s = connect(port)
     key = base64.b64encode(os.urandom(16))
     req = (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -195,7 +199,7 @@ def raw_handshake(port, path="/echo", extensions=None, extra=b""):
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101 "), head
-    return s, rest
+    return s, rest, head
 
 
 def frame(opcode, payload, fin=True, rsv1=False, mask=True):
