@@ -13,6 +13,10 @@ extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 // malloc.h: glibc's heap trimming (Glibc's Swift module leaves malloc.h out).
 extern int malloc_trim(size_t pad);
 static inline int halley_malloc_trim(void) { return malloc_trim(0); }
+// mallopt(M_MMAP_THRESHOLD, bytes): M_MMAP_THRESHOLD is -3 in malloc.h. Setting it also turns
+// off glibc's dynamic threshold (which rises to the size of each mmapped block freed).
+extern int mallopt(int param, int value);
+static inline int halley_fixed_mmap_threshold(int bytes) { return mallopt(-3, bytes); }
 // mallinfo2 (glibc 2.33): the heap's bytes in use and free, summed over every arena.
 struct mallinfo2 {
     size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;

@@ -17,6 +17,18 @@ import Synchronization
 /// by the linger time have ended by then). A trim walks the heap: a few milliseconds on loop
 /// 0 for tens of megabytes, once per load.
 final class MemoryTrim: Sendable {
+    /// Blocks of 128 KiB and more get pages of their own (mmap), given back when freed.
+    /// glibc starts there too but raises the bar to the size of every such block freed (up
+    /// to 32 MiB), after which a dictionary or array that grows past it (sessions by id, the
+    /// ended-session records, a slow consumer's queue) is carved out of the heap, and the
+    /// hole it leaves when it moves or goes stays resident: in the soak, RSS stepped up by
+    /// MBs long after the warm-up while the bytes in use stayed flat. Skipped when the
+    /// operator set `glibc.malloc.mmap_threshold` in `GLIBC_TUNABLES`.
+    static func fixMmapThreshold() {
+        if let t = getenv("GLIBC_TUNABLES"), String(cString: t).contains("mmap_threshold") { return }
+        _ = halley_fixed_mmap_threshold(128 * 1024)
+    }
+
     struct State {
         var peak = 0
         var first: Int32?

@@ -67,6 +67,7 @@ public final class Server: @unchecked Sendable {
     /// Binds every listener and starts the loop threads. Errors (a port in use) are thrown
     /// before any thread starts.
     public func start(beforeRunning: ([EventLoop]) -> Void = { _ in }) throws(IOError) {
+        MemoryTrim.fixMmapThreshold()
         let fileLimit = Socket.raiseFileLimit()
         maxConnections = config.maxConnections > 0 ? config.maxConnections : max(16, fileLimit - 100)
         let threadCount = config.threads > 0 ? config.threads : Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
