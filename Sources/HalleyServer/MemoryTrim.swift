@@ -18,14 +18,18 @@ import Synchronization
 /// 0 for tens of megabytes, once per load.
 final class MemoryTrim: Sendable {
     /// Blocks of 128 KiB and more get pages of their own (mmap), given back when freed.
-    /// glibc starts there too but raises the bar to the size of every such block freed (up
-    /// to 32 MiB), after which a dictionary or array that grows past it (sessions by id, the
+    /// glibc starts there too, but when it frees an mmapped block larger than the bar (and
+    /// at most 32 MiB) it raises the bar to that size (and the trim threshold to twice it),
+    /// after which a dictionary or array that grows past 128 KiB (sessions by id, the
     /// ended-session records, a slow consumer's queue) is carved out of the heap, and the
     /// hole it leaves when it moves or goes stays resident: in the soak, RSS stepped up by
-    /// MBs long after the warm-up while the bytes in use stayed flat. Skipped when the
-    /// operator set `glibc.malloc.mmap_threshold` in `GLIBC_TUNABLES`.
+    /// MBs long after the warm-up while the bytes in use stayed flat (README, "Soak"). A
+    /// fixed bar also keeps the trim threshold at 128 KiB. Process-wide (a program that
+    /// embeds the server gets it too); skipped when the operator set the threshold
+    /// (`glibc.malloc.mmap_threshold` in `GLIBC_TUNABLES`, or `MALLOC_MMAP_THRESHOLD_`).
     static func fixMmapThreshold() {
         if let t = getenv("GLIBC_TUNABLES"), String(cString: t).contains("mmap_threshold") { return }
+        if getenv("MALLOC_MMAP_THRESHOLD_") != nil { return }
         _ = halley_fixed_mmap_threshold(128 * 1024)
     }
 
@@ -75,10 +79,9 @@ final class MemoryTrim: Sendable {
 
     /// The heap's bytes in use by the hub and held free by the allocator (glibc's `mallinfo2`,
     /// every arena): beside RSS, it tells a leak (in use grows) from the allocator's keep (free
-    /// grows). The 30-minute soak: in use flat (47.96 MB in the first window after warm-up,
-    /// 47.95 MB in the last), free 3.2 MB -> 6.5 MB, RSS +6.3 %. A `malloc_trim(0)` once a
-    /// minute under that load gave nothing back (the free chunks are small and scattered
-    /// between live ones): only the trims after a load went are kept.
+    /// grows) and from pages written late (RSS grows, neither does: README, "Soak"). A
+    /// `malloc_trim(0)` once a minute under the soak's load gave nothing back (the free chunks
+    /// are small and scattered between live ones): only the trims after a load went are kept.
     static func heapBytes() -> (inUse: Int, free: Int) {
         var inUse = 0, free = 0
         halley_heap_bytes(&inUse, &free)
