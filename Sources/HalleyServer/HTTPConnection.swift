@@ -404,74 +404,6 @@ final class HTTPConnection: Connection {
         respond(.text(e.status, HTTPStatus.reason(e.status) + "\n"), serial: serial)
     }
 
-    // MARK: upgrading
-
-    func upgrade(
-        _ request: HTTPRequest, serial s: UInt32, endpoint: WebSocketHandshake.Endpoint,
-        _ makeDelegate: (HTTPRequest) -> WebSocketDelegate?
-    ) {
-        guard s == serial, answerable, !closed else { return }
-        if ctx.shuttingDown {
-            respond(.text(503, "Service Unavailable: shutting down\n"), serial: s)
-            return
-        }
-        var ep = endpoint
-        ep.compression = ep.compression && ctx.config.webSocket.compression
-        ep.clientContextTakeover = ctx.config.webSocket.clientContextTakeover
-        let head = request.head
-        switch WebSocketHandshake.evaluate(
-            isGet: head.method == .get, minorVersion: head.minorVersion,
-            values: { head.headers.values($0) }, endpoint: ep)
-        {
-        case .refuse(let status, let headers, let reason):
-            Log.info("fd \(fd): websocket handshake refused: \(status) \(reason)")
-            respond(.text(status, reason + "\n", headers: headers), serial: s)
-        case .accept(let headers, let deflate, let subprotocol):
-            guard let delegate = makeDelegate(request) else {
-                respond(.text(404, "Not Found\n"), serial: s)
-                return
-            }
-            ctx.cork(for: self)
-            ctx.corkAppend(ServerTables.statusLines[101])
-            for (n, v) in headers { ctx.corkAppend(Array("\(n): \(v)\r\n".utf8)) }
-            ctx.corkAppend(ServerTables.crlf)
-            ctx.count(.requests1xx)
-            ctx.count(.wsUpgrades)
-            let ws = WebSocketConnection(
-                upgrading: self, delegate: delegate, deflate: deflate, subprotocol: subprotocol)
-            exchange = .upgrading(ws)
-            // A late answer: no event of ours will come to finish the hand-over.
-            if !inEvent { finishUpgrade(ws) }
-        }
-    }
-
-    /// Hands the socket to the WebSocket: the 101 goes out first, then any frames that came
-    /// with the request are read by the new owner.
-    func finishUpgrade(_ next: Connection) {
-        guard let ws = next as? WebSocketConnection else { return }
-        if ctx.isCorkOwner(self) { ctx.flushCork() }
-        if closed { return }
-        ws.out = out
-        out = nil
-        // The address's connection count moves with the socket (here, once the socket is the
-        // WebSocket's for good: an HTTP connection that closed before counts itself down).
-        ws.countedPeer = countedPeer
-        countedPeer = false
-        ctx.replace(self, with: ws)
-        let leftover = pendingIn
-        pendingIn = nil
-        ws.inEvent = true
-        ws.delegate.webSocketDidOpen(ws)
-        if let p = leftover, !p.isEmpty {
-            ws.receive(UnsafeMutableRawBufferPointer(start: p.base + p.readerIndex, count: p.readableBytes))
-        }
-        ws.inEvent = false
-        if !ws.closed {
-            if ctx.isCorkOwner(ws) { ctx.flushCork() }
-            ws.updateInterest()
-        }
-    }
-
     // MARK: responding
 
     func respond(_ r: HTTPResponse, serial s: UInt32) {
@@ -636,29 +568,4 @@ final class HTTPConnection: Connection {
             respondKeepAlive = false
         }
     }
-}
-
-/// Byte strings of every response, made once and kept for the life of the process: reading
-/// one is a pointer copy, where a global `[UInt8]` costs a retain and a release each time.
-enum ServerTables {
-    static func immortal(_ text: String) -> UnsafeRawBufferPointer { immortal(Array(text.utf8)) }
-
-    static func immortal(_ b: [UInt8]) -> UnsafeRawBufferPointer {
-        let p = UnsafeMutableRawBufferPointer.allocate(byteCount: max(b.count, 1), alignment: 1)
-        p.copyBytes(from: b)
-        return UnsafeRawBufferPointer(rebasing: p[0..<b.count])
-    }
-
-    // nonisolated(unsafe): written once by the lazy global initializer, then only read.
-    nonisolated(unsafe) static let statusLines: UnsafeBufferPointer<UnsafeRawBufferPointer> = {
-        let t = UnsafeMutableBufferPointer<UnsafeRawBufferPointer>.allocate(capacity: 600)
-        for i in 0..<600 { t[i] = immortal(HTTPStatus.statusLine(i)) }
-        return UnsafeBufferPointer(t)
-    }()
-    nonisolated(unsafe) static let contentLengthPrefix = immortal("Content-Length: ")
-    nonisolated(unsafe) static let connectionClose = immortal("Connection: close\r\n")
-    nonisolated(unsafe) static let connectionKeepAlive = immortal("Connection: keep-alive\r\n")
-    nonisolated(unsafe) static let crlf = immortal("\r\n")
-    nonisolated(unsafe) static let transferChunked = immortal("Transfer-Encoding: chunked\r\n")
-    nonisolated(unsafe) static let lastChunk = immortal("0\r\n\r\n")
 }
