@@ -53,7 +53,8 @@ let package = Package(
         // Pusher protocol messages, JSON, channel names, signatures, SSE and poll encodings:
         // no sockets, no loops.
         .target(name: "HalleyProtocol", dependencies: ["HalleyCore", "HalleyCrypto"]),
-        // The hub: apps, channels (offsets, history), sessions, transports, POST /publish.
+        // The hub's domain: apps, channels (offsets, history), sessions, fan-out, presence,
+        // webhooks. Knows nothing of HTTP requests (HalleyEndpoints calls it).
         .target(
             name: "HalleyHub",
             dependencies: [
@@ -61,8 +62,17 @@ let package = Package(
                 "HalleyWebSocket",
             ],
             swiftSettings: hotPath),
+        // The HTTP layer over the hub: the Pusher WebSocket path, SSE, long-polling, sending over
+        // HTTP, pusher-js's HTTP fallbacks, POST /publish, the HTTP API, /stats; the transports.
+        .target(
+            name: "HalleyEndpoints",
+            dependencies: [
+                "HalleyCore", "HalleyCrypto", "HalleyProtocol", "HalleyServer", "HalleyLoop", "HalleyHTTP",
+                "HalleyWebSocket", "HalleyHub",
+            ],
+            swiftSettings: hotPath),
         // The executable: configuration, wiring, signals, logs.
-        .executableTarget(name: "halley", dependencies: ["HalleyServer", "HalleyHub"]),
+        .executableTarget(name: "halley", dependencies: ["HalleyServer", "HalleyHub", "HalleyEndpoints"]),
         // libFuzzer entry for the request parser (built with --sanitize=fuzzer).
         .executableTarget(name: "HalleyFuzzHTTP", dependencies: ["HalleyHTTP"]),
         // WebSocket echo load generator for Scripts/bench/ws_echo.sh: one thread, epoll, no
@@ -88,6 +98,8 @@ let package = Package(
         .testTarget(name: "HalleyServerTests", dependencies: ["HalleyServer", "HalleyLoop", "HalleyCore"]),
         .testTarget(name: "HalleyWebSocketTests", dependencies: ["HalleyWebSocket", "HalleyCrypto"]),
         .testTarget(name: "HalleyProtocolTests", dependencies: ["HalleyProtocol", "HalleyCore"]),
-        .testTarget(name: "HalleyHubTests", dependencies: ["HalleyHub", "HalleyProtocol", "HalleyLoop", "HalleyCore"]),
+        .testTarget(
+            name: "HalleyHubTests",
+            dependencies: ["HalleyHub", "HalleyEndpoints", "HalleyProtocol", "HalleyLoop", "HalleyCore"]),
     ]
 )

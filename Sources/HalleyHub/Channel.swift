@@ -94,12 +94,22 @@ final class ChannelState {
     var isIdle: Bool { subscribers == 0 && historyCount == 0 && cached == nil }
 }
 
-struct ChannelKey: Hashable, Sendable {
-    let app: String
-    let name: String
+package struct ChannelKey: Hashable, Sendable {
+    package let app: String
+    package let name: String
+
+    package init(app: String, name: String) {
+        self.app = app
+        self.name = name
+    }
 }
 
-struct UserKey: Hashable, Sendable {
-    let app: String
-    let id: String
+package struct UserKey: Hashable, Sendable {
+    package let app: String
+    package let id: String
+
+    package init(app: String, id: String) {
+        self.app = app
+        self.id = id
+    }
 }

@@ -3,13 +3,13 @@
 /// pusher-js `xhr_send`). Names and data are counted in UTF-8 bytes (binary data after base64
 /// decoding); the data limit is the app's `max_event_bytes`, else `--max-event-bytes`. Each
 /// path words the refusal in its own protocol (an HTTP status, a `pusher:error`).
-enum EventProblem: Equatable {
+package enum EventProblem: Equatable {
     case noName
     case nameTooLong(limit: Int)
     case dataTooLarge(size: Int, limit: Int)
 
     /// The refusal's text, the same on every path.
-    var text: String {
+    package var text: String {
         switch self {
         case .noName: return "missing event name"
         case .nameTooLong(let limit): return "event name is longer than \(limit) bytes"
@@ -18,14 +18,14 @@ enum EventProblem: Equatable {
     }
 
     /// The HTTP status of a refusal by `POST /publish` or the HTTP API: 413 for data.
-    var status: Int {
+    package var status: Int {
         if case .dataTooLarge = self { return 413 }
         return 400
     }
 }
 
 extension HubConfig {
-    func eventProblem(app: App, name: String, dataBytes: Int) -> EventProblem? {
+    package func eventProblem(app: App, name: String, dataBytes: Int) -> EventProblem? {
         if name.isEmpty { return .noName }
         if name.utf8.count > maxEventNameLength { return .nameTooLong(limit: maxEventNameLength) }
         let limit = app.maxEventBytes ?? maxEventBytes

@@ -27,14 +27,14 @@ public final class Hub: Sendable {
     let startedAt = Clock.monotonicMillis()
     /// Latency histograms (made by `attach`, one writer per loop).
     nonisolated(unsafe) var deliveryLatency = LatencyHistogram(loops: 1)
-    nonisolated(unsafe) var publishHandling = LatencyHistogram(loops: 1)
+    package nonisolated(unsafe) var publishHandling = LatencyHistogram(loops: 1)
     /// The server's metrics (set by `addMetrics` before the loops run): `/stats` reads its
     /// open-connection gauge.
-    nonisolated(unsafe) var serverMetrics: Metrics?
+    package nonisolated(unsafe) var serverMetrics: Metrics?
 
     /// One configuration of apps, immutable; a reload makes a new one.
-    final class AppTable: Sendable {
-        let apps: [App]
+    package final class AppTable: Sendable {
+        package let apps: [App]
         let byKey: [String: App]
         let byID: [String: App]
         /// Sessions per app id (for the apps' connection quotas); kept across reloads.
@@ -64,11 +64,11 @@ public final class Hub: Sendable {
         func add(_ n: Int) -> Int { value.add(n, ordering: .relaxed).newValue }
     }
     // Set once by `attach(to:)` before the loops run, read-only after.
-    nonisolated(unsafe) var loops: [LoopHub] = []
+    package nonisolated(unsafe) var loops: [LoopHub] = []
     /// Set by `attach`, read-only after; sends from loop 0.
     nonisolated(unsafe) var webhooks: Webhooks?
     /// The server's per-address limits; set by `attach` before the loops run, read-only after.
-    nonisolated(unsafe) var clientLimits = ClientLimits(config: ClientLimitConfig())
+    package nonisolated(unsafe) var clientLimits = ClientLimits(config: ClientLimitConfig())
 
     struct State: ~Copyable {
         var channels: [ChannelKey: ChannelState] = [:]
@@ -89,7 +89,7 @@ public final class Hub: Sendable {
         appTable = Locked(AppTable(config.apps))
     }
 
-    var apps: AppTable { appTable.withLock { $0 } }
+    package var apps: AppTable { appTable.withLock { $0 } }
     public func app(key: String) -> App? { apps.byKey[key] }
     public func app(id: String) -> App? { apps.byID[id] }
 
@@ -118,7 +118,7 @@ public final class Hub: Sendable {
     }
 
     /// Publishes one event to `channels` (validated by the caller).
-    func publish(
+    package func publish(
         app: App, channels: [String], event: String, data: String?, binary: [UInt8]?, exclude: SessionID?,
         userID: String? = nil
     ) -> PublishResult {
@@ -348,7 +348,7 @@ public final class Hub: Sendable {
     /// Ends every session of a signed-in user (`POST /apps/{id}/users/{user}/terminate_connections`).
     /// Returns how many sessions were told.
     @discardableResult
-    func terminate(_ user: UserKey) -> Int {
+    package func terminate(_ user: UserKey) -> Int {
         // A fresh array made under the lock: the set's storage stays with the lock. (A copy of
         // the set would share it, and the next `remove` on another loop decides whether to
         // write in place by a reference count that ThreadSanitizer cannot see.)

@@ -1,7 +1,6 @@
 import HalleyCore
 import HalleyLoop
 import HalleyProtocol
-import HalleyServer
 import HalleyWebSocket
 
 /// Subscribers of one channel on one loop. `joined[i]` is the channel offset that was
@@ -24,15 +23,15 @@ final class LocalChannel {
 
 /// A message on its way through one loop: the encodings shared by the loop's subscribers,
 /// made on first use.
-final class Delivery {
+package final class Delivery {
     let message: OutMessage
     private var _prepared: PreparedMessage?
     private var _prefix: PreparedPrefix?
 
-    init(_ m: OutMessage) { message = m }
+    package init(_ m: OutMessage) { message = m }
 
     /// The whole frame of a plain Pusher session (`prefix` + `}`), framed and compressed once.
-    var prepared: PreparedMessage {
+    package var prepared: PreparedMessage {
         if let p = _prepared { return p }
         var b = Array(message.prefix.buffer)
         b.append(UInt8(ascii: "}"))
@@ -41,7 +40,7 @@ final class Delivery {
         return p
     }
 
-    var preparedPrefix: PreparedPrefix {
+    package var preparedPrefix: PreparedPrefix {
         if let p = _prefix { return p }
         let p = PreparedPrefix(message.prefix)
         _prefix = p
@@ -49,13 +48,22 @@ final class Delivery {
     }
 }
 
+/// Per-loop state of a layer above the domain (`HalleyEndpoints`' streams, polls and pusher-js
+/// sessions). Loop-confined: its loop hub calls it.
+package protocol LoopExtension: AnyObject {
+    /// The end of the loop's turn, after the turn's fan-out, before the server flushes its cork.
+    func turnEnded()
+    /// Once a second (monotonic seconds), after the hub's own expiries.
+    func tick(now: Int32)
+}
+
 /// The hub's part on one loop: the sessions it owns, who is subscribed to what, fan-out,
 /// and the once-a-second work (expiry, heartbeats, poll timeouts). Loop-confined.
-final class LoopHub: @unchecked Sendable {
+package final class LoopHub: @unchecked Sendable {
     // Sendable: only its loop touches it; other threads reach it through `loop.execute`.
     /// The hub outlives its loops (`unowned(unsafe)`: no reference-count check per access).
-    unowned(unsafe) let hub: Hub
-    let loop: EventLoop
+    package unowned(unsafe) let hub: Hub
+    package let loop: EventLoop
     let index: Int
     let loopCount: Int
 
@@ -70,18 +78,15 @@ final class LoopHub: @unchecked Sendable {
     var channels: [ChannelKey: LocalChannel] = [:]
     /// Sessions without a transport (expire after the linger time); may hold stale entries.
     var detached: [Session] = []
-    var streams: [SSETransport] = []
-    var polls: [PollTransport] = []
-    /// Polls that have messages to answer with at the end of this turn.
-    var readyPolls: [PollTransport] = []
-    /// pusher-js's HTTP fallback sessions (xhr_streaming, xhr), by URL path.
-    let pusherHTTP = PusherHTTPSessions()
+    /// The layers above the domain that keep state on this loop (the HTTP endpoints' streams,
+    /// polls and pusher-js sessions): run at the end of every turn and once a second.
+    package var extensions: [LoopExtension] = []
     /// Why recently ended resumable sessions ended (`expired`, `buffer_overflow`), for the
     /// answer to a client that tries to resume one; forgotten after 10 minutes.
     /// The token is kept so that the reason is told only to the session's own client: anyone
     /// else gets `expired`, as for an id that never existed.
     var endedReasons: [SessionID: (reason: SessionEnd, at: Int32, token: SessionToken?)] = [:]
-    var seconds: Int32 { Int32(loop.now / 1000) }
+    package var seconds: Int32 { Int32(loop.now / 1000) }
 
     init(hub: Hub, loop: EventLoop, loopCount: Int) {
         self.hub = hub
@@ -92,21 +97,20 @@ final class LoopHub: @unchecked Sendable {
         // Before the server flushes its cork: what the hub writes this turn goes out in it.
         loop.onTurnEnd(first: true) { [unowned self] in
             self.flushFanOut()
-            self.answerReadyPolls()
-            if !self.pusherHTTP.readyList.isEmpty { self.pusherHTTP.answerReady() }
+            for e in self.extensions { e.turnEnded() }
         }
     }
 
     // MARK: sessions
 
     /// Why the last `newSession` returned nil: `pusher:error` code and message.
-    var refusal: (code: UInt16, message: String) = (PusherErrorCode.overCapacity, "Over capacity")
+    package var refusal: (code: UInt16, message: String) = (PusherErrorCode.overCapacity, "Over capacity")
     /// The last refusal was a per-address limit (HTTP answers it 429, not 503).
-    var refusedByClientLimit = false
+    package var refusedByClientLimit = false
 
     /// A new session owned by this loop, or nil at the node's session limit (4100) or the
     /// app's connection quota (4004); `refusal` says which.
-    func newSession(app: App, resumable: Bool, client: IPAddress) -> Session? {
+    package func newSession(app: App, resumable: Bool, client: IPAddress) -> Session? {
         loop.preconditionInLoop()
         if draining {
             refusal = (PusherErrorCode.genericReconnect, "Server shutting down: reconnect")
@@ -152,12 +156,12 @@ final class LoopHub: @unchecked Sendable {
     }
 
     /// Looks up a resumable session for a client that shows its id and token.
-    enum Lookup {
+    package enum Lookup {
         case found(Session)
         case gone(SessionEnd)
     }
 
-    func lookup(_ id: SessionID, token: String) -> Lookup {
+    package func lookup(_ id: SessionID, token: String) -> Lookup {
         loop.preconditionInLoop()
         // A wrong token is answered as an id that does not exist: the answer must not tell
         // whether a session id is live (or how it ended).
@@ -170,7 +174,7 @@ final class LoopHub: @unchecked Sendable {
         return .gone(.expired)
     }
 
-    func end(_ s: Session, _ reason: SessionEnd) {
+    package func end(_ s: Session, _ reason: SessionEnd) {
         loop.preconditionInLoop()
         guard !s.ended else { return }
         let was = s.markEnded(reason)
@@ -213,7 +217,7 @@ final class LoopHub: @unchecked Sendable {
         join(s, key, at: r.lastOffset)
     }
 
-    static let userChannelPrefix = "#server-to-user-"
+    package static let userChannelPrefix = "#server-to-user-"
 
     /// `terminate_connections`: the session ends (Pusher closes with 4009).
     func terminate(_ id: SessionID) {
@@ -494,24 +498,6 @@ final class LoopHub: @unchecked Sendable {
         for p in pubs { hub.deliveryLatency.observe(nanos: now - p.publishedNanos, loop: index) }
     }
 
-    // MARK: polls
-
-    func pollReady(_ p: PollTransport) {
-        if !p.queuedForAnswer {
-            p.queuedForAnswer = true
-            readyPolls.append(p)
-        }
-    }
-
-    func answerReadyPolls() {
-        // An answer can run a pipelined request that readies another poll: loop until none.
-        while !readyPolls.isEmpty {
-            let ready = readyPolls
-            readyPolls.removeAll(keepingCapacity: true)
-            for p in ready { p.answer() }
-        }
-    }
-
     // MARK: once a second
 
     func tick() {
@@ -534,19 +520,10 @@ final class LoopHub: @unchecked Sendable {
             }
             detached = keep
         }
-        if !streams.isEmpty {
-            streams.removeAll { !$0.isOpen }
-            for st in streams { st.tick(now: now) }
-        }
-        if !polls.isEmpty {
-            polls.removeAll { $0.answered }
-            let timeout = Int32(hub.config.pollTimeout)
-            for p in polls where now - p.since >= timeout { p.answer() }
-        }
         if now % 60 == 0 && !endedReasons.isEmpty {
             endedReasons = endedReasons.filter { now - $0.value.at < 600 }
         }
-        if !pusherHTTP.isEmpty { pusherHTTP.tick(now: now) }
+        for e in extensions { e.tick(now: now) }
         takeCensus()
         if index == 0 {
             hub.sweepChannels()

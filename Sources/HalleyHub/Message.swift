@@ -5,11 +5,11 @@ import HalleyProtocol
 /// goes to. Immutable, hence Sendable.
 public final class OutMessage: @unchecked Sendable {
     /// The JSON object without its closing brace (see `Wire`).
-    let prefix: SharedBytes
+    package let prefix: SharedBytes
     /// For a binary payload: the header JSON (open) and the raw bytes, for sessions that take
     /// binary WebSocket frames. `prefix` then carries the payload in base64.
-    let binaryHeader: SharedBytes?
-    let binaryPayload: SharedBytes?
+    package let binaryHeader: SharedBytes?
+    package let binaryPayload: SharedBytes?
     /// The channel and offset of a published message; nil / 0 for session messages.
     let channel: String?
     let offset: UInt64
@@ -91,7 +91,7 @@ public struct SessionID: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String { "\(a).\(b)" }
 
-    func owner(loops: Int) -> Int { Int(a) % loops }
+    package func owner(loops: Int) -> Int { Int(a) % loops }
 
     static func random(loop: Int, loops: Int) -> SessionID {
         let n = UInt32(loops)
@@ -101,7 +101,7 @@ public struct SessionID: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// 128 random bits that let a client resume its session.
-struct SessionToken: Equatable {
+package struct SessionToken: Equatable {
     let hi: UInt64
     let lo: UInt64
 
@@ -133,7 +133,7 @@ struct SessionToken: Equatable {
         lo = l
     }
 
-    var description: String {
+    package var description: String {
         func hex(_ v: UInt64) -> String {
             let s = String(v, radix: 16)
             return String(repeating: "0", count: 16 - s.count) + s

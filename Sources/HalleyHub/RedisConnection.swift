@@ -4,7 +4,7 @@ import Glibc
 import HalleyCore
 import HalleyLoop
 import HalleyProtocol
-import HalleyServer
+import HalleyServer  // UncheckedBox
 
 /// Where Redis is: `redis://[[user]:password@]host[:port][/db]` (`--redis`, `HALLEY_REDIS`).
 /// `rediss://` (TLS) is refused: the hub's client has no TLS (say so at startup, not later).

@@ -1,11 +1,10 @@
 import HalleyCore
 import HalleyLoop
 import HalleyProtocol
-import HalleyServer
 
 /// What a session needs from the connection it is attached to (a small adapter per
 /// transport; the session knows only these: docs/ARCHITECTURE.md, "Sessions and transports"). Loop-confined.
-protocol Transport: AnyObject {
+package protocol Transport: AnyObject {
     /// What it is, for `/stats` and `/metrics`.
     var kind: TransportKind { get }
     /// Sends a message of the session's order (`seq` 0: a plain Pusher session, no seq).
@@ -23,20 +22,20 @@ protocol Transport: AnyObject {
 /// its subscriptions and, when resumable, a sequence number per outbound message and the
 /// messages not yet acknowledged. It outlives its transport by `sessionLinger` seconds.
 /// Loop-confined: only its loop touches it.
-final class Session {
-    let id: SessionID
+package final class Session {
+    package let id: SessionID
     /// Its app as configured now (a reload that changes the app replaces it).
-    var app: App
+    package var app: App
     /// Its index in the loop's `live` list.
     var liveSlot = -1
     /// Set for resumable sessions (the secret a client shows to resume).
-    let token: SessionToken?
+    package let token: SessionToken?
     /// Outlives its sessions (`unowned(unsafe)`: no reference-count check per access).
     unowned(unsafe) let loopHub: LoopHub
 
     /// Where the session is in its life: one value, so that an ended session with a
     /// transport, or a lingering one nobody counts, cannot be written.
-    enum Phase {
+    package enum Phase {
         /// Made, no transport attached yet (the request that opened it attaches one next).
         case opened
         /// A transport is attached.
@@ -47,13 +46,13 @@ final class Session {
         /// Over (`LoopHub.end`); what a resume is told.
         case ended(SessionEnd)
     }
-    private(set) var phase = Phase.opened
+    package private(set) var phase = Phase.opened
 
-    var transport: Transport? {
+    package var transport: Transport? {
         if case .attached(let t) = phase { return t }
         return nil
     }
-    var ended: Bool {
+    package var ended: Bool {
         if case .ended = phase { return true }
         return false
     }
@@ -74,7 +73,7 @@ final class Session {
     var unacked = UnackedRing()
     /// Replies to the client's own messages are being skipped (policy `gap`, buffer full):
     /// logged once per episode.
-    var skippingReplies = false
+    package var skippingReplies = false
 
     /// The user signed in with `pusher:signin`, if any.
     var userID: String?
@@ -137,7 +136,7 @@ final class Session {
 
     /// The buffer bound was hit while sending `m` (nil: a reply to the client's own message,
     /// outside the order, which `gap` skips without a notice).
-    func overflow(_ m: OutMessage?) {
+    package func overflow(_ m: OutMessage?) {
         loopHub.hub.stats(app.id)?.add(.slowConsumers)
         switch config.slowConsumer {
         case .close:
@@ -198,7 +197,7 @@ final class Session {
     }
 
     /// Attaches `t`, replacing any other, and resends what the client has not seen.
-    func attach(_ t: Transport, lastSeen: UInt64?) {
+    package func attach(_ t: Transport, lastSeen: UInt64?) {
         loopHub.loop.preconditionInLoop()
         guard !ended else { return }
         if !fellBack && t.kind.isFallback {
@@ -222,7 +221,7 @@ final class Session {
     }
 
     /// The transport went (closed, timed out, a poll answered).
-    func transportGone(_ t: Transport) {
+    package func transportGone(_ t: Transport) {
         guard transport === t else { return }
         if resumable {
             phase = .lingering(since: loopHub.seconds)
@@ -235,7 +234,7 @@ final class Session {
 
     // MARK: messages from the client
 
-    func handle(_ msg: ClientMessage) {
+    package func handle(_ msg: ClientMessage) {
         loopHub.loop.preconditionInLoop()
         confirmed = true
         switch msg.event {
@@ -362,7 +361,7 @@ final class Session {
         transport?.sendControl(Wire.protocolEvent("pusher:signin_success", data: d) + Wire.plainTail)
     }
 
-    func handle(text bytes: UnsafeRawBufferPointer) {
+    package func handle(text bytes: UnsafeRawBufferPointer) {
         do {
             handle(try ClientMessage.decode(bytes))
         } catch {
@@ -375,7 +374,7 @@ final class Session {
     // MARK: encodings
 
     /// `pusher:connection_established` for this session.
-    func established(resumed: Bool, reason: SessionEnd?) -> [UInt8] {
+    package func established(resumed: Bool, reason: SessionEnd?) -> [UInt8] {
         var d = JSONObjectBuilder()
         d.string("socket_id", id.description)
         d.int("activity_timeout", UInt64(config.activityTimeout))

@@ -13,7 +13,7 @@ enum RecoveryFailure: String, Sendable {
 
 /// Why a session ended: the `halley:reason` told to a client that tries to resume it, and the
 /// Pusher error and close its transport gets (docs/PROTOCOL.md, "How a session ends").
-enum SessionEnd: String, Sendable {
+package enum SessionEnd: String, Sendable {
     /// It outlived its transport by the resume window (also the answer for an id the hub does
     /// not know, or a token that does not match).
     case expired
@@ -34,7 +34,7 @@ enum SessionEnd: String, Sendable {
 
     /// The `pusher:error` (and close code) the session's transport gets; nil: none (the
     /// client is gone, or the session outlived it).
-    var pusherError: (code: UInt16, message: String)? {
+    package var pusherError: (code: UInt16, message: String)? {
         switch self {
         case .expired, .closed: nil
         case .bufferOverflow: (PusherErrorCode.overCapacity, "halley: session buffer full")

@@ -1,13 +1,11 @@
 import HalleyCore
 import HalleyCrypto
-import HalleyHTTP
 import HalleyLoop
 import HalleyProtocol
-import HalleyServer
 import Synchronization
 
 /// What carries a session now (`/stats` and `/metrics` count sessions by it).
-enum TransportKind: Int, CaseIterable {
+package enum TransportKind: Int, CaseIterable {
     case websocket, sse, longPoll, xhrStreaming, xhrPolling
 
     var name: String {
@@ -26,7 +24,7 @@ enum TransportKind: Int, CaseIterable {
 
 /// The counters of one app, written by every loop (relaxed atomic adds), read by `/stats` and
 /// `/metrics`. Kept across reloads while the app id stays.
-enum AppCounter: Int, CaseIterable {
+package enum AppCounter: Int, CaseIterable {
     /// Messages published into channels (a message to three channels counts three), client
     /// events included.
     case messagesIn
@@ -56,7 +54,7 @@ enum AppCounter: Int, CaseIterable {
     }
 }
 
-final class AppStats: @unchecked Sendable {
+package final class AppStats: @unchecked Sendable {
     // @unchecked Sendable: atomics only, allocated once.
     private let values: UnsafeMutablePointer<Atomic<Int>>
 
@@ -70,7 +68,7 @@ final class AppStats: @unchecked Sendable {
         values.deallocate()
     }
 
-    @inline(__always) func add(_ c: AppCounter, _ n: Int = 1) {
+    @inline(__always) package func add(_ c: AppCounter, _ n: Int = 1) {
         (values + c.rawValue).pointee.wrappingAdd(n, ordering: .relaxed)
     }
 
@@ -131,7 +129,7 @@ extension LoopHub {
 }
 
 extension Hub {
-    func stats(_ appID: String) -> AppStats? { apps.stats[appID] }
+    package func stats(_ appID: String) -> AppStats? { apps.stats[appID] }
 
     /// Loop 0, once a second: a sample of the totals.
     func sampleStats() {
@@ -178,7 +176,7 @@ extension Hub {
 
     /// `GET /stats` (every app, `--admin-token`) and `GET /apps/{id}/stats` (one app, signed
     /// like the HTTP API): a JSON view of the node, documented in the README.
-    func statsJSON(only: String?, openConnections: Int?) -> [UInt8] {
+    package func statsJSON(only: String?, openConnections: Int?) -> [UInt8] {
         let table = apps
         let census = censusByApp()
         let channels = channelCounts()
@@ -278,39 +276,5 @@ extension Hub {
             out.raw("history", h.closed)
         }
         return out.closed
-    }
-}
-
-extension Hub {
-    /// Runs a publish handler and adds its time to `halley_publish_handling_seconds`.
-    @inline(__always) func timed(_ responder: Responder, _ body: () -> Void) {
-        let t0 = Clock.monotonicNanos()
-        body()
-        publishHandling.observe(nanos: Clock.monotonicNanos() - t0, loop: responder.loopIndex)
-    }
-
-    /// `GET /stats` with `Authorization: Bearer <--admin-token>`: every app and the totals.
-    func statsEndpoint(_ request: HTTPRequest, _ responder: Responder) {
-        guard let admin = config.adminToken else {
-            responder.respond(
-                HubHTTP.error(
-                    403,
-                    "GET /stats is off: start the hub with --admin-token (or sign GET /apps/{id}/stats as the HTTP API)"
-                ))
-            return
-        }
-        guard let auth = request.head.headers["Authorization"], auth.utf8.count > 7,
-            auth.prefix(7).lowercased() == "bearer ",
-            Digest.constantTimeEqual(Array(auth.utf8.dropFirst(7)), Array(admin.utf8))
-        else {
-            Log.info("stats: 401 (no or wrong admin token)")
-            var r = HubHTTP.error(401, "GET /stats needs Authorization: Bearer <admin token>")
-            r.headers.append(("WWW-Authenticate", "Bearer"))
-            responder.respond(r)
-            return
-        }
-        var r = HubHTTP.json(200, statsJSON(only: nil, openConnections: serverMetrics?.openConnectionCount))
-        r.headers.append(("Cache-Control", "no-store"))
-        responder.respond(r)
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CHalleyLinux
 import HalleyCore
+import HalleyEndpoints
 import HalleyHub
 import HalleyLoop
 import HalleyServer
@@ -50,7 +51,8 @@ var wsEndpoint = WebSocketHandshake.Endpoint()
 wsEndpoint.origins = options.hub.origins
 let router = Router()
 router.addWebSocket("/echo", endpoint: wsEndpoint) { _ in EchoDelegate.shared }
-hub.install(on: router, endpoint: wsEndpoint)
+let endpoints = HubEndpoints(hub: hub)
+endpoints.install(on: router, endpoint: wsEndpoint)
 let server = Server(config: cfg, router: router)
 hub.addMetrics(to: server.metrics)
 do throws(TLSError) {
@@ -60,7 +62,10 @@ do throws(TLSError) {
     exit(1)
 }
 do {
-    try server.start { loops in hub.attach(loops: loops, clientLimits: server.clientLimits) }
+    try server.start { loops in
+        hub.attach(loops: loops, clientLimits: server.clientLimits)
+        endpoints.attach()
+    }
 } catch {
     Log.error("start failed: \(error)")
     exit(1)

@@ -1,4 +1,5 @@
 import HalleyCore
+import HalleyHub
 import HalleyLoop
 import HalleyProtocol
 import HalleyServer
@@ -9,7 +10,7 @@ import HalleyWebSocket
 /// Loop-confined.
 final class WebSocketTransport: WebSocketDelegate, Transport {
     var kind: TransportKind { .websocket }
-    unowned(unsafe) let loopHub: LoopHub  // outlives its transports
+    unowned(unsafe) let endpoints: LoopEndpoints  // outlives its transports
     /// Set when the connection opens and cleared when it reports its close: the loop's
     /// connection table keeps it alive in between, so the reference needs no count. Not `weak`:
     /// a weak reference gives the connection a side table, and every retain and release of it
@@ -38,8 +39,8 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     /// The client's address (per-address limits).
     let client: IPAddress
 
-    init(loopHub: LoopHub, opening: Opening, client: IPAddress) {
-        self.loopHub = loopHub
+    init(endpoints: LoopEndpoints, opening: Opening, client: IPAddress) {
+        self.endpoints = endpoints
         self.opening = opening
         self.client = client
     }
@@ -55,7 +56,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
             startFresh(app, resumable: resumable, reason: reason)
         case .awaitResume(let app, let id, let last):
             awaiting = (app, id, last)
-            loopHub.loop.schedule(afterMillis: Self.resumeMessageTimeout * 1000) { [weak self] in
+            endpoints.loop.schedule(afterMillis: Self.resumeMessageTimeout * 1000) { [weak self] in
                 guard let self, self.awaiting != nil, let ws = self.ws else { return }
                 self.awaiting = nil
                 Log.info("websocket: no halley:resume within \(Self.resumeMessageTimeout) s")
@@ -71,7 +72,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     func start(resuming s: Session, lastSeen last: UInt64) {
         guard !s.ended else { return startFresh(s.app, reason: .expired) }
         session = s
-        loopHub.hub.stats(s.app.id)?.add(.resumes)
+        endpoints.hub.stats(s.app.id)?.add(.resumes)
         sendControl(s.established(resumed: true, reason: nil))
         s.attach(self, lastSeen: last)
     }
@@ -79,8 +80,8 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     /// A new session (`reason`: why a resume failed), or the refusal (limits).
     func startFresh(_ app: App, resumable: Bool = true, reason: SessionEnd?) {
         guard let ws = ws else { return }
-        guard let s = loopHub.newSession(app: app, resumable: resumable, client: client) else {
-            let (code, message) = loopHub.refusal
+        guard let s = endpoints.loopHub.newSession(app: app, resumable: resumable, client: client) else {
+            let (code, message) = endpoints.loopHub.refusal
             ws.send(text: String(decoding: Wire.error(code: code, message: message), as: UTF8.self))
             ws.close(code: code, reason: message)
             return
@@ -100,7 +101,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
                 ws.close(code: 1008, reason: "expected halley:resume")
                 return
             }
-            switch loopHub.resume(a.app, a.id, token: token, lastSeen: a.lastSeen) {
+            switch endpoints.resume(a.app, a.id, token: token, lastSeen: a.lastSeen) {
             case .resume(let s, let last): start(resuming: s, lastSeen: last)
             case .new(let app, _, let reason): startFresh(app, reason: reason ?? .expired)
             default: ws.close(code: 1011, reason: "unexpected resume outcome")

@@ -1,4 +1,5 @@
 import HalleyCore
+import HalleyHub
 import HalleyProtocol
 import HalleyServer
 

@@ -1,4 +1,5 @@
 import HalleyCore
+import HalleyHub
 import HalleyLoop
 import HalleyProtocol
 import HalleyServer
@@ -44,7 +45,7 @@ enum PusherHTTP {
 /// session sends while no request can take it waits here (counted in `bufferedBytes`, so the
 /// session's buffer bound and slow-consumer policy apply to it). Loop-confined.
 final class PusherHTTPTransport: Transport {
-    unowned(unsafe) let loopHub: LoopHub  // outlives its transports
+    unowned(unsafe) let endpoints: LoopEndpoints  // outlives its transports
     /// `key/server/session` of the URL: the session's only name.
     let path: String
     var session: Session? {
@@ -76,7 +77,7 @@ final class PusherHTTPTransport: Transport {
         let want = idle && session != nil && closeFrame == nil
         guard want != lingerCounted else { return }
         lingerCounted = want
-        loopHub.hub.clientLimits.lingering(client, want ? 1 : -1, now: loopHub.loop.now)
+        endpoints.hub.clientLimits.lingering(client, want ? 1 : -1, now: endpoints.loop.now)
     }
     /// Bumped per attached request, so a late hang-up of an older one is ignored.
     var generation = 0
@@ -106,22 +107,22 @@ final class PusherHTTPTransport: Transport {
     /// from another address are answered as for an unknown session.
     let client: IPAddress
 
-    init(loopHub: LoopHub, path: String, client: IPAddress) {
-        self.loopHub = loopHub
+    init(endpoints: LoopEndpoints, path: String, client: IPAddress) {
+        self.endpoints = endpoints
         self.path = path
         self.client = client
-        detachedAt = loopHub.seconds
-        lastWrite = loopHub.seconds
-        lastHeard = loopHub.seconds
+        detachedAt = endpoints.seconds
+        lastWrite = endpoints.seconds
+        lastHeard = endpoints.seconds
     }
 
     /// A request of the session arrived (receive or `xhr_send`): the client is alive.
     func heard() {
-        lastHeard = loopHub.seconds
+        lastHeard = endpoints.seconds
     }
 
-    var table: PusherHTTPSessions { loopHub.pusherHTTP }
-    var config: HubConfig { loopHub.hub.config }
+    var table: PusherHTTPSessions { endpoints.pusherHTTP }
+    var config: HubConfig { endpoints.hub.config }
 
     // MARK: Transport
 
@@ -155,7 +156,7 @@ final class PusherHTTPTransport: Transport {
     func detach(code: UInt16, reason: String) {
         session = nil
         closeFrame = SockJS.close(code: code, reason: reason.isEmpty ? "Session closed" : reason)
-        endedAt = loopHub.seconds
+        endedAt = endpoints.seconds
         if expiring { return }  // `tick` removes it
         switch receiver {
         case .stream(let st):
@@ -222,7 +223,7 @@ final class PusherHTTPTransport: Transport {
     }
 
     func wrote(_ st: HTTPStream) {
-        lastWrite = loopHub.seconds
+        lastWrite = endpoints.seconds
         if !held && st.bodyBytes > PusherHTTP.clientRotationBytes {
             // pusher-js aborts this stream once it has read this far: what comes next goes on
             // its next stream.
@@ -250,7 +251,7 @@ final class PusherHTTPTransport: Transport {
     func release() {
         guard case .stream(let st) = receiver else { return }
         receiver = .none
-        detachedAt = loopHub.seconds
+        detachedAt = endpoints.seconds
         st.end()
     }
 
@@ -285,7 +286,7 @@ final class PusherHTTPTransport: Transport {
         }
         let g = generation
         kind = .xhrPolling
-        receiver = .poll(r, since: loopHub.seconds, origin: origin)
+        receiver = .poll(r, since: endpoints.seconds, origin: origin)
         r.onDisconnect { [unowned self] in self.receiverGone(g) }
     }
 
@@ -294,7 +295,7 @@ final class PusherHTTPTransport: Transport {
         guard g == generation else { return }
         if case .none = receiver { return }
         receiver = .none
-        detachedAt = loopHub.seconds
+        detachedAt = endpoints.seconds
     }
 
     /// Answers a poll with what waits (and `c` when closing); the session waits for the
@@ -308,13 +309,13 @@ final class PusherHTTPTransport: Transport {
         }
         if closing, let c = closeFrame { body += c }
         if body.isEmpty { body = SockJS.heartbeat }
-        detachedAt = loopHub.seconds
-        lastWrite = loopHub.seconds
+        detachedAt = endpoints.seconds
+        lastWrite = endpoints.seconds
         respondFrame(r, origin: origin, body)
     }
 
     func respondFrame(_ r: Responder, origin: String?, _ body: [UInt8]) {
-        detachedAt = loopHub.seconds
+        detachedAt = endpoints.seconds
         r.respond(HubHTTP.pusherHTTPResponse(200, body, origin: origin))
     }
 
@@ -358,7 +359,7 @@ final class PusherHTTPTransport: Transport {
                 Log.info(
                     "pusher-js session \(path): nothing from the client for \(now - lastHeard) s: closing \(PusherErrorCode.pongNotReceived)"
                 )
-                loopHub.end(s, .pingTimeout)
+                endpoints.loopHub.end(s, .pingTimeout)
                 return true  // ended: the branch above from now on
             }
             if held {

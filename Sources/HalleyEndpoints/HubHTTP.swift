@@ -1,4 +1,5 @@
 import HalleyCore
+import HalleyHub
 import HalleyHTTP
 import HalleyLoop
 import HalleyProtocol
@@ -35,7 +36,7 @@ enum HubHTTP {
     }
 }
 
-extension Hub {
+extension HubEndpoints {
     /// Adds the hub's routes. `endpoint` is the WebSocket endpoint (origins, compression).
     public func install(on router: Router, endpoint: WebSocketHandshake.Endpoint) {
         router.add([.get], "/app/{key}") { [self] request, responder in
@@ -54,13 +55,13 @@ extension Hub {
             routeToOwner(request, responder) { $0.send($1, $2, $3) }
         }
         for path in ["/halley/sse", "/halley/poll", "/halley/send"] {
-            router.add([.options], path) { [self] request, responder in preflight(request, responder) }
+            router.add([.options], path) { [self] request, responder in hub.preflight(request, responder) }
         }
         router.add([.post], "/publish") { [self] request, responder in
-            timed(responder) { publishEndpoint(request, responder) }
+            hub.timed(responder) { hub.publishEndpoint(request, responder) }
         }
-        router.add([.get], "/stats") { [self] request, responder in statsEndpoint(request, responder) }
-        installPusherAPI(on: router)
+        router.add([.get], "/stats") { [self] request, responder in hub.statsEndpoint(request, responder) }
+        hub.installPusherAPI(on: router)
         installPusherFallback(on: router)
     }
 
@@ -79,7 +80,7 @@ extension Hub {
     /// connection there), or here for a new session.
     func routeToOwner(
         _ request: HTTPRequest, _ responder: Responder,
-        _ body: @escaping @Sendable (LoopHub, HTTPRequest, Responder, [(String, String)]) -> Void
+        _ body: @escaping @Sendable (LoopEndpoints, HTTPRequest, Responder, [(String, String)]) -> Void
     ) {
         // The router answers HEAD with GET routes; these would open a session or a stream.
         if request.method == .head {
@@ -100,7 +101,9 @@ extension Hub {
         }
         body(loops[responder.loopIndex], request, responder, q)
     }
+}
 
+extension Hub {
     /// The client a request comes from (a trusted proxy's client: `ClientLimitConfig`).
     func clientAddress(_ request: HTTPRequest, _ responder: Responder) -> IPAddress {
         clientLimits.clientAddress(peer: responder.peer, headers: request.head.headers)
@@ -130,7 +133,7 @@ extension Hub {
     }
 }
 
-extension LoopHub {
+extension LoopEndpoints {
     // MARK: WebSocket
 
     func webSocket(
@@ -158,7 +161,7 @@ extension LoopHub {
         }
         let client = hub.clientAddress(request, responder)
         responder.upgrade(request, endpoint: endpoint) { [unowned self] _ in
-            WebSocketTransport(loopHub: self, opening: opening, client: client)
+            WebSocketTransport(endpoints: self, opening: opening, client: client)
         }
     }
 
@@ -184,7 +187,7 @@ extension LoopHub {
 
     /// The opening of a resume that showed its token.
     func resume(_ app: App, _ id: SessionID, token: String, lastSeen: UInt64) -> WebSocketTransport.Opening {
-        switch lookup(id, token: token) {
+        switch loopHub.lookup(id, token: token) {
         // By id: a reload replaces the app's value in the table before each loop updates its
         // sessions' copy, and a resume in between is still the same app's.
         case .found(let s) where s.app.id == app.id:
@@ -210,13 +213,14 @@ extension LoopHub {
                 HubHTTP.error(403, "application disabled", origin: origin, code: PusherErrorCode.applicationDisabled))
         }
         if let r = appOriginRefusal(app.origins, request, origin: origin) { return .refused(r) }
-        guard let s = newSession(app: app, resumable: true, client: hub.clientAddress(request, responder)) else {
-            if refusedByClientLimit {
-                var r = HubHTTP.error(429, refusal.message, origin: origin, code: PusherErrorCode.overCapacity)
+        guard let s = loopHub.newSession(app: app, resumable: true, client: hub.clientAddress(request, responder))
+        else {
+            if loopHub.refusedByClientLimit {
+                var r = HubHTTP.error(429, loopHub.refusal.message, origin: origin, code: PusherErrorCode.overCapacity)
                 r.headers.append(("Retry-After", "5"))
                 return .refused(r)
             }
-            let quota = refusal.code == PusherErrorCode.overConnectionQuota
+            let quota = loopHub.refusal.code == PusherErrorCode.overConnectionQuota
             return .refused(
                 HubHTTP.error(
                     quota ? 403 : 503, quota ? "application is over connection quota" : "over capacity", origin: origin,
@@ -299,7 +303,7 @@ extension LoopHub {
         var lastSeen: UInt64? = nil
         var reason: SessionEnd? = nil
         if let r = resume {
-            switch lookup(r.id, token: r.token) {
+            switch loopHub.lookup(r.id, token: r.token) {
             case .found(let s):
                 if let refused = appOriginRefusal(s.app.origins, request, origin: origin) {
                     responder.respond(refused)
@@ -341,10 +345,10 @@ extension LoopHub {
         guard let stream = responder.startStream(status: 200, headers: headers) else {
             // The connection went before its answer: a session opened for it would wait for
             // a transport forever (it never lingers: nothing attached it).
-            if case .opened = s.phase { end(s, .expired) }
+            if case .opened = s.phase { loopHub.end(s, .expired) }
             return
         }
-        let t = SSETransport(loopHub: self, stream: stream, session: s)
+        let t = SSETransport(loopHub: loopHub, stream: stream, session: s)
         streams.append(t)
         stream.write([.bytes(Wire.ssePrelude(padding: hub.config.ssePadding, retryMillis: hub.config.sseRetryMillis))])
         // The first event has an id too (the last seq seen), so a stream that drops before the
@@ -374,7 +378,7 @@ extension LoopHub {
             {
                 token = t
             }
-            switch lookup(id, token: token) {
+            switch loopHub.lookup(id, token: token) {
             case .found(let s):
                 if let refused = appOriginRefusal(s.app.origins, request, origin: origin) {
                     responder.respond(refused)
@@ -387,7 +391,7 @@ extension LoopHub {
                 }
                 let cursor = Query.value(q, "cursor").flatMap { UInt64($0) } ?? 0
                 let p = PollTransport(
-                    loopHub: self, responder: responder, session: s, cursor: cursor, introduce: false, origin: origin)
+                    endpoints: self, responder: responder, session: s, cursor: cursor, introduce: false, origin: origin)
                 s.attach(p, lastSeen: cursor)
                 if p.queuedForAnswer {
                     // Messages are waiting: answer now, inside the connection's event (its
@@ -429,7 +433,7 @@ extension LoopHub {
             return
         }
         let p = PollTransport(
-            loopHub: self, responder: responder, session: s, cursor: 0, introduce: true, origin: origin)
+            endpoints: self, responder: responder, session: s, cursor: 0, introduce: true, origin: origin)
         p.controls.append(s.established(resumed: false, reason: reason))
         s.attach(p, lastSeen: nil)
         p.answer()
@@ -473,7 +477,7 @@ extension LoopHub {
             list = m
         }
         let s: Session
-        switch lookup(id, token: token) {
+        switch loopHub.lookup(id, token: token) {
         case .found(let found): s = found
         case .gone(let why):
             responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: why.rawValue))

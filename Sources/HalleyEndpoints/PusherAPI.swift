@@ -1,4 +1,5 @@
 import HalleyCore
+import HalleyHub
 import HalleyHTTP
 import HalleyProtocol
 import HalleyServer
@@ -248,10 +249,8 @@ extension Hub {
     /// `{"user_count":N,"subscription_count":M}` with the attributes asked for that apply
     /// to the channel's kind.
     func counts(_ key: ChannelKey, _ info: Set<String>) -> [UInt8] {
-        let (subs, users) = state.withLock { st -> (Int, Int) in
-            guard let ch = st.channels[key] else { return (0, 0) }
-            return (ch.subscribers, ch.users.count)
-        }
+        let c = channelCounts(key)
+        let (subs, users) = (c.subscriptions, c.users)
         var b = JSONObjectBuilder()
         let presence = ChannelName.kind(key.name) == .presence
         // Pusher: user_count for presence channels, subscription_count for the others.
@@ -288,21 +287,11 @@ extension Hub {
             return .failure(
                 Refusal(status: 400, text: "subscription_count is not available for presence channels: use user_count"))
         }
-        let list = state.withLock { st -> [(String, Int, Int)] in
-            var out: [(String, Int, Int)] = []
-            for (k, ch) in st.channels
-            where k.app == r.app.id && ch.subscribers > 0 && k.name.hasPrefix(prefix)
-                && !k.name.hasPrefix(LoopHub.userChannelPrefix)
-            {
-                out.append((k.name, ch.subscribers, ch.users.count))
-            }
-            return out
-        }
         var chans = JSONObjectBuilder()
-        for (name, subs, users) in list.sorted(by: { $0.0 < $1.0 }) {
+        for (name, c) in occupiedChannels(app: r.app.id, prefix: prefix) {
             var b = JSONObjectBuilder()
-            if info.contains("user_count") { b.int("user_count", UInt64(users)) }
-            if info.contains("subscription_count") { b.int("subscription_count", UInt64(subs)) }
+            if info.contains("user_count") { b.int("user_count", UInt64(c.users)) }
+            if info.contains("subscription_count") { b.int("subscription_count", UInt64(c.subscriptions)) }
             chans.raw(name, b.closed)
         }
         var b = JSONObjectBuilder()
@@ -332,16 +321,10 @@ extension Hub {
             return .failure(Refusal(status: 400, text: "cache is only available for cache channels"))
         }
         let key = ChannelKey(app: r.app.id, name: name)
-        let nowMillis = Clock.monotonicMillis()
-        let (subs, users, cached) = state.withLock { st -> (Int, Int, (String, Int)?) in
-            guard let ch = st.channels[key] else { return (0, 0, nil) }
-            var c: (String, Int)? = nil
-            if let p = ch.cached {
-                let ttl = Int64(config.cacheSeconds) - (nowMillis - p.time) / 1000
-                if ttl > 0 { c = (Self.dataField(p.message), Int(ttl)) }
-            }
-            return (ch.subscribers, ch.users.count, c)
-        }
+        let (c, cachedMessage) = channelState(key)
+        let (subs, users) = (c.subscriptions, c.users)
+        // The data string is read back outside the hub's lock.
+        let cached = cachedMessage.map { (Self.dataField($0.0), $0.ttl) }
         var b = JSONObjectBuilder()
         b.bool("occupied", subs > 0)
         if info.contains("user_count") { b.int("user_count", UInt64(users)) }
@@ -374,11 +357,9 @@ extension Hub {
         guard ChannelName.kind(name) == .presence else {
             return .failure(Refusal(status: 400, text: "Users are only available for presence channels"))
         }
-        let ids = state.withLock {
-            $0.channels[ChannelKey(app: r.app.id, name: name)].map { Array($0.users.keys) } ?? []
-        }
+        let ids = presenceUserIDs(ChannelKey(app: r.app.id, name: name))
         var out: [UInt8] = Array(#"{"users":["#.utf8)
-        for (i, id) in ids.sorted().enumerated() {
+        for (i, id) in ids.enumerated() {
             if i > 0 { out.append(UInt8(ascii: ",")) }
             out += Array(#"{"id":"#.utf8)
             JSONWriter.writeString(id, into: &out)

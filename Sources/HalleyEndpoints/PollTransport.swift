@@ -1,4 +1,5 @@
 import HalleyCore
+import HalleyHub
 import HalleyProtocol
 import HalleyServer
 
@@ -8,7 +9,7 @@ import HalleyServer
 /// one answer), or empty after `pollTimeout`. Loop-confined.
 final class PollTransport: Transport {
     var kind: TransportKind { .longPoll }
-    unowned(unsafe) let loopHub: LoopHub  // outlives its transports
+    unowned(unsafe) let endpoints: LoopEndpoints  // outlives its transports
     let responder: Responder
     var session: Session?
     let cursor: UInt64
@@ -26,12 +27,15 @@ final class PollTransport: Transport {
     static let plainHeaders = SharedBytes(
         Array("Content-Type: application/json\r\nCache-Control: no-cache, no-store\r\n".utf8))
 
-    init(loopHub: LoopHub, responder: Responder, session: Session, cursor: UInt64, introduce: Bool, origin: String?) {
-        self.loopHub = loopHub
+    init(
+        endpoints: LoopEndpoints, responder: Responder, session: Session, cursor: UInt64, introduce: Bool,
+        origin: String?
+    ) {
+        self.endpoints = endpoints
         self.responder = responder
         self.session = session
         self.cursor = cursor
-        self.since = loopHub.seconds
+        self.since = endpoints.seconds
         self.introduce = introduce
         self.origin = origin
     }
@@ -39,12 +43,12 @@ final class PollTransport: Transport {
     func send(_ m: OutMessage, seq: UInt64, delivery: Delivery?) {
         guard !answered else { return }
         messages.append((seq, m))
-        loopHub.pollReady(self)
+        endpoints.pollReady(self)
     }
 
     func sendControl(_ json: [UInt8]) {
         controls.append(json)
-        loopHub.pollReady(self)
+        endpoints.pollReady(self)
     }
 
     var bufferedBytes: Int { 0 }

@@ -1,4 +1,5 @@
 import HalleyCore
+import HalleyHub
 import HalleyCrypto
 import HalleyHTTP
 import HalleyProtocol

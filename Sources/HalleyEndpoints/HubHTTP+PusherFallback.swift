@@ -1,4 +1,5 @@
 import HalleyCore
+import HalleyHub
 import HalleyHTTP
 import HalleyProtocol
 import HalleyServer
@@ -51,9 +52,7 @@ extension HubHTTP {
     }
 }
 
-extension Hub {
-    static let pusherHTTPKinds = ["xhr_streaming", "xhr", "xhr_send"]
-
+extension HubEndpoints {
     /// Adds pusher-js's HTTP fallback routes (called by `install`).
     func installPusherFallback(on router: Router) {
         let base = PusherHTTP.pathPrefix + "/app/{key}/{server}/{session}/"
@@ -66,10 +65,32 @@ extension Hub {
         router.add([.post], base + "xhr_send") { [self] request, responder in
             routeFallback(request, responder) { $0.pusherSend($1, $2, $3) }
         }
-        for kind in Self.pusherHTTPKinds {
-            router.add([.options], base + kind) { [self] request, responder in pusherPreflight(request, responder) }
+        for kind in Hub.pusherHTTPKinds {
+            router.add([.options], base + kind) { [self] request, responder in hub.pusherPreflight(request, responder) }
         }
     }
+
+    /// Runs `body` on the loop that owns the session the path names (moving the connection).
+    func routeFallback(
+        _ request: HTTPRequest, _ responder: Responder,
+        _ body: @escaping @Sendable (LoopEndpoints, HTTPRequest, Responder, String) -> Void
+    ) {
+        guard let (path, id) = Hub.pusherHTTPPath(request) else {
+            responder.respond(HubHTTP.pusherHTTPText(404, "Not found: bad server or session id", origin: nil))
+            return
+        }
+        let owner = Hub.pusherHTTPOwner(id, loops: loops.count)
+        if owner != responder.loopIndex {
+            responder.handOff(toLoop: owner, request) { [self] req, resp in body(loops[resp.loopIndex], req, resp, path)
+            }
+            return
+        }
+        body(loops[responder.loopIndex], request, responder, path)
+    }
+}
+
+extension Hub {
+    static let pusherHTTPKinds = ["xhr_streaming", "xhr", "xhr_send"]
 
     /// `key/server/session` when `server` and `session` are plausible ids (pusher-js: 0-999 and
     /// 8 characters of [0-9a-v]; SockJS: anything without a dot), else nil.
@@ -94,24 +115,6 @@ extension Hub {
         var h: UInt32 = 2_166_136_261
         for c in id.utf8 { h = (h ^ UInt32(c)) &* 16_777_619 }
         return Int(h % UInt32(max(1, loops)))
-    }
-
-    /// Runs `body` on the loop that owns the session the path names (moving the connection).
-    func routeFallback(
-        _ request: HTTPRequest, _ responder: Responder,
-        _ body: @escaping @Sendable (LoopHub, HTTPRequest, Responder, String) -> Void
-    ) {
-        guard let (path, id) = Self.pusherHTTPPath(request) else {
-            responder.respond(HubHTTP.pusherHTTPText(404, "Not found: bad server or session id", origin: nil))
-            return
-        }
-        let owner = Self.pusherHTTPOwner(id, loops: loops.count)
-        if owner != responder.loopIndex {
-            responder.handOff(toLoop: owner, request) { [self] req, resp in body(loops[resp.loopIndex], req, resp, path)
-            }
-            return
-        }
-        body(loops[responder.loopIndex], request, responder, path)
     }
 
     /// CORS: the hub's `--origins` (as on the WebSocket handshake: refused, 403), then the
@@ -141,7 +144,7 @@ extension Hub {
     }
 }
 
-extension LoopHub {
+extension LoopEndpoints {
     /// `xhr_streaming` / `xhr`: the first one opens the session (`o`, then
     /// `connection_established`); later ones re-attach (no `o`).
     func pusherReceive(_ request: HTTPRequest, _ responder: Responder, _ path: String, streaming: Bool) {
@@ -201,10 +204,10 @@ extension LoopHub {
             responder.respond(HubHTTP.pusherHTTPText(404, "Not found: no such session", origin: origin))
             return
         }
-        guard let s = newSession(app: app, resumable: false, client: client) else {
-            return refuse(refusal.code, refusal.message)
+        guard let s = loopHub.newSession(app: app, resumable: false, client: client) else {
+            return refuse(loopHub.refusal.code, loopHub.refusal.message)
         }
-        let t = PusherHTTPTransport(loopHub: self, path: path, client: client)
+        let t = PusherHTTPTransport(endpoints: self, path: path, client: client)
         t.kind = streaming ? .xhrStreaming : .xhrPolling
         t.session = s
         pusherHTTP.byPath[path] = t
