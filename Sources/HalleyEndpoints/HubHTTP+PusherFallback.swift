@@ -207,9 +207,8 @@ extension LoopEndpoints {
         guard let s = loopHub.newSession(app: app, resumable: false, client: client) else {
             return refuse(loopHub.refusal.code, loopHub.refusal.message)
         }
-        let t = PusherHTTPTransport(endpoints: self, path: path, client: client)
+        let t = PusherHTTPTransport(endpoints: self, path: path, client: client, session: s)
         t.kind = streaming ? .xhrStreaming : .xhrPolling
-        t.session = s
         pusherHTTP.byPath[path] = t
         s.attach(t, lastSeen: nil)
         t.sendControl(s.established(resumed: false, reason: nil))

@@ -22,16 +22,32 @@ enum HubHTTP {
         HTTPResponse(status: status, headers: jsonHeaders(origin: origin), body: .bytes(body))
     }
 
+    /// A refusal's `"halley:reason"` (docs/PROTOCOL.md, "Session tokens" and "How a session
+    /// ends"): what a client acts on besides the code.
+    enum Reason {
+        /// The session the request names is over (or never was: `expired`).
+        case session(SessionEnd)
+        /// A session token in the URL, without `--allow-tokens-in-urls`.
+        case tokenInURL
+
+        var text: String {
+            switch self {
+            case .session(let end): end.rawValue
+            case .tokenInURL: "token_in_url"
+            }
+        }
+    }
+
     /// `{"error": message, "code": code, "halley:reason": reason}`. `code` is the Pusher close
     /// code the same refusal gets on WebSocket (docs/PROTOCOL.md, "Errors and close codes"):
     /// clients act on it (4000–4099 stop, 4100–4199 back off), never on the English text.
     static func error(
-        _ status: Int, _ message: String, origin: String? = nil, reason: String? = nil, code: UInt16? = nil
+        _ status: Int, _ message: String, origin: String? = nil, reason: Reason? = nil, code: UInt16? = nil
     ) -> HTTPResponse {
         var b = JSONObjectBuilder()
         b.string("error", message)
         if let c = code { b.int("code", UInt64(c)) }
-        if let r = reason { b.string("halley:reason", r) }
+        if let r = reason { b.string("halley:reason", r.text) }
         return json(status, b.closed, origin: origin)
     }
 }
@@ -267,7 +283,7 @@ extension LoopEndpoints {
         )
         return HubHTTP.error(
             400, "session tokens in URLs are refused: send the X-Halley-Token header", origin: origin,
-            reason: "token_in_url",
+            reason: .tokenInURL,
             code: PusherErrorCode.tokenInURL)
     }
 
@@ -321,7 +337,7 @@ extension LoopEndpoints {
                 responder.respond(
                     HubHTTP.error(
                         key.isEmpty ? 400 : 404, key.isEmpty ? "missing key" : "unknown app key", origin: origin,
-                        reason: reason?.rawValue,
+                        reason: reason.map(HubHTTP.Reason.session),
                         code: PusherErrorCode.applicationDoesNotExist))
                 return
             }
@@ -416,7 +432,8 @@ extension LoopEndpoints {
         let key = Query.value(q, "key") ?? ""
         guard let app = hub.app(key: key) else {
             if reason != nil {
-                responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: reason?.rawValue))
+                responder.respond(
+                    HubHTTP.error(404, "session not found", origin: origin, reason: reason.map(HubHTTP.Reason.session)))
             } else {
                 responder.respond(
                     HubHTTP.error(
@@ -480,7 +497,7 @@ extension LoopEndpoints {
         switch loopHub.lookup(id, token: token) {
         case .found(let found): s = found
         case .gone(let why):
-            responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: why.rawValue))
+            responder.respond(HubHTTP.error(404, "session not found", origin: origin, reason: .session(why)))
             return
         }
         if let refused = appOriginRefusal(s.app.origins, request, origin: origin) {

@@ -53,7 +53,7 @@ final class PollTransport: Transport {
 
     var bufferedBytes: Int { 0 }
 
-    func detach(code: UInt16, reason: String) {
+    func detach(_ why: Detachment) {
         session = nil
         answer()
     }

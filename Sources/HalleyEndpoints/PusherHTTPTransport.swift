@@ -48,14 +48,31 @@ final class PusherHTTPTransport: Transport {
     unowned(unsafe) let endpoints: LoopEndpoints  // outlives its transports
     /// `key/server/session` of the URL: the session's only name.
     let path: String
-    var session: Session? {
+
+    /// The session's life, as this transport sees it.
+    enum Life {
+        /// The session lives and sends through this transport.
+        case live(Session)
+        /// The session ended at monotonic second `at`: receive requests get `closeFrame`
+        /// (`c[code,reason]`) for `PusherHTTP.lingerSeconds`, then the transport goes.
+        case ended(closeFrame: [UInt8], at: Int32)
+        /// No receive request came back within the linger: the session ends with nobody to
+        /// tell, and the transport leaves the table.
+        case expired
+    }
+
+    var life: Life {
         didSet { countLingering() }
     }
 
+    /// The receive request attached at the moment (pusher-js has at most one per session).
     enum Receiver {
-        case none
-        /// `xhr_streaming`: the response never ends while the session lives.
-        case stream(HTTPStream)
+        /// None since monotonic second `since` (the linger runs from then).
+        case none(since: Int32)
+        /// `xhr_streaming`: the response never ends while the session lives. `held`: it
+        /// passed `clientRotationBytes`, nothing more goes on it, what follows waits for the
+        /// client's next stream.
+        case stream(HTTPStream, held: Bool)
         /// `xhr`: answered with what is waiting, or `h` after `pollTimeout`.
         case poll(Responder, since: Int32, origin: String?)
     }
@@ -63,21 +80,32 @@ final class PusherHTTPTransport: Transport {
     /// xhr_streaming or xhr (pusher-js keeps one kind per session).
     var kind = TransportKind.xhrStreaming
 
-    var receiver = Receiver.none {
+    var receiver: Receiver {
         didSet { countLingering() }
     }
-    /// Counted in the client's lingering sessions (`ClientLimits.lingering`): a live session
-    /// with no receive request attached (between polls, between streams), as a resumable
-    /// session without a transport is.
-    var lingerCounted = false
+    /// What this transport added to the client's lingering sessions (`ClientLimits.lingering`),
+    /// so that it takes back exactly that: a live session with no receive request attached
+    /// (between polls, between streams) counts, as a resumable session without a transport does.
+    private(set) var lingerCounted = false
 
     func countLingering() {
-        var idle = false
-        if case .none = receiver { idle = true }
-        let want = idle && session != nil && closeFrame == nil
+        var want = false
+        if case .live = life, case .none = receiver { want = true }
         guard want != lingerCounted else { return }
         lingerCounted = want
         endpoints.hub.clientLimits.lingering(client, want ? 1 : -1, now: endpoints.loop.now)
+    }
+
+    /// The session, while it lives.
+    var session: Session? {
+        if case .live(let s) = life { return s }
+        return nil
+    }
+
+    /// The bytes the client is told the session ended with, once it has.
+    var closeFrame: [UInt8]? {
+        if case .ended(let c, _) = life { return c }
+        return nil
     }
     /// Bumped per attached request, so a late hang-up of an older one is ignored.
     var generation = 0
@@ -85,35 +113,28 @@ final class PusherHTTPTransport: Transport {
     /// takes the element out of each).
     var queue: [SharedBytes] = []
     var queuedBytes = 0
-    /// Monotonic second the last receive request went (the linger starts).
-    var detachedAt: Int32
     var lastWrite: Int32
     /// Monotonic second of the client's last request of any kind (`heard`).
     var lastHeard: Int32
     /// Monotonic second of the last `h` written.
     var lastHeartbeat: Int32 = 0
-    /// The stream passed `clientRotationBytes`: nothing more goes on it.
-    var held = false
     /// In the table's ready list (a poll to answer at the end of the turn).
     var readyQueued = false
-    /// Set once the session ended: what receive requests get from now on (`c[code,reason]`).
-    var closeFrame: [UInt8]?
-    var endedAt: Int32 = 0
-    /// The session ends because no receive request came back (nobody to tell).
-    var expiring = false
 
     /// The address that opened the session. pusher-js names its session in the URL (SockJS):
     /// an access log that records it would let anyone take the session over, so requests
     /// from another address are answered as for an unknown session.
     let client: IPAddress
 
-    init(endpoints: LoopEndpoints, path: String, client: IPAddress) {
+    init(endpoints: LoopEndpoints, path: String, client: IPAddress, session: Session) {
         self.endpoints = endpoints
         self.path = path
         self.client = client
-        detachedAt = endpoints.seconds
+        life = .live(session)
+        receiver = .none(since: endpoints.seconds)
         lastWrite = endpoints.seconds
         lastHeard = endpoints.seconds
+        countLingering()  // live, no receive request yet (`didSet` does not run in `init`)
     }
 
     /// A request of the session arrived (receive or `xhr_send`): the client is alive.
@@ -147,29 +168,28 @@ final class PusherHTTPTransport: Transport {
     }
 
     var bufferedBytes: Int {
-        if case .stream(let st) = receiver { return queuedBytes + st.bufferedBytes }
+        if case .stream(let st, _) = receiver { return queuedBytes + st.bufferedBytes }
         return queuedBytes
     }
 
     /// The session ended (`LoopHub.end`): the client learns it from `c[code,reason]` now, or
     /// on its next receive request.
-    func detach(code: UInt16, reason: String) {
-        session = nil
-        closeFrame = SockJS.close(code: code, reason: reason.isEmpty ? "Session closed" : reason)
-        endedAt = endpoints.seconds
-        if expiring { return }  // `tick` removes it
+    func detach(_ why: Detachment) {
+        guard case .live = life else { return }  // expired: `tick` removes it
+        let (code, reason) = why.close
+        let c = SockJS.close(code: code, reason: reason.isEmpty ? "Session closed" : reason)
+        life = .ended(closeFrame: c, at: endpoints.seconds)
         switch receiver {
-        case .stream(let st):
+        case .stream(let st, _):
             // Even on a held stream: pusher-js reads a `c` that comes with the bytes that make
             // it rotate before it rotates; when it rotates first, its next stream within the
             // linger gets the `c` again.
             writeQueue(st)
-            st.write([.bytes(closeFrame!)])
+            st.write([.bytes(c)])
             release()
         case .poll(let r, _, let origin):
-            receiver = .none
             respond(r, origin: origin, closing: true)
-        default:
+        case .none:
             break  // the next receive request gets what waits, then `c`
         }
     }
@@ -180,7 +200,7 @@ final class PusherHTTPTransport: Transport {
     /// request.
     func deliver(_ q: SharedBytes) {
         switch receiver {
-        case .stream(let st) where !held && queue.isEmpty:
+        case .stream(let st, held: false) where queue.isEmpty:
             st.write([.shared(q)])
             wrote(st)
         case .poll:
@@ -224,10 +244,12 @@ final class PusherHTTPTransport: Transport {
 
     func wrote(_ st: HTTPStream) {
         lastWrite = endpoints.seconds
-        if !held && st.bodyBytes > PusherHTTP.clientRotationBytes {
+        if case .stream(let attached, held: false) = receiver, attached === st,
+            st.bodyBytes > PusherHTTP.clientRotationBytes
+        {
             // pusher-js aborts this stream once it has read this far: what comes next goes on
             // its next stream.
-            held = true
+            receiver = .stream(st, held: true)
         }
     }
 
@@ -240,7 +262,6 @@ final class PusherHTTPTransport: Transport {
         case .stream:
             release()
         case .poll(let r, _, let origin):
-            receiver = .none
             respondFrame(r, origin: origin, SockJS.heartbeat)
         case .none:
             break
@@ -249,9 +270,8 @@ final class PusherHTTPTransport: Transport {
 
     /// Ends the stream; the session waits for the next receive request.
     func release() {
-        guard case .stream(let st) = receiver else { return }
-        receiver = .none
-        detachedAt = endpoints.seconds
+        guard case .stream(let st, _) = receiver else { return }
+        receiver = .none(since: endpoints.seconds)
         st.end()
     }
 
@@ -262,15 +282,14 @@ final class PusherHTTPTransport: Transport {
         generation += 1
         let g = generation
         kind = .xhrStreaming
-        receiver = .stream(st)
-        held = false
+        receiver = .stream(st, held: false)
         st.onClose = { [unowned self] in self.receiverGone(g) }
         st.write([.bytes(PusherHTTP.prelude)])
         if open { st.write([.shared(PusherHTTP.openBytes)]) }
         writeQueue(st)
         wrote(st)
-        if closeFrame != nil {
-            st.write([.bytes(closeFrame!)])
+        if let c = closeFrame {
+            st.write([.bytes(c)])
             release()
         }
     }
@@ -294,8 +313,7 @@ final class PusherHTTPTransport: Transport {
     func receiverGone(_ g: Int) {
         guard g == generation else { return }
         if case .none = receiver { return }
-        receiver = .none
-        detachedAt = endpoints.seconds
+        receiver = .none(since: endpoints.seconds)
     }
 
     /// Answers a poll with what waits (and `c` when closing); the session waits for the
@@ -309,13 +327,14 @@ final class PusherHTTPTransport: Transport {
         }
         if closing, let c = closeFrame { body += c }
         if body.isEmpty { body = SockJS.heartbeat }
-        detachedAt = endpoints.seconds
         lastWrite = endpoints.seconds
         respondFrame(r, origin: origin, body)
     }
 
+    /// Answers a receive request (a poll, or the first one's `o`); the session waits for the
+    /// next one from now.
     func respondFrame(_ r: Responder, origin: String?, _ body: [UInt8]) {
-        detachedAt = endpoints.seconds
+        receiver = .none(since: endpoints.seconds)
         r.respond(HubHTTP.pusherHTTPResponse(200, body, origin: origin))
     }
 
@@ -323,7 +342,6 @@ final class PusherHTTPTransport: Transport {
     func answerPoll() {
         readyQueued = false
         guard case .poll(let r, _, let origin) = receiver, !queue.isEmpty else { return }
-        receiver = .none
         respond(r, origin: origin, closing: false)
     }
 
@@ -332,28 +350,34 @@ final class PusherHTTPTransport: Transport {
     /// Heartbeats, liveness, poll timeouts, the linger. False when it is
     /// done (remove it from the table).
     func tick(now: Int32) -> Bool {
-        if let c = closeFrame {
+        let s: Session
+        switch life {
+        case .expired:
+            return false
+        case .ended(let c, let endedAt):
             // Ended: kept a linger time for the client to learn the code on its next request.
             switch receiver {
             case .none: return now - endedAt < PusherHTTP.lingerSeconds
-            case .stream(let st):  // `detach` and `attach` release it: not expected here
+            case .stream(let st, _):  // `detach` and `attach` release it: not expected here
                 st.write([.bytes(c)])
                 release()
             case .poll: break
             }
             return true
+        case .live(let live):
+            s = live
         }
         switch receiver {
-        case .none:
-            if now - detachedAt >= PusherHTTP.lingerSeconds {
+        case .none(let since):
+            if now - since >= PusherHTTP.lingerSeconds {
                 Log.debug("pusher-js session \(path): no receive request for \(PusherHTTP.lingerSeconds) s: ending")
-                expiring = true
-                session?.transportGone(self)
+                life = .expired
+                s.transportGone(self)
                 return false
             }
-        case .stream(let st):
+        case .stream(let st, let held):
             let heartbeat = Int32(config.heartbeat)
-            if now - lastHeard >= PusherHTTP.silenceSeconds(heartbeat: config.heartbeat), let s = session {
+            if now - lastHeard >= PusherHTTP.silenceSeconds(heartbeat: config.heartbeat) {
                 // A stream's client that vanished (no FIN: a laptop closed, a network gone)
                 // would otherwise keep the session, and its presence, until TCP gives up.
                 Log.info(
@@ -374,7 +398,6 @@ final class PusherHTTPTransport: Transport {
             }
         case .poll(let r, let since, let origin):
             if now - since >= Int32(config.pollTimeout) {
-                receiver = .none
                 respond(r, origin: origin, closing: false)
             }
         }

@@ -91,7 +91,7 @@ final class SSETransport: Transport {
         s?.transportGone(self)
     }
 
-    func detach(code: UInt16, reason: String) {
+    func detach(_ why: Detachment) {
         session = nil
         stream.end()
     }

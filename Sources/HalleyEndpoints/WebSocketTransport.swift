@@ -181,8 +181,9 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
 
     var bufferedBytes: Int { ws?.bufferedBytes ?? 0 }
 
-    func detach(code: UInt16, reason: String) {
+    func detach(_ why: Detachment) {
         session = nil
+        let (code, reason) = why.close
         ws?.close(code: code, reason: reason)
     }
 }

@@ -203,7 +203,7 @@ package final class LoopHub: @unchecked Sendable {
         if case .attached(let t) = was {
             let e = reason.pusherError
             if let e { t.sendControl(Wire.error(code: e.code, message: e.message)) }
-            t.detach(code: e?.code ?? 1000, reason: e?.message ?? "")
+            t.detach(.ended(reason))
         }
     }
 

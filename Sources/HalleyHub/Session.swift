@@ -15,7 +15,7 @@ package protocol Transport: AnyObject {
     /// Bytes written to the transport that its socket has not taken.
     var bufferedBytes: Int { get }
     /// The session lets go of the transport (another one took over, or the session ended).
-    func detach(code: UInt16, reason: String)
+    func detach(_ why: Detachment)
 }
 
 /// One client's session (docs/ARCHITECTURE.md, "Sessions and transports"): an id, the loop that owns it,
@@ -212,7 +212,7 @@ package final class Session {
         attaches += 1
         if attaches > 1 { confirmed = true }
         if case .lingering = was { loopHub.hub.clientLimits.lingering(client, -1, now: loopHub.loop.now) }
-        if let o = old, o !== t { o.detach(code: 1000, reason: "replaced by a new connection") }
+        if let o = old, o !== t { o.detach(.replaced) }
         guard transport === t, !ended else { return }
         if let last = lastSeen { ack(last, announce: false) }
         for (seq, m) in unacked.after(lastSeen ?? 0) { t.send(m, seq: seq, delivery: nil) }

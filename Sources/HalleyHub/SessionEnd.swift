@@ -11,6 +11,23 @@ enum RecoveryFailure: String, Sendable {
     case historyExpired = "history_expired"
 }
 
+/// Why a session lets go of its transport (`Transport.detach`).
+package enum Detachment: Equatable, Sendable {
+    /// Another transport of the same session took over (a resume, a new stream).
+    case replaced
+    /// The session ended.
+    case ended(SessionEnd)
+
+    /// The close code and text the transport's client gets: the end's Pusher error, else
+    /// 1000 (normal closure, RFC 6455 §7.4.1).
+    package var close: (code: UInt16, reason: String) {
+        switch self {
+        case .replaced: (1000, "replaced by a new connection")
+        case .ended(let end): end.pusherError ?? (1000, "")
+        }
+    }
+}
+
 /// Why a session ended: the `halley:reason` told to a client that tries to resume it, and the
 /// Pusher error and close its transport gets (docs/PROTOCOL.md, "How a session ends").
 package enum SessionEnd: String, Sendable {

@@ -89,6 +89,7 @@ final class MemoryTransport: Transport {
     var controls: [JSONValue] = []
     var bufferedBytes = 0
     var detached: (code: UInt16, reason: String)?
+    var detachment: Detachment?
 
     func send(_ m: OutMessage, seq: UInt64, delivery: Delivery?) {
         let json = Array(m.prefix.buffer) + Array("}".utf8)
@@ -97,7 +98,10 @@ final class MemoryTransport: Transport {
 
     func sendControl(_ json: [UInt8]) { controls.append(try! JSONParser.parse(json)) }
 
-    func detach(code: UInt16, reason: String) { detached = (code, reason) }
+    func detach(_ why: Detachment) {
+        detachment = why
+        detached = why.close
+    }
 
     /// The events sent of `channel` that are not the hub's own (`pusher…`, `halley:…`).
     func events(_ channel: String) -> [Sent] {
