@@ -11,7 +11,7 @@ extension Hub {
     }
 
     package func channelCounts(_ key: ChannelKey) -> ChannelCounts {
-        state.withLock { st in
+        shard(key).withLock { st in
             guard let ch = st.channels[key] else { return ChannelCounts(subscriptions: 0, users: 0) }
             return ChannelCounts(subscriptions: ch.subscribers, users: ch.users.count)
         }
@@ -20,15 +20,16 @@ extension Hub {
     /// The app's channels with at least one subscriber whose names start with `prefix`, by
     /// name; the hub's own user channels (`pusher:signin`) are not listed.
     package func occupiedChannels(app: String, prefix: String) -> [(name: String, counts: ChannelCounts)] {
-        let list = state.withLock { st -> [(name: String, counts: ChannelCounts)] in
-            var out: [(name: String, counts: ChannelCounts)] = []
-            for (k, ch) in st.channels
-            where k.app == app && ch.subscribers > 0 && k.name.hasPrefix(prefix)
-                && !k.name.hasPrefix(LoopHub.userChannelPrefix)
-            {
-                out.append((k.name, ChannelCounts(subscriptions: ch.subscribers, users: ch.users.count)))
+        var list: [(name: String, counts: ChannelCounts)] = []
+        for shard in shards {
+            shard.withLock { st in
+                for (k, ch) in st.channels
+                where k.app == app && ch.subscribers > 0 && k.name.hasPrefix(prefix)
+                    && !k.name.hasPrefix(LoopHub.userChannelPrefix)
+                {
+                    list.append((k.name, ChannelCounts(subscriptions: ch.subscribers, users: ch.users.count)))
+                }
             }
-            return out
         }
         return list.sorted { $0.name < $1.name }
     }
@@ -37,7 +38,7 @@ extension Hub {
     /// has left (`--cache-seconds`).
     package func channelState(_ key: ChannelKey) -> (counts: ChannelCounts, cached: (OutMessage, ttl: Int)?) {
         let nowMillis = Clock.monotonicMillis()
-        return state.withLock { st in
+        return shard(key).withLock { st in
             guard let ch = st.channels[key] else { return (ChannelCounts(subscriptions: 0, users: 0), nil) }
             var c: (OutMessage, ttl: Int)? = nil
             if let p = ch.cached {
@@ -50,6 +51,6 @@ extension Hub {
 
     /// The user ids on a presence channel, sorted.
     package func presenceUserIDs(_ key: ChannelKey) -> [String] {
-        state.withLock { $0.channels[key].map { Array($0.users.keys) } ?? [] }.sorted()
+        shard(key).withLock { $0.channels[key].map { Array($0.users.keys) } ?? [] }.sorted()
     }
 }

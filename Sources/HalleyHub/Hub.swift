@@ -7,16 +7,22 @@ import HalleyProtocol
 import HalleyServer
 import Synchronization
 
-/// The node's channels: one offset sequence per channel, decided under one lock, and the
-/// per-loop `LoopHub`s that hold the sessions. A publish assigns offsets and posts the
-/// message to every loop with subscribers *while holding the lock*, so each loop's inbox gets
-/// a channel's messages in offset order whatever thread published them.
+/// The node's channels: one offset sequence per channel, decided under its shard's lock, and
+/// the per-loop `LoopHub`s that hold the sessions. A publish assigns offsets and posts the
+/// message to every loop with subscribers *while holding the channel's lock*, so each loop's
+/// inbox gets a channel's messages in offset order whatever thread published them.
 public final class Hub: Sendable {
     public let config: HubConfig
     /// The apps: replaced whole by `reload` (SIGHUP re-reads the apps file). Taken alone or
-    /// inside `state`'s lock (webhook events are emitted under it), never the other way round.
+    /// inside a shard's lock (webhook events are emitted under it), never the other way round.
     let appTable: Locked<AppTable>
-    let state = Locked<State>(State())
+    /// The channel table in `shardCount` shards, each behind its own lock: a channel lives in
+    /// the shard its key hashes to, so publishes and subscriptions to different channels from
+    /// different loops do not wait for each other. No code holds two shard locks at once.
+    let shards: [Locked<Shard>]
+    /// Signed-in users' sessions on this node (`pusher:signin`), for events to a user and
+    /// `terminate_connections`. Taken alone.
+    let userSessions = Locked<[UserKey: Set<SessionID>]>([:])
     let sessionCount = Atomic<Int>(0)
     /// Each loop's sessions per app, counted once a second (`LoopHub.takeCensus`).
     let census = Locked<[[String: AppCensus]]>([])
@@ -70,11 +76,8 @@ public final class Hub: Sendable {
     /// The server's per-address limits; set by `attach` before the loops run, read-only after.
     package nonisolated(unsafe) var clientLimits = ClientLimits(config: ClientLimitConfig())
 
-    struct State: ~Copyable {
+    struct Shard: ~Copyable {
         var channels: [ChannelKey: ChannelState] = [:]
-        /// Signed-in users' sessions on this node (`pusher:signin`), for events to a user and
-        /// `terminate_connections`.
-        var userSessions: [UserKey: Set<SessionID>] = [:]
 
         mutating func channel(_ key: ChannelKey, loops: Int) -> ChannelState {
             if let c = channels[key] { return c }
@@ -84,9 +87,19 @@ public final class Hub: Sendable {
         }
     }
 
+    /// A power of two, well above the loops a machine runs (one per core), so that two loops
+    /// rarely publish into the same shard at once.
+    static let shardCount = 64
+
     public init(config: HubConfig) {
         self.config = config
         appTable = Locked(AppTable(config.apps))
+        shards = (0..<Self.shardCount).map { _ in Locked(Shard()) }
+    }
+
+    /// The shard that holds `key`'s channel.
+    @inline(__always) func shard(_ key: ChannelKey) -> Locked<Shard> {
+        shards[key.hashValue & (Self.shardCount - 1)]
     }
 
     package var apps: AppTable { appTable.withLock { $0 } }
@@ -135,8 +148,9 @@ public final class Hub: Sendable {
         stats(app.id)?.add(.messagesIn, channels.count)
         var result = PublishResult()
         var out = Outbox(loops: loops.count)
-        state.withLock { st in
-            for (key, prefix, header) in prepared {
+        for (key, prefix, header) in prepared {
+            // Each channel under its own shard's lock; no order is promised across channels.
+            shard(key).withLock { st in
                 let ch = st.channel(key, loops: loops.count)
                 // Events to a user are live only: nothing replays a user channel's history.
                 let keep = !key.name.hasPrefix(LoopHub.userChannelPrefix)
@@ -146,8 +160,8 @@ public final class Hub: Sendable {
                 result.channels.append((key.name, off, ch.epoch))
                 result.sessions += ch.subscribers
                 if let x = exclude, ch.members.contains(x) { result.sessions -= 1 }
+                out.queue(to: loops)
             }
-            out.queue(to: loops)
         }
         out.wake(loops)
         return result
@@ -231,7 +245,7 @@ public final class Hub: Sendable {
         let historyCutoff = now - Int64(config.historySeconds) * 1000
         let loops = self.loops
         var out = Outbox(loops: loops.count)
-        let r: Result<SubscribeResult, SubscribeRefusal> = state.withLock { st in
+        let r: Result<SubscribeResult, SubscribeRefusal> = shard(key).withLock { st in
             let ch = st.channel(key, loops: loops.count)
             var roster: [UInt8]? = nil
             let wasEmpty = ch.members.isEmpty
@@ -297,7 +311,7 @@ public final class Hub: Sendable {
 
     /// The channel's epoch and last offset, without subscribing.
     func peek(_ key: ChannelKey) -> (epoch: String, lastOffset: UInt64, roster: [UInt8]?) {
-        state.withLock { st in
+        shard(key).withLock { st in
             guard let ch = st.channels[key] else { return ("", 0, nil) }
             return (ch.epoch, ch.lastOffset, ch.kind == .presence ? presenceRoster(ch) : nil)
         }
@@ -306,7 +320,7 @@ public final class Hub: Sendable {
     func unsubscribe(_ key: ChannelKey, session: SessionID, loop: Int) {
         let loops = self.loops
         var out = Outbox(loops: loops.count)
-        state.withLock { st in
+        shard(key).withLock { st in
             guard let ch = st.channels[key] else { return }
             ch.perLoop[loop] -= 1
             ch.members.remove(session)
@@ -335,13 +349,13 @@ public final class Hub: Sendable {
     // MARK: users (`pusher:signin`)
 
     func signIn(_ user: UserKey, session: SessionID) {
-        state.withLock { _ = $0.userSessions[user, default: []].insert(session) }
+        userSessions.withLock { _ = $0[user, default: []].insert(session) }
     }
 
     func signOut(_ user: UserKey, session: SessionID) {
-        state.withLock { st in
-            st.userSessions[user]?.remove(session)
-            if st.userSessions[user]?.isEmpty == true { st.userSessions[user] = nil }
+        userSessions.withLock { users in
+            users[user]?.remove(session)
+            if users[user]?.isEmpty == true { users[user] = nil }
         }
     }
 
@@ -352,7 +366,7 @@ public final class Hub: Sendable {
         // A fresh array made under the lock: the set's storage stays with the lock. (A copy of
         // the set would share it, and the next `remove` on another loop decides whether to
         // write in place by a reference count that ThreadSanitizer cannot see.)
-        let ids = state.withLock { st in st.userSessions[user].map { Array($0) } ?? [] }
+        let ids = userSessions.withLock { $0[user].map { Array($0) } ?? [] }
         let loops = self.loops
         for id in ids {
             let lh = loops[id.owner(loops: loops.count)]
@@ -363,7 +377,7 @@ public final class Hub: Sendable {
 
     /// The presence user of a subscribed session.
     func presenceUser(_ key: ChannelKey, session: SessionID) -> String? {
-        state.withLock { $0.channels[key]?.userOf[session] }
+        shard(key).withLock { $0.channels[key]?.userOf[session] }
     }
 
     // MARK: webhooks (called under the lock: `emit` only queues)
@@ -390,14 +404,16 @@ public final class Hub: Sendable {
         let now = Clock.monotonicMillis()
         let historyCutoff = now - Int64(config.historySeconds) * 1000
         let cacheCutoff = now - Int64(config.cacheSeconds) * 1000
-        state.withLock { st in
-            var idle: [ChannelKey] = []
-            for (k, ch) in st.channels {
-                ch.trim(olderThan: historyCutoff)
-                if let c = ch.cached, c.time < cacheCutoff { ch.cached = nil }
-                if ch.isIdle { idle.append(k) }
+        for shard in shards {
+            shard.withLock { st in
+                var idle: [ChannelKey] = []
+                for (k, ch) in st.channels {
+                    ch.trim(olderThan: historyCutoff)
+                    if let c = ch.cached, c.time < cacheCutoff { ch.cached = nil }
+                    if ch.isIdle { idle.append(k) }
+                }
+                for k in idle { st.channels[k] = nil }
             }
-            for k in idle { st.channels[k] = nil }
         }
     }
 
@@ -479,5 +495,5 @@ public final class Hub: Sendable {
     }
 
     /// Channels known to the node (for metrics and tests).
-    public var channelCount: Int { state.withLock { $0.channels.count } }
+    public var channelCount: Int { shards.reduce(0) { n, s in n + s.withLock { $0.channels.count } } }
 }

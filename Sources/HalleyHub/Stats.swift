@@ -164,14 +164,16 @@ extension Hub {
 
     /// Channels with subscribers and subscriptions, per app.
     func channelCounts() -> [String: (channels: Int, subscriptions: Int)] {
-        state.withLock { st in
-            var out: [String: (channels: Int, subscriptions: Int)] = [:]
-            for (k, ch) in st.channels where ch.subscribers > 0 && !k.name.hasPrefix(LoopHub.userChannelPrefix) {
-                let c = out[k.app] ?? (0, 0)
-                out[k.app] = (c.channels + 1, c.subscriptions + ch.subscribers)
+        var out: [String: (channels: Int, subscriptions: Int)] = [:]
+        for shard in shards {
+            shard.withLock { st in
+                for (k, ch) in st.channels where ch.subscribers > 0 && !k.name.hasPrefix(LoopHub.userChannelPrefix) {
+                    let c = out[k.app] ?? (0, 0)
+                    out[k.app] = (c.channels + 1, c.subscriptions + ch.subscribers)
+                }
             }
-            return out
         }
+        return out
     }
 
     /// `GET /stats` (every app, `--admin-token`) and `GET /apps/{id}/stats` (one app, signed
