@@ -65,8 +65,8 @@ extension HubEndpoints {
         router.add([.post], base + "xhr_send") { [self] request, responder in
             routeFallback(request, responder) { $0.pusherSend($1, $2, $3) }
         }
-        for kind in Hub.pusherHTTPKinds {
-            router.add([.options], base + kind) { [self] request, responder in hub.pusherPreflight(request, responder) }
+        for kind in Self.pusherHTTPKinds {
+            router.add([.options], base + kind) { [self] request, responder in pusherPreflight(request, responder) }
         }
     }
 
@@ -75,11 +75,12 @@ extension HubEndpoints {
         _ request: HTTPRequest, _ responder: Responder,
         _ body: @escaping @Sendable (LoopEndpoints, HTTPRequest, Responder, String) -> Void
     ) {
-        guard let (path, id) = Hub.pusherHTTPPath(request) else {
+        precondition(!loops.isEmpty, "HubEndpoints.attach() must run after Hub.attach, before requests")
+        guard let (path, id) = Self.pusherHTTPPath(request) else {
             responder.respond(HubHTTP.pusherHTTPText(404, "Not found: bad server or session id", origin: nil))
             return
         }
-        let owner = Hub.pusherHTTPOwner(id, loops: loops.count)
+        let owner = Self.pusherHTTPOwner(id, loops: loops.count)
         if owner != responder.loopIndex {
             responder.handOff(toLoop: owner, request) { [self] req, resp in body(loops[resp.loopIndex], req, resp, path)
             }
@@ -89,7 +90,7 @@ extension HubEndpoints {
     }
 }
 
-extension Hub {
+extension HubEndpoints {
     static let pusherHTTPKinds = ["xhr_streaming", "xhr", "xhr_send"]
 
     /// `key/server/session` when `server` and `session` are plausible ids (pusher-js: 0-999 and
@@ -121,12 +122,12 @@ extension Hub {
     /// app's own origins when it has them. No `Origin`: not a browser, allowed.
     func pusherHTTPOrigin(_ request: HTTPRequest, app: App?) -> (allowed: Bool, origin: String?) {
         guard let o = request.head.headers["Origin"] else { return (true, nil) }
-        return (config.origins.allows(o) && (app?.origins?.allows(o) ?? true), o)
+        return (hub.config.origins.allows(o) && (app?.origins?.allows(o) ?? true), o)
     }
 
     /// CORS preflight: pusher-js sends `Content-Type: application/json`, so browsers ask first.
     func pusherPreflight(_ request: HTTPRequest, _ responder: Responder) {
-        let (ok, origin) = pusherHTTPOrigin(request, app: app(key: request.parameters["key"] ?? ""))
+        let (ok, origin) = pusherHTTPOrigin(request, app: hub.app(key: request.parameters["key"] ?? ""))
         guard ok else {
             responder.respond(HubHTTP.pusherHTTPText(403, "Forbidden: origin not allowed", origin: nil))
             return
@@ -150,13 +151,13 @@ extension LoopEndpoints {
     func pusherReceive(_ request: HTTPRequest, _ responder: Responder, _ path: String, streaming: Bool) {
         let key = request.parameters["key"] ?? ""
         let app = hub.app(key: key)
-        let (ok, origin) = hub.pusherHTTPOrigin(request, app: nil)
+        let (ok, origin) = endpoints.pusherHTTPOrigin(request, app: nil)
         guard ok else {
             Log.info("pusher-js \(path): origin \(origin ?? "-") refused")
             responder.respond(HubHTTP.pusherHTTPText(403, "Forbidden: origin not allowed", origin: nil))
             return
         }
-        let client = hub.clientAddress(request, responder)
+        let client = endpoints.clientAddress(request, responder)
         if let t = pusherHTTP.byPath[path], ClientLimits.sameClient(t.client, client) {
             // The session's app checks every receive request's origin, not only the opening's
             // (as `xhr_send` does): a session is not a way around `allowed_origins`.
@@ -232,13 +233,13 @@ extension LoopEndpoints {
     /// strings 400. Any of them, `[]` included, tells the session its client is alive.
     func pusherSend(_ request: HTTPRequest, _ responder: Responder, _ path: String) {
         guard let t = pusherHTTP.byPath[path], let s = t.session,
-            ClientLimits.sameClient(t.client, hub.clientAddress(request, responder))
+            ClientLimits.sameClient(t.client, endpoints.clientAddress(request, responder))
         else {
-            let (ok, origin) = hub.pusherHTTPOrigin(request, app: hub.app(key: request.parameters["key"] ?? ""))
+            let (ok, origin) = endpoints.pusherHTTPOrigin(request, app: hub.app(key: request.parameters["key"] ?? ""))
             responder.respond(HubHTTP.pusherHTTPText(404, "Not found: no such session", origin: ok ? origin : nil))
             return
         }
-        let (ok, origin) = hub.pusherHTTPOrigin(request, app: s.app)
+        let (ok, origin) = endpoints.pusherHTTPOrigin(request, app: s.app)
         guard ok else {
             responder.respond(HubHTTP.pusherHTTPText(403, "Forbidden: origin not allowed", origin: nil))
             return

@@ -71,13 +71,13 @@ extension HubEndpoints {
             routeToOwner(request, responder) { $0.send($1, $2, $3) }
         }
         for path in ["/halley/sse", "/halley/poll", "/halley/send"] {
-            router.add([.options], path) { [self] request, responder in hub.preflight(request, responder) }
+            router.add([.options], path) { [self] request, responder in preflight(request, responder) }
         }
         router.add([.post], "/publish") { [self] request, responder in
-            hub.timed(responder) { hub.publishEndpoint(request, responder) }
+            timed(responder) { publishEndpoint(request, responder) }
         }
-        router.add([.get], "/stats") { [self] request, responder in hub.statsEndpoint(request, responder) }
-        hub.installPusherAPI(on: router)
+        router.add([.get], "/stats") { [self] request, responder in statsEndpoint(request, responder) }
+        installPusherAPI(on: router)
         installPusherFallback(on: router)
     }
 
@@ -98,6 +98,7 @@ extension HubEndpoints {
         _ request: HTTPRequest, _ responder: Responder,
         _ body: @escaping @Sendable (LoopEndpoints, HTTPRequest, Responder, [(String, String)]) -> Void
     ) {
+        precondition(!loops.isEmpty, "HubEndpoints.attach() must run after Hub.attach, before requests")
         // The router answers HEAD with GET routes; these would open a session or a stream.
         if request.method == .head {
             var r = HubHTTP.error(405, "HEAD opens no session; use GET")
@@ -119,16 +120,16 @@ extension HubEndpoints {
     }
 }
 
-extension Hub {
+extension HubEndpoints {
     /// The client a request comes from (a trusted proxy's client: `ClientLimitConfig`).
     func clientAddress(_ request: HTTPRequest, _ responder: Responder) -> IPAddress {
-        clientLimits.clientAddress(peer: responder.peer, headers: request.head.headers)
+        hub.clientLimits.clientAddress(peer: responder.peer, headers: request.head.headers)
     }
 
     /// CORS: the origin to echo, or a refusal (the WebSocket origin policy applies).
     func corsOrigin(_ request: HTTPRequest) -> (allowed: Bool, origin: String?) {
         guard let o = request.head.headers["Origin"] else { return (true, nil) }
-        return (config.origins.allows(o), o)
+        return (hub.config.origins.allows(o), o)
     }
 
     func preflight(_ request: HTTPRequest, _ responder: Responder) {
@@ -175,7 +176,7 @@ extension LoopEndpoints {
         } else {
             opening = .refuse(PusherErrorCode.applicationDoesNotExist, "application does not exist")
         }
-        let client = hub.clientAddress(request, responder)
+        let client = endpoints.clientAddress(request, responder)
         responder.upgrade(request, endpoint: endpoint) { [unowned self] _ in
             WebSocketTransport(endpoints: self, opening: opening, client: client)
         }
@@ -229,7 +230,7 @@ extension LoopEndpoints {
                 HubHTTP.error(403, "application disabled", origin: origin, code: PusherErrorCode.applicationDisabled))
         }
         if let r = appOriginRefusal(app.origins, request, origin: origin) { return .refused(r) }
-        guard let s = loopHub.newSession(app: app, resumable: true, client: hub.clientAddress(request, responder))
+        guard let s = loopHub.newSession(app: app, resumable: true, client: endpoints.clientAddress(request, responder))
         else {
             if loopHub.refusedByClientLimit {
                 var r = HubHTTP.error(429, loopHub.refusal.message, origin: origin, code: PusherErrorCode.overCapacity)
@@ -290,7 +291,7 @@ extension LoopEndpoints {
     // MARK: Server-Sent Events
 
     func sse(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)]) {
-        let (ok, origin) = hub.corsOrigin(request)
+        let (ok, origin) = endpoints.corsOrigin(request)
         guard ok else {
             responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized));
             return
@@ -377,7 +378,7 @@ extension LoopEndpoints {
     // MARK: long-polling
 
     func poll(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)]) {
-        let (ok, origin) = hub.corsOrigin(request)
+        let (ok, origin) = endpoints.corsOrigin(request)
         guard ok else {
             responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized));
             return
@@ -459,7 +460,7 @@ extension LoopEndpoints {
     // MARK: sending over HTTP
 
     func send(_ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)]) {
-        let (ok, origin) = hub.corsOrigin(request)
+        let (ok, origin) = endpoints.corsOrigin(request)
         guard ok else {
             responder.respond(HubHTTP.error(403, "origin not allowed", code: PusherErrorCode.connectionUnauthorized));
             return

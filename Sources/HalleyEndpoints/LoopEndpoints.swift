@@ -21,7 +21,7 @@ public final class HubEndpoints: @unchecked Sendable {
     /// before any request can arrive.
     public func attach() {
         loops = hub.loops.map { LoopEndpoints(endpoints: self, loopHub: $0) }
-        for l in loops { l.loopHub.extensions.append(l) }
+        for l in loops { l.loopHub.add(l) }
     }
 }
 

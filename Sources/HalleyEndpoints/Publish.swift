@@ -7,7 +7,7 @@ import HalleyServer
 
 /// `POST /publish`: `{channel | channels, event, data | data_base64, socket_id?}`, signed
 /// like the Pusher HTTP API or with the app's bearer token.
-extension Hub {
+extension HubEndpoints {
     func publishEndpoint(_ request: HTTPRequest, _ responder: Responder) {
         let q = Query.parse(request.head.query)
         let app: App
@@ -23,7 +23,7 @@ extension Hub {
             Log.info("publish refused: \(e.status) \(e.text)")
             responder.respond(HubHTTP.error(e.status, e.text))
         case .success(let p):
-            let r = publish(
+            let r = hub.publish(
                 app: app, channels: p.channels, event: p.event, data: p.data, binary: p.binary, exclude: p.exclude)
             var body: [UInt8] = Array(#"{"channels":{"#.utf8)
             for (k, c) in r.channels.enumerated() {
@@ -52,10 +52,10 @@ extension Hub {
             let token = String(auth.dropFirst(7)).trimmingSpaces()
             let candidates: [App]
             if let k = Query.value(q, "key") {
-                guard let a = app(key: k) else { return .failure(Refusal(status: 401, text: "unknown key")) }
+                guard let a = hub.app(key: k) else { return .failure(Refusal(status: 401, text: "unknown key")) }
                 candidates = [a]
             } else {
-                candidates = apps.apps
+                candidates = hub.apps.apps
             }
             for a in candidates {
                 if let t = a.token, Digest.constantTimeEqual(Array(t.utf8), Array(token.utf8)) { return .success(a) }
@@ -66,8 +66,8 @@ extension Hub {
             let key = try PusherSignature.verify(
                 method: request.method.description, path: path, query: q, body: request.body,
                 now: Clock.wallSeconds(),
-                secretsFor: { [self] in app(key: $0)?.secrets(now: Clock.wallSeconds()) ?? [] })
-            return .success(app(key: key)!)
+                secretsFor: { [self] in hub.app(key: $0)?.secrets(now: Clock.wallSeconds()) ?? [] })
+            return .success(hub.app(key: key)!)
         } catch {
             return .failure(Refusal(status: 401, text: error.description))
         }
@@ -102,8 +102,8 @@ extension Hub {
             }
         }
         guard !channels.isEmpty else { return .failure(Refusal(status: 400, text: "missing channel or channels")) }
-        guard channels.count <= config.maxChannelsPerPublish else {
-            return .failure(Refusal(status: 400, text: "more than \(config.maxChannelsPerPublish) channels"))
+        guard channels.count <= hub.config.maxChannelsPerPublish else {
+            return .failure(Refusal(status: 400, text: "more than \(hub.config.maxChannelsPerPublish) channels"))
         }
         var seen = Set<String>()
         channels = channels.filter { seen.insert($0).inserted }
@@ -123,7 +123,8 @@ extension Hub {
         } else {
             r.data = ""
         }
-        if let p = config.eventProblem(app: app, name: event, dataBytes: r.binary?.count ?? r.data?.utf8.count ?? 0) {
+        if let p = hub.config.eventProblem(app: app, name: event, dataBytes: r.binary?.count ?? r.data?.utf8.count ?? 0)
+        {
             return .failure(Refusal(status: p.status, text: p.text))
         }
         if let x = o["socket_id"] {

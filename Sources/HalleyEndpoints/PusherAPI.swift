@@ -7,14 +7,14 @@ import HalleyServer
 /// The Pusher Channels HTTP API ("HTTP API reference") under `/apps/{app_id}/`: events,
 /// batch events, channel queries and user termination, signed exactly as the official server
 /// SDKs sign. Errors are Pusher's: plain-text bodies with 400, 401, 403, 404 and 413.
-extension Hub {
+extension HubEndpoints {
     func installPusherAPI(on router: Router) {
         router.add([.post], "/apps/{app}/events") { [self] rq, rs in timed(rs) { api(rq, rs) { $0.events($1) } } }
         router.add([.post], "/apps/{app}/batch_events") { [self] rq, rs in
             timed(rs) { api(rq, rs) { $0.batchEvents($1) } }
         }
         router.add([.get], "/apps/{app}/stats") { [self] rq, rs in
-            api(rq, rs) { .success($0.statsJSON(only: $1.app.id, openConnections: nil)) }
+            api(rq, rs) { .success($0.hub.statsJSON(only: $1.app.id, openConnections: nil)) }
         }
         router.add([.get], "/apps/{app}/channels") { [self] rq, rs in api(rq, rs) { $0.channelsInfo($1) } }
         router.add([.get], "/apps/{app}/channels/{channel}") { [self] rq, rs in api(rq, rs) { $0.channelInfo($1) } }
@@ -53,19 +53,21 @@ extension Hub {
 
     /// Finds the app, checks the signature (over the path as sent) and that the app is
     /// enabled, then runs `body`, which answers.
-    func api(_ request: HTTPRequest, _ responder: Responder, _ body: (Hub, APIRequest) -> Result<[UInt8], Refusal>) {
+    func api(
+        _ request: HTTPRequest, _ responder: Responder, _ body: (HubEndpoints, APIRequest) -> Result<[UInt8], Refusal>
+    ) {
         let q = Query.parse(request.head.query)
         let path = String(request.head.path)
         let app: App
         if let id = request.parameters["app"] {
-            guard let a = self.app(id: id) else {
+            guard let a = hub.app(id: id) else {
                 Log.info("api \(path): 404 unknown app")
                 responder.respond(Self.apiError(404, "Unknown app id \(id.prefix(40))"))
                 return
             }
             app = a
         } else {
-            guard let k = Query.value(q, "auth_key"), let a = self.app(key: k) else {
+            guard let k = Query.value(q, "auth_key"), let a = hub.app(key: k) else {
                 Log.info("api \(path): 401 unknown auth_key")
                 responder.respond(Self.apiError(401, "Unknown auth_key"))
                 return
@@ -149,8 +151,8 @@ extension Hub {
             channels += a.map { $0.string! }
         }
         guard !channels.isEmpty else { return bad("Missing channel or channels parameter") }
-        guard channels.count <= config.maxChannelsPerPublish else {
-            return bad("Too many channels: at most \(config.maxChannelsPerPublish) per event")
+        guard channels.count <= hub.config.maxChannelsPerPublish else {
+            return bad("Too many channels: at most \(hub.config.maxChannelsPerPublish) per event")
         }
         var seen = Set<String>()
         channels = channels.filter { seen.insert($0).inserted }
@@ -160,7 +162,7 @@ extension Hub {
         if channels.count > 1, channels.contains(where: { $0.hasPrefix("private-encrypted-") }) {
             return bad("Encrypted channels take one channel per event")
         }
-        if let p = config.eventProblem(app: app, name: name, dataBytes: data.utf8.count) {
+        if let p = hub.config.eventProblem(app: app, name: name, dataBytes: data.utf8.count) {
             return .failure(Refusal(status: p.status, text: p.text))
         }
         var exclude: SessionID? = nil
@@ -201,7 +203,7 @@ extension Hub {
         case .failure(let f): return .failure(f)
         case .success(let ok): e = ok
         }
-        _ = publish(app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude)
+        _ = hub.publish(app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude)
         guard !e.info.isEmpty else { return .success(Array("{}".utf8)) }
         var chans = JSONObjectBuilder()
         for c in e.channels { chans.raw(c, counts(ChannelKey(app: r.app.id, name: c), e.info)) }
@@ -214,9 +216,9 @@ extension Hub {
         guard let o = parseBody(r.request.body), let list = o["batch"]?.array else {
             return .failure(Refusal(status: 400, text: "Expected a JSON object with a batch array"))
         }
-        guard list.count <= config.maxBatchEvents else {
+        guard list.count <= hub.config.maxBatchEvents else {
             return .failure(
-                Refusal(status: 400, text: "Batch too large: at most \(config.maxBatchEvents) events per request"))
+                Refusal(status: 400, text: "Batch too large: at most \(hub.config.maxBatchEvents) events per request"))
         }
         // All or nothing: every event is checked before any is published.
         var events: [APIEvent] = []
@@ -230,7 +232,8 @@ extension Hub {
             }
         }
         for e in events {
-            _ = publish(app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude)
+            _ = hub.publish(
+                app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude)
         }
         guard events.contains(where: { !$0.info.isEmpty }) else { return .success(Array("{}".utf8)) }
         var out: [UInt8] = Array(#"{"batch":["#.utf8)
@@ -249,7 +252,7 @@ extension Hub {
     /// `{"user_count":N,"subscription_count":M}` with the attributes asked for that apply
     /// to the channel's kind.
     func counts(_ key: ChannelKey, _ info: Set<String>) -> [UInt8] {
-        let c = channelCounts(key)
+        let c = hub.occupancy(key)
         let (subs, users) = (c.subscriptions, c.users)
         var b = JSONObjectBuilder()
         let presence = ChannelName.kind(key.name) == .presence
@@ -288,7 +291,7 @@ extension Hub {
                 Refusal(status: 400, text: "subscription_count is not available for presence channels: use user_count"))
         }
         var chans = JSONObjectBuilder()
-        for (name, c) in occupiedChannels(app: r.app.id, prefix: prefix) {
+        for (name, c) in hub.occupiedChannels(app: r.app.id, prefix: prefix) {
             var b = JSONObjectBuilder()
             if info.contains("user_count") { b.int("user_count", UInt64(c.users)) }
             if info.contains("subscription_count") { b.int("subscription_count", UInt64(c.subscriptions)) }
@@ -321,9 +324,9 @@ extension Hub {
             return .failure(Refusal(status: 400, text: "cache is only available for cache channels"))
         }
         let key = ChannelKey(app: r.app.id, name: name)
-        let (c, cachedMessage) = channelState(key)
+        let (c, cachedMessage) = hub.occupancyAndCache(key)
         let (subs, users) = (c.subscriptions, c.users)
-        // The data string is read back outside the hub's lock.
+        // The data string is read back outside the shard's lock.
         let cached = cachedMessage.map { (Self.dataField($0.0), $0.ttl) }
         var b = JSONObjectBuilder()
         b.bool("occupied", subs > 0)
@@ -357,7 +360,7 @@ extension Hub {
         guard ChannelName.kind(name) == .presence else {
             return .failure(Refusal(status: 400, text: "Users are only available for presence channels"))
         }
-        let ids = presenceUserIDs(ChannelKey(app: r.app.id, name: name))
+        let ids = hub.presenceUserIDs(ChannelKey(app: r.app.id, name: name))
         var out: [UInt8] = Array(#"{"users":["#.utf8)
         for (i, id) in ids.enumerated() {
             if i > 0 { out.append(UInt8(ascii: ",")) }
@@ -374,7 +377,7 @@ extension Hub {
         guard !user.isEmpty, user.utf8.count <= PresenceMember.maxUserIDLength else {
             return .failure(Refusal(status: 400, text: "Invalid user id"))
         }
-        let n = terminate(UserKey(app: r.app.id, id: user))
+        let n = hub.terminate(UserKey(app: r.app.id, id: user))
         Log.info("api: terminating \(n) connection(s) of user \(user.prefix(40)) of app \(r.app.id)")
         return .success(Array("{}".utf8))
     }

@@ -405,7 +405,7 @@ final class PusherHTTPTransport: Transport {
     }
 }
 
-/// A loop's pusher-js HTTP sessions, by URL path. Loop-confined (`LoopHub.pusherHTTP`).
+/// A loop's pusher-js HTTP sessions, by URL path. Loop-confined (`LoopEndpoints.pusherHTTP`).
 final class PusherHTTPSessions {
     var byPath: [String: PusherHTTPTransport] = [:]
     /// Polls with messages to answer at the end of the turn (a burst goes in one answer).
@@ -451,7 +451,7 @@ final class PusherHTTPSessions {
         readyList.append(t)
     }
 
-    /// Answers the polls that got messages this turn (`LoopHub`'s turn-end work).
+    /// Answers the polls that got messages this turn (`LoopEndpoints.turnEnded`).
     func answerReady() {
         while !readyList.isEmpty {
             let ready = readyList

@@ -3,17 +3,17 @@ import HalleyCrypto
 import HalleyHub
 import HalleyServer
 
-extension Hub {
+extension HubEndpoints {
     /// Runs a publish handler and adds its time to `halley_publish_handling_seconds`.
     @inline(__always) func timed(_ responder: Responder, _ body: () -> Void) {
         let t0 = Clock.monotonicNanos()
         body()
-        publishHandling.observe(nanos: Clock.monotonicNanos() - t0, loop: responder.loopIndex)
+        hub.publishHandling.observe(nanos: Clock.monotonicNanos() - t0, loop: responder.loopIndex)
     }
 
     /// `GET /stats` with `Authorization: Bearer <--admin-token>`: every app and the totals.
     func statsEndpoint(_ request: HTTPRequest, _ responder: Responder) {
-        guard let admin = config.adminToken else {
+        guard let admin = hub.config.adminToken else {
             responder.respond(
                 HubHTTP.error(
                     403,
@@ -31,7 +31,7 @@ extension Hub {
             responder.respond(r)
             return
         }
-        var r = HubHTTP.json(200, statsJSON(only: nil, openConnections: serverMetrics?.openConnectionCount))
+        var r = HubHTTP.json(200, hub.statsJSON(only: nil, openConnections: hub.serverMetrics?.openConnectionCount))
         r.headers.append(("Cache-Control", "no-store"))
         responder.respond(r)
     }

@@ -60,7 +60,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
                 guard let self, self.awaiting != nil, let ws = self.ws else { return }
                 self.awaiting = nil
                 Log.info("websocket: no halley:resume within \(Self.resumeMessageTimeout) s")
-                ws.close(code: 1008, reason: "expected halley:resume")
+                ws.close(code: WebSocketCloseCode.policyViolation, reason: "expected halley:resume")
             }
         case .resume(let s, let last):
             start(resuming: s, lastSeen: last)
@@ -98,13 +98,13 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
                 let token = m.data?.object?["token"]?.string
             else {
                 Log.info("websocket: expected halley:resume as the first message")
-                ws.close(code: 1008, reason: "expected halley:resume")
+                ws.close(code: WebSocketCloseCode.policyViolation, reason: "expected halley:resume")
                 return
             }
             switch endpoints.resume(a.app, a.id, token: token, lastSeen: a.lastSeen) {
             case .resume(let s, let last): start(resuming: s, lastSeen: last)
             case .new(let app, _, let reason): startFresh(app, reason: reason ?? .expired)
-            default: ws.close(code: 1011, reason: "unexpected resume outcome")
+            default: ws.close(code: WebSocketCloseCode.internalError, reason: "unexpected resume outcome")
             }
             return
         }
@@ -115,7 +115,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
         if awaiting != nil {
             awaiting = nil
             Log.info("websocket: expected halley:resume as the first message")
-            ws.close(code: 1008, reason: "expected halley:resume")
+            ws.close(code: WebSocketCloseCode.policyViolation, reason: "expected halley:resume")
             return
         }
         sendControl(Wire.error(code: nil, message: "binary messages from clients are not supported"))
@@ -172,7 +172,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     func checked(_ r: SendResult) {
         guard r == .dropped, let ws = ws, ws.isOpen else { return }
         Log.info("session \(session?.id.description ?? "-"): websocket send buffer full: closing")
-        ws.close(code: 1008, reason: "send buffer full")
+        ws.close(code: WebSocketCloseCode.policyViolation, reason: "send buffer full")
     }
 
     func sendControl(_ json: [UInt8]) {

@@ -1,6 +1,6 @@
 import HalleyProtocol
 
-/// A channel's order and memory, kept by the `Hub` under its lock: the next offset, the
+/// A channel's order and memory, kept by the `Hub` under its shard's lock: the next offset, the
 /// history (bounded by count and age) and how many sessions each loop has subscribed.
 final class ChannelState {
     let name: String

@@ -10,7 +10,7 @@ extension Hub {
         package let users: Int
     }
 
-    package func channelCounts(_ key: ChannelKey) -> ChannelCounts {
+    package func occupancy(_ key: ChannelKey) -> ChannelCounts {
         shard(key).withLock { st in
             guard let ch = st.channels[key] else { return ChannelCounts(subscriptions: 0, users: 0) }
             return ChannelCounts(subscriptions: ch.subscribers, users: ch.users.count)
@@ -36,7 +36,7 @@ extension Hub {
 
     /// A channel's counts and, for a cache channel, its cached message with the seconds it
     /// has left (`--cache-seconds`).
-    package func channelState(_ key: ChannelKey) -> (counts: ChannelCounts, cached: (OutMessage, ttl: Int)?) {
+    package func occupancyAndCache(_ key: ChannelKey) -> (counts: ChannelCounts, cached: (OutMessage, ttl: Int)?) {
         let nowMillis = Clock.monotonicMillis()
         return shard(key).withLock { st in
             guard let ch = st.channels[key] else { return (ChannelCounts(subscriptions: 0, users: 0), nil) }

@@ -33,10 +33,10 @@ public final class Hub: Sendable {
     let startedAt = Clock.monotonicMillis()
     /// Latency histograms (made by `attach`, one writer per loop).
     nonisolated(unsafe) var deliveryLatency = LatencyHistogram(loops: 1)
-    package nonisolated(unsafe) var publishHandling = LatencyHistogram(loops: 1)
+    package internal(set) nonisolated(unsafe) var publishHandling = LatencyHistogram(loops: 1)
     /// The server's metrics (set by `addMetrics` before the loops run): `/stats` reads its
     /// open-connection gauge.
-    package nonisolated(unsafe) var serverMetrics: Metrics?
+    package internal(set) nonisolated(unsafe) var serverMetrics: Metrics?
 
     /// One configuration of apps, immutable; a reload makes a new one.
     package final class AppTable: Sendable {
@@ -70,11 +70,11 @@ public final class Hub: Sendable {
         func add(_ n: Int) -> Int { value.add(n, ordering: .relaxed).newValue }
     }
     // Set once by `attach(to:)` before the loops run, read-only after.
-    package nonisolated(unsafe) var loops: [LoopHub] = []
+    package internal(set) nonisolated(unsafe) var loops: [LoopHub] = []
     /// Set by `attach`, read-only after; sends from loop 0.
     nonisolated(unsafe) var webhooks: Webhooks?
     /// The server's per-address limits; set by `attach` before the loops run, read-only after.
-    package nonisolated(unsafe) var clientLimits = ClientLimits(config: ClientLimitConfig())
+    package internal(set) nonisolated(unsafe) var clientLimits = ClientLimits(config: ClientLimitConfig())
 
     struct Shard: ~Copyable {
         var channels: [ChannelKey: ChannelState] = [:]
@@ -437,7 +437,7 @@ public final class Hub: Sendable {
             [("", channelCount)])
         let table = apps
         let census = censusByApp()
-        let channels = channelCounts()
+        let channels = channelTotalsByApp()
         let ids = table.apps.map(\.id)
         family(
             "halley_app_connections", "gauge",

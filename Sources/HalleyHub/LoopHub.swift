@@ -58,7 +58,8 @@ package protocol LoopExtension: AnyObject {
 }
 
 /// The hub's part on one loop: the sessions it owns, who is subscribed to what, fan-out,
-/// and the once-a-second work (expiry, heartbeats, poll timeouts). Loop-confined.
+/// session expiry once a second; the layers above keep their per-loop state in `extensions`.
+/// Loop-confined.
 package final class LoopHub: @unchecked Sendable {
     // Sendable: only its loop touches it; other threads reach it through `loop.execute`.
     /// The hub outlives its loops (`unowned(unsafe)`: no reference-count check per access).
@@ -80,7 +81,10 @@ package final class LoopHub: @unchecked Sendable {
     var detached: [Session] = []
     /// The layers above the domain that keep state on this loop (the HTTP endpoints' streams,
     /// polls and pusher-js sessions): run at the end of every turn and once a second.
-    package var extensions: [LoopExtension] = []
+    package private(set) var extensions: [LoopExtension] = []
+
+    /// Adds a layer's per-loop state; before the loop runs (`HubEndpoints.attach`).
+    package func add(_ e: LoopExtension) { extensions.append(e) }
     /// Why recently ended resumable sessions ended (`expired`, `buffer_overflow`), for the
     /// answer to a client that tries to resume one; forgotten after 10 minutes.
     /// The token is kept so that the reason is told only to the session's own client: anyone
@@ -104,9 +108,9 @@ package final class LoopHub: @unchecked Sendable {
     // MARK: sessions
 
     /// Why the last `newSession` returned nil: `pusher:error` code and message.
-    package var refusal: (code: UInt16, message: String) = (PusherErrorCode.overCapacity, "Over capacity")
+    package internal(set) var refusal: (code: UInt16, message: String) = (PusherErrorCode.overCapacity, "Over capacity")
     /// The last refusal was a per-address limit (HTTP answers it 429, not 503).
-    package var refusedByClientLimit = false
+    package internal(set) var refusedByClientLimit = false
 
     /// A new session owned by this loop, or nil at the node's session limit (4100) or the
     /// app's connection quota (4004); `refusal` says which.

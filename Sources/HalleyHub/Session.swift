@@ -25,7 +25,7 @@ package protocol Transport: AnyObject {
 package final class Session {
     package let id: SessionID
     /// Its app as configured now (a reload that changes the app replaces it).
-    package var app: App
+    package internal(set) var app: App
     /// Its index in the loop's `live` list.
     var liveSlot = -1
     /// Set for resumable sessions (the secret a client shows to resume).

@@ -22,7 +22,7 @@ package enum Detachment: Equatable, Sendable {
     /// 1000 (normal closure, RFC 6455 §7.4.1).
     package var close: (code: UInt16, reason: String) {
         switch self {
-        case .replaced: (1000, "replaced by a new connection")
+        case .replaced: (1000, "replaced by a new connection")  // RFC 6455 normal closure
         case .ended(let end): end.pusherError ?? (1000, "")
         }
     }

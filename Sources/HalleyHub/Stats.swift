@@ -163,7 +163,7 @@ extension Hub {
     }
 
     /// Channels with subscribers and subscriptions, per app.
-    func channelCounts() -> [String: (channels: Int, subscriptions: Int)] {
+    func channelTotalsByApp() -> [String: (channels: Int, subscriptions: Int)] {
         var out: [String: (channels: Int, subscriptions: Int)] = [:]
         for shard in shards {
             shard.withLock { st in
@@ -181,7 +181,7 @@ extension Hub {
     package func statsJSON(only: String?, openConnections: Int?) -> [UInt8] {
         let table = apps
         let census = censusByApp()
-        let channels = channelCounts()
+        let channels = channelTotalsByApp()
         // A fresh array (`map`), not a copy that shares the storage `add` appends to in place.
         let samples = history.withLock { $0.samples.map { $0 } }
         let ids = only.map { [$0] } ?? table.apps.map(\.id)

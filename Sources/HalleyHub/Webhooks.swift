@@ -63,7 +63,7 @@ public final class Webhooks: Sendable {
         }
     }
 
-    /// Any thread; cheap (a locked append, no syscall): the hub calls it while holding its own
+    /// Any thread; cheap (a locked append, no syscall): the hub calls it while holding a shard's
     /// lock. A no-op when none of the app's webhooks wants the event.
     public func emit(_ app: App, _ event: WebhookEvent) {
         guard !app.webhooks.isEmpty else { return }
