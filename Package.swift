@@ -16,6 +16,7 @@ let package = Package(
         .executable(name: "halley", targets: ["halley"]),
         .executable(name: "HalleyFuzzHTTP", targets: ["HalleyFuzzHTTP"]),
         .executable(name: "halley-wsbench", targets: ["HalleyWSBench"]),
+        .executable(name: "halley-load", targets: ["HalleyLoad"]),
         .executable(name: "HalleyFuzzWSFrames", targets: ["HalleyFuzzWSFrames"]),
         .executable(name: "HalleyFuzzInflate", targets: ["HalleyFuzzInflate"]),
         .executable(name: "halley-fanout", targets: ["HalleyFanoutBench"]),
@@ -68,6 +69,10 @@ let package = Package(
         // WebSocket echo load generator for Scripts/bench/ws_echo.sh: one thread, epoll, no
         // Foundation; independent of the server's modules (only the system shims).
         .executableTarget(name: "HalleyWSBench", dependencies: ["CHalleyLinux", "CZlib", "COpenSSL"]),
+        // The load generator of Scripts/bench (WebSocket echo, TLS handshakes, fan-out over
+        // WebSocket, long-poll and xhr_streaming): one thread, epoll, no Foundation; independent
+        // of the server's modules (only the system shims).
+        .executableTarget(name: "HalleyLoad", dependencies: ["CHalleyLinux", "CZlib", "COpenSSL"]),
         // libFuzzer entries for the WebSocket frame reader and for inflate.
         .executableTarget(name: "HalleyFuzzWSFrames", dependencies: ["HalleyWebSocket"]),
         .executableTarget(name: "HalleyFuzzInflate", dependencies: ["HalleyWebSocket"]),
