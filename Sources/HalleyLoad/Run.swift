@@ -81,7 +81,7 @@ extension Load {
             if let p = pid, let f = procStat(p), let core = Int(f[36]), let b = busy[core],
                 b > pct + (softBy[core] ?? 0) + 10
             {
-                flags.append("disturbed:core\(core)=\(Int(b))%")
+                flags.append("disturbed:core\(core):\(Int(b))%")
             }
         }
         return line + " flags=" + (flags.isEmpty ? "-" : flags.joined(separator: ","))
