@@ -10,7 +10,7 @@
 #             (WINDOW_DELIVERIES / subscribers, at least 8) have not reached every subscriber,
 #             so a server can write several waiting messages in one go; 1 s of warm-up, then the
 #             deliveries subscribers receive in DURATION s
-# Medians and ratios first/second case; for halley against Nchan the goals: capacity >= 2x and
+# Medians and ratios first/second case (xhr: second/first); for halley against Nchan the goals: capacity >= 2x and
 # (WebSocket) latency p99 <= 1x. Which side used its core is in each run's flags.
 #   TRANSPORT=ws (default)  CASES="halley:ws nchan:ws", SUBS="1000 10000", LAT_DELIVERIES=40000
 #   TRANSPORT=longpoll      halley's /halley/poll against Nchan's long-poll (multipart answers:
@@ -25,7 +25,7 @@ source "$(dirname "$0")/lib.sh"
 case ${TRANSPORT:=ws} in
     ws) cases=${CASES:-"halley:ws nchan:ws"} subs=${SUBS:-"1000 10000"} lat=${LAT_DELIVERIES:-40000} runs=${RUNS:-1} ;;
     longpoll) cases=${CASES:-"halley:longpoll nchan:longpoll"} subs=${SUBS:-1000} lat=${LAT_DELIVERIES:-10000} runs=${RUNS:-1} ;;
-    xhr) cases=${CASES:-"halley:xhr_streaming halley:ws"} subs=${SUBS:-1000} lat=${LAT_DELIVERIES:-40000} runs=${RUNS:-3} ;;
+    xhr) cases=${CASES:-"halley:ws halley:xhr_streaming"} subs=${SUBS:-1000} lat=${LAT_DELIVERIES:-40000} runs=${RUNS:-3} ;;
     *) die "TRANSPORT: ws, longpoll or xhr" ;;
 esac
 DURATION=${DURATION:-10} PUBLISHERS=${PUBLISHERS:-16}
@@ -65,6 +65,7 @@ grep -hv -e 'listening on' -e 'development app' -e 'static files are off' -e '\[
     "$tmp/halley.log" "$tmp/error.log" 2>/dev/null | head -n 20 || echo "  (nothing)"
 
 read -r a b <<<"$cases"
+[[ $TRANSPORT == xhr ]] && read -r b a <<<"$cases"  # xhr_streaming / WebSocket
 missed=0
 echo
 echo "=== summary: medians of $runs run(s), ${DURATION} s phases, ${SIZE:-64} B data; latency = publish to receipt"
