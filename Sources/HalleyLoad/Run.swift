@@ -18,25 +18,25 @@ struct Window {
 extension Load {
     // MARK: measuring
 
-    func openWindow() -> Window {
+    /// Runs the loop for --duration seconds (while `condition` holds), counting.
+    func window(while condition: () -> Bool = { true }) -> Window {
         var w = Window()
-        w.server0 = o.serverPids.isEmpty ? nil : processesCPUSeconds(o.serverPids)
+        let server = { self.o.serverPids.isEmpty ? nil : processesCPUSeconds(self.o.serverPids) }
+        w.server0 = server()
         w.cores0 = coreTimes()
         w.soft0 = softirq.compactMapValues { processesCPUSeconds([$0]) }
         w.cpu0 = cpuSeconds()
         st.pointee.windowCount = 0
         st.pointee.measuring = true
         w.t0 = monotonicNanos()
-        return w
-    }
-
-    func closeWindow(_ w: inout Window) {
+        runUntil(w.t0 + Int64(o.duration * 1e9), while: condition)
         w.t1 = monotonicNanos()
         st.pointee.measuring = false
         w.cpu1 = cpuSeconds()
         w.cores1 = coreTimes()
         w.soft1 = softirq.compactMapValues { processesCPUSeconds([$0]) }
-        w.server1 = o.serverPids.isEmpty ? nil : processesCPUSeconds(o.serverPids)
+        w.server1 = server()
+        return w
     }
 
     /// The CPU fields of a result line, and `flags`: which side used its core (`closedLoop`:
@@ -105,9 +105,7 @@ extension Load {
         for i in 0..<n where conns[i].state == .open { sendNext(i, start) }
         runUntil(start + Int64(o.warmup * 1e9)) { true }
         let warmupEchoes = s.pointee.echoes
-        var w = openWindow()
-        runUntil(w.t0 + Int64(o.duration * 1e9)) { true }
-        closeWindow(&w)
+        let w = window()
         s.pointee.sending = false
         let messages = s.pointee.windowCount
 
@@ -144,9 +142,7 @@ extension Load {
         let t = monotonicNanos()
         for i in 0..<n { _ = startConnect(i) }
         runUntil(t + Int64(o.warmup * 1e9)) { true }
-        var w = openWindow()
-        runUntil(w.t0 + Int64(o.duration * 1e9)) { true }
-        closeWindow(&w)
+        let w = window()
         running = false
         runUntil(w.t1 + 5_000_000_000) { s.pointee.live > 0 }
         let unfinished = s.pointee.live
@@ -201,26 +197,23 @@ extension Load {
         // 3. The phases.
         for phase in o.phases {
             let before = s.pointee
-            var w: Window
+            let w: Window
             var extra = ""
             if phase == "latency" {
                 startPhase(.rate)
                 startRange()
                 s.pointee.interval = max(1, Int64(1e9 / o.rate))
                 s.pointee.nextDue = monotonicNanos()
-                w = openWindow()
-                runUntil(w.t0 + Int64(o.duration * 1e9)) { s.pointee.errors == before.errors }
+                w = window { s.pointee.errors == before.errors }
                 extra =
                     " rate=\(fixed(o.rate, 1)) pub_behind_max_us=\(s.pointee.pubBehindMax / 1000) pub_late=\(s.pointee.pubLate)"
             } else {
                 startPhase(.window)
                 runUntil(monotonicNanos() + Int64(o.warmup * 1e9)) { s.pointee.errors == before.errors }
                 startRange()
-                w = openWindow()
-                runUntil(w.t0 + Int64(o.duration * 1e9)) { s.pointee.errors == before.errors }
+                w = window { s.pointee.errors == before.errors }
                 extra = " window=\(o.window)"
             }
-            closeWindow(&w)
             let published = s.pointee.published - before.published, deliveries = s.pointee.windowCount
             s.pointee.mode = .off
             s.pointee.rangeTo = s.pointee.nextSeq

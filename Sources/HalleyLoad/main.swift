@@ -35,34 +35,22 @@ struct Options {
     static let usage = """
         usage: halley-load echo --url ws[s]://HOST:PORT/PATH [-c N] [--size B] [--binary] [--deflate]
                halley-load handshakes --url https://HOST:PORT/ [-c N]
-               halley-load fanout --url http://HOST:PORT --server halley|nchan
-                           [--transport ws|longpoll|xhr_streaming] [-n N] [--rate R] [--window W]
-                           [--publishers P] [--phases latency,capacity] [--size B]
+               halley-load fanout --url http://HOST:PORT --server halley|nchan [--transport ws|longpoll|
+                           xhr_streaming] [-n N] [--rate R] [--window W] [--publishers P] [--phases LIST]
                halley-load selftest
-        common: --duration S (10) --warmup S (1) --server-pid PID (repeatable: CPU time read
-                over each window) --tls (TLS even for a ws:// or http:// URL)
-
-        echo        closed loop: N connections (100) each send one masked message of --size
-                    bytes (32) and wait for its echo, which is checked byte for byte (inflated
-                    first with --deflate: permessage-deflate; client_no_context_takeover).
-                    Result: messages=… msgs_per_sec=… p50_us=… p99_us=…
-        handshakes  full TLS handshakes per second, N (16) in flight: connect, a new SSL (no
-                    session reuse, no ticket asked for), close_notify, the server closes.
-        fanout      N subscribers (1000) on channel `bench` and P publisher connections in this
-                    process: each data string starts with "#s<seq>t<send ns>#" so every delivery
-                    is timed and checked (none missing, duplicated or out of order per
-                    publisher). Subscribers open, then a sync (a message every 50 ms until all
-                    got one), then the phases: latency (--rate messages/s for --duration s, open
-                    loop) and capacity (closed loop: publish while fewer than --window messages
-                    are not yet everywhere; --warmup s, then --duration s counted).
-                    halley: WebSocket /app/app-key (Pusher protocol 7), long-poll /halley/poll,
-                    pusher-js xhr_streaming (a stream reopened past 256 KiB); publish POST
-                    /publish with Bearer benchtoken. nchan: WebSocket and long-poll GET
-                    /sub/bench, publish POST /pub/bench.
+        common: --duration S (10) --warmup S (1) --server-pid PID (repeatable) --tls
+        echo        N connections (100) each send a message of --size bytes (32) and wait for its
+                    echo, checked byte for byte (--deflate: permessage-deflate, inflated first).
+        handshakes  N (16) full TLS handshakes in flight: a new SSL, no session reuse, close_notify.
+        fanout      N subscribers (1000) on channel bench and P publishers (4); each data string
+                    starts with "#s<seq>t<send ns>#": every delivery is timed and checked. A sync,
+                    then the phases: latency (--rate msg/s, open loop) and capacity (closed loop:
+                    fewer than --window messages not yet everywhere; --warmup s, then counted).
+                    halley: WebSocket /app/app-key, long-poll /halley/poll, pusher-js
+                    xhr_streaming; POST /publish (Bearer benchtoken). nchan: /sub/bench, /pub/bench.
         selftest    the parsers and the bookkeeping on hand-made bytes, cut at every position.
-        One key=value line per window on stdout (with server_cpu_pct, client_cpu_pct,
-        core_busy_pct and flags=: which side used its core, or disturbed); progress on stderr.
-        Exit status 0 when every connection opened and everything arrived right, 1 otherwise.
+        One key=value line per window on stdout (server and tool CPU, core_busy_pct, flags=);
+        progress on stderr. Exit status 0 when everything arrived right, 1 otherwise.
         """
 
     static func parse(_ args: [String]) -> Options {
