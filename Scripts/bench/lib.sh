@@ -154,7 +154,8 @@ run_load() {
     local label=$1 rc=0
     shift
     echo "taskset -c $CLIENT_CPU $LOAD_BIN $*" >"$tmp/$label.out"
-    timeout -k 5 300 taskset -c "$CLIENT_CPU" "$LOAD_BIN" "$@" >>"$tmp/$label.out" 2>&1 || rc=$?
+    timeout -k 5 "$(awk -v d="${DURATION:-10}" 'BEGIN {printf "%d", 2 * d + 200}')" \
+        taskset -c "$CLIENT_CPU" "$LOAD_BIN" "$@" >>"$tmp/$label.out" 2>&1 || rc=$?
     LINES=$(grep -E '^(messages|handshakes|phase)=' "$tmp/$label.out" || true)
     ((rc == 0)) && [[ -n $LINES ]] || { sed 's/^/  /' "$tmp/$label.out" >&2; die "$label: halley-load failed (exit $rc)"; }
 }
