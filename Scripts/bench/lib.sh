@@ -77,6 +77,7 @@ banner() {
 bg() {
     local out=$1
     shift
+    : >"$out"  # now, not in the background: a waiter must not read an earlier run's log
     env $(compgen -e | sed -n 's/^HALLEY_.*/-u &/p') taskset -c "$SERVER_CPU" "$@" >"$out" 2>&1 &
     BG_PID=$!
     pids+=("$BG_PID")
