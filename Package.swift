@@ -15,10 +15,9 @@ let package = Package(
     products: [
         .executable(name: "halley", targets: ["halley"]),
         .executable(name: "HalleyFuzzHTTP", targets: ["HalleyFuzzHTTP"]),
-        .executable(name: "halley-wsbench", targets: ["HalleyWSBench"]),
+        .executable(name: "halley-load", targets: ["HalleyLoad"]),
         .executable(name: "HalleyFuzzWSFrames", targets: ["HalleyFuzzWSFrames"]),
         .executable(name: "HalleyFuzzInflate", targets: ["HalleyFuzzInflate"]),
-        .executable(name: "halley-fanout", targets: ["HalleyFanoutBench"]),
         .executable(name: "HalleyFuzzJSON", targets: ["HalleyFuzzJSON"]),
         .executable(name: "HalleyFuzzSockJS", targets: ["HalleyFuzzSockJS"]),
         .executable(name: "HalleyFuzzAPI", targets: ["HalleyFuzzAPI"]),
@@ -75,9 +74,10 @@ let package = Package(
         .executableTarget(name: "halley", dependencies: ["HalleyServer", "HalleyHub", "HalleyEndpoints"]),
         // libFuzzer entry for the request parser (built with --sanitize=fuzzer).
         .executableTarget(name: "HalleyFuzzHTTP", dependencies: ["HalleyHTTP"]),
-        // WebSocket echo load generator for Scripts/bench/ws_echo.sh: one thread, epoll, no
-        // Foundation; independent of the server's modules (only the system shims).
-        .executableTarget(name: "HalleyWSBench", dependencies: ["CHalleyLinux", "CZlib", "COpenSSL"]),
+        // The load generator of Scripts/bench (WebSocket echo, TLS handshakes, fan-out over
+        // WebSocket, long-poll and xhr_streaming): one thread, epoll, no Foundation; independent
+        // of the server's modules (only the system shims).
+        .executableTarget(name: "HalleyLoad", dependencies: ["CHalleyLinux", "CZlib", "COpenSSL"]),
         // libFuzzer entries for the WebSocket frame reader and for inflate.
         .executableTarget(name: "HalleyFuzzWSFrames", dependencies: ["HalleyWebSocket"]),
         .executableTarget(name: "HalleyFuzzInflate", dependencies: ["HalleyWebSocket"]),
@@ -90,9 +90,6 @@ let package = Package(
         .executableTarget(name: "HalleyFuzzAppsFile", dependencies: ["HalleyHub"]),
         // libFuzzer entry for the RESP parser (replies and pushes of a Redis server).
         .executableTarget(name: "HalleyFuzzRESP", dependencies: ["HalleyProtocol"]),
-        // Fan-out and long-poll load generator for Scripts/bench/fanout.sh and longpoll.sh
-        // (Halley and Nchan subscribers, a publisher at a fixed rate, delivery latency).
-        .executableTarget(name: "HalleyFanoutBench", dependencies: ["CHalleyLinux"]),
 
         .testTarget(name: "HalleyHTTPTests", dependencies: ["HalleyHTTP"]),
         .testTarget(name: "HalleyServerTests", dependencies: ["HalleyServer", "HalleyLoop", "HalleyCore"]),

@@ -1,0 +1,130 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The messages echo connections send, built once: up to 64 different payloads (a stale echo
+/// is caught), as masked frames, and deflated with RSV1 for --deflate.
+struct EchoPool {
+    var count = 0
+    var size = 0
+    var plain: UnsafeMutablePointer<UInt8>? = nil
+    var frames: [(offset: Int, length: Int)] = []
+    var zframes: [(offset: Int, length: Int)] = []
+    var bytes: UnsafeMutablePointer<UInt8>? = nil
+    var deflatedBytes = 0
+
+    init(_ o: Options?) {
+        guard let o else { return }
+        size = o.size
+        count = max(1, min(64, (16 << 20) / max(size, 1)))
+        plain = .allocate(capacity: max(1, count * size))
+        var lcg: UInt64 = 0x9E37_79B9_7F4A_7C15 ^ UInt64(size)
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ,.:{}\"".utf8)
+        var all: [UInt8] = []
+        var rng = SystemRandomNumberGenerator()
+        for k in 0..<count {
+            var p = [UInt8](repeating: 0, count: size)
+            for j in 0..<size {
+                lcg = lcg &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                let r = UInt8(truncatingIfNeeded: lcg >> 33)
+                p[j] = o.binary ? r : alphabet[Int(r) % alphabet.count]
+            }
+            if size >= 8 && !o.binary {
+                for (j, b) in Array("#\(k)#".utf8).enumerated() { p[j] = b }
+            }
+            (plain! + k * size).update(from: p, count: size)
+            let f = maskedFrame(opcode: o.binary ? 2 : 1, payload: p, key: rng.next())
+            frames.append((all.count, f.count))
+            all += f
+            if o.deflate {
+                let z = deflateMessage(p)
+                deflatedBytes += z.count
+                let zf = maskedFrame(opcode: o.binary ? 2 : 1, payload: z, key: rng.next(), rsv1: true)
+                zframes.append((all.count, zf.count))
+                all += zf
+            }
+        }
+        bytes = .allocate(capacity: all.count)
+        bytes!.update(from: all, count: all.count)
+    }
+}
+
+/// `echo`: the closed loop, and `handshakes`.
+extension Load {
+    @inline(__always)
+    func sendNext(_ i: Int, _ now: Int64) {
+        let c = conns + i
+        let k = st.pointee.nextPick
+        st.pointee.nextPick = k + 1 == pool.count ? 0 : k + 1
+        c.pointee.expect = Int64(k)
+        c.pointee.sentAt = now
+        c.pointee.awaiting = true
+        st.pointee.outstanding += 1
+        st.pointee.sent += 1
+        let f = c.pointee.deflate != 0 ? pool.zframes[k] : pool.frames[k]
+        send(i, pool.bytes! + f.offset, f.length)
+    }
+
+    /// A data frame of an echo: checked against the message sent as it comes (inflated first
+    /// when compressed); the next message goes out when the echo is whole.
+    @inline(__always)
+    func echoFrame(
+        _ i: Int, _ fin: Bool, _ op: UInt8, _ rsv1: Bool, _ p: UnsafeMutablePointer<UInt8>, _ len: Int, _ now: Int64
+    ) {
+        let c = conns + i
+        if op != 0 {
+            if c.pointee.msgOpcode != 0 { return fail(i, "new data frame inside a fragmented message") }
+            if !c.pointee.awaiting { return fail(i, "a message the client did not ask for (opcode \(op), \(len) B)") }
+            c.pointee.msgOpcode = op
+            c.pointee.msgCompressed = rsv1
+            c.pointee.msgLen = 0
+            c.pointee.msgOk = true
+        } else if c.pointee.msgOpcode == 0 {
+            return fail(i, "continuation frame outside a message")
+        }
+        if c.pointee.msgCompressed {
+            guard let z = inflaters[i] else { return fail(i, "compressed frame without permessage-deflate") }
+            var ok = z.feed(p, len, zout, 65536) { check(c, $0, $1) }
+            if fin {
+                ok =
+                    ok
+                    && StreamInflater.tail.withUnsafeBufferPointer { t in
+                        z.feed(t.baseAddress!, 4, zout, 65536) { check(c, $0, $1) }
+                    }
+                if c.pointee.deflate == 1 { z.reset() }
+                st.pointee.compressedEchoes += 1
+            }
+            if !ok { return fail(i, "corrupt compressed message") }
+        } else {
+            check(c, p, len)
+        }
+        guard fin else { return }
+        let mop = c.pointee.msgOpcode
+        c.pointee.msgOpcode = 0
+        guard mop == (o.binary ? 2 : 1), c.pointee.msgLen == pool.size, c.pointee.msgOk else {
+            let why =
+                mop != (o.binary ? 2 : 1)
+                ? "opcode \(mop)"
+                : c.pointee.msgLen != pool.size ? "\(c.pointee.msgLen) bytes, not \(pool.size)" : "content"
+            return fail(i, "wrong echo: \(why)\(c.pointee.msgCompressed ? " (compressed)" : "")")
+        }
+        c.pointee.awaiting = false
+        st.pointee.outstanding -= 1
+        st.pointee.echoes += 1
+        if st.pointee.measuring {
+            st.pointee.windowCount += 1
+            lat.add(now - c.pointee.sentAt)
+        }
+        if st.pointee.sending && c.pointee.state == .open { sendNext(i, now) }
+    }
+
+    /// Compares `k` echoed bytes with the message sent, at the current offset.
+    @inline(__always)
+    func check(_ c: UnsafeMutablePointer<Conn>, _ p: UnsafePointer<UInt8>, _ k: Int) {
+        let at = c.pointee.msgLen
+        c.pointee.msgLen = at + k
+        if at + k > pool.size || memcmp(pool.plain! + Int(c.pointee.expect) * pool.size + at, p, k) != 0 {
+            c.pointee.msgOk = false
+        }
+    }
+}
