@@ -21,6 +21,8 @@
 #                           RUNS=3 (streams reopened past 256 KiB, as pusher-js does: rotations=)
 # Environment: SUBS RUNS=1 DURATION=10 LAT_DELIVERIES WINDOW_DELIVERIES=64000 PUBLISHERS=16 SIZE=64
 # PHASES=latency,capacity CASES NCHAN_MULTIPART ENFORCE_GOALS=1 (exit 1 when a goal is missed)
+# WINDOW=N: a window of N messages for every subscriber count (WINDOW=1: one message in flight,
+# so no server can merge writes: the per-message figure)
 source "$(dirname "$0")/lib.sh"
 case ${TRANSPORT:=ws} in
     ws) cases=${CASES:-"halley:ws nchan:ws"} subs=${SUBS:-"1000 10000"} lat=${LAT_DELIVERIES:-40000} runs=${RUNS:-1} ;;
@@ -38,7 +40,7 @@ declare -A port=([halley]=${HALLEY_PORT:-} [nchan]=${NCHAN_PORT:-}) pid=([halley
 
 for n in $subs; do
     rate=$(awk -v d="$lat" -v n="$n" 'BEGIN {printf "%g", d / n}')
-    window=$(awk -v d="${WINDOW_DELIVERIES:-64000}" -v n="$n" 'BEGIN {w = int(d / n); print w < 8 ? 8 : w}')
+    window=${WINDOW:-$(awk -v d="${WINDOW_DELIVERIES:-64000}" -v n="$n" 'BEGIN {w = int(d / n); print w < 8 ? 8 : w}')}
     log "$n subscribers: latency at $rate msg/s, capacity with a window of $window messages, $PUBLISHERS publishers"
     for r in $(seq "$runs"); do
         for c in $cases; do
