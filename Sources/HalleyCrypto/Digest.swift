@@ -47,6 +47,15 @@ public enum Digest {
     }
 
     /// Compares in time that depends only on the lengths, not on where the bytes differ.
+    /// The same over any two byte collections (a header's bytes, a token's), without copies.
+    @inlinable
+    public static func constantTimeEqual<A: Collection<UInt8>, B: Collection<UInt8>>(bytes a: A, _ b: B) -> Bool {
+        guard a.count == b.count else { return false }
+        var diff: UInt8 = 0
+        for (x, y) in zip(a, b) { diff |= x ^ y }
+        return diff == 0
+    }
+
     public static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
         guard a.count == b.count else { return false }
         var diff: UInt8 = 0

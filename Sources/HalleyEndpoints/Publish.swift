@@ -46,10 +46,9 @@ extension HubEndpoints {
     /// Bearer token (when the app has one) or the Pusher query signature.
     func authenticate(_ request: HTTPRequest, _ q: [(String, String)], path: String) -> Result<App, Refusal> {
         if let auth = request.head.headers["Authorization"] {
-            guard auth.lowercased().hasPrefix("bearer ") else {
+            guard let token = Self.bearerToken(auth) else {
                 return .failure(Refusal(status: 401, text: "Authorization must be Bearer"))
             }
-            let token = String(auth.dropFirst(7)).trimmingSpaces()
             let candidates: [App]
             if let k = Query.value(q, "key") {
                 guard let a = hub.app(key: k) else { return .failure(Refusal(status: 401, text: "unknown key")) }
@@ -58,7 +57,7 @@ extension HubEndpoints {
                 candidates = hub.apps.apps
             }
             for a in candidates {
-                if let t = a.token, Digest.constantTimeEqual(Array(t.utf8), Array(token.utf8)) { return .success(a) }
+                if let t = a.token, Digest.constantTimeEqual(bytes: t.utf8, token) { return .success(a) }
             }
             return .failure(Refusal(status: 401, text: "invalid bearer token"))
         }
@@ -71,6 +70,28 @@ extension HubEndpoints {
         } catch {
             return .failure(Refusal(status: 401, text: error.description))
         }
+    }
+
+    /// The token of `Authorization: Bearer <token>` (the scheme in any case, RFC 9110 §11.1;
+    /// spaces and tabs around the token dropped), as the header's own bytes; nil for another
+    /// scheme. No copy: a publish checks it on every request.
+    static func bearerToken(_ auth: String) -> Substring.UTF8View? {
+        let u = auth.utf8
+        var i = u.startIndex
+        for expected in "bearer ".utf8 {
+            guard i != u.endIndex else { return nil }
+            let c = u[i]
+            guard (c >= 0x41 && c <= 0x5A ? c | 0x20 : c) == expected else { return nil }  // A-Z in any case
+            i = u.index(after: i)
+        }
+        var end = u.endIndex
+        while i != end, u[i] == UInt8(ascii: " ") || u[i] == UInt8(ascii: "\t") { i = u.index(after: i) }
+        while end != i {
+            let before = u.index(before: end)
+            guard u[before] == UInt8(ascii: " ") || u[before] == UInt8(ascii: "\t") else { break }
+            end = before
+        }
+        return auth[i..<end].utf8
     }
 
     struct PublishRequest {

@@ -299,21 +299,33 @@ public enum JSONWriter {
     /// A JSON string literal: quotes, backslashes and control characters escaped (RFC 8259
     /// §7); everything else as UTF-8.
     public static func writeString(_ s: String, into out: inout [UInt8]) {
+        var s = s
+        // The string's own UTF-8 bytes (no copy for a native string), only inside the closure.
+        s.withUTF8 { writeString(bytes: $0, into: &out) }
+    }
+
+    /// Runs of bytes that need no escape are appended whole (a message's data usually is one
+    /// run): per byte, only the check.
+    static func writeString(bytes b: UnsafeBufferPointer<UInt8>, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
-        for c in s.utf8 {
+        var start = 0
+        for i in 0..<b.count {
+            let c = b[i]
+            guard c < 0x20 || c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") else { continue }
+            if i > start { out.append(contentsOf: UnsafeBufferPointer(rebasing: b[start..<i])) }
+            start = i + 1
             switch c {
-            case UInt8(ascii: "\""): out.append(UInt8(ascii: "\\")); out.append(c)
-            case UInt8(ascii: "\\"): out.append(UInt8(ascii: "\\")); out.append(c)
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"): out.append(UInt8(ascii: "\\")); out.append(c)
             case 0x0A: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "n"))
             case 0x0D: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "r"))
             case 0x09: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "t"))
-            case 0..<0x20:
+            default:
                 out.append(contentsOf: "\\u00".utf8)
                 out.append(hexDigits[Int(c >> 4)])
                 out.append(hexDigits[Int(c & 15)])
-            default: out.append(c)
             }
         }
+        if b.count > start { out.append(contentsOf: UnsafeBufferPointer(rebasing: b[start..<b.count])) }
         out.append(UInt8(ascii: "\""))
     }
 

@@ -86,3 +86,40 @@ func parse(_ s: String) throws -> JSONValue { try JSONParser.parse(Array(s.utf8)
         #expect(throws: ClientMessage.DecodeError.noEvent) { try decode(#"{"event":5}"#) }
     }
 }
+
+@Suite struct JSONWriterStringTests {
+    /// The escaping rule, byte by byte (the writer appends runs whole: it must give the same).
+    func reference(_ s: String) -> [UInt8] {
+        var out: [UInt8] = [UInt8(ascii: "\"")]
+        for c in s.utf8 {
+            switch c {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), c]
+            case 0x0A: out += Array(#"\n"#.utf8)
+            case 0x0D: out += Array(#"\r"#.utf8)
+            case 0x09: out += Array(#"\t"#.utf8)
+            case 0..<0x20:
+                let hex = Array("0123456789abcdef".utf8)
+                out += Array(#"\u00"#.utf8) + [hex[Int(c >> 4)], hex[Int(c & 15)]]
+            default: out.append(c)
+            }
+        }
+        out.append(UInt8(ascii: "\""))
+        return out
+    }
+
+    @Test func escapesEveryByteThatNeedsItWhereverItIs() throws {
+        var specials = (0..<0x20).map { String(UnicodeScalar(UInt8($0))) }
+        specials += ["\"", "\\", "é", "😀", "a", "/"]
+        for sp in specials {
+            for s in [sp, "x" + sp, sp + "x", "ab" + sp + "cd", sp + sp, "abc" + sp + sp + "def" + sp] {
+                var out: [UInt8] = [7]  // appends after what is there
+                JSONWriter.writeString(s, into: &out)
+                #expect(out == [7] + reference(s), "\(Array(s.utf8))")
+                #expect(try JSONParser.parse(Array(out.dropFirst())) == .string(s))
+            }
+        }
+        #expect(JSONWriter.string("") == Array(#""""#.utf8))
+        let long = String(repeating: "0123456789", count: 7000) + "\"" + String(repeating: "z", count: 70_000)
+        #expect(JSONWriter.string(long) == reference(long))
+    }
+}

@@ -947,3 +947,28 @@ def test_ping_over_http_is_answered_on_the_attached_stream_or_waiting_poll(hub):
     c = chan("pong")
     p.subscribe(c)
     assert [m["event"] for m in p.poll(timeout=5)] == ["pusher_internal:subscription_succeeded"]
+
+
+@pytest.mark.parametrize("header,status", [
+    (f"Bearer {TOKEN}", 201),
+    (f"bearer {TOKEN}", 201),
+    (f"BEARER \t {TOKEN} \t", 201),
+    (f"Bearer {TOKEN}x", 401),
+    (f"Bearer {TOKEN[:-1]}", 401),
+    (f"Bearer\t{TOKEN}", 401),
+    (f"Bearer{TOKEN}", 401),
+    ("Bearer ", 401),
+    ("Bear", 401),
+])
+def test_publish_bearer_scheme_any_case_token_trimmed(hub, header, status):
+    """RFC 9110 11.1: the scheme in any case; optional whitespace around the token; the token
+    compared whole (a prefix or an extension of it is refused)."""
+    c = chan()
+    w = subscribed_ws(hub.port, c)
+    try:
+        got, _, data = http_request(hub.port, "POST", "/publish",
+                                    json.dumps({"channel": c, "event": "e", "data": "x"}).encode(),
+                                    {"Authorization": header, "Content-Type": "application/json"})
+        assert got == status, (header, got, data)
+    finally:
+        w.close()
