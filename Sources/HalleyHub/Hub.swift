@@ -202,9 +202,9 @@ public final class Hub: Sendable {
         ch.lastOffset += 1
         let off = ch.lastOffset
         var p = prefix
-        p.append(contentsOf: offsetField(off))
+        Self.appendOffsetField(off, to: &p)
         var h = header
-        if h != nil { h!.append(contentsOf: offsetField(off)) }
+        if h != nil { Self.appendOffsetField(off, to: &h!) }
         let m = OutMessage(prefix: p, channel: key.name, offset: off, binaryHeader: h, binaryPayload: binary)
         let pub = Publication(message: m, offset: off, time: now, exclude: exclude)
         if keep {
@@ -215,8 +215,16 @@ public final class Hub: Sendable {
         return off
     }
 
-    func offsetField(_ off: UInt64) -> [UInt8] {
-        Array(",\"halley:offset\":\(off)".utf8)
+    /// `,"halley:offset":N` (no string built: this runs under the channel's lock).
+    static func appendOffsetField(_ off: UInt64, to out: inout [UInt8]) {
+        out.append(contentsOf: #","halley:offset":"#.utf8)
+        var digits: [UInt8] = []
+        var v = off
+        repeat {
+            digits.append(UInt8(ascii: "0") + UInt8(v % 10))
+            v /= 10
+        } while v > 0
+        out.append(contentsOf: digits.reversed())
     }
 
     // MARK: subscriptions (called by a LoopHub on its loop)

@@ -6,6 +6,11 @@ public struct JSONObjectBuilder {
 
     public init() {}
 
+    /// Room for about `capacity` bytes at once (no regrowth while the object is built).
+    public init(capacity: Int) {
+        bytes.reserveCapacity(capacity)
+    }
+
     mutating func key(_ k: String) {
         if bytes.count > 1 { bytes.append(UInt8(ascii: ",")) }
         JSONWriter.writeString(k, into: &bytes)

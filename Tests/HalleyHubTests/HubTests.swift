@@ -109,3 +109,13 @@ import Testing
         #expect(SessionToken(String(repeating: "g", count: 32)) == nil)
     }
 }
+
+@Suite struct OffsetFieldTests {
+    @Test func writesTheOffsetInDecimalAfterWhatIsThere() {
+        for off: UInt64 in [0, 1, 9, 10, 99, 100, 12_345, 1 << 32, UInt64.max] {
+            var out: [UInt8] = Array("{\"a\":1".utf8)
+            Hub.appendOffsetField(off, to: &out)
+            #expect(String(decoding: out, as: UTF8.self) == "{\"a\":1,\"halley:offset\":\(off)")
+        }
+    }
+}
