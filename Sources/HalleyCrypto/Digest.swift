@@ -46,8 +46,8 @@ public enum Digest {
         data.withUnsafeBytes { hmacSHA256(key: key, data: $0) }
     }
 
-    /// Compares in time that depends only on the lengths, not on where the bytes differ.
-    /// The same over any two byte collections (a header's bytes, a token's), without copies.
+    /// Compares in time that depends only on the lengths, not on where the bytes differ: any
+    /// two byte collections (a header's bytes, a token's), without copies.
     @inlinable
     public static func constantTimeEqual<A: Collection<UInt8>, B: Collection<UInt8>>(bytes a: A, _ b: B) -> Bool {
         guard a.count == b.count else { return false }
@@ -56,6 +56,7 @@ public enum Digest {
         return diff == 0
     }
 
+    /// Compares in time that depends only on the lengths, not on where the bytes differ.
     public static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
         guard a.count == b.count else { return false }
         var diff: UInt8 = 0
