@@ -95,6 +95,8 @@ let package = Package(
         .testTarget(name: "HalleyServerTests", dependencies: ["HalleyServer", "HalleyLoop", "HalleyCore"]),
         .testTarget(name: "HalleyWebSocketTests", dependencies: ["HalleyWebSocket", "HalleyCrypto"]),
         .testTarget(name: "HalleyProtocolTests", dependencies: ["HalleyProtocol", "HalleyCore"]),
-        .testTarget(name: "HalleyHubTests", dependencies: ["HalleyHub", "HalleyProtocol", "HalleyLoop", "HalleyCore"]),
+        .testTarget(
+            name: "HalleyHubTests",
+            dependencies: ["HalleyHub", "HalleyEndpoints", "HalleyProtocol", "HalleyLoop", "HalleyCore"]),
     ]
 )

@@ -74,7 +74,9 @@ extension HubEndpoints {
 
     /// The token of `Authorization: Bearer <token>` (the scheme in any case, RFC 9110 §11.1;
     /// spaces and tabs around the token dropped), as the header's own bytes; nil for another
-    /// scheme. No copy: a publish checks it on every request.
+    /// scheme. No copy: a publish checks it on every request. The scheme and the token are
+    /// compared as bytes (a combining mark after `Bearer ` belongs to the token, which then
+    /// matches no app's).
     static func bearerToken(_ auth: String) -> Substring.UTF8View? {
         let u = auth.utf8
         var i = u.startIndex

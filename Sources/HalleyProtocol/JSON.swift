@@ -304,15 +304,16 @@ public enum JSONWriter {
         s.withUTF8 { writeString(bytes: $0, into: &out) }
     }
 
-    /// Runs of bytes that need no escape are appended whole (a message's data usually is one
-    /// run): per byte, only the check.
+    /// Runs of bytes that need no escape are appended whole (plain text is one run); runs
+    /// shorter than 16 bytes (JSON text carried as a string: a quote every few bytes) byte by
+    /// byte, which costs less than a bulk append's call.
     static func writeString(bytes b: UnsafeBufferPointer<UInt8>, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
         var start = 0
         for i in 0..<b.count {
             let c = b[i]
             guard c < 0x20 || c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") else { continue }
-            if i > start { out.append(contentsOf: UnsafeBufferPointer(rebasing: b[start..<i])) }
+            appendRun(b, start, i, into: &out)
             start = i + 1
             switch c {
             case UInt8(ascii: "\""), UInt8(ascii: "\\"): out.append(UInt8(ascii: "\\")); out.append(c)
@@ -325,8 +326,17 @@ public enum JSONWriter {
                 out.append(hexDigits[Int(c & 15)])
             }
         }
-        if b.count > start { out.append(contentsOf: UnsafeBufferPointer(rebasing: b[start..<b.count])) }
+        appendRun(b, start, b.count, into: &out)
         out.append(UInt8(ascii: "\""))
+    }
+
+    @inline(__always)
+    static func appendRun(_ b: UnsafeBufferPointer<UInt8>, _ from: Int, _ to: Int, into out: inout [UInt8]) {
+        if to - from >= 16 {
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: b[from..<to]))
+        } else {
+            for k in from..<to { out.append(b[k]) }
+        }
     }
 
     public static func string(_ s: String) -> [UInt8] {

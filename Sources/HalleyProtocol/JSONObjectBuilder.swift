@@ -8,7 +8,9 @@ public struct JSONObjectBuilder {
 
     /// Room for about `capacity` bytes at once (no regrowth while the object is built).
     public init(capacity: Int) {
+        bytes = []
         bytes.reserveCapacity(capacity)
+        bytes.append(UInt8(ascii: "{"))
     }
 
     mutating func key(_ k: String) {

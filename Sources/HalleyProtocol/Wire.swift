@@ -11,7 +11,7 @@ public enum Wire {
         event: String, channel: String?, data: String, binary: Bool = false, offset: UInt64 = 0,
         userID: String? = nil
     ) -> [UInt8] {
-        // The keys, quotes and an offset take under 96 bytes; a few escapes fit in the rest.
+        // The keys, quotes, the flags and an offset take about 105 bytes; escapes may regrow it.
         let room = event.utf8.count + (channel?.utf8.count ?? 0) + data.utf8.count + (userID?.utf8.count ?? 0) + 128
         var b = JSONObjectBuilder(capacity: room)
         b.string("event", event)
