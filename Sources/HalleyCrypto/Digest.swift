@@ -58,10 +58,7 @@ public enum Digest {
 
     /// Compares in time that depends only on the lengths, not on where the bytes differ.
     public static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        guard a.count == b.count else { return false }
-        var diff: UInt8 = 0
-        for i in 0..<a.count { diff |= a[i] ^ b[i] }
-        return diff == 0
+        constantTimeEqual(bytes: a, b)
     }
 
     public static func hex(_ bytes: [UInt8]) -> String {

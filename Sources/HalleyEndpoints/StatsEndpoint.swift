@@ -21,9 +21,8 @@ extension HubEndpoints {
                 ))
             return
         }
-        guard let auth = request.head.headers["Authorization"], auth.utf8.count > 7,
-            auth.prefix(7).lowercased() == "bearer ",
-            Digest.constantTimeEqual(Array(auth.utf8.dropFirst(7)), Array(admin.utf8))
+        guard let auth = request.head.headers["Authorization"], let token = Self.bearerToken(auth),
+            Digest.constantTimeEqual(bytes: token, admin.utf8)
         else {
             Log.info("stats: 401 (no or wrong admin token)")
             var r = HubHTTP.error(401, "GET /stats needs Authorization: Bearer <admin token>")
