@@ -23,19 +23,40 @@ extension HubEndpoints {
             Log.info("publish refused: \(e.status) \(e.text)")
             responder.respond(HubHTTP.error(e.status, e.text))
         case .success(let p):
-            let r = hub.publish(
-                app: app, channels: p.channels, event: p.event, data: p.data, binary: p.binary, exclude: p.exclude)
-            var body: [UInt8] = Array(#"{"channels":{"#.utf8)
-            for (k, c) in r.channels.enumerated() {
-                if k > 0 { body.append(UInt8(ascii: ",")) }
-                JSONWriter.writeString(c.name, into: &body)
-                body += Array(":{\"offset\":\(c.offset),\"epoch\":".utf8)
-                JSONWriter.writeString(c.epoch, into: &body)
-                body.append(UInt8(ascii: "}"))
+            hub.publish(
+                app: app, channels: p.channels, event: p.event, data: p.data, binary: p.binary, exclude: p.exclude,
+                loop: responder.loopIndex
+            ) { result in
+                switch result {
+                case .success(let r): responder.respond(Self.published(r))
+                case .failure(let e): responder.respond(Self.brokerDown(e, "publish"))
+                }
             }
-            body += Array("},\"sessions\":\(r.sessions)}".utf8)
-            responder.respond(HubHTTP.json(r.sessions > 0 ? 201 : 202, body))
         }
+    }
+
+    /// 503 with `Retry-After`: the broker (Redis) could not take a publish; nothing was lost
+    /// silently (the publisher knows it must send again).
+    static func brokerDown(_ e: RedisError, _ what: String) -> HTTPResponse {
+        Log.warning("\(what) refused: 503 \(e)")
+        var r = HubHTTP.error(503, "not published: \(e); retry")
+        r.headers.append(("Retry-After", "1"))
+        return r
+    }
+
+    /// `{"channels":{name:{"offset":N,"epoch":"…"}},"sessions":N}`: 201 when subscribers of
+    /// this node got it, 202 when none here did (with Redis, other nodes' are not counted).
+    static func published(_ r: Hub.PublishResult) -> HTTPResponse {
+        var body: [UInt8] = Array(#"{"channels":{"#.utf8)
+        for (k, c) in r.channels.enumerated() {
+            if k > 0 { body.append(UInt8(ascii: ",")) }
+            JSONWriter.writeString(c.name, into: &body)
+            body += Array(":{\"offset\":\(c.offset),\"epoch\":".utf8)
+            JSONWriter.writeString(c.epoch, into: &body)
+            body.append(UInt8(ascii: "}"))
+        }
+        body += Array("},\"sessions\":\(r.sessions)}".utf8)
+        return HubHTTP.json(r.sessions > 0 ? 201 : 202, body)
     }
 
     struct Refusal: Error {

@@ -9,9 +9,11 @@ import HalleyServer
 /// SDKs sign. Errors are Pusher's: plain-text bodies with 400, 401, 403, 404 and 413.
 extension HubEndpoints {
     func installPusherAPI(on router: Router) {
-        router.add([.post], "/apps/{app}/events") { [self] rq, rs in timed(rs) { api(rq, rs) { $0.events($1) } } }
+        router.add([.post], "/apps/{app}/events") { [self] rq, rs in
+            timed(rs) { apiAnswering(rq, rs) { $0.events($1, $2) } }
+        }
         router.add([.post], "/apps/{app}/batch_events") { [self] rq, rs in
-            timed(rs) { api(rq, rs) { $0.batchEvents($1) } }
+            timed(rs) { apiAnswering(rq, rs) { $0.batchEvents($1, $2) } }
         }
         router.add([.get], "/apps/{app}/stats") { [self] rq, rs in
             api(rq, rs) { .success($0.hub.statsJSON(only: $1.app.id, openConnections: nil)) }
@@ -37,6 +39,9 @@ extension HubEndpoints {
         let request: HTTPRequest
         let query: [(String, String)]
 
+        /// The loop the request came on (a publish is answered there).
+        let loop: Int
+
         func parameter(_ name: String) -> String? { request.parameters[name] }
     }
 
@@ -55,6 +60,14 @@ extension HubEndpoints {
     /// enabled, then runs `body`, which answers.
     func api(
         _ request: HTTPRequest, _ responder: Responder, _ body: (HubEndpoints, APIRequest) -> Result<[UInt8], Refusal>
+    ) {
+        apiAnswering(request, responder) { endpoints, r, answer in answer(body(endpoints, r)) }
+    }
+
+    /// `api` for a handler that answers later (a publish waits for the broker).
+    func apiAnswering(
+        _ request: HTTPRequest, _ responder: Responder,
+        _ body: (HubEndpoints, APIRequest, @escaping (Result<[UInt8], Refusal>) -> Void) -> Void
     ) {
         let q = Query.parse(request.head.query)
         let path = String(request.head.path)
@@ -90,12 +103,16 @@ extension HubEndpoints {
             responder.respond(Self.apiError(403, "App \(app.id) is disabled"))
             return
         }
-        switch body(self, APIRequest(app: app, request: request, query: q)) {
-        case .success(let b):
-            responder.respond(Self.apiOK(b))
-        case .failure(let e):
-            Log.info("api \(path): \(e.status) \(e.text)")
-            responder.respond(Self.apiError(e.status, e.text))
+        body(self, APIRequest(app: app, request: request, query: q, loop: responder.loopIndex)) { result in
+            switch result {
+            case .success(let b):
+                responder.respond(Self.apiOK(b))
+            case .failure(let e):
+                Log.info("api \(path): \(e.status) \(e.text)")
+                var r = Self.apiError(e.status, e.text)
+                if e.status == 503 { r.headers.append(("Retry-After", "1")) }
+                responder.respond(r)
+            }
         }
     }
 
@@ -194,55 +211,82 @@ extension HubEndpoints {
         return ChannelName.problem(c)
     }
 
-    func events(_ r: APIRequest) -> Result<[UInt8], Refusal> {
+    func events(_ r: APIRequest, _ answer: @escaping (Result<[UInt8], Refusal>) -> Void) {
         guard let o = parseBody(r.request.body) else {
-            return .failure(Refusal(status: 400, text: "Expected a JSON object body"))
+            return answer(.failure(Refusal(status: 400, text: "Expected a JSON object body")))
         }
         let e: APIEvent
         switch parseAPIEvent(o, app: r.app, batch: false) {
-        case .failure(let f): return .failure(f)
+        case .failure(let f): return answer(.failure(f))
         case .success(let ok): e = ok
         }
-        _ = hub.publish(app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude)
-        guard !e.info.isEmpty else { return .success(Array("{}".utf8)) }
-        var chans = JSONObjectBuilder()
-        for c in e.channels { chans.raw(c, counts(ChannelKey(app: r.app.id, name: c), e.info)) }
-        var b = JSONObjectBuilder()
-        b.raw("channels", chans.closed)
-        return .success(b.closed)
+        hub.publish(
+            app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude,
+            loop: r.loop
+        ) { [self] result in
+            if case .failure(let f) = result { return answer(.failure(Self.notPublished(f))) }
+            guard !e.info.isEmpty else { return answer(.success(Array("{}".utf8))) }
+            var chans = JSONObjectBuilder()
+            for c in e.channels { chans.raw(c, counts(ChannelKey(app: r.app.id, name: c), e.info)) }
+            var b = JSONObjectBuilder()
+            b.raw("channels", chans.closed)
+            answer(.success(b.closed))
+        }
     }
 
-    func batchEvents(_ r: APIRequest) -> Result<[UInt8], Refusal> {
+    /// The API's 503: the broker (Redis) could not take the event.
+    static func notPublished(_ e: RedisError) -> Refusal {
+        Refusal(status: 503, text: "Not published: \(e); retry")
+    }
+
+    func batchEvents(_ r: APIRequest, _ answer: @escaping (Result<[UInt8], Refusal>) -> Void) {
         guard let o = parseBody(r.request.body), let list = o["batch"]?.array else {
-            return .failure(Refusal(status: 400, text: "Expected a JSON object with a batch array"))
+            return answer(.failure(Refusal(status: 400, text: "Expected a JSON object with a batch array")))
         }
         guard list.count <= hub.config.maxBatchEvents else {
-            return .failure(
-                Refusal(status: 400, text: "Batch too large: at most \(hub.config.maxBatchEvents) events per request"))
+            return answer(
+                .failure(
+                    Refusal(
+                        status: 400, text: "Batch too large: at most \(hub.config.maxBatchEvents) events per request")))
         }
         // All or nothing: every event is checked before any is published.
         var events: [APIEvent] = []
         for (i, v) in list.enumerated() {
             guard let eo = v.object else {
-                return .failure(Refusal(status: 400, text: "batch[\(i)] must be a JSON object"))
+                return answer(.failure(Refusal(status: 400, text: "batch[\(i)] must be a JSON object")))
             }
             switch parseAPIEvent(eo, app: r.app, batch: true) {
-            case .failure(let f): return .failure(Refusal(status: f.status, text: "batch[\(i)]: \(f.text)"))
+            case .failure(let f): return answer(.failure(Refusal(status: f.status, text: "batch[\(i)]: \(f.text)")))
             case .success(let e): events.append(e)
             }
         }
+        // Answered when every event has its answer: 503 when any could not be published (those
+        // that were stay published: the batch is checked as a whole, not published as one).
+        var left = events.count
+        var failure: RedisError? = nil
+        let finish: () -> Void = { [self] in
+            if let f = failure { return answer(.failure(Self.notPublished(f))) }
+            guard events.contains(where: { !$0.info.isEmpty }) else { return answer(.success(Array("{}".utf8))) }
+            var out: [UInt8] = Array(#"{"batch":["#.utf8)
+            for (i, e) in events.enumerated() {
+                if i > 0 { out.append(UInt8(ascii: ",")) }
+                out +=
+                    e.info.isEmpty ? Array("{}".utf8) : counts(ChannelKey(app: r.app.id, name: e.channels[0]), e.info)
+            }
+            out += Array("]}".utf8)
+            answer(.success(out))
+        }
+        if events.isEmpty { return finish() }
         for e in events {
-            _ = hub.publish(
-                app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude)
+            hub.publish(
+                app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude,
+                loop: r.loop
+            ) { result in
+                if case .failure(let f) = result, failure == nil { failure = f }
+                left -= 1
+                if left == 0 { finish() }
+            }
         }
-        guard events.contains(where: { !$0.info.isEmpty }) else { return .success(Array("{}".utf8)) }
-        var out: [UInt8] = Array(#"{"batch":["#.utf8)
-        for (i, e) in events.enumerated() {
-            if i > 0 { out.append(UInt8(ascii: ",")) }
-            out += e.info.isEmpty ? Array("{}".utf8) : counts(ChannelKey(app: r.app.id, name: e.channels[0]), e.info)
-        }
-        out += Array("]}".utf8)
-        return .success(out)
     }
 
     func parseBody(_ body: [UInt8]) -> [String: JSONValue]? {

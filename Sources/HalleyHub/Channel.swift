@@ -6,8 +6,9 @@ final class ChannelState {
     let name: String
     let kind: ChannelName.Kind
     /// Names this channel's history; a channel created again gets a new one, so a client
-    /// holding offsets of the old history learns they are not comparable.
-    let epoch: String
+    /// holding offsets of the old history learns they are not comparable. With Redis, the
+    /// channel's epoch in Redis (a new one there restarts the channel here: `restart`).
+    var epoch: String
     var lastOffset: UInt64 = 0
     /// Oldest first; `historyStart` skips trimmed entries without shifting the array on
     /// every publish.
@@ -30,6 +31,10 @@ final class ChannelState {
     /// each subscribed session.
     var users: [String: PresenceUser] = [:]
     var userOf: [SessionID: String] = [:]
+    /// With Redis: messages that came after a gap, held while the missing ones are read from the
+    /// channel's stream (`filling`), then delivered in order.
+    var filling = false
+    var held: [BrokerWire.Message] = []
 
     struct PresenceUser {
         var sessions: Int
@@ -39,9 +44,40 @@ final class ChannelState {
     init(name: String, loops: Int) {
         self.name = name
         self.kind = ChannelName.kind(name)
-        self.epoch =
-            String(UInt32.random(in: 0...UInt32.max), radix: 36) + String(UInt16.random(in: 0...UInt16.max), radix: 36)
+        self.epoch = Self.newEpoch()
         self.perLoop = Array(repeating: 0, count: loops)
+    }
+
+    /// A channel that starts at `offset` of `epoch` (ordered by Redis): nothing before it is here.
+    init(name: String, loops: Int, epoch: String, at offset: UInt64) {
+        self.name = name
+        self.kind = ChannelName.kind(name)
+        self.epoch = epoch
+        self.perLoop = Array(repeating: 0, count: loops)
+        lastOffset = offset
+        droppedThrough = offset
+    }
+
+    static func newEpoch() -> String {
+        String(UInt32.random(in: 0...UInt32.max), radix: 36) + String(UInt16.random(in: 0...UInt16.max), radix: 36)
+    }
+
+    /// Redis started the channel again (its keys expired or were lost): a new epoch from
+    /// `offset`, the old history gone.
+    func restart(epoch e: String, at offset: UInt64) {
+        epoch = e
+        history.removeAll()
+        historyStart = 0
+        cached = nil
+        lastOffset = offset
+        droppedThrough = offset
+    }
+
+    /// Messages up to `offset` will never come (published before this node held the channel, or
+    /// gone from the stream): recovery from before it is refused.
+    func skip(to offset: UInt64) {
+        lastOffset = offset
+        droppedThrough = offset
     }
 
     var historyCount: Int { history.count - historyStart }
@@ -91,7 +127,7 @@ final class ChannelState {
     }
 
     /// True when nothing refers to the channel any more: it can be forgotten.
-    var isIdle: Bool { subscribers == 0 && historyCount == 0 && cached == nil }
+    var isIdle: Bool { subscribers == 0 && historyCount == 0 && cached == nil && !filling }
 }
 
 package struct ChannelKey: Hashable, Sendable {

@@ -91,10 +91,25 @@ public final class Hub: Sendable {
     /// rarely publish into the same shard at once.
     static let shardCount = 64
 
+    /// Orders channels and joins nodes: `MemoryBroker`, or `RedisBroker` with `--redis`.
+    package let broker: any Broker
+    /// The broker is Redis: a channel's offsets and epoch are Redis's (`broker.ordersLocally`
+    /// read once).
+    let clustered: Bool
+    /// Presence member events: numbered as the channel's messages on one node, unnumbered
+    /// with Redis (which numbers only what is published through it).
+    var memberNumbering: Numbering { clustered ? .none : .next }
+
     public init(config: HubConfig) {
         self.config = config
         appTable = Locked(AppTable(config.apps))
         shards = (0..<Self.shardCount).map { _ in Locked(Shard()) }
+        if let url = config.redis {
+            broker = RedisBroker(url: url, nodeID: config.nodeID, historySize: config.historySize)
+        } else {
+            broker = MemoryBroker()
+        }
+        clustered = !broker.ordersLocally
     }
 
     /// The shard that holds `key`'s channel.
@@ -119,6 +134,7 @@ public final class Hub: Sendable {
         loops = serverLoops.map { LoopHub(hub: self, loop: $0, loopCount: serverLoops.count) }
         // Always: a reload may give an app webhooks (an app without any costs one check).
         webhooks = Webhooks(loop: serverLoops[0])
+        broker.start(hub: self, loops: serverLoops)
     }
 
     var loopCount: Int { loops.count }
@@ -130,41 +146,76 @@ public final class Hub: Sendable {
         public var sessions = 0
     }
 
-    /// Publishes one event to `channels` (validated by the caller).
+    /// Publishes one event to `channels` (validated by the caller) through the broker. `then`
+    /// runs on loop `loop` once the broker ordered every channel's message (with the memory
+    /// broker: before this returns), or with why it could not (Redis: answered 503, nothing of
+    /// it is delivered by this node; a channel of several may have been published).
     package func publish(
         app: App, channels: [String], event: String, data: String?, binary: [UInt8]?, exclude: SessionID?,
-        userID: String? = nil
-    ) -> PublishResult {
-        // Encode outside the lock: the bytes before the offset are the same for every
+        userID: String? = nil, loop: Int, then: @escaping (Result<PublishResult, RedisError>) -> Void
+    ) {
+        // Encoded once, before any lock: the bytes before the offset are the same for every
         // channel but the channel name.
         let dataText = binary.map { Base64.encode($0) } ?? data ?? ""
-        var prepared: [(ChannelKey, [UInt8], [UInt8]?)] = []
+        var messages: [BrokerWire.Message] = []
+        messages.reserveCapacity(channels.count)
         for c in channels {
-            let p = Wire.eventPrefix(event: event, channel: c, data: dataText, binary: binary != nil, userID: userID)
-            let h = binary.map { _ in Wire.binaryHeaderPrefix(event: event, channel: c, offset: 0) }
-            prepared.append((ChannelKey(app: app.id, name: c), p, h))
+            messages.append(
+                BrokerWire.Message(
+                    key: ChannelKey(app: app.id, name: c), exclude: exclude,
+                    prefix: Wire.eventPrefix(
+                        event: event, channel: c, data: dataText, binary: binary != nil, userID: userID),
+                    binaryHeader: binary.map { _ in Wire.binaryHeaderPrefix(event: event, channel: c, offset: 0) },
+                    binaryPayload: binary))
         }
+        broker.publish(messages, hub: self, loop: loop) { [self] r in
+            switch r {
+            case .failure(let e):
+                then(.failure(e))
+            case .success(let posted):
+                stats(app.id)?.add(.messagesIn, channels.count)
+                var result = PublishResult()
+                result.channels.reserveCapacity(posted.count)
+                for (i, p) in posted.enumerated() {
+                    result.channels.append((channels[i], p.offset, p.epoch))
+                    result.sessions += localSubscribers(messages[i].key, excluding: exclude)
+                }
+                then(.success(result))
+            }
+        }
+    }
+
+    /// Sessions of this node subscribed to `key`, less `excluding`.
+    func localSubscribers(_ key: ChannelKey, excluding: SessionID?) -> Int {
+        shard(key).withLock { st in
+            guard let ch = st.channels[key] else { return 0 }
+            if let x = excluding, ch.members.contains(x) { return ch.subscribers - 1 }
+            return ch.subscribers
+        }
+    }
+
+    /// The memory broker's publish: each channel's next offset, decided under its shard's lock
+    /// (no order is promised across channels), the message posted to the loops under it.
+    func postLocally(_ messages: [BrokerWire.Message]) -> [(offset: UInt64, epoch: String)] {
         let now = Clock.monotonicMillis()
-        stats(app.id)?.add(.messagesIn, channels.count)
-        var result = PublishResult()
+        let loops = self.loops
         var out = Outbox(loops: loops.count)
-        for (key, prefix, header) in prepared {
-            // Each channel under its own shard's lock; no order is promised across channels.
-            shard(key).withLock { st in
-                let ch = st.channel(key, loops: loops.count)
+        var posted: [(offset: UInt64, epoch: String)] = []
+        posted.reserveCapacity(messages.count)
+        for m in messages {
+            shard(m.key).withLock { st in
+                let ch = st.channel(m.key, loops: loops.count)
                 // Events to a user are live only: nothing replays a user channel's history.
-                let keep = !key.name.hasPrefix(LoopHub.userChannelPrefix)
+                let keep = !m.key.name.hasPrefix(LoopHub.userChannelPrefix)
                 let off = post(
-                    ch, key, prefix: prefix, header: header, binary: binary, exclude: exclude, now: now, keep: keep,
-                    into: &out)
-                result.channels.append((key.name, off, ch.epoch))
-                result.sessions += ch.subscribers
-                if let x = exclude, ch.members.contains(x) { result.sessions -= 1 }
+                    ch, m.key, prefix: m.prefix, header: m.binaryHeader, binary: m.binaryPayload, exclude: m.exclude,
+                    now: now, keep: keep, into: &out)
+                posted.append((off, ch.epoch))
                 out.queue(to: loops)
             }
         }
         out.wake(loops)
-        return result
+        return posted
     }
 
     /// Per loop, what it must deliver: filled under the lock, queued under it (so every
@@ -193,20 +244,49 @@ public final class Hub: Sendable {
         }
     }
 
-    /// Gives a message the channel's next offset and adds it to the outbox of every loop
-    /// with subscribers (and, when `keep`, to the history and the cache). Under the lock.
+    /// Where a posted message's offset comes from.
+    enum Numbering {
+        /// The channel's next one (the memory broker).
+        case next
+        /// Redis's (`restarts`: the first of a new epoch).
+        case given(UInt64, restarts: Bool)
+        /// None: a presence member event with Redis, whose offsets number only published
+        /// messages. Delivered to every subscriber of the moment, never kept.
+        case none
+    }
+
+    /// Gives a message its offset and adds it to the outbox of every loop with subscribers
+    /// (and, when `keep`, to the history and the cache). Under the lock.
     func post(
         _ ch: ChannelState, _ key: ChannelKey, prefix: [UInt8], header: [UInt8]?, binary: [UInt8]?,
-        exclude: SessionID?, now: Int64, keep: Bool, into out: inout Outbox
+        exclude: SessionID?, now: Int64, keep: Bool, numbering: Numbering = .next, into out: inout Outbox
     ) -> UInt64 {
-        ch.lastOffset += 1
-        let off = ch.lastOffset
+        let off: UInt64
+        var restarts = false
+        switch numbering {
+        case .next:
+            ch.lastOffset += 1
+            off = ch.lastOffset
+        case .given(let o, let r):
+            ch.lastOffset = o
+            off = o
+            restarts = r
+        case .none:
+            off = .max
+        }
         var p = prefix
-        Self.appendOffsetField(off, to: &p)
         var h = header
-        if h != nil { Self.appendOffsetField(off, to: &h!) }
-        let m = OutMessage(prefix: p, channel: key.name, offset: off, binaryHeader: h, binaryPayload: binary)
-        let pub = Publication(message: m, offset: off, time: now, exclude: exclude)
+        if off != .max {
+            Self.appendOffsetField(off, to: &p)
+            if h != nil { Self.appendOffsetField(off, to: &h!) }
+        }
+        let m = OutMessage(
+            prefix: p, channel: key.name, offset: off == .max ? 0 : off, binaryHeader: h, binaryPayload: binary)
+        let pub = Publication(message: m, offset: off, time: now, exclude: exclude, restarts: restarts)
+        guard off != .max else {
+            for (i, n) in ch.perLoop.enumerated() where n > 0 { out.perLoop[i].append((key, pub)) }
+            return 0
+        }
         if keep {
             if config.historySize > 0 { ch.append(pub, keep: config.historySize) } else { ch.droppedThrough = off }
             if ch.kind == .cache { ch.cached = pub }
@@ -238,13 +318,16 @@ public final class Hub: Sendable {
 
     enum SubscribeRefusal: Error {
         case presenceFull(Int)
+        /// With Redis: the node holds no state of the channel; ask the broker its epoch and
+        /// offset and subscribe again with `meta`.
+        case unknownChannel
     }
 
     /// Subscribes a session (a presence member when `member` is set: the first session of a
     /// user announces it with `pusher_internal:member_added` to the others).
     func subscribe(
         _ key: ChannelKey, session: SessionID, loop: Int, since: (epoch: String, offset: UInt64)?,
-        member: PresenceMember? = nil
+        member: PresenceMember? = nil, meta: (epoch: String, offset: UInt64)? = nil
     ) -> Result<SubscribeResult, SubscribeRefusal> {
         let now = Clock.monotonicMillis()
         let cacheCutoff = now - Int64(config.cacheSeconds) * 1000
@@ -252,6 +335,11 @@ public final class Hub: Sendable {
         let loops = self.loops
         var out = Outbox(loops: loops.count)
         let r: Result<SubscribeResult, SubscribeRefusal> = shard(key).withLock { st in
+            if clustered && st.channels[key] == nil && !key.name.hasPrefix(LoopHub.userChannelPrefix) {
+                // Redis holds the channel's epoch and offset: this node starts there.
+                guard let m = meta else { return .failure(.unknownChannel) }
+                st.channels[key] = ChannelState(name: key.name, loops: loops.count, epoch: m.epoch, at: m.offset)
+            }
             let ch = st.channel(key, loops: loops.count)
             var roster: [UInt8]? = nil
             let wasEmpty = ch.members.isEmpty
@@ -273,7 +361,7 @@ public final class Hub: Sendable {
                     let prefix = Wire.protocolEvent("pusher_internal:member_added", channel: key.name, data: d)
                     _ = post(
                         ch, key, prefix: prefix, header: nil, binary: nil, exclude: session, now: now, keep: false,
-                        into: &out)
+                        numbering: memberNumbering, into: &out)
                     webhook(key, .memberAdded(channel: key.name, userID: m.userID))
                 }
                 roster = presenceRoster(ch)
@@ -341,7 +429,7 @@ public final class Hub: Sendable {
                     let prefix = Wire.protocolEvent("pusher_internal:member_removed", channel: key.name, data: d)
                     _ = post(
                         ch, key, prefix: prefix, header: nil, binary: nil, exclude: session,
-                        now: Clock.monotonicMillis(), keep: false, into: &out)
+                        now: Clock.monotonicMillis(), keep: false, numbering: memberNumbering, into: &out)
                     webhook(key, .memberRemoved(channel: key.name, userID: uid))
                 }
             }
@@ -483,6 +571,7 @@ public final class Hub: Sendable {
                 "halley_app_\(k.name)_total", "counter", help[k]!,
                 ids.map { ("{app=\"\($0)\"}", table.stats[$0]?.get(k) ?? 0) })
         }
+        out += broker.metricsText()
         out += deliveryLatency.render(
             name: "halley_delivery_latency_seconds",
             help: "From a publish accepted to its message handed to a loop's subscribers, per message and loop.")

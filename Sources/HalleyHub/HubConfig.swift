@@ -157,6 +157,10 @@ public struct HubConfig: Sendable {
 
     /// Origins allowed on WebSocket and the HTTP transports (CORS). Default: any.
     public var origins = OriginPolicy()
+    /// `--redis`: nodes joined through this Redis (nil: one node, the memory broker).
+    public var redis: RedisURL?
+    /// `--node-id`: this node's name among the nodes (default: generated at start).
+    public var nodeID = "n" + String(UInt32.random(in: 0...UInt32.max), radix: 36)
 
     public init() {}
 }

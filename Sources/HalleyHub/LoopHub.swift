@@ -321,6 +321,7 @@ package final class LoopHub: @unchecked Sendable {
                 400)
             return
         }
+        if pendingMeta[key]?.contains(where: { $0.session === s }) == true { return }  // answered when it comes
         if already {
             // Pusher answers a repeated subscribe again; the subscription stays as it was.
             let r = hub.peek(key)
@@ -329,14 +330,37 @@ package final class LoopHub: @unchecked Sendable {
                     prefix: succeeded(name, epoch: r.epoch, offset: r.lastOffset, recovered: nil, roster: r.roster)))
             return
         }
+        subscribeChecked(s, key, name, since: since, member: member, meta: nil, refuse: refuse)
+    }
+
+    /// Subscriptions waiting for a channel's epoch and offset from Redis, by channel.
+    var pendingMeta: [ChannelKey: [(session: Session, since: (String, UInt64)?, member: PresenceMember?)]] = [:]
+
+    /// Subscribes a checked session in the hub and answers it (`pusher_internal:subscription_succeeded`
+    /// with what it recovered, a cached message).
+    func subscribeChecked(
+        _ s: Session, _ key: ChannelKey, _ name: String, since: (String, UInt64)?, member: PresenceMember?,
+        meta: (epoch: String, offset: UInt64)?, refuse: (String, String, Int) -> Void
+    ) {
         let r: Hub.SubscribeResult
         switch hub.subscribe(
-            key, session: s.id, loop: index, since: since.map { (epoch: $0.0, offset: $0.1) }, member: member)
+            key, session: s.id, loop: index, since: since.map { (epoch: $0.0, offset: $0.1) }, member: member,
+            meta: meta)
         {
         case .success(let ok): r = ok
         case .failure(.presenceFull(let n)):
             Log.info("session \(s.id): subscribe to \(name) refused: presence channel full")
             refuse("LimitReached", "presence channel is full (\(n) members)", 403)
+            return
+        case .failure(.unknownChannel):
+            // With Redis: the channel's epoch and offset first (one request for every
+            // subscription waiting on this loop).
+            if pendingMeta[key] != nil {
+                pendingMeta[key]!.append((s, since, member))
+                return
+            }
+            pendingMeta[key] = [(s, since, member)]
+            hub.broker.channelMeta(key, loop: index) { [self] result in metaArrived(key, result) }
             return
         }
         join(s, key, at: r.lastOffset)
@@ -385,6 +409,30 @@ package final class LoopHub: @unchecked Sendable {
         lc.joined.append(offset)
     }
 
+    /// Redis answered a channel's epoch and offset: the waiting subscriptions go on (those of
+    /// sessions that ended or unsubscribed meanwhile were dropped), or are refused with 503.
+    func metaArrived(_ key: ChannelKey, _ result: Result<(epoch: String, offset: UInt64), RedisError>) {
+        guard let waiting = pendingMeta.removeValue(forKey: key) else { return }
+        for w in waiting where !w.session.ended {
+            let s = w.session
+            func refuse(_ type: String, _ text: String, _ status: Int) {
+                var d = JSONObjectBuilder()
+                d.string("type", type)
+                d.string("error", text)
+                d.int("status", UInt64(status))
+                s.enqueue(
+                    OutMessage(prefix: Wire.protocolEvent("pusher:subscription_error", channel: key.name, data: d)))
+            }
+            switch result {
+            case .success(let m):
+                subscribeChecked(s, key, key.name, since: w.since, member: w.member, meta: m, refuse: refuse)
+            case .failure(let e):
+                Log.info("session \(s.id): subscribe to \(key.name) refused: 503 \(e)")
+                refuse("ServiceUnavailable", "cannot subscribe now: \(e); retry", 503)
+            }
+        }
+    }
+
     func succeeded(
         _ name: String, epoch: String, offset: UInt64, recovered: (Bool, RecoveryFailure?)?, roster: [UInt8]?
     ) -> [UInt8] {
@@ -406,6 +454,7 @@ package final class LoopHub: @unchecked Sendable {
         // The user's channel belongs to the sign-in: it lasts as long as the session.
         if name.hasPrefix(Self.userChannelPrefix) { return }
         let key = ChannelKey(app: s.app.id, name: name)
+        pendingMeta[key]?.removeAll { $0.session === s }
         guard let i = s.subscriptions.firstIndex(where: { $0.channel.key == key }) else { return }
         removeFromChannel(s, s.subscriptions[i])
         s.subscriptions.remove(at: i)
@@ -472,6 +521,10 @@ package final class LoopHub: @unchecked Sendable {
     func fanOut(_ key: ChannelKey, _ pubs: [Publication]) {
         loop.preconditionInLoop()
         guard let lc = channels[key] else { return }
+        if pubs[0].restarts || (pubs.count > 1 && pubs.contains { $0.restarts }) {
+            // Redis started the channel again: its offsets begin anew for everyone here.
+            for i in lc.joined.indices { lc.joined[i] = 0 }
+        }
         let sessions = lc.sessions
         let joined = lc.joined
         // The per-delivery loop reads only locals: each read of an array element or a property

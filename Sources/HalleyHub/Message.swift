@@ -43,12 +43,16 @@ final class Publication: @unchecked Sendable {
     let exclude: SessionID?
     /// Monotonic nanoseconds of publishing (the delivery-latency histogram).
     let publishedNanos = Clock.monotonicNanos()
+    /// The first message of a new epoch (Redis restarted the channel): loops forget the
+    /// offsets their subscribers joined at.
+    let restarts: Bool
 
-    init(message: OutMessage, offset: UInt64, time: Int64, exclude: SessionID?) {
+    init(message: OutMessage, offset: UInt64, time: Int64, exclude: SessionID?, restarts: Bool = false) {
         self.message = message
         self.offset = offset
         self.time = time
         self.exclude = exclude
+        self.restarts = restarts
     }
 }
 

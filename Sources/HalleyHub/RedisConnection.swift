@@ -188,6 +188,15 @@ public final class RedisConnection: EventHandler {
         send(args.map { Array($0.utf8) }, reply)
     }
 
+    /// Sends a command whose answers come as RESP3 pushes (`SSUBSCRIBE`, `SUNSUBSCRIBE`), not as a
+    /// reply in order; dropped when not ready (the owner sends it again on `onStateChange(true)`).
+    public func sendForPushes(_ args: [[UInt8]]) {
+        loop.preconditionInLoop()
+        guard state == .ready else { return }
+        RESP.appendCommand(args, to: &out)
+        if connected { flush() }
+    }
+
     public var inFlight: Int { pending.count - pendingStart }
 
     // MARK: connecting

@@ -322,9 +322,21 @@ package final class Session {
             return reject(p.text)
         }
         let user = kind == .presence ? loopHub.hub.presenceUser(key, session: id) : nil
-        _ = loopHub.hub.publish(
-            app: app, channels: [ch], event: msg.event, data: data, binary: binary, exclude: id, userID: user)
-        loopHub.hub.clientEventHook(app, channel: ch, event: msg.event, data: data, socketID: id, userID: user)
+        let event = msg.event
+        loopHub.hub.publish(
+            app: app, channels: [ch], event: event, data: data, binary: binary, exclude: id, userID: user,
+            loop: loopHub.index
+        ) { [self] r in
+            switch r {
+            case .success:
+                loopHub.hub.clientEventHook(app, channel: ch, event: event, data: data, socketID: id, userID: user)
+            case .failure(let e):
+                // Pusher's 4201 family: the client may send it again.
+                Log.info("session \(id): client event \(event) not published: \(e)")
+                transport?.sendControl(
+                    Wire.error(code: PusherErrorCode.clientEventRejected, message: "Client event not published: \(e)"))
+            }
+        }
     }
 
     /// `pusher:signin` (Pusher "User authentication"): `data.auth` signs

@@ -210,6 +210,23 @@ struct Options {
             o.hub.adminToken = v
         },
         Spec(
+            flag: "redis", value: "URL",
+            help:
+                "redis://[user:password@]host:port[/db]: join the other nodes on this Redis 7 (default none: one node)"
+        ) { _, o, v throws(OptionError) in
+            do throws(RedisURL.ParseError) { o.hub.redis = try RedisURL(v) } catch {
+                throw OptionError(description: error.description)
+            }
+        },
+        Spec(
+            flag: "node-id", value: "NAME",
+            help: "this node's name among the nodes, in logs and /metrics (default: generated at start)"
+        ) { _, o, v throws(OptionError) in
+            guard !v.isEmpty, v.utf8.count <= 64, v.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" })
+            else { throw OptionError(description: "--node-id: 1 to 64 letters, digits, - or _, got '\(v)'") }
+            o.hub.nodeID = v
+        },
+        Spec(
             flag: "secret-overlap", value: "SECONDS",
             help:
                 "after a reload (SIGHUP) changes an app's secret, the old one is still accepted this long (default 600)"

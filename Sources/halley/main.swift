@@ -78,6 +78,10 @@ if let root = cfg.publicRoot { startLine += ", public root \(root)" }
 if let tp = server.tlsPort, tp != server.port { startLine += ", https on https://\(cfg.host):\(tp)" }
 if let mp = server.metricsPort { startLine += ", metrics on http://\(cfg.metricsHost):\(mp)/metrics" }
 Log.lifecycle(startLine + ")")
+if let r = options.hub.redis {
+    Log.lifecycle(
+        "node \(options.hub.nodeID): joining the nodes on \(r) (publishes are answered 503 until it is reachable)")
+}
 if options.hub.streamMaxBytes >= options.hub.sessionBufferBytes {
     Log.warning(
         "--stream-max-bytes (\(options.hub.streamMaxBytes)) is not below --session-buffer-bytes (\(options.hub.sessionBufferBytes)): an SSE client that never acknowledges by POST overflows its session before its stream rotates"

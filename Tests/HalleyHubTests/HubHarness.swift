@@ -66,8 +66,13 @@ final class HubHarness {
 
     @discardableResult
     func publish(_ channel: String, _ event: String = "e", _ data: String) -> Hub.PublishResult {
-        let r = hub.publish(app: app, channels: [channel], event: event, data: data, binary: nil, exclude: nil)
+        var result: Result<Hub.PublishResult, RedisError>? = nil
+        hub.publish(app: app, channels: [channel], event: event, data: data, binary: nil, exclude: nil, loop: 0) {
+            result = $0
+        }
         step()
+        // The memory broker answers before `publish` returns.
+        guard case .success(let r) = result else { preconditionFailure("publish: \(String(describing: result))") }
         return r
     }
 }

@@ -112,6 +112,10 @@ def test_flag_equals_syntax(start_halley):
         (["--app-id", "7a"], None, "--app-id: expected digits"),
         (["--app-id", ""], None, "--app-id: expected digits"),
         ([], {"HALLEY_APP_ID": "app-7"}, "--app-id: expected digits, got 'app-7'"),
+        (["--redis", "rediss://127.0.0.1:6379"], None, "--redis: rediss:// (TLS) is not supported"),
+        (["--redis", "http://127.0.0.1"], None, "--redis: not a redis:// URL"),
+        ([], {"HALLEY_REDIS": "redis://127.0.0.1:70000"}, "--redis: bad port"),
+        (["--node-id", "a b"], None, "--node-id: 1 to 64 letters"),
     ],
 )
 def test_bad_options_exit_2(args, env, needle):

@@ -1,0 +1,59 @@
+import HalleyCore
+import HalleyLoop
+import HalleyServer
+
+/// Where a channel's messages are ordered and how they reach every node that has subscribers:
+/// the hub publishes through it. `MemoryBroker` is the single node (offsets decided under the
+/// channel's lock, as they always were); `RedisBroker` joins nodes through Redis (offsets from
+/// a Redis function, messages back to every node by pub/sub). One code path: the hub posts a
+/// channel's messages to its loops the same way whichever broker ordered them.
+package protocol Broker: AnyObject, Sendable {
+    /// `memory` or `redis` (for `/metrics` and logs).
+    var kind: String { get }
+    /// Publishes can be accepted now.
+    var isUp: Bool { get }
+    /// Whether the node's own channel state decides offsets and epochs (the memory broker):
+    /// when false, a channel the node holds no state of is asked of the broker first.
+    var ordersLocally: Bool { get }
+    /// Starts (connections on their loops); called by `Hub.attach`.
+    func start(hub: Hub, loops: [EventLoop])
+    /// Gives each message its channel's next offset and delivers it on every node (this one
+    /// included); `then` runs on loop `loop` with each channel's offset and epoch, in order, or
+    /// the reason nothing can be promised (answered 503).
+    func publish(
+        _ messages: [BrokerWire.Message], hub: Hub, loop: Int,
+        then: @escaping (Result<[(offset: UInt64, epoch: String)], RedisError>) -> Void)
+    /// The epoch and last offset of a channel (creating its epoch when it has none), for a
+    /// subscription to a channel this node holds no state of. `then` runs on loop `loop`.
+    func channelMeta(
+        _ key: ChannelKey, loop: Int, then: @escaping (Result<(epoch: String, offset: UInt64), RedisError>) -> Void)
+    /// `/metrics` lines.
+    func metricsText() -> String
+}
+
+/// The single node: the hub's channel table orders every message.
+package final class MemoryBroker: Broker {
+    package init() {}
+    package var kind: String { "memory" }
+    package var isUp: Bool { true }
+    package var ordersLocally: Bool { true }
+    package func start(hub: Hub, loops: [EventLoop]) {}
+
+    package func publish(
+        _ messages: [BrokerWire.Message], hub: Hub, loop: Int,
+        then: (Result<[(offset: UInt64, epoch: String)], RedisError>) -> Void
+    ) {
+        then(.success(hub.postLocally(messages)))
+    }
+
+    package func channelMeta(
+        _ key: ChannelKey, loop: Int, then: (Result<(epoch: String, offset: UInt64), RedisError>) -> Void
+    ) {
+        then(.failure(.unavailable("the memory broker holds no channels of its own")))
+    }
+
+    package func metricsText() -> String {
+        Metrics.family(
+            "halley_broker_up", "gauge", "1 when publishes can be accepted (memory broker: always).", [("", 1)])
+    }
+}

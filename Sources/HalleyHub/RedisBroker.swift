@@ -1,0 +1,289 @@
+import HalleyCore
+import HalleyLoop
+import HalleyProtocol
+import HalleyServer
+import Synchronization
+
+/// Nodes joined through Redis (`--redis`). Each loop publishes on its own connection with
+/// `FCALL halley_publish` (Redis orders the channel: offset, epoch, stream entry and the
+/// message to every node in one atomic call); one pub/sub connection on loop 0 takes every
+/// node's messages (`SSUBSCRIBE` to the `BrokerWire.shardCount` shard channels) and hands them
+/// to `Hub.receive`, which posts them to the loops as a local publish is posted. A message that
+/// arrives after a gap (the pub/sub connection was down) is held until the missing ones are
+/// read from the channel's stream. docs/MULTINODE.md has the whole design.
+package final class RedisBroker: Broker, @unchecked Sendable {
+    // @unchecked Sendable: each link is touched only on its own loop (`links[i]` on loop i, `pubsub`
+    // on loop 0), set up by `start` before the loops take requests; the counters are atomics.
+    package let url: RedisURL
+    package let nodeID: String
+    let historySize: Int
+    /// A channel's keys live this long after its last publish (then its next one starts a new epoch).
+    let keyTTLMillis = 24 * 3600 * 1000
+    /// The hub owns the broker (`unowned(unsafe)`: no reference-count traffic per message).
+    unowned(unsafe) var hub: Hub?
+    var links: [Link] = []
+    var pubsub: Link?
+    /// Shard subscriptions confirmed on the pub/sub connection since it (re)connected.
+    var confirmed = 0
+    let readyLinks = Atomic<Int>(0)
+    let pubsubReady = Atomic<Bool>(false)
+    let publishFailures = Atomic<Int>(0)
+    let gapsFilled = Atomic<Int>(0)
+    let gapsLost = Atomic<Int>(0)
+
+    /// One connection and whether the functions are loaded on it. Loop-confined.
+    final class Link {
+        let connection: RedisConnection
+        var loaded = false
+        init(_ c: RedisConnection) { connection = c }
+    }
+
+    package init(url: RedisURL, nodeID: String, historySize: Int) {
+        self.url = url
+        self.nodeID = nodeID
+        self.historySize = historySize
+    }
+
+    package var kind: String { "redis" }
+    package var ordersLocally: Bool { false }
+    package var isUp: Bool {
+        readyLinks.load(ordering: .relaxed) == links.count && pubsubReady.load(ordering: .relaxed)
+    }
+
+    package func start(hub: Hub, loops: [EventLoop]) {
+        self.hub = hub
+        links = loops.map { Link(RedisConnection(loop: $0, url: url)) }
+        let ps = Link(RedisConnection(loop: loops[0], url: url))
+        pubsub = ps
+        for (i, link) in links.enumerated() {
+            let box = UncheckedBox((self, link))
+            loops[i].execute {
+                let (broker, link) = box.value
+                link.connection.onStateChange = { [unowned broker, unowned link] up, _ in
+                    broker.commandLink(link, up: up)
+                }
+                link.connection.start()
+            }
+        }
+        let box = UncheckedBox((self, ps))
+        loops[0].execute {
+            let (broker, ps) = box.value
+            ps.connection.onStateChange = { [unowned broker] up, _ in broker.pubsubChanged(up: up) }
+            ps.connection.onPush = { [unowned broker] v in broker.push(v) }
+            ps.connection.start()
+        }
+    }
+
+    /// A command connection came (loads the functions first: Redis may have restarted without
+    /// them) or went.
+    func commandLink(_ link: Link, up: Bool) {
+        guard up else {
+            if link.loaded { readyLinks.subtract(1, ordering: .relaxed) }
+            link.loaded = false
+            return
+        }
+        link.connection.send(["FUNCTION", "LOAD", "REPLACE", BrokerWire.library].map { Array($0.utf8) }) {
+            [unowned self, unowned link] r in
+            switch r {
+            case .success:
+                if !link.loaded { readyLinks.add(1, ordering: .relaxed) }
+                link.loaded = true
+            case .failure(let e):
+                Log.error("redis: cannot load the halley functions (Redis 7 or later is needed): \(e)")
+            }
+        }
+    }
+
+    func pubsubChanged(up: Bool) {
+        confirmed = 0
+        pubsubReady.store(false, ordering: .relaxed)
+        guard up, let ps = pubsub else { return }
+        for n in 0..<BrokerWire.shardCount {
+            ps.connection.sendForPushes([Array("SSUBSCRIBE".utf8), BrokerWire.pubsubChannel(n)])
+        }
+    }
+
+    /// A RESP3 push on the pub/sub connection: a message, or a subscription confirmed.
+    func push(_ v: RESPValue) {
+        guard let a = v.elements, a.count == 3, let kind = a[0].string else { return }
+        switch kind {
+        case "smessage":
+            guard case .bulk(let payload) = a[2] else { return }
+            do throws(BrokerWire.DecodeError) {
+                hub?.receive(try BrokerWire.decode(payload))
+            } catch {
+                Log.warning("redis: a message on \(a[1].string ?? "?") is unreadable: \(error)")
+            }
+        case "ssubscribe":
+            confirmed += 1
+            if confirmed == BrokerWire.shardCount {
+                pubsubReady.store(true, ordering: .relaxed)
+                // Messages published while the pub/sub connection was away are in the streams:
+                // every channel with subscribers here catches up.
+                for c in hub?.channelsWithSubscribers() ?? [] { catchUp(c) }
+            }
+        default:
+            break
+        }
+    }
+
+    /// Asks the channel's last offset; what this node lacks is read from the stream.
+    func catchUp(_ key: ChannelKey) {
+        channelMeta(key, loop: 0) { [self] r in
+            guard case .success(let m) = r, let hub else { return }
+            if let gap = hub.caughtUp(key, epoch: m.epoch, offset: m.offset) { fill(key, gap) }
+        }
+    }
+
+    // MARK: publishing
+
+    package func publish(
+        _ messages: [BrokerWire.Message], hub: Hub, loop: Int,
+        then: @escaping (Result<[(offset: UInt64, epoch: String)], RedisError>) -> Void
+    ) {
+        let link = links[loop]
+        guard link.loaded, link.connection.state == .ready else {
+            publishFailures.add(1, ordering: .relaxed)
+            let why: String
+            if case .down(let w) = link.connection.state { why = w } else { why = "connecting" }
+            return then(.failure(.unavailable(why)))
+        }
+        let gather = Gather(count: messages.count, then: then)
+        let candidate = Array(ChannelState.newEpoch().utf8)
+        let ttl = Array(String(keyTTLMillis).utf8)
+        let history = Array(String(historySize).utf8)
+        for (i, m) in messages.enumerated() {
+            let k = BrokerWire.keys(m.key)
+            let keep = !m.key.name.hasPrefix(LoopHub.userChannelPrefix)
+            link.connection.send(
+                [
+                    Array("FCALL".utf8), Array("halley_publish".utf8), Array("2".utf8), k.meta, k.stream, candidate,
+                    keep ? history : Array("0".utf8), ttl, BrokerWire.body(m), k.pubsub,
+                ]
+            ) { [self] r in
+                switch r {
+                case .success(let v):
+                    if let a = v.elements, a.count == 2, case .integer(let off) = a[0], off > 0, let e = a[1].string {
+                        gather.done(i, (UInt64(off), e))
+                    } else {
+                        gather.failed(.server("unexpected answer to halley_publish: \(v)"))
+                    }
+                case .failure(let e):
+                    publishFailures.add(1, ordering: .relaxed)
+                    gather.failed(e)
+                }
+            }
+        }
+    }
+
+    /// Waits for one answer per channel. Loop-confined.
+    final class Gather {
+        var results: [(offset: UInt64, epoch: String)]
+        var left: Int
+        var failure: RedisError?
+        let then: (Result<[(offset: UInt64, epoch: String)], RedisError>) -> Void
+
+        init(count: Int, then: @escaping (Result<[(offset: UInt64, epoch: String)], RedisError>) -> Void) {
+            results = Array(repeating: (0, ""), count: count)
+            left = count
+            self.then = then
+        }
+
+        func done(_ i: Int, _ r: (UInt64, String)) {
+            results[i] = r
+            finish()
+        }
+
+        func failed(_ e: RedisError) {
+            if failure == nil { failure = e }
+            finish()
+        }
+
+        func finish() {
+            left -= 1
+            guard left == 0 else { return }
+            if let f = failure { then(.failure(f)) } else { then(.success(results)) }
+        }
+    }
+
+    package func channelMeta(
+        _ key: ChannelKey, loop: Int, then: @escaping (Result<(epoch: String, offset: UInt64), RedisError>) -> Void
+    ) {
+        let link = links[loop]
+        guard link.loaded, link.connection.state == .ready else {
+            return then(.failure(.unavailable("not connected")))
+        }
+        let k = BrokerWire.keys(key)
+        link.connection.send(
+            [
+                Array("FCALL".utf8), Array("halley_meta".utf8), Array("2".utf8), k.meta, k.stream,
+                Array(ChannelState.newEpoch().utf8), Array(String(keyTTLMillis).utf8),
+            ]
+        ) { r in
+            switch r {
+            case .success(let v):
+                if let a = v.elements, a.count == 2, let e = a[0].string, case .integer(let off) = a[1], off >= 0 {
+                    then(.success((e, UInt64(off))))
+                } else {
+                    then(.failure(.server("unexpected answer to halley_meta: \(v)")))
+                }
+            case .failure(let e): then(.failure(e))
+            }
+        }
+    }
+
+    // MARK: gaps
+
+    /// Reads offsets `gap.from...gap.to` of the channel's stream (on loop 0) and hands them to
+    /// the hub, which delivers them before the messages it held meanwhile.
+    func fill(_ key: ChannelKey, _ gap: Hub.Gap) {
+        let k = BrokerWire.keys(key)
+        let link = links[0]
+        let give: ([BrokerWire.Message]) -> Void = { [self] found in
+            let missing = Int(gap.to - gap.from + 1) - found.count
+            gapsFilled.add(found.count, ordering: .relaxed)
+            if missing > 0 {
+                gapsLost.add(missing, ordering: .relaxed)
+                Log.warning(
+                    "redis: \(missing) message(s) of \(key.name) (app \(key.app)) are no longer in the stream: subscribers here miss them"
+                )
+            }
+            hub?.filled(key, epoch: gap.epoch, found)
+        }
+        guard link.loaded, link.connection.state == .ready else { return give([]) }
+        link.connection.send(
+            [Array("XRANGE".utf8), k.stream, Array("\(gap.from)-0".utf8), Array("\(gap.to)-1".utf8)]
+        ) { r in
+            guard case .success(let v) = r, let entries = v.elements else { return give([]) }
+            var found: [BrokerWire.Message] = []
+            for e in entries {
+                guard let pair = e.elements, pair.count == 2, let id = pair[0].string,
+                    let off = UInt64(id.split(separator: "-").first ?? ""), let fields = pair[1].elements,
+                    fields.count == 2, case .bulk(let body) = fields[1],
+                    let m = try? BrokerWire.decodeBody(body, epoch: gap.epoch, offset: off)
+                else { continue }
+                found.append(m)
+            }
+            give(found)
+        }
+    }
+
+    package func metricsText() -> String {
+        var out = Metrics.family(
+            "halley_broker_up", "gauge",
+            "1 when every loop's Redis connection is ready and the pub/sub connection is subscribed.",
+            [("", isUp ? 1 : 0)])
+        out += Metrics.family(
+            "halley_broker_publish_failures_total", "counter",
+            "Publishes answered 503: Redis unreachable or no answer (nothing of them was delivered by this node).",
+            [("", publishFailures.load(ordering: .relaxed))])
+        out += Metrics.family(
+            "halley_broker_gap_messages_total", "counter",
+            "Messages this node missed on pub/sub (a reconnect) and read back from the channel's stream (filled), or found gone (lost).",
+            [
+                ("{result=\"filled\"}", gapsFilled.load(ordering: .relaxed)),
+                ("{result=\"lost\"}", gapsLost.load(ordering: .relaxed)),
+            ])
+        return out
+    }
+}

@@ -1,0 +1,296 @@
+"""Several nodes over Redis (`--redis`): three hub processes and a real `redis-server`.
+
+A message published on any node (POST /publish, the HTTP API, a client event) reaches the
+channel's subscribers on every node once, in the channel's order, with Redis's offsets and
+epoch; a publish Redis cannot take is answered 503 (never accepted and lost); messages a node
+missed on pub/sub are read back from the channel's stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+
+import pytest
+
+from cluster import RedisServer
+from halley_client import parse_metrics
+from hub_client import SSE, WS, Poll, http_request, publish, publish_signed, pusher_client, send_http, wait_until
+
+
+@pytest.fixture
+def redis(tmp_path):
+    r = RedisServer(str(tmp_path))
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def nodes(start_halley, redis):
+    return [
+        start_halley("--redis", redis.url, "--node-id", f"n{i}", "--app-token", "tok", "--metrics-port", "0")
+        for i in range(3)
+    ]
+
+
+def metrics(h):
+    r = h.get("/metrics", port=h.metrics_port)
+    assert r.status == 200
+    return parse_metrics(r.body.decode())
+
+
+def broker_up(h):
+    return metrics(h).get("halley_broker_up") == 1
+
+
+def ready(nodes):
+    assert wait_until(lambda: all(broker_up(h) for h in nodes), timeout=10), [h.log_text()[-2000:] for h in nodes]
+
+
+def events(ws, n, timeout=10):
+    """The next n messages that are not protocol events."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        m = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+        if not m["event"].startswith(("pusher", "halley:")):
+            out.append(m)
+    return out
+
+
+def test_a_publish_on_any_node_reaches_every_node_once_in_order(nodes):
+    ready(nodes)
+    subs = []
+    for h in nodes:
+        ws = WS(h.port, halley=False)
+        ws.hello()
+        subs.append((ws, ws.subscribe("news")))
+    # An SSE stream and a long-poll on the other nodes take the same path.
+    sse = SSE(nodes[1].port)
+    info = json.loads(sse.recv()["data"])
+    assert send_http(nodes[1].port, info["socket_id"], info["halley:token"],
+                     {"event": "pusher:subscribe", "data": {"channel": "news"}})[0] == 200
+    assert sse.recv()["event"] == "pusher_internal:subscription_succeeded"
+    poll = Poll(nodes[2].port)
+    poll.subscribe("news")
+    assert poll.poll()[-1]["event"] == "pusher_internal:subscription_succeeded"
+
+    answers = []
+    n = 60
+    for i in range(n):
+        body = {"channel": "news", "event": "e", "data": f"m{i}"}
+        port = nodes[i % 3].port
+        if i % 4 == 3:
+            status, j = publish_signed(port, body)  # signed as a Pusher backend signs
+        else:
+            status, j = publish(port, body)
+        assert status in (201, 202), (status, j)
+        answers.append(j["channels"]["news"])
+    epoch = answers[0]["epoch"]
+    assert [a["offset"] for a in answers] == list(range(1, n + 1))
+    assert {a["epoch"] for a in answers} == {epoch}
+    for ws, sub in subs:
+        assert sub["halley:epoch"] == epoch and sub["halley:offset"] == 0
+        got = events(ws, n)
+        assert [m["data"] for m in got] == [f"m{i}" for i in range(n)]
+        assert [m["halley:offset"] for m in got] == list(range(1, n + 1))
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=0.3)  # nothing twice
+        ws.close()
+    got = [m for m in (sse.recv() for _ in range(n))]
+    assert [m["data"] for m in got] == [f"m{i}" for i in range(n)]
+    sse.close()
+    polled = []
+    while len(polled) < n:
+        polled += [m for m in poll.poll(timeout=10) if m["event"] == "e"]
+    assert [m["data"] for m in polled] == [f"m{i}" for i in range(n)]
+
+
+SIZES = [0, 1, 125, 126, 127, 1023, 1024, 1025, 65535, 65536, 65537]
+
+
+def test_payload_sizes_across_nodes_byte_for_byte(start_halley, redis):
+    hubs = [start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0",
+                         "--max-event-bytes", "200000", "--max-body-bytes", "400000") for _ in range(2)]
+    ready(hubs)
+    plain = WS(hubs[1].port, halley=False)
+    plain.hello()
+    plain.subscribe("sizes")
+    resumable = WS(hubs[1].port)  # halley.js's session: binary messages come as binary frames
+    resumable.hello()
+    resumable.subscribe("sizes")
+    for n in SIZES:
+        text = "".join(chr(0x20 + (i * 7 + n) % 0x5e) for i in range(n))
+        assert publish(hubs[0].port, {"channel": "sizes", "event": "t", "data": text})[0] in (201, 202)
+        raw = bytes((i * 31 + n) % 256 for i in range(n))
+        assert publish(hubs[0].port, {"channel": "sizes", "event": "b",
+                                      "data_base64": base64.b64encode(raw).decode()})[0] in (201, 202)
+        t = events(plain, 1)[0]
+        assert t["data"] == text, n
+        b = events(plain, 1)[0]
+        assert base64.b64decode(b["data"]) == raw, n
+        t = events(resumable, 1)[0]
+        assert t["data"] == text, n
+        b = events(resumable, 1)[0]
+        assert b["halley:binary_payload"] == raw, n
+    plain.close()
+    resumable.close()
+
+
+def auth(socket_id, channel, secret="app-secret", key="app-key"):
+    sig = hmac.new(secret.encode(), f"{socket_id}:{channel}".encode(), hashlib.sha256).hexdigest()
+    return f"{key}:{sig}"
+
+
+def test_client_events_and_the_http_api_cross_nodes(nodes):
+    ready(nodes)
+    a = WS(nodes[0].port, halley=False)
+    sa = a.hello()["socket_id"]
+    b = WS(nodes[1].port, halley=False)
+    sb = b.hello()["socket_id"]
+    for ws, sid in ((a, sa), (b, sb)):
+        ws.send({"event": "pusher:subscribe", "data": {"channel": "private-room", "auth": auth(sid, "private-room")}})
+        assert ws.recv()["event"] == "pusher_internal:subscription_succeeded"
+    a.send({"event": "client-typing", "channel": "private-room", "data": {"who": "a"}})
+    m = events(b, 1)[0]
+    assert m["event"] == "client-typing" and json.loads(m["data"]) == {"who": "a"}
+    with pytest.raises(TimeoutError):
+        events(a, 1, timeout=0.5)  # not back to its sender
+    # The official SDK: trigger, trigger_batch and socket_id exclusion through node 2.
+    client = pusher_client(nodes[2].port)
+    client.trigger("private-room", "api", {"n": 1})
+    client.trigger_batch([{"channel": "private-room", "name": "api", "data": json.dumps({"n": 2})},
+                          {"channel": "private-room", "name": "api", "data": json.dumps({"n": 3})}])
+    client.trigger("private-room", "api", {"n": 4}, socket_id=sa)
+    assert [json.loads(m["data"])["n"] for m in events(b, 4)] == [1, 2, 3, 4]
+    assert [json.loads(m["data"])["n"] for m in events(a, 3)] == [1, 2, 3]
+    with pytest.raises(TimeoutError):
+        events(a, 1, timeout=0.5)
+    a.close()
+    b.close()
+
+
+def test_a_node_that_joins_later_starts_at_redis_offsets(start_halley, redis):
+    first = start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0")
+    ready([first])
+    for i in range(5):
+        assert publish(first.port, {"channel": "late", "event": "e", "data": str(i)})[0] == 202
+    later = start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0")
+    ready([later])
+    ws = WS(later.port, halley=False)
+    ws.hello()
+    sub = ws.subscribe("late")
+    status, j = publish(first.port, {"channel": "late", "event": "e", "data": "5"})
+    assert status == 201 or status == 202
+    assert sub["halley:epoch"] == j["channels"]["late"]["epoch"]
+    assert sub["halley:offset"] == 5
+    m = events(ws, 1)[0]
+    assert (m["data"], m["halley:offset"]) == ("5", 6)
+    ws.close()
+    # A node that received the messages has them in its history: recovery there works.
+    again = WS(first.port, halley=False)
+    again.hello()
+    r = again.subscribe("late", since={"epoch": sub["halley:epoch"], "offset": 3})
+    assert r["halley:recovered"] is True
+    assert [m["data"] for m in events(again, 3)] == ["3", "4", "5"]
+    again.close()
+
+
+def test_redis_down_publishes_get_503_then_the_nodes_come_back(nodes, redis):
+    ready(nodes)
+    ws = WS(nodes[1].port, halley=False)
+    ws.hello()
+    first = ws.subscribe("outage")
+    # 202: no subscriber on the publishing node (other nodes' are not counted)
+    assert publish(nodes[0].port, {"channel": "outage", "event": "e", "data": "before"})[0] == 202
+    assert events(ws, 1)[0]["data"] == "before"
+    redis.stop()
+    assert wait_until(lambda: not any(broker_up(h) for h in nodes), timeout=5)
+    status, headers, body = http_request(nodes[0].port, "POST", "/publish",
+                                         json.dumps({"channel": "outage", "event": "e", "data": "lost?"}).encode(),
+                                         {"Authorization": "Bearer tok", "Content-Type": "application/json"})
+    assert status == 503, body
+    assert headers.get("retry-after") == "1"
+    assert b"not published" in body
+    with pytest.raises(Exception) as e:  # the SDK raises on a 503 from the HTTP API
+        pusher_client(nodes[2].port).trigger("outage", "e", "lost?")
+    assert "503" in str(e.value) or "Service Unavailable" in str(e.value) or "Not published" in str(e.value)
+    m = metrics(nodes[0])
+    assert m["halley_broker_publish_failures_total"] >= 1
+    assert nodes[0].wait_for_log("redis: connection to .* lost")
+    redis.restart(down_seconds=1.0)  # no persistence: Redis comes back empty
+    ready(nodes)
+    assert nodes[0].wait_for_log("redis: reconnected to")
+    status, j = publish(nodes[1].port, {"channel": "outage", "event": "e", "data": "after"})
+    assert status == 201, j
+    assert j["channels"]["outage"]["epoch"] != first["halley:epoch"]  # Redis lost the channel: a new epoch
+    m = events(ws, 1)[0]
+    assert (m["data"], m["halley:offset"]) == ("after", 1)  # nothing accepted was lost; "lost?" never was
+    with pytest.raises(TimeoutError):
+        events(ws, 1, timeout=0.5)
+    ws.close()
+
+
+def test_messages_missed_on_pubsub_are_read_from_the_stream(start_halley, redis):
+    # The stream keeps --history-size messages per channel: what the nodes' pub/sub links miss
+    # while they reconnect (100 ms) must fit in it.
+    nodes = [start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0", "--history-size", "1000")
+             for _ in range(3)]
+    ready(nodes)
+    ws = WS(nodes[2].port, halley=False)
+    ws.hello()
+    ws.subscribe("gaps")
+    n = 300
+    done = threading.Event()
+
+    def publisher():
+        for i in range(n):
+            assert publish(nodes[i % 2].port, {"channel": "gaps", "event": "e", "data": str(i)})[0] in (201, 202)
+            if i in (50, 150):
+                redis.command("CLIENT", "KILL", "TYPE", "pubsub")  # every node's pub/sub link
+        done.set()
+
+    t = threading.Thread(target=publisher)
+    t.start()
+    got = events(ws, n, timeout=30)
+    t.join(10)
+    assert done.is_set()
+    assert [m["data"] for m in got] == [str(i) for i in range(n)]
+    assert [m["halley:offset"] for m in got] == list(range(1, n + 1))
+    with pytest.raises(TimeoutError):
+        events(ws, 1, timeout=0.5)
+    filled = metrics(nodes[2])['halley_broker_gap_messages_total{result="filled"}']
+    assert filled >= 1, "the kills came between publishes: some messages must have come from the stream"
+    assert metrics(nodes[2])['halley_broker_gap_messages_total{result="lost"}'] == 0
+    ws.close()
+
+
+def test_a_gap_longer_than_the_stream_is_skipped_counted_and_logged(start_halley, redis):
+    """--history-size 5: the stream cannot cover what a node's pub/sub link misses while it
+    reconnects; the subscriber gets the rest in order, never a message twice, and the node says
+    how many it lost."""
+    nodes = [start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0", "--history-size", "5")
+             for _ in range(2)]
+    ready(nodes)
+    ws = WS(nodes[1].port, halley=False)
+    ws.hello()
+    ws.subscribe("short")
+    redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+    for i in range(100):
+        assert publish(nodes[0].port, {"channel": "short", "event": "e", "data": str(i)})[0] in (201, 202)
+    assert wait_until(lambda: broker_up(nodes[1]), timeout=5)
+    assert publish(nodes[0].port, {"channel": "short", "event": "e", "data": "last"})[0] in (201, 202)
+    got = []
+    while not got or got[-1]["data"] != "last":
+        got += events(ws, 1)
+    offsets = [m["halley:offset"] for m in got]
+    assert offsets == sorted(set(offsets)), "in order, once"
+    m = metrics(nodes[1])
+    lost = m['halley_broker_gap_messages_total{result="lost"}']
+    assert lost >= 1 and lost + len(got) == 101, (lost, len(got))
+    assert nodes[1].wait_for_log(r"message\(s\) of short \(app 1\) are no longer in the stream")
+    ws.close()
