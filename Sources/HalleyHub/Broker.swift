@@ -52,8 +52,23 @@ package final class MemoryBroker: Broker {
         then(.failure(.unavailable("the memory broker holds no channels of its own")))
     }
 
-    package func metricsText() -> String {
-        Metrics.family(
-            "halley_broker_up", "gauge", "1 when publishes can be accepted (memory broker: always).", [("", 1)])
-    }
+    package func metricsText() -> String { brokerMetrics(up: true, failures: 0, filled: 0, lost: 0) }
+}
+
+/// The broker's `/metrics` families (the same with either broker, so that dashboards need not
+/// know which one runs).
+func brokerMetrics(up: Bool, failures: Int, filled: Int, lost: Int) -> String {
+    var out = Metrics.family(
+        "halley_broker_up", "gauge",
+        "1 when publishes can be accepted: always with one node; with Redis, every loop's connection ready and the pub/sub connection subscribed.",
+        [("", up ? 1 : 0)])
+    out += Metrics.family(
+        "halley_broker_publish_failures_total", "counter",
+        "Publishes answered 503 because Redis could not take them (unreachable or no answer in time).",
+        [("", failures)])
+    out += Metrics.family(
+        "halley_broker_gap_messages_total", "counter",
+        "Messages this node missed on Redis pub/sub (a reconnect) and read back from the channel's stream (filled), or found gone from it (lost).",
+        [("{result=\"filled\"}", filled), ("{result=\"lost\"}", lost)])
+    return out
 }

@@ -269,21 +269,8 @@ package final class RedisBroker: Broker, @unchecked Sendable {
     }
 
     package func metricsText() -> String {
-        var out = Metrics.family(
-            "halley_broker_up", "gauge",
-            "1 when every loop's Redis connection is ready and the pub/sub connection is subscribed.",
-            [("", isUp ? 1 : 0)])
-        out += Metrics.family(
-            "halley_broker_publish_failures_total", "counter",
-            "Publishes answered 503: Redis unreachable or no answer (nothing of them was delivered by this node).",
-            [("", publishFailures.load(ordering: .relaxed))])
-        out += Metrics.family(
-            "halley_broker_gap_messages_total", "counter",
-            "Messages this node missed on pub/sub (a reconnect) and read back from the channel's stream (filled), or found gone (lost).",
-            [
-                ("{result=\"filled\"}", gapsFilled.load(ordering: .relaxed)),
-                ("{result=\"lost\"}", gapsLost.load(ordering: .relaxed)),
-            ])
-        return out
+        brokerMetrics(
+            up: isUp, failures: publishFailures.load(ordering: .relaxed), filled: gapsFilled.load(ordering: .relaxed),
+            lost: gapsLost.load(ordering: .relaxed))
     }
 }
