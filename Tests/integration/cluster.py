@@ -95,3 +95,52 @@ def _read(f):
         n = int(rest)
         return None if n < 0 else [_read(f) for _ in range(n)]
     raise RuntimeError(f"unexpected reply {line!r}")
+
+
+class Balancer:
+    """Debian's HAProxy in front of the nodes: round-robin, no stickiness; a node that stops
+    answering is taken out by its health check (every 200 ms) and a failed connection is
+    sent to another node (`option redispatch`), as a production balancer is set up."""
+
+    def __init__(self, tmpdir: str, ports: list[int]):
+        exe = shutil.which("haproxy")
+        if exe is None:
+            raise RuntimeError("haproxy is not installed (apt-get install haproxy)")
+        self.port = free_port()
+        servers = "\n".join(f"    server n{i} {HOST}:{p} check inter 200 fall 1 rise 1" for i, p in enumerate(ports))
+        cfg = f"""global
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 1h
+    retries 3
+    option redispatch
+frontend hubs
+    bind {HOST}:{self.port}
+    default_backend nodes
+backend nodes
+    balance roundrobin
+{servers}
+"""
+        path = f"{tmpdir}/haproxy.cfg"
+        with open(path, "w") as f:
+            f.write(cfg)
+        self.log = open(f"{tmpdir}/haproxy.out", "wb")
+        self.proc = subprocess.Popen([exe, "-db", "-f", path], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((HOST, self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("haproxy did not start")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.log.close()

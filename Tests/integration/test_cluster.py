@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from cluster import RedisServer
+from cluster import Balancer, RedisServer
 from halley_client import parse_metrics
 from hub_client import SSE, WS, Poll, http_request, publish, publish_signed, pusher_client, send_http, wait_until
 
@@ -294,3 +294,69 @@ def test_a_gap_longer_than_the_stream_is_skipped_counted_and_logged(start_halley
     assert lost >= 1 and lost + len(got) == 101, (lost, len(got))
     assert nodes[1].wait_for_log(r"message\(s\) of short \(app 1\) are no longer in the stream")
     ws.close()
+
+
+def test_kill_9_of_a_node_resumable_sessions_lose_nothing(start_halley, redis, tmp_path):
+    """A resumable session (halley.js's protocol) on the node that dies comes back through the
+    balancer on another node: the session is gone with its node (`expired`), the client
+    subscribes again with the offset it has, and the new node's history (every node gets every
+    message) gives it the rest: every accepted message once. A plain Pusher client subscribes
+    afresh and misses what was published while it was away, as with Pusher itself."""
+    nodes = [start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0", "--history-size", "1000")
+             for _ in range(3)]
+    ready(nodes)
+    lb = Balancer(str(tmp_path), [h.port for h in nodes])
+    try:
+        ws = WS(nodes[0].port)
+        info = ws.hello()
+        sub = ws.subscribe("k9")
+        plain = WS(nodes[0].port, halley=False)
+        plain.hello()
+        plain.subscribe("k9")
+        accepted: list[int] = []
+        stop = threading.Event()
+
+        def publisher():
+            i = 0
+            while not stop.is_set():  # straight to the nodes that live (an answer lost with a node is ambiguous)
+                status, j = publish(nodes[1 + i % 2].port, {"channel": "k9", "event": "e", "data": str(i)})
+                assert status in (201, 202), (status, j)
+                accepted.append(j["channels"]["k9"]["offset"])
+                i += 1
+                time.sleep(0.005)
+
+        t = threading.Thread(target=publisher)
+        t.start()
+        got = events(ws, 20)
+        plain_got = events(plain, 20)
+        last = got[-1]
+        ws.ack(last["halley:seq"])
+        nodes[0].crash()
+        time.sleep(0.3)  # the balancer's health check takes the dead node out
+        again = WS(lb.port, session=info["socket_id"], token=info["halley:token"], last_seq=last["halley:seq"])
+        est = again.hello()
+        assert est["halley:resumed"] is False and est["halley:reason"] == "expired"
+        r = again.subscribe("k9", since={"epoch": sub["halley:epoch"], "offset": got[-1]["halley:offset"]})
+        assert r["halley:recovered"] is True, r
+        plain2 = WS(lb.port, halley=False)
+        plain2.hello()
+        fresh = plain2.subscribe("k9")
+        time.sleep(0.5)
+        stop.set()
+        t.join(10)
+        final = accepted[-1]
+        while got[-1]["halley:offset"] < final:
+            got += events(again, 1)
+        offsets = [m["halley:offset"] for m in got]
+        assert offsets == sorted(accepted), "every accepted message once, in order"
+        with pytest.raises(TimeoutError):
+            events(again, 1, timeout=0.5)
+        # The plain client: from its new subscription on; what came between is missed.
+        p2 = []
+        while not p2 or p2[-1]["halley:offset"] < final:
+            p2 += events(plain2, 1)
+        assert [m["halley:offset"] for m in p2] == [o for o in sorted(accepted) if o > fresh["halley:offset"]]
+        missed = [o for o in sorted(accepted) if plain_got[-1]["halley:offset"] < o <= fresh["halley:offset"]]
+        print(f"plain Pusher client missed {len(missed)} of {len(accepted)} messages")
+    finally:
+        lb.stop()
