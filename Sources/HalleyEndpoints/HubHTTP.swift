@@ -56,7 +56,7 @@ extension HubEndpoints {
     /// Adds the hub's routes. `endpoint` is the WebSocket endpoint (origins, compression).
     public func install(on router: Router, endpoint: WebSocketHandshake.Endpoint) {
         router.add([.get], "/app/{key}") { [self] request, responder in
-            routeToOwner(request, responder) { $0.webSocket($1, $2, $3, endpoint: endpoint) }
+            routeToOwner(request, responder, forwardable: false) { $0.webSocket($1, $2, $3, endpoint: endpoint) }
         }
         router.add([.get], "/halley/sse") { [self] request, responder in
             routeToOwner(request, responder) { $0.sse($1, $2, $3) }
@@ -93,9 +93,12 @@ extension HubEndpoints {
     }
 
     /// Runs `body` on the loop that owns the session the request names (moving the
-    /// connection there), or here for a new session.
+    /// connection there), or here for a new session. With Redis, an HTTP session's request
+    /// (`forwardable`) for a session of another node is forwarded there; a WebSocket that
+    /// resumes another node's session is served here (told `expired`, it subscribes again with
+    /// its offsets and recovers from this node's history).
     func routeToOwner(
-        _ request: HTTPRequest, _ responder: Responder,
+        _ request: HTTPRequest, _ responder: Responder, forwardable: Bool = true,
         _ body: @escaping @Sendable (LoopEndpoints, HTTPRequest, Responder, [(String, String)]) -> Void
     ) {
         precondition(!loops.isEmpty, "HubEndpoints.attach() must run after Hub.attach, before requests")
@@ -107,14 +110,28 @@ extension HubEndpoints {
             return
         }
         let q = Query.parse(request.head.query)
+        if forwardable, let id = Self.namedSession(request, q), let node = ownerElsewhere(id, request) {
+            forward(request, responder, node: node) { [self] in serveOnOwnerLoop(request, responder, q, id, body) }
+            return
+        }
         if let id = Self.namedSession(request, q) {
-            let owner = id.owner(loops: loops.count)
-            if owner != responder.loopIndex {
-                responder.handOff(toLoop: owner, request) { [self] req, resp in
-                    body(loops[resp.loopIndex], req, resp, q)
-                }
-                return
+            serveOnOwnerLoop(request, responder, q, id, body)
+            return
+        }
+        body(loops[responder.loopIndex], request, responder, q)
+    }
+
+    /// Runs `body` on the loop that owns session `id` (moving the connection there).
+    func serveOnOwnerLoop(
+        _ request: HTTPRequest, _ responder: Responder, _ q: [(String, String)], _ id: SessionID,
+        _ body: @escaping @Sendable (LoopEndpoints, HTTPRequest, Responder, [(String, String)]) -> Void
+    ) {
+        let owner = id.owner(loops: loops.count)
+        if owner != responder.loopIndex {
+            responder.handOff(toLoop: owner, request) { [self] req, resp in
+                body(loops[resp.loopIndex], req, resp, q)
             }
+            return
         }
         body(loops[responder.loopIndex], request, responder, q)
     }

@@ -142,6 +142,21 @@ public struct HTTPResponseParser {
         return isComplete ? response : nil
     }
 
+    /// The status and fields, once the head is read (a relay streams the body after it).
+    public var head: (status: Int, headers: HTTPHeaders)? {
+        switch state {
+        case .statusLine, .fields: return nil
+        default: return (status, HTTPHeaders(fields))
+        }
+    }
+
+    /// The body bytes read and not taken yet (chunk framing removed), taken: a relay passes
+    /// them on as they come, so `maxBodyBytes` bounds what waits, not the whole body.
+    public mutating func takeBody() -> [UInt8] {
+        defer { body.removeAll(keepingCapacity: true) }
+        return body
+    }
+
     public mutating func feed(_ bytes: [UInt8]) throws(HTTPResponseParseError) -> HTTPClientResponse? {
         let r: Result<HTTPClientResponse?, HTTPResponseParseError> = bytes.withUnsafeBytes { b in
             do throws(HTTPResponseParseError) { return .success(try feed(b)) } catch { return .failure(error) }

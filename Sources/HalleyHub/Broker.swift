@@ -27,6 +27,9 @@ package protocol Broker: AnyObject, Sendable {
     /// subscription to a channel this node holds no state of. `then` runs on loop `loop`.
     func channelMeta(
         _ key: ChannelKey, loop: Int, then: @escaping (Result<(epoch: String, offset: UInt64), RedisError>) -> Void)
+    /// Where node `n` is reached (`host:port`), nil when no live node has that number (its
+    /// heartbeat expired). `then` runs on loop `loop`.
+    func nodeAddress(_ n: Int, loop: Int, then: @escaping (String?) -> Void)
     /// `/metrics` lines.
     func metricsText() -> String
 }
@@ -51,6 +54,8 @@ package final class MemoryBroker: Broker {
     ) {
         then(.failure(.unavailable("the memory broker holds no channels of its own")))
     }
+
+    package func nodeAddress(_ n: Int, loop: Int, then: (String?) -> Void) { then(nil) }
 
     package func metricsText() -> String { brokerMetrics(up: true, failures: 0, filled: 0, lost: 0) }
 }

@@ -116,7 +116,9 @@ package enum BrokerWire {
     /// creates the epoch when the channel has none (and drops a stream of an older one), takes
     /// the next offset, adds the body to the stream (when history-size > 0), publishes, and
     /// answers `[offset, epoch]`. `halley_meta meta stream | epoch-candidate ttl-ms` answers
-    /// `[epoch, last offset]`, creating the epoch the same way.
+    /// `[epoch, last offset]`, creating the epoch the same way. `halley_beat node-key | address
+    /// ttl-ms` sets a node's key to its address when it is free or already the node's (1), and
+    /// leaves another node's alone (0).
     package static let library = """
         #!lua name=halley
         local function epoch(meta, stream, candidate, ttl)
@@ -141,7 +143,16 @@ package enum BrokerWire {
           local e = epoch(keys[1], keys[2], args[1], args[2])
           return {e, tonumber(redis.call('HGET', keys[1], 'o') or '0')}
         end
+        local function beat(keys, args)
+          local v = redis.call('GET', keys[1])
+          if v == false or v == args[1] then
+            redis.call('SET', keys[1], args[1], 'PX', args[2])
+            return 1
+          end
+          return 0
+        end
         redis.register_function('halley_publish', publish)
+        redis.register_function('halley_beat', beat)
         redis.register_function('halley_meta', meta)
         """
 

@@ -95,7 +95,13 @@ public final class Hub: Sendable {
     package let broker: any Broker
     /// The broker is Redis: a channel's offsets and epoch are Redis's (`broker.ordersLocally`
     /// read once).
-    let clustered: Bool
+    package let clustered: Bool
+    /// With Redis: this node's number among the nodes (in its sessions' ids), 0 until claimed.
+    package let nodeNumber = Atomic<Int>(0)
+    /// With Redis: requests of other nodes' HTTP sessions this node relayed to them.
+    package let forwardedRequests = Atomic<Int>(0)
+    /// Where the other nodes reach this one (`host:port`), set by `attach`.
+    package internal(set) nonisolated(unsafe) var advertisedAddress = ""
     /// Presence member events: numbered as the channel's messages on one node, unnumbered
     /// with Redis (which numbers only what is published through it).
     var memberNumbering: Numbering { clustered ? .none : .next }
@@ -125,9 +131,11 @@ public final class Hub: Sendable {
     /// `server.start()` made the loops, before any request can arrive: in
     /// `Server.start(beforeRunning:)`.
     public func attach(
-        loops serverLoops: [EventLoop], clientLimits: ClientLimits = ClientLimits(config: ClientLimitConfig())
+        loops serverLoops: [EventLoop], clientLimits: ClientLimits = ClientLimits(config: ClientLimitConfig()),
+        address: String = ""
     ) {
         self.clientLimits = clientLimits
+        advertisedAddress = address
         census.withLock { $0 = Array(repeating: [:], count: serverLoops.count) }
         deliveryLatency = LatencyHistogram(loops: serverLoops.count)
         publishHandling = LatencyHistogram(loops: serverLoops.count)
@@ -572,6 +580,10 @@ public final class Hub: Sendable {
                 ids.map { ("{app=\"\($0)\"}", table.stats[$0]?.get(k) ?? 0) })
         }
         out += broker.metricsText()
+        family(
+            "halley_forwarded_requests_total", "counter",
+            "Requests of an HTTP session owned by another node (long-poll, SSE, /halley/send), relayed to it.",
+            [("", forwardedRequests.load(ordering: .relaxed))])
         out += deliveryLatency.render(
             name: "halley_delivery_latency_seconds",
             help: "From a publish accepted to its message handed to a loop's subscribers, per message and loop.")

@@ -159,6 +159,9 @@ public struct HubConfig: Sendable {
     public var origins = OriginPolicy()
     /// `--redis`: nodes joined through this Redis (nil: one node, the memory broker).
     public var redis: RedisURL?
+    /// `--cluster-address`: where the other nodes reach this one (`host:port`) to forward an
+    /// HTTP session's request; default: the listening address, when it is not a wildcard.
+    public var clusterAddress: String?
     /// `--node-id`: this node's name among the nodes (default: generated at start).
     public var nodeID = "n" + String(UInt32.random(in: 0...UInt32.max), radix: 36)
 

@@ -149,8 +149,9 @@ package final class LoopHub: @unchecked Sendable {
                 return nil
             }
         }
-        var id = SessionID.random(loop: index, loops: loopCount)
-        while sessions[id] != nil { id = SessionID.random(loop: index, loops: loopCount) }
+        let node = hub.clustered ? hub.nodeNumber.load(ordering: .relaxed) : nil
+        var id = SessionID.random(loop: index, loops: loopCount, node: node)
+        while sessions[id] != nil { id = SessionID.random(loop: index, loops: loopCount, node: node) }
         let s = Session(id: id, app: app, resumable: resumable, client: client, loopHub: self)
         if resumable { sessions[id] = s }
         s.liveSlot = live.count

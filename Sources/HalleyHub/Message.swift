@@ -97,10 +97,24 @@ public struct SessionID: Hashable, Sendable, CustomStringConvertible {
 
     package func owner(loops: Int) -> Int { Int(a) % loops }
 
-    static func random(loop: Int, loops: Int) -> SessionID {
+    /// With Redis: the number of the node that owns the session (the millions of the second
+    /// part; 0: a session opened before its node had a number, served where it lands).
+    package var node: Int { Int(b / 1_000_000) }
+
+    /// The highest node number (`node` must fit the second part: 4,293,999,999 < 2^32).
+    package static let maxNode = 4293
+
+    /// `node`: nil on a single node (the second part all random); with Redis, the node's number.
+    static func random(loop: Int, loops: Int, node: Int? = nil) -> SessionID {
         let n = UInt32(loops)
         let base = UInt32.random(in: 1...(UInt32.max / n - 1))
-        return SessionID(a: base * n + UInt32(loop), b: UInt32.random(in: 1...999_999_999))
+        let b: UInt32
+        if let node {
+            b = UInt32(node) * 1_000_000 + UInt32.random(in: (node == 0 ? 1 : 0)..<1_000_000)
+        } else {
+            b = UInt32.random(in: 1...999_999_999)
+        }
+        return SessionID(a: base * n + UInt32(loop), b: b)
     }
 }
 

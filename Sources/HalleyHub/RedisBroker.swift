@@ -31,12 +31,20 @@ package final class RedisBroker: Broker, @unchecked Sendable {
     let gapsFilled = Atomic<Int>(0)
     let gapsLost = Atomic<Int>(0)
 
-    /// One connection and whether the functions are loaded on it. Loop-confined.
+    /// One connection and whether the functions are loaded on it; the other nodes' addresses
+    /// it looked up (by number: address and when, loop ms). Loop-confined.
     final class Link {
         let connection: RedisConnection
         var loaded = false
+        var addresses: [Int: (address: String?, at: Int64)] = [:]
         init(_ c: RedisConnection) { connection = c }
     }
+
+    /// A node's key lives this long without a heartbeat (one every `heartbeatMillis`).
+    let nodeTTLMillis = 15_000
+    let heartbeatMillis: Int64 = 5000
+    /// A claim is in flight (loop 0).
+    var claiming = false
 
     package init(url: RedisURL, nodeID: String, historySize: Int) {
         self.url = url
@@ -68,6 +76,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
         let box = UncheckedBox((self, ps))
         loops[0].execute {
             let (broker, ps) = box.value
+            broker.scheduleHeartbeat()
             ps.connection.onStateChange = { [unowned broker] up, _ in broker.pubsubChanged(up: up) }
             ps.connection.onPush = { [unowned broker] v in broker.push(v) }
             ps.connection.start()
@@ -88,6 +97,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
             case .success:
                 if !link.loaded { readyLinks.add(1, ordering: .relaxed) }
                 link.loaded = true
+                if link === links[0] { heartbeat() }
             case .failure(let e):
                 Log.error("redis: cannot load the halley functions (Redis 7 or later is needed): \(e)")
             }
@@ -132,6 +142,82 @@ package final class RedisBroker: Broker, @unchecked Sendable {
         channelMeta(key, loop: 0) { [self] r in
             guard case .success(let m) = r, let hub else { return }
             if let gap = hub.caughtUp(key, epoch: m.epoch, offset: m.offset) { fill(key, gap) }
+        }
+    }
+
+    // MARK: the node's number
+
+    /// Every `heartbeatMillis` on loop 0: refreshes the node's key, or claims a number.
+    func scheduleHeartbeat() {
+        guard let loop = links.first?.connection.loop else { return }
+        _ = loop.schedule(afterMillis: heartbeatMillis) { [self] in
+            heartbeat()
+            scheduleHeartbeat()
+        }
+    }
+
+    func command(_ args: [String], _ reply: @escaping (Result<RESPValue, RedisError>) -> Void) {
+        let link = links[0]
+        guard link.loaded else { return reply(.failure(.unavailable("not connected"))) }
+        link.connection.send(args.map { Array($0.utf8) }, reply)
+    }
+
+    /// `h:node:<n>` = this node's address, `PX nodeTTLMillis`, kept by `halley_beat` (which
+    /// never takes another node's key): refreshed while it is this node's, taken again when it
+    /// expired (Redis restarted, or an outage outlived it); when another node took it meanwhile,
+    /// a new number (the sessions opened under the old one can no longer be reached through
+    /// other nodes: logged).
+    func heartbeat() {
+        guard let hub else { return }
+        let n = hub.nodeNumber.load(ordering: .relaxed)
+        guard n > 0 else { return claim() }
+        beat(n) { [self] ok in
+            guard ok == false else { return }
+            Log.error(
+                "node \(nodeID): its number \(n) was taken by another node while this one was away from Redis: its open HTTP sessions can no longer be reached through other nodes; taking a new number"
+            )
+            hub.nodeNumber.store(0, ordering: .relaxed)
+            claim()
+        }
+    }
+
+    /// `then(true)`: the key is this node's; false: another node's; nil: no answer.
+    func beat(_ n: Int, then: @escaping (Bool?) -> Void) {
+        guard let hub else { return }
+        command(["FCALL", "halley_beat", "1", "h:node:\(n)", hub.advertisedAddress, String(nodeTTLMillis)]) { r in
+            guard case .success(.integer(let v)) = r else { return then(nil) }
+            then(v == 1)
+        }
+    }
+
+    /// `INCR h:node-seq` for a number (wrapping at `SessionID.maxNode`), free or taken: the next.
+    func claim() {
+        guard let hub, !claiming else { return }
+        claiming = true
+        command(["INCR", "h:node-seq"]) { [self] r in
+            guard case .success(.integer(let v)) = r else { return claiming = false }
+            let n = Int((v - 1) % Int64(SessionID.maxNode)) + 1
+            beat(n) { [self] ok in
+                claiming = false
+                guard let ok else { return }
+                guard ok else { return claim() }
+                hub.nodeNumber.store(n, ordering: .relaxed)
+                Log.lifecycle("node \(nodeID): number \(n) among the nodes, reached at \(hub.advertisedAddress)")
+            }
+        }
+    }
+
+    package func nodeAddress(_ n: Int, loop: Int, then: @escaping (String?) -> Void) {
+        let link = links[loop]
+        let now = link.connection.loop.now
+        // Looked up at most once a second per number and loop.
+        if let c = link.addresses[n], now - c.at < 1000 { return then(c.address) }
+        guard link.loaded, link.connection.state == .ready else { return then(nil) }
+        link.connection.send([Array("GET".utf8), Array("h:node:\(n)".utf8)]) { [unowned link] r in
+            var address: String? = nil
+            if case .success(.bulk(let b)) = r { address = String(decoding: b, as: UTF8.self) }
+            link.addresses[n] = (address, link.connection.loop.now)
+            then(address)
         }
     }
 

@@ -13,6 +13,8 @@ public enum HTTPClientError: Error, Sendable, CustomStringConvertible {
     case timeout(Int64)
     case io(IOError)
     case response(HTTPResponseParseError)
+    /// The caller cancelled it (`HTTPClient.Call.cancel`).
+    case cancelled
 
     public var description: String {
         switch self {
@@ -22,6 +24,7 @@ public enum HTTPClientError: Error, Sendable, CustomStringConvertible {
         case .timeout(let ms): return "no complete response within \(ms) ms"
         case .io(let e): return "\(e)"
         case .response(let e): return "\(e)"
+        case .cancelled: return "cancelled"
         }
     }
 }
@@ -34,7 +37,7 @@ public enum HTTPClient {
         /// Milliseconds to establish the TCP connection. Default 5000.
         public var connectTimeoutMillis: Int64 = 5000
         /// Milliseconds for the whole request, from resolving the host to the last byte of
-        /// the response. Default 10000.
+        /// the response. Default 10000; 0: none (a stream relayed for as long as it lasts).
         public var timeoutMillis: Int64 = 10_000
         public var limits = HTTPResponseParser.Limits()
         public init() {}
@@ -51,6 +54,31 @@ public enum HTTPClient {
         let box = UncheckedBox(call)
         SocketAddress.resolve(host: url.host, port: url.port, on: loop) { r in box.value.resolved(r) }
     }
+
+    /// A request whose response is passed on as it comes: `head` once the status and fields are
+    /// read, `body` for every piece of the body (chunk framing removed), then `done` once (with
+    /// the response and an empty body, or the failure). Call on `loop`'s thread; the
+    /// callbacks run there. `Call.cancel()` ends it (the client it relays to went away).
+    public static func stream(
+        on loop: EventLoop, url: HTTPURL, request: [UInt8], options: Options = Options(),
+        head: @escaping (Int, HTTPHeaders) -> Void, body: @escaping ([UInt8]) -> Void,
+        done: @escaping (Result<HTTPClientResponse, HTTPClientError>) -> Void
+    ) -> Call {
+        let call = HTTPClientCall(loop: loop, request: request, options: options, done: done)
+        call.onHead = head
+        call.onBody = body
+        let box = UncheckedBox(call)
+        SocketAddress.resolve(host: url.host, port: url.port, on: loop) { r in box.value.resolved(r) }
+        return Call(call)
+    }
+
+    /// A streamed request in flight. Loop-confined.
+    public final class Call {
+        let call: HTTPClientCall
+        init(_ c: HTTPClientCall) { call = c }
+        /// Closes the connection; `done` gets `cancelled` (nothing if it already ran).
+        public func cancel() { call.finish(.failure(.cancelled)) }
+    }
 }
 
 /// One request in flight. Loop-confined; kept alive by the loop's handler table while
@@ -66,6 +94,9 @@ final class HTTPClientCall: EventHandler {
     var parser: HTTPResponseParser
     var connectTimer: UInt64?
     var deadlineTimer: UInt64?
+    /// Streaming (`HTTPClient.stream`): the head, then the body as it comes.
+    var onHead: ((Int, HTTPHeaders) -> Void)?
+    var onBody: (([UInt8]) -> Void)?
 
     init(
         loop: EventLoop, request: [UInt8], options: HTTPClient.Options,
@@ -76,6 +107,7 @@ final class HTTPClientCall: EventHandler {
         self.options = options
         self.done = done
         parser = HTTPResponseParser(limits: options.limits)
+        guard options.timeoutMillis > 0 else { return }
         deadlineTimer = loop.schedule(afterMillis: options.timeoutMillis) { [self] in
             deadlineTimer = nil
             finish(.failure(.timeout(options.timeoutMillis)))
@@ -149,14 +181,19 @@ final class HTTPClientCall: EventHandler {
                     return false
                 case .done(0):
                     do throws(HTTPResponseParseError) {
-                        finish(.success(try parser.finish()))
+                        let r = try parser.finish()
+                        passOn()
+                        finish(.success(r))
                     } catch {
                         finish(.failure(.response(error)))
                     }
                     return true
                 case .done(let n):
                     do throws(HTTPResponseParseError) {
-                        if let r = try parser.feed(UnsafeRawBufferPointer(rebasing: buf[0..<n])) {
+                        let r = try parser.feed(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
+                        passOn()
+                        guard done != nil else { return true }  // the relay cancelled it
+                        if let r {
                             finish(.success(r))
                             return true
                         }
@@ -172,6 +209,18 @@ final class HTTPClientCall: EventHandler {
         }
     }
 
+    /// Streaming: the head once, then what the body has so far.
+    func passOn() {
+        guard let onBody else { return }
+        if let onHead, let h = parser.head {
+            self.onHead = nil
+            onHead(h.status, h.headers)
+        }
+        guard done != nil else { return }
+        let b = parser.takeBody()
+        if !b.isEmpty { onBody(b) }
+    }
+
     func finish(_ r: Result<HTTPClientResponse, HTTPClientError>) {
         guard let d = done else { return }
         done = nil
@@ -182,6 +231,8 @@ final class HTTPClientCall: EventHandler {
             Sys.close(fd)
             fd = -1
         }
+        onHead = nil
+        onBody = nil
         d(r)
     }
 }

@@ -219,6 +219,16 @@ struct Options {
             }
         },
         Spec(
+            flag: "cluster-address", value: "HOST:PORT",
+            help:
+                "with --redis: where the other nodes reach this one to forward HTTP session requests (default: --host:--port)"
+        ) { _, o, v throws(OptionError) in
+            guard let colon = v.lastIndex(of: ":"), !v[..<colon].isEmpty, let p = Int(v[v.index(after: colon)...]),
+                (1...65535).contains(p)
+            else { throw OptionError(description: "--cluster-address: expected host:port, got '\(v)'") }
+            o.hub.clusterAddress = v
+        },
+        Spec(
             flag: "node-id", value: "NAME",
             help: "this node's name among the nodes, in logs and /metrics (default: generated at start)"
         ) { _, o, v throws(OptionError) in

@@ -47,6 +47,19 @@ if let root = cfg.publicRoot {
 }
 
 let hub = Hub(config: options.hub)
+if options.hub.redis != nil && options.hub.clusterAddress == nil && ["0.0.0.0", "::", ""].contains(cfg.host) {
+    Log.error(
+        "--redis with --host \(cfg.host): set --cluster-address host:port, where the other nodes reach this one")
+    exit(2)
+}
+
+/// Where the other nodes reach this one: `--cluster-address`, or the address it listens on.
+let listenHost = cfg.host
+let givenClusterAddress = options.hub.clusterAddress
+func clusterAddress(_ port: Int) -> String {
+    if let a = givenClusterAddress { return a }
+    return listenHost.contains(":") ? "[\(listenHost)]:\(port)" : "\(listenHost):\(port)"
+}
 var wsEndpoint = WebSocketHandshake.Endpoint()
 wsEndpoint.origins = options.hub.origins
 let router = Router()
@@ -63,7 +76,7 @@ do throws(TLSError) {
 }
 do {
     try server.start { loops in
-        hub.attach(loops: loops, clientLimits: server.clientLimits)
+        hub.attach(loops: loops, clientLimits: server.clientLimits, address: clusterAddress(server.port))
         endpoints.attach()
     }
 } catch {

@@ -360,3 +360,90 @@ def test_kill_9_of_a_node_resumable_sessions_lose_nothing(start_halley, redis, t
         print(f"plain Pusher client missed {len(missed)} of {len(accepted)} messages")
     finally:
         lb.stop()
+
+
+@pytest.fixture
+def behind_balancer(start_halley, redis, tmp_path):
+    """Three nodes behind HAProxy round-robin: each request goes to the next node."""
+    nodes = [start_halley("--redis", redis.url, "--node-id", f"n{i}", "--app-token", "tok", "--metrics-port", "0")
+             for i in range(3)]
+    ready(nodes)
+    for h in nodes:  # each has its number (in its sessions' ids) before the test opens any
+        assert h.wait_for_log(r"number \d+ among the nodes"), h.log_text()[-2000:]
+    lb = Balancer(str(tmp_path), [h.port for h in nodes])
+    yield nodes, lb
+    lb.stop()
+
+
+def test_long_polling_through_round_robin_every_message_once_in_order(behind_balancer):
+    nodes, lb = behind_balancer
+    p = Poll(lb.port)
+    p.subscribe("rr")  # /halley/send through the balancer: to the owner
+    got = [m for m in p.poll() if m["event"] == "pusher_internal:subscription_succeeded"]
+    assert got
+    n = 60
+
+    def publisher():
+        for i in range(n):
+            assert publish(nodes[i % 3].port, {"channel": "rr", "event": "e", "data": str(i)})[0] in (201, 202)
+            time.sleep(0.003)
+
+    t = threading.Thread(target=publisher)
+    t.start()
+    seen, polls = [], 0
+    while len(seen) < n:
+        seen += [m for m in p.poll(timeout=10) if m["event"] == "e"]
+        polls += 1
+    t.join(10)
+    assert [m["data"] for m in seen] == [str(i) for i in range(n)]
+    assert [m["halley:offset"] for m in seen] == list(range(1, n + 1))
+    seqs = [m["halley:seq"] for m in seen]
+    assert seqs == sorted(set(seqs))
+    # The balancer sent the polls round the nodes: the two that do not own the session relayed
+    # theirs to the one that does.
+    forwarded = [metrics(h)["halley_forwarded_requests_total"] for h in nodes]
+    assert sorted(forwarded)[0] == 0 and sorted(forwarded)[1] >= 1, (forwarded, polls)
+    status, body = p.send({"event": "pusher:unsubscribe", "data": {"channel": "rr"}})
+    assert status == 200, body
+
+
+def test_sse_reconnects_through_round_robin_every_message_once_in_order(behind_balancer):
+    nodes, lb = behind_balancer
+    s = SSE(lb.port)
+    info = json.loads(s.recv()["data"])
+    sid, token = info["socket_id"], info["halley:token"]
+    assert send_http(lb.port, sid, token, {"event": "pusher:subscribe", "data": {"channel": "sse-rr"}})[0] == 200
+    sub = s.recv()
+    assert sub["event"] == "pusher_internal:subscription_succeeded"
+    n = 40
+    seen = []
+    for part in range(4):  # four streams: each reconnect lands on the next node
+        for i in range(part * 10, part * 10 + 10):
+            assert publish(nodes[i % 3].port, {"channel": "sse-rr", "event": "e", "data": str(i)})[0] in (201, 202)
+        while len(seen) < part * 10 + 10:
+            m = s.recv()
+            if m["event"] == "e":
+                seen.append(m)
+        last = seen[-1]["halley:seq"]
+        s.close()
+        s = SSE(lb.port, last_event_id=f"{last}:{sid}:{token}")
+        assert s.status == 200
+    assert [m["data"] for m in seen] == [str(i) for i in range(n)]
+    s.conn.sock.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        while True:  # the resumed stream's own events, then nothing: no message twice
+            assert s.recv()["event"] != "e"
+    s.close()
+    assert sum(metrics(h)["halley_forwarded_requests_total"] for h in nodes) >= 2
+
+
+def test_a_request_for_a_dead_nodes_session_is_told_expired(behind_balancer):
+    nodes, lb = behind_balancer
+    p = Poll(nodes[0].port)
+    nodes[0].crash()
+    # Its number's key outlives it (up to 15 s): the forward fails to connect and the session
+    # is unknown where the request landed.
+    for _ in range(3):
+        status, _, body = http_request(lb.port, "GET", f"/halley/poll?session={p.session}&cursor={p.cursor}",
+                                       headers={"X-Halley-Token": p.token})
+        assert status == 404 and json.loads(body)["halley:reason"] == "expired", (status, body)
