@@ -1,4 +1,5 @@
 import HalleyCore
+import HalleyCrypto
 import HalleyHTTP
 import HalleyHub
 import HalleyServer
@@ -24,8 +25,9 @@ extension HubEndpoints {
     /// (`expired`, as for any session that ended), and recovers with `halley:since`.
     func forward(_ request: HTTPRequest, _ responder: Responder, node: Int, orElse local: @escaping () -> Void) {
         hub.broker.nodeAddress(node, loop: responder.loopIndex) { [self] address in
-            guard let address, let url = try? HTTPURL("http://\(address)/") else { return local() }
-            relay(request, responder, to: url, address: address, orElse: local)
+            guard let address, let url = try? HTTPURL("http://\(address)/"), let secret = hub.broker.forwardingSecret
+            else { return local() }
+            relay(request, responder, to: url, address: address, secret: secret, orElse: local)
         }
     }
 
@@ -40,13 +42,25 @@ extension HubEndpoints {
         }
     }
 
+    /// The client address the forwarding node saw (taken only with the cluster's secret).
+    static let clientHeader = "X-Halley-Client"
+
+    /// A request forwarded by a node of this cluster (it shows the cluster's secret).
+    func isForwardedByANode(_ request: HTTPRequest) -> Bool {
+        guard hub.clustered, let shown = request.head.headers[Self.forwardedHeader],
+            let secret = hub.broker.forwardingSecret
+        else { return false }
+        return Digest.constantTimeEqual(bytes: shown.utf8, secret.utf8)
+    }
+
     func relay(
-        _ request: HTTPRequest, _ responder: Responder, to url: HTTPURL, address: String,
+        _ request: HTTPRequest, _ responder: Responder, to url: HTTPURL, address: String, secret: String,
         orElse local: @escaping () -> Void
     ) {
         var head = "\(request.method) \(request.head.target) HTTP/1.1\r\nHost: \(address)\r\nConnection: close\r\n"
-        head += "\(Self.forwardedHeader): \(hub.config.nodeID)\r\n"
-        for (name, value) in request.head.headers where !Self.isHopByHop(name) && name != Self.forwardedHeader {
+        head += "\(Self.forwardedHeader): \(secret)\r\n\(Self.clientHeader): \(clientAddress(request, responder))\r\n"
+        for (name, value) in request.head.headers
+        where !Self.isHopByHop(name) && name != Self.forwardedHeader && name != Self.clientHeader {
             head += "\(name): \(value)\r\n"
         }
         head += "Content-Length: \(request.body.count)\r\n\r\n"

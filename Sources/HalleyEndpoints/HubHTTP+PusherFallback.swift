@@ -82,11 +82,28 @@ extension HubEndpoints {
         }
         let owner = Self.pusherHTTPOwner(id, loops: loops.count)
         if owner != responder.loopIndex {
-            responder.handOff(toLoop: owner, request) { [self] req, resp in body(loops[resp.loopIndex], req, resp, path)
+            responder.handOff(toLoop: owner, request) { [self] req, resp in
+                serveFallback(loops[resp.loopIndex], req, resp, path, body)
             }
             return
         }
-        body(loops[responder.loopIndex], request, responder, path)
+        serveFallback(loops[responder.loopIndex], request, responder, path, body)
+    }
+
+    /// With Redis: a session this loop does not hold may be another node's (recorded in Redis
+    /// when it opened): its request is forwarded there; else served here (a new session).
+    func serveFallback(
+        _ le: LoopEndpoints, _ request: HTTPRequest, _ responder: Responder, _ path: String,
+        _ body: @escaping @Sendable (LoopEndpoints, HTTPRequest, Responder, String) -> Void
+    ) {
+        guard hub.clustered, le.pusherHTTP.byPath[path] == nil, request.head.headers[Self.forwardedHeader] == nil
+        else { return body(le, request, responder, path) }
+        hub.broker.pusherSessionOwner(path, loop: responder.loopIndex) { [self] node in
+            guard let node, node != hub.nodeNumber.load(ordering: .relaxed) else {
+                return body(le, request, responder, path)
+            }
+            forward(request, responder, node: node) { body(le, request, responder, path) }
+        }
     }
 }
 
@@ -211,6 +228,9 @@ extension LoopEndpoints {
         let t = PusherHTTPTransport(endpoints: self, path: path, client: client, session: s)
         t.kind = streaming ? .xhrStreaming : .xhrPolling
         pusherHTTP.byPath[path] = t
+        if hub.clustered {  // other nodes forward this session's requests here
+            hub.broker.setPusherSessionOwner(path, node: hub.nodeNumber.load(ordering: .relaxed), loop: loop.index)
+        }
         s.attach(t, lastSeen: nil)
         t.sendControl(s.established(resumed: false, reason: nil))
         if streaming {

@@ -140,7 +140,10 @@ extension HubEndpoints {
 extension HubEndpoints {
     /// The client a request comes from (a trusted proxy's client: `ClientLimitConfig`).
     func clientAddress(_ request: HTTPRequest, _ responder: Responder) -> IPAddress {
-        hub.clientLimits.clientAddress(peer: responder.peer, headers: request.head.headers)
+        if let c = request.head.headers[Self.clientHeader], isForwardedByANode(request), let ip = IPAddress(c[...]) {
+            return ip  // the client as the node that forwarded the request saw it
+        }
+        return hub.clientLimits.clientAddress(peer: responder.peer, headers: request.head.headers)
     }
 
     /// CORS: the origin to echo, or a refusal (the WebSocket origin policy applies).

@@ -41,6 +41,11 @@ final class LoopEndpoints: LoopExtension {
     init(endpoints: HubEndpoints, loopHub: LoopHub) {
         self.endpoints = endpoints
         self.loopHub = loopHub
+        if loopHub.hub.clustered {
+            let broker = loopHub.hub.broker
+            let index = loopHub.loop.index
+            pusherHTTP.onRemove = { path in broker.setPusherSessionOwner(path, node: 0, loop: index) }
+        }
     }
 
     var hub: Hub { loopHub.hub }

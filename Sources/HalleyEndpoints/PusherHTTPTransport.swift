@@ -460,8 +460,13 @@ final class PusherHTTPSessions {
         }
     }
 
+    /// With Redis: told the path of a session that ended (its owner record is dropped).
+    var onRemove: ((String) -> Void)?
+
     func remove(_ t: PusherHTTPTransport) {
-        if byPath[t.path] === t { byPath[t.path] = nil }
+        guard byPath[t.path] === t else { return }
+        byPath[t.path] = nil
+        onRemove?(t.path)
     }
 
     func tick(now: Int32) {

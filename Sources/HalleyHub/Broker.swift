@@ -30,6 +30,15 @@ package protocol Broker: AnyObject, Sendable {
     /// Where node `n` is reached (`host:port`), nil when no live node has that number (its
     /// heartbeat expired). `then` runs on loop `loop`.
     func nodeAddress(_ n: Int, loop: Int, then: @escaping (String?) -> Void)
+    /// The cluster's secret (created in Redis by the first node): a request forwarded by a node
+    /// carries it, so the owner may take the client address the forwarding node saw. Nil on one
+    /// node or before it is read.
+    var forwardingSecret: String? { get }
+    /// The node that owns a pusher-js HTTP session (by its URL path), for a request that landed
+    /// elsewhere; `then(nil)`: none known. `then` runs on loop `loop`.
+    func pusherSessionOwner(_ path: String, loop: Int, then: @escaping (Int?) -> Void)
+    /// Records (`node` > 0) or forgets (0) the owner of a pusher-js HTTP session. On loop `loop`.
+    func setPusherSessionOwner(_ path: String, node: Int, loop: Int)
     /// `/metrics` lines.
     func metricsText() -> String
 }
@@ -56,6 +65,9 @@ package final class MemoryBroker: Broker {
     }
 
     package func nodeAddress(_ n: Int, loop: Int, then: (String?) -> Void) { then(nil) }
+    package var forwardingSecret: String? { nil }
+    package func pusherSessionOwner(_ path: String, loop: Int, then: (Int?) -> Void) { then(nil) }
+    package func setPusherSessionOwner(_ path: String, node: Int, loop: Int) {}
 
     package func metricsText() -> String { brokerMetrics(up: true, failures: 0, filled: 0, lost: 0) }
 }

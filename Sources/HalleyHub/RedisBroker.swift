@@ -45,6 +45,10 @@ package final class RedisBroker: Broker, @unchecked Sendable {
     let heartbeatMillis: Int64 = 5000
     /// A claim is in flight (loop 0).
     var claiming = false
+    let secret = Locked<String?>(nil)
+    package var forwardingSecret: String? { secret.withLock { $0 } }
+    /// A pusher-js session's key lives this long (forgotten when the session ends).
+    let pusherSessionTTLMillis = 24 * 3600 * 1000
 
     package init(url: RedisURL, nodeID: String, historySize: Int) {
         self.url = url
@@ -97,7 +101,10 @@ package final class RedisBroker: Broker, @unchecked Sendable {
             case .success:
                 if !link.loaded { readyLinks.add(1, ordering: .relaxed) }
                 link.loaded = true
-                if link === links[0] { heartbeat() }
+                if link === links[0] {
+                    heartbeat()
+                    readSecret()
+                }
             case .failure(let e):
                 Log.error("redis: cannot load the halley functions (Redis 7 or later is needed): \(e)")
             }
@@ -205,6 +212,38 @@ package final class RedisBroker: Broker, @unchecked Sendable {
                 Log.lifecycle("node \(nodeID): number \(n) among the nodes, reached at \(hub.advertisedAddress)")
             }
         }
+    }
+
+    /// `h:cluster-secret`: made by the first node that finds none (`SET NX`), then read.
+    func readSecret() {
+        let candidate = SessionToken.random().description
+        command(["SET", "h:cluster-secret", candidate, "NX"]) { [self] _ in
+            command(["GET", "h:cluster-secret"]) { [self] r in
+                if case .success(.bulk(let b)) = r { secret.withLock { $0 = String(decoding: b, as: UTF8.self) } }
+            }
+        }
+    }
+
+    static func pusherKey(_ path: String) -> [UInt8] { Array("h:pjs:\(path)".utf8) }
+
+    package func pusherSessionOwner(_ path: String, loop: Int, then: @escaping (Int?) -> Void) {
+        let link = links[loop]
+        guard link.loaded, link.connection.state == .ready else { return then(nil) }
+        link.connection.send([Array("GET".utf8), Self.pusherKey(path)]) { r in
+            guard case .success(.bulk(let b)) = r, let n = Int(String(decoding: b, as: UTF8.self)) else { return then(nil) }
+            then(n)
+        }
+    }
+
+    package func setPusherSessionOwner(_ path: String, node: Int, loop: Int) {
+        let link = links[loop]
+        guard link.loaded, link.connection.state == .ready else { return }
+        let args =
+            node > 0
+            ? [Array("SET".utf8), Self.pusherKey(path), Array(String(node).utf8), Array("PX".utf8),
+                Array(String(pusherSessionTTLMillis).utf8)]
+            : [Array("DEL".utf8), Self.pusherKey(path)]
+        link.connection.send(args) { _ in }
     }
 
     package func nodeAddress(_ n: Int, loop: Int, then: @escaping (String?) -> Void) {

@@ -447,3 +447,38 @@ def test_a_request_for_a_dead_nodes_session_is_told_expired(behind_balancer):
         status, _, body = http_request(lb.port, "GET", f"/halley/poll?session={p.session}&cursor={p.cursor}",
                                        headers={"X-Halley-Token": p.token})
         assert status == 404 and json.loads(body)["halley:reason"] == "expired", (status, body)
+
+
+def test_pusher_js_xhr_transports_through_round_robin(behind_balancer):
+    """pusher-js's xhr_polling and xhr_streaming sessions, every request through the balancer:
+    the node a session opened on records it in Redis; the others forward its requests there."""
+    from pusher_xhr import Client, next_message, open_stream
+
+    nodes, lb = behind_balancer
+    polling = Client(lb.port)
+    status, _, frames = polling.poll()
+    assert status == 200 and frames == [("o", None)]
+    status, _, frames = polling.poll()
+    assert frames[0][1][0]["event"] == "pusher:connection_established"
+    polling.subscribe("pjs-rr")
+    streaming = Client(lb.port)
+    st, _ = open_stream(streaming)
+    streaming.subscribe("pjs-rr")
+    assert next_message(st, "pusher_internal:subscription_succeeded")
+    got = []
+    while not any(m["event"] == "pusher_internal:subscription_succeeded" for m in got):
+        status, _, frames = polling.poll()
+        got += [m for f in frames if f[0] == "a" for m in f[1]]
+    n = 30
+    for i in range(n):
+        assert publish(nodes[i % 3].port, {"channel": "pjs-rr", "event": "e", "data": str(i)})[0] in (201, 202)
+    polled = []
+    while len(polled) < n:
+        status, _, frames = polling.poll(timeout=10)
+        assert status == 200
+        polled += [m for f in frames if f[0] == "a" for m in f[1] if m["event"] == "e"]
+    assert [m["data"] for m in polled] == [str(i) for i in range(n)]
+    streamed = [next_message(st, "e") for _ in range(n)]
+    assert [m["data"] for m in streamed] == [str(i) for i in range(n)]
+    assert sum(metrics(h)["halley_forwarded_requests_total"] for h in nodes) >= 4
+    st.abort()
