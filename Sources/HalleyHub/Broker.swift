@@ -39,6 +39,11 @@ package protocol Broker: AnyObject, Sendable {
     func pusherSessionOwner(_ path: String, loop: Int, then: @escaping (Int?) -> Void)
     /// Records (`node` > 0) or forgets (0) the owner of a pusher-js HTTP session. On loop `loop`.
     func setPusherSessionOwner(_ path: String, node: Int, loop: Int)
+    /// Offsets `from...to` of the channel's stream in `epoch` (what Redis still has of them, in
+    /// order), nil when it cannot be read. `then` runs on loop `loop`.
+    func readStream(
+        _ key: ChannelKey, epoch: String, from: UInt64, to: UInt64, loop: Int,
+        then: @escaping ([BrokerWire.Message]?) -> Void)
     /// `/metrics` lines.
     func metricsText() -> String
 }
@@ -68,6 +73,9 @@ package final class MemoryBroker: Broker {
     package var forwardingSecret: String? { nil }
     package func pusherSessionOwner(_ path: String, loop: Int, then: (Int?) -> Void) { then(nil) }
     package func setPusherSessionOwner(_ path: String, node: Int, loop: Int) {}
+    package func readStream(
+        _ key: ChannelKey, epoch: String, from: UInt64, to: UInt64, loop: Int, then: ([BrokerWire.Message]?) -> Void
+    ) { then(nil) }
 
     package func metricsText() -> String { brokerMetrics(up: true, failures: 0, filled: 0, lost: 0) }
 }

@@ -119,11 +119,20 @@ final class ChannelState {
     }
 
     /// The messages after `offset` in `epoch`, when the history still has all of them.
-    func recover(epoch e: String, after offset: UInt64) -> Recovery {
+    /// `older`: with Redis, what the channel's stream gave from `offset + 1` on (for what this
+    /// node's history no longer has, or never had), in order.
+    func recover(epoch e: String, after offset: UInt64, older: [Publication] = []) -> Recovery {
         guard e == epoch else { return .notRecovered(.epochChanged) }
         if offset >= lastOffset { return .recovered([]) }
-        guard offset >= droppedThrough else { return .notRecovered(.historyExpired) }
-        return .recovered(history[historyStart...].filter { $0.offset > offset })
+        var from = offset
+        if let first = older.first, first.offset == offset + 1, let last = older.last,
+            last.offset - first.offset + 1 == UInt64(older.count), last.offset >= droppedThrough
+        {
+            from = last.offset
+        }
+        guard from >= droppedThrough else { return .notRecovered(.historyExpired) }
+        let kept = history[historyStart...].filter { $0.offset > from }
+        return .recovered(from == offset ? kept : older.filter { $0.offset <= lastOffset } + kept)
     }
 
     /// True when nothing refers to the channel any more: it can be forgotten.

@@ -282,15 +282,9 @@ public final class Hub: Sendable {
         case .none:
             off = .max
         }
-        var p = prefix
-        var h = header
-        if off != .max {
-            Self.appendOffsetField(off, to: &p)
-            if h != nil { Self.appendOffsetField(off, to: &h!) }
-        }
-        let m = OutMessage(
-            prefix: p, channel: key.name, offset: off == .max ? 0 : off, binaryHeader: h, binaryPayload: binary)
-        let pub = Publication(message: m, offset: off, time: now, exclude: exclude, restarts: restarts)
+        let pub = publication(
+            key, prefix: prefix, header: header, binary: binary, exclude: exclude, offset: off, now: now,
+            restarts: restarts)
         guard off != .max else {
             for (i, n) in ch.perLoop.enumerated() where n > 0 { out.perLoop[i].append((key, pub)) }
             return 0
@@ -301,6 +295,35 @@ public final class Hub: Sendable {
         }
         for (i, n) in ch.perLoop.enumerated() where n > 0 { out.perLoop[i].append((key, pub)) }
         return off
+    }
+
+    /// A message as subscribers get it: its offset field added (none for `.max`, unnumbered).
+    func publication(
+        _ key: ChannelKey, prefix: [UInt8], header: [UInt8]?, binary: [UInt8]?, exclude: SessionID?, offset off: UInt64,
+        now: Int64, restarts: Bool = false
+    ) -> Publication {
+        var p = prefix
+        var h = header
+        if off != .max {
+            Self.appendOffsetField(off, to: &p)
+            if h != nil { Self.appendOffsetField(off, to: &h!) }
+        }
+        let m = OutMessage(
+            prefix: p, channel: key.name, offset: off == .max ? 0 : off, binaryHeader: h, binaryPayload: binary)
+        return Publication(message: m, offset: off, time: now, exclude: exclude, restarts: restarts)
+    }
+
+    /// With Redis: the offsets a recovery from `since` needs that this node's history lacks
+    /// (they may be in the channel's stream), nil when it has them or the epoch differs.
+    /// `meta`: Redis's epoch and offset for a channel this node holds no state of yet.
+    func streamRange(
+        _ key: ChannelKey, since: (epoch: String, offset: UInt64), meta: (epoch: String, offset: UInt64)?
+    ) -> (from: UInt64, to: UInt64)? {
+        shard(key).withLock { st in
+            let (epoch, dropped) = st.channels[key].map { ($0.epoch, $0.droppedThrough) } ?? meta ?? ("", 0)
+            guard epoch == since.epoch, since.offset < dropped else { return nil }
+            return (since.offset + 1, dropped)
+        }
     }
 
     /// `,"halley:offset":N` (no string built: this runs under the channel's lock).
@@ -335,7 +358,7 @@ public final class Hub: Sendable {
     /// user announces it with `pusher_internal:member_added` to the others).
     func subscribe(
         _ key: ChannelKey, session: SessionID, loop: Int, since: (epoch: String, offset: UInt64)?,
-        member: PresenceMember? = nil, meta: (epoch: String, offset: UInt64)? = nil
+        member: PresenceMember? = nil, meta: (epoch: String, offset: UInt64)? = nil, older: [BrokerWire.Message] = []
     ) -> Result<SubscribeResult, SubscribeRefusal> {
         let now = Clock.monotonicMillis()
         let cacheCutoff = now - Int64(config.cacheSeconds) * 1000
@@ -380,7 +403,14 @@ public final class Hub: Sendable {
             ch.members.insert(session)
             ch.trim(olderThan: historyCutoff)
             var recovery = ChannelState.Recovery.none
-            if let s = since { recovery = ch.recover(epoch: s.epoch, after: s.offset) }
+            if let s = since {
+                let pubs = older.map { m in
+                    publication(
+                        key, prefix: m.prefix, header: m.binaryHeader, binary: m.binaryPayload, exclude: m.exclude,
+                        offset: m.offset, now: now)
+                }
+                recovery = ch.recover(epoch: s.epoch, after: s.offset, older: pubs)
+            }
             var cached: Publication? = nil
             if ch.kind == .cache, let c = ch.cached, c.time >= cacheCutoff { cached = c }
             out.queue(to: loops)

@@ -230,7 +230,9 @@ package final class RedisBroker: Broker, @unchecked Sendable {
         let link = links[loop]
         guard link.loaded, link.connection.state == .ready else { return then(nil) }
         link.connection.send([Array("GET".utf8), Self.pusherKey(path)]) { r in
-            guard case .success(.bulk(let b)) = r, let n = Int(String(decoding: b, as: UTF8.self)) else { return then(nil) }
+            guard case .success(.bulk(let b)) = r, let n = Int(String(decoding: b, as: UTF8.self)) else {
+                return then(nil)
+            }
             then(n)
         }
     }
@@ -240,8 +242,10 @@ package final class RedisBroker: Broker, @unchecked Sendable {
         guard link.loaded, link.connection.state == .ready else { return }
         let args =
             node > 0
-            ? [Array("SET".utf8), Self.pusherKey(path), Array(String(node).utf8), Array("PX".utf8),
-                Array(String(pusherSessionTTLMillis).utf8)]
+            ? [
+                Array("SET".utf8), Self.pusherKey(path), Array(String(node).utf8), Array("PX".utf8),
+                Array(String(pusherSessionTTLMillis).utf8),
+            ]
             : [Array("DEL".utf8), Self.pusherKey(path)]
         link.connection.send(args) { _ in }
     }
@@ -362,9 +366,8 @@ package final class RedisBroker: Broker, @unchecked Sendable {
     /// Reads offsets `gap.from...gap.to` of the channel's stream (on loop 0) and hands them to
     /// the hub, which delivers them before the messages it held meanwhile.
     func fill(_ key: ChannelKey, _ gap: Hub.Gap) {
-        let k = BrokerWire.keys(key)
-        let link = links[0]
-        let give: ([BrokerWire.Message]) -> Void = { [self] found in
+        readStream(key, epoch: gap.epoch, from: gap.from, to: gap.to, loop: 0) { [self] found in
+            let found = found ?? []
             let missing = Int(gap.to - gap.from + 1) - found.count
             gapsFilled.add(found.count, ordering: .relaxed)
             if missing > 0 {
@@ -375,21 +378,28 @@ package final class RedisBroker: Broker, @unchecked Sendable {
             }
             hub?.filled(key, epoch: gap.epoch, found)
         }
-        guard link.loaded, link.connection.state == .ready else { return give([]) }
+    }
+
+    package func readStream(
+        _ key: ChannelKey, epoch: String, from: UInt64, to: UInt64, loop: Int,
+        then: @escaping ([BrokerWire.Message]?) -> Void
+    ) {
+        let link = links[loop]
+        guard link.loaded, link.connection.state == .ready else { return then(nil) }
         link.connection.send(
-            [Array("XRANGE".utf8), k.stream, Array("\(gap.from)-0".utf8), Array("\(gap.to)-1".utf8)]
+            [Array("XRANGE".utf8), BrokerWire.keys(key).stream, Array("\(from)-0".utf8), Array("\(to)-1".utf8)]
         ) { r in
-            guard case .success(let v) = r, let entries = v.elements else { return give([]) }
+            guard case .success(let v) = r, let entries = v.elements else { return then(nil) }
             var found: [BrokerWire.Message] = []
             for e in entries {
                 guard let pair = e.elements, pair.count == 2, let id = pair[0].string,
                     let off = UInt64(id.split(separator: "-").first ?? ""), let fields = pair[1].elements,
                     fields.count == 2, case .bulk(let body) = fields[1],
-                    let m = try? BrokerWire.decodeBody(body, epoch: gap.epoch, offset: off)
+                    let m = try? BrokerWire.decodeBody(body, epoch: epoch, offset: off)
                 else { continue }
                 found.append(m)
             }
-            give(found)
+            then(found)
         }
     }
 

@@ -198,6 +198,64 @@ def test_a_node_that_joins_later_starts_at_redis_offsets(start_halley, redis):
     assert r["halley:recovered"] is True
     assert [m["data"] for m in events(again, 3)] == ["3", "4", "5"]
     again.close()
+    # The later node never had 1..5: it reads them from the channel's stream in Redis.
+    late = WS(later.port, halley=False)
+    late.hello()
+    r = late.subscribe("late", since={"epoch": sub["halley:epoch"], "offset": 1})
+    assert r["halley:recovered"] is True, r
+    got = events(late, 5)
+    assert [(m["data"], m["halley:offset"]) for m in got] == [(str(i), i + 1) for i in range(1, 6)]
+    with pytest.raises(TimeoutError):
+        events(late, 1, timeout=0.3)
+    late.close()
+
+
+def shard_of(app, channel):
+    """BrokerWire.shard: FNV-1a of app, a newline and the channel, mod 64."""
+    h = 0xCBF29CE484222325
+    for c in f"{app}\n{channel}".encode():
+        h = ((h ^ c) * 0x100000001B3) & (2**64 - 1)
+    return h % 64
+
+
+def test_a_fresh_node_recovers_from_the_stream(start_halley, redis):
+    """A node that has never had the channel reads a recovery from the channel's stream."""
+    first = start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0")
+    ready([first])
+    for i in range(8):
+        status, j = publish(first.port, {"channel": "fresh", "event": "e", "data": str(i)})
+    epoch = j["channels"]["fresh"]["epoch"]
+    later = start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0")
+    ready([later])
+    ws = WS(later.port, halley=False)
+    ws.hello()
+    r = ws.subscribe("fresh", since={"epoch": epoch, "offset": 3})
+    assert r["halley:recovered"] is True and r["halley:offset"] == 8, r
+    assert [(m["data"], m["halley:offset"]) for m in events(ws, 5)] == [(str(i), i + 1) for i in range(3, 8)]
+    assert publish(first.port, {"channel": "fresh", "event": "e", "data": "8"})[0] in (201, 202)
+    assert [(m["data"], m["halley:offset"]) for m in events(ws, 1)] == [("8", 9)]
+    ws.close()
+
+
+def test_a_recovery_older_than_the_stream_is_refused_on_a_later_node(start_halley, redis):
+    first = start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0", "--history-size", "3")
+    ready([first])
+    # MAXLEN ~ 3 trims whole stream nodes (100 entries): after 250, the oldest are gone.
+    for i in range(250):
+        status, j = publish(first.port, {"channel": "trim", "event": "e", "data": str(i)})
+        assert status == 202
+    epoch = j["channels"]["trim"]["epoch"]
+    later = start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0", "--history-size", "3")
+    ready([later])
+    ws = WS(later.port, halley=False)
+    ws.hello()
+    r = ws.subscribe("trim", since={"epoch": epoch, "offset": 2})
+    assert r["halley:recovered"] is False and r["halley:reason"] == "history_expired", r
+    assert r["halley:offset"] == 250
+    assert len(redis.command("XRANGE", f"h:{{{shard_of('1', 'trim')}}}:1:trim:s", "-", "+")) < 250
+    r = ws.subscribe("trim2", since={"epoch": epoch, "offset": 2})
+    assert r["halley:recovered"] is False and r["halley:reason"] == "epoch_changed", r
+    ws.close()
 
 
 def test_redis_down_publishes_get_503_then_the_nodes_come_back(nodes, redis):
