@@ -35,6 +35,8 @@ final class ChannelState {
     /// channel's stream (`filling`), then delivered in order.
     var filling = false
     var held: [BrokerWire.Message] = []
+    /// The next message posted is the first this node delivers of a new epoch (`restart`).
+    var restartPending = false
 
     struct PresenceUser {
         var sessions: Int
@@ -66,6 +68,7 @@ final class ChannelState {
     /// `offset`, the old history gone.
     func restart(epoch e: String, at offset: UInt64) {
         epoch = e
+        restartPending = true
         history.removeAll()
         historyStart = 0
         cached = nil

@@ -39,12 +39,11 @@ extension Hub {
             ch.held.append(m)
             return nil
         }
-        var restarts = false
         if m.epoch != ch.epoch {
-            // The channel's keys expired or Redis lost them: offsets start again.
+            // The channel's keys expired or Redis lost them: offsets start again from 1 (what
+            // came before this one is read from the stream below when anyone here waits).
             Log.info("channel \(m.key.name) (app \(m.key.app)): new epoch \(m.epoch) in Redis (was \(ch.epoch))")
-            ch.restart(epoch: m.epoch, at: m.offset - 1)
-            restarts = true
+            ch.restart(epoch: m.epoch, at: 0)
         }
         if m.offset <= ch.lastOffset { return nil }  // delivered already, or from before this node joined
         if m.offset > ch.lastOffset + 1 {
@@ -55,6 +54,8 @@ extension Hub {
             }
             ch.skip(to: m.offset - 1)  // nobody here waits for the missing ones
         }
+        let restarts = ch.restartPending
+        ch.restartPending = false
         _ = post(
             ch, m.key, prefix: m.prefix, header: m.binaryHeader, binary: m.binaryPayload, exclude: m.exclude, now: now,
             keep: !m.key.name.hasPrefix(LoopHub.userChannelPrefix), numbering: .given(m.offset, restarts: restarts),
@@ -93,8 +94,13 @@ extension Hub {
     /// subscribers here; what this node lacks is a gap to fill.
     func caughtUp(_ key: ChannelKey, epoch: String, offset: UInt64) -> Gap? {
         shard(key).withLock { st in
-            guard let ch = st.channels[key], !ch.filling, ch.epoch == epoch, offset > ch.lastOffset, ch.subscribers > 0
-            else { return nil }
+            guard let ch = st.channels[key], !ch.filling, ch.subscribers > 0 else { return nil }
+            if ch.epoch != epoch {
+                // Redis lost the channel while this node was away: a new epoch from 1.
+                Log.info("channel \(key.name) (app \(key.app)): new epoch \(epoch) in Redis (was \(ch.epoch))")
+                ch.restart(epoch: epoch, at: 0)
+            }
+            guard offset > ch.lastOffset else { return nil }
             ch.filling = true
             ch.held = []
             return Gap(epoch: epoch, from: ch.lastOffset + 1, to: offset)

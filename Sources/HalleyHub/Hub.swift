@@ -98,6 +98,9 @@ public final class Hub: Sendable {
     package let clustered: Bool
     /// With Redis: this node's number among the nodes (in its sessions' ids), 0 until claimed.
     package let nodeNumber = Atomic<Int>(0)
+    /// With Redis: numbers this node had before (another node took one while this one was away
+    /// from Redis): its sessions that carry them are still served here.
+    package let previousNodeNumbers = Locked<[Int]>([])
     /// With Redis: requests of other nodes' HTTP sessions this node relayed to them.
     package let forwardedRequests = Atomic<Int>(0)
     /// Where the other nodes reach this one (`host:port`), set by `attach`.
@@ -414,9 +417,13 @@ public final class Hub: Sendable {
             var cached: Publication? = nil
             if ch.kind == .cache, let c = ch.cached, c.time >= cacheCutoff { cached = c }
             out.queue(to: loops)
+            // A client ahead of this node (with Redis: this node's pub/sub is behind) joins at
+            // what it has: the messages up to there that reach this node later are not its.
+            var joinAt = ch.lastOffset
+            if let s = since, s.epoch == ch.epoch, s.offset > joinAt { joinAt = s.offset }
             return .success(
                 SubscribeResult(
-                    epoch: ch.epoch, lastOffset: ch.lastOffset, recovery: recovery, cached: cached, roster: roster))
+                    epoch: ch.epoch, lastOffset: joinAt, recovery: recovery, cached: cached, roster: roster))
         }
         out.wake(loops)
         return r

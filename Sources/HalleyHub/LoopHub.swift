@@ -278,7 +278,7 @@ package final class LoopHub: @unchecked Sendable {
         var run: [Publication] = []
         var runKey = items[0].0
         for (k, p) in items {
-            if k != runKey {
+            if !run.isEmpty && (k != runKey || p.restarts) {  // a new epoch starts a run of its own
                 fanOut(runKey, run)
                 run.removeAll(keepingCapacity: true)
                 runKey = k
@@ -293,8 +293,10 @@ package final class LoopHub: @unchecked Sendable {
     func fanOut(_ key: ChannelKey, _ pubs: [Publication]) {
         loop.preconditionInLoop()
         guard let lc = channels[key] else { return }
-        if pubs[0].restarts || (pubs.count > 1 && pubs.contains { $0.restarts }) {
-            // Redis started the channel again: its offsets begin anew for everyone here.
+        if pubs[0].restarts {
+            // Redis started the channel again (runs begin at such a message): its offsets begin
+            // anew for everyone here. (A session that joined within this turn, after the
+            // restart was posted, may get a few new-epoch messages from before its join.)
             for i in lc.joined.indices { lc.joined[i] = 0 }
         }
         let sessions = lc.sessions

@@ -176,6 +176,9 @@ package final class RedisBroker: Broker, @unchecked Sendable {
     /// other nodes: logged).
     func heartbeat() {
         guard let hub else { return }
+        // The pub/sub connection gets no replies of its own: a PING makes the connection's
+        // watchdog see a link that died without TCP noticing (no answer in 5 s: reconnect).
+        if let ps = pubsub, ps.connection.state == .ready { ps.connection.send("PING") { _ in } }
         let n = hub.nodeNumber.load(ordering: .relaxed)
         guard n > 0 else { return claim() }
         beat(n) { [self] ok in
@@ -183,6 +186,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
             Log.error(
                 "node \(nodeID): its number \(n) was taken by another node while this one was away from Redis: its open HTTP sessions can no longer be reached through other nodes; taking a new number"
             )
+            hub.previousNodeNumbers.withLock { $0.append(n) }
             hub.nodeNumber.store(0, ordering: .relaxed)
             claim()
         }
@@ -277,7 +281,10 @@ package final class RedisBroker: Broker, @unchecked Sendable {
             if case .down(let w) = link.connection.state { why = w } else { why = "connecting" }
             return then(.failure(.unavailable(why)))
         }
-        let gather = Gather(count: messages.count, then: then)
+        let gather = Gather(count: messages.count) { [self] r in
+            if case .failure = r { publishFailures.add(1, ordering: .relaxed) }
+            then(r)
+        }
         let candidate = Array(ChannelState.newEpoch().utf8)
         let ttl = Array(String(keyTTLMillis).utf8)
         let history = Array(String(historySize).utf8)
@@ -289,7 +296,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
                     Array("FCALL".utf8), Array("halley_publish".utf8), Array("2".utf8), k.meta, k.stream, candidate,
                     keep ? history : Array("0".utf8), ttl, BrokerWire.body(m), k.pubsub,
                 ]
-            ) { [self] r in
+            ) { r in
                 switch r {
                 case .success(let v):
                     if let a = v.elements, a.count == 2, case .integer(let off) = a[0], off > 0, let e = a[1].string {
@@ -298,7 +305,6 @@ package final class RedisBroker: Broker, @unchecked Sendable {
                         gather.failed(.server("unexpected answer to halley_publish: \(v)"))
                     }
                 case .failure(let e):
-                    publishFailures.add(1, ordering: .relaxed)
                     gather.failed(e)
                 }
             }
@@ -365,8 +371,15 @@ package final class RedisBroker: Broker, @unchecked Sendable {
 
     /// Reads offsets `gap.from...gap.to` of the channel's stream (on loop 0) and hands them to
     /// the hub, which delivers them before the messages it held meanwhile.
-    func fill(_ key: ChannelKey, _ gap: Hub.Gap) {
+    func fill(_ key: ChannelKey, _ gap: Hub.Gap, attempt: Int = 0) {
         readStream(key, epoch: gap.epoch, from: gap.from, to: gap.to, loop: 0) { [self] found in
+            if found == nil && attempt < 20 {
+                // Not read (the connection is away): the stream still has them; again in 500 ms
+                // (10 s in all), the channel's later messages held meanwhile.
+                _ = links[0].connection.loop.schedule(afterMillis: 500) { [self] in fill(key, gap, attempt: attempt + 1)
+                }
+                return
+            }
             let found = found ?? []
             let missing = Int(gap.to - gap.from + 1) - found.count
             gapsFilled.add(found.count, ordering: .relaxed)

@@ -73,6 +73,16 @@ public final class HTTPStream {
         c.endStream(self)
     }
 
+    /// Closes the connection without ending the body: the client sees it cut short (a relay
+    /// whose source failed must not make a truncated body look complete).
+    public func abort() {
+        guard let c = connection else { return }
+        connection = nil
+        onClose = nil
+        if c.ctx.isCorkOwner(c) { c.ctx.flushCork() }
+        c.close()
+    }
+
     /// The connection closed under the stream.
     func connectionClosed() {
         guard connection != nil else { return }

@@ -83,6 +83,13 @@ do {
     Log.error("start failed: \(error)")
     exit(1)
 }
+if options.hub.redis != nil && server.tlsPort == server.port {
+    // The other nodes forward HTTP sessions' requests over plain HTTP.
+    Log.error(
+        "--redis with TLS on the main port: serve TLS on --tls-port so that the main port stays plain HTTP for the other nodes"
+    )
+    exit(2)
+}
 let loopsText = server.loops.count == 1 ? "1 loop" : "\(server.loops.count) loops"
 let mainScheme = server.tlsPort == server.port ? "https" : "http"
 var startLine =
