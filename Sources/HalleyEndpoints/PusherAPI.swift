@@ -24,12 +24,12 @@ extension HubEndpoints {
             api(rq, rs) { $0.channelUsers($1) }
         }
         router.add([.post], "/apps/{app}/users/{user}/terminate_connections") { [self] rq, rs in
-            api(rq, rs) { $0.terminateUser($1) }
+            apiAnswering(rq, rs) { $0.terminateUser($1, $2) }
         }
         // pusher-http-python 3.3.4 sends `terminate_user_connections` without the `/apps/{id}`
         // prefix (and signs that path): the app is the one of `auth_key`.
         router.add([.post], "/users/{user}/terminate_connections") { [self] rq, rs in
-            api(rq, rs) { $0.terminateUser($1) }
+            apiAnswering(rq, rs) { $0.terminateUser($1, $2) }
         }
     }
 
@@ -416,13 +416,17 @@ extension HubEndpoints {
         return .success(out)
     }
 
-    func terminateUser(_ r: APIRequest) -> Result<[UInt8], Refusal> {
+    /// With Redis, on every node: answered once every node was told (503 when Redis cannot).
+    func terminateUser(_ r: APIRequest, _ answer: @escaping (Result<[UInt8], Refusal>) -> Void) {
         let user = r.parameter("user") ?? ""
         guard !user.isEmpty, user.utf8.count <= PresenceMember.maxUserIDLength else {
-            return .failure(Refusal(status: 400, text: "Invalid user id"))
+            return answer(.failure(Refusal(status: 400, text: "Invalid user id")))
         }
-        let n = hub.terminate(UserKey(app: r.app.id, id: user))
-        Log.info("api: terminating \(n) connection(s) of user \(user.prefix(40)) of app \(r.app.id)")
-        return .success(Array("{}".utf8))
+        hub.terminateEverywhere(UserKey(app: r.app.id, id: user), loop: r.loop) { result in
+            switch result {
+            case .success: answer(.success(Array("{}".utf8)))
+            case .failure(let e): answer(.failure(Refusal(status: 503, text: "Not terminated: \(e); retry")))
+            }
+        }
     }
 }

@@ -12,8 +12,31 @@ extension Hub {
         package let to: UInt64
     }
 
+    /// Channels of this prefix carry commands to every node, not messages: `#terminate-<user>`.
+    static let terminatePrefix = "#terminate-"
+
+    /// Ends the sessions of a signed-in user on every node (`terminate_connections`): with
+    /// Redis, a command through the broker that each node carries out on its own sessions
+    /// (this one's included, when it comes back); `then` on loop `loop`.
+    package func terminateEverywhere(_ user: UserKey, loop: Int, then: @escaping (Result<Void, RedisError>) -> Void) {
+        guard clustered else {
+            let n = terminate(user)
+            Log.info("terminating \(n) connection(s) of user \(user.id.prefix(40)) of app \(user.app)")
+            return then(.success(()))
+        }
+        let m = BrokerWire.Message(
+            key: ChannelKey(app: user.app, name: Self.terminatePrefix + user.id), exclude: nil, prefix: [])
+        broker.publish([m], hub: self, loop: loop) { r in then(r.map { _ in () }) }
+    }
+
     /// One message from Redis (loop 0). A gap starts a fill (`RedisBroker.fill`).
     func receive(_ m: BrokerWire.Message) {
+        if m.key.name.hasPrefix(Self.terminatePrefix) {
+            let user = UserKey(app: m.key.app, id: String(m.key.name.dropFirst(Self.terminatePrefix.count)))
+            let n = terminate(user)
+            Log.info("terminating \(n) connection(s) of user \(user.id.prefix(40)) of app \(user.app) on this node")
+            return
+        }
         let loops = self.loops
         var out = Outbox(loops: loops.count)
         let gap: Gap? = shard(m.key).withLock { st in

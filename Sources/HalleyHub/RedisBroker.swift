@@ -290,7 +290,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
         let history = Array(String(historySize).utf8)
         for (i, m) in messages.enumerated() {
             let k = BrokerWire.keys(m.key)
-            let keep = !m.key.name.hasPrefix(LoopHub.userChannelPrefix)
+            let keep = !m.key.name.hasPrefix("#")  // events to a user, commands: never kept
             link.connection.send(
                 [
                     Array("FCALL".utf8), Array("halley_publish".utf8), Array("2".utf8), k.meta, k.stream, candidate,

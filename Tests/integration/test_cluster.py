@@ -540,3 +540,29 @@ def test_pusher_js_xhr_transports_through_round_robin(behind_balancer):
     assert [m["data"] for m in streamed] == [str(i) for i in range(n)]
     assert sum(metrics(h)["halley_forwarded_requests_total"] for h in nodes) >= 4
     st.abort()
+
+
+def test_events_to_a_user_and_terminate_connections_reach_every_node(nodes):
+    """send_to_user and terminate_connections through one node act on the user's sessions on
+    every node (the official SDK against the third node)."""
+    from test_pusher import Client as PusherClient, signin
+
+    ready(nodes)
+    a, b = PusherClient(nodes[0].port), PusherClient(nodes[1].port)
+    for c in (a, b):
+        signin(c, "u-9")
+        assert c.next("pusher:signin_success")
+    sdk = pusher_client(nodes[2].port)
+    sdk.send_to_user("u-9", "notice", {"n": 1})
+    for c in (a, b):
+        m = c.next("notice")
+        assert m["channel"] == "#server-to-user-u-9" and json.loads(m["data"]) == {"n": 1}
+    assert sdk.terminate_user_connections("u-9") == {}
+    for c in (a, b):
+        m = c.next("pusher:error")
+        assert m["data"]["code"] == 4009
+        with pytest.raises(Exception):
+            c.recv(timeout=2)
+        assert c.ws.close_code == 4009
+    for h in nodes[:2]:
+        assert h.wait_for_log(r"terminating 1 connection\(s\) of user u-9 of app 1 on this node")
