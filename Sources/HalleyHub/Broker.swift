@@ -1,5 +1,6 @@
 import HalleyCore
 import HalleyLoop
+import HalleyProtocol
 import HalleyServer
 
 /// Where a channel's messages are ordered and how they reach every node that has subscribers:
@@ -44,6 +45,15 @@ package protocol Broker: AnyObject, Sendable {
     func readStream(
         _ key: ChannelKey, epoch: String, from: UInt64, to: UInt64, loop: Int,
         then: @escaping ([BrokerWire.Message]?) -> Void)
+    /// With Redis: adds a presence member to the cluster's roster (`member_added` to every node
+    /// when its user is new there); `then` with whether it was the user's first session in the
+    /// cluster and the roster (`{"ids":…,"hash":…,"count":N}`), or nil when the channel is full.
+    func join(
+        _ key: ChannelKey, session: SessionID, member: PresenceMember, max: Int, loop: Int,
+        then: @escaping (Result<(first: Bool, roster: [UInt8])?, RedisError>) -> Void)
+    /// Takes a presence member out of the cluster's roster (`member_removed` to every node after
+    /// the user's last session); `then` with the user when that was its last.
+    func leave(_ key: ChannelKey, session: SessionID, loop: Int, then: @escaping (String?) -> Void)
     /// `/metrics` lines.
     func metricsText() -> String
 }
@@ -73,6 +83,11 @@ package final class MemoryBroker: Broker {
     package var forwardingSecret: String? { nil }
     package func pusherSessionOwner(_ path: String, loop: Int, then: (Int?) -> Void) { then(nil) }
     package func setPusherSessionOwner(_ path: String, node: Int, loop: Int) {}
+    package func join(
+        _ key: ChannelKey, session: SessionID, member: PresenceMember, max: Int, loop: Int,
+        then: (Result<(first: Bool, roster: [UInt8])?, RedisError>) -> Void
+    ) { then(.failure(.unavailable("one node: presence is the hub's own"))) }
+    package func leave(_ key: ChannelKey, session: SessionID, loop: Int, then: (String?) -> Void) { then(nil) }
     package func readStream(
         _ key: ChannelKey, epoch: String, from: UInt64, to: UInt64, loop: Int, then: ([BrokerWire.Message]?) -> Void
     ) { then(nil) }

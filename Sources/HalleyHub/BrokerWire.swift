@@ -95,13 +95,16 @@ package enum BrokerWire {
         return m
     }
 
-    /// Reads what a node receives: `<epoch> <offset>\n<body>`.
+    /// Reads what a node receives: `<epoch> <offset>\n<body>`; `- 0` for a presence member
+    /// event (unnumbered: offset 0, epoch `-`).
     package static func decode(_ b: [UInt8]) throws(DecodeError) -> Message {
         guard let nl = b.firstIndex(of: 0x0A), let sp = b[..<nl].firstIndex(of: 0x20) else {
             throw .malformed("no epoch and offset")
         }
         let epoch = b[..<sp]
-        guard !epoch.isEmpty, let off = UInt64(String(decoding: b[(sp + 1)..<nl], as: UTF8.self)), off > 0 else {
+        guard !epoch.isEmpty, let off = UInt64(String(decoding: b[(sp + 1)..<nl], as: UTF8.self)),
+            off > 0 || Array(epoch) == [UInt8(ascii: "-")]
+        else {
             throw .malformed("bad epoch or offset")
         }
         return try decodeBody(Array(b[(nl + 1)...]), epoch: String(decoding: epoch, as: UTF8.self), offset: off)
@@ -151,6 +154,40 @@ package enum BrokerWire {
           end
           return 0
         end
+        local function event(name, channel, data)
+          return '{"event":"' .. name .. '","channel":' .. cjson.encode(channel) .. ',"data":' .. cjson.encode(data)
+        end
+        local function announce(pubsub, app, channel, exclude, prefix)
+          redis.call('SPUBLISH', pubsub, '- 0\\n' .. app .. '\\n' .. channel .. '\\n' .. exclude .. '\\n' .. #prefix .. ' 0\\n' .. prefix)
+        end
+        local function join(keys, args)
+          local field, user, info, max = args[1], args[2], args[3], tonumber(args[4])
+          if redis.call('HEXISTS', keys[1], field) == 1 then return {0, redis.call('HVALS', keys[1])} end
+          if redis.call('HEXISTS', keys[2], user) == 0 and redis.call('HLEN', keys[2]) >= max then
+            return {-1, {}}
+          end
+          redis.call('HSET', keys[1], field, user .. '\\n' .. info)
+          local first = 0
+          if redis.call('HINCRBY', keys[2], user, 1) == 1 then
+            first = 1
+            local data = '{"user_id":' .. cjson.encode(user) .. ',"user_info":' .. info .. '}'
+            announce(args[7], args[5], args[6], args[8], event('pusher_internal:member_added', args[6], data))
+          end
+          return {first, redis.call('HVALS', keys[1])}
+        end
+        local function leave(keys, args)
+          local v = redis.call('HGET', keys[1], args[1])
+          if not v then return {0, ''} end
+          redis.call('HDEL', keys[1], args[1])
+          local user = string.sub(v, 1, string.find(v, '\\n', 1, true) - 1)
+          if redis.call('HINCRBY', keys[2], user, -1) > 0 then return {0, user} end
+          redis.call('HDEL', keys[2], user)
+          local data = '{"user_id":' .. cjson.encode(user) .. '}'
+          announce(args[4], args[2], args[3], args[5], event('pusher_internal:member_removed', args[3], data))
+          return {1, user}
+        end
+        redis.register_function('halley_join', join)
+        redis.register_function('halley_leave', leave)
         redis.register_function('halley_publish', publish)
         redis.register_function('halley_beat', beat)
         redis.register_function('halley_meta', meta)
@@ -181,5 +218,12 @@ package enum BrokerWire {
         let n = shard(key)
         let base = "h:{\(n)}:\(key.app):\(key.name)"
         return (Array((base + ":m").utf8), Array((base + ":s").utf8), pubsubChannel(n))
+    }
+
+    /// A presence channel's roster (`<node>|<session>` → `<user>\n<user_info>`) and user counts
+    /// (user → sessions in the cluster).
+    package static func presenceKeys(_ key: ChannelKey) -> (roster: [UInt8], users: [UInt8]) {
+        let base = "h:{\(shard(key))}:\(key.app):\(key.name)"
+        return (Array((base + ":p").utf8), Array((base + ":u").utf8))
     }
 }

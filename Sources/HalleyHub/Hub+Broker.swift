@@ -39,6 +39,19 @@ extension Hub {
         }
         let loops = self.loops
         var out = Outbox(loops: loops.count)
+        if m.offset == 0 {
+            // A presence member event (Redis's join or leave function): live to this node's
+            // subscribers of the moment, outside the channel's order.
+            shard(m.key).withLock { st in
+                guard let ch = st.channels[m.key], ch.subscribers > 0 else { return }
+                _ = post(
+                    ch, m.key, prefix: m.prefix, header: nil, binary: nil, exclude: m.exclude,
+                    now: Clock.monotonicMillis(), keep: false, numbering: .none, into: &out)
+                out.queue(to: loops)
+            }
+            out.wake(loops)
+            return
+        }
         let gap: Gap? = shard(m.key).withLock { st in
             let ch: ChannelState
             if let c = st.channels[m.key] {

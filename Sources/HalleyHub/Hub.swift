@@ -361,7 +361,8 @@ public final class Hub: Sendable {
     /// user announces it with `pusher_internal:member_added` to the others).
     func subscribe(
         _ key: ChannelKey, session: SessionID, loop: Int, since: (epoch: String, offset: UInt64)?,
-        member: PresenceMember? = nil, meta: (epoch: String, offset: UInt64)? = nil, older: [BrokerWire.Message] = []
+        member: PresenceMember? = nil, meta: (epoch: String, offset: UInt64)? = nil, older: [BrokerWire.Message] = [],
+        cluster: (first: Bool, roster: [UInt8])? = nil
     ) -> Result<SubscribeResult, SubscribeRefusal> {
         let now = Clock.monotonicMillis()
         let cacheCutoff = now - Int64(config.cacheSeconds) * 1000
@@ -377,7 +378,16 @@ public final class Hub: Sendable {
             let ch = st.channel(key, loops: loops.count)
             var roster: [UInt8]? = nil
             let wasEmpty = ch.members.isEmpty
-            if let m = member {
+            if let m = member, let c = cluster {
+                // With Redis: the cluster's roster, its member_added sent by Redis; this node
+                // keeps its own members (for unsubscribing), and the webhook is sent once, here
+                // when this was the user's first session in the cluster.
+                if wasEmpty { occupied(key) }
+                ch.userOf[session] = m.userID
+                ch.users[m.userID, default: .init(sessions: 0, info: m.info)].sessions += 1
+                if c.first { webhook(key, .memberAdded(channel: key.name, userID: m.userID)) }
+                roster = c.roster
+            } else if let m = member {
                 if ch.users[m.userID] == nil && ch.users.count >= config.maxPresenceMembers {
                     if ch.isIdle { st.channels[key] = nil }
                     return .failure(.presenceFull(config.maxPresenceMembers))
@@ -456,17 +466,24 @@ public final class Hub: Sendable {
         }
     }
 
-    func unsubscribe(_ key: ChannelKey, session: SessionID, loop: Int) {
+    /// True when the session was a presence member (with Redis, the caller takes it out of the
+    /// cluster's roster).
+    @discardableResult
+    func unsubscribe(_ key: ChannelKey, session: SessionID, loop: Int) -> Bool {
         let loops = self.loops
         var out = Outbox(loops: loops.count)
+        var wasMember = false
         shard(key).withLock { st in
             guard let ch = st.channels[key] else { return }
             ch.perLoop[loop] -= 1
             ch.members.remove(session)
             if let uid = ch.userOf.removeValue(forKey: session), var u = ch.users[uid] {
+                wasMember = true
                 u.sessions -= 1
                 if u.sessions > 0 {
                     ch.users[uid] = u
+                } else if clustered {
+                    ch.users[uid] = nil  // member_removed: from Redis, after the user's last session anywhere
                 } else {
                     ch.users[uid] = nil
                     var d = JSONObjectBuilder()
@@ -483,6 +500,12 @@ public final class Hub: Sendable {
             out.queue(to: loops)
         }
         out.wake(loops)
+        return wasMember
+    }
+
+    /// With Redis: a user's last session left a presence channel (this node took it out).
+    func memberLeft(_ key: ChannelKey, _ user: String) {
+        webhook(key, .memberRemoved(channel: key.name, userID: user))
     }
 
     // MARK: users (`pusher:signin`)

@@ -110,8 +110,31 @@ extension LoopHub {
     func subscribeChecked(
         _ s: Session, _ key: ChannelKey, _ name: String, since: (String, UInt64)?, member: PresenceMember?,
         meta: (epoch: String, offset: UInt64)?, older: [BrokerWire.Message]? = nil,
-        refuse: @escaping (String, String, Int) -> Void
+        cluster: (first: Bool, roster: [UInt8])? = nil, refuse: @escaping (String, String, Int) -> Void
     ) {
+        if hub.clustered, let m = member, cluster == nil {
+            // With Redis, the roster is the cluster's: the member joins it first (idempotent:
+            // a retried step finds it there and announces nothing).
+            let waiting = PendingRead(session: s.id, key: key)
+            pendingReads.insert(waiting)
+            hub.broker.join(key, session: s.id, member: m, max: hub.config.maxPresenceMembers, loop: index) {
+                [self] result in
+                guard pendingReads.remove(waiting) != nil, !s.ended else { return leaveCluster(key, s.id) }
+                switch result {
+                case .success(nil):
+                    Log.info("session \(s.id): subscribe to \(name) refused: presence channel full")
+                    refuse("LimitReached", "presence channel is full (\(hub.config.maxPresenceMembers) members)", 403)
+                case .success(let joined?):
+                    subscribeChecked(
+                        s, key, name, since: since, member: member, meta: meta, older: older, cluster: joined,
+                        refuse: refuse)
+                case .failure(let e):
+                    Log.info("session \(s.id): subscribe to \(name) refused: 503 \(e)")
+                    refuse("ServiceUnavailable", "cannot subscribe now: \(e); retry", 503)
+                }
+            }
+            return
+        }
         if hub.clustered, older == nil, let sc = since,
             let range = hub.streamRange(key, since: (sc.0, sc.1), meta: meta)
         {
@@ -120,16 +143,20 @@ extension LoopHub {
             let waiting = PendingRead(session: s.id, key: key)
             pendingReads.insert(waiting)
             hub.broker.readStream(key, epoch: sc.0, from: range.from, to: range.to, loop: index) { [self] found in
-                guard pendingReads.remove(waiting) != nil, !s.ended else { return }
+                guard pendingReads.remove(waiting) != nil, !s.ended else {
+                    if member != nil { leaveCluster(key, s.id) }
+                    return
+                }
                 subscribeChecked(
-                    s, key, name, since: since, member: member, meta: meta, older: found ?? [], refuse: refuse)
+                    s, key, name, since: since, member: member, meta: meta, older: found ?? [], cluster: cluster,
+                    refuse: refuse)
             }
             return
         }
         let r: Hub.SubscribeResult
         switch hub.subscribe(
             key, session: s.id, loop: index, since: since.map { (epoch: $0.0, offset: $0.1) }, member: member,
-            meta: meta, older: older ?? [])
+            meta: meta, older: older ?? [], cluster: cluster)
         {
         case .success(let ok): r = ok
         case .failure(.presenceFull(let n)):
@@ -197,7 +224,11 @@ extension LoopHub {
     /// sessions that ended or unsubscribed meanwhile were dropped), or are refused with 503.
     func metaArrived(_ key: ChannelKey, _ result: Result<(epoch: String, offset: UInt64), RedisError>) {
         guard let waiting = pendingMeta.removeValue(forKey: key) else { return }
-        for w in waiting where !w.session.ended {
+        for w in waiting {
+            if w.session.ended {
+                if w.member != nil { leaveCluster(key, w.session.id) }
+                continue
+            }
             let s = w.session
             func refuse(_ type: String, _ text: String, _ status: Int) {
                 var d = JSONObjectBuilder()
@@ -239,7 +270,10 @@ extension LoopHub {
         if name.hasPrefix(Self.userChannelPrefix) { return }
         let key = ChannelKey(app: s.app.id, name: name)
         pendingMeta[key]?.removeAll { $0.session === s }
-        pendingReads.remove(PendingRead(session: s.id, key: key))
+        if pendingReads.remove(PendingRead(session: s.id, key: key)) != nil || pendingMeta[key] != nil {
+            // A presence subscription still on its way may have joined the cluster's roster.
+            if ChannelName.kind(name) == .presence { leaveCluster(key, s.id) }
+        }
         guard let i = s.subscriptions.firstIndex(where: { $0.channel.key == key }) else { return }
         removeFromChannel(s, s.subscriptions[i])
         s.subscriptions.remove(at: i)
@@ -259,6 +293,12 @@ extension LoopHub {
         lc.sessions.removeLast()
         lc.joined.removeLast()
         if lc.sessions.isEmpty { channels[lc.key] = nil }
-        hub.unsubscribe(lc.key, session: s.id, loop: index)
+        if hub.unsubscribe(lc.key, session: s.id, loop: index) && hub.clustered { leaveCluster(lc.key, s.id) }
+    }
+
+    /// With Redis: takes a presence member out of the cluster's roster (idempotent); the node
+    /// that saw the user's last session leave sends the webhook.
+    func leaveCluster(_ key: ChannelKey, _ session: SessionID) {
+        hub.broker.leave(key, session: session, loop: index) { [hub] user in if let user { hub.memberLeft(key, user) } }
     }
 }

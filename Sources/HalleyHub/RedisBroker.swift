@@ -46,6 +46,8 @@ package final class RedisBroker: Broker, @unchecked Sendable {
     /// A claim is in flight (loop 0).
     var claiming = false
     let secret = Locked<String?>(nil)
+    /// Presence leaves that found Redis away, sent again by the next sweep (any loop adds).
+    let pendingLeaves = Locked<[(ChannelKey, SessionID)]>([])
     package var forwardingSecret: String? { secret.withLock { $0 } }
     /// A pusher-js session's key lives this long (forgotten when the session ends).
     let pusherSessionTTLMillis = 24 * 3600 * 1000
@@ -159,6 +161,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
         guard let loop = links.first?.connection.loop else { return }
         _ = loop.schedule(afterMillis: heartbeatMillis) { [self] in
             heartbeat()
+            sweepPresence()
             scheduleHeartbeat()
         }
     }
@@ -213,6 +216,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
                 guard let ok else { return }
                 guard ok else { return claim() }
                 hub.nodeNumber.store(n, ordering: .relaxed)
+                command(["SADD", "h:nodes", String(n)]) { _ in }
                 Log.lifecycle("node \(nodeID): number \(n) among the nodes, reached at \(hub.advertisedAddress)")
             }
         }

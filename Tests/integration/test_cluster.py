@@ -566,3 +566,63 @@ def test_events_to_a_user_and_terminate_connections_reach_every_node(nodes):
         assert c.ws.close_code == 4009
     for h in nodes[:2]:
         assert h.wait_for_log(r"terminating 1 connection\(s\) of user u-9 of app 1 on this node")
+
+
+def test_presence_is_one_roster_for_the_cluster(nodes):
+    """Members on three nodes see one roster; member_added / member_removed once per user for
+    the cluster (a user's second session, on another node, announces nothing)."""
+    from test_pusher import Client as PusherClient
+
+    ready(nodes)
+    sdk = pusher_client(nodes[0].port)
+    a = PusherClient(nodes[0].port)
+    assert a.sub_presence("presence-room", "ann", {"n": 1}, client=sdk) == {
+        "ids": ["ann"], "hash": {"ann": {"n": 1}}, "count": 1}
+    b = PusherClient(nodes[1].port)
+    roster = b.sub_presence("presence-room", "bob", {"n": 2}, client=sdk)
+    assert sorted(roster["ids"]) == ["ann", "bob"] and roster["count"] == 2
+    m = a.next("pusher_internal:member_added")
+    assert json.loads(m["data"]) == {"user_id": "bob", "user_info": {"n": 2}}
+    # Ann again, on the third node: no member_added anywhere.
+    a2 = PusherClient(nodes[2].port)
+    roster = a2.sub_presence("presence-room", "ann", {"n": 1}, client=sdk)
+    assert sorted(roster["ids"]) == ["ann", "bob"] and roster["count"] == 2
+    assert not [x for x in a.quiet(0.5) + b.quiet(0.1) if x["event"].startswith("pusher_internal:member")]
+    # Ann's first session leaves: she is still there (her other one).
+    a.send({"event": "pusher:unsubscribe", "data": {"channel": "presence-room"}})
+    assert not [x for x in b.quiet(0.5) if x["event"].startswith("pusher_internal:member")]
+    # Her last leaves: member_removed once, on Bob's node too.
+    a2.close()
+    m = b.next("pusher_internal:member_removed", timeout=5)
+    assert json.loads(m["data"]) == {"user_id": "ann"}
+    late = PusherClient(nodes[0].port)
+    roster = late.sub_presence("presence-room", "cy", client=sdk)
+    assert sorted(roster["ids"]) == ["bob", "cy"] and roster["count"] == 2, roster
+    assert json.loads(b.next("pusher_internal:member_added")["data"])["user_id"] == "cy"
+    for c in (a, b, late):
+        c.close()
+
+
+def test_presence_members_of_a_dead_node_leave_within_20_seconds(nodes):
+    from test_pusher import Client as PusherClient
+
+    ready(nodes)
+    for h in nodes:
+        assert h.wait_for_log(r"number \d+ among the nodes")
+    sdk = pusher_client(nodes[1].port)
+    doomed = PusherClient(nodes[0].port)
+    doomed.sub_presence("presence-k9", "dora", client=sdk)
+    watcher = PusherClient(nodes[1].port)
+    assert sorted(watcher.sub_presence("presence-k9", "wes", client=sdk)["ids"]) == ["dora", "wes"]
+    t0 = time.monotonic()
+    nodes[0].crash()
+    m = watcher.next("pusher_internal:member_removed", timeout=25)
+    took = time.monotonic() - t0
+    assert json.loads(m["data"]) == {"user_id": "dora"}
+    assert took <= 20.5, took  # node key TTL 15 s + one sweep (5 s)
+    print(f"a dead node's member left after {took:.1f} s")
+    # The roster is right for a newcomer.
+    c = PusherClient(nodes[2].port)
+    assert c.sub_presence("presence-k9", "cal", client=sdk)["ids"] in (["wes", "cal"], ["cal", "wes"])
+    c.close()
+    watcher.close()
