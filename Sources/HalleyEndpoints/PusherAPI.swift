@@ -19,9 +19,15 @@ extension HubEndpoints {
             api(rq, rs) { .success($0.hub.statsJSON(only: $1.app.id, openConnections: nil)) }
         }
         router.add([.get], "/apps/{app}/channels") { [self] rq, rs in api(rq, rs) { $0.channelsInfo($1) } }
-        router.add([.get], "/apps/{app}/channels/{channel}") { [self] rq, rs in api(rq, rs) { $0.channelInfo($1) } }
+        router.add([.get], "/apps/{app}/channels/{channel}") { [self] rq, rs in
+            apiAnswering(rq, rs) { endpoints, r, answer in
+                endpoints.clusterUsers(r) { users in answer(endpoints.channelInfo(r, clusterUsers: users)) }
+            }
+        }
         router.add([.get], "/apps/{app}/channels/{channel}/users") { [self] rq, rs in
-            api(rq, rs) { $0.channelUsers($1) }
+            apiAnswering(rq, rs) { endpoints, r, answer in
+                endpoints.clusterUsers(r) { users in answer(endpoints.channelUsers(r, clusterUsers: users)) }
+            }
         }
         router.add([.post], "/apps/{app}/users/{user}/terminate_connections") { [self] rq, rs in
             apiAnswering(rq, rs) { $0.terminateUser($1, $2) }
@@ -346,7 +352,17 @@ extension HubEndpoints {
         return .success(b.closed)
     }
 
-    func channelInfo(_ r: APIRequest) -> Result<[UInt8], Refusal> {
+    /// With Redis, a presence channel's users are the cluster's (`.some(nil)`: Redis did not
+    /// answer); nil: this node's.
+    func clusterUsers(_ r: APIRequest, _ then: @escaping ([String]??) -> Void) {
+        let name = r.parameter("channel") ?? ""
+        guard hub.clustered, ChannelName.kind(name) == .presence, ChannelName.problem(name) == nil else {
+            return then(nil)
+        }
+        hub.broker.presenceUsers(ChannelKey(app: r.app.id, name: name), loop: r.loop) { then(.some($0)) }
+    }
+
+    func channelInfo(_ r: APIRequest, clusterUsers: [String]?? = nil) -> Result<[UInt8], Refusal> {
         let name = r.parameter("channel") ?? ""
         if let p = ChannelName.problem(name) {
             return .failure(Refusal(status: 400, text: "\(p): '\(name.prefix(200))'"))
@@ -369,11 +385,16 @@ extension HubEndpoints {
         }
         let key = ChannelKey(app: r.app.id, name: name)
         let (c, cachedMessage) = hub.occupancyAndCache(key)
-        let (subs, users) = (c.subscriptions, c.users)
+        let subs = c.subscriptions
+        var users = c.users
+        if let cluster = clusterUsers {
+            guard let ids = cluster else { return .failure(Refusal(status: 503, text: "Redis did not answer; retry")) }
+            users = ids.count
+        }
         // The data string is read back outside the shard's lock.
         let cached = cachedMessage.map { (Self.dataField($0.0), $0.ttl) }
         var b = JSONObjectBuilder()
-        b.bool("occupied", subs > 0)
+        b.bool("occupied", subs > 0 || users > 0)  // with Redis, a presence channel's members may be elsewhere
         if info.contains("user_count") { b.int("user_count", UInt64(users)) }
         if info.contains("subscription_count") { b.int("subscription_count", UInt64(subs)) }
         if info.contains("cache") {
@@ -396,7 +417,7 @@ extension HubEndpoints {
         return (try? JSONParser.parse(bytes))?["data"]?.string ?? ""
     }
 
-    func channelUsers(_ r: APIRequest) -> Result<[UInt8], Refusal> {
+    func channelUsers(_ r: APIRequest, clusterUsers: [String]?? = nil) -> Result<[UInt8], Refusal> {
         let name = r.parameter("channel") ?? ""
         if let p = ChannelName.problem(name) {
             return .failure(Refusal(status: 400, text: "\(p): '\(name.prefix(200))'"))
@@ -404,7 +425,11 @@ extension HubEndpoints {
         guard ChannelName.kind(name) == .presence else {
             return .failure(Refusal(status: 400, text: "Users are only available for presence channels"))
         }
-        let ids = hub.presenceUserIDs(ChannelKey(app: r.app.id, name: name))
+        var ids = hub.presenceUserIDs(ChannelKey(app: r.app.id, name: name))
+        if let cluster = clusterUsers {
+            guard let all = cluster else { return .failure(Refusal(status: 503, text: "Redis did not answer; retry")) }
+            ids = all
+        }
         var out: [UInt8] = Array(#"{"users":["#.utf8)
         for (i, id) in ids.enumerated() {
             if i > 0 { out.append(UInt8(ascii: ",")) }

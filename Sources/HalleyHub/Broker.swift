@@ -54,6 +54,9 @@ package protocol Broker: AnyObject, Sendable {
     /// Takes a presence member out of the cluster's roster (`member_removed` to every node after
     /// the user's last session); `then` with the user when that was its last.
     func leave(_ key: ChannelKey, session: SessionID, loop: Int, then: @escaping (String?) -> Void)
+    /// With Redis: the users on a presence channel in the cluster, sorted; nil when Redis
+    /// cannot answer. `then` runs on loop `loop`.
+    func presenceUsers(_ key: ChannelKey, loop: Int, then: @escaping ([String]?) -> Void)
     /// `/metrics` lines.
     func metricsText() -> String
 }
@@ -88,6 +91,7 @@ package final class MemoryBroker: Broker {
         then: (Result<(first: Bool, roster: [UInt8])?, RedisError>) -> Void
     ) { then(.failure(.unavailable("one node: presence is the hub's own"))) }
     package func leave(_ key: ChannelKey, session: SessionID, loop: Int, then: (String?) -> Void) { then(nil) }
+    package func presenceUsers(_ key: ChannelKey, loop: Int, then: ([String]?) -> Void) { then(nil) }
     package func readStream(
         _ key: ChannelKey, epoch: String, from: UInt64, to: UInt64, loop: Int, then: ([BrokerWire.Message]?) -> Void
     ) { then(nil) }

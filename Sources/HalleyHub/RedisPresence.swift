@@ -107,6 +107,15 @@ extension RedisBroker {
         }
     }
 
+    package func presenceUsers(_ key: ChannelKey, loop: Int, then: @escaping ([String]?) -> Void) {
+        let link = links[loop]
+        guard link.loaded, link.connection.state == .ready else { return then(nil) }
+        link.connection.send([Array("HKEYS".utf8), BrokerWire.presenceKeys(key).users]) { r in
+            guard case .success(let v) = r, let users = v.elements else { return then(nil) }
+            then(users.compactMap(\.string).sorted())
+        }
+    }
+
     /// Every 5 s on loop 0: leaves that could not be sent are sent; then, one node at a time,
     /// the members of nodes whose key expired are taken out (`member_removed`, webhooks).
     func sweepPresence() {

@@ -588,6 +588,11 @@ def test_presence_is_one_roster_for_the_cluster(nodes):
     roster = a2.sub_presence("presence-room", "ann", {"n": 1}, client=sdk)
     assert sorted(roster["ids"]) == ["ann", "bob"] and roster["count"] == 2
     assert not [x for x in a.quiet(0.5) + b.quiet(0.1) if x["event"].startswith("pusher_internal:member")]
+    # The HTTP API of any node answers for the cluster's presence.
+    for h in nodes:
+        api = pusher_client(h.port)
+        assert api.channel_info("presence-room", ["user_count"]) == {"occupied": True, "user_count": 2}
+        assert sorted(u["id"] for u in api.users_info("presence-room")["users"]) == ["ann", "bob"]
     # Ann's first session leaves: she is still there (her other one).
     a.send({"event": "pusher:unsubscribe", "data": {"channel": "presence-room"}})
     assert not [x for x in b.quiet(0.5) if x["event"].startswith("pusher_internal:member")]
