@@ -18,10 +18,25 @@ extension HubEndpoints {
         router.add([.get], "/apps/{app}/stats") { [self] rq, rs in
             api(rq, rs) { .success($0.hub.statsJSON(only: $1.app.id, openConnections: nil)) }
         }
-        router.add([.get], "/apps/{app}/channels") { [self] rq, rs in api(rq, rs) { $0.channelsInfo($1) } }
+        router.add([.get], "/apps/{app}/channels") { [self] rq, rs in
+            apiAnswering(rq, rs) { endpoints, r, answer in
+                guard endpoints.hub.clustered else { return answer(endpoints.channelsInfo(r)) }
+                let prefix = Query.value(r.query, "filter_by_prefix") ?? ""
+                endpoints.hub.broker.occupiedChannels(app: r.app.id, prefix: prefix, loop: r.loop) { list in
+                    guard let list else {
+                        return answer(.failure(Refusal(status: 503, text: "Redis did not answer; retry")))
+                    }
+                    answer(endpoints.channelsInfo(r, cluster: list))
+                }
+            }
+        }
         router.add([.get], "/apps/{app}/channels/{channel}") { [self] rq, rs in
             apiAnswering(rq, rs) { endpoints, r, answer in
-                endpoints.clusterUsers(r) { users in answer(endpoints.channelInfo(r, clusterUsers: users)) }
+                endpoints.clusterUsers(r) { users in
+                    endpoints.clusterSubscriptions(r) { subs in
+                        answer(endpoints.channelInfo(r, clusterUsers: users, clusterSubscriptions: subs))
+                    }
+                }
             }
         }
         router.add([.get], "/apps/{app}/channels/{channel}/users") { [self] rq, rs in
@@ -323,7 +338,10 @@ extension HubEndpoints {
         return .success(set)
     }
 
-    func channelsInfo(_ r: APIRequest) -> Result<[UInt8], Refusal> {
+    /// `cluster`: with Redis, the cluster's occupied channels and counts.
+    func channelsInfo(
+        _ r: APIRequest, cluster: [(name: String, subscriptions: Int, users: Int)]? = nil
+    ) -> Result<[UInt8], Refusal> {
         let prefix = Query.value(r.query, "filter_by_prefix") ?? ""
         let info: Set<String>
         switch infoAttributes(r.query, allowed: ["user_count", "subscription_count"]) {
@@ -341,11 +359,16 @@ extension HubEndpoints {
                 Refusal(status: 400, text: "subscription_count is not available for presence channels: use user_count"))
         }
         var chans = JSONObjectBuilder()
-        for (name, c) in hub.occupiedChannels(app: r.app.id, prefix: prefix) {
+        let list =
+            cluster
+            ?? hub.occupiedChannels(app: r.app.id, prefix: prefix).map {
+                (name: $0.name, subscriptions: $0.counts.subscriptions, users: $0.counts.users)
+            }
+        for c in list where !c.name.hasPrefix(LoopHub.userChannelPrefix) {
             var b = JSONObjectBuilder()
             if info.contains("user_count") { b.int("user_count", UInt64(c.users)) }
             if info.contains("subscription_count") { b.int("subscription_count", UInt64(c.subscriptions)) }
-            chans.raw(name, b.closed)
+            chans.raw(c.name, b.closed)
         }
         var b = JSONObjectBuilder()
         b.raw("channels", chans.closed)
@@ -362,7 +385,19 @@ extension HubEndpoints {
         hub.broker.presenceUsers(ChannelKey(app: r.app.id, name: name), loop: r.loop) { then(.some($0)) }
     }
 
-    func channelInfo(_ r: APIRequest, clusterUsers: [String]?? = nil) -> Result<[UInt8], Refusal> {
+    /// With Redis, a channel's subscriptions are the cluster's (`.some(nil)`: Redis did not
+    /// answer); nil: this node's.
+    func clusterSubscriptions(_ r: APIRequest, _ then: @escaping (Int??) -> Void) {
+        let name = r.parameter("channel") ?? ""
+        guard hub.clustered, ChannelName.kind(name) != .presence, ChannelName.problem(name) == nil else {
+            return then(nil)
+        }
+        hub.broker.subscriptions(ChannelKey(app: r.app.id, name: name), loop: r.loop) { then(.some($0)) }
+    }
+
+    func channelInfo(
+        _ r: APIRequest, clusterUsers: [String]?? = nil, clusterSubscriptions: Int?? = nil
+    ) -> Result<[UInt8], Refusal> {
         let name = r.parameter("channel") ?? ""
         if let p = ChannelName.problem(name) {
             return .failure(Refusal(status: 400, text: "\(p): '\(name.prefix(200))'"))
@@ -385,8 +420,12 @@ extension HubEndpoints {
         }
         let key = ChannelKey(app: r.app.id, name: name)
         let (c, cachedMessage) = hub.occupancyAndCache(key)
-        let subs = c.subscriptions
+        var subs = c.subscriptions
         var users = c.users
+        if let cluster = clusterSubscriptions {
+            guard let n = cluster else { return .failure(Refusal(status: 503, text: "Redis did not answer; retry")) }
+            subs = n
+        }
         if let cluster = clusterUsers {
             guard let ids = cluster else { return .failure(Refusal(status: 503, text: "Redis did not answer; retry")) }
             users = ids.count

@@ -57,6 +57,15 @@ package protocol Broker: AnyObject, Sendable {
     /// With Redis: the users on a presence channel in the cluster, sorted; nil when Redis
     /// cannot answer. `then` runs on loop `loop`.
     func presenceUsers(_ key: ChannelKey, loop: Int, then: @escaping ([String]?) -> Void)
+    /// With Redis: `delta` subscriptions of this node on the channel; `then` with +1 / -1 when
+    /// that made the channel occupied / vacated in the cluster (0 otherwise, nil: no answer).
+    func occupy(_ key: ChannelKey, delta: Int, loop: Int, then: @escaping (Int?) -> Void)
+    /// With Redis: the channel's subscriptions in the cluster.
+    func subscriptions(_ key: ChannelKey, loop: Int, then: @escaping (Int?) -> Void)
+    /// With Redis: the app's occupied channels in the cluster (prefix-filtered, sorted).
+    func occupiedChannels(
+        app: String, prefix: String, loop: Int,
+        then: @escaping ([(name: String, subscriptions: Int, users: Int)]?) -> Void)
     /// `/metrics` lines.
     func metricsText() -> String
 }
@@ -92,6 +101,11 @@ package final class MemoryBroker: Broker {
     ) { then(.failure(.unavailable("one node: presence is the hub's own"))) }
     package func leave(_ key: ChannelKey, session: SessionID, loop: Int, then: (String?) -> Void) { then(nil) }
     package func presenceUsers(_ key: ChannelKey, loop: Int, then: ([String]?) -> Void) { then(nil) }
+    package func occupy(_ key: ChannelKey, delta: Int, loop: Int, then: (Int?) -> Void) { then(0) }
+    package func subscriptions(_ key: ChannelKey, loop: Int, then: (Int?) -> Void) { then(nil) }
+    package func occupiedChannels(
+        app: String, prefix: String, loop: Int, then: ([(name: String, subscriptions: Int, users: Int)]?) -> Void
+    ) { then(nil) }
     package func readStream(
         _ key: ChannelKey, epoch: String, from: UInt64, to: UInt64, loop: Int, then: ([BrokerWire.Message]?) -> Void
     ) { then(nil) }

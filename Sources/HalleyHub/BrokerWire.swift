@@ -186,6 +186,38 @@ package enum BrokerWire {
           announce(args[4], args[2], args[3], args[5], event('pusher_internal:member_removed', args[3], data))
           return {1, user}
         end
+        local function total(n)
+          local t = 0
+          for _, v in ipairs(redis.call('HVALS', n)) do t = t + tonumber(v) end
+          return t
+        end
+        local function occupy(keys, args)
+          local d = tonumber(args[2])
+          local before = total(keys[1])
+          if redis.call('HINCRBY', keys[1], args[1], d) <= 0 then redis.call('HDEL', keys[1], args[1]) end
+          local after = before + d
+          if before <= 0 and after > 0 then
+            redis.call('SADD', keys[2], args[3])
+            return 1
+          end
+          if before > 0 and after <= 0 then
+            redis.call('SREM', keys[2], args[3])
+            return -1
+          end
+          return 0
+        end
+        local function evict(keys, args)
+          local v = tonumber(redis.call('HGET', keys[1], args[1]) or '0')
+          if v == 0 then return 0 end
+          redis.call('HDEL', keys[1], args[1])
+          if total(keys[1]) <= 0 then
+            redis.call('SREM', keys[2], args[2])
+            return -1
+          end
+          return 0
+        end
+        redis.register_function('halley_occupy', occupy)
+        redis.register_function('halley_evict', evict)
         redis.register_function('halley_join', join)
         redis.register_function('halley_leave', leave)
         redis.register_function('halley_publish', publish)
@@ -219,6 +251,15 @@ package enum BrokerWire {
         let base = "h:{\(n)}:\(key.app):\(key.name)"
         return (Array((base + ":m").utf8), Array((base + ":s").utf8), pubsubChannel(n))
     }
+
+    /// A channel's subscriptions per node (node number → count) and the occupied channels of
+    /// its app in its shard.
+    package static func occupancyKeys(_ key: ChannelKey) -> (counts: [UInt8], occupied: [UInt8]) {
+        let n = shard(key)
+        return (Array("h:{\(n)}:\(key.app):\(key.name):n".utf8), occupiedKey(app: key.app, shard: n))
+    }
+
+    package static func occupiedKey(app: String, shard n: Int) -> [UInt8] { Array("h:{\(n)}:\(app):channels".utf8) }
 
     /// A presence channel's roster (`<node>|<session>` → `<user>\n<user_info>`) and user counts
     /// (user → sessions in the cluster).

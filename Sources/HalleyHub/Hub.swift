@@ -558,8 +558,16 @@ public final class Hub: Sendable {
         w.emit(app, event)
     }
 
-    func occupied(_ key: ChannelKey) { webhook(key, .channelOccupied(channel: key.name)) }
-    func vacated(_ key: ChannelKey) { webhook(key, .channelVacated(channel: key.name)) }
+    // With Redis, occupancy is the cluster's (`clusterOccupancy`): this node's first and last
+    // subscribers say nothing.
+    func occupied(_ key: ChannelKey) { if !clustered { webhook(key, .channelOccupied(channel: key.name)) } }
+    func vacated(_ key: ChannelKey) { if !clustered { webhook(key, .channelVacated(channel: key.name)) } }
+
+    /// With Redis: this node's change occupied (+1) or vacated (-1) the channel in the cluster.
+    func clusterOccupancy(_ key: ChannelKey, _ change: Int) {
+        if change > 0 { webhook(key, .channelOccupied(channel: key.name)) }
+        if change < 0 { webhook(key, .channelVacated(channel: key.name)) }
+    }
 
     /// Trims histories by age and forgets idle channels. Called once a second by loop 0.
     func sweepChannels() {

@@ -167,14 +167,15 @@ extension LoopHub {
             // With Redis: the channel's epoch and offset first (one request for every
             // subscription waiting on this loop).
             if pendingMeta[key] != nil {
-                pendingMeta[key]!.append((s, since, member))
+                pendingMeta[key]!.append((s, since, member, cluster))
                 return
             }
-            pendingMeta[key] = [(s, since, member)]
+            pendingMeta[key] = [(s, since, member, cluster)]
             hub.broker.channelMeta(key, loop: index) { [self] result in metaArrived(key, result) }
             return
         }
         join(s, key, at: r.lastOffset)
+        occupyCluster(key, 1)
         switch r.recovery {
         case .none:
             s.enqueue(
@@ -240,8 +241,10 @@ extension LoopHub {
             }
             switch result {
             case .success(let m):
-                subscribeChecked(s, key, key.name, since: w.since, member: w.member, meta: m, refuse: refuse)
+                subscribeChecked(
+                    s, key, key.name, since: w.since, member: w.member, meta: m, cluster: w.cluster, refuse: refuse)
             case .failure(let e):
+                if w.member != nil { leaveCluster(key, s.id) }
                 Log.info("session \(s.id): subscribe to \(key.name) refused: 503 \(e)")
                 refuse("ServiceUnavailable", "cannot subscribe now: \(e); retry", 503)
             }
@@ -294,6 +297,16 @@ extension LoopHub {
         lc.joined.removeLast()
         if lc.sessions.isEmpty { channels[lc.key] = nil }
         if hub.unsubscribe(lc.key, session: s.id, loop: index) && hub.clustered { leaveCluster(lc.key, s.id) }
+        occupyCluster(lc.key, -1)
+    }
+
+    /// With Redis: a subscription more or less of this node in the cluster's count (the hub's
+    /// own user channels are not counted).
+    func occupyCluster(_ key: ChannelKey, _ delta: Int) {
+        guard hub.clustered, !key.name.hasPrefix(Self.userChannelPrefix) else { return }
+        hub.broker.occupy(key, delta: delta, loop: index) { [hub] change in
+            if let change { hub.clusterOccupancy(key, change) }
+        }
     }
 
     /// With Redis: takes a presence member out of the cluster's roster (idempotent); the node

@@ -87,7 +87,11 @@ package final class LoopHub: @unchecked Sendable {
         let key: ChannelKey
     }
     /// Subscriptions waiting for a channel's epoch and offset from Redis, by channel.
-    var pendingMeta: [ChannelKey: [(session: Session, since: (String, UInt64)?, member: PresenceMember?)]] = [:]
+    var pendingMeta:
+        [ChannelKey: [(
+            session: Session, since: (String, UInt64)?, member: PresenceMember?,
+            cluster: (first: Bool, roster: [UInt8])?
+        )]] = [:]
 
     /// The layers above the domain that keep state on this loop (the HTTP endpoints' streams,
     /// polls and pusher-js sessions): run at the end of every turn and once a second.

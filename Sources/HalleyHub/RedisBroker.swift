@@ -48,6 +48,8 @@ package final class RedisBroker: Broker, @unchecked Sendable {
     let secret = Locked<String?>(nil)
     /// Presence leaves that found Redis away, sent again by the next sweep (any loop adds).
     let pendingLeaves = Locked<[(ChannelKey, SessionID)]>([])
+    /// Occupancy changes that found Redis away (channel, delta, node number).
+    let pendingOccupancy = Locked<[(ChannelKey, Int, Int)]>([])
     package var forwardingSecret: String? { secret.withLock { $0 } }
     /// A pusher-js session's key lives this long (forgotten when the session ends).
     let pusherSessionTTLMillis = 24 * 3600 * 1000

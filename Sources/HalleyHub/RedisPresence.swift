@@ -128,6 +128,7 @@ extension RedisBroker {
         for (key, session) in retry {
             leave(key, session: session, on: c) { user in if let user { hub.memberLeft(key, user) } }
         }
+        retryOccupancy()
         command(["SET", "h:sweeper", hub.advertisedAddress, "NX", "PX", "4000"]) { [self] r in
             guard case .success(.simple("OK")) = r else { return }
             command(["SMEMBERS", "h:nodes"]) { [self] r in
@@ -153,6 +154,7 @@ extension RedisBroker {
                     leave(key, session: id, on: links[0].connection) { user in if let user { hub.memberLeft(key, user) }
                     }
                 }
+                evictOccupancy(node: n)
                 command(["DEL", Self.membersKey(n)]) { _ in }
                 command(["SREM", "h:nodes", String(n)]) { _ in }
             }

@@ -631,3 +631,57 @@ def test_presence_members_of_a_dead_node_leave_within_20_seconds(nodes):
     assert c.sub_presence("presence-k9", "cal", client=sdk)["ids"] in (["wes", "cal"], ["cal", "wes"])
     c.close()
     watcher.close()
+
+
+def test_occupancy_the_api_and_webhooks_count_the_cluster_once(start_halley, redis, tmp_path):
+    """Subscribers of a channel on three nodes: /channels and subscription_count on any node
+    count them all; channel_occupied and channel_vacated (and a presence user's member_added)
+    come once for the cluster."""
+    from test_webhooks import KEY, SECRET, Receiver, check_signed, pusher_ws, sub_presence, unsubscribe, write_config
+
+    receiver = Receiver()
+    try:
+        config = write_config(tmp_path, receiver.url)
+        nodes = [start_halley("--redis", redis.url, "--config", config, "--metrics-port", "0") for _ in range(3)]
+        ready(nodes)
+        subs = []
+        for h in nodes:
+            ws = pusher_ws(h.port)
+            ws.subscribe("room")
+            subs.append(ws)
+        extra = pusher_ws(nodes[2].port)
+        extra.subscribe("room")
+        lobby = pusher_ws(nodes[0].port)
+        lobby.subscribe("lobby")
+        for h in nodes:
+            api = pusher_client(h.port, app_id="42", key=KEY, secret=SECRET)
+            assert wait_until(lambda: api.channel_info("room", ["subscription_count"]).get("subscription_count") == 4)
+            assert api.channel_info("room", ["subscription_count"]) == {"occupied": True, "subscription_count": 4}
+            assert api.channels_info(attributes=["subscription_count"]) == {
+                "channels": {"lobby": {"subscription_count": 1}, "room": {"subscription_count": 4}}}
+            assert api.channels_info(prefix_filter="ro") == {"channels": {"room": {}}}
+        for ws in subs[:2]:  # one user on two nodes: one member_added
+            sub_presence(ws, "presence-hall", "u1")
+        assert wait_until(lambda: sorted(e["name"] for e in receiver.delivered_events()
+                                         if e["channel"] == "presence-hall") == ["channel_occupied", "member_added"]), \
+            receiver.delivered_events()
+        for ws in subs + [extra]:
+            unsubscribe(ws, "room")
+        api = pusher_client(nodes[1].port, app_id="42", key=KEY, secret=SECRET)
+        assert wait_until(lambda: api.channel_info("room", ["subscription_count"]) == {
+            "occupied": False, "subscription_count": 0})
+        assert api.channels_info() == {"channels": {"lobby": {}, "presence-hall": {}}}
+        # channel_vacated waits out its debounce (3 s) on the node that sent it.
+        assert wait_until(lambda: len([e for e in receiver.delivered_events() if e["channel"] == "room"]) >= 2,
+                          timeout=10)
+        time.sleep(1.5)  # anything sent twice would be here by now
+        hall = [e for e in receiver.delivered_events() if e["channel"] == "presence-hall"]
+        assert sorted(e["name"] for e in hall) == ["channel_occupied", "member_added"], hall  # once each
+        for r in receiver.wait(1):
+            check_signed(r)
+        room = [e for e in receiver.delivered_events() if e["channel"] == "room"]
+        assert room == [{"name": "channel_occupied", "channel": "room"}, {"name": "channel_vacated", "channel": "room"}]
+        for ws in subs + [extra, lobby]:
+            ws.close()
+    finally:
+        receiver.close()
