@@ -82,8 +82,10 @@ extension Hub {
             ch.restart(epoch: m.epoch, at: 0)
         }
         if m.offset <= ch.lastOffset { return nil }  // delivered already, or from before this node joined
+        // Events to a user are live only: no stream to read a gap from.
+        let kept = !m.key.name.hasPrefix(LoopHub.userChannelPrefix)
         if m.offset > ch.lastOffset + 1 {
-            if ch.subscribers > 0 {
+            if ch.subscribers > 0 && kept {
                 ch.filling = true
                 ch.held = [m]
                 return Gap(epoch: ch.epoch, from: ch.lastOffset + 1, to: m.offset - 1)
@@ -94,7 +96,7 @@ extension Hub {
         ch.restartPending = false
         _ = post(
             ch, m.key, prefix: m.prefix, header: m.binaryHeader, binary: m.binaryPayload, exclude: m.exclude, now: now,
-            keep: !m.key.name.hasPrefix(LoopHub.userChannelPrefix), numbering: .given(m.offset, restarts: restarts),
+            keep: kept, numbering: .given(m.offset, restarts: restarts),
             into: &out)
         return nil
     }
@@ -148,7 +150,8 @@ extension Hub {
         var keys: [ChannelKey] = []
         for s in shards {
             s.withLock { st in
-                for (k, ch) in st.channels where ch.subscribers > 0 { keys.append(k) }
+                // Not the hub's own user channels: nothing of them is kept to catch up from.
+                for (k, ch) in st.channels where ch.subscribers > 0 && !k.name.hasPrefix("#") { keys.append(k) }
             }
         }
         return keys

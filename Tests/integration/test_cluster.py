@@ -548,6 +548,8 @@ def test_events_to_a_user_and_terminate_connections_reach_every_node(nodes):
     from test_pusher import Client as PusherClient, signin
 
     ready(nodes)
+    pusher_client(nodes[2].port).send_to_user("u-9", "missed", {"n": 0})  # nobody signed in: live only, gone
+    time.sleep(1.5)  # the nodes forget the channel (swept each second): the next event is offset 2 of it
     a, b = PusherClient(nodes[0].port), PusherClient(nodes[1].port)
     for c in (a, b):
         signin(c, "u-9")
@@ -557,6 +559,13 @@ def test_events_to_a_user_and_terminate_connections_reach_every_node(nodes):
     for c in (a, b):
         m = c.next("notice")
         assert m["channel"] == "#server-to-user-u-9" and json.loads(m["data"]) == {"n": 1}
+    sdk.send_to_user("u-9", "notice", {"n": 2})
+    for c in (a, b):
+        assert json.loads(c.next("notice")["data"]) == {"n": 2}
+    for h in nodes:  # a user's channel keeps nothing: its first event is no gap to read
+        assert metrics(h)['halley_broker_gap_messages_total{result="lost"}'] == 0
+        assert metrics(h)['halley_broker_gap_messages_total{result="filled"}'] == 0
+        assert "no longer in the stream" not in h.log_text()
     assert sdk.terminate_user_connections("u-9") == {}
     for c in (a, b):
         m = c.next("pusher:error")
