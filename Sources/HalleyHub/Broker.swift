@@ -3,6 +3,10 @@ import HalleyLoop
 import HalleyProtocol
 import HalleyServer
 
+/// What a publish gave one channel: its offset and epoch, and (when the broker counted them
+/// while posting, under the channel's lock) this node's sessions that get it.
+package typealias Posted = (offset: UInt64, epoch: String, sessions: Int?)
+
 /// Where a channel's messages are ordered and how they reach every node that has subscribers:
 /// the hub publishes through it. `MemoryBroker` is the single node (offsets decided under the
 /// channel's lock, as they always were); `RedisBroker` joins nodes through Redis (offsets from
@@ -23,7 +27,7 @@ package protocol Broker: AnyObject, Sendable {
     /// the reason nothing can be promised (answered 503).
     func publish(
         _ messages: [BrokerWire.Message], hub: Hub, loop: Int,
-        then: @escaping (Result<[(offset: UInt64, epoch: String)], RedisError>) -> Void)
+        then: @escaping (Result<[Posted], RedisError>) -> Void)
     /// The epoch and last offset of a channel (creating its epoch when it has none), for a
     /// subscription to a channel this node holds no state of. `then` runs on loop `loop`.
     func channelMeta(
@@ -80,7 +84,7 @@ package final class MemoryBroker: Broker {
 
     package func publish(
         _ messages: [BrokerWire.Message], hub: Hub, loop: Int,
-        then: (Result<[(offset: UInt64, epoch: String)], RedisError>) -> Void
+        then: (Result<[Posted], RedisError>) -> Void
     ) {
         then(.success(hub.postLocally(messages)))
     }

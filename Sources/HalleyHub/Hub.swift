@@ -189,7 +189,7 @@ public final class Hub: Sendable {
                 result.channels.reserveCapacity(posted.count)
                 for (i, p) in posted.enumerated() {
                     result.channels.append((channels[i], p.offset, p.epoch))
-                    result.sessions += localSubscribers(messages[i].key, excluding: exclude)
+                    result.sessions += p.sessions ?? localSubscribers(messages[i].key, excluding: exclude)
                 }
                 then(.success(result))
             }
@@ -207,11 +207,11 @@ public final class Hub: Sendable {
 
     /// The memory broker's publish: each channel's next offset, decided under its shard's lock
     /// (no order is promised across channels), the message posted to the loops under it.
-    func postLocally(_ messages: [BrokerWire.Message]) -> [(offset: UInt64, epoch: String)] {
+    func postLocally(_ messages: [BrokerWire.Message]) -> [Posted] {
         let now = Clock.monotonicMillis()
         let loops = self.loops
         var out = Outbox(loops: loops.count)
-        var posted: [(offset: UInt64, epoch: String)] = []
+        var posted: [Posted] = []
         posted.reserveCapacity(messages.count)
         for m in messages {
             shard(m.key).withLock { st in
@@ -221,7 +221,9 @@ public final class Hub: Sendable {
                 let off = post(
                     ch, m.key, prefix: m.prefix, header: m.binaryHeader, binary: m.binaryPayload, exclude: m.exclude,
                     now: now, keep: keep, into: &out)
-                posted.append((off, ch.epoch))
+                var sessions = ch.subscribers
+                if let x = m.exclude, ch.members.contains(x) { sessions -= 1 }
+                posted.append((off, ch.epoch, sessions))
                 out.queue(to: loops)
             }
         }
@@ -441,20 +443,26 @@ public final class Hub: Sendable {
 
     /// `{"ids":[…],"hash":{id: user_info},"count":N}`.
     func presenceRoster(_ ch: ChannelState) -> [UInt8] {
+        Self.presenceRoster(ch.users.lazy.map { ($0.key, $0.value.info) })
+    }
+
+    /// `{"ids":[…],"hash":{id: user_info},"count":N}` of distinct users (this node's, or with
+    /// Redis the cluster's).
+    static func presenceRoster<S: Sequence>(_ users: S) -> [UInt8] where S.Element == (String, [UInt8]) {
         var ids: [UInt8] = [UInt8(ascii: "[")]
         var hash = JSONObjectBuilder()
-        var first = true
-        for (id, u) in ch.users {
-            if !first { ids.append(UInt8(ascii: ",")) }
-            first = false
+        var count: UInt64 = 0
+        for (id, info) in users {
+            if count > 0 { ids.append(UInt8(ascii: ",")) }
+            count += 1
             JSONWriter.writeString(id, into: &ids)
-            hash.raw(id, u.info)
+            hash.raw(id, info)
         }
         ids.append(UInt8(ascii: "]"))
         var b = JSONObjectBuilder()
         b.raw("ids", ids)
         b.raw("hash", hash.closed)
-        b.int("count", UInt64(ch.users.count))
+        b.int("count", count)
         return b.closed
     }
 

@@ -6,19 +6,25 @@ import HalleyProtocol
 /// hub's subscription, the answer (`pusher_internal:subscription_succeeded` with what was
 /// recovered).
 extension LoopHub {
+    /// Answers a refused subscription: `pusher:subscription_error` with Pusher's type, text
+    /// and HTTP-like status.
+    static func refusal(_ s: Session, channel: String) -> (String, String, Int) -> Void {
+        { type, text, status in
+            var d = JSONObjectBuilder()
+            d.string("type", type)
+            d.string("error", text)
+            d.int("status", UInt64(status))
+            s.enqueue(OutMessage(prefix: Wire.protocolEvent("pusher:subscription_error", channel: channel, data: d)))
+        }
+    }
+
     // MARK: subscriptions
 
     func subscribe(
         _ s: Session, channel name: String, since: (String, UInt64)?, auth: String? = nil, channelData: String? = nil
     ) {
         loop.preconditionInLoop()
-        func refuse(_ type: String, _ text: String, _ status: Int) {
-            var d = JSONObjectBuilder()
-            d.string("type", type)
-            d.string("error", text)
-            d.int("status", UInt64(status))
-            s.enqueue(OutMessage(prefix: Wire.protocolEvent("pusher:subscription_error", channel: name, data: d)))
-        }
+        let refuse = Self.refusal(s, channel: name)
         if name.hasPrefix(Self.userChannelPrefix) {
             // pusher-js subscribes to its user's channel after `pusher:signin_success`; the
             // session joined it at sign-in.
@@ -231,14 +237,7 @@ extension LoopHub {
                 continue
             }
             let s = w.session
-            func refuse(_ type: String, _ text: String, _ status: Int) {
-                var d = JSONObjectBuilder()
-                d.string("type", type)
-                d.string("error", text)
-                d.int("status", UInt64(status))
-                s.enqueue(
-                    OutMessage(prefix: Wire.protocolEvent("pusher:subscription_error", channel: key.name, data: d)))
-            }
+            let refuse = Self.refusal(s, channel: key.name)
             switch result {
             case .success(let m):
                 subscribeChecked(

@@ -278,7 +278,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
 
     package func publish(
         _ messages: [BrokerWire.Message], hub: Hub, loop: Int,
-        then: @escaping (Result<[(offset: UInt64, epoch: String)], RedisError>) -> Void
+        then: @escaping (Result<[Posted], RedisError>) -> Void
     ) {
         let link = links[loop]
         guard link.loaded, link.connection.state == .ready else {
@@ -306,7 +306,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
                 switch r {
                 case .success(let v):
                     if let a = v.elements, a.count == 2, case .integer(let off) = a[0], off > 0, let e = a[1].string {
-                        gather.done(i, (UInt64(off), e))
+                        gather.done(i, (UInt64(off), e, nil))
                     } else {
                         gather.failed(.server("unexpected answer to halley_publish: \(v)"))
                     }
@@ -319,18 +319,18 @@ package final class RedisBroker: Broker, @unchecked Sendable {
 
     /// Waits for one answer per channel. Loop-confined.
     final class Gather {
-        var results: [(offset: UInt64, epoch: String)]
+        var results: [Posted]
         var left: Int
         var failure: RedisError?
-        let then: (Result<[(offset: UInt64, epoch: String)], RedisError>) -> Void
+        let then: (Result<[Posted], RedisError>) -> Void
 
-        init(count: Int, then: @escaping (Result<[(offset: UInt64, epoch: String)], RedisError>) -> Void) {
-            results = Array(repeating: (0, ""), count: count)
+        init(count: Int, then: @escaping (Result<[Posted], RedisError>) -> Void) {
+            results = Array(repeating: (0, "", nil), count: count)
             left = count
             self.then = then
         }
 
-        func done(_ i: Int, _ r: (UInt64, String)) {
+        func done(_ i: Int, _ r: Posted) {
             results[i] = r
             finish()
         }

@@ -31,13 +31,18 @@ extension RedisBroker {
         }
     }
 
+    /// The sum of a channel's per-node counts (`HVALS`).
+    static func total(_ values: [RESPValue]) -> Int {
+        values.reduce(0) { $0 + max(0, Int($1.string ?? "") ?? 0) }
+    }
+
     /// The channel's subscriptions in the cluster (nil: Redis did not answer).
     package func subscriptions(_ key: ChannelKey, loop: Int, then: @escaping (Int?) -> Void) {
         let link = links[loop]
         guard link.loaded, link.connection.state == .ready else { return then(nil) }
         link.connection.send([Array("HVALS".utf8), BrokerWire.occupancyKeys(key).counts]) { r in
             guard case .success(let v) = r, let values = v.elements else { return then(nil) }
-            then(values.reduce(0) { $0 + max(0, Int($1.string ?? "") ?? 0) })
+            then(Self.total(values))
         }
     }
 
@@ -85,7 +90,7 @@ extension RedisBroker {
             if presence { left += 1 }
             c.send([Array("HVALS".utf8), BrokerWire.occupancyKeys(key).counts]) { r in
                 if case .success(let v) = r, let values = v.elements {
-                    out[i].subscriptions = values.reduce(0) { $0 + max(0, Int($1.string ?? "") ?? 0) }
+                    out[i].subscriptions = Self.total(values)
                 } else {
                     failed = true
                 }

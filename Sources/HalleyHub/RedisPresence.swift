@@ -55,22 +55,13 @@ extension RedisBroker {
     /// each user once.
     static func roster(_ values: [RESPValue]) -> [UInt8] {
         var seen = Set<String>()
-        var ids: [UInt8] = [UInt8(ascii: "[")]
-        var hash = JSONObjectBuilder()
+        var users: [(String, [UInt8])] = []
         for v in values {
             guard case .bulk(let b) = v, let nl = b.firstIndex(of: 0x0A) else { continue }
             let user = String(decoding: b[..<nl], as: UTF8.self)
-            guard seen.insert(user).inserted else { continue }
-            if seen.count > 1 { ids.append(UInt8(ascii: ",")) }
-            JSONWriter.writeString(user, into: &ids)
-            hash.raw(user, Array(b[(nl + 1)...]))
+            if seen.insert(user).inserted { users.append((user, Array(b[(nl + 1)...]))) }
         }
-        ids.append(UInt8(ascii: "]"))
-        var out = JSONObjectBuilder()
-        out.raw("ids", ids)
-        out.raw("hash", hash.closed)
-        out.int("count", UInt64(seen.count))
-        return out.closed
+        return Hub.presenceRoster(users)
     }
 
     package func leave(_ key: ChannelKey, session: SessionID, loop: Int, then: @escaping (String?) -> Void) {

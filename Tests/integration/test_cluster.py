@@ -51,6 +51,22 @@ def ready(nodes):
     assert wait_until(lambda: all(broker_up(h) for h in nodes), timeout=10), [h.log_text()[-2000:] for h in nodes]
 
 
+def start_nodes(start_halley, redis, count, *extra):
+    """`count` hubs on `redis` (bearer token `tok`, metrics on), each with its broker up."""
+    nodes = [start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0", *extra)
+             for _ in range(count)]
+    ready(nodes)
+    return nodes
+
+
+def subscriber(port, channel):
+    """A plain Pusher WebSocket session subscribed to `channel`."""
+    ws = WS(port, halley=False)
+    ws.hello()
+    ws.subscribe(channel)
+    return ws
+
+
 def events(ws, n, timeout=10):
     """The next n messages that are not protocol events."""
     out = []
@@ -114,9 +130,7 @@ SIZES = [0, 1, 125, 126, 127, 1023, 1024, 1025, 65535, 65536, 65537]
 
 
 def test_payload_sizes_across_nodes_byte_for_byte(start_halley, redis):
-    hubs = [start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0",
-                         "--max-event-bytes", "200000", "--max-body-bytes", "400000") for _ in range(2)]
-    ready(hubs)
+    hubs = start_nodes(start_halley, redis, 2, "--max-event-bytes", "200000", "--max-body-bytes", "400000")
     plain = WS(hubs[1].port, halley=False)
     plain.hello()
     plain.subscribe("sizes")
@@ -175,12 +189,10 @@ def test_client_events_and_the_http_api_cross_nodes(nodes):
 
 
 def test_a_node_that_joins_later_starts_at_redis_offsets(start_halley, redis):
-    first = start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0")
-    ready([first])
+    [first] = start_nodes(start_halley, redis, 1)
     for i in range(5):
         assert publish(first.port, {"channel": "late", "event": "e", "data": str(i)})[0] == 202
-    later = start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0")
-    ready([later])
+    [later] = start_nodes(start_halley, redis, 1)
     ws = WS(later.port, halley=False)
     ws.hello()
     sub = ws.subscribe("late")
@@ -220,13 +232,11 @@ def shard_of(app, channel):
 
 def test_a_fresh_node_recovers_from_the_stream(start_halley, redis):
     """A node that has never had the channel reads a recovery from the channel's stream."""
-    first = start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0")
-    ready([first])
+    [first] = start_nodes(start_halley, redis, 1)
     for i in range(8):
         status, j = publish(first.port, {"channel": "fresh", "event": "e", "data": str(i)})
     epoch = j["channels"]["fresh"]["epoch"]
-    later = start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0")
-    ready([later])
+    [later] = start_nodes(start_halley, redis, 1)
     ws = WS(later.port, halley=False)
     ws.hello()
     r = ws.subscribe("fresh", since={"epoch": epoch, "offset": 3})
@@ -238,15 +248,13 @@ def test_a_fresh_node_recovers_from_the_stream(start_halley, redis):
 
 
 def test_a_recovery_older_than_the_stream_is_refused_on_a_later_node(start_halley, redis):
-    first = start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0", "--history-size", "3")
-    ready([first])
+    [first] = start_nodes(start_halley, redis, 1, "--history-size", "3")
     # MAXLEN ~ 3 trims whole stream nodes (100 entries): after 250, the oldest are gone.
     for i in range(250):
         status, j = publish(first.port, {"channel": "trim", "event": "e", "data": str(i)})
         assert status == 202
     epoch = j["channels"]["trim"]["epoch"]
-    later = start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0", "--history-size", "3")
-    ready([later])
+    [later] = start_nodes(start_halley, redis, 1, "--history-size", "3")
     ws = WS(later.port, halley=False)
     ws.hello()
     r = ws.subscribe("trim", since={"epoch": epoch, "offset": 2})
@@ -296,12 +304,8 @@ def test_redis_down_publishes_get_503_then_the_nodes_come_back(nodes, redis):
 def test_messages_missed_on_pubsub_are_read_from_the_stream(start_halley, redis):
     # The stream keeps --history-size messages per channel: what the nodes' pub/sub links miss
     # while they reconnect (100 ms) must fit in it.
-    nodes = [start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0", "--history-size", "1000")
-             for _ in range(3)]
-    ready(nodes)
-    ws = WS(nodes[2].port, halley=False)
-    ws.hello()
-    ws.subscribe("gaps")
+    nodes = start_nodes(start_halley, redis, 3, "--history-size", "1000")
+    ws = subscriber(nodes[2].port, "gaps")
     n = 300
     done = threading.Event()
 
@@ -331,12 +335,8 @@ def test_a_gap_longer_than_the_stream_is_skipped_counted_and_logged(start_halley
     """--history-size 5: the stream cannot cover what a node's pub/sub link misses while it
     reconnects; the subscriber gets the rest in order, never a message twice, and the node says
     how many it lost."""
-    nodes = [start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0", "--history-size", "5")
-             for _ in range(2)]
-    ready(nodes)
-    ws = WS(nodes[1].port, halley=False)
-    ws.hello()
-    ws.subscribe("short")
+    nodes = start_nodes(start_halley, redis, 2, "--history-size", "5")
+    ws = subscriber(nodes[1].port, "short")
     redis.command("CLIENT", "KILL", "TYPE", "pubsub")
     for i in range(100):
         assert publish(nodes[0].port, {"channel": "short", "event": "e", "data": str(i)})[0] in (201, 202)
@@ -360,9 +360,7 @@ def test_kill_9_of_a_node_resumable_sessions_lose_nothing(start_halley, redis, t
     subscribes again with the offset it has, and the new node's history (every node gets every
     message) gives it the rest: every accepted message once. A plain Pusher client subscribes
     afresh and misses what was published while it was away, as with Pusher itself."""
-    nodes = [start_halley("--redis", redis.url, "--app-token", "tok", "--metrics-port", "0", "--history-size", "1000")
-             for _ in range(3)]
-    ready(nodes)
+    nodes = start_nodes(start_halley, redis, 3, "--history-size", "1000")
     lb = Balancer(str(tmp_path), [h.port for h in nodes])
     try:
         ws = WS(nodes[0].port)
