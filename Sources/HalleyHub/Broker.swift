@@ -119,7 +119,7 @@ package final class MemoryBroker: Broker {
 
 /// The broker's `/metrics` families (the same with either broker, so that dashboards need not
 /// know which one runs).
-func brokerMetrics(up: Bool, failures: Int, filled: Int, lost: Int) -> String {
+func brokerMetrics(up: Bool, failures: Int, filled: Int, lost: Int, moved: Int = 0, ask: Int = 0) -> String {
     var out = Metrics.family(
         "halley_broker_up", "gauge",
         "1 when publishes can be accepted: always with one node; with Redis, every loop's connection ready and the pub/sub connection subscribed.",
@@ -132,5 +132,9 @@ func brokerMetrics(up: Bool, failures: Int, filled: Int, lost: Int) -> String {
         "halley_broker_gap_messages_total", "counter",
         "Messages this node missed on Redis pub/sub (a reconnect) and read back from the channel's stream (filled), or found gone from it (lost).",
         [("{result=\"filled\"}", filled), ("{result=\"lost\"}", lost)])
+    out += Metrics.family(
+        "halley_broker_redirections_total", "counter",
+        "Redis Cluster redirections followed: MOVED (a slot moved to another master: the map is read again) and ASK (a slot being moved).",
+        [("{kind=\"moved\"}", moved), ("{kind=\"ask\"}", ask)])
     return out
 }

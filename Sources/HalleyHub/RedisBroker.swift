@@ -4,9 +4,10 @@ import HalleyProtocol
 import HalleyServer
 import Synchronization
 
-/// Nodes joined through Redis (`--redis`). Each loop publishes on its own connection with
+/// Nodes joined through Redis (`--redis`), a single server or a Redis Cluster (`RedisRoute`:
+/// each command goes to the master of its key's slot). Each loop publishes on its own route with
 /// `FCALL halley_publish` (Redis orders the channel: offset, epoch, stream entry and the
-/// message to every node in one atomic call); one pub/sub connection on loop 0 takes every
+/// message to every node in one atomic call); one pub/sub route on loop 0 (a connection per master) takes every
 /// node's messages (`SSUBSCRIBE` to the `BrokerWire.shardCount` shard channels) and hands them
 /// to `Hub.receive`, which posts them to the loops as a local publish is posted. A message that
 /// arrives after a gap (the pub/sub connection was down) is held until the missing ones are
@@ -23,21 +24,25 @@ package final class RedisBroker: Broker, @unchecked Sendable {
     unowned(unsafe) var hub: Hub?
     var links: [Link] = []
     var pubsub: Link?
-    /// Shard subscriptions confirmed on the pub/sub connection since it (re)connected.
+    /// Shard subscriptions confirmed on the pub/sub route since it (re)connected, and how many
+    /// times it (re)connected.
     var confirmed = 0
+    var subscribeRound = 0
     let readyLinks = Atomic<Int>(0)
     let pubsubReady = Atomic<Bool>(false)
     let publishFailures = Atomic<Int>(0)
     let gapsFilled = Atomic<Int>(0)
     let gapsLost = Atomic<Int>(0)
+    let redirections = RedisRoute.Redirections()
 
-    /// One connection and whether the functions are loaded on it; the other nodes' addresses
+    /// One loop's route to Redis; the other nodes' addresses
     /// it looked up (by number: address and when, loop ms). Loop-confined.
     final class Link {
-        let connection: RedisConnection
-        var loaded = false
+        let route: RedisRoute
         var addresses: [Int: (address: String?, at: Int64)] = [:]
-        init(_ c: RedisConnection) { connection = c }
+        init(_ r: RedisRoute) { route = r }
+        /// Every connection up, the functions loaded on each.
+        var ready: Bool { route.ready }
     }
 
     /// A node's key lives this long without a heartbeat (one every `heartbeatMillis`).
@@ -68,63 +73,72 @@ package final class RedisBroker: Broker, @unchecked Sendable {
 
     package func start(hub: Hub, loops: [EventLoop]) {
         self.hub = hub
-        links = loops.map { Link(RedisConnection(loop: $0, url: url)) }
-        let ps = Link(RedisConnection(loop: loops[0], url: url))
+        let load = ["FUNCTION", "LOAD", "REPLACE", BrokerWire.library].map { Array($0.utf8) }
+        links = loops.map { Link(RedisRoute(loop: $0, url: url, prepare: load, redirections: redirections)) }
+        let ps = Link(RedisRoute(loop: loops[0], url: url, prepare: nil, redirections: redirections))
         pubsub = ps
         for (i, link) in links.enumerated() {
             let box = UncheckedBox((self, link))
             loops[i].execute {
                 let (broker, link) = box.value
-                link.connection.onStateChange = { [unowned broker, unowned link] up, _ in
-                    broker.commandLink(link, up: up)
-                }
-                link.connection.start()
+                link.route.onStateChange = { [unowned broker, unowned link] up in broker.commandLink(link, up: up) }
+                link.route.start()
             }
         }
         let box = UncheckedBox((self, ps))
         loops[0].execute {
             let (broker, ps) = box.value
             broker.scheduleHeartbeat()
-            ps.connection.onStateChange = { [unowned broker] up, _ in broker.pubsubChanged(up: up) }
-            ps.connection.onPush = { [unowned broker] v in broker.push(v) }
-            ps.connection.start()
+            ps.route.onStateChange = { [unowned broker] up in broker.pubsubChanged(up: up) }
+            ps.route.onPush = { [unowned broker] v in broker.push(v) }
+            ps.route.start()
         }
     }
 
-    /// A command connection came (loads the functions first: Redis may have restarted without
-    /// them) or went.
+    /// A command route came (the functions loaded on each of its connections: Redis may have
+    /// restarted without them) or went.
     func commandLink(_ link: Link, up: Bool) {
         guard up else {
-            if link.loaded { readyLinks.subtract(1, ordering: .relaxed) }
-            link.loaded = false
+            readyLinks.subtract(1, ordering: .relaxed)
             return
         }
-        link.connection.send(["FUNCTION", "LOAD", "REPLACE", BrokerWire.library].map { Array($0.utf8) }) {
-            [unowned self, unowned link] r in
-            switch r {
-            case .success:
-                if !link.loaded { readyLinks.add(1, ordering: .relaxed) }
-                link.loaded = true
-                if link === links[0] {
-                    heartbeat()
-                    readSecret()
-                }
-            case .failure(let e):
-                Log.error("redis: cannot load the halley functions (Redis 7 or later is needed): \(e)")
-            }
+        readyLinks.add(1, ordering: .relaxed)
+        if link === links[0] {
+            if link.route.masters > 1 { Log.info("redis: loop 0 reaches the cluster's \(link.route.masters) masters") }
+            heartbeat()
+            readSecret()
         }
     }
 
     func pubsubChanged(up: Bool) {
+        subscribeRound += 1
         confirmed = 0
         pubsubReady.store(false, ordering: .relaxed)
-        guard up, let ps = pubsub else { return }
-        for n in 0..<BrokerWire.shardCount {
-            ps.connection.sendForPushes([Array("SSUBSCRIBE".utf8), BrokerWire.pubsubChannel(n)])
+        guard up else { return }
+        for n in 0..<BrokerWire.shardCount { subscribeShard(BrokerWire.pubsubChannel(n), round: subscribeRound) }
+    }
+
+    /// `SSUBSCRIBE` of one shard channel (on the master of its slot); when every shard is
+    /// subscribed, the node is ready again and catches up. A refusal is tried again in a second
+    /// while the pub/sub route stays up (`round`: the route went and came since).
+    func subscribeShard(_ channel: [UInt8], round: Int) {
+        guard let ps = pubsub, round == subscribeRound else { return }
+        ps.route.subscribe(channel) { [self] ok in
+            guard round == subscribeRound else { return }
+            guard ok else {
+                _ = ps.route.loop.schedule(afterMillis: 1000) { [self] in subscribeShard(channel, round: round) }
+                return
+            }
+            confirmed += 1
+            guard confirmed == BrokerWire.shardCount else { return }
+            pubsubReady.store(true, ordering: .relaxed)
+            // Messages published while a shard was not subscribed are in the streams: every
+            // channel with subscribers here catches up.
+            for c in hub?.channelsWithSubscribers() ?? [] { catchUp(c) }
         }
     }
 
-    /// A RESP3 push on the pub/sub connection: a message, or a subscription confirmed.
+    /// A RESP3 push on the pub/sub route: a message, or a shard channel gone.
     func push(_ v: RESPValue) {
         guard let a = v.elements, a.count == 3, let kind = a[0].string else { return }
         switch kind {
@@ -135,14 +149,17 @@ package final class RedisBroker: Broker, @unchecked Sendable {
             } catch {
                 Log.warning("redis: a message on \(a[1].string ?? "?") is unreadable: \(error)")
             }
-        case "ssubscribe":
-            confirmed += 1
-            if confirmed == BrokerWire.shardCount {
-                pubsubReady.store(true, ordering: .relaxed)
-                // Messages published while the pub/sub connection was away are in the streams:
-                // every channel with subscribers here catches up.
-                for c in hub?.channelsWithSubscribers() ?? [] { catchUp(c) }
-            }
+        case "sunsubscribe":
+            // Not asked for (the hub never unsubscribes): the shard's slot moved to another
+            // master of a Redis Cluster. Until the map is read again and the shard subscribed
+            // where it is now, its messages wait in the streams: the catch-up after the
+            // subscription reads them.
+            guard let ps = pubsub, case .bulk(let channel) = a[1], confirmed > 0 else { return }
+            Log.info("redis: \(a[1].string ?? "?") moved to another master; subscribing there")
+            confirmed -= 1
+            pubsubReady.store(false, ordering: .relaxed)
+            let round = subscribeRound
+            ps.route.refresh { [self] in subscribeShard(channel, round: round) }
         default:
             break
         }
@@ -160,7 +177,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
 
     /// Every `heartbeatMillis` on loop 0: refreshes the node's key, or claims a number.
     func scheduleHeartbeat() {
-        guard let loop = links.first?.connection.loop else { return }
+        guard let loop = links.first?.route.loop else { return }
         _ = loop.schedule(afterMillis: heartbeatMillis) { [self] in
             heartbeat()
             sweepPresence()
@@ -170,8 +187,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
 
     func command(_ args: [String], _ reply: @escaping (Result<RESPValue, RedisError>) -> Void) {
         let link = links[0]
-        guard link.loaded else { return reply(.failure(.unavailable("not connected"))) }
-        link.connection.send(args.map { Array($0.utf8) }, reply)
+        link.route.send(args.map { Array($0.utf8) }, reply)
     }
 
     /// `h:node:<n>` = this node's address, `PX nodeTTLMillis`, kept by `halley_beat` (which
@@ -183,7 +199,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
         guard let hub else { return }
         // The pub/sub connection gets no replies of its own: a PING makes the connection's
         // watchdog see a link that died without TCP noticing (no answer in 5 s: reconnect).
-        if let ps = pubsub, ps.connection.state == .ready { ps.connection.send("PING") { _ in } }
+        pubsub?.route.ping()
         let n = hub.nodeNumber.load(ordering: .relaxed)
         guard n > 0 else { return claim() }
         beat(n) { [self] ok in
@@ -238,8 +254,8 @@ package final class RedisBroker: Broker, @unchecked Sendable {
 
     package func pusherSessionOwner(_ path: String, loop: Int, then: @escaping (Int?) -> Void) {
         let link = links[loop]
-        guard link.loaded, link.connection.state == .ready else { return then(nil) }
-        link.connection.send([Array("GET".utf8), Self.pusherKey(path)]) { r in
+        guard link.ready else { return then(nil) }
+        link.route.send([Array("GET".utf8), Self.pusherKey(path)]) { r in
             guard case .success(.bulk(let b)) = r, let n = Int(String(decoding: b, as: UTF8.self)) else {
                 return then(nil)
             }
@@ -249,7 +265,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
 
     package func setPusherSessionOwner(_ path: String, node: Int, loop: Int) {
         let link = links[loop]
-        guard link.loaded, link.connection.state == .ready else { return }
+        guard link.ready else { return }
         let args =
             node > 0
             ? [
@@ -257,19 +273,19 @@ package final class RedisBroker: Broker, @unchecked Sendable {
                 Array(String(pusherSessionTTLMillis).utf8),
             ]
             : [Array("DEL".utf8), Self.pusherKey(path)]
-        link.connection.send(args) { _ in }
+        link.route.send(args) { _ in }
     }
 
     package func nodeAddress(_ n: Int, loop: Int, then: @escaping (String?) -> Void) {
         let link = links[loop]
-        let now = link.connection.loop.now
+        let now = link.route.loop.now
         // Looked up at most once a second per number and loop.
         if let c = link.addresses[n], now - c.at < 1000 { return then(c.address) }
-        guard link.loaded, link.connection.state == .ready else { return then(nil) }
-        link.connection.send([Array("GET".utf8), Array("h:node:\(n)".utf8)]) { [unowned link] r in
+        guard link.ready else { return then(nil) }
+        link.route.send([Array("GET".utf8), Array("h:node:\(n)".utf8)]) { [unowned link] r in
             var address: String? = nil
             if case .success(.bulk(let b)) = r { address = String(decoding: b, as: UTF8.self) }
-            link.addresses[n] = (address, link.connection.loop.now)
+            link.addresses[n] = (address, link.route.loop.now)
             then(address)
         }
     }
@@ -281,11 +297,9 @@ package final class RedisBroker: Broker, @unchecked Sendable {
         then: @escaping (Result<[Posted], RedisError>) -> Void
     ) {
         let link = links[loop]
-        guard link.loaded, link.connection.state == .ready else {
+        guard link.ready else {
             publishFailures.add(1, ordering: .relaxed)
-            let why: String
-            if case .down(let w) = link.connection.state { why = w } else { why = "connecting" }
-            return then(.failure(.unavailable(why)))
+            return then(.failure(.unavailable(link.route.why)))
         }
         let gather = Gather(count: messages.count) { [self] r in
             if case .failure = r { publishFailures.add(1, ordering: .relaxed) }
@@ -297,7 +311,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
         for (i, m) in messages.enumerated() {
             let k = BrokerWire.keys(m.key)
             let keep = !m.key.name.hasPrefix("#")  // events to a user, commands: never kept
-            link.connection.send(
+            link.route.send(
                 [
                     Array("FCALL".utf8), Array("halley_publish".utf8), Array("2".utf8), k.meta, k.stream, candidate,
                     keep ? history : Array("0".utf8), ttl, BrokerWire.body(m), k.pubsub,
@@ -351,11 +365,11 @@ package final class RedisBroker: Broker, @unchecked Sendable {
         _ key: ChannelKey, loop: Int, then: @escaping (Result<(epoch: String, offset: UInt64), RedisError>) -> Void
     ) {
         let link = links[loop]
-        guard link.loaded, link.connection.state == .ready else {
+        guard link.ready else {
             return then(.failure(.unavailable("not connected")))
         }
         let k = BrokerWire.keys(key)
-        link.connection.send(
+        link.route.send(
             [
                 Array("FCALL".utf8), Array("halley_meta".utf8), Array("2".utf8), k.meta, k.stream,
                 Array(ChannelState.newEpoch().utf8), Array(String(keyTTLMillis).utf8),
@@ -382,7 +396,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
             if found == nil && attempt < 20 {
                 // Not read (the connection is away): the stream still has them; again in 500 ms
                 // (10 s in all), the channel's later messages held meanwhile.
-                _ = links[0].connection.loop.schedule(afterMillis: 500) { [self] in fill(key, gap, attempt: attempt + 1)
+                _ = links[0].route.loop.schedule(afterMillis: 500) { [self] in fill(key, gap, attempt: attempt + 1)
                 }
                 return
             }
@@ -404,8 +418,8 @@ package final class RedisBroker: Broker, @unchecked Sendable {
         then: @escaping ([BrokerWire.Message]?) -> Void
     ) {
         let link = links[loop]
-        guard link.loaded, link.connection.state == .ready else { return then(nil) }
-        link.connection.send(
+        guard link.ready else { return then(nil) }
+        link.route.send(
             [Array("XRANGE".utf8), BrokerWire.keys(key).stream, Array("\(from)-0".utf8), Array("\(to)-1".utf8)]
         ) { r in
             guard case .success(let v) = r, let entries = v.elements else { return then(nil) }
@@ -425,6 +439,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
     package func metricsText() -> String {
         brokerMetrics(
             up: isUp, failures: publishFailures.load(ordering: .relaxed), filled: gapsFilled.load(ordering: .relaxed),
-            lost: gapsLost.load(ordering: .relaxed))
+            lost: gapsLost.load(ordering: .relaxed), moved: redirections.moved.load(ordering: .relaxed),
+            ask: redirections.ask.load(ordering: .relaxed))
     }
 }

@@ -139,8 +139,9 @@ public final class RedisConnection: EventHandler {
     var written = 0
     /// The socket is registered for writability (registered so until the connect completes).
     var watchingWrites = true
-    /// Replies expected, in order: the handshake's are internal (nil callback).
-    var pending: [(sent: Int64, reply: ((Result<RESPValue, RedisError>) -> Void)?)] = []
+    /// Replies expected, in order: the handshake's are internal (nil callback); `push`: the
+    /// answer is a push of that kind (`ssubscribe`), or an error.
+    var pending: [(sent: Int64, reply: ((Result<RESPValue, RedisError>) -> Void)?, push: String?)] = []
     var pendingStart = 0
     var handshaking = 0
     var backoff: Int64
@@ -188,12 +189,17 @@ public final class RedisConnection: EventHandler {
         send(args.map { Array($0.utf8) }, reply)
     }
 
-    /// Sends a command whose answers come as RESP3 pushes (`SSUBSCRIBE`, `SUNSUBSCRIBE`), not as a
-    /// reply in order; dropped when not ready (the owner sends it again on `onStateChange(true)`).
-    public func sendForPushes(_ args: [[UInt8]]) {
+    /// Sends a command of one channel whose answer comes as a RESP3 push of kind `push`
+    /// (`SSUBSCRIBE`: `ssubscribe`), or as an error (`MOVED` when the channel's slot is
+    /// another master's): `reply` gets the push or the error (the push goes to `onPush` too).
+    /// Fails at once when not ready (the owner sends it again on `onStateChange(true)`).
+    public func send(
+        _ args: [[UInt8]], answeredBy push: String, _ reply: @escaping (Result<RESPValue, RedisError>) -> Void
+    ) {
         loop.preconditionInLoop()
-        guard state == .ready else { return }
+        guard state == .ready else { return reply(.failure(.unavailable("not connected"))) }
         RESP.appendCommand(args, to: &out)
+        pending.append((loop.now, reply, push))
         if connected { flush() }
     }
 
@@ -272,7 +278,7 @@ public final class RedisConnection: EventHandler {
 
     func enqueue(_ args: [[UInt8]], _ reply: ((Result<RESPValue, RedisError>) -> Void)?) {
         RESP.appendCommand(args, to: &out)
-        pending.append((loop.now, reply))
+        pending.append((loop.now, reply, nil))
         if connected { flush() }
     }
 
@@ -330,12 +336,28 @@ public final class RedisConnection: EventHandler {
     }
 
     func deliver(_ v: RESPValue) {
-        if case .push = v {
+        if case .push(let a) = v {
+            // The answer to the oldest command when it waits for a push of this kind (pushes
+            // of other kinds, messages and unasked `sunsubscribe`, are not answers).
+            if pendingStart < pending.count, let kind = pending[pendingStart].push, a.first?.string == kind {
+                let reply = pending[pendingStart].reply
+                advance()
+                reply?(.success(v))
+            }
             onPush?(v)
             return
         }
         guard pendingStart < pending.count else { return lost("a reply nobody asked for", retry: true) }
         let p = pending[pendingStart]
+        if p.push != nil {
+            guard case .error = v else { return lost("a reply where a push was expected", retry: true) }
+        }
+        advance()
+        guard let reply = p.reply else { return handshakeReply(v) }
+        if case .error(let e) = v { reply(.failure(.server(e))) } else { reply(.success(v)) }
+    }
+
+    func advance() {
         pendingStart += 1
         if pendingStart == pending.count {
             pending.removeAll(keepingCapacity: true)
@@ -344,8 +366,6 @@ public final class RedisConnection: EventHandler {
             pending.removeFirst(pendingStart)
             pendingStart = 0
         }
-        guard let reply = p.reply else { return handshakeReply(v) }
-        if case .error(let e) = v { reply(.failure(.server(e))) } else { reply(.success(v)) }
     }
 
     // MARK: faults

@@ -11,14 +11,14 @@ extension RedisBroker {
     package func occupy(_ key: ChannelKey, delta: Int, loop: Int, then: @escaping (Int?) -> Void) {
         let link = links[loop]
         let node = hub?.nodeNumber.load(ordering: .relaxed) ?? 0
-        guard link.loaded, link.connection.state == .ready else {
+        guard link.ready else {
             pendingOccupancy.withLock { $0.append((key, delta, node)) }
             return then(nil)
         }
-        occupy(key, delta: delta, node: node, on: link.connection, then: then)
+        occupy(key, delta: delta, node: node, on: link.route, then: then)
     }
 
-    func occupy(_ key: ChannelKey, delta: Int, node: Int, on c: RedisConnection, then: @escaping (Int?) -> Void) {
+    func occupy(_ key: ChannelKey, delta: Int, node: Int, on c: RedisRoute, then: @escaping (Int?) -> Void) {
         let k = BrokerWire.occupancyKeys(key)
         c.send(
             [
@@ -39,8 +39,8 @@ extension RedisBroker {
     /// The channel's subscriptions in the cluster (nil: Redis did not answer).
     package func subscriptions(_ key: ChannelKey, loop: Int, then: @escaping (Int?) -> Void) {
         let link = links[loop]
-        guard link.loaded, link.connection.state == .ready else { return then(nil) }
-        link.connection.send([Array("HVALS".utf8), BrokerWire.occupancyKeys(key).counts]) { r in
+        guard link.ready else { return then(nil) }
+        link.route.send([Array("HVALS".utf8), BrokerWire.occupancyKeys(key).counts]) { r in
             guard case .success(let v) = r, let values = v.elements else { return then(nil) }
             then(Self.total(values))
         }
@@ -53,12 +53,12 @@ extension RedisBroker {
         then: @escaping ([(name: String, subscriptions: Int, users: Int)]?) -> Void
     ) {
         let link = links[loop]
-        guard link.loaded, link.connection.state == .ready else { return then(nil) }
+        guard link.ready else { return then(nil) }
         var names: [String] = []
         var left = BrokerWire.shardCount
         var failed = false
         for n in 0..<BrokerWire.shardCount {
-            link.connection.send([Array("SMEMBERS".utf8), BrokerWire.occupiedKey(app: app, shard: n)]) { [self] r in
+            link.route.send([Array("SMEMBERS".utf8), BrokerWire.occupiedKey(app: app, shard: n)]) { [self] r in
                 if case .success(let v) = r, let members = v.elements {
                     names += members.compactMap(\.string).filter { $0.hasPrefix(prefix) }
                 } else {
@@ -67,13 +67,13 @@ extension RedisBroker {
                 left -= 1
                 guard left == 0 else { return }
                 if failed { return then(nil) }
-                counts(app: app, names.sorted(), on: link.connection, then: then)
+                counts(app: app, names.sorted(), on: link.route, then: then)
             }
         }
     }
 
     func counts(
-        app: String, _ names: [String], on c: RedisConnection,
+        app: String, _ names: [String], on c: RedisRoute,
         then: @escaping ([(name: String, subscriptions: Int, users: Int)]?) -> Void
     ) {
         var out = names.map { (name: $0, subscriptions: 0, users: 0) }
@@ -109,7 +109,7 @@ extension RedisBroker {
     /// where that empties one). Loop 0.
     func evictOccupancy(node n: Int) {
         guard let hub else { return }
-        let c = links[0].connection
+        let c = links[0].route
         for app in hub.apps.apps.map(\.id) {
             for shard in 0..<BrokerWire.shardCount {
                 c.send([Array("SMEMBERS".utf8), BrokerWire.occupiedKey(app: app, shard: shard)]) { r in
@@ -138,7 +138,7 @@ extension RedisBroker {
             return p
         }
         for (key, delta, node) in retry {
-            occupy(key, delta: delta, node: node, on: links[0].connection) { [hub] v in
+            occupy(key, delta: delta, node: node, on: links[0].route) { [hub] v in
                 if let v { hub?.clusterOccupancy(key, v) }
             }
         }

@@ -20,17 +20,17 @@ extension RedisBroker {
         then: @escaping (Result<(first: Bool, roster: [UInt8])?, RedisError>) -> Void
     ) {
         let link = links[loop]
-        guard link.loaded, link.connection.state == .ready else {
+        guard link.ready else {
             return then(.failure(.unavailable("not connected")))
         }
         let k = BrokerWire.presenceKeys(key)
         let node = session.node
         if node > 0 {
-            link.connection.send(
+            link.route.send(
                 [Array("SADD".utf8), Array(Self.membersKey(node).utf8), Array(Self.memberEntry(key, session).utf8)]
             ) { _ in }
         }
-        link.connection.send(
+        link.route.send(
             [
                 Array("FCALL".utf8), Array("halley_join".utf8), Array("2".utf8), k.roster, k.users,
                 Array(session.description.utf8), Array(member.userID.utf8), member.info, Array(String(max).utf8),
@@ -66,15 +66,15 @@ extension RedisBroker {
 
     package func leave(_ key: ChannelKey, session: SessionID, loop: Int, then: @escaping (String?) -> Void) {
         let link = links[loop]
-        guard link.loaded, link.connection.state == .ready else {
+        guard link.ready else {
             // Redis away: the member stays in the roster until this node's sweep (or its death).
             pendingLeaves.withLock { $0.append((key, session)) }
             return then(nil)
         }
-        leave(key, session: session, on: link.connection, then: then)
+        leave(key, session: session, on: link.route, then: then)
     }
 
-    func leave(_ key: ChannelKey, session: SessionID, on c: RedisConnection, then: @escaping (String?) -> Void) {
+    func leave(_ key: ChannelKey, session: SessionID, on c: RedisRoute, then: @escaping (String?) -> Void) {
         let k = BrokerWire.presenceKeys(key)
         c.send(
             [
@@ -100,8 +100,8 @@ extension RedisBroker {
 
     package func presenceUsers(_ key: ChannelKey, loop: Int, then: @escaping ([String]?) -> Void) {
         let link = links[loop]
-        guard link.loaded, link.connection.state == .ready else { return then(nil) }
-        link.connection.send([Array("HKEYS".utf8), BrokerWire.presenceKeys(key).users]) { r in
+        guard link.ready else { return then(nil) }
+        link.route.send([Array("HKEYS".utf8), BrokerWire.presenceKeys(key).users]) { r in
             guard case .success(let v) = r, let users = v.elements else { return then(nil) }
             then(users.compactMap(\.string).sorted())
         }
@@ -110,8 +110,8 @@ extension RedisBroker {
     /// Every 5 s on loop 0: leaves that could not be sent are sent; then, one node at a time,
     /// the members of nodes whose key expired are taken out (`member_removed`, webhooks).
     func sweepPresence() {
-        guard let hub, links[0].loaded else { return }
-        let c = links[0].connection
+        guard let hub, links[0].ready else { return }
+        let c = links[0].route
         let retry = pendingLeaves.withLock { p in
             defer { p.removeAll() }
             return p
@@ -142,7 +142,7 @@ extension RedisBroker {
                     let parts = s.split(separator: "\n", maxSplits: 2, omittingEmptySubsequences: false)
                     guard parts.count == 3, let id = SessionID(String(parts[2])) else { continue }
                     let key = ChannelKey(app: String(parts[0]), name: String(parts[1]))
-                    leave(key, session: id, on: links[0].connection) { user in if let user { hub.memberLeft(key, user) }
+                    leave(key, session: id, on: links[0].route) { user in if let user { hub.memberLeft(key, user) }
                     }
                 }
                 evictOccupancy(node: n)

@@ -218,6 +218,42 @@ struct UncheckedSendable<T>: @unchecked Sendable {  // handed to the loop's thre
         #expect(sub.wait { $0.replies.count == 1 })
     }
 
+    /// `SSUBSCRIBE` is answered by a push (or, refused, by an error): the command that waits for
+    /// it is answered by that push and no other (a message is not an answer), and the replies of
+    /// the commands around it stay matched.
+    @Test(.enabled(if: available)) func aCommandAnsweredByAPushOrAnError() throws {
+        let r = try RedisServer()
+        let p = try RedisProbe(url: RedisURL(host: "127.0.0.1", port: r.port))
+        defer { p.stop() }
+        #expect(p.wait { $0.states == [true] })
+        let box = UncheckedSendable(p)
+        func subscribe(_ args: [String]) {
+            p.onLoop {
+                box.value.conn.send(args.map { Array($0.utf8) }, answeredBy: "ssubscribe") { r in
+                    box.value.lock.withLock { $0.replies.append(r) }
+                }
+            }
+        }
+        p.send(["PING"])
+        subscribe(["SSUBSCRIBE", "a"])
+        p.send(["ECHO", "x"])
+        subscribe(["SSUBSCRIBE"])  // refused: an error in place of the push
+        p.send(["SPUBLISH", "a", "m"])
+        #expect(p.wait { $0.replies.count == 5 })
+        let got = p.record.replies
+        #expect(got[0] == .success(.simple("PONG")))
+        #expect(got[1] == .success(.push([.bulk(Array("ssubscribe".utf8)), .bulk(Array("a".utf8)), .integer(1)])))
+        #expect(got[2] == .success(.bulk(Array("x".utf8))))
+        guard case .failure(.server(let e)) = got[3] else { Issue.record("\(got[3])"); return }
+        #expect(e.hasPrefix("ERR wrong number of arguments"))
+        #expect(got[4] == .success(.integer(1)))
+        #expect(p.wait { $0.pushes.count == 2 })  // the confirmation and the message, both to onPush
+        #expect(
+            p.record.pushes[1]
+                == .push([.bulk(Array("smessage".utf8)), .bulk(Array("a".utf8)), .bulk(Array("m".utf8))]))
+        #expect(p.state == .ready)
+    }
+
     @Test(.enabled(if: available)) func authWithAPasswordAndAnACLUserAndADatabase() throws {
         let r = try RedisServer(["--requirepass", "pw", "--user", "alice", "on", ">apw", "~*", "&*", "+@all"])
         let wrong = try RedisProbe(url: RedisURL("redis://:nope@127.0.0.1:\(r.port)"))

@@ -7,6 +7,7 @@ speaks RESP over a socket (no client library).
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -30,12 +31,13 @@ class RedisServer:
         self.dir = tmpdir
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+        self.extra: list[str] = []
         self.start()
 
     def start(self, timeout=10.0):
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--logfile", f"{self.dir}/redis.log"],
+             "--dir", self.dir, "--logfile", f"{self.dir}/redis.log", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -144,3 +146,98 @@ backend nodes
             self.proc.terminate()
             self.proc.wait(10)
         self.log.close()
+
+
+def key_slot(key: str) -> int:
+    """Redis Cluster's slot of a key: CRC16 (XMODEM) of its hash tag, mod 16384."""
+    b = key.encode()
+    i = b.find(b"{")
+    if i >= 0:
+        j = b.find(b"}", i + 1)
+        if j > i + 1:
+            b = b[i + 1:j]
+    crc = 0
+    for c in b:
+        crc ^= c << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc % 16384
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    while True:
+        p = free_port()
+        if p + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, p + 10000))
+                return p
+            except OSError:
+                continue
+
+
+class RedisCluster:
+    """A local Redis Cluster of `masters` masters (no replicas), each a Debian `redis-server`
+    with `cluster-enabled yes` on a free port, joined by `redis-cli --cluster create`."""
+
+    def __init__(self, tmpdir: str, masters: int = 3, timeout=30.0):
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.servers: list[RedisServer] = []
+        for i in range(masters):
+            d = f"{tmpdir}/redis-{i}"
+            os.makedirs(d, exist_ok=True)
+            s = RedisServer.__new__(RedisServer)
+            s.binary, s.dir, s.port, s.proc = binary, d, cluster_port(), None
+            s.extra = ["--cluster-enabled", "yes", "--cluster-config-file", f"{d}/nodes.conf",
+                       "--cluster-node-timeout", "5000"]
+            s.start()
+            self.servers.append(s)
+        out = subprocess.run([cli, "--cluster", "create", *(f"{HOST}:{s.port}" for s in self.servers),
+                              "--cluster-replicas", "0", "--cluster-yes"],
+                             capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout}{out.stderr}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all("cluster_state:ok" in s.command("CLUSTER", "INFO") for s in self.servers):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    def url(self, i=0) -> str:
+        return self.servers[i].url
+
+    def node_id(self, i) -> str:
+        return self.servers[i].command("CLUSTER", "MYID")
+
+    def owner(self, slot: int) -> int:
+        """The index of the master that serves `slot`."""
+        for lo, hi, master, *_ in self.servers[0].command("CLUSTER", "SLOTS"):
+            if lo <= slot <= hi:
+                return next(i for i, s in enumerate(self.servers) if s.port == master[1])
+        raise LookupError(slot)
+
+    def move_slot(self, slot: int, dst: int, between=None):
+        """Moves `slot` and its keys to master `dst` as `redis-cli --cluster reshard` does
+        (IMPORTING / MIGRATING, MIGRATE, SETSLOT NODE on every master); `between()` runs when
+        the keys have moved and the slot has not (the old master answers ASK for them)."""
+        src = self.owner(slot)
+        a, b = self.servers[src], self.servers[dst]
+        a_id, b_id = self.node_id(src), self.node_id(dst)
+        b.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", a_id)
+        a.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", b_id)
+        while keys := a.command("CLUSTER", "GETKEYSINSLOT", str(slot), "100"):
+            a.command("MIGRATE", HOST, str(b.port), "", "0", "5000", "KEYS", *keys)
+        if between:
+            between()
+        for s in self.servers:
+            s.command("CLUSTER", "SETSLOT", str(slot), "NODE", b_id)
+
+    def stop(self):
+        for s in self.servers:
+            s.stop()
