@@ -27,6 +27,7 @@ source "$(dirname "$0")/lib.sh"
 SUBS_PER_NODE=${SUBS_PER_NODE:-6000} RUNS=${RUNS:-3} DURATION=${DURATION:-10} WINDOW=${WINDOW:-1}
 PUBLISHERS=${PUBLISHERS:-4} SIZE=${SIZE:-64} cases=${CASES:-"halley nchan"}
 nodes=3 subs=$((3 * SUBS_PER_NODE))
+for s in $cases; do [[ $s == halley || $s == nchan ]] || die "CASES: halley and/or nchan, got '$s'"; done
 rate=$(awk -v d="${LAT_DELIVERIES:-40000}" -v n="$subs" 'BEGIN {printf "%g", d / n}')
 need redis-server redis-cli
 ((subs + PUBLISHERS + 64 <= $(ulimit -n))) ||
