@@ -163,7 +163,8 @@ def nchan(tmp, cpu=0):
     with open(os.path.join(HERE, "nchan", "nginx.conf.in")) as f:
         conf = f.read()
     for k, v in {"NCHAN_MODULE": NCHAN_MODULE, "USER_LINE": "user root;" if os.getuid() == 0 else "", "TMP": d,
-                 "NOFILE": nofile, "WORKER_CONNECTIONS": nofile - 100, "PORT": port, "LP_MULTIPART": "on"}.items():
+                 "NOFILE": nofile, "WORKER_CONNECTIONS": nofile - 100, "PORT": port, "LP_MULTIPART": "on",
+                 "REDIS": ""}.items():
         conf = conf.replace(f"@{k}@", str(v))
     return nginx(conf, tmp, port, name="nchan", cpu=cpu, probe="/pub/probe")
 

@@ -34,9 +34,10 @@ stop_pid() {
     wait "$1" 2>/dev/null || true
 }
 cleanup() {
-    local rc=$? p
+    local rc=$? k
     trap - EXIT INT TERM
-    for p in "${pids[@]}"; do stop_pid "$p"; done
+    # Last started first: a server before the Redis it uses.
+    for ((k = ${#pids[@]} - 1; k >= 0; k--)); do stop_pid "${pids[k]}"; done
     if [[ -n ${KEEP_TMP:-} ]]; then echo "$NAME: kept $tmp" >&2; else rm -rf "$tmp"; fi
     exit "$rc"
 }
@@ -96,15 +97,15 @@ until_up() {
 }
 
 # start_halley ARGS...: halley --threads 1 with the per-address limits off (every connection
-# of a benchmark comes from 127.0.0.1). Sets HALLEY_PID, HALLEY_PORT, and TLS_PORT and
-# METRICS_PORT when asked for.
+# of a benchmark comes from 127.0.0.1), its log in HUB_LOG (default $tmp/halley.log). Sets
+# HALLEY_PID, HALLEY_PORT, and TLS_PORT and METRICS_PORT when asked for.
 start_halley() {
-    bg "$tmp/halley.log" "$HALLEY_BIN" --host 127.0.0.1 --port 0 --threads 1 --log-level warning --shutdown-grace 1 \
+    local out=${HUB_LOG:-$tmp/halley.log} line
+    bg "$out" "$HALLEY_BIN" --host 127.0.0.1 --port 0 --threads 1 --log-level warning --shutdown-grace 1 \
         --max-connections-per-address 0 --session-opens-per-second 0 --max-lingering-per-address 0 "$@"
     HALLEY_PID=$BG_PID
-    until_up "$HALLEY_PID" halley grep -q 'halley listening on' "$tmp/halley.log"
-    local line
-    line=$(grep -m1 'halley listening on' "$tmp/halley.log")
+    until_up "$HALLEY_PID" halley grep -q 'halley listening on' "$out"
+    line=$(grep -m1 'halley listening on' "$out")
     HALLEY_PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' <<<"$line")
     TLS_PORT=$(sed -n 's/.*https on https:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' <<<"$line")
     METRICS_PORT=$(sed -n 's/.*metrics on http:\/\/[0-9.]*:\([0-9]*\).*/\1/p' <<<"$line")
@@ -113,11 +114,11 @@ start_halley() {
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# start_nginx CONF URL: nginx (one worker) with the configuration file CONF, up when URL
-# answers. Sets NGINX_PID (the master) and NGINX_WORKER.
+# start_nginx CONF URL: nginx (one worker) with the configuration file CONF (its directory the
+# prefix), up when URL answers. Sets NGINX_PID (the master) and NGINX_WORKER.
 start_nginx() {
     need nginx
-    bg "$tmp/nginx.out" nginx -p "$tmp" -c "$1" -g 'daemon off;'
+    bg "$(dirname "$1")/nginx.out" nginx -p "$(dirname "$1")" -c "$1" -g 'daemon off;'
     NGINX_PID=$BG_PID
     until_up "$NGINX_PID" nginx curl -sk -o /dev/null --max-time 2 "$2"
     until_up "$NGINX_PID" "nginx's worker" pgrep -P "$NGINX_PID"
@@ -125,17 +126,19 @@ start_nginx() {
     echo "nginx master pid $NGINX_PID, worker $NGINX_WORKER: $("$(command -v nginx)" -v 2>&1 | sed 's/.*: //')"
 }
 
-# start_nchan: nginx + Nchan from nchan/nginx.conf.in; NCHAN_PORT (and NGINX_PID, NGINX_WORKER).
+# start_nchan [DIR [REDIS_URL]]: nginx + Nchan from nchan/nginx.conf.in, its files (nchan.conf,
+# error.log, pid, temporary directories) in DIR (default $tmp); with REDIS_URL its channels are
+# in that Redis (nchan_use_redis). NCHAN_PORT (and NGINX_PID, NGINX_WORKER).
 start_nchan() {
     [[ -f $NCHAN_MODULE ]] || die "no Nchan module at $NCHAN_MODULE (apt-get install -y libnginx-mod-nchan)"
-    local nofile
+    local dir=${1:-$tmp} redis=${2:+"nchan_redis_url \"$2\"; nchan_use_redis on;"} nofile
     nofile=$(ulimit -n)
     NCHAN_PORT=$(free_port)
-    mkdir -p "$tmp/logs"
+    mkdir -p "$dir/logs"
     sed -e "s|@NCHAN_MODULE@|$NCHAN_MODULE|; s|@USER_LINE@|$([[ $(id -u) == 0 ]] && echo 'user root;')|" \
-        -e "s|@NOFILE@|$nofile|; s|@TMP@|$tmp|g; s|@WORKER_CONNECTIONS@|$((nofile - 100))|; s|@PORT@|$NCHAN_PORT|" \
-        -e "s|@LP_MULTIPART@|${NCHAN_MULTIPART:-on}|" "$here/nchan/nginx.conf.in" >"$tmp/nchan.conf"
-    start_nginx "$tmp/nchan.conf" "http://127.0.0.1:$NCHAN_PORT/pub/probe"
+        -e "s|@NOFILE@|$nofile|; s|@TMP@|$dir|g; s|@WORKER_CONNECTIONS@|$((nofile - 100))|; s|@PORT@|$NCHAN_PORT|" \
+        -e "s|@LP_MULTIPART@|${NCHAN_MULTIPART:-on}|; s|@REDIS@|$redis|" "$here/nchan/nginx.conf.in" >"$dir/nchan.conf"
+    start_nginx "$dir/nchan.conf" "http://127.0.0.1:$NCHAN_PORT/pub/probe"
     echo "nchan: libnginx-mod-nchan $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || echo '?'), port $NCHAN_PORT"
 }
 

@@ -31,7 +31,7 @@ extension Load {
         }
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        let rc = withUnsafePointer(to: &addr) {
+        let rc = withUnsafePointer(to: addrs[server(i)]) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
             }
@@ -106,8 +106,8 @@ extension Load {
                 c.pointee.kind == .echo
                 ? o.path
                 : o.server == .halley ? "/app/\(o.appKey)?protocol=7&client=bench&version=1" : "/sub/\(o.channel)"
-            var req =
-                "GET \(path) HTTP/1.1\r\nHost: \(o.host):\(o.port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            let (host, port) = servers[server(i)]
+            var req = "GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             req += "Sec-WebSocket-Key: \(keyText)\r\nSec-WebSocket-Version: 13\r\n"
             if o.deflate { req += "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n" }
             c.pointee.state = .upgrading

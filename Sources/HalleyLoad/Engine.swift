@@ -100,12 +100,15 @@ final class Load {
     let ringSent: UnsafeMutablePointer<Int64>
     /// Publisher connections with no request in flight.
     let freePubs: UnsafeMutablePointer<Int>
-    let hostHeader: [UInt8]
+    /// The servers connections go to: [0] --url's, then fanout's --sub-url ones (see `server`);
+    /// each one's address and Host header.
+    let servers: [(host: String, port: Int)]
+    var addrs: [sockaddr_in] = []
+    let hostHeaders: [[UInt8]]
     let subscribeJSON: [UInt8]
     /// The publish request up to the Content-Length value.
     let publishHead: [UInt8]
 
-    var addr = sockaddr_in()
     var nextToOpen = 0
     var running = true
     var acceptValues: [Int: String] = [:]
@@ -148,7 +151,8 @@ final class Load {
         ringSent = .allocate(capacity: Self.ringSize)
         ringSent.initialize(repeating: 0, count: Self.ringSize)
         freePubs = .allocate(capacity: max(1, o.publishers))
-        hostHeader = Array("Host: \(o.host):\(o.port)\r\n".utf8)
+        servers = [(o.host, o.port)] + o.subServers
+        hostHeaders = servers.map { Array("Host: \($0.host):\($0.port)\r\n".utf8) }
         subscribeJSON = Array("{\"event\":\"pusher:subscribe\",\"data\":{\"channel\":\"\(o.channel)\"}}".utf8)
         let head =
             o.server == .halley
@@ -168,11 +172,15 @@ final class Load {
             warn("RLIMIT_NOFILE is \(rl.rlim_cur): too low for \(total) connections")
             return 1
         }
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(o.port).bigEndian)
-        guard inet_pton(AF_INET, o.host, &addr.sin_addr) == 1 else {
-            warn("host '\(o.host)' is not an IPv4 address")
-            return 2
+        for (host, port) in servers {
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = in_port_t(UInt16(port).bigEndian)
+            guard inet_pton(AF_INET, host, &addr.sin_addr) == 1 else {
+                warn("host '\(host)' is not an IPv4 address")
+                return 2
+            }
+            addrs.append(addr)
         }
         _ = halley_epoll_ctl(epfd, EPOLL_CTL_ADD, timerfd, Self.evIn, Self.timerId)
         switch o.mode {
@@ -181,6 +189,11 @@ final class Load {
         default: return runFanout()
         }
     }
+
+    /// The server of connection `i`: publishers (and every connection without --sub-url) --url's,
+    /// subscribers the --sub-url ones in turn.
+    @inline(__always)
+    func server(_ i: Int) -> Int { i >= n || servers.count == 1 ? 0 : 1 + i % (servers.count - 1) }
 
     // MARK: errors and closing
 

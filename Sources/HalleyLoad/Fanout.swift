@@ -196,7 +196,7 @@ extension Load {
         guard c.pointee.kind == .longpoll else { return }
         c.pointee.step = o.server == .halley ? 0 : 2
         let path = o.server == .halley ? "/halley/poll?key=\(o.appKey)" : "/sub/\(o.channel)"
-        setRequest(i, Array("GET \(path) HTTP/1.1\r\n".utf8), hostHeader, Self.crlf)
+        setRequest(i, Array("GET \(path) HTTP/1.1\r\n".utf8), hostHeaders[server(i)], Self.crlf)
     }
 
     func halleyPoll(_ i: Int, _ status: Int, _ body: UnsafePointer<UInt8>, _ len: Int, _ now: Int64) {
@@ -212,7 +212,7 @@ extension Load {
             c.pointee.auth.clear()
             c.pointee.auth.append("X-Halley-Token: \(token)\r\n")
             let head = "POST /halley/send?session=\(session) HTTP/1.1\r\nContent-Type: application/json\r\n"
-            setRequest(i, Array(head.utf8), hostHeader, c.pointee.auth.bytes)
+            setRequest(i, Array(head.utf8), hostHeaders[server(i)], c.pointee.auth.bytes)
             c.pointee.req.append("Content-Length: \(subscribeJSON.count)\r\n\r\n")
             c.pointee.req.append(subscribeJSON)
             c.pointee.step = 1
@@ -236,7 +236,7 @@ extension Load {
         c.pointee.req.append(c.pointee.prefix)
         c.pointee.req.appendDecimal(c.pointee.cursor)
         c.pointee.req.append(Self.http11)
-        c.pointee.req.append(hostHeader)
+        c.pointee.req.append(hostHeaders[server(i)])
         c.pointee.req.append(c.pointee.auth)
         c.pointee.req.append(Self.crlf)
         sendRequest(i)
@@ -259,7 +259,7 @@ extension Load {
             c.pointee.req.append(Self.ifNoneMatch)
             c.pointee.req.append(start + et.lowerBound, et.count)
             c.pointee.req.append(Self.crlf)
-            c.pointee.req.append(hostHeader)
+            c.pointee.req.append(hostHeaders[server(i)])
             c.pointee.req.append(Self.crlf)
             sendRequest(i)
         case 304, 408: sendRequest(i)  // the wait timed out: ask again
@@ -282,7 +282,8 @@ extension Load {
         let session = String(decoding: (0..<8).map { _ in alphabet[Int(rng.next() % 32)] }, as: UTF8.self)
         let base = "/pusher/app/\(o.appKey)/\(i % 1000)/\(session)"
         let query = "?protocol=7&client=js&version=8.4.0&t=1&n=\(i)"
-        let head = " HTTP/1.1\r\nHost: \(o.host):\(o.port)\r\nContent-Type: application/json\r\nContent-Length: "
+        let (host, port) = servers[server(i)]
+        let head = " HTTP/1.1\r\nHost: \(host):\(port)\r\nContent-Type: application/json\r\nContent-Length: "
         c.pointee.step = 0
         setRequest(i, Array("POST \(base)/xhr\(query)\(head)0\r\n\r\n".utf8))
         c.pointee.prefix.clear()

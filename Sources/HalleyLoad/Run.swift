@@ -177,7 +177,9 @@ extension Load {
         }
         openMore()
         runUntil(tOpen + 60_000_000_000) { s.pointee.ready + s.pointee.failed < n }
-        warn("\(s.pointee.ready) of \(n) \(what) subscribers in \(fixed(Double(monotonicNanos() - tOpen) / 1e9, 2)) s")
+        let on = o.subServers.isEmpty ? "" : " on \(o.subServers.count) servers"
+        let took = fixed(Double(monotonicNanos() - tOpen) / 1e9, 2)
+        warn("\(s.pointee.ready) of \(n) \(what) subscribers\(on) in \(took) s")
         if s.pointee.ready < n { return closeAll(1) }
 
         // 2. Sync: a message every 50 ms until every subscriber has had one, then the last one
@@ -228,6 +230,7 @@ extension Load {
             let live = (0..<n).filter { conns[$0].fd >= 0 }.count
             let secs = w.seconds
             var line = "phase=\(phase) server=\(o.server.rawValue) transport=\(o.transport.rawValue) subscribers=\(n)"
+            line += " sub_servers=\(max(1, o.subServers.count))"
             line +=
                 " size=\(o.size) publishers=\(o.publishers)\(extra) seconds=\(fixed(secs, 3)) published=\(published)"
             line += " publishes_per_sec=\(fixed(Double(published) / secs, 1)) deliveries=\(deliveries)"
@@ -249,6 +252,13 @@ extension Load {
                 warn(
                     "phase \(phase): \(expected - received) of \(expected) deliveries missing, \(s.pointee.dups - before.dups) duplicates, \(s.pointee.errors - before.errors) errors, \(n - live) subscribers gone"
                 )
+                if !o.subServers.isEmpty {
+                    let each = Int(s.pointee.rangeTo - s.pointee.rangeFrom)
+                    let missing = (1..<servers.count).map { k in
+                        (0..<n).filter { server($0) == k }.reduce(0) { $0 + each - conns[$1].inRange }
+                    }
+                    warn("missing per --sub-url server: \(missing.map(String.init).joined(separator: ", "))")
+                }
                 return closeAll(1)
             }
         }

@@ -168,6 +168,7 @@ func selfTest() -> Int32 {
 
     echoChecks()
     deliveryChecks()
+    serverChecks()
     writeFD(2, "selftest: \(checks - failures) of \(checks) checks passed\n")
     return failures == 0 ? 0 : 1
 }
@@ -248,4 +249,17 @@ private func deliveryChecks() {
     expect(c.pointee.expect == 73 && c.pointee.seen == 0 && c.pointee.inRange == 72, "catch up: \(c.pointee.expect)")
     b.deliver(c, 7, 0, 1000)
     expect(s().dups == 2, "a late message after giving up counts as a duplicate")
+}
+
+/// --sub-url: subscribers on the --sub-url servers in turn, publishers on --url's.
+private func serverChecks() {
+    let o = Options.parse([
+        "fanout", "--url", "http://127.0.0.1:1", "--sub-url", "http://127.0.0.1:2", "--sub-url", "http://localhost:3",
+        "-n", "5", "--publishers", "2",
+    ])
+    let b = Load(o)
+    let ports = (0..<b.total).map { b.servers[b.server($0)].port }
+    expect(ports == [2, 3, 2, 3, 2, 1, 1], "servers of subscribers and publishers: \(ports)")
+    let one = Load(Options.parse(["fanout", "--url", "http://127.0.0.1:1", "-n", "2", "--publishers", "1"]))
+    expect((0..<one.total).allSatisfy { one.server($0) == 0 }, "without --sub-url: every connection on --url")
 }

@@ -22,6 +22,8 @@ struct Options {
     var binary = false
     var deflate = false
     var serverPids: [Int32] = []
+    /// fanout --sub-url (repeatable): the servers subscribers connect to, in turn (none: --url's).
+    var subServers: [(host: String, port: Int)] = []
     var server = ServerKind.halley
     var transport = Transport.ws
     var rate = 100.0
@@ -37,6 +39,7 @@ struct Options {
                halley-load handshakes --url https://HOST:PORT/ [-c N]
                halley-load fanout --url http://HOST:PORT --server halley|nchan [--transport ws|longpoll|
                            xhr_streaming] [-n N] [--rate R] [--window W] [--publishers P] [--phases LIST]
+                           [--sub-url http://HOST:PORT ...]
                halley-load selftest
         common: --duration S (10) --warmup S (1) --server-pid PID (repeatable) --tls
         echo        N connections (100) each send a message of --size bytes (32) and wait for its
@@ -48,6 +51,8 @@ struct Options {
                     fewer than --window messages not yet everywhere; --warmup s, then counted).
                     halley: WebSocket /app/app-key, long-poll /halley/poll, pusher-js
                     xhr_streaming; POST /publish (Bearer benchtoken). nchan: /sub/bench, /pub/bench.
+                    --sub-url (repeatable): subscribers go to these servers in turn (the nodes of
+                    a cluster; TLS as --url's), publishers to --url.
         selftest    the parsers and the bookkeeping on hand-made bytes, cut at every position.
         One key=value line per window on stdout (server and tool CPU, core_busy_pct, flags=);
         progress on stderr. Exit status 0 when everything arrived right, 1 otherwise.
@@ -70,6 +75,7 @@ struct Options {
         if mode == .handshakes { o.connections = 16 }
         if mode == .fanout { o.connections = 1000 }
         var url: String? = nil
+        var subURLs: [String] = []
         var i = 1
         func value() -> String {
             i += 1
@@ -90,6 +96,7 @@ struct Options {
         while i < args.count {
             switch args[i] {
             case "--url": url = value()
+            case "--sub-url": subURLs.append(value())
             case "--connections", "--subscribers", "-c", "-n": o.connections = Int(number(1))
             case "--size", "-s": o.size = Int(number(0))
             case "--duration", "-d": o.duration = number(0.1)
@@ -118,19 +125,26 @@ struct Options {
         }
         if o.size < 0 { o.size = mode == .fanout ? 64 : 32 }
         if mode == .selftest { return o }
-        guard let u = url, let colon0 = u.firstIndex(of: ":"), u[colon0...].hasPrefix("://") else {
-            fail("--url SCHEME://HOST:PORT[/PATH] is required")
+        /// SCHEME://HOST:PORT[/PATH] of `name`.
+        func endpoint(_ u: String, _ name: String) -> (scheme: Substring, host: String, port: Int, path: String) {
+            guard let colon0 = u.firstIndex(of: ":"), u[colon0...].hasPrefix("://") else {
+                fail("\(name) SCHEME://HOST:PORT[/PATH] is required")
+            }
+            let scheme = u[..<colon0]
+            let rest = u[u.index(colon0, offsetBy: 3)...]
+            let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+            guard let colon = rest[..<slash].lastIndex(of: ":"),
+                let port = Int(rest[rest.index(after: colon)..<slash]), port > 0 && port < 65536
+            else { fail("\(name): expected \(scheme)://HOST:PORT/PATH with a port, got '\(u)'") }
+            let host = rest[..<colon] == "localhost" ? "127.0.0.1" : String(rest[..<colon])
+            return (scheme, host, port, slash < rest.endIndex ? String(rest[slash...]) : "/")
         }
-        let scheme = u[..<colon0]
-        if scheme == "wss" || scheme == "https" || mode == .handshakes { o.tls = true }
-        let rest = u[u.index(colon0, offsetBy: 3)...]
-        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
-        o.path = slash < rest.endIndex ? String(rest[slash...]) : "/"
-        guard let colon = rest[..<slash].lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)..<slash]),
-            port > 0 && port < 65536
-        else { fail("--url: expected \(scheme)://HOST:PORT/PATH with a port, got '\(u)'") }
-        o.port = port
-        o.host = rest[..<colon] == "localhost" ? "127.0.0.1" : String(rest[..<colon])
+        guard let u = url else { fail("--url SCHEME://HOST:PORT[/PATH] is required") }
+        let e = endpoint(u, "--url")
+        if e.scheme == "wss" || e.scheme == "https" || mode == .handshakes { o.tls = true }
+        (o.host, o.port, o.path) = (e.host, e.port, e.path)
+        o.subServers = subURLs.map { endpoint($0, "--sub-url") }.map { ($0.host, $0.port) }
+        if !o.subServers.isEmpty && mode != .fanout { fail("--sub-url: fanout only") }
         if mode == .fanout {
             if o.transport == .xhrStreaming && o.server != .halley { fail("--transport xhr_streaming: halley only") }
             if o.window >= Load.ringSize / 2 { fail("--window: at most \(Load.ringSize / 2 - 1)") }
