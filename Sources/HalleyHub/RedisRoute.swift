@@ -45,6 +45,7 @@ package final class RedisRoute {
     var refreshAgain = false
     var lastRefresh: Int64 = -10_000
     var afterRefresh: [() -> Void] = []
+    var watching = false
     /// Redirections followed before a command fails.
     let maxRedirects = 5
 
@@ -319,6 +320,21 @@ package final class RedisRoute {
         ready = now
         if !now && why.isEmpty { why = "a master is not reached" }
         if now { why = "" }
+        if !now && mode == .cluster { watchMap() }
         onStateChange?(now)
+    }
+
+    /// While a cluster route is not ready, the map is read again every second: a master that
+    /// went may come back where it was (its connection retries by itself) or be replaced by a
+    /// replica elsewhere (only a new map says so).
+    func watchMap() {
+        guard !watching else { return }
+        watching = true
+        _ = loop.schedule(afterMillis: 1000) { [self] in
+            watching = false
+            guard !ready, mode == .cluster else { return }
+            refresh()
+            watchMap()
+        }
     }
 }

@@ -202,6 +202,10 @@ class RedisCluster:
                              capture_output=True, text=True, timeout=timeout)
         if out.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout}{out.stderr}")
+        self.wait_ok(timeout)
+
+    def wait_ok(self, timeout=30.0):
+        """Until every master says `cluster_state:ok`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if all("cluster_state:ok" in s.command("CLUSTER", "INFO") for s in self.servers):

@@ -14,7 +14,7 @@ import pytest
 
 from cluster import RedisCluster, key_slot
 from hub_client import WS, publish, pusher_client, wait_until
-from test_cluster import events, metrics, ready, shard_of
+from test_cluster import broker_up, events, metrics, ready, shard_of
 
 
 @pytest.fixture
@@ -173,3 +173,47 @@ def test_a_slot_moved_while_messages_flow_loses_nothing(start_halley, rcluster):
     assert sum(ask) > 0 and all(m > 0 for m in moved[:2]), (moved, ask)  # the publishing nodes followed both
     print(f"redirections followed per node: MOVED {moved}, ASK {ask}")
     print(f"{len(accepted)} accepted, {len(refused)} refused (503) while slot {slot} moved")
+
+
+def test_a_master_restarted_the_nodes_reconnect_and_go_on(start_halley, rcluster):
+    """A master killed and started again (its cluster configuration kept, its data gone, as
+    without persistence): publishes meanwhile get 503, none is accepted and lost; the hubs
+    reconnect to it, load their functions again, and the channels it serves start a new
+    epoch; those on the other masters go on."""
+    nodes = hubs_on(start_halley, rcluster)
+    names = channels_on_every_master(rcluster, 3)
+    victim = rcluster.owner(key_slot(f"{{{shard_of('1', names[0])}}}"))
+    subs = []
+    for h in nodes:
+        ws = WS(h.port, halley=False)
+        ws.hello()
+        for c in names:
+            ws.subscribe(c)
+        subs.append(ws)
+    for c in names:
+        assert publish(nodes[0].port, {"channel": c, "event": "e", "data": "before"})[0] in (201, 202)
+    rcluster.servers[victim].stop()
+    assert wait_until(lambda: publish(nodes[1].port, {"channel": names[0], "event": "e", "data": "x"})[0] == 503,
+                      timeout=5)
+    assert wait_until(lambda: not all(broker_up(h) for h in nodes), timeout=5)
+    rcluster.servers[victim].start()
+    ready(nodes)
+    for h in nodes:
+        assert h.wait_for_log(r"redis: reconnected to")
+    rcluster.wait_ok()
+    after = {}
+    for c in names:
+        # Until the masters agree the cluster is whole again, Redis answers CLUSTERDOWN: 503.
+        deadline = time.monotonic() + 10
+        while (r := publish(nodes[2].port, {"channel": c, "event": "e", "data": "after"}))[0] == 503:
+            assert time.monotonic() < deadline, r
+            time.sleep(0.1)
+        status, j = r
+        assert status in (201, 202), (status, j)
+        after[c] = j["channels"][c]["offset"]
+    assert after[names[0]] == 1  # its master lost its keys: a new epoch, from offset 1
+    for ws in subs:
+        got = events(ws, 2 * len(names))
+        for c in names:
+            assert [m["data"] for m in got if m["channel"] == c] == ["before", "after"]
+        ws.close()
