@@ -245,6 +245,15 @@ package enum BrokerWire {
     /// The pub/sub channel of shard `n` (its hash tag is the shard's).
     package static func pubsubChannel(_ n: Int) -> [UInt8] { Array("h:{\(n)}".utf8) }
 
+    /// The shard of a pub/sub channel's name (`h:{n}`), nil for any other name.
+    package static func shardOfPubsubChannel(_ name: String) -> Int? {
+        let digits = name.dropFirst(3).dropLast()
+        guard name.hasPrefix("h:{"), name.hasSuffix("}"), !digits.isEmpty, digits.allSatisfy(\.isASCII),
+            digits.allSatisfy(\.isNumber), let n = Int(digits), (0..<shardCount).contains(n)
+        else { return nil }
+        return n
+    }
+
     /// The channel's meta hash and stream (channel names have no ':', so the keys are unique).
     package static func keys(_ key: ChannelKey) -> (meta: [UInt8], stream: [UInt8], pubsub: [UInt8]) {
         let n = shard(key)

@@ -28,6 +28,8 @@ package final class RedisBroker: Broker, @unchecked Sendable {
     /// times it (re)connected.
     var confirmed = 0
     var subscribeRound = 0
+    /// Per shard: subscribed in this round (loop 0).
+    var subscribed = Array(repeating: false, count: BrokerWire.shardCount)
     let readyLinks = Atomic<Int>(0)
     let pubsubReady = Atomic<Bool>(false)
     let publishFailures = Atomic<Int>(0)
@@ -112,23 +114,25 @@ package final class RedisBroker: Broker, @unchecked Sendable {
 
     func pubsubChanged(up: Bool) {
         subscribeRound += 1
+        subscribed = Array(repeating: false, count: BrokerWire.shardCount)
         confirmed = 0
         pubsubReady.store(false, ordering: .relaxed)
         guard up else { return }
-        for n in 0..<BrokerWire.shardCount { subscribeShard(BrokerWire.pubsubChannel(n), round: subscribeRound) }
+        for n in 0..<BrokerWire.shardCount { subscribeShard(n, round: subscribeRound) }
     }
 
-    /// `SSUBSCRIBE` of one shard channel (on the master of its slot); when every shard is
+    /// `SSUBSCRIBE` of shard `n`'s channel (on the master of its slot); when every shard is
     /// subscribed, the node is ready again and catches up. A refusal is tried again in a second
     /// while the pub/sub route stays up (`round`: the route went and came since).
-    func subscribeShard(_ channel: [UInt8], round: Int) {
+    func subscribeShard(_ n: Int, round: Int) {
         guard let ps = pubsub, round == subscribeRound else { return }
-        ps.route.subscribe(channel) { [self] ok in
-            guard round == subscribeRound else { return }
+        ps.route.subscribe(BrokerWire.pubsubChannel(n)) { [self] ok in
+            guard round == subscribeRound, !subscribed[n] else { return }
             guard ok else {
-                _ = ps.route.loop.schedule(afterMillis: 1000) { [self] in subscribeShard(channel, round: round) }
+                _ = ps.route.loop.schedule(afterMillis: 1000) { [self] in subscribeShard(n, round: round) }
                 return
             }
+            subscribed[n] = true
             confirmed += 1
             guard confirmed == BrokerWire.shardCount else { return }
             pubsubReady.store(true, ordering: .relaxed)
@@ -154,12 +158,15 @@ package final class RedisBroker: Broker, @unchecked Sendable {
             // master of a Redis Cluster. Until the map is read again and the shard subscribed
             // where it is now, its messages wait in the streams: the catch-up after the
             // subscription reads them.
-            guard let ps = pubsub, case .bulk(let channel) = a[1], confirmed > 0 else { return }
-            Log.info("redis: \(a[1].string ?? "?") moved to another master; subscribing there")
+            guard let ps = pubsub, let name = a[1].string, let n = BrokerWire.shardOfPubsubChannel(name),
+                subscribed[n]
+            else { return }
+            Log.info("redis: \(name) moved to another master; subscribing there")
+            subscribed[n] = false
             confirmed -= 1
             pubsubReady.store(false, ordering: .relaxed)
             let round = subscribeRound
-            ps.route.refresh { [self] in subscribeShard(channel, round: round) }
+            ps.route.refresh { [self] in subscribeShard(n, round: round) }
         default:
             break
         }

@@ -186,7 +186,10 @@ package final class RedisRoute {
                 mode = .single
                 prepare(seed)
             case .failure(.server(let e)):
-                Log.error("redis: CLUSTER SLOTS refused by \(url): \(e)")
+                // An ACL user without CLUSTER, or a server that does not know it: a single server.
+                Log.warning("redis: \(url) refused CLUSTER SLOTS (\(e)): taking it as a single server, not a cluster")
+                mode = .single
+                prepare(seed)
             case .failure:
                 break  // the connection went: asked again when it comes back
             case .success(let v):
@@ -228,11 +231,11 @@ package final class RedisRoute {
             if case .success(let v) = r, let ranges = RedisCluster.slotRanges(v, answeredBy: asked.address) {
                 apply(ranges)
             }
+            // Those waiting get the map just read; a refresh asked meanwhile reads it again.
+            finishRefresh()
             if refreshAgain {
                 refreshAgain = false
                 refresh()
-            } else {
-                finishRefresh()
             }
         }
     }
@@ -271,9 +274,18 @@ package final class RedisRoute {
         slotNode = map
         for n in gone {
             Log.info("redis: \(n.address) is no longer a master of the cluster")
-            n.connection.stop()
+            retire(n)
         }
         recompute()
+    }
+
+    /// Closes a former master's connection once the replies it owes have come (a publish it
+    /// ran is answered as taken, not failed), or when they never come (the connection's
+    /// command timeout fails them). Its state no longer counts for the route.
+    func retire(_ n: Node) {
+        n.connection.onStateChange = nil
+        guard n.connection.inFlight > 0, n.connection.state == .ready else { return n.connection.stop() }
+        _ = loop.schedule(afterMillis: 100) { [self] in retire(n) }
     }
 
     func nodeChanged(_ n: Node, up: Bool, why: String) {
@@ -287,17 +299,25 @@ package final class RedisRoute {
     }
 
     func prepare(_ n: Node) {
-        guard let prepare else {
+        guard let command = prepare else {
             n.prepared = true
             return recompute()
         }
-        n.connection.send(prepare) { [self, unowned n] r in
+        n.connection.send(command) { [self, unowned n] r in
             switch r {
             case .success:
                 n.prepared = true
                 recompute()
             case .failure(.server(let e)):
-                Log.error("redis: \(n.address) refused \(String(decoding: prepare[0], as: UTF8.self)): \(e)")
+                // Still loading its data after a restart (LOADING), or not Redis 7: again in a
+                // second while the connection lasts.
+                Log.error("redis: \(n.address) refused \(String(decoding: command[0], as: UTF8.self)): \(e)")
+                _ = loop.schedule(afterMillis: 1000) { [self, weak n] in
+                    guard let n, !n.prepared, n.connection.state == .ready,
+                        n === seed || nodes.contains(where: { $0 === n })
+                    else { return }
+                    prepare(n)
+                }
             case .failure:
                 break  // the connection went: again when it comes back
             }
@@ -316,11 +336,13 @@ package final class RedisRoute {
         case .single: now = seed.prepared
         case .cluster: now = !nodes.isEmpty && !slotNode.contains(-1) && nodes.allSatisfy(\.prepared)
         }
+        // Also when it never was ready: a map read while the cluster was being made, or a
+        // master of the first map that never answered.
+        if !now && mode == .cluster { watchMap() }
         guard now != ready else { return }
         ready = now
         if !now && why.isEmpty { why = "a master is not reached" }
         if now { why = "" }
-        if !now && mode == .cluster { watchMap() }
         onStateChange?(now)
     }
 

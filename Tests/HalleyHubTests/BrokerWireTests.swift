@@ -79,4 +79,13 @@ import Testing
         #expect(k.meta == Array("\(tag):7:news:m".utf8) && k.stream == Array("\(tag):7:news:s".utf8))
         #expect(k.pubsub == Array(tag.utf8))
     }
+
+    @Test func aPubSubChannelNamesItsShard() {
+        for n in 0..<BrokerWire.shardCount {
+            #expect(BrokerWire.shardOfPubsubChannel(String(decoding: BrokerWire.pubsubChannel(n), as: UTF8.self)) == n)
+        }
+        for other in ["h:{64}", "h:{-1}", "h:{+5}", "h:{}", "h:{1", "x:{1}", "h:{1}:a", "h:{١}"] {
+            #expect(BrokerWire.shardOfPubsubChannel(other) == nil, "\(other)")
+        }
+    }
 }

@@ -23,7 +23,10 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, tmpdir: str):
+    """`extra`: more redis-server arguments; `auth`: (user, password) the helper's own
+    commands authenticate with."""
+
+    def __init__(self, tmpdir: str, extra=(), auth: tuple[str, str] | None = None):
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
@@ -31,7 +34,8 @@ class RedisServer:
         self.dir = tmpdir
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
-        self.extra: list[str] = []
+        self.extra: list[str] = list(extra)
+        self.auth = auth
         self.start()
 
     def start(self, timeout=10.0):
@@ -67,13 +71,20 @@ class RedisServer:
     def command(self, *args: str, timeout=5.0):
         """One command, its reply decoded (RESP2: strings, ints, lists; errors raised)."""
         with socket.create_connection((HOST, self.port), timeout=timeout) as s:
-            out = f"*{len(args)}\r\n".encode()
-            for a in args:
-                b = a.encode() if isinstance(a, str) else a
-                out += f"${len(b)}\r\n".encode() + b + b"\r\n"
-            s.sendall(out)
             f = s.makefile("rb")
+            if self.auth:
+                s.sendall(_command("AUTH", *self.auth))
+                _read(f)
+            s.sendall(_command(*args))
             return _read(f)
+
+
+def _command(*args) -> bytes:
+    out = f"*{len(args)}\r\n".encode()
+    for a in args:
+        b = a.encode() if isinstance(a, str) else a
+        out += f"${len(b)}\r\n".encode() + b + b"\r\n"
+    return out
 
 
 def _read(f):
@@ -180,35 +191,49 @@ def cluster_port() -> int:
 
 
 class RedisCluster:
-    """A local Redis Cluster of `masters` masters (no replicas), each a Debian `redis-server`
-    with `cluster-enabled yes` on a free port, joined by `redis-cli --cluster create`."""
+    """A local Redis Cluster of `masters` masters, each with `replicas` replicas, every one a
+    Debian `redis-server` with `cluster-enabled yes` on a free port, joined by `redis-cli
+    --cluster create` (`servers`: the masters first, then the replicas)."""
 
-    def __init__(self, tmpdir: str, masters: int = 3, timeout=30.0):
+    def __init__(self, tmpdir: str, masters: int = 3, replicas: int = 0, node_timeout_ms=5000, timeout=30.0):
         binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if binary is None or cli is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.servers: list[RedisServer] = []
-        for i in range(masters):
+        for i in range(masters * (1 + replicas)):
             d = f"{tmpdir}/redis-{i}"
             os.makedirs(d, exist_ok=True)
             s = RedisServer.__new__(RedisServer)
-            s.binary, s.dir, s.port, s.proc = binary, d, cluster_port(), None
+            s.binary, s.dir, s.port, s.proc, s.auth = binary, d, cluster_port(), None, None
             s.extra = ["--cluster-enabled", "yes", "--cluster-config-file", f"{d}/nodes.conf",
-                       "--cluster-node-timeout", "5000"]
+                       "--cluster-node-timeout", str(node_timeout_ms)]
             s.start()
             self.servers.append(s)
         out = subprocess.run([cli, "--cluster", "create", *(f"{HOST}:{s.port}" for s in self.servers),
-                              "--cluster-replicas", "0", "--cluster-yes"],
+                              "--cluster-replicas", str(replicas), "--cluster-yes"],
                              capture_output=True, text=True, timeout=timeout)
         if out.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout}{out.stderr}")
         self.wait_ok(timeout)
+        deadline = time.monotonic() + timeout
+        while replicas and not all("master_link_status:up" in s.command("INFO", "replication")
+                                   for s in self.servers if self.role(s) == "slave"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replicas did not catch up with their masters")
+            time.sleep(0.1)
+
+    @staticmethod
+    def role(s: RedisServer) -> str:
+        return s.command("ROLE")[0]
+
+    def live(self) -> list[RedisServer]:
+        return [s for s in self.servers if s.proc and s.proc.poll() is None]
 
     def wait_ok(self, timeout=30.0):
-        """Until every master says `cluster_state:ok`."""
+        """Until every running server says `cluster_state:ok`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all("cluster_state:ok" in s.command("CLUSTER", "INFO") for s in self.servers):
+            if all("cluster_state:ok" in s.command("CLUSTER", "INFO") for s in self.live()):
                 return
             time.sleep(0.1)
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
@@ -221,7 +246,7 @@ class RedisCluster:
 
     def owner(self, slot: int) -> int:
         """The index of the master that serves `slot`."""
-        for lo, hi, master, *_ in self.servers[0].command("CLUSTER", "SLOTS"):
+        for lo, hi, master, *_ in self.live()[0].command("CLUSTER", "SLOTS"):
             if lo <= slot <= hi:
                 return next(i for i, s in enumerate(self.servers) if s.port == master[1])
         raise LookupError(slot)

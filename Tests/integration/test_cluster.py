@@ -692,3 +692,31 @@ def test_occupancy_the_api_and_webhooks_count_the_cluster_once(start_halley, red
             ws.close()
     finally:
         receiver.close()
+
+
+@pytest.mark.parametrize("how", ["password", "acl-user"])
+def test_redis_auth_with_a_password_or_an_acl_user(start_halley, tmp_path, how):
+    """Redis that wants AUTH: the default user with a password, or an ACL user (here one that
+    may not run CLUSTER SLOTS: the hub takes the server as a single one, and says so)."""
+    if how == "password":
+        r = RedisServer(str(tmp_path), ["--requirepass", "pw0rd"], auth=("default", "pw0rd"))
+        url = f"redis://:pw0rd@127.0.0.1:{r.port}"
+    else:
+        r = RedisServer(str(tmp_path), ["--user", "default", "off", "--user", "hub", "on", ">s3cret", "~*", "&*",
+                                        "+@all", "-cluster"], auth=("hub", "s3cret"))
+        url = f"redis://hub:s3cret@127.0.0.1:{r.port}"
+    try:
+        nodes = [start_halley("--redis", url, "--app-token", "tok", "--metrics-port", "0") for _ in range(2)]
+        ready(nodes)
+        ws = subscriber(nodes[1].port, "locked")
+        assert publish(nodes[0].port, {"channel": "locked", "event": "e", "data": "in"})[0] in (201, 202)
+        assert [m["data"] for m in events(ws, 1)] == ["in"]
+        ws.close()
+        if how == "acl-user":
+            assert nodes[0].wait_for_log(r"refused CLUSTER SLOTS .*NOPERM.*taking it as a single server")
+        # A wrong password: the hub says so and keeps trying; publishes get 503.
+        bad = start_halley("--redis", url.replace("s3cret", "nope").replace("pw0rd", "nope"), "--app-token", "tok")
+        assert bad.wait_for_log(r"handshake refused: .*(WRONGPASS|invalid)")
+        assert publish(bad.port, {"channel": "locked", "event": "e", "data": "x"})[0] == 503
+    finally:
+        r.stop()

@@ -72,8 +72,13 @@ def test_a_redis_cluster_carries_every_shard_once_in_order(start_halley, rcluste
             assert [m["halley:offset"] for m in mine] == list(range(1, n + 1))
         with pytest.raises(TimeoutError):
             ws.recv(timeout=0.3)  # nothing twice
-    # Every master holds some of the channels' keys: the load is spread.
+    # Every master holds some of the channels' keys (the load is spread), and every command
+    # went straight to the master of its slot: none was redirected.
     assert all(int(s.command("DBSIZE")) > 0 for s in rcluster.servers)
+    for h in nodes:
+        m = metrics(h)
+        assert m['halley_broker_redirections_total{kind="moved"}'] == 0
+        assert m['halley_broker_redirections_total{kind="ask"}'] == 0
     # A recovery on another node reads the stream from the master of its shard.
     late = WS(nodes[2].port, halley=False)
     late.hello()
@@ -217,3 +222,52 @@ def test_a_master_restarted_the_nodes_reconnect_and_go_on(start_halley, rcluster
         for c in names:
             assert [m["data"] for m in got if m["channel"] == c] == ["before", "after"]
         ws.close()
+
+
+def test_a_master_fails_over_to_its_replica(start_halley, tmp_path):
+    """Three masters with a replica each; a master is killed (-9) and its replica takes over
+    (cluster-node-timeout 1 s): the nodes read the new map, reach the new master and go on.
+    What the replica had received is kept: offsets go on from there, every message once, in
+    order, on every node."""
+    c = RedisCluster(str(tmp_path), replicas=1, node_timeout_ms=1000)
+    try:
+        nodes = hubs_on(start_halley, c)
+        names = channels_on_every_master(c, 3)
+        slot = key_slot(f"{{{shard_of('1', names[0])}}}")
+        victim = c.owner(slot)
+        subs = []
+        for h in nodes:
+            ws = WS(h.port, halley=False)
+            ws.hello()
+            for name in names:
+                ws.subscribe(name)
+            subs.append(ws)
+        for i in range(5):
+            for name in names:
+                assert publish(nodes[i % 3].port, {"channel": name, "event": "e", "data": f"b{i}"})[0] in (201, 202)
+        time.sleep(0.5)  # replicated (asynchronously) by now
+        c.servers[victim].stop()
+        t0 = time.monotonic()
+        after = {}
+        for name in names:
+            deadline = time.monotonic() + 20
+            while (r := publish(nodes[1].port, {"channel": name, "event": "e", "data": "after"}))[0] == 503:
+                assert time.monotonic() < deadline, r
+                time.sleep(0.1)
+            assert r[0] in (201, 202), r
+            after[name] = r[1]["channels"][name]["offset"]
+        took = time.monotonic() - t0
+        assert c.owner(slot) != victim
+        assert after == {name: 6 for name in names}, after
+        for ws in subs:
+            got = events(ws, 6 * len(names), timeout=15)
+            for name in names:
+                assert [m["data"] for m in got if m["channel"] == name] == [f"b{i}" for i in range(5)] + ["after"]
+            with pytest.raises(TimeoutError):
+                ws.recv(timeout=0.3)
+            ws.close()
+        for h in nodes:
+            assert h.wait_for_log(r"is no longer a master of the cluster")
+        print(f"publishes were answered again {took:.1f} s after the master died")
+    finally:
+        c.stop()
