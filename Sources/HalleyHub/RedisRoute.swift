@@ -101,18 +101,26 @@ package final class RedisRoute {
         _ args: [[UInt8]], _ to: RedisCluster.Redirect, redirects: Int,
         _ reply: @escaping (Result<RESPValue, RedisError>) -> Void
     ) {
+        guard let n = follow(to), redirects < maxRedirects else {
+            return reply(.failure(.unavailable("slot \(to.slot) moved to \(to.address), not reached yet")))
+        }
+        send(args, to: n, redirects: redirects + 1, reply)
+    }
+
+    /// Where a redirection sends the command again: counted; after `MOVED` the slot is the
+    /// target's and the map is read again; after `ASK`, `ASKING` goes first on the target's
+    /// connection. Nil when the target is not a master reached and prepared yet.
+    func follow(_ to: RedisCluster.Redirect) -> Node? {
         redirections.count(to)
         let target = nodes.firstIndex { $0.address == to.address }
         if !to.ask {
             if let target { slotNode[to.slot] = Int16(target) }
             refresh()
         }
-        guard let target, nodes[target].prepared, redirects < maxRedirects else {
-            return reply(.failure(.unavailable("slot \(to.slot) moved to \(to.address), not reached yet")))
-        }
+        guard let target, nodes[target].prepared else { return nil }
         let n = nodes[target]
         if to.ask { n.connection.send([Array("ASKING".utf8)]) { _ in } }
-        send(args, to: n, redirects: redirects + 1, reply)
+        return n
     }
 
     /// `SSUBSCRIBE` of one channel, on the master of its slot: `MOVED` and `ASK` are followed
@@ -136,11 +144,8 @@ package final class RedisRoute {
                     Log.error("redis: SSUBSCRIBE \(String(decoding: channel, as: UTF8.self)) refused: \(e)")
                     return then(false)
                 }
-                redirections.count(to)
-                if let i = nodes.firstIndex(where: { $0.address == to.address }), nodes[i].prepared {
-                    if !to.ask { slotNode[to.slot] = Int16(i) }
-                    if to.ask { nodes[i].connection.send([Array("ASKING".utf8)]) { _ in } }
-                    return subscribe(channel, on: nodes[i], redirects: redirects + 1, then: then)
+                if let target = follow(to) {
+                    return subscribe(channel, on: target, redirects: redirects + 1, then: then)
                 }
                 refresh { [self] in subscribe(channel, redirects: redirects + 1, then: then) }
             case .failure:

@@ -34,6 +34,18 @@ def hubs_on(start_halley, rcluster, *extra):
     return nodes
 
 
+def subscribers(nodes, names):
+    """A plain Pusher WebSocket session on each node, subscribed to every channel of `names`."""
+    subs = []
+    for h in nodes:
+        ws = WS(h.port, halley=False)
+        ws.hello()
+        for name in names:
+            ws.subscribe(name)
+        subs.append(ws)
+    return subs
+
+
 def channels_on_every_master(rcluster, count):
     """`count` channel names whose shards are spread over the three masters."""
     names, owners = [], set()
@@ -51,13 +63,7 @@ def channels_on_every_master(rcluster, count):
 def test_a_redis_cluster_carries_every_shard_once_in_order(start_halley, rcluster):
     nodes = hubs_on(start_halley, rcluster)
     names = channels_on_every_master(rcluster, 9)
-    subs = []
-    for h in nodes:
-        ws = WS(h.port, halley=False)
-        ws.hello()
-        for c in names:
-            ws.subscribe(c)
-        subs.append(ws)
+    subs = subscribers(nodes, names)
     n = 10
     for i in range(n):
         for k, c in enumerate(names):
@@ -124,12 +130,7 @@ def test_a_slot_moved_while_messages_flow_loses_nothing(start_halley, rcluster):
     slot = key_slot(f"{{{shard_of('1', channel)}}}")
     src = rcluster.owner(slot)
     dst = (src + 1) % 3
-    subs = []
-    for h in nodes:
-        ws = WS(h.port, halley=False)
-        ws.hello()
-        ws.subscribe(channel)
-        subs.append(ws)
+    subs = subscribers(nodes, [channel])
     accepted: list[tuple[int, str]] = []
     refused = []
     stop = threading.Event()
@@ -188,13 +189,7 @@ def test_a_master_restarted_the_nodes_reconnect_and_go_on(start_halley, rcluster
     nodes = hubs_on(start_halley, rcluster)
     names = channels_on_every_master(rcluster, 3)
     victim = rcluster.owner(key_slot(f"{{{shard_of('1', names[0])}}}"))
-    subs = []
-    for h in nodes:
-        ws = WS(h.port, halley=False)
-        ws.hello()
-        for c in names:
-            ws.subscribe(c)
-        subs.append(ws)
+    subs = subscribers(nodes, names)
     for c in names:
         assert publish(nodes[0].port, {"channel": c, "event": "e", "data": "before"})[0] in (201, 202)
     rcluster.servers[victim].stop()
@@ -235,13 +230,7 @@ def test_a_master_fails_over_to_its_replica(start_halley, tmp_path):
         names = channels_on_every_master(c, 3)
         slot = key_slot(f"{{{shard_of('1', names[0])}}}")
         victim = c.owner(slot)
-        subs = []
-        for h in nodes:
-            ws = WS(h.port, halley=False)
-            ws.hello()
-            for name in names:
-                ws.subscribe(name)
-            subs.append(ws)
+        subs = subscribers(nodes, names)
         for i in range(5):
             for name in names:
                 assert publish(nodes[i % 3].port, {"channel": name, "event": "e", "data": f"b{i}"})[0] in (201, 202)
