@@ -1,5 +1,5 @@
 -- wrk script of api_publish.sh: cycles through pre-built requests.
---   wrk ... -s api_publish.lua URL -- REQUESTS_FILE CONTENT_TYPE
+--   wrk ... -s api_publish.lua URL -- REQUESTS_FILE CONTENT_TYPE [AUTHORIZATION]
 -- REQUESTS_FILE (api_publish.py requests): per request a line with the path and query, then a
 -- line with the body. Every request is formatted once, in init; one wrk thread (with more,
 -- each would cycle through the same list).
@@ -10,7 +10,9 @@ function init(args)
    for path in f:lines() do
       local body = assert(f:read("*l"), "a path without a body")
       n = n + 1
-      reqs[n] = wrk.format("POST", path, { ["Content-Type"] = args[2] or "application/json" }, body)
+      local headers = { ["Content-Type"] = args[2] or "application/json" }
+      if args[3] then headers["Authorization"] = args[3] end
+      reqs[n] = wrk.format("POST", path, headers, body)
    end
    f:close()
    assert(n > 0, "no requests in " .. args[1])

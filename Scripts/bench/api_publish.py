@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Helpers of api_publish.sh (the Pusher HTTP API publish benchmark).
 
-  requests --server halley|nchan --out FILE [--count N] [--size B]
+  requests --server halley|halley-bearer|uws|nchan --out FILE [--count N] [--size B]
       N distinct publish requests for wrk (api_publish.lua reads them): per request a line with
       the path and query, then one with the body. halley: `POST /apps/1/events`, signed as the
       SDKs sign (auth_key, auth_timestamp = now: valid 600 s, so generate right before a run,
       auth_version 1.0, body_md5, auth_signature = HMAC-SHA256 over method, path and sorted
-      query); Nchan: the same data, unsigned, to /pub/bench.
+      query); halley-bearer: `POST /publish` {"channel","event","data"} (the header
+      `Authorization: Bearer benchtoken` comes from api_publish.lua's third argument); Nchan:
+      the same data, unsigned, to /pub/bench; uws (matrix.sh's uWebSockets server): the data
+      to /publish/bench, with the bearer token.
   check --server S --port P --file FILE
       Sends the first request: halley must answer 200 `{}`, Nchan 2xx.
   hold --server S --port P --subscribers N
@@ -42,6 +45,13 @@ def cmd_requests(a):
             if a.server == "nchan":
                 f.write(f"/pub/bench\n{data}\n")
                 continue
+            if a.server == "uws":
+                f.write(f"/publish/bench\n{data}\n")
+                continue
+            if a.server == "halley-bearer":
+                body = json.dumps({"channel": "bench", "event": "e", "data": data}, separators=(",", ":"))
+                f.write(f"/publish\n{body}\n")
+                continue
             body = json.dumps({"name": "e", "channel": "bench", "data": data}, separators=(",", ":"))
             q = {"auth_key": "app-key", "auth_timestamp": now, "auth_version": "1.0",
                  "body_md5": hashlib.md5(body.encode()).hexdigest()}
@@ -54,9 +64,12 @@ def cmd_requests(a):
 def cmd_check(a):
     with open(a.file) as f:
         target, body = f.readline().strip(), f.readline().strip()
-    ctype = "application/json" if a.server == "halley" else "text/plain"
+    ctype = "application/json" if a.server.startswith("halley") else "text/plain"
+    headers = {"Content-Type": ctype}
+    if a.server in ("halley-bearer", "uws"):
+        headers["Authorization"] = "Bearer benchtoken"
     try:
-        status, text = b.post(f"http://127.0.0.1:{a.port}{target}", body, **{"Content-Type": ctype})
+        status, text = b.post(f"http://127.0.0.1:{a.port}{target}", body, **headers)
     except OSError as e:
         status, text = getattr(e, "code", 0), str(e)
     print(f"{status}; body: {text.strip()[:200]}")
@@ -66,8 +79,9 @@ def cmd_check(a):
 
 def cmd_hold(a):
     t0 = time.monotonic()
-    path = "/app/app-key?protocol=7&client=bench&version=1.0" if a.server == "halley" else "/sub/bench"
-    socks = b.open_many(a.subscribers, 60, port=a.port, kind="pusher" if a.server == "halley" else "raw", path=path)
+    pusher = a.server.startswith("halley")
+    path = "/app/app-key?protocol=7&client=bench&version=1.0" if pusher else "/sub/bench"
+    socks = b.open_many(a.subscribers, 60, port=a.port, kind="pusher" if pusher else "raw", path=path)
     ep = select.epoll()
     received, tails = {}, {}
     for s in socks:
@@ -146,7 +160,7 @@ def cmd_hold(a):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cmd", choices=("requests", "check", "hold"))
-    p.add_argument("--server", choices=("halley", "nchan"), required=True)
+    p.add_argument("--server", choices=("halley", "halley-bearer", "uws", "nchan"), required=True)
     p.add_argument("--port", type=int)
     p.add_argument("--out")
     p.add_argument("--file")

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Publishes through the Pusher HTTP API (issue 5): signed `POST /apps/1/events` per second on
-# halley (--threads 1) beside Nchan's unsigned `POST /pub/bench` (one worker) with the same
-# data. wrk -t1 (CONNECTIONS keep-alive connections, CLIENT_CPU) cycles through COUNT distinct
-# requests made by api_publish.py right before each run (a fresh signature timestamp; a sample
-# must answer 200 `{}`, or 2xx from Nchan; any other answer fails the run). Cases (SUBS): no
-# subscribers, and N WebSocket subscribers held by `api_publish.py hold` (an epoll reader beside
-# wrk) that must all receive the sample, whose deliveries/s and closes are reported. Per server
-# and case a WARMUP s run, then RUNS runs of DURATION s alternating; medians of requests/s and
-# requests per server CPU-second (utime + stime; nginx: its worker). Goal: halley's per
+# Publish cost: POST requests per server CPU-second. wrk -t1 (CONNECTIONS keep-alive
+# connections, CLIENT_CPU) cycles through COUNT distinct requests made by api_publish.py right
+# before each run (a fresh signature timestamp; a sample must answer 200 `{}` from the signed
+# API, 2xx from the others; any other answer fails the run). SERVERS, each on SERVER_CPU:
+#   halley         signed `POST /apps/1/events` (the Pusher HTTP API; halley --threads 1)
+#   halley-bearer  `POST /publish` with `Authorization: Bearer benchtoken` (the same halley)
+#   nchan          unsigned `POST /pub/bench` with the same data (nginx, one worker)
+#   uws            `POST /publish/bench` with the bearer token (the uWebSockets peer, uws/)
+# Cases (SUBS): no subscribers, and N WebSocket subscribers held by `api_publish.py hold` (an
+# epoll reader beside wrk) that must all receive the sample, whose deliveries/s and closes are
+# reported. Per server and case a WARMUP s run, then RUNS runs of DURATION s alternating;
+# medians of requests/s and requests per server CPU-second (utime + stime; nginx: its worker),
+# and the ratios of each halley case to each peer. Goal (issue 5): the signed API's per
 # CPU-second at least Nchan's (ENFORCE_GOALS=1: exit 1 when missed).
 # Environment: DURATION=10 RUNS=3 WARMUP=3 CONNECTIONS=32 SUBS="0 1000" COUNT=1000 SIZE=64
 # SERVERS="halley nchan"
@@ -18,9 +22,13 @@ need wrk python3
 build halley
 banner
 helper=$here/api_publish.py
-[[ $SERVERS == *halley* ]] && start_halley --public "$tmp/no-public" --app-id 1 --app-key app-key --app-secret app-secret
-[[ $SERVERS == *nchan* ]] && start_nchan
-declare -A port=([halley]=${HALLEY_PORT:-} [nchan]=${NCHAN_PORT:-}) pid=([halley]=${HALLEY_PID:-} [nchan]=${NGINX_WORKER:-})
+for s in $SERVERS; do [[ $s =~ ^(halley|halley-bearer|nchan|uws)$ ]] || die "SERVERS: halley, halley-bearer, nchan, uws"; done
+[[ " $SERVERS" == *" halley"* ]] &&
+    start_halley --public "$tmp/no-public" --app-id 1 --app-key app-key --app-secret app-secret --app-token benchtoken
+[[ " $SERVERS " == *" nchan "* ]] && start_nchan
+[[ " $SERVERS " == *" uws "* ]] && start_uws
+declare -A port=([halley]=${HALLEY_PORT:-} [halley-bearer]=${HALLEY_PORT:-} [nchan]=${NCHAN_PORT:-} [uws]=${UWS_PORT:-})
+declare -A pid=([halley]=${HALLEY_PID:-} [halley-bearer]=${HALLEY_PID:-} [nchan]=${NGINX_WORKER:-} [uws]=${UWS_PID:-})
 
 # hold_cmd COMMAND REGEX: a command to the subscriber holder; HOLD = its answer (30 s at most).
 hold_cmd() {
@@ -55,8 +63,11 @@ one_run() { # SERVER SUBSCRIBERS SECONDS LABEL: LINE
         hold_cmd mark '^mark '
         m0=$HOLD
     fi
-    [[ $s == halley ]] && ctype=application/json || ctype=text/plain
-    run_wrk "$4" "${pid[$s]}" -c"$CONNECTIONS" -d"$3s" -s "$here/api_publish.lua" "http://127.0.0.1:${port[$s]}/" -- "$reqs" "$ctype"
+    [[ $s == halley* ]] && ctype=application/json || ctype=text/plain
+    auth=()
+    [[ $s == halley-bearer || $s == uws ]] && auth=("Bearer benchtoken")
+    run_wrk "$4" "${pid[$s]}" -c"$CONNECTIONS" -d"$3s" -s "$here/api_publish.lua" "http://127.0.0.1:${port[$s]}/" -- "$reqs" \
+        "$ctype" "${auth[@]}"
     if ((n > 0)); then
         hold_cmd mark '^mark '
         m1=$HOLD
@@ -77,7 +88,7 @@ for n in $SUBS; do
         for s in $SERVERS; do
             one_run "$s" "$n" "$DURATION" "$s.$n.$r"
             keep "$n,$s" "$LINE"
-            printf '  %-6s %5s subs run %d: %9s req/s %8s req/server-CPU-s  server %3s%%  cores %s%%/%s%%  p99 %s' "$s" "$n" "$r" \
+            printf '  %-13s %5s subs run %d: %9s req/s %8s req/server-CPU-s  server %3s%%  cores %s%%/%s%%  p99 %s' "$s" "$n" "$r" \
                 "$(field rps "$LINE")" "$(field per_cpu_s "$LINE")" "$(field server_pct "$LINE")" "$(field core_s "$LINE")" \
                 "$(field core_c "$LINE")" "$(field p99 "$LINE")"
             if ((n > 0)); then
@@ -96,21 +107,24 @@ done
 
 log "server logs (beyond the start lines)"
 grep -hv -e 'listening on' -e 'development app' -e 'static files are off' -e '\[notice\]' \
-    "$tmp/halley.log" "$tmp/error.log" 2>/dev/null | head -n 20 || echo "  (nothing)"
+    "$tmp/halley.log" "$tmp/error.log" "$tmp/uws.log" 2>/dev/null | grep -v '^listening on' | head -n 20 || echo "  (nothing)"
 echo
-echo "=== summary: signed POST /apps/1/events (halley) against POST /pub (Nchan); medians of $RUNS x ${DURATION} s"
-printf '%-6s %-7s %10s %8s %12s %7s %13s\n' subs server "req/s" "cpu-s" "req/cpu-s" server "deliveries/s"
+echo "=== summary: POST publish requests, ${SIZE:-64} B data, wrk -t1 -c$CONNECTIONS; medians of $RUNS x ${DURATION} s"
+printf '%-6s %-13s %10s %8s %12s %7s %13s\n' subs server "req/s" "cpu-s" "req/cpu-s" server "deliveries/s"
 missed=0
 for n in $SUBS; do
     for s in $SERVERS; do
-        printf '%-6s %-7s %10s %8s %12s %6s%% %13s\n' "$n" "$s" "$(med "$n,$s" rps)" "$(med "$n,$s" cpu_s)" \
+        printf '%-6s %-13s %10s %8s %12s %6s%% %13s\n' "$n" "$s" "$(med "$n,$s" rps)" "$(med "$n,$s" cpu_s)" \
             "$(med "$n,$s" per_cpu_s)" "$(med "$n,$s" server_pct)" "$( ((n > 0)) && med "$n,$s" deliveries_per_s || echo -)"
     done
-    if [[ $SERVERS == "halley nchan" ]]; then
-        rc=$(ratio "$(med "$n,halley" per_cpu_s)" "$(med "$n,nchan" per_cpu_s)")
-        awk -v r="$rc" 'BEGIN {exit !(r >= 1)}' || missed=$((missed + 1))
-        echo "  halley/nchan: req/s $(ratio "$(med "$n,halley" rps)" "$(med "$n,nchan" rps)"), per server CPU-second $rc (goal >= 1)"
-    fi
+    for h in halley halley-bearer; do
+        for p in nchan uws; do
+            [[ " $SERVERS " == *" $h "* && " $SERVERS " == *" $p "* ]] || continue
+            rc=$(ratio "$(med "$n,$h" per_cpu_s)" "$(med "$n,$p" per_cpu_s)")
+            echo "  $h/$p: req/s $(ratio "$(med "$n,$h" rps)" "$(med "$n,$p" rps)"), per server CPU-second $rc"
+            [[ $h/$p == halley/nchan ]] && ! awk -v r="$rc" 'BEGIN {exit !(r >= 1)}' && missed=$((missed + 1))
+        done
+    done
 done
 ((failures == 0)) || die "$failures run(s) failed"
 ((missed == 0)) || [[ -z ${ENFORCE_GOALS:-} ]] || die "$missed goal(s) missed"

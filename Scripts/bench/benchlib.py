@@ -178,6 +178,25 @@ def node(tmp, cpu=0):
                   cpu)
 
 
+UWS_BIN = os.environ.get("UWS_BIN", "/tmp/halley-uws/uws-server")
+
+
+def have_uws():
+    return os.access(UWS_BIN, os.X_OK)
+
+
+def uws(tmp, cpu=0):
+    """The uWebSockets peer (uws/server.cpp, built by uws/build.sh): Nchan's URLs and /echo."""
+    if not have_uws():
+        raise Failure(f"no uWebSockets server at {UWS_BIN} (build it: Scripts/bench/uws/build.sh)")
+
+    def ready(s):
+        m = re.search(r"^listening on (\d+)$", s.log_text(), re.M)
+        s.port = int(m.group(1)) if m else None
+        return m is not None
+    return Server("uws", [UWS_BIN, "0", "benchtoken"], os.path.join(tmp, "uws.log"), ready, cpu)
+
+
 def post(url, body, **headers):
     req = urllib.request.Request(url, data=body.encode(), method="POST", headers=headers)
     with urllib.request.urlopen(req, timeout=30) as r:

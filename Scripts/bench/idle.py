@@ -18,11 +18,13 @@ baseline. Kernel socket memory is in none of these figures.
             with client_no_context_takeover (one inflater per loop); halley-deflate-kept, the same
             offer to a hub with --ws-client-context-takeover on (an inflater per connection); in
             both each connection sends one compressed "hello" and reads its echo, so zlib state
-            exists (VmData shows what a filled 32 KiB window would take). Node ws for context.
+            exists (VmData shows what a filled 32 KiB window would take). Node ws for context;
+            uws, the uWebSockets peer (when uws/build.sh has built it), for the goal.
   sessions  WebSocket sessions subscribed to channel `bench`: halley's Pusher session (goal
             < 1 KiB), halley-resumable (halley=1: token and resend buffer, the subscription
             answer acknowledged), halley-deflate(-kept) as above with pusher:subscribe
-            compressed, and Nchan's /sub/bench. Then one message is published: every session
+            compressed, Nchan's /sub/bench and uws's /sub/bench (a WebSocket subscribed to a
+            topic: what a Pusher session is reduced to). Then one message is published: every session
             must receive it; memory again ("after 1 msg").
 Environment: N, STEPS, TARGETS, SETTLE=2, SERVER_CPU=0, HALLEY_BIN, SCRATCH, NO_BUILD=1, KEEP_TMP=1
 """
@@ -41,8 +43,8 @@ import benchlib as b  # noqa: E402
 
 KINDS = {
     "http": ["halley", "nginx"],
-    "ws": ["halley", "halley-deflate", "halley-deflate-kept", "node"],
-    "sessions": ["halley", "halley-resumable", "halley-deflate", "halley-deflate-kept", "nchan"],
+    "ws": ["halley", "halley-deflate", "halley-deflate-kept", "node", "uws"],
+    "sessions": ["halley", "halley-resumable", "halley-deflate", "halley-deflate-kept", "nchan", "uws"],
 }
 GOALS = {"http": 512, "sessions": 1024}
 SMALL = b"Halley idle-connection benchmark: a small file of sixty bytes".ljust(59, b".")[:59] + b"\n"
@@ -74,6 +76,8 @@ def start(kind, target, a, tmp, slots=None):
         return b.node(tmp, a.cpu), {"kind": "ws"}
     if target == "nchan":
         return b.nchan(tmp, a.cpu), {"kind": "raw", "path": "/sub/bench"}
+    if target == "uws":
+        return b.uws(tmp, a.cpu), {"kind": "ws", "path": "/echo"} if kind == "ws" else {"kind": "raw", "path": "/sub/bench"}
     args = {"http": ["--keepalive-timeout", "600", "--public", os.path.join(tmp, "root")],
             "ws": ["--ws-ping-interval", "3600"],
             "sessions": ["--ws-ping-interval", "3600", "--app-token", "benchtoken"]}[kind]
@@ -147,7 +151,7 @@ def measure(kind, target, steps, a, tmp):
             prev = record("idle", n, prev)
         if kind == "sessions":
             marker = f"idle-check-{os.getpid()}-{int(time.time())}"
-            if target == "nchan":
+            if target in ("nchan", "uws"):
                 status, body = b.post(f"http://127.0.0.1:{server.port}/pub/bench", marker)
             else:
                 status, body = b.post(f"http://127.0.0.1:{server.port}/publish", '{"channel":"bench","event":"tick",'
@@ -189,7 +193,7 @@ def main():
     ap.add_argument("kind", choices=KINDS)
     ap.add_argument("-n", type=int, default=int(env("N", "10000")), help="connections in the last step")
     ap.add_argument("--steps", default=env("STEPS"), help="connection counts to measure at (default N/2,N)")
-    ap.add_argument("--targets", default=env("TARGETS"), help="default: every one of the kind")
+    ap.add_argument("--targets", default=env("TARGETS"), help="default: every one of the kind (uws when built)")
     ap.add_argument("--settle", type=float, default=float(env("SETTLE", "2")))
     ap.add_argument("--open-timeout", type=float, default=120)
     ap.add_argument("--cpu", type=int, default=int(env("SERVER_CPU", "0")))
@@ -197,7 +201,7 @@ def main():
     ap.add_argument("--enforce-goal", action="store_true", help="exit 3 when halley misses its goal")
     a = ap.parse_args()
     steps = sorted({int(x) for x in a.steps.split(",")}) if a.steps else sorted({max(1, a.n // 2), a.n})
-    targets = a.targets.split(",") if a.targets else KINDS[a.kind]
+    targets = a.targets.split(",") if a.targets else [t for t in KINDS[a.kind] if t != "uws" or b.have_uws()]
     if not set(targets) <= set(KINDS[a.kind]):
         raise b.Failure(f"targets of {a.kind}: {', '.join(KINDS[a.kind])}")
     b.raise_nofile(steps[-1])

@@ -152,6 +152,20 @@ start_node() {
     echo "node pid $NODE_PID: $(head -n 1 "$tmp/node.log")"
 }
 
+# start_uws: the uWebSockets peer (uws/server.cpp, built by uws/build.sh into UWS_BIN, default
+# /tmp/halley-uws/uws-server) with the bearer token benchtoken; UWS_PID, UWS_PORT. have_uws:
+# whether it is built.
+UWS_BIN=${UWS_BIN:-/tmp/halley-uws/uws-server}
+have_uws() { [[ -x $UWS_BIN ]]; }
+start_uws() {
+    have_uws || die "no uWebSockets server at $UWS_BIN (build it: Scripts/bench/uws/build.sh)"
+    bg "$tmp/uws.log" "$UWS_BIN" 0 benchtoken
+    UWS_PID=$BG_PID
+    until_up "$UWS_PID" uws grep -q 'listening on' "$tmp/uws.log"
+    UWS_PORT=$(sed -n 's/^listening on \([0-9]*\)$/\1/p' "$tmp/uws.log")
+    echo "uws pid $UWS_PID: port $UWS_PORT ($UWS_BIN)"
+}
+
 # run_load LABEL ARGS...: halley-load on the client core; its output in $tmp/LABEL.out, its
 # result lines in LINES. Dies when it fails.
 run_load() {
