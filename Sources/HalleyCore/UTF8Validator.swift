@@ -1,6 +1,6 @@
 /// Incremental UTF-8 validation (RFC 3629): fed a message in pieces, it fails on the first
 /// piece whose bytes can no longer begin valid UTF-8, not only at the end (RFC 6455 §8.1:
-/// fail fast, close 1007). ASCII runs are checked eight bytes at a time.
+/// fail fast, close 1007). ASCII runs are checked 32 bytes at a time.
 public struct UTF8Validator: Sendable {
     /// Continuation bytes still expected for the current code point.
     var remaining: UInt8 = 0
@@ -22,7 +22,17 @@ public struct UTF8Validator: Sendable {
         var i = 0
         while i < n {
             if remaining == 0 {
-                // ASCII fast path, a word at a time.
+                // ASCII fast path: 32 bytes at a time (four words OR-ed: one test per 32
+                // bytes), then a word at a time.
+                while i + 32 <= n {
+                    let w =
+                        base.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                        | base.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self)
+                        | base.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self)
+                        | base.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self)
+                    if w & 0x8080_8080_8080_8080 != 0 { break }
+                    i += 32
+                }
                 while i + 8 <= n
                     && (base.loadUnaligned(fromByteOffset: i, as: UInt64.self) & 0x8080_8080_8080_8080) == 0
                 {

@@ -19,8 +19,16 @@ enum HubHTTP {
     }
 
     static func json(_ status: Int, _ body: [UInt8], origin: String? = nil) -> HTTPResponse {
-        HTTPResponse(status: status, headers: jsonHeaders(origin: origin), body: .bytes(body))
+        guard origin == nil else {
+            return HTTPResponse(status: status, headers: jsonHeaders(origin: origin), body: .bytes(body))
+        }
+        // The common case (a backend's request): the header line encoded once.
+        var r = HTTPResponse(status: status, body: .bytes(body))
+        r.encodedHeaders = jsonContentType
+        return r
     }
+
+    static let jsonContentType = SharedBytes(Array("Content-Type: application/json\r\n".utf8))
 
     /// A refusal's `"halley:reason"` (docs/PROTOCOL.md, "Session tokens" and "How a session
     /// ends"): what a client acts on besides the code.

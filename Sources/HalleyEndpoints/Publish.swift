@@ -47,15 +47,22 @@ extension HubEndpoints {
     /// `{"channels":{name:{"offset":N,"epoch":"…"}},"sessions":N}`: 201 when subscribers of
     /// this node got it, 202 when none here did (with Redis, other nodes' are not counted).
     static func published(_ r: Hub.PublishResult) -> HTTPResponse {
-        var body: [UInt8] = Array(#"{"channels":{"#.utf8)
+        // Bytes appended as they go (no string interpolation: this answers every publish).
+        var body: [UInt8] = []
+        body.reserveCapacity(64 + r.channels.count * 64)
+        body.append(contentsOf: #"{"channels":{"#.utf8)
         for (k, c) in r.channels.enumerated() {
             if k > 0 { body.append(UInt8(ascii: ",")) }
             JSONWriter.writeString(c.name, into: &body)
-            body += Array(":{\"offset\":\(c.offset),\"epoch\":".utf8)
+            body.append(contentsOf: #":{"offset":"#.utf8)
+            JSONWriter.writeDecimal(c.offset, into: &body)
+            body.append(contentsOf: #","epoch":"#.utf8)
             JSONWriter.writeString(c.epoch, into: &body)
             body.append(UInt8(ascii: "}"))
         }
-        body += Array("},\"sessions\":\(r.sessions)}".utf8)
+        body.append(contentsOf: #"},"sessions":"#.utf8)
+        JSONWriter.writeDecimal(UInt64(r.sessions), into: &body)
+        body.append(UInt8(ascii: "}"))
         return HubHTTP.json(r.sessions > 0 ? 201 : 202, body)
     }
 
@@ -126,9 +133,11 @@ extension HubEndpoints {
     }
 
     func parsePublish(_ body: [UInt8], app: App) -> Result<PublishRequest, Refusal> {
-        let v: JSONValue
-        do { v = try JSONParser.parse(body) } catch { return .failure(Refusal(status: 400, text: error.description)) }
-        guard let o = v.object else { return .failure(Refusal(status: 400, text: "body must be a JSON object")) }
+        let fields: JSONFields?
+        do { fields = try JSONParser.parseFields(body) } catch {
+            return .failure(Refusal(status: 400, text: error.description))
+        }
+        guard let o = fields else { return .failure(Refusal(status: 400, text: "body must be a JSON object")) }
         guard let event = o["event"]?.string else {
             return .failure(Refusal(status: 400, text: EventProblem.noName.text))
         }

@@ -165,7 +165,7 @@ extension HubEndpoints {
         var info: Set<String>
     }
 
-    func parseAPIEvent(_ o: [String: JSONValue], app: App, batch: Bool) -> Result<APIEvent, Refusal> {
+    func parseAPIEvent(_ o: some JSONMembers, app: App, batch: Bool) -> Result<APIEvent, Refusal> {
         func bad(_ t: String) -> Result<APIEvent, Refusal> { .failure(Refusal(status: 400, text: t)) }
         guard let name = o["name"]?.string, !name.isEmpty else {
             return bad("Expected name parameter to be a non-empty string")
@@ -233,7 +233,8 @@ extension HubEndpoints {
     }
 
     func events(_ r: APIRequest, _ answer: @escaping (Result<[UInt8], Refusal>) -> Void) {
-        guard let o = parseBody(r.request.body) else {
+        // The members in order, no dictionary: this runs for every published event.
+        guard let o = (try? JSONParser.parseFields(r.request.body)) ?? nil else {
             return answer(.failure(Refusal(status: 400, text: "Expected a JSON object body")))
         }
         let e: APIEvent

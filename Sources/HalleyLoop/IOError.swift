@@ -42,6 +42,17 @@ public enum Sys {
         try retrying("read", { Glibc.read(fd, buf.baseAddress, buf.count) })
     }
 
+    /// `recv` on a socket: the same as `read` without the file layer's part of the call.
+    public static func recv(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer) throws(IOError) -> IOResult {
+        try retrying("recv", { Glibc.recv(fd, buf.baseAddress, buf.count, 0) })
+    }
+
+    /// `send` of one buffer on a socket (MSG_NOSIGNAL: a closed peer is EPIPE, not SIGPIPE):
+    /// cheaper than a `writev` of one iovec, which goes through the file layer.
+    public static func send(_ fd: Int32, _ buf: UnsafeRawBufferPointer) throws(IOError) -> IOResult {
+        try retrying("send", { Glibc.send(fd, buf.baseAddress, buf.count, Int32(MSG_NOSIGNAL)) })
+    }
+
     public static func writev(_ fd: Int32, _ iov: UnsafePointer<iovec>, _ count: Int) throws(IOError) -> IOResult {
         try retrying("writev", { Glibc.writev(fd, iov, Int32(count)) })
     }

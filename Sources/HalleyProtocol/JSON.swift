@@ -45,6 +45,26 @@ public enum JSONValue: Equatable, Sendable {
     }
 }
 
+/// Reading an object's members by key: a dictionary (`JSONValue.object`) or `JSONFields`.
+public protocol JSONMembers {
+    subscript(_ key: String) -> JSONValue? { get }
+}
+
+extension Dictionary: JSONMembers where Key == String, Value == JSONValue {}
+
+/// An object's members in order (`JSONParser.parseFields`); a lookup is a scan from the end,
+/// so that the last of a repeated key counts. Meant for the few members of a request body.
+public struct JSONFields: JSONMembers, Sendable {
+    public var members: [(key: String, value: JSONValue)] = []
+
+    public init() {}
+
+    public subscript(_ key: String) -> JSONValue? {
+        for m in members.reversed() where m.key == key { return m.value }
+        return nil
+    }
+}
+
 public struct JSONError: Error, Equatable, CustomStringConvertible {
     public let offset: Int
     public let reason: String
@@ -71,6 +91,53 @@ public struct JSONParser {
         p.skipSpace()
         guard p.i == bytes.count else { throw p.fail("trailing bytes") }
         return v
+    }
+
+    /// A top-level object as its members in order, without a dictionary (nil when the text is
+    /// valid JSON but not an object). For request bodies read once by a few keys (a publish):
+    /// no hashing, no dictionary storage. A key given twice: the last one counts, as in
+    /// `parse`.
+    public static func parseFields(_ bytes: [UInt8]) throws(JSONError) -> JSONFields? {
+        let r: Result<JSONFields?, JSONError> = bytes.withUnsafeBytes { b in
+            var p = JSONParser(bytes: b)
+            do throws(JSONError) {
+                p.skipSpace()
+                guard p.peek == UInt8(ascii: "{") else {
+                    _ = try p.value(depth: 0)
+                    p.skipSpace()
+                    guard p.i == b.count else { throw p.fail("trailing bytes") }
+                    return .success(nil)
+                }
+                let f = try p.fields()
+                p.skipSpace()
+                guard p.i == b.count else { throw p.fail("trailing bytes") }
+                return .success(f)
+            } catch { return .failure(error) }
+        }
+        return try r.get()
+    }
+
+    /// The members of the object at `i` (at its `{`), depth 0.
+    mutating func fields() throws(JSONError) -> JSONFields {
+        i += 1
+        var f = JSONFields()
+        skipSpace()
+        if peek == UInt8(ascii: "}") { i += 1; return f }
+        while true {
+            skipSpace()
+            guard peek == UInt8(ascii: "\"") else { throw fail("expected a key") }
+            let k = try string()
+            skipSpace()
+            guard peek == UInt8(ascii: ":") else { throw fail("expected ':'") }
+            i += 1
+            skipSpace()
+            f.members.append((k, try value(depth: 1)))
+            skipSpace()
+            guard let d = peek else { throw fail("unexpected end") }
+            i += 1
+            if d == UInt8(ascii: "}") { return f }
+            guard d == UInt8(ascii: ",") else { i -= 1; throw fail("expected ',' or '}'") }
+        }
     }
 
     let bytes: UnsafeRawBufferPointer
@@ -336,6 +403,22 @@ public enum JSONWriter {
             out.append(contentsOf: UnsafeBufferPointer(rebasing: b[from..<to]))
         } else {
             for k in from..<to { out.append(b[k]) }
+        }
+    }
+
+    /// `v` in decimal digits.
+    public static func writeDecimal(_ v: UInt64, into out: inout [UInt8]) {
+        if v < 10 { return out.append(UInt8(ascii: "0") + UInt8(v)) }
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: UInt64.max has 20 digits
+        var n = 0
+        var x = v
+        withUnsafeMutableBytes(of: &digits) { d in
+            while x > 0 {
+                d[23 - n] = UInt8(ascii: "0") + UInt8(x % 10)
+                x /= 10
+                n += 1
+            }
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: d[(24 - n)...]))
         }
     }
 

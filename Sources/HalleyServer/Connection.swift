@@ -97,7 +97,7 @@ public class Connection: EventHandler {
     /// handshake runs as records arrive, and what OpenSSL answers (handshake messages,
     /// tickets, alerts) is queued and written.
     func readSome(_ buf: UnsafeMutableRawBufferPointer) throws(IOError) -> IOResult {
-        guard let t = tls else { return try Sys.read(fd, buf) }
+        guard let t = tls else { return try Sys.recv(fd, buf) }
         if t.closeReceived { return .done(0) }  // close_notify came behind data handed over before
         var filled = 0
         var readSocket = false
@@ -110,7 +110,7 @@ public class Connection: EventHandler {
                 if readSocket { break loop }
                 readSocket = true
                 let scratch = ctx.tlsScratch
-                switch try Sys.read(fd, scratch) {
+                switch try Sys.recv(fd, scratch) {
                 case .wouldBlock:
                     break loop
                 case .done(0):

@@ -416,7 +416,12 @@ final class LoopContext {
             if n > 0 {
                 do {
                     let r = try withUnsafeBytes(of: &iov) { raw throws(IOError) in
-                        try Sys.writev(c.fd, raw.bindMemory(to: iovec.self).baseAddress!, n)
+                        let v = raw.bindMemory(to: iovec.self)
+                        // One buffer (a response, a WebSocket frame): send, not writev.
+                        if n == 1 {
+                            return try Sys.send(c.fd, UnsafeRawBufferPointer(start: v[0].iov_base, count: v[0].iov_len))
+                        }
+                        return try Sys.writev(c.fd, v.baseAddress!, n)
                     }
                     if case .done(let w) = r { written = w }
                     let offered = withUnsafeBytes(of: &iov) { raw in

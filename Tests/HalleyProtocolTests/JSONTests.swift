@@ -49,6 +49,47 @@ func parse(_ s: String) throws -> JSONValue { try JSONParser.parse(Array(s.utf8)
         #expect(throws: JSONError.self) { try parse(String(repeating: "[", count: 100_000)) }
     }
 
+    /// `parseFields` (a publish body's members without a dictionary) reads what `parse`
+    /// reads: the same members, the last of a repeated key, nil for another kind of value,
+    /// and an error for every malformed text and every cut of a valid one.
+    @Test func fieldsAgreeWithTheDictionaryParse() throws {
+        let objects = [
+            #"{}"#, #" { "channel" : "bench", "event":"e", "data":"x\"y" } "#,
+            #"{"a":1,"a":2,"b":[1,{"c":null}],"a":"last"}"#, #"{"data":{"k":[true,false]},"name":"n"}"#,
+            #"{"é":"😀","":""}"#,
+        ]
+        for text in objects {
+            let bytes = Array(text.utf8)
+            let dict = try #require(try JSONParser.parse(bytes).object)
+            let fields = try #require(try JSONParser.parseFields(bytes))
+            #expect(Set(fields.members.map(\.key)) == Set(dict.keys))
+            for k in dict.keys { #expect(fields[k] == dict[k], "\(text): \(k)") }
+            #expect(fields["missing"] == nil)
+            let end = bytes.lastIndex(where: { $0 != 0x20 })! + 1  // trailing spaces are no part to cut
+            for cut in 0..<end {
+                let prefix = Array(bytes[..<cut])
+                #expect(throws: JSONError.self, "\(text) cut at \(cut)") { try JSONParser.parseFields(prefix) }
+            }
+        }
+        #expect(try JSONParser.parseFields(Array(#"{"a":1,"a":2}"#.utf8))?["a"] == .number("2"))
+        for other in ["[1]", "\"s\"", "1", "null", " true "] {
+            #expect(try JSONParser.parseFields(Array(other.utf8)) == nil)
+        }
+        for bad in ["{\"a\":1,}", "{\"a\" 1}", "{} x", "{1:2}", "{\"a\":01}", "[1,"] {
+            #expect(throws: JSONError.self, "\(bad)") { try JSONParser.parseFields(Array(bad.utf8)) }
+        }
+        let deep = "{\"a\":" + String(repeating: "[", count: JSONParser.maxDepth) + "}"
+        #expect(throws: JSONError.self) { try JSONParser.parseFields(Array(deep.utf8)) }
+    }
+
+    @Test func writesDecimals() {
+        for v: UInt64 in [0, 1, 9, 10, 99, 100, 12345, 1 << 53, UInt64.max - 1, UInt64.max] {
+            var out: [UInt8] = [0x2A]
+            JSONWriter.writeDecimal(v, into: &out)
+            #expect(out == [0x2A] + Array(String(v).utf8))
+        }
+    }
+
     @Test func serializesCompactlyWithSortedKeysAndRoundTrips() throws {
         let text = #"{"z":[1,"a\"b\n\u0001"],"a":{"y":null,"x":true}}"#
         let v = try parse(text)
