@@ -11,7 +11,7 @@
       the same data, unsigned, to /pub/bench; uws (matrix.sh's uWebSockets server): the data
       to /publish/bench, with the bearer token.
   check --server S --port P --file FILE
-      Sends the first request: halley must answer 200 `{}`, Nchan 2xx.
+      Sends the first request: halley (the signed API) must answer 200 `{}`, the others 2xx.
   hold --server S --port P --subscribers N
       Opens N WebSocket subscribers on `bench` (halley: Pusher protocol 7; Nchan: /sub/bench),
       prints `ready`, reads everything as it comes (epoll), and answers commands on stdin:

@@ -107,7 +107,7 @@ done
 
 log "server logs (beyond the start lines)"
 grep -hv -e 'listening on' -e 'development app' -e 'static files are off' -e '\[notice\]' \
-    "$tmp/halley.log" "$tmp/error.log" "$tmp/uws.log" 2>/dev/null | grep -v '^listening on' | head -n 20 || echo "  (nothing)"
+    "$tmp/halley.log" "$tmp/error.log" "$tmp/uws.log" 2>/dev/null | head -n 20 || echo "  (nothing)"
 echo
 echo "=== summary: POST publish requests, ${SIZE:-64} B data, wrk -t1 -c$CONNECTIONS; medians of $RUNS x ${DURATION} s"
 printf '%-6s %-13s %10s %8s %12s %7s %13s\n' subs server "req/s" "cpu-s" "req/cpu-s" server "deliveries/s"

@@ -36,7 +36,7 @@ export NO_BUILD=1  # the rows run by other scripts use what was just built
 "$LOAD_BIN" selftest 2>/dev/null || die "halley-load selftest failed"
 banner
 echo "peers:  ${PEERS:- (none)}; rows: $ROWS; $RUNS runs of ${DURATION} s after ${WARMUP} s, interleaved"
-has uws && echo "uws:    $UWS_BIN ($(strings "$UWS_BIN" | grep -m1 -o 'uWebSockets: [0-9]*' || echo uWebSockets))"
+has uws && echo "uws:    $UWS_BIN ($(cat "$UWS_BIN.version" 2>/dev/null || echo 'no version file: rebuild with uws/build.sh'))"
 summary=()
 note() { summary+=("$*"); echo "  $*"; }
 line() { printf '  %-7s %5s %-6s run %d: %10.0f %s/s %10.0f per server CPU-s  p50 %6s us  p99 %7s us  server %3s%% tool %3s%%  [%s]\n' \

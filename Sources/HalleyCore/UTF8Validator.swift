@@ -22,21 +22,22 @@ public struct UTF8Validator: Sendable {
         var i = 0
         while i < n {
             if remaining == 0 {
-                // ASCII fast path: 32 bytes at a time (four words OR-ed: one test per 32
-                // bytes), then a word at a time.
-                while i + 32 <= n {
-                    let w =
-                        base.loadUnaligned(fromByteOffset: i, as: UInt64.self)
-                        | base.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self)
-                        | base.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self)
-                        | base.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self)
-                    if w & 0x8080_8080_8080_8080 != 0 { break }
-                    i += 32
-                }
+                // ASCII fast path: a word at a time, and once a word is ASCII, 32 bytes at a
+                // time (four words OR-ed, one test); text of other scripts pays one load per
+                // character, as before.
                 while i + 8 <= n
                     && (base.loadUnaligned(fromByteOffset: i, as: UInt64.self) & 0x8080_8080_8080_8080) == 0
                 {
                     i += 8
+                    while i + 32 <= n {
+                        let w =
+                            base.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                            | base.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self)
+                            | base.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self)
+                            | base.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self)
+                        if w & 0x8080_8080_8080_8080 != 0 { break }
+                        i += 32
+                    }
                 }
                 if i >= n { break }
                 let c = base.load(fromByteOffset: i, as: UInt8.self)

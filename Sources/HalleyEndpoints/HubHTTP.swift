@@ -277,8 +277,7 @@ extension LoopEndpoints {
     /// The app's own origins (`allowed_origins` of the apps file): checked on every request of
     /// a session, not only the one that opens it (as WebSocket checks every opening, resumes
     /// included); the same 403 as the opening's refusal. The session itself is left as it is.
-    /// Takes the app's policy, not the app: passing `session.app` copies the whole struct (a
-    /// retain per field, on every poll).
+    /// Takes the app's policy, the one field it reads.
     func appOriginRefusal(_ origins: OriginPolicy?, _ request: HTTPRequest, origin: String?) -> HTTPResponse? {
         guard let o = origins, !o.allows(request.head.headers["Origin"]) else { return nil }
         return HubHTTP.error(

@@ -234,7 +234,7 @@ extension HubEndpoints {
 
     func events(_ r: APIRequest, _ answer: @escaping (Result<[UInt8], Refusal>) -> Void) {
         // The members in order, no dictionary: this runs for every published event.
-        guard let o = (try? JSONParser.parseFields(r.request.body)) ?? nil else {
+        guard let o = try? JSONParser.parseFields(r.request.body) else {  // nil: not JSON, or not an object
             return answer(.failure(Refusal(status: 400, text: "Expected a JSON object body")))
         }
         let e: APIEvent

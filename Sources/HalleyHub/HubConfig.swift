@@ -21,8 +21,8 @@ public struct App: Sendable, Equatable {
     /// The fields, shared by every copy until one is changed (copy on write): a session holds
     /// its app as one reference, not the fields' 144 bytes (issue 16: memory per session), and
     /// passing an app along retains one object, not each string.
-    // @unchecked Sendable: a storage shared by two copies is never written (`fields` copies it first).
     final class Storage: @unchecked Sendable {
+        // @unchecked Sendable: a storage shared by two copies is never written (`fields` copies it first).
         var id: String
         var key: String
         var secret: String

@@ -30,6 +30,7 @@ import Testing
             { $0.maxEventBytes = 1 }, { $0.previousSecret = "p" }, { $0.previousSecretUntil = 1 },
         ]
         changes.append { $0.origins = OriginPolicy() }
+        changes.append { $0.webhooks = [Webhook(url: "http://127.0.0.1:1/hook")] }
         for (i, change) in changes.enumerated() {
             var b = base
             change(&b)

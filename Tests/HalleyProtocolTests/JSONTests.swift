@@ -78,8 +78,15 @@ func parse(_ s: String) throws -> JSONValue { try JSONParser.parse(Array(s.utf8)
         for bad in ["{\"a\":1,}", "{\"a\" 1}", "{} x", "{1:2}", "{\"a\":01}", "[1,"] {
             #expect(throws: JSONError.self, "\(bad)") { try JSONParser.parseFields(Array(bad.utf8)) }
         }
-        let deep = "{\"a\":" + String(repeating: "[", count: JSONParser.maxDepth) + "}"
-        #expect(throws: JSONError.self) { try JSONParser.parseFields(Array(deep.utf8)) }
+        // The object is depth 0, its members depth 1: both parsers take maxDepth - 1 arrays
+        // inside a member and refuse maxDepth.
+        func nested(_ k: Int) -> [UInt8] {
+            Array(("{\"a\":" + String(repeating: "[", count: k) + String(repeating: "]", count: k) + "}").utf8)
+        }
+        let ok = nested(JSONParser.maxDepth - 1)
+        #expect(try JSONParser.parseFields(ok)?["a"] == JSONParser.parse(ok)["a"])
+        #expect(throws: JSONError.self) { try JSONParser.parse(nested(JSONParser.maxDepth)) }
+        #expect(throws: JSONError.self) { try JSONParser.parseFields(nested(JSONParser.maxDepth)) }
     }
 
     @Test func writesDecimals() {

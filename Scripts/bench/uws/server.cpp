@@ -61,7 +61,7 @@ int main(int argc, char **argv) {
     };
     app.post("/pub/:topic", [publish](auto *res, auto *req) { publish(false, res, req); });
     app.post("/publish/:topic", [publish](auto *res, auto *req) { publish(true, res, req); });
-    // lib.sh's start check asks GET /pub/probe, as it does of Nchan.
+    // GET /pub/TOPIC answers, as Nchan's does (a probe by hand: curl .../pub/probe).
     app.get("/pub/:topic", [](auto *res, auto *) { res->end("ok"); });
 
     app.listen("127.0.0.1", port, [](auto *listen) {
