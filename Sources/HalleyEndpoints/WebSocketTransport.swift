@@ -33,44 +33,58 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     /// Seconds a resuming client has to send `halley:resume` after the upgrade.
     static let resumeMessageTimeout: Int64 = 10
 
-    let opening: Opening
-    /// Set while the first message of a resume is awaited.
-    var awaiting: (app: App, id: SessionID, lastSeen: UInt64)?
-    /// The client's address (per-address limits).
-    let client: IPAddress
+    /// How the connection opens and the client's address (per-address limits), until it has
+    /// opened: then nil, except while the first message of a resume is awaited. In a box: one
+    /// word of the transport for the rest of its life (memory per session, issue 16).
+    final class Pending {
+        let opening: Opening
+        let client: IPAddress
+
+        init(_ opening: Opening, _ client: IPAddress) {
+            self.opening = opening
+            self.client = client
+        }
+    }
+    var pending: Pending?
 
     init(endpoints: LoopEndpoints, opening: Opening, client: IPAddress) {
         self.endpoints = endpoints
-        self.opening = opening
-        self.client = client
+        self.pending = Pending(opening, client)
+    }
+
+    /// Whether the first message of a resume is awaited.
+    var awaitingResume: Bool {
+        if let p = pending, case .awaitResume = p.opening { return true }
+        return false
     }
 
     func webSocketDidOpen(_ ws: WebSocketConnection) {
         self.ws = ws
-        switch opening {
+        guard let p = pending else { return }
+        if !awaitingResume { pending = nil }
+        switch p.opening {
         case .refuse(let code, let message):
             Log.info("websocket refused: \(code) \(message)")
             ws.send(text: String(decoding: Wire.error(code: code, message: message), as: UTF8.self))
             ws.close(code: code, reason: message)
         case .new(let app, let resumable, let reason):
-            startFresh(app, resumable: resumable, reason: reason)
-        case .awaitResume(let app, let id, let last):
-            awaiting = (app, id, last)
+            startFresh(app, client: p.client, resumable: resumable, reason: reason)
+        case .awaitResume:
             endpoints.loop.schedule(afterMillis: Self.resumeMessageTimeout * 1000) { [weak self] in
-                guard let self, self.awaiting != nil, let ws = self.ws else { return }
-                self.awaiting = nil
+                guard let self, self.awaitingResume, let ws = self.ws else { return }
+                self.pending = nil
                 Log.info("websocket: no halley:resume within \(Self.resumeMessageTimeout) s")
                 ws.close(code: WebSocketCloseCode.policyViolation, reason: "expected halley:resume")
             }
         case .resume(let s, let last):
-            start(resuming: s, lastSeen: last)
+            start(resuming: s, lastSeen: last, client: p.client)
         }
     }
 
     /// Attaches to `s` (found by id and token), or to a fresh session if it ended meanwhile
     /// (another loop turn passed since the lookup).
-    func start(resuming s: Session, lastSeen last: UInt64) {
-        guard !s.ended else { return startFresh(s.app, reason: .expired) }
+    func start(resuming s: Session, lastSeen last: UInt64, client: IPAddress) {
+        guard !s.ended else { return startFresh(s.app, client: client, reason: .expired) }
         session = s
         endpoints.hub.stats(s.app.id)?.add(.resumes)
         sendControl(s.established(resumed: true, reason: nil))
@@ -78,7 +92,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     }
 
     /// A new session (`reason`: why a resume failed), or the refusal (limits).
-    func startFresh(_ app: App, resumable: Bool = true, reason: SessionEnd?) {
+    func startFresh(_ app: App, client: IPAddress, resumable: Bool = true, reason: SessionEnd?) {
         guard let ws = ws else { return }
         guard let s = endpoints.loopHub.newSession(app: app, resumable: resumable, client: client) else {
             let (code, message) = endpoints.loopHub.refusal
@@ -92,8 +106,8 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     }
 
     func webSocket(_ ws: WebSocketConnection, text: UnsafeRawBufferPointer) {
-        if let a = awaiting {
-            awaiting = nil
+        if let p = pending, case .awaitResume(let app, let id, let lastSeen) = p.opening {
+            pending = nil
             guard let m = try? ClientMessage.decode(text), m.event == "halley:resume",
                 let token = m.data?.object?["token"]?.string
             else {
@@ -101,9 +115,9 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
                 ws.close(code: WebSocketCloseCode.policyViolation, reason: "expected halley:resume")
                 return
             }
-            switch endpoints.resume(a.app, a.id, token: token, lastSeen: a.lastSeen) {
-            case .resume(let s, let last): start(resuming: s, lastSeen: last)
-            case .new(let app, _, let reason): startFresh(app, reason: reason ?? .expired)
+            switch endpoints.resume(app, id, token: token, lastSeen: lastSeen) {
+            case .resume(let s, let last): start(resuming: s, lastSeen: last, client: p.client)
+            case .new(let app, _, let reason): startFresh(app, client: p.client, reason: reason ?? .expired)
             default: ws.close(code: WebSocketCloseCode.internalError, reason: "unexpected resume outcome")
             }
             return
@@ -112,8 +126,8 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     }
 
     func webSocket(_ ws: WebSocketConnection, binary: UnsafeRawBufferPointer) {
-        if awaiting != nil {
-            awaiting = nil
+        if awaitingResume {
+            pending = nil
             Log.info("websocket: expected halley:resume as the first message")
             ws.close(code: WebSocketCloseCode.policyViolation, reason: "expected halley:resume")
             return

@@ -215,7 +215,7 @@ package final class LoopHub: @unchecked Sendable {
             // what most sessions end with, and each record stays 10 minutes).
             if reason != .expired { endedReasons[s.id] = (reason, seconds, s.token) }
         }
-        s.unacked.removeAll()
+        s.extras?.unacked.removeAll()  // (a session without extras holds none: none made here)
         if case .lingering = was { hub.clientLimits.lingering(s.client, -1, now: loop.now) }
         hub.sessionCount.subtract(1, ordering: .relaxed)
         hub.apps.sessions[s.app.id]?.add(-1)

@@ -28,8 +28,16 @@ package final class Session {
     package internal(set) var app: App
     /// Its index in the loop's `live` list.
     var liveSlot = -1
-    /// Set for resumable sessions (the secret a client shows to resume).
-    package let token: SessionToken?
+    /// The client came back after opening it (a second request, an ack, any message): until
+    /// then the session lingers only `sessionLingerUnconfirmed` (issue 18: anyone can open
+    /// sessions with the public key and walk away).
+    var confirmed = false
+    /// In the loop's `detached` list (at most once; bookkeeping of the list, not a phase).
+    var inDetachedList = false
+    /// Counted in its app's `fallbacks` (it opened on or moved to an HTTP transport).
+    var fellBack = false
+    /// Transports attached so far (the second one confirms the session).
+    var attaches = 0
     /// Outlives its sessions (`unowned(unsafe)`: no reference-count check per access).
     unowned(unsafe) let loopHub: LoopHub
 
@@ -58,32 +66,12 @@ package final class Session {
     }
     /// The client's address (a trusted proxy's client), for the per-address limits.
     let client: IPAddress
-    /// The client came back after opening it (a second request, an ack, any message): until
-    /// then the session lingers only `sessionLingerUnconfirmed` (issue 18: anyone can open
-    /// sessions with the public key and walk away).
-    var confirmed = false
-    /// Transports attached so far (the second one confirms the session).
-    var attaches = 0
-    /// In the loop's `detached` list (at most once; bookkeeping of the list, not a phase).
-    var inDetachedList = false
-    /// Counted in its app's `fallbacks` (it opened on or moved to an HTTP transport).
-    var fellBack = false
 
-    /// Resumable sessions: the numbered messages not yet acknowledged.
-    var unacked = UnackedRing()
-    /// Replies to the client's own messages are being skipped (policy `gap`, buffer full):
-    /// logged once per episode.
-    package var skippingReplies = false
+    /// What many sessions never use (the resume ring, gaps, sign-in, client-event counts), made
+    /// on first use: Session+Extras.swift.
+    var extras: SessionExtras?
 
-    /// The user signed in with `pusher:signin`, if any.
-    var userID: String?
-    /// Client events sent in the current second (`clientEventSecond`): the rate limit.
-    var clientEvents = 0
-    var clientEventSecond: Int32 = 0
-
-    var subscriptions: ContiguousArray<Subscription> = []
-    /// Channels with skipped messages (policy `gap`), announced when room comes back.
-    var gaps: [(channel: String, from: UInt64, to: UInt64)] = []
+    var subscriptions = SubscriptionList()
 
     struct Subscription {
         let channel: LocalChannel
@@ -94,11 +82,13 @@ package final class Session {
         self.id = id
         self.app = app
         self.client = client
-        self.token = resumable ? SessionToken.random() : nil
+        if resumable { extras = SessionExtras(token: SessionToken.random()) }
         self.loopHub = loopHub
     }
 
-    var resumable: Bool { token != nil }
+    /// Set for resumable sessions (the secret a client shows to resume).
+    package var token: SessionToken? { extras?.token }
+    var resumable: Bool { extras?.token != nil }
     var config: HubConfig { loopHub.hub.config }
 
     // MARK: sending
