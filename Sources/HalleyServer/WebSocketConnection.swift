@@ -44,16 +44,19 @@ public enum SendResult: Equatable {
 public final class WebSocketConnection: Connection {
     enum State { case open, closeSent, closing }
 
-    var reader: WebSocketReader
-    let delegate: WebSocketDelegate
-    let deflate: DeflateParameters?
-    public let subprotocol: String?
+    // The small fields first: they fill the end of `Connection`'s last word (memory per idle
+    // connection, issue 16).
     var state = State.open
+    var pingSent = false
+    var lingering = false
+    var closeReported = false
     var stateSince: Int32
     var lastRead: Int32
     var lastMessage: Int32
-    var pingSent = false
-    var lingering = false
+    var reader: WebSocketReader
+    let delegate: WebSocketDelegate
+    public let subprotocol: String?
+    let deflate: DeflateParameters?
 
     init(upgrading http: HTTPConnection, delegate: WebSocketDelegate, deflate: DeflateParameters?, subprotocol: String?)
     {
@@ -268,8 +271,6 @@ public final class WebSocketConnection: Connection {
         stateSince = ctx.seconds
         shutdownOutput()
     }
-
-    var closeReported = false
 
     func delegateClose(code: UInt16?) {
         guard !closeReported else { return }
