@@ -334,11 +334,7 @@ public final class Hub: Sendable {
     /// `,"halley:offset":N` (no string built: this runs under the channel's lock).
     static func appendOffsetField(_ off: UInt64, to out: inout [UInt8]) {
         out.append(contentsOf: #","halley:offset":"#.utf8)
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes on the stack: 20 digits at most
-        withUnsafeMutableBytes(of: &digits) { d in  // used only inside the closure
-            let n = Wire.writeDecimal(off, into: d.baseAddress!)
-            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: d[0..<n]))
-        }
+        JSONWriter.writeDecimal(off, into: &out)
     }
 
     // MARK: subscriptions (called by a LoopHub on its loop)

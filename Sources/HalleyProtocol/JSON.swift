@@ -85,9 +85,16 @@ public struct JSONParser {
     }
 
     public static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONError) -> JSONValue {
+        try whole(bytes) { p throws(JSONError) in try p.value(depth: 0) }
+    }
+
+    /// `read` over the whole text: spaces around it, nothing after it.
+    static func whole<T>(
+        _ bytes: UnsafeRawBufferPointer, _ read: (inout JSONParser) throws(JSONError) -> T
+    ) throws(JSONError) -> T {
         var p = JSONParser(bytes: bytes)
         p.skipSpace()
-        let v = try p.value(depth: 0)
+        let v = try read(&p)
         p.skipSpace()
         guard p.i == bytes.count else { throw p.fail("trailing bytes") }
         return v
@@ -99,30 +106,30 @@ public struct JSONParser {
     /// `parse`.
     public static func parseFields(_ bytes: [UInt8]) throws(JSONError) -> JSONFields? {
         let r: Result<JSONFields?, JSONError> = bytes.withUnsafeBytes { b in
-            var p = JSONParser(bytes: b)
             do throws(JSONError) {
-                p.skipSpace()
-                guard p.peek == UInt8(ascii: "{") else {
-                    _ = try p.value(depth: 0)
-                    p.skipSpace()
-                    guard p.i == b.count else { throw p.fail("trailing bytes") }
-                    return .success(nil)
-                }
-                let f = try p.fields()
-                p.skipSpace()
-                guard p.i == b.count else { throw p.fail("trailing bytes") }
-                return .success(f)
+                return .success(
+                    try whole(b) { p throws(JSONError) -> JSONFields? in
+                        guard p.peek == UInt8(ascii: "{") else {
+                            _ = try p.value(depth: 0)
+                            return nil
+                        }
+                        var f = JSONFields()
+                        try p.members(depth: 0) { f.members.append(($0, $1)) }
+                        return f
+                    })
             } catch { return .failure(error) }
         }
         return try r.get()
     }
 
-    /// The members of the object at `i` (at its `{`), depth 0.
-    mutating func fields() throws(JSONError) -> JSONFields {
+    /// The members of the object at `i` (at its `{`, nested `depth` deep), in order, each to
+    /// `add`.
+    @inline(__always)
+    mutating func members(depth: Int, _ add: (String, JSONValue) -> Void) throws(JSONError) {
+        guard depth < Self.maxDepth else { throw fail("nested too deeply") }
         i += 1
-        var f = JSONFields()
         skipSpace()
-        if peek == UInt8(ascii: "}") { i += 1; return f }
+        if peek == UInt8(ascii: "}") { i += 1; return }
         while true {
             skipSpace()
             guard peek == UInt8(ascii: "\"") else { throw fail("expected a key") }
@@ -131,11 +138,11 @@ public struct JSONParser {
             guard peek == UInt8(ascii: ":") else { throw fail("expected ':'") }
             i += 1
             skipSpace()
-            f.members.append((k, try value(depth: 1)))
+            add(k, try value(depth: depth + 1))
             skipSpace()
             guard let d = peek else { throw fail("unexpected end") }
             i += 1
-            if d == UInt8(ascii: "}") { return f }
+            if d == UInt8(ascii: "}") { return }
             guard d == UInt8(ascii: ",") else { i -= 1; throw fail("expected ',' or '}'") }
         }
     }
@@ -170,26 +177,9 @@ public struct JSONParser {
         guard let c = peek else { throw fail("unexpected end") }
         switch c {
         case UInt8(ascii: "{"):
-            guard depth < Self.maxDepth else { throw fail("nested too deeply") }
-            i += 1
             var o: [String: JSONValue] = [:]
-            skipSpace()
-            if peek == UInt8(ascii: "}") { i += 1; return .object(o) }
-            while true {
-                skipSpace()
-                guard peek == UInt8(ascii: "\"") else { throw fail("expected a key") }
-                let k = try string()
-                skipSpace()
-                guard peek == UInt8(ascii: ":") else { throw fail("expected ':'") }
-                i += 1
-                skipSpace()
-                o[k] = try value(depth: depth + 1)
-                skipSpace()
-                guard let d = peek else { throw fail("unexpected end") }
-                i += 1
-                if d == UInt8(ascii: "}") { return .object(o) }
-                guard d == UInt8(ascii: ",") else { i -= 1; throw fail("expected ',' or '}'") }
-            }
+            try members(depth: depth) { o[$0] = $1 }
+            return .object(o)
         case UInt8(ascii: "["):
             guard depth < Self.maxDepth else { throw fail("nested too deeply") }
             i += 1
@@ -406,19 +396,12 @@ public enum JSONWriter {
         }
     }
 
-    /// `v` in decimal digits.
+    /// `v` in decimal digits (`Wire.writeDecimal`'s, through a buffer on the stack).
     public static func writeDecimal(_ v: UInt64, into out: inout [UInt8]) {
-        if v < 10 { return out.append(UInt8(ascii: "0") + UInt8(v)) }
         var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: UInt64.max has 20 digits
-        var n = 0
-        var x = v
-        withUnsafeMutableBytes(of: &digits) { d in
-            while x > 0 {
-                d[23 - n] = UInt8(ascii: "0") + UInt8(x % 10)
-                x /= 10
-                n += 1
-            }
-            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: d[(24 - n)...]))
+        withUnsafeMutableBytes(of: &digits) { d in  // used only inside the closure
+            let n = Wire.writeDecimal(v, into: d.baseAddress!)
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: d[0..<n]))
         }
     }
 
