@@ -17,141 +17,78 @@ public struct Webhook: Sendable, Equatable {
 /// One application: its id (digits: the Pusher SDKs refuse others), its public key, its
 /// secret (signs API requests and private channels), and an optional bearer token for
 /// `POST /publish`; with its own switches and limits (a configuration file sets them per app).
+@dynamicMemberLookup
 public struct App: Sendable, Equatable {
-    /// The fields, shared by every copy until one is changed (copy on write): a session holds
-    /// its app as one reference, not the fields' 144 bytes (issue 16: memory per session), and
-    /// passing an app along retains one object, not each string.
-    final class Storage: @unchecked Sendable {
-        // @unchecked Sendable: a storage shared by two copies is never written (`fields` copies it first).
-        var id: String
-        var key: String
-        var secret: String
-        var token: String?
-        var enabled = true
-        var clientEvents = true
-        var clientEventsPerSecond = 10
-        var maxConnections = 0
-        var maxEventBytes: Int?
-        var origins: OriginPolicy?
-        var webhooks: [Webhook] = []
-        var previousSecret: String?
-        var previousSecretUntil = 0
+    /// What an app is: read and written as `app.id`, `app.secret`, … (dynamic members).
+    public struct Settings: Sendable, Equatable {
+        public var id: String
+        public var key: String
+        public var secret: String
+        public var token: String?
+        /// A disabled app refuses connections (`pusher:error` 4003) and API requests (403).
+        public var enabled = true
+        /// Whether clients may send `client-` events on private and presence channels. Default
+        /// on (Laravel Echo's whisper needs them); Pusher's dashboard default is off.
+        public var clientEvents = true
+        /// Client events one connection may send per second. Default 10 (Pusher's limit); past
+        /// it: `pusher:error` 4301.
+        public var clientEventsPerSecond = 10
+        /// Most connections (sessions) of this app on this node; 0: no limit but the node's.
+        /// Past it: `pusher:error` 4004.
+        public var maxConnections = 0
+        /// Largest event `data`, bytes; nil: the hub's `maxEventBytes`.
+        public var maxEventBytes: Int?
+        /// Origins allowed for this app's clients; nil: the hub's `--origins`.
+        public var origins: OriginPolicy?
+        public var webhooks: [Webhook] = []
+        /// The secret a reload replaced, still accepted until `previousSecretUntil` (wall-clock
+        /// seconds): backends and auth endpoints move to the new secret without a window of
+        /// refused signatures. Set by `Hub.reload`, never by the apps file.
+        public var previousSecret: String?
+        public var previousSecretUntil = 0
 
-        init(id: String, key: String, secret: String, token: String?) {
+        public init(id: String, key: String, secret: String, token: String?) {
             self.id = id
             self.key = key
             self.secret = secret
             self.token = token
         }
+    }
 
-        func copy() -> Storage {
-            let c = Storage(id: id, key: key, secret: secret, token: token)
-            c.enabled = enabled
-            c.clientEvents = clientEvents
-            c.clientEventsPerSecond = clientEventsPerSecond
-            c.maxConnections = maxConnections
-            c.maxEventBytes = maxEventBytes
-            c.origins = origins
-            c.webhooks = webhooks
-            c.previousSecret = previousSecret
-            c.previousSecretUntil = previousSecretUntil
-            return c
+    /// The settings, shared by every copy of the app until one is changed (copy on write): a
+    /// session holds its app as one reference, not the settings' 144 bytes (issue 16: memory
+    /// per session), and passing an app along retains one object, not each string.
+    @usableFromInline
+    final class Box: @unchecked Sendable {
+        // @unchecked Sendable: a box shared by two copies is never written (the setter copies it first).
+        @usableFromInline var settings: Settings
+
+        @usableFromInline init(_ settings: Settings) { self.settings = settings }
+    }
+    @usableFromInline var box: Box
+
+    /// Inlinable: a constant key path then reads or writes the field directly.
+    @inlinable
+    public subscript<T>(dynamicMember field: WritableKeyPath<Settings, T>) -> T {
+        get { box.settings[keyPath: field] }
+        set {
+            if !isKnownUniquelyReferenced(&box) { box = Box(box.settings) }
+            box.settings[keyPath: field] = newValue
         }
     }
-    private var storage: Storage
 
-    /// The storage to write: this copy's own (copied first when another copy shares it).
-    private var fields: Storage {
-        mutating get {
-            if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
-            return storage
-        }
-    }
-
-    public var id: String {
-        get { storage.id }
-        set { fields.id = newValue }
-    }
-    public var key: String {
-        get { storage.key }
-        set { fields.key = newValue }
-    }
-    public var secret: String {
-        get { storage.secret }
-        set { fields.secret = newValue }
-    }
-    public var token: String? {
-        get { storage.token }
-        set { fields.token = newValue }
-    }
-    /// A disabled app refuses connections (`pusher:error` 4003) and API requests (403).
-    public var enabled: Bool {
-        get { storage.enabled }
-        set { fields.enabled = newValue }
-    }
-    /// Whether clients may send `client-` events on private and presence channels. Default on
-    /// (Laravel Echo's whisper needs them); Pusher's dashboard default is off.
-    public var clientEvents: Bool {
-        get { storage.clientEvents }
-        set { fields.clientEvents = newValue }
-    }
-    /// Client events one connection may send per second. Default 10 (Pusher's limit); past
-    /// it: `pusher:error` 4301.
-    public var clientEventsPerSecond: Int {
-        get { storage.clientEventsPerSecond }
-        set { fields.clientEventsPerSecond = newValue }
-    }
-    /// Most connections (sessions) of this app on this node; 0: no limit but the node's.
-    /// Past it: `pusher:error` 4004.
-    public var maxConnections: Int {
-        get { storage.maxConnections }
-        set { fields.maxConnections = newValue }
-    }
-    /// Largest event `data`, bytes; nil: the hub's `maxEventBytes`.
-    public var maxEventBytes: Int? {
-        get { storage.maxEventBytes }
-        set { fields.maxEventBytes = newValue }
-    }
-    /// Origins allowed for this app's clients; nil: the hub's `--origins`.
-    public var origins: OriginPolicy? {
-        get { storage.origins }
-        set { fields.origins = newValue }
-    }
-    public var webhooks: [Webhook] {
-        get { storage.webhooks }
-        set { fields.webhooks = newValue }
-    }
-    /// The secret a reload replaced, still accepted until `previousSecretUntil` (wall-clock
-    /// seconds): backends and auth endpoints move to the new secret without a window of
-    /// refused signatures. Set by `Hub.reload`, never by the apps file.
-    public var previousSecret: String? {
-        get { storage.previousSecret }
-        set { fields.previousSecret = newValue }
-    }
-    public var previousSecretUntil: Int {
-        get { storage.previousSecretUntil }
-        set { fields.previousSecretUntil = newValue }
-    }
-
-    public static func == (a: App, b: App) -> Bool {
-        if a.storage === b.storage { return true }
-        let x = a.storage, y = b.storage
-        return x.id == y.id && x.key == y.key && x.secret == y.secret && x.token == y.token && x.enabled == y.enabled
-            && x.clientEvents == y.clientEvents && x.clientEventsPerSecond == y.clientEventsPerSecond
-            && x.maxConnections == y.maxConnections && x.maxEventBytes == y.maxEventBytes && x.origins == y.origins
-            && x.webhooks == y.webhooks && x.previousSecret == y.previousSecret
-            && x.previousSecretUntil == y.previousSecretUntil
-    }
+    public static func == (a: App, b: App) -> Bool { a.box === b.box || a.box.settings == b.box.settings }
 
     public init(id: String, key: String, secret: String, token: String? = nil) {
-        storage = Storage(id: id, key: key, secret: secret, token: token)
+        box = Box(Settings(id: id, key: key, secret: secret, token: token))
     }
 
     /// The secrets a signature may use at `now`: the current one, and the previous one
     /// during a rotation's overlap.
     public func secrets(now: Int) -> [String] {
-        if let p = previousSecret, now < previousSecretUntil { return [secret, p] }
-        return [secret]
+        let s = box  // (the settings read in place, not copied)
+        if let p = s.settings.previousSecret, now < s.settings.previousSecretUntil { return [s.settings.secret, p] }
+        return [s.settings.secret]
     }
 
     /// Equal but for a rotation's bookkeeping (what a reload compares).
