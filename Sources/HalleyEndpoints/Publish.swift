@@ -158,8 +158,10 @@ extension HubEndpoints {
         guard channels.count <= hub.config.maxChannelsPerPublish else {
             return .failure(Refusal(status: 400, text: "more than \(hub.config.maxChannelsPerPublish) channels"))
         }
-        var seen = Set<String>()
-        channels = channels.filter { seen.insert($0).inserted }
+        if channels.count > 1 {
+            var seen = Set<String>()
+            channels = channels.filter { seen.insert($0).inserted }
+        }
         for c in channels {
             if let p = ChannelName.problem(c) {
                 return .failure(Refusal(status: 400, text: "\(p): '\(c.prefix(200))'"))

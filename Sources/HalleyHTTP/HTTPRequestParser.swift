@@ -176,6 +176,7 @@ public struct HTTPRequestParser: Sendable {
         // Header fields (RFC 9112 §5).
         let bytes = Array(head)
         var fields: [HTTPHeaders.Field] = []
+        fields.reserveCapacity(min(limits.maxHeaderCount, 16))  // one allocation, not four as it grows
         var contentLength: Int? = nil
         var transferEncoding: [String] = []
         var sawTE = false

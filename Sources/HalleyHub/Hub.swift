@@ -234,19 +234,24 @@ public final class Hub: Sendable {
     /// Per loop, what it must deliver: filled under the lock, queued under it (so every
     /// loop's inbox has a channel's messages in offset order), woken after it (no syscall
     /// under the lock).
+    /// Its arrays are made on first use: a publish to a channel nobody here follows makes none.
     struct Outbox {
-        var perLoop: [[(ChannelKey, Publication)]]
-        var wakes: [Bool]
+        let loops: Int
+        private(set) var perLoop: [[(ChannelKey, Publication)]] = []
+        private var wakes: [Bool] = []
 
-        init(loops: Int) {
-            perLoop = Array(repeating: [], count: loops)
-            wakes = Array(repeating: false, count: loops)
+        init(loops: Int) { self.loops = loops }
+
+        mutating func add(_ loop: Int, _ key: ChannelKey, _ pub: Publication) {
+            if perLoop.isEmpty { perLoop = Array(repeating: [], count: loops) }
+            perLoop[loop].append((key, pub))
         }
 
         mutating func queue(to loops: [LoopHub]) {
             for (i, items) in perLoop.enumerated() where !items.isEmpty {
                 let lh = loops[i]
                 let box = UncheckedBox(items)
+                if wakes.isEmpty { wakes = Array(repeating: false, count: self.loops) }
                 wakes[i] = lh.loop.enqueue { for (k, p) in box.value { lh.fanOutLater(k, p) } } || wakes[i]
                 perLoop[i].removeAll()
             }
@@ -291,14 +296,14 @@ public final class Hub: Sendable {
             key, prefix: prefix, header: header, binary: binary, exclude: exclude, offset: off, now: now,
             restarts: restarts)
         guard off != .max else {
-            for (i, n) in ch.perLoop.enumerated() where n > 0 { out.perLoop[i].append((key, pub)) }
+            for (i, n) in ch.perLoop.enumerated() where n > 0 { out.add(i, key, pub) }
             return 0
         }
         if keep {
             if config.historySize > 0 { ch.append(pub, keep: config.historySize) } else { ch.droppedThrough = off }
             if ch.kind == .cache { ch.cached = pub }
         }
-        for (i, n) in ch.perLoop.enumerated() where n > 0 { out.perLoop[i].append((key, pub)) }
+        for (i, n) in ch.perLoop.enumerated() where n > 0 { out.add(i, key, pub) }
         return off
     }
 

@@ -1,3 +1,5 @@
+import HalleyCore
+
 /// A JSON value (RFC 8259), as small as the hub needs: client messages and publish bodies.
 /// Numbers keep their text so that 64-bit offsets and sequence numbers round-trip exactly.
 public enum JSONValue: Equatable, Sendable {
@@ -300,13 +302,22 @@ public struct JSONParser {
             // No escape (the common case): the string straight from the input, no copy first.
             let raw = UnsafeRawBufferPointer(rebasing: bytes[runStart..<i])
             i += 1
-            guard let s = String(validating: raw, as: UTF8.self) else { throw fail("invalid UTF-8 in string") }
+            guard let s = Self.utf8String(raw) else { throw fail("invalid UTF-8 in string") }
             return s
         }
         out.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[runStart..<i]))
         i += 1
-        guard let s = String(validating: out, as: UTF8.self) else { throw fail("invalid UTF-8 in string") }
+        guard let s = out.withUnsafeBytes({ Self.utf8String($0) }) else { throw fail("invalid UTF-8 in string") }
         return s
+    }
+
+    /// The string of `raw` when it is valid UTF-8. UTF8Validator and `String(decoding:)` (both
+    /// specialized here) where `String(validating:as:)` ran generic, looking up type metadata
+    /// on every call: 4 % of a publish request's CPU.
+    static func utf8String(_ raw: UnsafeRawBufferPointer) -> String? {
+        var v = UTF8Validator()
+        guard v.validate(raw), v.isComplete else { return nil }
+        return String(decoding: raw, as: UTF8.self)
     }
 
     func appendUTF8(_ v: UInt32, to out: inout [UInt8]) {

@@ -36,6 +36,23 @@ func parse(_ s: String) throws -> JSONValue { try JSONParser.parse(Array(s.utf8)
     @Test func rejectsInvalidUTF8InStrings() {
         #expect(throws: JSONError.self) { try JSONParser.parse([0x22, 0xC3, 0x28, 0x22]) }
         #expect(throws: JSONError.self) { try JSONParser.parse([0x22, 0xED, 0xA0, 0x80, 0x22]) }
+        // A sequence cut short by the closing quote; an overlong form; past U+10FFFF.
+        #expect(throws: JSONError.self) { try JSONParser.parse([0x22, 0x61, 0xE2, 0x82, 0x22]) }
+        #expect(throws: JSONError.self) { try JSONParser.parse([0x22, 0xC0, 0xAF, 0x22]) }
+        #expect(throws: JSONError.self) { try JSONParser.parse([0x22, 0xF4, 0x90, 0x80, 0x80, 0x22]) }
+        // The same after an escape (the string is built in a copy then).
+        #expect(throws: JSONError.self) { try JSONParser.parse([0x22, 0x5C, 0x6E, 0xC3, 0x22]) }
+        #expect(throws: JSONError.self) { try JSONParser.parse([0x22, 0x5C, 0x6E, 0xED, 0xA0, 0x80, 0x22]) }
+    }
+
+    @Test func readsUTF8InStringsWithAndWithoutEscapes() throws {
+        // 2-, 3- and 4-byte forms, raw and around an escape, and a long ASCII run (the validator's
+        // word-at-a-time path) with a multibyte character at its end.
+        #expect(try JSONParser.parse(Array("\"é€😀\"".utf8)).string == "é€😀")
+        #expect(try JSONParser.parse(Array("\"é\\n€\\u00e9😀\"".utf8)).string == "é\n€é😀")
+        let long = String(repeating: "a", count: 70) + "ü"
+        #expect(try JSONParser.parse(Array("\"\(long)\"".utf8)).string == long)
+        #expect(try JSONParser.parse([0x22, 0x22]).string == "")
     }
 
     @Test func boundsNestingDepth() throws {
