@@ -73,7 +73,7 @@ extension HubEndpoints {
 
     /// Bearer token (when the app has one) or the Pusher query signature.
     func authenticate(_ request: HTTPRequest, _ q: [(String, String)], path: String) -> Result<App, Refusal> {
-        if let auth = request.head.headers["Authorization"] {
+        if let auth = request.head.headers.valueBytes("Authorization") {
             guard let token = Self.bearerToken(auth) else {
                 return .failure(Refusal(status: 401, text: "Authorization must be Bearer"))
             }
@@ -105,24 +105,21 @@ extension HubEndpoints {
     /// scheme. No copy: a publish checks it on every request. The scheme and the token are
     /// compared as bytes (a combining mark after `Bearer ` belongs to the token, which then
     /// matches no app's).
-    static func bearerToken(_ auth: String) -> Substring.UTF8View? {
-        let u = auth.utf8
-        var i = u.startIndex
+    static func bearerToken(_ auth: ArraySlice<UInt8>) -> ArraySlice<UInt8>? {
+        var i = auth.startIndex
         for expected in "bearer ".utf8 {
-            guard i != u.endIndex else { return nil }
-            let c = u[i]
+            guard i != auth.endIndex else { return nil }
+            let c = auth[i]
             guard (c >= 0x41 && c <= 0x5A ? c | 0x20 : c) == expected else { return nil }  // A-Z in any case
-            i = u.index(after: i)
+            i += 1
         }
-        var end = u.endIndex
-        while i != end, u[i] == UInt8(ascii: " ") || u[i] == UInt8(ascii: "\t") { i = u.index(after: i) }
-        while end != i {
-            let before = u.index(before: end)
-            guard u[before] == UInt8(ascii: " ") || u[before] == UInt8(ascii: "\t") else { break }
-            end = before
-        }
-        return auth[i..<end].utf8
+        var end = auth.endIndex
+        while i != end, auth[i] == UInt8(ascii: " ") || auth[i] == UInt8(ascii: "\t") { i += 1 }
+        while end != i, auth[end - 1] == UInt8(ascii: " ") || auth[end - 1] == UInt8(ascii: "\t") { end -= 1 }
+        return auth[i..<end]
     }
+
+    static func bearerToken(_ auth: String) -> ArraySlice<UInt8>? { bearerToken(ArraySlice(auth.utf8)) }
 
     struct PublishRequest {
         var channels: [String]

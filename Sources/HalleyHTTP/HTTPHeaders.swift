@@ -45,6 +45,13 @@ public struct HTTPHeaders: Sendable, Sequence {
         return value(at: i)
     }
 
+    /// The bytes of the first field named `name` (case-insensitive), or nil: no string made.
+    public func valueBytes(_ name: String) -> ArraySlice<UInt8>? {
+        guard let i = index(of: name) else { return nil }
+        let f = fields[i]
+        return bytes[Int(f.valueStart)..<Int(f.valueStart + f.valueCount)]
+    }
+
     /// Every value of the fields named `name`, in order.
     public func values(_ name: String) -> [String] {
         var out: [String] = []

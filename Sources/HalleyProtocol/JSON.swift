@@ -116,6 +116,7 @@ public struct JSONParser {
                             return nil
                         }
                         var f = JSONFields()
+                        f.members.reserveCapacity(8)  // a publish has 3 to 5: one allocation
                         try p.members(depth: 0) { f.members.append(($0, $1)) }
                         return f
                     })
