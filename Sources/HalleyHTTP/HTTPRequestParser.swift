@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// An incremental HTTP/1.1 request parser (RFC 9112). It does no I/O: the caller hands it the
 /// bytes it has, it answers with what they hold.
 ///
@@ -104,6 +108,20 @@ public struct HTTPRequestParser: Sendable {
         let avail = buf.count - start
         var i = scanned
         while i < avail {
+            // memchr to the next LF, short of the first byte a limit check below could refuse
+            // (that one goes through the checks): the same answers as a byte-at-a-time scan.
+            let cap =
+                requestLineEnd < 0
+                ? min(limits.maxHeaderBytes, limits.maxRequestLineBytes + 1) : limits.maxHeaderBytes
+            let end = min(avail, cap)
+            if i < end {
+                let from = buf.baseAddress! + start + i
+                guard let lf = memchr(from, 10, end - i) else {
+                    i = end
+                    continue
+                }
+                i += from.distance(to: UnsafeRawPointer(lf))
+            }
             let c = buf[start + i]
             if c == 10 {
                 if i == 0 || buf[start + i - 1] != 13 { return fail(.badRequest("bare LF")) }

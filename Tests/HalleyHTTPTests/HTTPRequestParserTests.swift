@@ -228,6 +228,34 @@ func parseOnce(_ input: String, limits: HTTPLimits = HTTPLimits()) -> HTTPReques
                 == "error 431")
     }
 
+    @Test func headLimitsAgreeWithAByteAtATimeModel() {
+        // The scan jumps from LF to LF; the answers must be those of a byte-at-a-time scan:
+        // 414 when the request line is longer than its limit (431 when the head limit comes
+        // first), else 431 when the head is longer than its limit, else the head. Both limits
+        // the smaller in turn; lines and heads a few bytes either side of them; every split.
+        for (maxLine, maxHead) in [(20, 40), (30, 25), (30, 31), (30, 32), (24, 60)] {
+            var limits = HTTPLimits()
+            limits.maxRequestLineBytes = maxLine
+            limits.maxHeaderBytes = maxHead
+            for lineLength in (maxLine - 3)...(maxLine + 3) {
+                for pad in [0, 1, 2, 10, 30] {
+                    // "GET " + target + " HTTP/1.1": 14 bytes with a one-byte target.
+                    let target = "/" + String(repeating: "a", count: lineLength - 14)
+                    let head = "GET \(target) HTTP/1.1\r\nHost: a\r\nX: \(String(repeating: "b", count: pad))\r\n\r\n"
+                    let log = parseEverySplit(head, limits: limits)
+                    let what = "line \(lineLength) head \(head.utf8.count) limits \(maxLine)/\(maxHead): \(log)"
+                    if lineLength > maxLine {
+                        #expect(log.last == (maxHead >= maxLine + 1 ? "error 414" : "error 431"), "\(what)")
+                    } else if head.utf8.count > maxHead {
+                        #expect(log.last == "error 431", "\(what)")
+                    } else {
+                        #expect(log.first?.hasPrefix("head GET") == true, "\(what)")
+                    }
+                }
+            }
+        }
+    }
+
     @Test func tooManyHeaders() {
         var limits = HTTPLimits()
         limits.maxHeaderCount = 3
