@@ -1,16 +1,26 @@
 /// Character classes of RFC 9110 §5.6 and small byte helpers shared by the parser.
 enum HTTPChars {
-    /// tchar: "!#$%&'*+-.^_`|~", digits and letters.
-    static let tokenTable: [Bool] = {
-        var t = [Bool](repeating: false, count: 256)
-        for c in UInt8(ascii: "0")...UInt8(ascii: "9") { t[Int(c)] = true }
-        for c in UInt8(ascii: "a")...UInt8(ascii: "z") { t[Int(c)] = true }
-        for c in UInt8(ascii: "A")...UInt8(ascii: "Z") { t[Int(c)] = true }
-        for c in "!#$%&'*+-.^_`|~".utf8 { t[Int(c)] = true }
-        return t
-    }()
+    /// tchar: "!#$%&'*+-.^_`|~", digits and letters: bit c of these masks (bytes 0-63, 64-127),
+    /// constants where a table was a global array read through its lazy initializer.
+    static let tokenMaskLow: UInt64 = 0x03ff_6cfa_0000_0000
+    static let tokenMaskHigh: UInt64 = 0x57ff_ffff_c7ff_fffe
 
-    @inline(__always) static func isToken(_ c: UInt8) -> Bool { tokenTable[Int(c)] }
+    @inline(__always) static func isToken(_ c: UInt8) -> Bool {
+        let mask = c < 64 ? tokenMaskLow : (c < 128 ? tokenMaskHigh : 0)
+        return (mask >> UInt64(c & 63)) & 1 != 0
+    }
+
+    /// True when none of the eight bytes of `w` is a control character other than HTAB, or
+    /// DEL (SWAR: "a byte below 0x20" and "a byte equal to 0x7F"; a word that has one, or an
+    /// HTAB, goes byte by byte).
+    @inline(__always) static func wordIsPlainFieldValue(_ w: UInt64) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highs: UInt64 = 0x8080_8080_8080_8080
+        let below = (w &- ones &* 0x20) & ~w & highs
+        let d = w ^ (ones &* 0x7F)
+        let del = (d &- ones) & ~d & highs
+        return below | del == 0
+    }
 
     /// field-vchar, SP, HTAB and obs-text; no other control characters, no DEL.
     @inline(__always) static func isFieldValue(_ c: UInt8) -> Bool {

@@ -204,9 +204,10 @@ public struct HTTPRequestParser: Sendable {
         var expectsContinue = false
         var line = requestLineEnd + 2
         let headEnd = head.count - 2  // the final empty line
+        let headBase = head.baseAddress!
         while line < headEnd {
-            var e = line
-            while head[e] != 13 { e += 1 }  // the scan guaranteed CRLF-terminated lines
+            // The scan guaranteed CRLF-terminated lines: memchr finds this one's CR.
+            let e = headBase.distance(to: UnsafeRawPointer(memchr(headBase + line, 13, headEnd + 1 - line)!))
             if e + 1 >= head.count || head[e + 1] != 10 { return .failure(.badRequest("bare CR")) }
             if head[line] == 32 || head[line] == 9 { return .failure(.badRequest("obsolete line folding")) }
             var n = line
@@ -216,8 +217,15 @@ public struct HTTPRequestParser: Sendable {
             while vs < e && (head[vs] == 32 || head[vs] == 9) { vs += 1 }
             var ve = e
             while ve > vs && (head[ve - 1] == 32 || head[ve - 1] == 9) { ve -= 1 }
-            for k in vs..<ve where !HTTPChars.isFieldValue(head[k]) {
-                return .failure(.badRequest("bad character in header value"))
+            var k = vs
+            while k + 8 <= ve,
+                HTTPChars.wordIsPlainFieldValue(headBase.loadUnaligned(fromByteOffset: k, as: UInt64.self))
+            {
+                k += 8
+            }
+            while k < ve {
+                if !HTTPChars.isFieldValue(head[k]) { return .failure(.badRequest("bad character in header value")) }
+                k += 1
             }
             if fields.count == limits.maxHeaderCount { return .failure(.headersTooLarge) }
             let field = HTTPHeaders.Field(

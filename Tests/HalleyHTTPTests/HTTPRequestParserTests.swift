@@ -256,6 +256,34 @@ func parseOnce(_ input: String, limits: HTTPLimits = HTTPLimits()) -> HTTPReques
         }
     }
 
+    @Test func tokenCharactersAreRFC9110s() {
+        let tchar = Set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
+        for c in 0...255 { #expect(HTTPChars.isToken(UInt8(c)) == tchar.contains(UInt8(c)), "byte \(c)") }
+    }
+
+    @Test func everyByteValueAtEveryPositionOfAHeaderValue() {
+        // Values are checked eight bytes at a time: each byte value at each offset of a 20-byte
+        // value (two words and a tail) is refused exactly when RFC 9110 §5.5 refuses it.
+        for c in 0...255 {
+            for at in 0..<20 {
+                var head = Array("GET / HTTP/1.1\r\nHost: a\r\nX: ".utf8)
+                var value = [UInt8](repeating: UInt8(ascii: "v"), count: 20)
+                value[at] = UInt8(c)
+                head += value + Array("\r\n\r\n".utf8)
+                var parser = HTTPRequestParser()
+                let r = head.withUnsafeBytes { parser.parse($0) }
+                // CR and LF end the line early (a bare CR, or a line without a colon); a space
+                // or HTAB at either end is trimmed as optional whitespace.
+                let ok = c == 9 || (c >= 32 && c != 127)
+                switch r {
+                case .head: #expect(ok, "byte \(c) at \(at) accepted")
+                case .error: #expect(!ok, "byte \(c) at \(at) refused")
+                default: Issue.record("byte \(c) at \(at): \(r)")
+                }
+            }
+        }
+    }
+
     @Test func tooManyHeaders() {
         var limits = HTTPLimits()
         limits.maxHeaderCount = 3

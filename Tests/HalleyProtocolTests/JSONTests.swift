@@ -187,4 +187,19 @@ func parse(_ s: String) throws -> JSONValue { try JSONParser.parse(Array(s.utf8)
         let long = String(repeating: "0123456789", count: 7000) + "\"" + String(repeating: "z", count: 70_000)
         #expect(JSONWriter.string(long) == reference(long))
     }
+
+    @Test func escapesEveryASCIIByteAtEveryPositionOfTheWords() {
+        // The scan reads eight bytes at a time: each byte value at each offset of three words
+        // and a tail, alone and next to a multibyte character.
+        for c in 0..<0x80 {
+            let ch = String(UnicodeScalar(UInt8(c)))
+            for at in 0..<27 {
+                for filler in ["a", "é"] {
+                    var s = String(repeating: "x", count: at) + ch + String(repeating: "y", count: 26 - at)
+                    if filler == "é" { s = "é" + s }
+                    #expect(JSONWriter.string(s) == reference(s), "byte \(c) at \(at)")
+                }
+            }
+        }
+    }
 }
