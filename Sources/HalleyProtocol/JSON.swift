@@ -262,6 +262,12 @@ public struct JSONParser {
         var out: [UInt8] = []
         var runStart = i
         while true {
+            // Eight bytes at a time while none is a quote, a backslash or a control character.
+            while i + 8 <= bytes.count,
+                !JSONWriter.wordNeedsEscape(bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+            {
+                i += 8
+            }
             guard i < bytes.count else { throw fail("unterminated string") }
             let c = bytes[i]
             if c == UInt8(ascii: "\"") { break }
@@ -425,7 +431,7 @@ public enum JSONWriter {
 
     @inline(__always)
     static func appendRun(_ b: UnsafeBufferPointer<UInt8>, _ from: Int, _ to: Int, into out: inout [UInt8]) {
-        if to - from >= 16 {
+        if to - from >= 16 || (from == 0 && to == b.count) {  // long, or the whole string (no escape)
             out.append(contentsOf: UnsafeBufferPointer(rebasing: b[from..<to]))
         } else {
             for k in from..<to { out.append(b[k]) }

@@ -198,6 +198,12 @@ func parse(_ s: String) throws -> JSONValue { try JSONParser.parse(Array(s.utf8)
                     var s = String(repeating: "x", count: at) + ch + String(repeating: "y", count: 26 - at)
                     if filler == "é" { s = "é" + s }
                     #expect(JSONWriter.string(s) == reference(s), "byte \(c) at \(at)")
+                    // The parser scans by word too: the text back, and a raw control byte,
+                    // quote or backslash where it stands is refused or ends the string there.
+                    #expect((try? JSONParser.parse(JSONWriter.string(s))) == .string(s), "byte \(c) at \(at)")
+                    let raw = [UInt8(ascii: "\"")] + Array(s.utf8) + [UInt8(ascii: "\"")]
+                    let plain = c >= 0x20 && c != 0x22 && c != 0x5C
+                    #expect(((try? JSONParser.parse(raw)) == .string(s)) == plain, "raw byte \(c) at \(at)")
                 }
             }
         }
