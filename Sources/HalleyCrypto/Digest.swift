@@ -1,5 +1,9 @@
 import COpenSSL
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// One-shot digests and MACs from OpenSSL 3 (EVP; the old one-shot functions are deprecated).
 public enum Digest {
     // Digests fetched once: OpenSSL 3's `EVP_sha256()` & co. make every call look the
@@ -33,13 +37,30 @@ public enum Digest {
     }
 
     /// HMAC-SHA256 (RFC 2104) over the fetched SHA-256: H((K ^ opad) || H((K ^ ipad) || data)).
+    /// The hash states after each padded key's block are made once per key and copied per call
+    /// (`HMACKeys`): a signed publish or a private-channel auth no longer sets up four
+    /// digests and three key arrays each time.
     public static func hmacSHA256(key: [UInt8], data: UnsafeRawBufferPointer) -> [UInt8] {
-        var k = key.count > 64 ? key.withUnsafeBytes { sha256($0) } : key
-        k.append(contentsOf: repeatElement(0, count: 64 - k.count))
-        let ipad = k.map { $0 ^ 0x36 }
-        let opad = k.map { $0 ^ 0x5c }
-        let inner = ipad.withUnsafeBytes { i in digest([i, data], sha256MD, 32) }
-        return opad.withUnsafeBytes { o in inner.withUnsafeBytes { digest([o, $0], sha256MD, 32) } }
+        let inner = EVP_MD_CTX_new()
+        let outer = EVP_MD_CTX_new()
+        defer {
+            EVP_MD_CTX_free(inner)
+            EVP_MD_CTX_free(outer)
+        }
+        var ok = HMACKeys.shared.start(key: key, inner: inner, outer: outer)
+        if data.count > 0 { ok = ok && EVP_DigestUpdate(inner, data.baseAddress, data.count) == 1 }
+        var mid: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)  // the inner digest, 32 bytes
+        var len: UInt32 = 0
+        ok =
+            ok
+            && withUnsafeMutableBytes(of: &mid) { m in
+                EVP_DigestFinal_ex(inner, m.baseAddress!.assumingMemoryBound(to: UInt8.self), &len) == 1
+                    && EVP_DigestUpdate(outer, m.baseAddress, 32) == 1
+            }
+        var out = [UInt8](repeating: 0, count: 32)
+        ok = ok && out.withUnsafeMutableBufferPointer { EVP_DigestFinal_ex(outer, $0.baseAddress, &len) } == 1
+        precondition(ok && len == 32, "HMAC-SHA256 failed")
+        return out
     }
 
     public static func hmacSHA256(key: [UInt8], data: [UInt8]) -> [UInt8] {
@@ -70,5 +91,62 @@ public enum Digest {
             out.append(digits[Int(b & 15)])
         }
         return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// Per HMAC key, SHA-256 after the block `K ^ ipad` and after `K ^ opad` (RFC 2104), made on
+/// first use and copied into each call's contexts. The copies are made under the lock, so no
+/// state is read by two threads at once. At most `capacity` keys (apps' secrets, rotated ones,
+/// webhook secrets); past that the table starts again.
+final class HMACKeys: @unchecked Sendable {  // @unchecked: every field is reached under `lock`
+    static let shared = HMACKeys()
+    static let capacity = 64
+
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private var states: [[UInt8]: (inner: OpaquePointer, outer: OpaquePointer)] = [:]
+
+    init() { pthread_mutex_init(lock, nil) }
+
+    /// `inner` and `outer` set to the key's two states; false if OpenSSL failed.
+    func start(key: [UInt8], inner: OpaquePointer?, outer: OpaquePointer?) -> Bool {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        let s: (inner: OpaquePointer, outer: OpaquePointer)
+        if let found = states[key] {
+            s = found
+        } else {
+            guard let made = Self.make(key) else { return false }
+            if states.count >= Self.capacity {
+                for (_, old) in states {
+                    EVP_MD_CTX_free(old.inner)
+                    EVP_MD_CTX_free(old.outer)
+                }
+                states.removeAll()
+            }
+            states[key] = made
+            s = made
+        }
+        return EVP_MD_CTX_copy_ex(inner, s.inner) == 1 && EVP_MD_CTX_copy_ex(outer, s.outer) == 1
+    }
+
+    static func make(_ key: [UInt8]) -> (inner: OpaquePointer, outer: OpaquePointer)? {
+        var k = key.count > 64 ? key.withUnsafeBytes { Digest.sha256($0) } : key
+        k.append(contentsOf: repeatElement(0, count: 64 - k.count))
+        guard let i = EVP_MD_CTX_new() else { return nil }
+        guard let o = EVP_MD_CTX_new() else {
+            EVP_MD_CTX_free(i)
+            return nil
+        }
+        let ipad = k.map { $0 ^ 0x36 }
+        let opad = k.map { $0 ^ 0x5c }
+        let ok =
+            EVP_DigestInit_ex(i, Digest.sha256MD, nil) == 1 && EVP_DigestUpdate(i, ipad, 64) == 1
+            && EVP_DigestInit_ex(o, Digest.sha256MD, nil) == 1 && EVP_DigestUpdate(o, opad, 64) == 1
+        guard ok else {
+            EVP_MD_CTX_free(i)
+            EVP_MD_CTX_free(o)
+            return nil
+        }
+        return (i, o)
     }
 }

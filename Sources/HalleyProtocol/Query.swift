@@ -12,6 +12,7 @@ public enum Query {
 
     static func parse(bytes: UnsafeRawBufferPointer) -> [(String, String)] {
         var out: [(String, String)] = []
+        out.reserveCapacity(bytes.reduce(1) { $1 == UInt8(ascii: "&") ? $0 + 1 : $0 })  // one allocation
         var start = 0
         let n = bytes.count
         while start <= n {

@@ -67,23 +67,29 @@ public final class Router: @unchecked Sendable {
             }
         }
         if !patterns.isEmpty {
-            let parts = path.split(separator: "/", omittingEmptySubsequences: true)
+            // Split as bytes: a Substring's own split walks Characters (grapheme breaking).
+            let parts = path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true)
             for r in patterns where r.segments.count == parts.count {
-                var params: [String: String] = [:]
+                // The literals first: a route that does not match makes no parameter strings.
                 var ok = true
                 for (seg, part) in zip(r.segments, parts) {
-                    switch seg {
-                    case .literal(let l): if l != part { ok = false }
-                    case .parameter(let name):
-                        params[name] =
-                            part.utf8.contains(37)
-                            ? (String(part).removingPercentEncoding ?? String(part)) : String(part)
+                    if case .literal(let l) = seg, !l.utf8.elementsEqual(part) {
+                        ok = false
+                        break
                     }
-                    if !ok { break }
                 }
                 guard ok else { continue }
-                if Self.answers(r, method) { return .handler(r.handler, parameters: params) }
-                allowed.append(contentsOf: r.methods)
+                guard Self.answers(r, method) else {
+                    allowed.append(contentsOf: r.methods)
+                    continue
+                }
+                var params: [String: String] = [:]
+                for (seg, part) in zip(r.segments, parts) {
+                    guard case .parameter(let name) = seg else { continue }
+                    let text = String(Substring(part))
+                    params[name] = part.contains(37) ? (text.removingPercentEncoding ?? text) : text
+                }
+                return .handler(r.handler, parameters: params)
             }
         }
         if !allowed.isEmpty {

@@ -38,6 +38,27 @@ import HalleyHTTP
         #expect(allowed.contains(.get) && allowed.contains(.head))
     }
 
+    @Test func patternsCompareTheirLiteralsByteForByte() {
+        let r = router()
+        r.add([.get], "/apps/{id}/channels") { _, _ in }
+        r.add([.get], "/caf\u{e9}/{x}") { _, _ in }
+        guard case .handler(_, let p) = r.match(.get, "/apps/7/channels") else { Issue.record("no match"); return }
+        #expect(p == ["id": "7"])
+        guard case .methodNotAllowed(let allowed) = r.match(.get, "/apps/7/events") else {
+            Issue.record("expected 405"); return
+        }
+        #expect(allowed == [.post])
+        guard case .notFound = r.match(.post, "/apps/7/event") else { Issue.record("expected not found"); return }
+        guard case .handler(_, let q) = r.match(.get, "//apps//8//channels/") else { Issue.record("no match"); return }
+        #expect(q == ["id": "8"])
+        guard case .handler(_, let u) = r.match(.get, "/caf\u{e9}/%C3%A9t%C3%A9") else {
+            Issue.record("no match"); return
+        }
+        #expect(u == ["x": "\u{e9}t\u{e9}"])
+        // The same word decomposed (e + combining acute) is another path.
+        guard case .notFound = r.match(.get, "/cafe\u{301}/x") else { Issue.record("expected not found"); return }
+    }
+
     @Test func unknownPathWithoutFallback() {
         guard case .notFound = router().match(.get, "/nope") else { Issue.record("expected not found"); return }
         guard case .notFound = router().match(.get, "/app/a/b") else {
