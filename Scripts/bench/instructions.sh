@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# User-space instructions per publish request, counted by Valgrind's callgrind: halley's own
+# work, repeatable where CPU time on this machine moves 10-20% from run to run (a VM: no
+# hardware counters). For comparing two builds of halley, not halley with a peer: the kernel's
+# share (half of a request's CPU) is not counted, and OpenSSL's SHA-256 runs its plain code
+# under Valgrind, so a signature counts more than it costs natively.
+# Per binary and kind: two runs of wrk -t1 -c8 (3 s and 9 s) against halley under callgrind,
+# the difference of their instruction totals over the difference of their requests (start-up
+# and shutdown cancel out). Kinds (KINDS): halley (the signed Pusher API, POST /apps/1/events),
+# halley-bearer (POST /publish with a bearer token); 64 B data, no subscriber (api_publish.py).
+# Usage: Scripts/bench/instructions.sh [HALLEY_BIN...]   (default: the release build)
+# Environment: KINDS="halley-bearer halley"
+source "$(dirname "$0")/lib.sh"
+need valgrind callgrind_annotate wrk python3
+KINDS=${KINDS:-"halley-bearer halley"}
+bins=("$@")
+if ((${#bins[@]} == 0)); then
+    build halley
+    bins=("$HALLEY_BIN")
+fi
+# one BIN KIND SECONDS: "requests instructions"
+one() {
+    local out="$tmp/cg.$RANDOM" log="$tmp/halley.log" port="" hp n ir
+    auth=()
+    [[ $2 == halley-bearer ]] && auth=("Bearer benchtoken")
+    valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no "$1" --host 127.0.0.1 --port 0 \
+        --threads 1 --log-level warning --public "$tmp" --app-id 1 --app-key app-key --app-secret app-secret \
+        --app-token benchtoken --max-connections-per-address 0 --session-opens-per-second 0 >"$log" 2>&1 &
+    hp=$!
+    for _ in $(seq 120); do
+        port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log")
+        [[ -n $port ]] && break
+        sleep 0.5
+    done
+    [[ -n $port ]] || die "halley under valgrind did not start: $(tail -5 "$log")"
+    wrk -t1 -c8 -d"$3"s -s "$here/api_publish.lua" "http://127.0.0.1:$port/" -- "$tmp/requests.$2" \
+        application/json "${auth[@]}" >"$tmp/wrk.txt"
+    kill "$hp"
+    wait "$hp" 2>/dev/null || true
+    grep -q "Non-2xx" "$tmp/wrk.txt" && die "$2: answers other than 2xx: $(cat "$tmp/wrk.txt")"
+    n=$(awk '/ requests in /{print $1}' "$tmp/wrk.txt")
+    ir=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",", "", $1); print $1}')
+    echo "$n $ir"
+}
+for kind in $KINDS; do
+    python3 "$here/api_publish.py" requests --server "$kind" --out "$tmp/requests.$kind" >/dev/null
+    for bin in "${bins[@]}"; do
+        read -r n1 i1 < <(one "$bin" "$kind" 3)
+        read -r n2 i2 < <(one "$bin" "$kind" 9)
+        ((n2 > n1)) || die "$kind: the longer run made no more requests ($n1, $n2)"
+        echo "$kind $bin: $(((i2 - i1) / (n2 - n1))) instructions per request ($n1 and $n2 requests)"
+    done
+done
