@@ -20,13 +20,17 @@ if ((${#bins[@]} == 0)); then
 fi
 # one BIN KIND SECONDS: "requests instructions"
 one() {
-    local out="$tmp/cg.$RANDOM" log="$tmp/halley.log" port="" hp n ir
+    local out="$tmp/cg.$RANDOM" log="$tmp/halley.$RANDOM.log" port="" n ir
     auth=()
     [[ $2 == halley-bearer ]] && auth=("Bearer benchtoken")
-    valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no "$1" --host 127.0.0.1 --port 0 \
-        --threads 1 --log-level warning --public "$tmp" --app-id 1 --app-key app-key --app-secret app-secret \
-        --app-token benchtoken --max-connections-per-address 0 --session-opens-per-second 0 >"$log" 2>&1 &
-    hp=$!
+    # Without the HALLEY_* settings of this shell (as lib.sh's bg): the flags below are the run's.
+    env $(env | sed -n 's/^\(HALLEY_[A-Z_]*\)=.*/-u \1/p') valgrind --tool=callgrind --callgrind-out-file="$out" \
+        --dump-instr=no "$1" --host 127.0.0.1 --port 0 --threads 1 --log-level warning --public "$tmp" \
+        --app-id 1 --app-key app-key --app-secret app-secret --app-token benchtoken \
+        --max-connections-per-address 0 --session-opens-per-second 0 >"$log" 2>&1 &
+    hp=$!  # global: the trap runs after this function has returned
+    # This runs in a subshell (< <(one ...)): stop halley here whatever ends it.
+    trap 'kill "${hp:-}" 2>/dev/null || true' EXIT
     for _ in $(seq 120); do
         port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log")
         [[ -n $port ]] && break

@@ -97,35 +97,54 @@ public enum Digest {
 /// Per HMAC key, SHA-256 after the block `K ^ ipad` and after `K ^ opad` (RFC 2104), made on
 /// first use and copied into each call's contexts. The copies are made under the lock, so no
 /// state is read by two threads at once. At most `capacity` keys (apps' secrets, rotated ones,
-/// webhook secrets); past that the table starts again.
+/// webhook secrets); a new key past that takes the place of one held (a client naming many
+/// apps' keys costs a state's set-up per call, as before the table, not a cleared table).
 final class HMACKeys: @unchecked Sendable {  // @unchecked: every field is reached under `lock`
     static let shared = HMACKeys()
     static let capacity = 64
 
+    // A pthread mutex must not move: allocated once, never freed (one table per process).
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private var states: [[UInt8]: (inner: OpaquePointer, outer: OpaquePointer)] = [:]
 
     init() { pthread_mutex_init(lock, nil) }
 
-    /// `inner` and `outer` set to the key's two states; false if OpenSSL failed.
-    func start(key: [UInt8], inner: OpaquePointer?, outer: OpaquePointer?) -> Bool {
+    /// How many keys are held.
+    var count: Int {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
-        let s: (inner: OpaquePointer, outer: OpaquePointer)
-        if let found = states[key] {
+        return states.count
+    }
+
+    /// `inner` and `outer` set to the key's two states; false if OpenSSL failed. A key not
+    /// held yet has its states made outside the lock.
+    func start(key: [UInt8], inner: OpaquePointer?, outer: OpaquePointer?) -> Bool {
+        guard let inner, let outer else { return false }
+        if let ok = copyIfHeld(key, inner, outer) { return ok }
+        guard let made = Self.make(key) else { return false }
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        var s = made
+        if let found = states[key] {  // made by another thread meanwhile
+            EVP_MD_CTX_free(made.inner)
+            EVP_MD_CTX_free(made.outer)
             s = found
         } else {
-            guard let made = Self.make(key) else { return false }
-            if states.count >= Self.capacity {
-                for (_, old) in states {
-                    EVP_MD_CTX_free(old.inner)
-                    EVP_MD_CTX_free(old.outer)
-                }
-                states.removeAll()
+            if states.count >= Self.capacity, let victim = states.first {
+                states[victim.key] = nil
+                EVP_MD_CTX_free(victim.value.inner)
+                EVP_MD_CTX_free(victim.value.outer)
             }
             states[key] = made
-            s = made
         }
+        return EVP_MD_CTX_copy_ex(inner, s.inner) == 1 && EVP_MD_CTX_copy_ex(outer, s.outer) == 1
+    }
+
+    /// nil when the key is not held.
+    private func copyIfHeld(_ key: [UInt8], _ inner: OpaquePointer, _ outer: OpaquePointer) -> Bool? {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        guard let s = states[key] else { return nil }
         return EVP_MD_CTX_copy_ex(inner, s.inner) == 1 && EVP_MD_CTX_copy_ex(outer, s.outer) == 1
     }
 

@@ -1,5 +1,6 @@
-import HalleyCrypto
 import Testing
+
+@testable import HalleyCrypto
 
 @Suite struct HMACTests {
     func hex(_ s: String) -> [UInt8] {
@@ -54,6 +55,7 @@ import Testing
                 let key = (0..<(n % 131)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ n) }
                 let data = (0..<((n * 13) % 201)).map { UInt8(truncatingIfNeeded: $0 &+ n) }
                 #expect(Digest.hmacSHA256(key: key, data: data) == reference(key: key, data: data), "\(round) \(n)")
+                #expect(HMACKeys.shared.count <= HMACKeys.capacity)
             }
         }
     }

@@ -312,16 +312,19 @@ def test_messages_missed_on_pubsub_are_read_from_the_stream(start_halley, redis)
     done = threading.Event()
 
     def publisher():
-        for i in range(n):
-            assert publish(nodes[i % 2].port, {"channel": "gaps", "event": "e", "data": str(i)})[0] in (201, 202)
-            if i in (50, 150):
-                # Every node's pub/sub link; node 2 stopped for the next five publishes, so it
-                # misses them however slow the machine (it reconnects in 100 ms).
-                os.kill(nodes[2].proc.pid, signal.SIGSTOP)
-                redis.command("CLIENT", "KILL", "TYPE", "pubsub")
-            if i in (55, 155):
-                os.kill(nodes[2].proc.pid, signal.SIGCONT)
-        done.set()
+        try:
+            for i in range(n):
+                assert publish(nodes[i % 2].port, {"channel": "gaps", "event": "e", "data": str(i)})[0] in (201, 202)
+                if i in (50, 150):
+                    # Every node's pub/sub link; node 2 stopped for the next five publishes, so
+                    # it misses them however slow the machine (it reconnects in 100 ms).
+                    os.kill(nodes[2].proc.pid, signal.SIGSTOP)
+                    redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+                if i in (55, 155):
+                    os.kill(nodes[2].proc.pid, signal.SIGCONT)
+            done.set()
+        finally:
+            os.kill(nodes[2].proc.pid, signal.SIGCONT)
 
     t = threading.Thread(target=publisher)
     t.start()
