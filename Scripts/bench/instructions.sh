@@ -23,6 +23,7 @@ one() {
     local out="$tmp/cg.$RANDOM" log="$tmp/halley.$RANDOM.log" port="" n ir
     auth=()
     [[ $2 == halley-bearer ]] && auth=("Bearer benchtoken")
+    : >"$log"  # there before the loop below reads it
     # Without the HALLEY_* settings of this shell (as lib.sh's bg): the flags below are the run's.
     env $(env | sed -n 's/^\(HALLEY_[A-Z_]*\)=.*/-u \1/p') valgrind --tool=callgrind --callgrind-out-file="$out" \
         --dump-instr=no "$1" --host 127.0.0.1 --port 0 --threads 1 --log-level warning --public "$tmp" \

@@ -119,8 +119,6 @@ extension HubEndpoints {
         return auth[i..<end]
     }
 
-    static func bearerToken(_ auth: String) -> ArraySlice<UInt8>? { bearerToken(ArraySlice(auth.utf8)) }
-
     struct PublishRequest {
         var channels: [String]
         var event: String

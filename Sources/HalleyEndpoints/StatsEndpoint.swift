@@ -21,7 +21,7 @@ extension HubEndpoints {
                 ))
             return
         }
-        guard let auth = request.head.headers["Authorization"], let token = Self.bearerToken(auth),
+        guard let auth = request.head.headers.valueBytes("Authorization"), let token = Self.bearerToken(auth),
             Digest.constantTimeEqual(bytes: token, admin.utf8)
         else {
             Log.info("stats: 401 (no or wrong admin token)")

@@ -1,3 +1,5 @@
+import HalleyCore
+
 /// Character classes of RFC 9110 §5.6 and small byte helpers shared by the parser.
 enum HTTPChars {
     /// tchar: "!#$%&'*+-.^_`|~", digits and letters: bit c of these masks (bytes 0-63, 64-127),
@@ -11,15 +13,9 @@ enum HTTPChars {
     }
 
     /// True when none of the eight bytes of `w` is a control character other than HTAB, or
-    /// DEL (SWAR: "a byte below 0x20" and "a byte equal to 0x7F"; a word that has one, or an
-    /// HTAB, goes byte by byte).
+    /// DEL (a word that has one, or an HTAB, goes byte by byte).
     @inline(__always) static func wordIsPlainFieldValue(_ w: UInt64) -> Bool {
-        let ones: UInt64 = 0x0101_0101_0101_0101
-        let highs: UInt64 = 0x8080_8080_8080_8080
-        let below = (w &- ones &* 0x20) & ~w & highs
-        let d = w ^ (ones &* 0x7F)
-        let del = (d &- ones) & ~d & highs
-        return below | del == 0
+        !Word.hasByte(w, below: 0x20) && !Word.hasByte(w, equalTo: 0x7F)
     }
 
     /// field-vchar, SP, HTAB and obs-text; no other control characters, no DEL.

@@ -248,7 +248,9 @@ public final class Hub: Sendable {
         }
 
         mutating func queue(to loops: [LoopHub]) {
-            for (i, items) in perLoop.enumerated() where !items.isEmpty {
+            // By index: enumerating `perLoop` while emptying its entries copied it per call.
+            for i in perLoop.indices where !perLoop[i].isEmpty {
+                let items = perLoop[i]
                 let lh = loops[i]
                 let box = UncheckedBox(items)
                 if wakes.isEmpty { wakes = Array(repeating: false, count: self.loops) }

@@ -384,17 +384,14 @@ public enum JSONWriter {
     /// byte, which costs less than a bulk append's call.
     static func writeString(bytes b: UnsafeBufferPointer<UInt8>, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
+        let raw = UnsafeRawBufferPointer(b)
         var start = 0
         var i = 0
         let n = b.count
         while i < n {
             // Eight bytes at a time while none needs an escape.
-            if let base = b.baseAddress {
-                while i + 8 <= n && !wordNeedsEscape(UnsafeRawPointer(base + i).loadUnaligned(as: UInt64.self)) {
-                    i += 8
-                }
-                if i >= n { break }
-            }
+            while i + 8 <= n && !wordNeedsEscape(raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) { i += 8 }
+            if i >= n { break }
             let c = b[i]
             i += 1
             guard c < 0x20 || c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") else { continue }
@@ -416,17 +413,11 @@ public enum JSONWriter {
     }
 
     /// True when one of the eight bytes of `w` is a control character, a quote or a
-    /// backslash (SWAR: "a byte below 0x20", "a byte equal to x"; bytes from 0x80 never are).
+    /// backslash (bytes from 0x80 never are).
     @inline(__always)
     static func wordNeedsEscape(_ w: UInt64) -> Bool {
-        let ones: UInt64 = 0x0101_0101_0101_0101
-        let highs: UInt64 = 0x8080_8080_8080_8080
-        let control = (w &- ones &* 0x20) & ~w & highs
-        let q = w ^ (ones &* 0x22)
-        let quote = (q &- ones) & ~q & highs
-        let s = w ^ (ones &* 0x5C)
-        let backslash = (s &- ones) & ~s & highs
-        return control | quote | backslash != 0
+        Word.hasByte(w, below: 0x20) || Word.hasByte(w, equalTo: UInt8(ascii: "\""))
+            || Word.hasByte(w, equalTo: UInt8(ascii: "\\"))
     }
 
     @inline(__always)

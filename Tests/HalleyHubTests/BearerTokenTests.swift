@@ -3,7 +3,7 @@ import Testing
 @testable import HalleyEndpoints
 
 @Suite struct BearerTokenTests {
-    func token(_ header: String) -> [UInt8]? { HubEndpoints.bearerToken(header).map { Array($0) } }
+    func token(_ header: String) -> [UInt8]? { HubEndpoints.bearerToken(ArraySlice(header.utf8)).map { Array($0) } }
 
     @Test func takesTheSchemeInAnyCaseAndTrimsTheToken() {
         #expect(token("Bearer tok") == Array("tok".utf8))
