@@ -141,6 +141,19 @@ public final class SharedBytes: @unchecked Sendable {
         self.init(adopting: p, count: bytes.count)
     }
 
+    /// The array's bytes followed by at most `maxTail` bytes that `tail` writes at the pointer
+    /// it is given (returning how many): one buffer where appending to the array first would
+    /// copy it (a published message and its offset field).
+    public convenience init(_ bytes: [UInt8], maxTail: Int, tail: (UnsafeMutableRawPointer) -> Int) {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count + maxTail, 1), alignment: 16)
+        bytes.withUnsafeBytes { b in
+            if b.count > 0 { p.copyMemory(from: b.baseAddress!, byteCount: b.count) }
+        }
+        let n = tail(p + bytes.count)
+        precondition(n >= 0 && n <= maxTail, "tail wrote \(n) bytes, more than \(maxTail)")
+        self.init(adopting: p, count: bytes.count + n)
+    }
+
     /// Takes ownership of memory allocated with `UnsafeMutableRawPointer.allocate`.
     public init(adopting pointer: UnsafeMutableRawPointer, count: Int) {
         base = UnsafeRawPointer(pointer)

@@ -242,10 +242,7 @@ extension HubEndpoints {
         case .failure(let f): return answer(.failure(f))
         case .success(let ok): e = ok
         }
-        hub.publish(
-            app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude,
-            loop: r.loop
-        ) { [self] result in
+        func finish(_ result: Result<Hub.PublishResult, RedisError>) {
             if case .failure(let f) = result { return answer(.failure(Self.notPublished(f))) }
             guard !e.info.isEmpty else { return answer(.success(Array("{}".utf8))) }
             var chans = JSONObjectBuilder()
@@ -254,6 +251,15 @@ extension HubEndpoints {
             b.raw("channels", chans.closed)
             answer(.success(b.closed))
         }
+        // The memory broker answers at once, without a closure made for the answer.
+        if let done = hub.publishNow(
+            app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude)
+        {
+            return finish(.success(done))
+        }
+        hub.publish(
+            app: r.app, channels: e.channels, event: e.name, data: e.data, binary: nil, exclude: e.exclude,
+            loop: r.loop, then: finish)
     }
 
     /// The API's 503: the broker (Redis) could not take the event.

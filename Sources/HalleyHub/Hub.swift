@@ -165,8 +165,36 @@ public final class Hub: Sendable {
         app: App, channels: [String], event: String, data: String?, binary: [UInt8]?, exclude: SessionID?,
         userID: String? = nil, loop: Int, then: @escaping (Result<PublishResult, RedisError>) -> Void
     ) {
-        // Encoded once, before any lock: the bytes before the offset are the same for every
-        // channel but the channel name.
+        let messages = Self.messages(
+            app: app, channels: channels, event: event, data: data, binary: binary, exclude: exclude, userID: userID)
+        guard clustered else {
+            // The memory broker's publish, called here: no closure made for it.
+            return then(.success(result(postLocally(messages), app: app, channels: channels, messages, exclude)))
+        }
+        broker.publish(messages, hub: self, loop: loop) { [self] r in
+            then(r.map { result($0, app: app, channels: channels, messages, exclude) })
+        }
+    }
+
+    /// `publish` with the memory broker, which orders messages at once: the result, returned
+    /// (the caller makes no closure for it on every publish). Nil, and nothing published, when
+    /// the broker is Redis: `publish(…then:)` is the way there.
+    package func publishNow(
+        app: App, channels: [String], event: String, data: String?, binary: [UInt8]?, exclude: SessionID?,
+        userID: String? = nil
+    ) -> PublishResult? {
+        guard !clustered else { return nil }
+        let messages = Self.messages(
+            app: app, channels: channels, event: event, data: data, binary: binary, exclude: exclude, userID: userID)
+        return result(postLocally(messages), app: app, channels: channels, messages, exclude)
+    }
+
+    /// A publish's message per channel, encoded before any lock: the bytes before the offset
+    /// are the same for every channel but the channel name.
+    private static func messages(
+        app: App, channels: [String], event: String, data: String?, binary: [UInt8]?, exclude: SessionID?,
+        userID: String?
+    ) -> [BrokerWire.Message] {
         let dataText = binary.map { Base64.encode($0) } ?? data ?? ""
         var messages: [BrokerWire.Message] = []
         messages.reserveCapacity(channels.count)
@@ -179,21 +207,21 @@ public final class Hub: Sendable {
                     binaryHeader: binary.map { _ in Wire.binaryHeaderPrefix(event: event, channel: c, offset: 0) },
                     binaryPayload: binary))
         }
-        broker.publish(messages, hub: self, loop: loop) { [self] r in
-            switch r {
-            case .failure(let e):
-                then(.failure(e))
-            case .success(let posted):
-                stats(app.id)?.add(.messagesIn, channels.count)
-                var result = PublishResult()
-                result.channels.reserveCapacity(posted.count)
-                for (i, p) in posted.enumerated() {
-                    result.channels.append((channels[i], p.offset, p.epoch))
-                    result.sessions += p.sessions ?? localSubscribers(messages[i].key, excluding: exclude)
-                }
-                then(.success(result))
-            }
+        return messages
+    }
+
+    /// What a publish answers once its messages were posted.
+    private func result(
+        _ posted: [Posted], app: App, channels: [String], _ messages: [BrokerWire.Message], _ exclude: SessionID?
+    ) -> PublishResult {
+        stats(app.id)?.add(.messagesIn, channels.count)
+        var result = PublishResult()
+        result.channels.reserveCapacity(posted.count)
+        for (i, p) in posted.enumerated() {
+            result.channels.append((channels[i], p.offset, p.epoch))
+            result.sessions += p.sessions ?? localSubscribers(messages[i].key, excluding: exclude)
         }
+        return result
     }
 
     /// Sessions of this node subscribed to `key`, less `excluding`.
@@ -314,14 +342,11 @@ public final class Hub: Sendable {
         _ key: ChannelKey, prefix: [UInt8], header: [UInt8]?, binary: [UInt8]?, exclude: SessionID?, offset off: UInt64,
         now: Int64, restarts: Bool = false
     ) -> Publication {
-        var p = prefix
-        var h = header
-        if off != .max {
-            Self.appendOffsetField(off, to: &p)
-            if h != nil { Self.appendOffsetField(off, to: &h!) }
-        }
-        let m = OutMessage(
-            prefix: p, channel: key.name, offset: off == .max ? 0 : off, binaryHeader: h, binaryPayload: binary)
+        let m =
+            off == .max
+            ? OutMessage(prefix: prefix, channel: key.name, offset: 0, binaryHeader: header, binaryPayload: binary)
+            : OutMessage(
+                publishedPrefix: prefix, channel: key.name, offset: off, binaryHeader: header, binaryPayload: binary)
         return Publication(message: m, offset: off, time: now, exclude: exclude, restarts: restarts)
     }
 
@@ -336,12 +361,6 @@ public final class Hub: Sendable {
             guard epoch == since.epoch, since.offset < dropped else { return nil }
             return (since.offset + 1, dropped)
         }
-    }
-
-    /// `,"halley:offset":N` (no string built: this runs under the channel's lock).
-    static func appendOffsetField(_ off: UInt64, to out: inout [UInt8]) {
-        out.append(contentsOf: #","halley:offset":"#.utf8)
-        JSONWriter.writeDecimal(off, into: &out)
     }
 
     // MARK: subscriptions (called by a LoopHub on its loop)

@@ -18,17 +18,38 @@ public final class OutMessage: @unchecked Sendable {
     /// Bytes this message counts for in a session's buffer.
     let size: Int
 
-    init(
+    convenience init(
         prefix: [UInt8], channel: String? = nil, offset: UInt64 = 0, binaryHeader: [UInt8]? = nil,
         binaryPayload: [UInt8]? = nil
     ) {
-        self.prefix = SharedBytes(prefix)
+        self.init(
+            prefix: SharedBytes(prefix), channel: channel, offset: offset, binaryHeader: binaryHeader.map { SharedBytes($0) },
+            binaryPayload: binaryPayload.map { SharedBytes($0) })
+    }
+
+    /// A published message: `prefix` and `binaryHeader` (when there is one) each followed by
+    /// `,"halley:offset":N`, written straight into the shared buffers (appending to the arrays
+    /// first copied them: the broker's message holds them too).
+    convenience init(
+        publishedPrefix prefix: [UInt8], channel: String, offset: UInt64, binaryHeader: [UInt8]?, binaryPayload: [UInt8]?
+    ) {
+        let field = { (p: UnsafeMutableRawPointer) in Wire.offsetField(offset, into: p) }
+        self.init(
+            prefix: SharedBytes(prefix, maxTail: Wire.offsetFieldMax, tail: field), channel: channel, offset: offset,
+            binaryHeader: binaryHeader.map { SharedBytes($0, maxTail: Wire.offsetFieldMax, tail: field) },
+            binaryPayload: binaryPayload.map { SharedBytes($0) })
+    }
+
+    private init(
+        prefix: SharedBytes, channel: String?, offset: UInt64, binaryHeader: SharedBytes?, binaryPayload: SharedBytes?
+    ) {
+        self.prefix = prefix
         self.channel = channel
         self.isChannelMessage = channel != nil
         self.offset = offset
         self.size = prefix.count + 24
-        self.binaryHeader = binaryHeader.map { SharedBytes($0) }
-        self.binaryPayload = binaryPayload.map { SharedBytes($0) }
+        self.binaryHeader = binaryHeader
+        self.binaryPayload = binaryPayload
     }
 }
 

@@ -56,14 +56,53 @@ extension Dictionary: JSONMembers where Key == String, Value == JSONValue {}
 
 /// An object's members in order (`JSONParser.parseFields`); a lookup is a scan from the end,
 /// so that the last of a repeated key counts. Meant for the few members of a request body.
+/// A key of plain ASCII (no escape, the common case) is not made a string: it is compared
+/// with the text's own bytes.
 public struct JSONFields: JSONMembers, Sendable {
-    public var members: [(key: String, value: JSONValue)] = []
+    /// A member's key: its bytes in `text`, or decoded (an escape or a byte from 0x80 in it).
+    enum Key: Sendable {
+        case raw(start: Int, count: Int)
+        case decoded(String)
+    }
 
-    public init() {}
+    /// The parsed text (shared, not copied).
+    let text: [UInt8]
+    var members: [(key: Key, value: JSONValue)] = []
+
+    init(text: [UInt8]) { self.text = text }
+
+    /// The keys in order, as strings.
+    public var keys: [String] {
+        members.map { m in
+            switch m.key {
+            case .raw(let s, let n): return String(decoding: text[s..<(s + n)], as: UTF8.self)
+            case .decoded(let k): return k
+            }
+        }
+    }
 
     public subscript(_ key: String) -> JSONValue? {
-        for m in members.reversed() where m.key == key { return m.value }
-        return nil
+        var k = key  // `withUTF8` is mutating; a native string is not copied
+        return k.withUTF8 { kb -> JSONValue? in
+            // A key with bytes from 0x80 may equal another spelling as a string (canonical
+            // equivalence): compared as strings, as a dictionary would.
+            let ascii = !kb.contains { $0 >= 0x80 }
+            for m in members.reversed() where matches(m.key, kb, key, ascii: ascii) { return m.value }
+            return nil
+        }
+    }
+
+    func matches(_ m: Key, _ kb: UnsafeBufferPointer<UInt8>, _ key: String, ascii: Bool) -> Bool {
+        switch m {
+        case .decoded(let d): return d == key
+        case .raw(let s, let n):
+            guard ascii else { return String(decoding: text[s..<(s + n)], as: UTF8.self) == key }
+            guard n == kb.count else { return false }
+            return text.withUnsafeBufferPointer { t in
+                for j in 0..<n where t[s + j] != kb[j] { return false }
+                return true
+            }
+        }
     }
 }
 
@@ -115,9 +154,11 @@ public struct JSONParser {
                             _ = try p.value(depth: 0)
                             return nil
                         }
-                        var f = JSONFields()
+                        var f = JSONFields(text: bytes)
                         f.members.reserveCapacity(8)  // a publish has 3 to 5: one allocation
-                        try p.members(depth: 0) { f.members.append(($0, $1)) }
+                        try p.members(depth: 0, key: { p throws(JSONError) in try p.fieldKey() }) {
+                            f.members.append(($0, $1))
+                        }
                         return f
                     })
             } catch { return .failure(error) }
@@ -129,6 +170,14 @@ public struct JSONParser {
     /// `add`.
     @inline(__always)
     mutating func members(depth: Int, _ add: (String, JSONValue) -> Void) throws(JSONError) {
+        try members(depth: depth, key: { p throws(JSONError) in try p.string() }, add)
+    }
+
+    /// `members`, each key read by `key` (at its opening quote).
+    @inline(__always)
+    mutating func members<K>(
+        depth: Int, key: (inout JSONParser) throws(JSONError) -> K, _ add: (K, JSONValue) -> Void
+    ) throws(JSONError) {
         guard depth < Self.maxDepth else { throw fail("nested too deeply") }
         i += 1
         skipSpace()
@@ -136,7 +185,7 @@ public struct JSONParser {
         while true {
             skipSpace()
             guard peek == UInt8(ascii: "\"") else { throw fail("expected a key") }
-            let k = try string()
+            let k = try key(&self)
             skipSpace()
             guard peek == UInt8(ascii: ":") else { throw fail("expected ':'") }
             i += 1
@@ -253,6 +302,23 @@ public struct JSONParser {
             i += 1
         }
         return v
+    }
+
+    /// A key of `parseFields` at `i` (at its opening quote): its place in the text when it is
+    /// plain ASCII, else decoded by `string` (which also reports what is wrong with it).
+    mutating func fieldKey() throws(JSONError) -> JSONFields.Key {
+        let start = i + 1
+        var j = start
+        while j < bytes.count {
+            let c = bytes[j]
+            if c == UInt8(ascii: "\"") {
+                i = j + 1
+                return .raw(start: start, count: j - start)
+            }
+            if c < 0x20 || c >= 0x80 || c == UInt8(ascii: "\\") { break }
+            j += 1
+        }
+        return .decoded(try string())
     }
 
     /// A string at `i` (which is at the opening quote). Bytes must be UTF-8 (checked by

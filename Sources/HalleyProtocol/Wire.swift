@@ -45,6 +45,17 @@ public enum Wire {
         return n + 1
     }
 
+    /// `,"halley:offset":N` written into `out` (at most `offsetFieldMax` bytes); returns its
+    /// length.
+    public static func offsetField(_ off: UInt64, into out: UnsafeMutableRawPointer) -> Int {
+        let head: StaticString = ",\"halley:offset\":"
+        out.copyMemory(from: head.utf8Start, byteCount: head.utf8CodeUnitCount)
+        return head.utf8CodeUnitCount + writeDecimal(off, into: out + head.utf8CodeUnitCount)
+    }
+
+    /// The longest `offsetField` (UInt64.max has 20 digits).
+    public static let offsetFieldMax = 17 + 20
+
     public static func seqTail(_ seq: UInt64) -> [UInt8] {
         [UInt8](unsafeUninitializedCapacity: 40) { b, n in
             n = seqTail(seq, into: UnsafeMutableRawPointer(b.baseAddress!))

@@ -290,10 +290,14 @@ final class HTTPConnection: Connection {
 
     func consume(_ buf: UnsafeRawBufferPointer) -> Int {
         var off = 0
-        var head: HTTPRequestHead? = nil
+        // The head of the request being read, when `haveHead` (not an optional: see
+        // `HTTPRequestHead.placeholder`).
+        var head = HTTPRequestHead.placeholder
+        var haveHead = false
         var body: [UInt8] = []
         if let p = partial {
             head = p.head
+            haveHead = true
             body = p.body
             partial = nil
         }
@@ -312,7 +316,7 @@ final class HTTPConnection: Connection {
             switch result {
             case .needMore(let c):
                 off += c
-                if let h = head { let p = PartialRequest(head: h); p.body = body; partial = p }
+                if haveHead { let p = PartialRequest(head: head); p.body = body; partial = p }
                 return off
             case .head(let h, let c):
                 off += c
@@ -323,6 +327,7 @@ final class HTTPConnection: Connection {
                     ctx.count(.requests1xx)
                 }
                 head = h
+                haveHead = true
                 // Reserve what is announced, up to 64 KiB: a head alone must not make us
                 // allocate the whole body limit.
                 if let cl = h.contentLength, cl > 0 { body.reserveCapacity(min(cl, 64 * 1024)) }
@@ -332,8 +337,10 @@ final class HTTPConnection: Connection {
                 off += c
             case .end(let c):
                 off += c
-                if let h = head {
-                    head = nil
+                if haveHead {
+                    haveHead = false
+                    var h = HTTPRequestHead.placeholder
+                    swap(&h, &head)  // moved out: no copy of the head
                     let b = body
                     body = []
                     dispatch(h, b)
@@ -343,7 +350,7 @@ final class HTTPConnection: Connection {
                 return buf.count
             }
         }
-        if let h = head { let p = PartialRequest(head: h); p.body = body; partial = p }
+        if haveHead { let p = PartialRequest(head: head); p.body = body; partial = p }
         return off
     }
 

@@ -1,3 +1,5 @@
+import HalleyCore
+import HalleyProtocol
 import Testing
 @testable import HalleyHub
 
@@ -113,9 +115,29 @@ import Testing
 @Suite struct OffsetFieldTests {
     @Test func writesTheOffsetInDecimalAfterWhatIsThere() {
         for off: UInt64 in [0, 1, 9, 10, 99, 100, 12_345, 1 << 32, UInt64.max] {
-            var out: [UInt8] = Array("{\"a\":1".utf8)
-            Hub.appendOffsetField(off, to: &out)
-            #expect(String(decoding: out, as: UTF8.self) == "{\"a\":1,\"halley:offset\":\(off)")
+            let m = OutMessage(
+                publishedPrefix: Array("{\"a\":1".utf8), channel: "c", offset: off, binaryHeader: Array("{\"b\":2".utf8),
+                binaryPayload: [0, 255])
+            let field = ",\"halley:offset\":\(off)"
+            #expect(String(decoding: m.prefix.buffer, as: UTF8.self) == "{\"a\":1" + field)
+            #expect(String(decoding: m.binaryHeader!.buffer, as: UTF8.self) == "{\"b\":2" + field)
+            #expect(Array(m.binaryPayload!.buffer) == [0, 255])
+            #expect(m.offset == off && m.channel == "c" && m.size == m.prefix.count + 24)
+            #expect(field.utf8.count <= Wire.offsetFieldMax)
         }
+        // An empty prefix (the buffer holds the field alone) and no binary part.
+        let m = OutMessage(publishedPrefix: [], channel: "c", offset: 7, binaryHeader: nil, binaryPayload: nil)
+        #expect(String(decoding: m.prefix.buffer, as: UTF8.self) == ",\"halley:offset\":7")
+        #expect(m.binaryHeader == nil && m.binaryPayload == nil)
+    }
+
+    @Test func aSharedBufferTakesItsTailInPlace() {
+        let b = SharedBytes([1, 2, 3], maxTail: 4) { p in
+            p.storeBytes(of: 9, as: UInt8.self)
+            return 1
+        }
+        #expect(Array(b.buffer) == [1, 2, 3, 9])
+        let none = SharedBytes([], maxTail: 0) { _ in 0 }
+        #expect(none.count == 0)
     }
 }

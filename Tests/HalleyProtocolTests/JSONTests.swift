@@ -73,15 +73,21 @@ func parse(_ s: String) throws -> JSONValue { try JSONParser.parse(Array(s.utf8)
         let objects = [
             #"{}"#, #" { "channel" : "bench", "event":"e", "data":"x\"y" } "#,
             #"{"a":1,"a":2,"b":[1,{"c":null}],"a":"last"}"#, #"{"data":{"k":[true,false]},"name":"n"}"#,
-            #"{"é":"😀","":""}"#,
+            #"{"é":"😀","":""}"#, #"{"\u0061":1,"b\"c":2,"a":3,"d\\":[]}"#, #"{"\u212A":1,"Kx":2}"#,
+            "{\"\u{212A}y\":1}",
         ]
         for text in objects {
             let bytes = Array(text.utf8)
             let dict = try #require(try JSONParser.parse(bytes).object)
             let fields = try #require(try JSONParser.parseFields(bytes))
-            #expect(Set(fields.members.map(\.key)) == Set(dict.keys))
+            #expect(Set(fields.keys) == Set(dict.keys))
             for k in dict.keys { #expect(fields[k] == dict[k], "\(text): \(k)") }
             #expect(fields["missing"] == nil)
+            // Other spellings of a key, as a dictionary finds them (U+212A KELVIN SIGN is "K"
+            // as a string), and keys that share only a prefix with one given.
+            for k in ["K", "Kx", "\u{212A}x", "Ky", "\u{212A}y", "a", "aa", "b", "b\"c", "d", "d\\", "", "é"] {
+                #expect(fields[k] == dict[k], "\(text): \(k)")
+            }
             let end = bytes.lastIndex(where: { $0 != 0x20 })! + 1  // trailing spaces are no part to cut
             for cut in 0..<end {
                 let prefix = Array(bytes[..<cut])
