@@ -23,7 +23,8 @@ public final class OutMessage: @unchecked Sendable {
         binaryPayload: [UInt8]? = nil
     ) {
         self.init(
-            prefix: SharedBytes(prefix), channel: channel, offset: offset, binaryHeader: binaryHeader.map { SharedBytes($0) },
+            prefix: SharedBytes(prefix), channel: channel, offset: offset,
+            binaryHeader: binaryHeader.map { SharedBytes($0) },
             binaryPayload: binaryPayload.map { SharedBytes($0) })
     }
 
@@ -31,7 +32,8 @@ public final class OutMessage: @unchecked Sendable {
     /// `,"halley:offset":N`, written straight into the shared buffers (appending to the arrays
     /// first copied them: the broker's message holds them too).
     convenience init(
-        publishedPrefix prefix: [UInt8], channel: String, offset: UInt64, binaryHeader: [UInt8]?, binaryPayload: [UInt8]?
+        publishedPrefix prefix: [UInt8], channel: String, offset: UInt64, binaryHeader: [UInt8]?,
+        binaryPayload: [UInt8]?
     ) {
         let field = { (p: UnsafeMutableRawPointer) in Wire.offsetField(offset, into: p) }
         self.init(

@@ -116,7 +116,8 @@ import Testing
     @Test func writesTheOffsetInDecimalAfterWhatIsThere() {
         for off: UInt64 in [0, 1, 9, 10, 99, 100, 12_345, 1 << 32, UInt64.max] {
             let m = OutMessage(
-                publishedPrefix: Array("{\"a\":1".utf8), channel: "c", offset: off, binaryHeader: Array("{\"b\":2".utf8),
+                publishedPrefix: Array("{\"a\":1".utf8), channel: "c", offset: off,
+                binaryHeader: Array("{\"b\":2".utf8),
                 binaryPayload: [0, 255])
             let field = ",\"halley:offset\":\(off)"
             #expect(String(decoding: m.prefix.buffer, as: UTF8.self) == "{\"a\":1" + field)
