@@ -11,16 +11,47 @@ public enum Wire {
         event: String, channel: String?, data: String, binary: Bool = false, offset: UInt64 = 0,
         userID: String? = nil
     ) -> [UInt8] {
-        // The keys, quotes, the flags and an offset take about 105 bytes; escapes may regrow it.
-        let room = event.utf8.count + (channel?.utf8.count ?? 0) + data.utf8.count + (userID?.utf8.count ?? 0) + 128
-        var b = JSONObjectBuilder(capacity: room)
-        b.string("event", event)
-        if let c = channel { b.string("channel", c) }
-        b.string("data", data)
-        if let u = userID { b.string("user_id", u) }
-        if binary { b.bool("halley:binary", true) }
-        if offset > 0 { b.int("halley:offset", offset) }
-        return b.open
+        // Each string's UTF-8 in place (`withUTF8` is mutating: copies of the parameters).
+        var e = event
+        var c = channel ?? ""
+        var d = data
+        var u = userID ?? ""
+        return e.withUTF8 { eb in
+            c.withUTF8 { cb in
+                d.withUTF8 { db in
+                    u.withUTF8 { ub in
+                        let en = SizedJSON.escapedCount(eb)
+                        let cn = SizedJSON.escapedCount(cb)
+                        let dn = SizedJSON.escapedCount(db)
+                        let un = SizedJSON.escapedCount(ub)
+                        // The keys, quotes, the flag and an offset take at most 105 bytes.
+                        let room = en + cn + dn + un + 128
+                        return [UInt8](unsafeUninitializedCapacity: room) { buffer, initialized in
+                            var w = SizedJSON.Writer(base: UnsafeMutableRawPointer(buffer.baseAddress!))
+                            w.text(#"{"event":"#)
+                            w.string(eb, escaped: en)
+                            if channel != nil {
+                                w.text(#","channel":"#)
+                                w.string(cb, escaped: cn)
+                            }
+                            w.text(#","data":"#)
+                            w.string(db, escaped: dn)
+                            if userID != nil {
+                                w.text(#","user_id":"#)
+                                w.string(ub, escaped: un)
+                            }
+                            if binary { w.text(#","halley:binary":true"#) }
+                            if offset > 0 {
+                                w.text(#","halley:offset":"#)
+                                w.decimal(offset)
+                            }
+                            precondition(w.count <= room, "eventPrefix: \(w.count) bytes written into \(room)")
+                            initialized = w.count
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The header of a binary WebSocket message (without data): the message's JSON object,

@@ -14,6 +14,48 @@ func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         #expect(seq["halley:offset"]?.uint64 == 17)
     }
 
+    /// The prefix as `JSONObjectBuilder` writes it, field by field (what `eventPrefix` wrote
+    /// before it sized its array first).
+    func builtPrefix(_ e: String, _ c: String?, _ d: String, _ binary: Bool, _ off: UInt64, _ u: String?) -> [UInt8] {
+        var b = JSONObjectBuilder()
+        b.string("event", e)
+        if let c { b.string("channel", c) }
+        b.string("data", d)
+        if let u { b.string("user_id", u) }
+        if binary { b.bool("halley:binary", true) }
+        if off > 0 { b.int("halley:offset", off) }
+        return b.open
+    }
+
+    /// Every byte below 0x80 (each escape and none) at every place of a word and past it, in
+    /// each of the four strings, with and without the optional fields: the same bytes as the
+    /// builder, and never more than the room counted.
+    @Test func eventPrefixWritesWhatTheBuilderWrites() {
+        var texts = ["", "a", "bench", "0123456789abcdef0123", "é😀", String(repeating: "x", count: 300)]
+        for byte in UInt8(0)..<0x80 {
+            for at in [0, 3, 7, 8, 9, 15] {
+                var s = Array(repeating: UInt8(ascii: "m"), count: 17)
+                s[at] = byte
+                texts.append(String(decoding: s, as: UTF8.self))
+            }
+        }
+        texts.append(String(repeating: "\u{01}", count: 50))  // all six-byte escapes
+        for t in texts {
+            for (k, off) in [UInt64(0), 1, UInt64.max].enumerated() {
+                let bin = k == 1
+                #expect(
+                    Wire.eventPrefix(event: t, channel: "c", data: "d", binary: bin, offset: off)
+                        == builtPrefix(t, "c", "d", bin, off, nil))
+                #expect(
+                    Wire.eventPrefix(event: "e", channel: t, data: t, offset: off, userID: t)
+                        == builtPrefix("e", t, t, false, off, t))
+                #expect(
+                    Wire.eventPrefix(event: "e", channel: nil, data: t, binary: bin, offset: off, userID: "u")
+                        == builtPrefix("e", nil, t, bin, off, "u"))
+            }
+        }
+    }
+
     @Test(arguments: [UInt64(0), 1, 9, 10, 99, 100, 12345, UInt64.max])
     func seqTailWritesEveryNumber(_ n: UInt64) {
         #expect(text(Wire.seqTail(n)) == ",\"halley:seq\":\(n)}")

@@ -1,0 +1,78 @@
+/// JSON text written into an array sized first: each string's escaped length is counted (a
+/// word at a time), then every piece is copied once into the array's storage. For the message
+/// made on every publish, where appending piece by piece to a growing array paid a capacity
+/// and uniqueness check per piece (about a tenth of a publish's instructions).
+/// Escapes are `JSONWriter`'s, byte for byte.
+enum SizedJSON {
+    /// The bytes `b` takes inside a JSON string (quotes not counted), escaped as
+    /// `JSONWriter.writeString` escapes.
+    static func escapedCount(_ b: UnsafeBufferPointer<UInt8>) -> Int {
+        let raw = UnsafeRawBufferPointer(b)
+        var n = b.count
+        var i = 0
+        while i < b.count {
+            while i + 8 <= b.count && !JSONWriter.wordNeedsEscape(raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) {
+                i += 8
+            }
+            guard i < b.count else { break }
+            n += extra(b[i])
+            i += 1
+        }
+        return n
+    }
+
+    /// What escaping adds to byte `c`: one for `\"`, `\\`, `\n`, `\r`, `\t`; five for
+    /// `\u00XX`; none for the rest.
+    @inline(__always)
+    static func extra(_ c: UInt8) -> Int {
+        switch c {
+        case UInt8(ascii: "\""), UInt8(ascii: "\\"), 0x0A, 0x0D, 0x09: return 1
+        case 0..<0x20: return 5
+        default: return 0
+        }
+    }
+
+    /// Writes at `base`, which is an array's uninitialized storage of a size counted before
+    /// (`[UInt8](unsafeUninitializedCapacity:)`): used only inside that initializer.
+    struct Writer {
+        let base: UnsafeMutableRawPointer  // the array's storage, inside its initializer only
+        var count = 0
+
+        mutating func byte(_ c: UInt8) {
+            base.storeBytes(of: c, toByteOffset: count, as: UInt8.self)
+            count += 1
+        }
+
+        mutating func text(_ s: StaticString) {
+            (base + count).copyMemory(from: s.utf8Start, byteCount: s.utf8CodeUnitCount)
+            count += s.utf8CodeUnitCount
+        }
+
+        mutating func decimal(_ v: UInt64) { count += Wire.writeDecimal(v, into: base + count) }
+
+        /// `"…"`: `b` escaped; `escaped` is its `escapedCount` (equal to its length when
+        /// nothing needs an escape: one copy).
+        mutating func string(_ b: UnsafeBufferPointer<UInt8>, escaped: Int) {
+            byte(UInt8(ascii: "\""))
+            if escaped == b.count {
+                if let p = b.baseAddress { (base + count).copyMemory(from: p, byteCount: b.count) }
+                count += b.count
+            } else {
+                for c in b {
+                    switch c {
+                    case UInt8(ascii: "\""), UInt8(ascii: "\\"): byte(UInt8(ascii: "\\")); byte(c)
+                    case 0x0A: byte(UInt8(ascii: "\\")); byte(UInt8(ascii: "n"))
+                    case 0x0D: byte(UInt8(ascii: "\\")); byte(UInt8(ascii: "r"))
+                    case 0x09: byte(UInt8(ascii: "\\")); byte(UInt8(ascii: "t"))
+                    case 0..<0x20:
+                        text("\\u00")
+                        byte(JSONWriter.hexDigits[Int(c >> 4)])
+                        byte(JSONWriter.hexDigits[Int(c & 15)])
+                    default: byte(c)
+                    }
+                }
+            }
+            byte(UInt8(ascii: "\""))
+        }
+    }
+}
