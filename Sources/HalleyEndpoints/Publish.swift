@@ -52,31 +52,30 @@ extension HubEndpoints {
     /// `{"channels":{name:{"offset":N,"epoch":"…"}},"sessions":N}`: 201 when subscribers of
     /// this node got it, 202 when none here did (with Redis, other nodes' are not counted).
     static func published(_ r: Hub.PublishResult) -> HTTPResponse {
-        // Bytes appended as they go (no string interpolation: this answers every publish).
-        // The literal parts from arrays made once (appending a literal's UTF-8 view took the
-        // collection algorithm's way, byte by byte).
-        var body: [UInt8] = []
-        body.reserveCapacity(64 + r.channels.count * 64)
-        body.append(contentsOf: Self.publishedOpen)
-        for (k, c) in r.channels.enumerated() {
-            if k > 0 { body.append(UInt8(ascii: ",")) }
-            JSONWriter.writeString(c.name, into: &body)
-            body.append(contentsOf: Self.publishedOffset)
-            JSONWriter.writeDecimal(c.offset, into: &body)
-            body.append(contentsOf: Self.publishedEpoch)
-            JSONWriter.writeString(c.epoch, into: &body)
-            body.append(UInt8(ascii: "}"))
+        // Sized first, then written once (SizedJSON): at most 52 bytes per channel besides its
+        // name and epoch, and 64 around them.
+        var room = 64
+        for c in r.channels { room += SizedJSON.escapedCount(c.name) + SizedJSON.escapedCount(c.epoch) + 52 }
+        let body = [UInt8](unsafeUninitializedCapacity: room) { buffer, initialized in
+            var w = SizedJSON.Writer(base: UnsafeMutableRawPointer(buffer.baseAddress!))
+            w.text(#"{"channels":{"#)
+            for (k, c) in r.channels.enumerated() {
+                if k > 0 { w.byte(UInt8(ascii: ",")) }
+                w.string(c.name)
+                w.text(#":{"offset":"#)
+                w.decimal(c.offset)
+                w.text(#","epoch":"#)
+                w.string(c.epoch)
+                w.byte(UInt8(ascii: "}"))
+            }
+            w.text(#"},"sessions":"#)
+            w.decimal(UInt64(r.sessions))
+            w.byte(UInt8(ascii: "}"))
+            precondition(w.count <= room, "published: \(w.count) bytes written into \(room)")
+            initialized = w.count
         }
-        body.append(contentsOf: Self.publishedSessions)
-        JSONWriter.writeDecimal(UInt64(r.sessions), into: &body)
-        body.append(UInt8(ascii: "}"))
         return HubHTTP.json(r.sessions > 0 ? 201 : 202, body)
     }
-
-    static let publishedOpen: [UInt8] = Array(#"{"channels":{"#.utf8)
-    static let publishedOffset: [UInt8] = Array(#":{"offset":"#.utf8)
-    static let publishedEpoch: [UInt8] = Array(#","epoch":"#.utf8)
-    static let publishedSessions: [UInt8] = Array(#"},"sessions":"#.utf8)
 
     struct Refusal: Error {
         let status: Int

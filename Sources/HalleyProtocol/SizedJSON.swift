@@ -3,10 +3,10 @@
 /// made on every publish, where appending piece by piece to a growing array paid a capacity
 /// and uniqueness check per piece (about a tenth of a publish's instructions).
 /// Escapes are `JSONWriter`'s, byte for byte.
-enum SizedJSON {
+package enum SizedJSON {
     /// The bytes `b` takes inside a JSON string (quotes not counted), escaped as
     /// `JSONWriter.writeString` escapes.
-    static func escapedCount(_ b: UnsafeBufferPointer<UInt8>) -> Int {
+    package static func escapedCount(_ b: UnsafeBufferPointer<UInt8>) -> Int {
         let raw = UnsafeRawBufferPointer(b)
         var n = b.count
         var i = 0
@@ -23,6 +23,12 @@ enum SizedJSON {
 
     /// What escaping adds to byte `c`: one for `\"`, `\\`, `\n`, `\r`, `\t`; five for
     /// `\u00XX`; none for the rest.
+    /// `escapedCount` of a string's UTF-8.
+    package static func escapedCount(_ s: String) -> Int {
+        var s = s  // `withUTF8` is mutating; a native string is not copied
+        return s.withUTF8 { escapedCount($0) }
+    }
+
     @inline(__always)
     static func extra(_ c: UInt8) -> Int {
         switch c {
@@ -34,25 +40,27 @@ enum SizedJSON {
 
     /// Writes at `base`, which is an array's uninitialized storage of a size counted before
     /// (`[UInt8](unsafeUninitializedCapacity:)`): used only inside that initializer.
-    struct Writer {
+    package struct Writer {
         let base: UnsafeMutableRawPointer  // the array's storage, inside its initializer only
-        var count = 0
+        package private(set) var count = 0
 
-        mutating func byte(_ c: UInt8) {
+        package init(base: UnsafeMutableRawPointer) { self.base = base }
+
+        package mutating func byte(_ c: UInt8) {
             base.storeBytes(of: c, toByteOffset: count, as: UInt8.self)
             count += 1
         }
 
-        mutating func text(_ s: StaticString) {
+        package mutating func text(_ s: StaticString) {
             (base + count).copyMemory(from: s.utf8Start, byteCount: s.utf8CodeUnitCount)
             count += s.utf8CodeUnitCount
         }
 
-        mutating func decimal(_ v: UInt64) { count += Wire.writeDecimal(v, into: base + count) }
+        package mutating func decimal(_ v: UInt64) { count += Wire.writeDecimal(v, into: base + count) }
 
         /// `"…"`: `b` escaped; `escaped` is its `escapedCount` (equal to its length when
         /// nothing needs an escape: one copy).
-        mutating func string(_ b: UnsafeBufferPointer<UInt8>, escaped: Int) {
+        package mutating func string(_ b: UnsafeBufferPointer<UInt8>, escaped: Int) {
             byte(UInt8(ascii: "\""))
             if escaped == b.count {
                 if let p = b.baseAddress { (base + count).copyMemory(from: p, byteCount: b.count) }
@@ -73,6 +81,12 @@ enum SizedJSON {
                 }
             }
             byte(UInt8(ascii: "\""))
+        }
+
+        /// `"…"`: the string escaped.
+        package mutating func string(_ s: String) {
+            var s = s  // `withUTF8` is mutating; a native string is not copied
+            s.withUTF8 { string($0, escaped: SizedJSON.escapedCount($0)) }
         }
     }
 }

@@ -437,31 +437,38 @@ final class HTTPConnection: Connection {
 
     func encode(_ r: HTTPResponse, keepAlive: Bool) {
         let status = r.status
-        ctx.corkAppend(ServerTables.statusLines[min(max(status, 100), 599)])
-        ctx.corkAppend(ctx.dateLine)
-        if let e = r.encodedHeaders { ctx.corkAppend(e.buffer) }
-        for (n, v) in r.headers {
-            var line = n
-            line += ": "
-            line += v
-            line += "\r\n"
-            ctx.corkAppend(Array(line.utf8))
-        }
         let noBody = status < 200 || status == 204 || status == 304
-        if !noBody {
-            ctx.corkAppend(ServerTables.contentLengthPrefix)
-            ctx.corkAppendDecimalLine(r.body.length)
+        let t = ctx.tables
+        let dateLine = ctx.dateLine
+        let minor = respondMinor
+        // The head (and a body given as bytes) written into the cork buffer as one piece.
+        ctx.corkWrite { b in
+            b.append(t.statusLines[min(max(status, 100), 599)])
+            b.append(dateLine)
+            if let e = r.encodedHeaders { b.append(e.buffer) }
+            for (n, v) in r.headers {
+                b.append(n)
+                b.append(": ")
+                b.append(v)
+                b.append(t.crlf)
+            }
+            if !noBody {
+                b.append(t.contentLengthPrefix)
+                b.append(decimal: r.body.length)
+                b.append(t.crlf)
+            }
+            if !keepAlive {
+                b.append(t.connectionClose)
+            } else if minor == 0 {
+                b.append(t.connectionKeepAlive)
+            }
+            b.append(t.crlf)
+            if noBody || respondHead { return }
+            if case .bytes(let body) = r.body { b.append(body) }
         }
-        if !keepAlive {
-            ctx.corkAppend(ServerTables.connectionClose)
-        } else if respondMinor == 0 {
-            ctx.corkAppend(ServerTables.connectionKeepAlive)
-        }
-        ctx.corkAppend(ServerTables.crlf)
         if noBody || respondHead { return }
         switch r.body {
-        case .empty: break
-        case .bytes(let b): ctx.corkAppend(b)
+        case .empty, .bytes: break
         case .shared(let s): ctx.corkAppend(shared: s)
         case .file(let f, let off, let n): ctx.corkAppend(file: f, offset: off, length: n)
         }

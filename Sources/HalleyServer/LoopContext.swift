@@ -65,6 +65,8 @@ final class LoopContext {
     /// Inflates for every connection whose client resets its context after each message.
     lazy var sharedInflater = Inflater(resetAfterMessage: true, output: inflateOutput)
 
+    let tables = ResponseTables()
+
     /// "Date: ...\r\n", rebuilt when the wall-clock second changes.
     /// Points into `dateStorage`: a `[UInt8]` here cost a retain and a release per response.
     private(set) var dateLine = UnsafeRawBufferPointer(start: nil, count: 0)
@@ -323,6 +325,14 @@ final class LoopContext {
     }
 
     func corkAppend(_ bytes: [UInt8]) { bytes.withUnsafeBytes { corkAppend($0) } }
+
+    /// What `write` appends to the cork buffer, as one piece (a response head: one note of
+    /// it where a call per line noted each).
+    func corkWrite(_ write: (ByteBuffer) -> Void) {
+        let start = cork.writerIndex
+        write(cork)
+        noteCork(from: start)
+    }
 
     func corkAppend(shared s: SharedBytes) {
         if s.count <= Self.copyThreshold { corkAppend(s.buffer); return }

@@ -24,3 +24,13 @@ enum ServerTables {
     nonisolated(unsafe) static let transferChunked = immortal("Transfer-Encoding: chunked\r\n")
     nonisolated(unsafe) static let lastChunk = immortal("0\r\n\r\n")
 }
+
+/// The tables a response head is written from, held by each loop context: reading a global
+/// `static let` goes through `swift_once` on every access (three per response).
+struct ResponseTables {
+    let statusLines = ServerTables.statusLines
+    let contentLengthPrefix = ServerTables.contentLengthPrefix
+    let connectionClose = ServerTables.connectionClose
+    let connectionKeepAlive = ServerTables.connectionKeepAlive
+    let crlf = ServerTables.crlf
+}
