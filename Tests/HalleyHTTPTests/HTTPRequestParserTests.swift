@@ -46,6 +46,30 @@ func parseOnce(_ input: String, limits: HTTPLimits = HTTPLimits()) -> HTTPReques
         #expect(h.query == "y=1")
     }
 
+    /// A field is found by its name in any ASCII case, the first of equal names, and not by a
+    /// name that shares a prefix, is longer or shorter, or differs in a byte from 0x80.
+    @Test func fieldsAreFoundByNameInAnyCaseOnly() {
+        let h = HTTPHeaders([
+            ("Host", "h"), ("Authorization", "first"), ("X-Ä", "umlaut"), ("authorizatioN", "second"),
+            ("Content-Length", "5"), ("", "empty name"),
+        ])
+        // The reference: ASCII letters folded, every other byte as is, the first match.
+        func reference(_ name: String) -> String? {
+            func fold(_ s: String) -> [UInt8] { s.utf8.map { $0 >= 65 && $0 <= 90 ? $0 | 0x20 : $0 } }
+            return h.first { fold($0.name) == fold(name) }?.value
+        }
+        let names = [
+            "Host", "HOST", "host", "hosT", "Hos", "Hostx", "Authorization", "AUTHORIZATION", "authorizatio",
+            "x-ä", "X-Ä", "x-Ä", "Content-length", "Content-Lengti", "content-length ", "", "Missing",
+        ]
+        for n in names {
+            #expect(h[n] == reference(n), "\(n)")
+            #expect(h.valueBytes(n).map { String(decoding: $0, as: UTF8.self) } == reference(n), "\(n)")
+        }
+        #expect(h["AUTHORIZATION"] == "first")
+        #expect(h["x-ä"] == nil)  // "Ä" is not an ASCII letter: not folded
+    }
+
     @Test func pipelinedRequestsInOrder() {
         let r = parseEverySplit(
             "GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /c HTTP/1.1\r\nHost: a\r\n\r\n"
