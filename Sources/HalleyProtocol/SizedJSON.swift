@@ -11,7 +11,8 @@ package enum SizedJSON {
         var n = b.count
         var i = 0
         while i < b.count {
-            while i + 8 <= b.count && !JSONWriter.wordNeedsEscape(raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) {
+            while i + 8 <= b.count && !JSONWriter.wordNeedsEscape(raw.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+            {
                 i += 8
             }
             guard i < b.count else { break }
