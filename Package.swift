@@ -6,7 +6,10 @@ import PackageDescription
 // every access, about 5% of a long-poll fan-out's CPU) buy nothing in the hot modules.
 // Static exclusivity checking still applies.
 // Debug builds (the tests) keep the checks, so a violation still traps there.
-let hotPath: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+let hotPath: [SwiftSetting] = [
+    .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release))
+]
+let cmo: [SwiftSetting] = [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]
 
 // Halley has no package dependencies: the toolchain, Glibc, and the system's zlib and OpenSSL
 // (Debian: zlib1g-dev, libssl-dev) through system-library targets.
@@ -39,13 +42,13 @@ let package = Package(
         // their fields' runtime exclusivity checks were 3% of a publish request's CPU.
         .target(name: "HalleyCore", swiftSettings: hotPath),
         // SHA-1, MD5, HMAC-SHA256 from OpenSSL.
-        .target(name: "HalleyCrypto", dependencies: ["COpenSSL"]),
+        .target(name: "HalleyCrypto", dependencies: ["COpenSSL"], swiftSettings: cmo),
         // HTTP/1.1 request and response parsers, limits, dates: no sockets.
-        .target(name: "HalleyHTTP", dependencies: ["HalleyCore"]),
+        .target(name: "HalleyHTTP", dependencies: ["HalleyCore"], swiftSettings: cmo),
         // WebSocket handshake, frames, permessage-deflate: no sockets.
-        .target(name: "HalleyWebSocket", dependencies: ["HalleyCore", "HalleyCrypto", "CZlib"]),
+        .target(name: "HalleyWebSocket", dependencies: ["HalleyCore", "HalleyCrypto", "CZlib"], swiftSettings: cmo),
         // epoll event loops, sockets, listeners, timers.
-        .target(name: "HalleyLoop", dependencies: ["HalleyCore", "CHalleyLinux"]),
+        .target(name: "HalleyLoop", dependencies: ["HalleyCore", "CHalleyLinux"], swiftSettings: cmo),
         // HTTP server: connections, router, static files, metrics.
         .target(
             name: "HalleyServer",
@@ -53,7 +56,7 @@ let package = Package(
             swiftSettings: hotPath),
         // Pusher protocol messages, JSON, channel names, signatures, SSE and poll encodings:
         // no sockets, no loops.
-        .target(name: "HalleyProtocol", dependencies: ["HalleyCore", "HalleyCrypto"]),
+        .target(name: "HalleyProtocol", dependencies: ["HalleyCore", "HalleyCrypto"], swiftSettings: cmo),
         // The hub's domain: apps, channels (offsets, history), sessions, fan-out, presence,
         // webhooks. Knows nothing of HTTP requests (HalleyEndpoints calls it).
         .target(
@@ -73,7 +76,7 @@ let package = Package(
             ],
             swiftSettings: hotPath),
         // The executable: configuration, wiring, signals, logs.
-        .executableTarget(name: "halley", dependencies: ["HalleyServer", "HalleyHub", "HalleyEndpoints"]),
+        .executableTarget(name: "halley", dependencies: ["HalleyServer", "HalleyHub", "HalleyEndpoints"], swiftSettings: cmo),
         // libFuzzer entry for the request parser (built with --sanitize=fuzzer).
         .executableTarget(name: "HalleyFuzzHTTP", dependencies: ["HalleyHTTP"]),
         // The load generator of Scripts/bench (WebSocket echo, TLS handshakes, fan-out over

@@ -71,11 +71,11 @@ extension HubEndpoints {
         options.connectTimeoutMillis = 2000
         options.timeoutMillis = 0  // a stream lasts as long as the client keeps it
         options.limits.maxBodyBytes = 1 << 40  // taken as it comes: the bound is the client's buffer below
-        let bound = hub.config.sessionBufferBytes
+        let bound = config.sessionBufferBytes
         let state = RelayState()
         // The owner answers a poll within --poll-timeout and starts a stream at once: a head
         // that takes much longer means the owner hangs.
-        let headDeadline = Int64(hub.config.pollTimeout + 15) * 1000
+        let headDeadline = Int64(config.pollTimeout + 15) * 1000
         state.timer = responder.loop.schedule(afterMillis: headDeadline) {
             state.timer = nil
             guard state.stream == nil, let call = state.call else { return }

@@ -139,7 +139,7 @@ extension HubEndpoints {
     /// app's own origins when it has them. No `Origin`: not a browser, allowed.
     func pusherHTTPOrigin(_ request: HTTPRequest, app: App?) -> (allowed: Bool, origin: String?) {
         guard let o = request.head.headers["Origin"] else { return (true, nil) }
-        return (hub.config.origins.allows(o) && (app?.origins?.allows(o) ?? true), o)
+        return (config.origins.allows(o) && (app?.origins?.allows(o) ?? true), o)
     }
 
     /// CORS preflight: pusher-js sends `Content-Type: application/json`, so browsers ask first.

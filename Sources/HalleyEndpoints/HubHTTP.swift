@@ -157,7 +157,7 @@ extension HubEndpoints {
     /// CORS: the origin to echo, or a refusal (the WebSocket origin policy applies).
     func corsOrigin(_ request: HTTPRequest) -> (allowed: Bool, origin: String?) {
         guard let o = request.head.headers["Origin"] else { return (true, nil) }
-        return (hub.config.origins.allows(o), o)
+        return (config.origins.allows(o), o)
     }
 
     func preflight(_ request: HTTPRequest, _ responder: Responder) {
@@ -219,7 +219,7 @@ extension LoopEndpoints {
             // The token comes in the first message (`halley:resume`), not in the URL.
             return .awaitResume(app, id, lastSeen: last)
         }
-        guard hub.config.allowTokensInURLs else {
+        guard endpoints.config.allowTokensInURLs else {
             Log.info(
                 "websocket: a session token in a URL refused (send halley:resume; --allow-tokens-in-urls accepts the old form)"
             )
@@ -300,7 +300,7 @@ extension LoopEndpoints {
     func sessionToken(_ request: HTTPRequest, _ q: [(String, String)], origin: String?) -> TokenShown {
         let inURL = Query.value(q, "token")
         // Refused even beside a header: the URL has gone to the access log all the same.
-        if inURL != nil && !hub.config.allowTokensInURLs { return .failure(Self.tokenInURLRefusal(origin: origin)) }
+        if inURL != nil && !endpoints.config.allowTokensInURLs { return .failure(Self.tokenInURLRefusal(origin: origin)) }
         if let t = request.head.headers["X-Halley-Token"] { return .success(t) }
         return .success(inURL ?? "")
     }
@@ -328,7 +328,7 @@ extension LoopEndpoints {
         // only with --allow-tokens-in-urls).
         var eventID = request.head.headers["Last-Event-ID"]
         if eventID == nil, let fromQuery = Query.value(q, "last_event_id") {
-            guard hub.config.allowTokensInURLs else {
+            guard endpoints.config.allowTokensInURLs else {
                 responder.respond(Self.tokenInURLRefusal(origin: origin)); return
             }
             eventID = fromQuery
@@ -394,7 +394,7 @@ extension LoopEndpoints {
         }
         let t = SSETransport(loopHub: loopHub, stream: stream, session: s)
         streams.append(t)
-        stream.write([.bytes(Wire.ssePrelude(padding: hub.config.ssePadding, retryMillis: hub.config.sseRetryMillis))])
+        stream.write([.bytes(Wire.ssePrelude(padding: endpoints.config.ssePadding, retryMillis: endpoints.config.sseRetryMillis))])
         // The first event has an id too (the last seq seen), so a stream that drops before the
         // first numbered event still resumes the session.
         if lastSeen != nil { hub.stats(s.app.id)?.add(.resumes) }

@@ -15,7 +15,14 @@ public final class HubEndpoints: @unchecked Sendable {
     /// One per loop, in the hub's loop order.
     var loops: [LoopEndpoints] = []
 
-    public init(hub: Hub) { self.hub = hub }
+    /// The hub's configuration, held here: read through `hub.config` from this module, the
+    /// whole struct was copied (and its strings retained) on every access.
+    let config: HubConfig
+
+    public init(hub: Hub) {
+        self.hub = hub
+        self.config = hub.config
+    }
 
     /// Adds the endpoints' state to every loop of the hub. Call right after `Hub.attach`,
     /// before any request can arrive.
@@ -80,7 +87,7 @@ final class LoopEndpoints: LoopExtension {
         }
         if !polls.isEmpty {
             polls.removeAll { $0.answered }
-            let timeout = Int32(hub.config.pollTimeout)
+            let timeout = Int32(endpoints.config.pollTimeout)
             for p in polls where now - p.since >= timeout { p.answer() }
         }
         if !pusherHTTP.isEmpty { pusherHTTP.tick(now: now) }

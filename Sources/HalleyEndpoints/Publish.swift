@@ -163,8 +163,8 @@ extension HubEndpoints {
             }
         }
         guard !channels.isEmpty else { throw Refusal(status: 400, text: "missing channel or channels") }
-        guard channels.count <= hub.config.maxChannelsPerPublish else {
-            throw Refusal(status: 400, text: "more than \(hub.config.maxChannelsPerPublish) channels")
+        guard channels.count <= config.maxChannelsPerPublish else {
+            throw Refusal(status: 400, text: "more than \(config.maxChannelsPerPublish) channels")
         }
         if channels.count > 1 {
             var seen = Set<String>()
@@ -186,7 +186,7 @@ extension HubEndpoints {
         } else {
             r.data = ""
         }
-        if let p = hub.config.eventProblem(app: app, name: event, dataBytes: r.binary?.count ?? r.data?.utf8.count ?? 0)
+        if let p = config.eventProblem(app: app, name: event, dataBytes: r.binary?.count ?? r.data?.utf8.count ?? 0)
         {
             throw Refusal(status: p.status, text: p.text)
         }

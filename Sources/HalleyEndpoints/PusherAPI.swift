@@ -189,8 +189,8 @@ extension HubEndpoints {
             channels += a.map { $0.string! }
         }
         guard !channels.isEmpty else { return bad("Missing channel or channels parameter") }
-        guard channels.count <= hub.config.maxChannelsPerPublish else {
-            return bad("Too many channels: at most \(hub.config.maxChannelsPerPublish) per event")
+        guard channels.count <= config.maxChannelsPerPublish else {
+            return bad("Too many channels: at most \(config.maxChannelsPerPublish) per event")
         }
         var seen = Set<String>()
         channels = channels.filter { seen.insert($0).inserted }
@@ -200,7 +200,7 @@ extension HubEndpoints {
         if channels.count > 1, channels.contains(where: { $0.hasPrefix("private-encrypted-") }) {
             return bad("Encrypted channels take one channel per event")
         }
-        if let p = hub.config.eventProblem(app: app, name: name, dataBytes: data.utf8.count) {
+        if let p = config.eventProblem(app: app, name: name, dataBytes: data.utf8.count) {
             return .failure(Refusal(status: p.status, text: p.text))
         }
         var exclude: SessionID? = nil
@@ -271,11 +271,11 @@ extension HubEndpoints {
         guard let o = parseBody(r.request.body), let list = o["batch"]?.array else {
             return answer(.failure(Refusal(status: 400, text: "Expected a JSON object with a batch array")))
         }
-        guard list.count <= hub.config.maxBatchEvents else {
+        guard list.count <= config.maxBatchEvents else {
             return answer(
                 .failure(
                     Refusal(
-                        status: 400, text: "Batch too large: at most \(hub.config.maxBatchEvents) events per request")))
+                        status: 400, text: "Batch too large: at most \(config.maxBatchEvents) events per request")))
         }
         // All or nothing: every event is checked before any is published.
         var events: [APIEvent] = []

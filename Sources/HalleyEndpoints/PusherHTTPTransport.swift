@@ -143,7 +143,7 @@ final class PusherHTTPTransport: Transport {
     }
 
     var table: PusherHTTPSessions { endpoints.pusherHTTP }
-    var config: HubConfig { endpoints.hub.config }
+    var config: HubConfig { endpoints.endpoints.config }
 
     // MARK: Transport
 

@@ -13,7 +13,7 @@ extension HubEndpoints {
 
     /// `GET /stats` with `Authorization: Bearer <--admin-token>`: every app and the totals.
     func statsEndpoint(_ request: HTTPRequest, _ responder: Responder) {
-        guard let admin = hub.config.adminToken else {
+        guard let admin = config.adminToken else {
             responder.respond(
                 HubHTTP.error(
                     403,

@@ -18,7 +18,17 @@ final class SSETransport: Transport {
     /// against the rotation budget, so every stream carries at least one message.
     var baseline = -1
 
+    /// The configuration's limits, read once: `loopHub.hub.config` from this module copied the
+    /// whole struct on every write.
+    let streamMaxBytes: Int
+    let sessionBufferBytes: Int
+    let heartbeat: Int32
+
     init(loopHub: LoopHub, stream: HTTPStream, session: Session) {
+        let cfg = loopHub.hub.config
+        streamMaxBytes = cfg.streamMaxBytes
+        sessionBufferBytes = cfg.sessionBufferBytes
+        heartbeat = Int32(cfg.heartbeat)
         self.loopHub = loopHub
         self.stream = stream
         self.session = session
@@ -66,11 +76,10 @@ final class SSETransport: Transport {
     /// read (it reconnects and resumes).
     func wrote() {
         lastWrite = loopHub.seconds
-        let cfg = loopHub.hub.config
-        if baseline >= 0 && stream.bodyBytes - baseline >= cfg.streamMaxBytes {
+        if baseline >= 0 && stream.bodyBytes - baseline >= streamMaxBytes {
             stream.write([.bytes(Wire.sseDataHead), .bytes(Wire.reconnect), .bytes(Wire.sseEventEnd)])
             finish()
-        } else if stream.bufferedBytes > cfg.sessionBufferBytes {
+        } else if stream.bufferedBytes > sessionBufferBytes {
             Log.info("sse: client not reading (\(stream.bufferedBytes) B pending): ending the stream")
             finish()
         }
@@ -78,7 +87,7 @@ final class SSETransport: Transport {
 
     func tick(now: Int32) {
         guard stream.isOpen else { return }
-        if now - lastWrite >= Int32(loopHub.hub.config.heartbeat) { sendControl(Wire.heartbeat) }
+        if now - lastWrite >= heartbeat { sendControl(Wire.heartbeat) }
     }
 
     var bufferedBytes: Int { stream.bufferedBytes }
