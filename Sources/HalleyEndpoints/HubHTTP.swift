@@ -300,7 +300,9 @@ extension LoopEndpoints {
     func sessionToken(_ request: HTTPRequest, _ q: [(String, String)], origin: String?) -> TokenShown {
         let inURL = Query.value(q, "token")
         // Refused even beside a header: the URL has gone to the access log all the same.
-        if inURL != nil && !endpoints.config.allowTokensInURLs { return .failure(Self.tokenInURLRefusal(origin: origin)) }
+        if inURL != nil && !endpoints.config.allowTokensInURLs {
+            return .failure(Self.tokenInURLRefusal(origin: origin))
+        }
         if let t = request.head.headers["X-Halley-Token"] { return .success(t) }
         return .success(inURL ?? "")
     }
@@ -394,7 +396,9 @@ extension LoopEndpoints {
         }
         let t = SSETransport(loopHub: loopHub, stream: stream, session: s)
         streams.append(t)
-        stream.write([.bytes(Wire.ssePrelude(padding: endpoints.config.ssePadding, retryMillis: endpoints.config.sseRetryMillis))])
+        stream.write([
+            .bytes(Wire.ssePrelude(padding: endpoints.config.ssePadding, retryMillis: endpoints.config.sseRetryMillis))
+        ])
         // The first event has an id too (the last seq seen), so a stream that drops before the
         // first numbered event still resumes the session.
         if lastSeen != nil { hub.stats(s.app.id)?.add(.resumes) }

@@ -186,8 +186,7 @@ extension HubEndpoints {
         } else {
             r.data = ""
         }
-        if let p = config.eventProblem(app: app, name: event, dataBytes: r.binary?.count ?? r.data?.utf8.count ?? 0)
-        {
+        if let p = config.eventProblem(app: app, name: event, dataBytes: r.binary?.count ?? r.data?.utf8.count ?? 0) {
             throw Refusal(status: p.status, text: p.text)
         }
         if let x = o["socket_id"] {
