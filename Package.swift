@@ -76,7 +76,8 @@ let package = Package(
             ],
             swiftSettings: hotPath),
         // The executable: configuration, wiring, signals, logs.
-        .executableTarget(name: "halley", dependencies: ["HalleyServer", "HalleyHub", "HalleyEndpoints"], swiftSettings: cmo),
+        .executableTarget(
+            name: "halley", dependencies: ["HalleyServer", "HalleyHub", "HalleyEndpoints"], swiftSettings: cmo),
         // libFuzzer entry for the request parser (built with --sanitize=fuzzer).
         .executableTarget(name: "HalleyFuzzHTTP", dependencies: ["HalleyHTTP"]),
         // The load generator of Scripts/bench (WebSocket echo, TLS handshakes, fan-out over
