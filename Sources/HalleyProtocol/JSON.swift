@@ -65,9 +65,16 @@ public struct JSONFields: JSONMembers, Sendable {
         case decoded(String)
     }
 
+    /// A member (a struct, not a tuple: an array of tuples was destroyed through the runtime's
+    /// generic tuple witnesses).
+    struct Member: Sendable {
+        let key: Key
+        let value: JSONValue
+    }
+
     /// The parsed text (shared, not copied).
     let text: [UInt8]
-    var members: [(key: Key, value: JSONValue)] = []
+    var members: [Member] = []
 
     init(text: [UInt8]) { self.text = text }
 
@@ -84,23 +91,33 @@ public struct JSONFields: JSONMembers, Sendable {
     public subscript(_ key: String) -> JSONValue? {
         var k = key  // `withUTF8` is mutating; a native string is not copied
         return k.withUTF8 { kb -> JSONValue? in
-            // A key with bytes from 0x80 may equal another spelling as a string (canonical
-            // equivalence): compared as strings, as a dictionary would.
-            let ascii = !kb.contains { $0 >= 0x80 }
-            for m in members.reversed() where matches(m.key, kb, key, ascii: ascii) { return m.value }
-            return nil
-        }
-    }
-
-    func matches(_ m: Key, _ kb: UnsafeBufferPointer<UInt8>, _ key: String, ascii: Bool) -> Bool {
-        switch m {
-        case .decoded(let d): return d == key
-        case .raw(let s, let n):
-            guard ascii else { return String(decoding: text[s..<(s + n)], as: UTF8.self) == key }
-            guard n == kb.count else { return false }
-            return text.withUnsafeBufferPointer { t in
-                for j in 0..<n where t[s + j] != kb[j] { return false }
-                return true
+            text.withUnsafeBufferPointer { t -> JSONValue? in
+                // A key with bytes from 0x80 may equal another spelling as a string (canonical
+                // equivalence): compared as strings, as a dictionary would.
+                var ascii = true
+                for c in kb where c >= 0x80 {
+                    ascii = false
+                    break
+                }
+                var i = members.count
+                while i > 0 {
+                    i -= 1
+                    switch members[i].key {
+                    case .raw(let s, let n):
+                        if ascii {
+                            guard n == kb.count else { continue }
+                            var j = 0
+                            while j < n && t[s + j] == kb[j] { j += 1 }
+                            if j == n { return members[i].value }
+                        } else if String(decoding: UnsafeBufferPointer(rebasing: t[s..<(s + n)]), as: UTF8.self) == key
+                        {
+                            return members[i].value
+                        }
+                    case .decoded(let d):
+                        if d == key { return members[i].value }
+                    }
+                }
+                return nil
             }
         }
     }
@@ -157,7 +174,7 @@ public struct JSONParser {
                         var f = JSONFields(text: bytes)
                         f.members.reserveCapacity(8)  // a publish has 3 to 5: one allocation
                         try p.members(depth: 0, key: { p throws(JSONError) in try p.fieldKey() }) {
-                            f.members.append(($0, $1))
+                            f.members.append(JSONFields.Member(key: $0, value: $1))
                         }
                         return f
                     })
