@@ -59,6 +59,26 @@ import HalleyHTTP
         guard case .notFound = r.match(.get, "/cafe\u{301}/x") else { Issue.record("expected not found"); return }
     }
 
+    /// Paths split at every slash: more segments than any pattern has, none at all, a literal
+    /// that only shares a prefix, and every cut of a matching path.
+    @Test func segmentsAreCountedAndComparedWhole() {
+        let r = router()
+        for path in [
+            "/apps/7/events/x", "/apps/7/events/x/y/z/w/v/u", "/", "", "///", "/apps/7/eventsx", "/apps/7/event",
+        ] {
+            guard case .notFound = r.match(.post, Substring(path)) else {
+                Issue.record("\(path): expected not found"); continue
+            }
+        }
+        let whole = "/apps/12/events"
+        for cut in 0..<whole.count {
+            let path = Substring(whole.prefix(cut))
+            if case .handler = r.match(.post, path) { Issue.record("\(path) matched") }
+        }
+        guard case .handler(_, let p) = r.match(.post, "apps/12/events") else { Issue.record("no match"); return }
+        #expect(p == ["id": "12"])
+    }
+
     @Test func unknownPathWithoutFallback() {
         guard case .notFound = router().match(.get, "/nope") else { Issue.record("expected not found"); return }
         guard case .notFound = router().match(.get, "/app/a/b") else {
