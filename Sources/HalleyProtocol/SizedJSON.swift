@@ -84,6 +84,15 @@ package enum SizedJSON {
             byte(UInt8(ascii: "\""))
         }
 
+        /// The string's UTF-8 as it is (no quotes, no escapes).
+        package mutating func raw(_ s: String) {
+            var s = s  // `withUTF8` is mutating; a native string is not copied
+            s.withUTF8 { b in
+                if let p = b.baseAddress { (base + count).copyMemory(from: p, byteCount: b.count) }
+                count += b.count
+            }
+        }
+
         /// `"…"`: the string escaped.
         package mutating func string(_ s: String) {
             var s = s  // `withUTF8` is mutating; a native string is not copied

@@ -58,6 +58,32 @@ import Testing
                 == "da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c")
     }
 
+    /// The signed text against its definition spelled out: keys lowercased, auth_signature
+    /// left out, sorted by their bytes (equal keys in the order given), for every order of a
+    /// query with upper-case, repeated, empty and non-ASCII keys and values.
+    @Test func signedTextSortsKeysAsBytesStably() {
+        let pairs: [(String, String)] = [
+            ("b", "1"), ("A", "2"), ("a", "3"), ("auth_signature", "x"), ("é", "ü"), ("", "e"), ("a_", ""),
+            ("AUTH_KEY", "k"), ("z", "&="),
+        ]
+        func reference(_ q: [(String, String)]) -> String {
+            let kept = q.enumerated().map { ($0.offset, $0.element.0.lowercased(), $0.element.1) }
+                .filter { $0.1 != "auth_signature" }
+            let sorted = kept.sorted { x, y in
+                x.1.utf8.lexicographicallyPrecedes(y.1.utf8) || (x.1.utf8.elementsEqual(y.1.utf8) && x.0 < y.0)
+            }
+            return "GET\n/p\n" + sorted.map { "\($0.1)=\($0.2)" }.joined(separator: "&")
+        }
+        var order = pairs
+        for round in 0..<200 {
+            // A fixed sequence of orders: rotations and swaps, no randomness.
+            order.swapAt(round % order.count, (round * 7 + 3) % order.count)
+            if round % 5 == 0 { order = Array(order.dropFirst()) + [order[0]] }
+            #expect(PusherSignature.stringToSign(method: "GET", path: "/p", query: order) == reference(order))
+        }
+        #expect(PusherSignature.stringToSign(method: "GET", path: "/p", query: []) == "GET\n/p\n")
+    }
+
     func verify(
         _ q: [(String, String)], body: [UInt8]? = nil, now: Int = 1353088179,
         secrets: [String]? = nil
