@@ -165,60 +165,64 @@ extension HubEndpoints {
         var info: Set<String>
     }
 
-    func parseAPIEvent(_ o: some JSONMembers, app: App, batch: Bool) -> Result<APIEvent, Refusal> {
-        func bad(_ t: String) -> Result<APIEvent, Refusal> { .failure(Refusal(status: 400, text: t)) }
+    /// The event's fields, checked (thrown, not a `Result`: a `Result` of this struct was
+    /// destroyed through generic value witnesses).
+    func parseAPIEvent(_ o: some JSONMembers, app: App, batch: Bool) throws(Refusal) -> APIEvent {
+        func bad(_ t: String) -> Refusal { Refusal(status: 400, text: t) }
         guard let name = o["name"]?.string, !name.isEmpty else {
-            return bad("Expected name parameter to be a non-empty string")
+            throw bad("Expected name parameter to be a non-empty string")
         }
         let data: String
         switch o["data"] {
         case .string(let s)?: data = s
-        case nil: return bad("Expected data parameter to be a string")
+        case nil: throw bad("Expected data parameter to be a string")
         case let v?: data = String(decoding: v.serialized, as: UTF8.self)
         }
         var channels: [String] = []
         if let c = o["channel"] {
-            guard let s = c.string else { return bad("Expected channel parameter to be a string") }
+            guard let s = c.string else { throw bad("Expected channel parameter to be a string") }
             channels.append(s)
         }
         if let cs = o["channels"] {
-            guard !batch else { return bad("batch events take one channel each") }
+            guard !batch else { throw bad("batch events take one channel each") }
             guard let a = cs.array, a.allSatisfy({ $0.string != nil }) else {
-                return bad("Expected channels parameter to be an array of strings")
+                throw bad("Expected channels parameter to be an array of strings")
             }
             channels += a.map { $0.string! }
         }
-        guard !channels.isEmpty else { return bad("Missing channel or channels parameter") }
+        guard !channels.isEmpty else { throw bad("Missing channel or channels parameter") }
         guard channels.count <= config.maxChannelsPerPublish else {
-            return bad("Too many channels: at most \(config.maxChannelsPerPublish) per event")
+            throw bad("Too many channels: at most \(config.maxChannelsPerPublish) per event")
         }
-        var seen = Set<String>()
-        channels = channels.filter { seen.insert($0).inserted }
+        if channels.count > 1 {  // one channel (the common case) makes no set
+            var seen = Set<String>()
+            channels = channels.filter { seen.insert($0).inserted }
+        }
         for c in channels {
-            if let p = Self.apiChannelProblem(c) { return bad("\(p): '\(c.prefix(200))'") }
+            if let p = Self.apiChannelProblem(c) { throw bad("\(p): '\(c.prefix(200))'") }
         }
         if channels.count > 1, channels.contains(where: { $0.hasPrefix("private-encrypted-") }) {
-            return bad("Encrypted channels take one channel per event")
+            throw bad("Encrypted channels take one channel per event")
         }
         if let p = config.eventProblem(app: app, name: name, dataBytes: data.utf8.count) {
-            return .failure(Refusal(status: p.status, text: p.text))
+            throw Refusal(status: p.status, text: p.text)
         }
         var exclude: SessionID? = nil
         if let x = o["socket_id"] {
             guard let s = x.string, let id = SessionID(s) else {
-                return bad("Invalid socket_id: expected digits.digits")
+                throw bad("Invalid socket_id: expected digits.digits")
             }
             exclude = id
         }
         var info = Set<String>()
         if let i = o["info"] {
-            guard let s = i.string else { return bad("Expected info parameter to be a comma-separated string") }
+            guard let s = i.string else { throw bad("Expected info parameter to be a comma-separated string") }
             info = Set(s.split(separator: ",").map { String($0).trimmingSpaces() })
             for a in info where a != "user_count" && a != "subscription_count" {
-                return bad("Unknown info attribute '\(a.prefix(40))'")
+                throw bad("Unknown info attribute '\(a.prefix(40))'")
             }
         }
-        return .success(APIEvent(channels: channels, name: name, data: data, exclude: exclude, info: info))
+        return APIEvent(channels: channels, name: name, data: data, exclude: exclude, info: info)
     }
 
     /// Channel names the API may publish to: the client names, and `#server-to-user-ID`
@@ -238,10 +242,7 @@ extension HubEndpoints {
             return answer(.failure(Refusal(status: 400, text: "Expected a JSON object body")))
         }
         let e: APIEvent
-        switch parseAPIEvent(o, app: r.app, batch: false) {
-        case .failure(let f): return answer(.failure(f))
-        case .success(let ok): e = ok
-        }
+        do { e = try parseAPIEvent(o, app: r.app, batch: false) } catch { return answer(.failure(error)) }
         func finish(_ result: Result<Hub.PublishResult, RedisError>) {
             if case .failure(let f) = result { return answer(.failure(Self.notPublished(f))) }
             guard !e.info.isEmpty else { return answer(.success(Array("{}".utf8))) }
@@ -283,9 +284,8 @@ extension HubEndpoints {
             guard let eo = v.object else {
                 return answer(.failure(Refusal(status: 400, text: "batch[\(i)] must be a JSON object")))
             }
-            switch parseAPIEvent(eo, app: r.app, batch: true) {
-            case .failure(let f): return answer(.failure(Refusal(status: f.status, text: "batch[\(i)]: \(f.text)")))
-            case .success(let e): events.append(e)
+            do { events.append(try parseAPIEvent(eo, app: r.app, batch: true)) } catch {
+                return answer(.failure(Refusal(status: error.status, text: "batch[\(i)]: \(error.text)")))
             }
         }
         // Answered when every event has its answer: 503 when any could not be published (those
