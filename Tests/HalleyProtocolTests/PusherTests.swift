@@ -32,6 +32,47 @@ import Testing
         // A broken escape stays as it came.
         #expect(Query.decode("%zz%4") == "%zz%4")
     }
+
+    /// Every string of up to four pieces from `&`, `=`, `%`, `+`, hex digits, a letter and a
+    /// two-byte character parses as the URL Standard's steps spelled out one byte at a time.
+    @Test func agreesWithTheStepsSpelledOut() {
+        func reference(_ q: String) -> [(String, String)] {
+            func decode(_ s: Substring) -> String {
+                let b = Array(s.utf8)
+                var out: [UInt8] = []
+                var i = 0
+                func hex(_ c: UInt8) -> UInt8? { UInt8(String(UnicodeScalar(c)), radix: 16) }
+                while i < b.count {
+                    if b[i] == UInt8(ascii: "+") {
+                        out.append(0x20)
+                    } else if b[i] == UInt8(ascii: "%"), i + 2 < b.count, let h = hex(b[i + 1]), let l = hex(b[i + 2]) {
+                        out.append(h << 4 | l)
+                        i += 2
+                    } else {
+                        out.append(b[i])
+                    }
+                    i += 1
+                }
+                return String(decoding: out, as: UTF8.self)
+            }
+            return q.split(separator: "&", omittingEmptySubsequences: true).map { part in
+                guard let eq = part.firstIndex(of: "=") else { return (decode(part), "") }
+                return (decode(part[..<eq]), decode(part[part.index(after: eq)...]))
+            }
+        }
+        let pieces = ["&", "=", "%", "+", "2", "F", "a", "é"]
+        var texts = [""]
+        var last = [""]
+        for _ in 0..<4 {
+            last = last.flatMap { t in pieces.map { t + $0 } }
+            texts += last
+        }
+        for t in texts {
+            let got = Query.parse(Substring(t))
+            let want = reference(t)
+            #expect(got.map(\.0) == want.map(\.0) && got.map(\.1) == want.map(\.1), "\(t)")
+        }
+    }
 }
 
 @Suite struct PusherSignatureTests {
