@@ -105,7 +105,13 @@ final class HMACKeys: @unchecked Sendable {  // @unchecked: every field is reach
 
     // A pthread mutex must not move: allocated once, never freed (one table per process).
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private var states: [[UInt8]: (inner: OpaquePointer, outer: OpaquePointer)] = [:]
+    private var states: [Key: (inner: OpaquePointer, outer: OpaquePointer)] = [:]
+
+    /// A key's bytes, hashed at once (an array of bytes hashes them one at a time).
+    struct Key: Hashable {
+        let bytes: [UInt8]
+        func hash(into h: inout Hasher) { bytes.withUnsafeBytes { h.combine(bytes: $0) } }
+    }
 
     init() { pthread_mutex_init(lock, nil) }
 
@@ -125,7 +131,7 @@ final class HMACKeys: @unchecked Sendable {  // @unchecked: every field is reach
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         var s = made
-        if let found = states[key] {  // made by another thread meanwhile
+        if let found = states[Key(bytes: key)] {  // made by another thread meanwhile
             EVP_MD_CTX_free(made.inner)
             EVP_MD_CTX_free(made.outer)
             s = found
@@ -135,7 +141,7 @@ final class HMACKeys: @unchecked Sendable {  // @unchecked: every field is reach
                 EVP_MD_CTX_free(victim.value.inner)
                 EVP_MD_CTX_free(victim.value.outer)
             }
-            states[key] = made
+            states[Key(bytes: key)] = made
         }
         return EVP_MD_CTX_copy_ex(inner, s.inner) == 1 && EVP_MD_CTX_copy_ex(outer, s.outer) == 1
     }
@@ -144,7 +150,7 @@ final class HMACKeys: @unchecked Sendable {  // @unchecked: every field is reach
     private func copyIfHeld(_ key: [UInt8], _ inner: OpaquePointer, _ outer: OpaquePointer) -> Bool? {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
-        guard let s = states[key] else { return nil }
+        guard let s = states[Key(bytes: key)] else { return nil }
         return EVP_MD_CTX_copy_ex(inner, s.inner) == 1 && EVP_MD_CTX_copy_ex(outer, s.outer) == 1
     }
 

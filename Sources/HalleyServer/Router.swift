@@ -126,8 +126,7 @@ public final class Router: @unchecked Sendable {
                     allowed.append(contentsOf: r.methods)
                     continue
                 }
-                var params: [String: String] = [:]
-                params.reserveCapacity(count)
+                var params: [String: String] = [:]  // no reserveCapacity: it ran unspecialized
                 for k in 0..<count {
                     guard case .parameter(let name) = r.segments[k] else { continue }
                     let part = UnsafeBufferPointer(rebasing: b[parts[k]])
