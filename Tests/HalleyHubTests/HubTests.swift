@@ -101,6 +101,10 @@ import Testing
         #expect(SessionID("1.2.3") == nil)
         #expect(SessionID("a.2") == nil)
         #expect(SessionID("99999999999.1") == nil)
+        #expect(SessionID("4294967295.4294967295") == SessionID(a: .max, b: .max))
+        for bad in ["", ".", ".1", "1.", "4294967296.1", "1.4294967296", "1 .2", "1.2 ", "+1.2", "１.2", "1..2"] {
+            #expect(SessionID(bad) == nil, "\(bad)")
+        }
     }
 
     @Test func tokensRoundTripAndRefuseGarbage() {
@@ -109,6 +113,14 @@ import Testing
         #expect(SessionToken(t.description) == t)
         #expect(SessionToken("abc") == nil)
         #expect(SessionToken(String(repeating: "g", count: 32)) == nil)
+        #expect(SessionToken(t.description.uppercased()) == t)
+        #expect(SessionToken(String(repeating: "f", count: 32)) == SessionToken(hi: .max, lo: .max))
+        for bad in [
+            String(repeating: "a", count: 31), String(repeating: "a", count: 33),
+            "é" + String(repeating: "a", count: 30),
+        ] {
+            #expect(SessionToken(bad) == nil, "\(bad)")
+        }
     }
 }
 
