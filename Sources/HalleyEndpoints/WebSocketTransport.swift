@@ -15,8 +15,13 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     /// connection table keeps it alive in between, so the reference needs no count. Not `weak`:
     /// a weak reference gives the connection a side table, and every retain and release of it
     /// then takes the slow path (60% of the server's CPU in a fan-out profile); not strong: each
-    /// read of a strong reference is a retain and a release, once per delivery.
-    private(set) unowned(unsafe) var ws: WebSocketConnection?
+    /// read of a strong reference is a retain and a release, once per delivery. Not
+    /// `unowned(unsafe)` either: reading one into a local retains it too. Unmanaged: the
+    /// delivery path borrows it (`_withUnsafeGuaranteedRef`) with no count at all.
+    private var wsRef: Unmanaged<WebSocketConnection>?  // the loop's table keeps it alive (above)
+
+    /// The connection, for the paths that run once per connection (a counted reference).
+    var ws: WebSocketConnection? { wsRef?.takeUnretainedValue() }
     var session: Session?
 
     enum Opening {
@@ -59,7 +64,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     }
 
     func webSocketDidOpen(_ ws: WebSocketConnection) {
-        self.ws = ws
+        wsRef = Unmanaged.passUnretained(ws)
         guard let p = pending else { return }
         if !awaitingResume { pending = nil }
         switch p.opening {
@@ -150,7 +155,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     }
 
     func webSocketDidClose(_ ws: WebSocketConnection, code: UInt16?) {
-        self.ws = nil
+        wsRef = nil
         if let s = session {
             session = nil
             s.transportGone(self)
@@ -160,7 +165,12 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     // MARK: Transport
 
     func send(_ m: OutMessage, seq: UInt64, delivery: Delivery?) {
-        guard let ws = ws else { return }
+        guard let ref = wsRef else { return }
+        ref._withUnsafeGuaranteedRef { send(m, seq: seq, delivery: delivery, on: $0) }
+    }
+
+    /// `send` on the connection, borrowed (no retain and release per delivery).
+    private func send(_ m: OutMessage, seq: UInt64, delivery: Delivery?, on ws: WebSocketConnection) {
         if seq == 0 {
             checked(ws.send(delivery?.prepared ?? Delivery(m).prepared))
             return
@@ -193,7 +203,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
         json.withUnsafeBytes { _ = ws?.send(text: $0) }
     }
 
-    var bufferedBytes: Int { ws?.bufferedBytes ?? 0 }
+    var bufferedBytes: Int { wsRef?._withUnsafeGuaranteedRef { $0.bufferedBytes } ?? 0 }
 
     func detach(_ why: Detachment) {
         session = nil
