@@ -6,6 +6,9 @@ import PackageDescription
 // every access, about 5% of a long-poll fan-out's CPU) buy nothing in the hot modules.
 // Static exclusivity checking still applies.
 // Debug builds (the tests) keep the checks, so a violation still traps there.
+// Release builds of every Halley module also take -cross-module-optimization: a getter or a
+// small function of another module is inlined instead of called (a configuration read from
+// another module was a copy of the whole struct).
 let hotPath: [SwiftSetting] = [
     .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release))
 ]
