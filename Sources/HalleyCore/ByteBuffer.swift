@@ -145,6 +145,8 @@ public final class SharedBytes: @unchecked Sendable {
     /// it is given (returning how many): one buffer where appending to the array first would
     /// copy it (a published message and its offset field).
     public convenience init(_ bytes: [UInt8], maxTail: Int, tail: (UnsafeMutableRawPointer) -> Int) {
+        // Raw: the shared bytes' own storage, adopted below and freed by deinit; `tail` writes
+        // only inside this call (a tail longer than `maxTail` is a bug, caught after it wrote).
         let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count + maxTail, 1), alignment: 16)
         bytes.withUnsafeBytes { b in
             if b.count > 0 { p.copyMemory(from: b.baseAddress!, byteCount: b.count) }

@@ -15,12 +15,14 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     /// connection table keeps it alive in between, so the reference needs no count. Not `weak`:
     /// a weak reference gives the connection a side table, and every retain and release of it
     /// then takes the slow path (60% of the server's CPU in a fan-out profile); not strong: each
-    /// read of a strong reference is a retain and a release, once per delivery. Not
-    /// `unowned(unsafe)` either: reading one into a local retains it too. Unmanaged: the
-    /// delivery path borrows it (`_withUnsafeGuaranteedRef`) with no count at all.
+    /// read of a strong reference is a retain and a release, once per delivery. Unmanaged:
+    /// `bufferedBytes`, which only reads, borrows it with no count
+    /// (`_withUnsafeGuaranteedRef`). Everything else, `send` included, takes a counted
+    /// reference (`ws`): a send can close the connection (a failed write while it flushes),
+    /// which drops it from the loop's table, and it must outlive that call.
     private var wsRef: Unmanaged<WebSocketConnection>?  // the loop's table keeps it alive (above)
 
-    /// The connection, for the paths that run once per connection (a counted reference).
+    /// The connection as a counted reference, alive as long as the caller holds it.
     var ws: WebSocketConnection? { wsRef?.takeUnretainedValue() }
     var session: Session?
 
@@ -165,12 +167,8 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
     // MARK: Transport
 
     func send(_ m: OutMessage, seq: UInt64, delivery: Delivery?) {
-        guard let ref = wsRef else { return }
-        ref._withUnsafeGuaranteedRef { send(m, seq: seq, delivery: delivery, on: $0) }
-    }
-
-    /// `send` on the connection, borrowed (no retain and release per delivery).
-    private func send(_ m: OutMessage, seq: UInt64, delivery: Delivery?, on ws: WebSocketConnection) {
+        // Counted, not borrowed: the send may close the connection (see `wsRef`).
+        guard let ws = ws else { return }
         if seq == 0 {
             checked(ws.send(delivery?.prepared ?? Delivery(m).prepared))
             return
@@ -203,6 +201,7 @@ final class WebSocketTransport: WebSocketDelegate, Transport {
         json.withUnsafeBytes { _ = ws?.send(text: $0) }
     }
 
+    /// Borrowed: reading the count cannot close the connection.
     var bufferedBytes: Int { wsRef?._withUnsafeGuaranteedRef { $0.bufferedBytes } ?? 0 }
 
     func detach(_ why: Detachment) {

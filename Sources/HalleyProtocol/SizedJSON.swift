@@ -22,14 +22,14 @@ package enum SizedJSON {
         return n
     }
 
-    /// What escaping adds to byte `c`: one for `\"`, `\\`, `\n`, `\r`, `\t`; five for
-    /// `\u00XX`; none for the rest.
     /// `escapedCount` of a string's UTF-8.
     package static func escapedCount(_ s: String) -> Int {
         var s = s  // `withUTF8` is mutating; a native string is not copied
         return s.withUTF8 { escapedCount($0) }
     }
 
+    /// What escaping adds to byte `c`: one for `\"`, `\\`, `\n`, `\r`, `\t`; five for
+    /// `\u00XX`; none for the rest.
     @inline(__always)
     static func extra(_ c: UInt8) -> Int {
         switch c {

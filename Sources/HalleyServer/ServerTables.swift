@@ -28,6 +28,7 @@ enum ServerTables {
 /// The tables a response head is written from, held by each loop context: reading a global
 /// `static let` goes through `swift_once` on every access (three per response).
 struct ResponseTables {
+    // Raw buffers: ServerTables' immortal bytes (allocated once, never freed), not owned here.
     let statusLines = ServerTables.statusLines
     let contentLengthPrefix = ServerTables.contentLengthPrefix
     let connectionClose = ServerTables.connectionClose

@@ -93,3 +93,22 @@ func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         #expect(Wire.parseEventID("7::ab") == nil)
     }
 }
+
+/// `SizedJSON.escapedCount` is the length `JSONWriter` writes inside the quotes, for every
+/// byte below 0x80 at every place of a word and past it, runs of escapes and other scripts:
+/// the sized writers reserve exactly that.
+@Suite struct EscapedCountTests {
+    @Test func countsWhatTheWriterWrites() {
+        var texts = ["", "a", String(repeating: "\"", count: 17), "é😀\u{7f}", String(repeating: "\u{1f}", count: 9)]
+        for byte in UInt8(0)..<0x80 {
+            for at in [0, 1, 7, 8, 9, 16] {
+                var s = Array(repeating: UInt8(ascii: "k"), count: 18)
+                s[at] = byte
+                texts.append(String(decoding: s, as: UTF8.self))
+            }
+        }
+        for t in texts {
+            #expect(SizedJSON.escapedCount(t) == JSONWriter.string(t).count - 2, "\(t.debugDescription)")
+        }
+    }
+}
