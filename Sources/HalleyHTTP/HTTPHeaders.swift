@@ -55,7 +55,11 @@ public struct HTTPHeaders: Sendable, Sequence {
     /// Every value of the fields named `name`, in order.
     public func values(_ name: String) -> [String] {
         var out: [String] = []
-        for i in fields.indices where nameMatches(i, name) { out.append(value(at: i)) }
+        var i = index(of: name)
+        while let k = i {
+            out.append(value(at: k))
+            i = index(of: name, from: k + 1)
+        }
         return out
     }
 
@@ -63,8 +67,10 @@ public struct HTTPHeaders: Sendable, Sequence {
 
     /// True when a comma-separated field named `name` lists `token` (case-insensitive).
     public func containsToken(_ name: String, _ token: String) -> Bool {
-        for i in fields.indices where nameMatches(i, name) {
-            if HTTPHeaders.tokenList(value(at: i), contains: token) { return true }
+        var i = index(of: name)
+        while let k = i {
+            if HTTPHeaders.tokenList(value(at: k), contains: token) { return true }
+            i = index(of: name, from: k + 1)
         }
         return false
     }
@@ -88,13 +94,14 @@ public struct HTTPHeaders: Sendable, Sequence {
         }
     }
 
-    func index(of name: String) -> Int? {
-        // The name's bytes and the head's, each reached once (walking the name's UTF-8 view
-        // field by field cost about 200 instructions a field).
+    /// The first field at or after `start` named `name` (ASCII letters in any case). The
+    /// name's bytes and the head's are each reached once (walking the name's UTF-8 view field
+    /// by field cost about 200 instructions a field).
+    func index(of name: String, from start: Int = 0) -> Int? {
         var n = name  // `withUTF8` is mutating; a native string is not copied
         return n.withUTF8 { nb in
             bytes.withUnsafeBufferPointer { hb in
-                for i in fields.indices {
+                for i in start..<fields.count {
                     let f = fields[i]
                     guard Int(f.nameCount) == nb.count else { continue }
                     let s = Int(f.nameStart)
@@ -108,18 +115,6 @@ public struct HTTPHeaders: Sendable, Sequence {
                 return nil
             }
         }
-    }
-
-    func nameMatches(_ i: Int, _ name: String) -> Bool {
-        let f = fields[i]
-        let u = name.utf8
-        guard u.count == Int(f.nameCount) else { return false }
-        var j = Int(f.nameStart)
-        for c in u {
-            if asciiLower(bytes[j]) != asciiLower(c) { return false }
-            j += 1
-        }
-        return true
     }
 
     static func tokenList(_ value: String, contains token: String) -> Bool {

@@ -165,12 +165,14 @@ public final class Hub: Sendable {
         app: App, channels: [String], event: String, data: String?, binary: [UInt8]?, exclude: SessionID?,
         userID: String? = nil, loop: Int, then: @escaping (Result<PublishResult, RedisError>) -> Void
     ) {
+        // The memory broker's publish, called here: no closure made for it.
+        if let r = publishNow(
+            app: app, channels: channels, event: event, data: data, binary: binary, exclude: exclude, userID: userID)
+        {
+            return then(.success(r))
+        }
         let messages = Self.messages(
             app: app, channels: channels, event: event, data: data, binary: binary, exclude: exclude, userID: userID)
-        guard clustered else {
-            // The memory broker's publish, called here: no closure made for it.
-            return then(.success(result(postLocally(messages), app: app, channels: channels, messages, exclude)))
-        }
         broker.publish(messages, hub: self, loop: loop) { [self] r in
             then(r.map { result($0, app: app, channels: channels, messages, exclude) })
         }

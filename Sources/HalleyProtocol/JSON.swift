@@ -480,19 +480,30 @@ public enum JSONWriter {
             guard c < 0x20 || c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") else { continue }
             appendRun(b, start, i - 1, into: &out)
             start = i
-            switch c {
-            case UInt8(ascii: "\""), UInt8(ascii: "\\"): out.append(UInt8(ascii: "\\")); out.append(c)
-            case 0x0A: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "n"))
-            case 0x0D: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "r"))
-            case 0x09: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "t"))
-            default:
-                out.append(contentsOf: "\\u00".utf8)
-                out.append(hexDigits[Int(c >> 4)])
-                out.append(hexDigits[Int(c & 15)])
-            }
+            writeEscape(c) { out.append($0) }
         }
         appendRun(b, start, b.count, into: &out)
         out.append(UInt8(ascii: "\""))
+    }
+
+    /// The escape of `c` (a quote, a backslash or a control character), byte by byte to
+    /// `put`: `\"`, `\\`, `\n`, `\r`, `\t`, else `\u00XX` (the one table of escapes, shared
+    /// with `SizedJSON`, whose `extra` counts these lengths).
+    @inline(__always)
+    static func writeEscape(_ c: UInt8, _ put: (UInt8) -> Void) {
+        put(UInt8(ascii: "\\"))
+        switch c {
+        case UInt8(ascii: "\""), UInt8(ascii: "\\"): put(c)
+        case 0x0A: put(UInt8(ascii: "n"))
+        case 0x0D: put(UInt8(ascii: "r"))
+        case 0x09: put(UInt8(ascii: "t"))
+        default:
+            put(UInt8(ascii: "u"))
+            put(UInt8(ascii: "0"))
+            put(UInt8(ascii: "0"))
+            put(hexDigits[Int(c >> 4)])
+            put(hexDigits[Int(c & 15)])
+        }
     }
 
     /// True when one of the eight bytes of `w` is a control character, a quote or a

@@ -6,13 +6,6 @@ public struct JSONObjectBuilder {
 
     public init() {}
 
-    /// Room for about `capacity` bytes at once (no regrowth while the object is built).
-    public init(capacity: Int) {
-        bytes = []
-        bytes.reserveCapacity(capacity)
-        bytes.append(UInt8(ascii: "{"))
-    }
-
     mutating func key(_ k: String) {
         if bytes.count > 1 { bytes.append(UInt8(ascii: ",")) }
         JSONWriter.writeString(k, into: &bytes)

@@ -68,16 +68,10 @@ package enum SizedJSON {
                 count += b.count
             } else {
                 for c in b {
-                    switch c {
-                    case UInt8(ascii: "\""), UInt8(ascii: "\\"): byte(UInt8(ascii: "\\")); byte(c)
-                    case 0x0A: byte(UInt8(ascii: "\\")); byte(UInt8(ascii: "n"))
-                    case 0x0D: byte(UInt8(ascii: "\\")); byte(UInt8(ascii: "r"))
-                    case 0x09: byte(UInt8(ascii: "\\")); byte(UInt8(ascii: "t"))
-                    case 0..<0x20:
-                        text("\\u00")
-                        byte(JSONWriter.hexDigits[Int(c >> 4)])
-                        byte(JSONWriter.hexDigits[Int(c & 15)])
-                    default: byte(c)
+                    if c < 0x20 || c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") {
+                        JSONWriter.writeEscape(c) { byte($0) }
+                    } else {
+                        byte(c)
                     }
                 }
             }
