@@ -1,9 +1,15 @@
+// The one-shot digests (SHA256_Init & co.) are deprecated in OpenSSL 3 but kept: their
+// contexts are plain structs on the stack, where EVP allocates, dispatches through a provider
+// and frees on every digest (HalleyCrypto's Digest says why that matters).
+#define OPENSSL_SUPPRESS_DEPRECATED 1
 #include <openssl/ssl.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <openssl/md5.h>
 
 // OpenSSL macros Swift cannot import, as functions.
 static inline int halley_ssl_ctx_set_min_tls12(SSL_CTX *ctx) {

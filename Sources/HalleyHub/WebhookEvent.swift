@@ -74,6 +74,6 @@ public enum WebhookEvent: Sendable, Equatable {
 
     /// `X-Pusher-Signature`: hex HMAC-SHA256 of the body with the app's secret.
     static func signature(body: [UInt8], secret: String) -> String {
-        Digest.hex(Digest.hmacSHA256(key: Array(secret.utf8), data: body))
+        Digest.hex(Digest.hmacSHA256(key: secret, data: body))
     }
 }

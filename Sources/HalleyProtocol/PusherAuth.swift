@@ -18,7 +18,7 @@ public enum PusherAuth {
 
     /// `key:signature` for `text` (what an app's backend answers; used by tests and tools).
     public static func token(key: String, secret: String, text: String) -> String {
-        key + ":" + Digest.hex(Digest.hmacSHA256(key: Array(secret.utf8), data: Array(text.utf8)))
+        key + ":" + Digest.hex(Digest.hmacSHA256(key: secret, data: Array(text.utf8)))
     }
 
     public enum Failure: Error, Equatable, CustomStringConvertible {
@@ -49,7 +49,7 @@ public enum PusherAuth {
         let given = a[(colon + 1)...].map { $0 >= 65 && $0 <= 70 ? $0 | 0x20 : $0 }
         let data = Array(text.utf8)
         let ok = secrets.contains {
-            Digest.constantTimeEqual(Array(Digest.hex(Digest.hmacSHA256(key: Array($0.utf8), data: data)).utf8), given)
+            Digest.constantTimeEqual(Array(Digest.hex(Digest.hmacSHA256(key: $0, data: data)).utf8), given)
         }
         guard ok else { throw .badSignature }
     }

@@ -106,7 +106,7 @@ public enum PusherSignature {
 
     public static func sign(secret: String, method: String, path: String, query: [(String, String)]) -> String {
         Digest.hex(
-            Digest.hmacSHA256(key: Array(secret.utf8), data: bytesToSign(method: method, path: path, query: query)))
+            Digest.hmacSHA256(key: secret, data: bytesToSign(method: method, path: path, query: query)))
     }
 
     /// Checks a request; `secretsFor` maps an `auth_key` to the secrets its app accepts (the
@@ -145,7 +145,7 @@ public enum PusherSignature {
             throw .missing("body_md5")
         }
         let data = bytesToSign(method: method, path: path, query: query)
-        guard secrets.contains(where: { hexEqual(Digest.hmacSHA256(key: Array($0.utf8), data: data), sig) }) else {
+        guard secrets.contains(where: { hexEqual(Digest.hmacSHA256(key: $0, data: data), sig) }) else {
             throw .badSignature
         }
         return key

@@ -75,4 +75,43 @@ import Testing
             for await ok in g { #expect(ok) }
         }
     }
+
+    @Test func digestsGiveTheirKnownAnswers() {
+        let abc = Array("abc".utf8)
+        let two = Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)  // two blocks
+        let million = [UInt8](repeating: UInt8(ascii: "a"), count: 1_000_000)
+        #expect(Digest.md5([]) == hex("d41d8cd98f00b204e9800998ecf8427e"))
+        #expect(Digest.md5(abc) == hex("900150983cd24fb0d6963f7d28e17f72"))
+        #expect(Digest.md5(Array("message digest".utf8)) == hex("f96b697d7cb7938d525a2f31aaf161d0"))
+        #expect(Digest.sha1([]) == hex("da39a3ee5e6b4b0d3255bfef95601890afd80709"))
+        #expect(Digest.sha1(abc) == hex("a9993e364706816aba3e25717850c26c9cd0d89d"))
+        #expect(Digest.sha1(two) == hex("84983e441c3bd26ebaae4aa1f95129e5e54670f1"))
+        #expect(Digest.sha1(million) == hex("34aa973cd4c4daa4f61eeb2bdbad27316534016f"))
+        let sha256 = { (b: [UInt8]) in b.withUnsafeBytes { Digest.sha256($0) } }
+        #expect(sha256([]) == hex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"))
+        #expect(sha256(abc) == hex("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"))
+        #expect(sha256(two) == hex("248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"))
+        #expect(sha256(million) == hex("cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"))
+    }
+
+    @Test func aStringKeyAndPiecesGiveTheSameMAC() {
+        // A secret as a string (its UTF-8, non-ASCII included) and the data fed split at
+        // every offset, or in single bytes, against the whole.
+        for secret in ["app-secret", "", "s\u{e9}cr\u{e8}t-\u{1F511}", String(repeating: "k", count: 100)] {
+            let data = Array("POST\n/apps/1/events\nauth_key=app-key&auth_timestamp=1700000000".utf8)
+            let want = reference(key: Array(secret.utf8), data: data)
+            #expect(Digest.hmacSHA256(key: secret, data: data) == want)
+            data.withUnsafeBytes { d in
+                for cut in 0...d.count {
+                    var mac = HMACSHA256(key: secret)
+                    mac.update(UnsafeRawBufferPointer(rebasing: d[..<cut]))
+                    mac.update(UnsafeRawBufferPointer(rebasing: d[cut...]))
+                    #expect(mac.finish() == want, "\(secret) split at \(cut)")
+                }
+                var mac = HMACSHA256(key: secret)
+                for k in 0..<d.count { mac.update(UnsafeRawBufferPointer(rebasing: d[k..<(k + 1)])) }
+                #expect(mac.finish() == want)
+            }
+        }
+    }
 }
