@@ -159,7 +159,7 @@ public class Connection: EventHandler {
         b.clear()
         t.takeOutput(into: b)
         var w = 0
-        if case .done(let n)? = try? Sys.write(fd, b.readable) { w = n }
+        if case .done(let n)? = try? Sys.send(fd, b.readable) { w = n }
         if w < b.readableBytes {
             let q = OutputQueue()
             let c = q.cipherBuffer()
@@ -196,7 +196,7 @@ public class Connection: EventHandler {
         let b = ctx.tlsRecords
         b.clear()
         t.takeOutput(into: b)
-        _ = try? Sys.write(fd, b.readable)
+        _ = try? Sys.send(fd, b.readable)
         b.clear()
     }
 

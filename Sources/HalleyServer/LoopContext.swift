@@ -367,7 +367,7 @@ final class LoopContext {
         t.takeOutput(into: r)
         var w = 0
         do {
-            if case .done(let n) = try Sys.write(c.fd, r.readable) { w = n }
+            if case .done(let n) = try Sys.send(c.fd, r.readable) { w = n }
         } catch {
             r.clear()
             c.close()

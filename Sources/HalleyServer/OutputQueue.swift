@@ -55,7 +55,7 @@ final class OutputQueue {
         var written = 0
         while true {
             if let c = cipher, !c.isEmpty {
-                guard case .done(let n) = try Sys.write(fd, c.readable) else { return written }
+                guard case .done(let n) = try Sys.send(fd, c.readable) else { return written }
                 c.moveReader(by: n)
                 totalBytes -= n
                 written += n
