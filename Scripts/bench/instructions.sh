@@ -7,9 +7,13 @@
 # Per binary and kind: two runs of wrk -t1 -c8 (3 s and 9 s) against halley under callgrind,
 # the difference of their instruction totals over the difference of their requests (start-up
 # and shutdown cancel out). Kinds (KINDS): halley (the signed Pusher API, POST /apps/1/events),
-# halley-bearer (POST /publish with a bearer token); 64 B data, no subscriber (api_publish.py).
+# halley-bearer (POST /publish with a bearer token); 64 B data, no subscriber (api_publish.py);
+# longpoll: instructions per long-poll delivery (`halley-load fanout --transport longpoll`,
+# 100 subscribers, one message in flight, 64 B: each delivery is an answer and a new request;
+# two runs of 3 s and 9 s after 1 s of warm-up, the difference over the difference of the
+# deliveries counted).
 # Usage: Scripts/bench/instructions.sh [HALLEY_BIN...]   (default: the release build)
-# Environment: KINDS="halley-bearer halley"
+# Environment: KINDS="halley-bearer halley" (add longpoll for the long-poll figure)
 source "$(dirname "$0")/lib.sh"
 need valgrind callgrind_annotate wrk python3
 KINDS=${KINDS:-"halley-bearer halley"}
@@ -18,6 +22,7 @@ if ((${#bins[@]} == 0)); then
     build halley
     bins=("$HALLEY_BIN")
 fi
+[[ " $KINDS " == *" longpoll "* ]] && build halley-load
 # one BIN KIND SECONDS: "requests instructions"
 one() {
     local out="$tmp/cg.$RANDOM" log="$tmp/halley.$RANDOM.log" port="" n ir
@@ -38,21 +43,30 @@ one() {
         sleep 0.5
     done
     [[ -n $port ]] || die "halley under valgrind did not start: $(tail -5 "$log")"
-    wrk -t1 -c8 -d"$3"s -s "$here/api_publish.lua" "http://127.0.0.1:$port/" -- "$tmp/requests.$2" \
-        application/json "${auth[@]}" >"$tmp/wrk.txt"
+    if [[ $2 == longpoll ]]; then
+        "$LOAD_BIN" fanout --url "http://127.0.0.1:$port" --server halley --transport longpoll -n 100 \
+            --window 1 --publishers 1 --phases capacity --duration "$3" --warmup 1 >"$tmp/load.txt" 2>&1 \
+            || die "longpoll: halley-load failed: $(tail -5 "$tmp/load.txt")"
+        n=$(sed -n 's/^phase=capacity.* deliveries=\([0-9]*\) .*/\1/p' "$tmp/load.txt")
+    else
+        wrk -t1 -c8 -d"$3"s -s "$here/api_publish.lua" "http://127.0.0.1:$port/" -- "$tmp/requests.$2" \
+            application/json "${auth[@]}" >"$tmp/wrk.txt"
+        grep -q "Non-2xx" "$tmp/wrk.txt" && die "$2: answers other than 2xx: $(cat "$tmp/wrk.txt")"
+        n=$(awk '/ requests in /{print $1}' "$tmp/wrk.txt")
+    fi
     kill "$hp"
     wait "$hp" 2>/dev/null || true
-    grep -q "Non-2xx" "$tmp/wrk.txt" && die "$2: answers other than 2xx: $(cat "$tmp/wrk.txt")"
-    n=$(awk '/ requests in /{print $1}' "$tmp/wrk.txt")
     ir=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",", "", $1); print $1}')
     echo "$n $ir"
 }
 for kind in $KINDS; do
-    python3 "$here/api_publish.py" requests --server "$kind" --out "$tmp/requests.$kind" >/dev/null
+    [[ $kind == longpoll ]] || python3 "$here/api_publish.py" requests --server "$kind" --out "$tmp/requests.$kind" >/dev/null
     for bin in "${bins[@]}"; do
         read -r n1 i1 < <(one "$bin" "$kind" 3)
         read -r n2 i2 < <(one "$bin" "$kind" 9)
         ((n2 > n1)) || die "$kind: the longer run made no more requests ($n1, $n2)"
-        echo "$kind $bin: $(((i2 - i1) / (n2 - n1))) instructions per request ($n1 and $n2 requests)"
+        what=request
+        [[ $kind == longpoll ]] && what=delivery
+        echo "$kind $bin: $(((i2 - i1) / (n2 - n1))) instructions per $what ($n1 and $n2 ${what/y/ie}s)"
     done
 done

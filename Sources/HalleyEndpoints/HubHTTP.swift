@@ -118,11 +118,12 @@ extension HubEndpoints {
             return
         }
         let q = Query.parse(request.head.query)
-        if forwardable, let id = Self.namedSession(request, q), let node = ownerElsewhere(id, request) {
+        let named = Self.namedSession(request, q)  // once: a long-poll runs this per delivery
+        if forwardable, let id = named, let node = ownerElsewhere(id, request) {
             forward(request, responder, node: node) { [self] in serveOnOwnerLoop(request, responder, q, id, body) }
             return
         }
-        if let id = Self.namedSession(request, q) {
+        if let id = named {
             serveOnOwnerLoop(request, responder, q, id, body)
             return
         }

@@ -64,37 +64,41 @@ final class PollTransport: Transport {
         answered = true
         let s = session
         session = nil
-        // One buffer, sized once: the answer is built per poll (each session's seq differs).
-        var size = 64 + controls.reduce(0) { $0 + $1.count + 1 }
+        // One buffer, sized first and written once (the answer is built per poll: each
+        // session's seq differs): 64 bytes around the lists, 36 per message besides its prefix
+        // (a comma and its seq tail).
+        let intro = s.flatMap { s in
+            introduce ? Array("\"session\":\"\(s.id)\",\"token\":\"\(s.token!.description)\",".utf8) : nil
+        }
+        var size = 64 + (intro?.count ?? 0) + controls.reduce(0) { $0 + $1.count + 1 }
         for (_, m) in messages { size += m.prefix.count + 36 }
-        var body: [UInt8] = []
-        body.reserveCapacity(size)
-        body.append(UInt8(ascii: "{"))
-        if let s = s, introduce {
-            body += Array("\"session\":\"\(s.id)\",\"token\":\"\(s.token!.description)\",".utf8)
-        }
-        // "messages" before "cursor": the cursor is known once the messages are written.
-        body += Array("\"messages\":[".utf8)
         var last = cursor
-        var items = 0
-        for c in controls {
-            if items > 0 { body.append(UInt8(ascii: ",")) }
-            body += c
-            items += 1
-        }
-        var tail: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0)
-        for (q, m) in messages {
-            if items > 0 { body.append(UInt8(ascii: ",")) }
-            body.append(contentsOf: m.prefix.buffer)
-            withUnsafeMutableBytes(of: &tail) { t in
-                let n = Wire.seqTail(q, into: t.baseAddress!)
-                body.append(contentsOf: UnsafeRawBufferPointer(rebasing: t[0..<n]))
+        let body = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
+            var w = SizedJSON.Writer(base: UnsafeMutableRawPointer(buffer.baseAddress!))
+            w.byte(UInt8(ascii: "{"))
+            if let intro { intro.withUnsafeBytes { w.bytes($0) } }
+            // "messages" before "cursor": the cursor is known once the messages are written.
+            w.text(#""messages":["#)
+            var items = 0
+            for c in controls {
+                if items > 0 { w.byte(UInt8(ascii: ",")) }
+                c.withUnsafeBytes { w.bytes($0) }
+                items += 1
             }
-            items += 1
-            last = q
+            for (q, m) in messages {
+                if items > 0 { w.byte(UInt8(ascii: ",")) }
+                w.bytes(m.prefix.buffer)
+                w.append { Wire.seqTail(q, into: $0) }
+                items += 1
+                last = q
+            }
+            w.text(#"],"cursor":"#)
+            w.decimal(last)
+            w.byte(UInt8(ascii: "}"))
+            precondition(w.count <= size, "poll answer: \(w.count) bytes written into \(size)")
+            initialized = w.count
         }
         messages.removeAll()
-        body += Array("],\"cursor\":\(last)}".utf8)
         var r = HTTPResponse(status: 200, body: .bytes(body))
         if let o = origin {
             r.headers = HubHTTP.jsonHeaders(origin: o)

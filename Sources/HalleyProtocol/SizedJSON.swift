@@ -78,6 +78,15 @@ package enum SizedJSON {
             byte(UInt8(ascii: "\""))
         }
 
+        /// Bytes as they are.
+        package mutating func bytes(_ b: UnsafeRawBufferPointer) {
+            if let p = b.baseAddress { (base + count).copyMemory(from: p, byteCount: b.count) }
+            count += b.count
+        }
+
+        /// What `write` puts at the end (it returns how many bytes it wrote there).
+        package mutating func append(_ write: (UnsafeMutableRawPointer) -> Int) { count += write(base + count) }
+
         /// The string's UTF-8 as it is (no quotes, no escapes).
         package mutating func raw(_ s: String) {
             var s = s  // `withUTF8` is mutating; a native string is not copied

@@ -149,11 +149,8 @@ public final class ClientLimits: @unchecked Sendable {
     public func lingering(_ client: IPAddress, _ delta: Int32, now: Int64) {
         guard config.maxLingeringPerAddress > 0 else { return }
         let k = Self.key(client)
-        stripe(k).withLock { t in
-            var e = t[k] ?? newEntry(now: now)
-            e.lingering += delta
-            t[k] = e
-        }
+        let fresh = newEntry(now: now)
+        stripe(k).withLock { t in t[k, default: fresh].lingering += delta }  // one lookup, in place
     }
 
     /// The sessions of `client` lingering now (what `lingering` counted).
