@@ -11,7 +11,8 @@
 # longpoll: instructions per long-poll delivery (`halley-load fanout --transport longpoll`,
 # 100 subscribers, one message in flight, 64 B: each delivery is an answer and a new request;
 # two runs of 3 s and 9 s after 1 s of warm-up, the difference over the difference of the
-# deliveries counted).
+# deliveries counted: the sync, the warm-up and the publishes cancel out only on average, so
+# this figure moves about 5% from run to run where the publish figures move about 1%).
 # Usage: Scripts/bench/instructions.sh [HALLEY_BIN...]   (default: the release build)
 # Environment: KINDS="halley-bearer halley" (add longpoll for the long-poll figure)
 source "$(dirname "$0")/lib.sh"
@@ -56,7 +57,9 @@ one() {
     fi
     kill "$hp"
     wait "$hp" 2>/dev/null || true
+    [[ -n $n ]] || die "$2: no count of requests or deliveries in the load's output"
     ir=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",", "", $1); print $1}')
+    [[ -n $ir ]] || die "$2: no instruction total from callgrind"
     echo "$n $ir"
 }
 for kind in $KINDS; do

@@ -1,7 +1,3 @@
-// The one-shot digests (SHA256_Init & co.) are deprecated in OpenSSL 3 but kept: their
-// contexts are plain structs on the stack, where EVP allocates, dispatches through a provider
-// and frees on every digest (HalleyCrypto's Digest says why that matters).
-#define OPENSSL_SUPPRESS_DEPRECATED 1
 #include <openssl/ssl.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -41,3 +37,20 @@ static inline int halley_no_passphrase(char *buf, int size, int rwflag, void *u)
 static inline void halley_ssl_ctx_no_passphrase(SSL_CTX *ctx) {
     SSL_CTX_set_default_passwd_cb(ctx, halley_no_passphrase);
 }
+
+// SHA-256, SHA-1 and MD5 with their contexts on the caller's stack (HalleyCrypto's Digest says
+// why: EVP allocates, dispatches through a provider and frees a context per digest). OpenSSL 3
+// deprecates these low-level functions but keeps them; the pragma confines the deprecation to
+// these wrappers, so any other deprecated call still warns.
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wdeprecated-declarations"
+static inline void halley_sha256_init(SHA256_CTX *c) { (void)SHA256_Init(c); }
+static inline void halley_sha256_update(SHA256_CTX *c, const void *p, size_t n) { (void)SHA256_Update(c, p, n); }
+static inline void halley_sha256_final(unsigned char *md, SHA256_CTX *c) { (void)SHA256_Final(md, c); }
+static inline void halley_sha1_init(SHA_CTX *c) { (void)SHA1_Init(c); }
+static inline void halley_sha1_update(SHA_CTX *c, const void *p, size_t n) { (void)SHA1_Update(c, p, n); }
+static inline void halley_sha1_final(unsigned char *md, SHA_CTX *c) { (void)SHA1_Final(md, c); }
+static inline void halley_md5_init(MD5_CTX *c) { (void)MD5_Init(c); }
+static inline void halley_md5_update(MD5_CTX *c, const void *p, size_t n) { (void)MD5_Update(c, p, n); }
+static inline void halley_md5_final(unsigned char *md, MD5_CTX *c) { (void)MD5_Final(md, c); }
+#pragma clang diagnostic pop

@@ -4,19 +4,18 @@ import COpenSSL
 import Glibc
 #endif
 
-/// Digests and HMAC-SHA256 from OpenSSL's low-level functions (`SHA256_Init` & co.): the
-/// context is a struct on the stack. Through EVP, every digest allocated a context, an HMAC
-/// copied its key's states into new allocations, and each was freed and cleansed again: that
-/// set-up was most of libcrypto's 5% of a signed publish's CPU (perf), where SHA-256 itself
-/// (SHA-NI) is a few hundred cycles per block. Signed publishes per server CPU-second: 1.09x
-/// (`KIND=halley Scripts/bench/publish_ab.sh`, median of 7 pairs).
+/// Digests and HMAC-SHA256 from OpenSSL's low-level functions (`SHA256_Init` & co., through
+/// the shim's wrappers): the context is a struct on the stack. Through EVP, every digest
+/// allocated a context, an HMAC copied its key's states into new allocations, and each was
+/// freed and cleansed again: that set-up was most of libcrypto's 5% of a signed publish's CPU
+/// (perf), where SHA-256 itself (SHA-NI) is a few hundred cycles per block.
 public enum Digest {
     public static func sha1(_ data: UnsafeRawBufferPointer) -> [UInt8] {
         var c = SHA_CTX()
-        SHA1_Init(&c)
-        if data.count > 0 { SHA1_Update(&c, data.baseAddress, data.count) }
+        halley_sha1_init(&c)
+        if data.count > 0 { halley_sha1_update(&c, data.baseAddress, data.count) }
         return [UInt8](unsafeUninitializedCapacity: 20) { out, n in
-            SHA1_Final(out.baseAddress, &c)
+            halley_sha1_final(out.baseAddress, &c)
             n = 20
         }
     }
@@ -25,10 +24,10 @@ public enum Digest {
 
     public static func md5(_ data: UnsafeRawBufferPointer) -> [UInt8] {
         var c = MD5_CTX()
-        MD5_Init(&c)
-        if data.count > 0 { MD5_Update(&c, data.baseAddress, data.count) }
+        halley_md5_init(&c)
+        if data.count > 0 { halley_md5_update(&c, data.baseAddress, data.count) }
         return [UInt8](unsafeUninitializedCapacity: 16) { out, n in
-            MD5_Final(out.baseAddress, &c)
+            halley_md5_final(out.baseAddress, &c)
             n = 16
         }
     }
@@ -37,10 +36,10 @@ public enum Digest {
 
     public static func sha256(_ data: UnsafeRawBufferPointer) -> [UInt8] {
         var c = SHA256_CTX()
-        SHA256_Init(&c)
-        if data.count > 0 { SHA256_Update(&c, data.baseAddress, data.count) }
+        halley_sha256_init(&c)
+        if data.count > 0 { halley_sha256_update(&c, data.baseAddress, data.count) }
         return [UInt8](unsafeUninitializedCapacity: 32) { out, n in
-            SHA256_Final(out.baseAddress, &c)
+            halley_sha256_final(out.baseAddress, &c)
             n = 32
         }
     }
@@ -92,8 +91,7 @@ public enum Digest {
     }
 }
 
-/// HMAC-SHA256 fed in pieces (the Pusher signature's text is hashed as it is walked, not
-/// built first).
+/// HMAC-SHA256 fed in pieces (`Digest.hmacSHA256` feeds it one).
 public struct HMACSHA256 {
     var inner: SHA256_CTX
     var outer: SHA256_CTX
@@ -108,18 +106,17 @@ public struct HMACSHA256 {
     }
 
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
-        if bytes.count > 0 { SHA256_Update(&inner, bytes.baseAddress, bytes.count) }
+        if bytes.count > 0 { halley_sha256_update(&inner, bytes.baseAddress, bytes.count) }
     }
 
     /// The MAC (32 bytes); the value is spent.
     public mutating func finish() -> [UInt8] {
-        var mid: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)  // the inner digest, 32 bytes
-        withUnsafeMutableBytes(of: &mid) { m in
-            SHA256_Final(m.baseAddress!.assumingMemoryBound(to: UInt8.self), &inner)
-            SHA256_Update(&outer, m.baseAddress, 32)
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { mid in  // the inner digest
+            halley_sha256_final(mid.baseAddress, &inner)
+            halley_sha256_update(&outer, mid.baseAddress, 32)
         }
         return [UInt8](unsafeUninitializedCapacity: 32) { out, n in
-            SHA256_Final(out.baseAddress, &outer)
+            halley_sha256_final(out.baseAddress, &outer)
             n = 32
         }
     }
@@ -195,10 +192,10 @@ final class HMACKeys: @unchecked Sendable {  // @unchecked: every field is reach
         let opad = k.map { $0 ^ 0x5c }
         var i = SHA256_CTX()
         var o = SHA256_CTX()
-        SHA256_Init(&i)
-        SHA256_Update(&i, ipad, 64)
-        SHA256_Init(&o)
-        SHA256_Update(&o, opad, 64)
+        halley_sha256_init(&i)
+        halley_sha256_update(&i, ipad, 64)
+        halley_sha256_init(&o)
+        halley_sha256_update(&o, opad, 64)
         return Entry(key: Array(key), inner: i, outer: o)
     }
 }

@@ -65,13 +65,13 @@ final class PollTransport: Transport {
         let s = session
         session = nil
         // One buffer, sized first and written once (the answer is built per poll: each
-        // session's seq differs): 64 bytes around the lists, 36 per message besides its prefix
-        // (a comma and its seq tail).
+        // session's seq differs): 64 bytes around the lists (45 used), and per message its
+        // prefix, a comma and its seq tail.
         let intro = s.flatMap { s in
             introduce ? Array("\"session\":\"\(s.id)\",\"token\":\"\(s.token!.description)\",".utf8) : nil
         }
         var size = 64 + (intro?.count ?? 0) + controls.reduce(0) { $0 + $1.count + 1 }
-        for (_, m) in messages { size += m.prefix.count + 36 }
+        for (_, m) in messages { size += m.prefix.count + 1 + Wire.seqTailMax }
         var last = cursor
         let body = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
             var w = SizedJSON.Writer(base: UnsafeMutableRawPointer(buffer.baseAddress!))

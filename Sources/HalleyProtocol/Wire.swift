@@ -66,7 +66,10 @@ public enum Wire {
 
     public static let plainTail: [UInt8] = [UInt8(ascii: "}")]
 
-    /// `,"halley:seq":N}` written into `out` (at most 34 bytes); returns its length.
+    /// The most `seqTail(_:into:)` writes: its 14 bytes of text, 20 digits and the brace.
+    public static let seqTailMax = 35
+
+    /// `,"halley:seq":N}` written into `out` (at most `seqTailMax` bytes); returns its length.
     public static func seqTail(_ seq: UInt64, into out: UnsafeMutableRawPointer) -> Int {
         let head: StaticString = ",\"halley:seq\":"
         out.copyMemory(from: head.utf8Start, byteCount: head.utf8CodeUnitCount)

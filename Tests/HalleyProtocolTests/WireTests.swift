@@ -59,6 +59,8 @@ func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
     @Test(arguments: [UInt64(0), 1, 9, 10, 99, 100, 12345, UInt64.max])
     func seqTailWritesEveryNumber(_ n: UInt64) {
         #expect(text(Wire.seqTail(n)) == ",\"halley:seq\":\(n)}")
+        #expect(Wire.seqTail(n).count <= Wire.seqTailMax)
+        if n == .max { #expect(Wire.seqTail(n).count == Wire.seqTailMax) }  // the bound is tight
     }
 
     @Test func binaryFlagAndHeader() throws {
