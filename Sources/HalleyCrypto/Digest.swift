@@ -14,10 +14,9 @@ public enum Digest {
         var c = SHA_CTX()
         halley_sha1_init(&c)
         if data.count > 0 { halley_sha1_update(&c, data.baseAddress, data.count) }
-        return [UInt8](unsafeUninitializedCapacity: 20) { out, n in
-            halley_sha1_final(out.baseAddress, &c)
-            n = 20
-        }
+        var out = [UInt8](repeating: 0, count: 20)
+        out.withUnsafeMutableBufferPointer { halley_sha1_final($0.baseAddress, &c) }
+        return out
     }
 
     public static func sha1(_ data: [UInt8]) -> [UInt8] { data.withUnsafeBytes { sha1($0) } }
@@ -26,10 +25,9 @@ public enum Digest {
         var c = MD5_CTX()
         halley_md5_init(&c)
         if data.count > 0 { halley_md5_update(&c, data.baseAddress, data.count) }
-        return [UInt8](unsafeUninitializedCapacity: 16) { out, n in
-            halley_md5_final(out.baseAddress, &c)
-            n = 16
-        }
+        var out = [UInt8](repeating: 0, count: 16)
+        out.withUnsafeMutableBufferPointer { halley_md5_final($0.baseAddress, &c) }
+        return out
     }
 
     public static func md5(_ data: [UInt8]) -> [UInt8] { data.withUnsafeBytes { md5($0) } }
@@ -38,10 +36,9 @@ public enum Digest {
         var c = SHA256_CTX()
         halley_sha256_init(&c)
         if data.count > 0 { halley_sha256_update(&c, data.baseAddress, data.count) }
-        return [UInt8](unsafeUninitializedCapacity: 32) { out, n in
-            halley_sha256_final(out.baseAddress, &c)
-            n = 32
-        }
+        var out = [UInt8](repeating: 0, count: 32)
+        out.withUnsafeMutableBufferPointer { halley_sha256_final($0.baseAddress, &c) }
+        return out
     }
 
     /// HMAC-SHA256 (RFC 2104): H((K ^ opad) || H((K ^ ipad) || data)). The hash states after
@@ -115,10 +112,9 @@ public struct HMACSHA256 {
             halley_sha256_final(mid.baseAddress, &inner)
             halley_sha256_update(&outer, mid.baseAddress, 32)
         }
-        return [UInt8](unsafeUninitializedCapacity: 32) { out, n in
-            halley_sha256_final(out.baseAddress, &outer)
-            n = 32
-        }
+        var out = [UInt8](repeating: 0, count: 32)
+        out.withUnsafeMutableBufferPointer { halley_sha256_final($0.baseAddress, &outer) }
+        return out
     }
 }
 

@@ -73,8 +73,8 @@ final class PollTransport: Transport {
         var size = 64 + (intro?.count ?? 0) + controls.reduce(0) { $0 + $1.count + 1 }
         for (_, m) in messages { size += m.prefix.count + 1 + Wire.seqTailMax }
         var last = cursor
-        let body = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
-            var w = SizedJSON.Writer(base: UnsafeMutableRawPointer(buffer.baseAddress!))
+        let body = [UInt8](writing: size) { base in
+            var w = SizedJSON.Writer(base: base)
             w.byte(UInt8(ascii: "{"))
             if let intro { intro.withUnsafeBytes { w.bytes($0) } }
             // "messages" before "cursor": the cursor is known once the messages are written.
@@ -96,7 +96,7 @@ final class PollTransport: Transport {
             w.decimal(last)
             w.byte(UInt8(ascii: "}"))
             precondition(w.count <= size, "poll answer: \(w.count) bytes written into \(size)")
-            initialized = w.count
+            return w.count
         }
         messages.removeAll()
         var r = HTTPResponse(status: 200, body: .bytes(body))

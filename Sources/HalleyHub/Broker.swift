@@ -4,8 +4,13 @@ import HalleyProtocol
 import HalleyServer
 
 /// What a publish gave one channel: its offset and epoch, and (when the broker counted them
-/// while posting, under the channel's lock) this node's sessions that get it.
-package typealias Posted = (offset: UInt64, epoch: String, sessions: Int?)
+/// while posting, under the channel's lock) this node's sessions that get it. A struct, not a
+/// tuple: arrays of tuples are destroyed through the runtime's generic tuple witnesses.
+package struct Posted: Sendable {
+    package let offset: UInt64
+    package let epoch: String
+    package let sessions: Int?
+}
 
 /// Where a channel's messages are ordered and how they reach every node that has subscribers:
 /// the hub publishes through it. `MemoryBroker` is the single node (offsets decided under the

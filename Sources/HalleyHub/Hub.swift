@@ -153,8 +153,22 @@ public final class Hub: Sendable {
     // MARK: publishing
 
     public struct PublishResult: Sendable {
-        public var channels: [(name: String, offset: UInt64, epoch: String)] = []
+        public var channels: [Channel] = []
         public var sessions = 0
+
+        /// A struct, not a tuple: an array of tuples is destroyed through the runtime's generic
+        /// tuple witnesses (several hundred instructions per publish).
+        public struct Channel: Sendable {
+            public var name: String
+            public var offset: UInt64
+            public var epoch: String
+
+            public init(_ name: String, _ offset: UInt64, _ epoch: String) {
+                self.name = name
+                self.offset = offset
+                self.epoch = epoch
+            }
+        }
     }
 
     /// Publishes one event to `channels` (validated by the caller) through the broker. `then`
@@ -220,7 +234,7 @@ public final class Hub: Sendable {
         var result = PublishResult()
         result.channels.reserveCapacity(posted.count)
         for (i, p) in posted.enumerated() {
-            result.channels.append((channels[i], p.offset, p.epoch))
+            result.channels.append(PublishResult.Channel(channels[i], p.offset, p.epoch))
             result.sessions += p.sessions ?? localSubscribers(messages[i].key, excluding: exclude)
         }
         return result
@@ -253,7 +267,7 @@ public final class Hub: Sendable {
                     now: now, keep: keep, into: &out)
                 var sessions = ch.subscribers
                 if let x = m.exclude, ch.members.contains(x) { sessions -= 1 }
-                posted.append((off, ch.epoch, sessions))
+                posted.append(Posted(offset: off, epoch: ch.epoch, sessions: sessions))
                 out.queue(to: loops)
             }
         }

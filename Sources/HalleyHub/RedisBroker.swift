@@ -327,7 +327,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
                 switch r {
                 case .success(let v):
                     if let a = v.elements, a.count == 2, case .integer(let off) = a[0], off > 0, let e = a[1].string {
-                        gather.done(i, (UInt64(off), e, nil))
+                        gather.done(i, Posted(offset: UInt64(off), epoch: e, sessions: nil))
                     } else {
                         gather.failed(.server("unexpected answer to halley_publish: \(v)"))
                     }
@@ -346,7 +346,7 @@ package final class RedisBroker: Broker, @unchecked Sendable {
         let then: (Result<[Posted], RedisError>) -> Void
 
         init(count: Int, then: @escaping (Result<[Posted], RedisError>) -> Void) {
-            results = Array(repeating: (0, "", nil), count: count)
+            results = Array(repeating: Posted(offset: 0, epoch: "", sessions: nil), count: count)
             left = count
             self.then = then
         }

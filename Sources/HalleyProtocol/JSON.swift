@@ -183,6 +183,48 @@ public struct JSONParser {
         return try r.get()
     }
 
+    /// A top-level object read in one pass, for a body read by a few fixed keys (a publish):
+    /// each member whose key is `keys[k]` goes to `member` with `k`, in order (a key given
+    /// twice goes twice, the last one last); other members are parsed (so checked) and
+    /// dropped. Keys compare as `JSONFields` compares them: a plain ASCII key by its bytes, an
+    /// escaped or non-ASCII one decoded, as a string. No member list, no lookups. False when
+    /// the text is valid JSON but not an object.
+    public static func readObject(
+        _ bytes: [UInt8], keys: [StaticString], _ member: (Int, JSONValue) -> Void
+    ) throws(JSONError) -> Bool {
+        let r: Result<Bool, JSONError> = bytes.withUnsafeBytes { b in
+            do throws(JSONError) {
+                return .success(
+                    try whole(b) { p throws(JSONError) -> Bool in
+                        guard p.peek == UInt8(ascii: "{") else {
+                            _ = try p.value(depth: 0)
+                            return false
+                        }
+                        try p.members(depth: 0, key: { p throws(JSONError) in try p.fieldKey() }) { k, v in
+                            if let n = keyIndex(k, keys, b) { member(n, v) }
+                        }
+                        return true
+                    })
+            } catch { return .failure(error) }
+        }
+        return try r.get()
+    }
+
+    /// Which of `keys` a member's key is (`text`: the parsed text, where a raw key lies).
+    static func keyIndex(_ key: JSONFields.Key, _ keys: [StaticString], _ text: UnsafeRawBufferPointer) -> Int? {
+        switch key {
+        case .raw(let start, let count):
+            for (n, k) in keys.enumerated() where k.utf8CodeUnitCount == count {
+                var j = 0
+                while j < count && text[start + j] == k.utf8Start[j] { j += 1 }
+                if j == count { return n }
+            }
+        case .decoded(let d):
+            for (n, k) in keys.enumerated() where d == k.description { return n }
+        }
+        return nil
+    }
+
     /// The members of the object at `i` (at its `{`, nested `depth` deep), in order, each to
     /// `add`.
     @inline(__always)

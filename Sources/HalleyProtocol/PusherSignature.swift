@@ -1,3 +1,4 @@
+import HalleyCore
 import HalleyCrypto
 
 /// Authentication of the Pusher HTTP API ("HTTP API reference", "Authentication"): the query
@@ -73,8 +74,8 @@ public enum PusherSignature {
             }
             i += 1
         }
-        return [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
-            var w = SizedJSON.Writer(base: UnsafeMutableRawPointer(buffer.baseAddress!))
+        return [UInt8](writing: size) { base in
+            var w = SizedJSON.Writer(base: base)
             w.raw(method)
             w.byte(0x0A)
             w.raw(path)
@@ -86,7 +87,7 @@ public enum PusherSignature {
                 w.raw(p.value)
             }
             precondition(w.count <= size, "bytesToSign: \(w.count) bytes written into \(size)")
-            initialized = w.count
+            return w.count
         }
     }
 

@@ -39,8 +39,8 @@ package enum SizedJSON {
         }
     }
 
-    /// Writes at `base`, which is an array's uninitialized storage of a size counted before
-    /// (`[UInt8](unsafeUninitializedCapacity:)`): used only inside that initializer.
+    /// Writes at `base`, the storage of an array of a size counted before
+    /// (`[UInt8](writing:)`): used only inside that initializer.
     package struct Writer {
         let base: UnsafeMutableRawPointer  // the array's storage, inside its initializer only
         package private(set) var count = 0

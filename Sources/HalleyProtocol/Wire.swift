@@ -26,8 +26,8 @@ public enum Wire {
                         let un = SizedJSON.escapedCount(ub)
                         // The keys, quotes, the flag and an offset take at most 105 bytes.
                         let room = en + cn + dn + un + 128
-                        return [UInt8](unsafeUninitializedCapacity: room) { buffer, initialized in
-                            var w = SizedJSON.Writer(base: UnsafeMutableRawPointer(buffer.baseAddress!))
+                        return [UInt8](writing: room) { base in
+                            var w = SizedJSON.Writer(base: base)
                             w.text(#"{"event":"#)
                             w.string(eb, escaped: en)
                             if channel != nil {
@@ -46,7 +46,7 @@ public enum Wire {
                                 w.decimal(offset)
                             }
                             precondition(w.count <= room, "eventPrefix: \(w.count) bytes written into \(room)")
-                            initialized = w.count
+                            return w.count
                         }
                     }
                 }

@@ -58,12 +58,12 @@ import Testing
         var cases: [Hub.PublishResult] = [Hub.PublishResult()]
         for (i, n) in names.enumerated() {
             var r = Hub.PublishResult()
-            r.channels = [(n, UInt64(i), "e\(i)\"\(n)")]
+            r.channels = [Hub.PublishResult.Channel(n, UInt64(i), "e\(i)\"\(n)")]
             r.sessions = i
             cases.append(r)
         }
         var many = Hub.PublishResult()
-        many.channels = names.map { ($0, UInt64.max, $0) }
+        many.channels = names.map { Hub.PublishResult.Channel($0, UInt64.max, $0) }
         many.sessions = Int(Int32.max)
         cases.append(many)
         for r in cases {

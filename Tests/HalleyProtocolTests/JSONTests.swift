@@ -112,6 +112,43 @@ func parse(_ s: String) throws -> JSONValue { try JSONParser.parse(Array(s.utf8)
         #expect(throws: JSONError.self) { try JSONParser.parseFields(nested(JSONParser.maxDepth)) }
     }
 
+    /// `readObject` (a publish body in one pass) gives, for each key asked for, the value
+    /// `parseFields` finds (the last of a repeated key; escaped and non-ASCII spellings as a
+    /// string compares them), drops the rest, answers false for another kind of value, and
+    /// throws the same error for every malformed text and every cut of a valid one.
+    @Test func readObjectAgreesWithTheFields() throws {
+        let keys: [StaticString] = ["channel", "event", "data", "a", "", "K", "b\"c", "é"]
+        let texts = [
+            #"{}"#, #" { "channel" : "bench", "event":"e", "data":"x\"y" } "#,
+            #"{"a":1,"a":2,"b":[1,{"c":null}],"a":"last"}"#, #"{"data":{"k":[true,false]},"name":"n"}"#,
+            #"{"é":"😀","":""}"#, #"{"\u0061":1,"b\"c":2,"a":3,"d\\":[]}"#, #"{"\u212A":1,"Kx":2}"#,
+            #"{"\u0063hannel":"c","channel":"d","chann":1,"channels":2}"#, "{\"\u{212A}\":1}",
+            "[1]", "\"s\"", "1", "null", " true ", "{\"a\":1,}", "{\"a\" 1}", "{} x", "{1:2}", "[1,",
+        ]
+        for text in texts {
+            let bytes = Array(text.utf8)
+            var got = [JSONValue?](repeating: nil, count: keys.count)
+            let read = Result { () throws(JSONError) -> Bool in
+                try JSONParser.readObject(bytes, keys: keys) { k, v in got[k] = v }
+            }
+            switch (read, Result { () throws(JSONError) -> JSONFields? in try JSONParser.parseFields(bytes) }) {
+            case (.success(true), .success(let f?)):
+                for (k, key) in keys.enumerated() { #expect(got[k] == f[key.description], "\(text): \(key)") }
+            case (.success(false), .success(nil)): break
+            case (.failure(let a), .failure(let b)): #expect(a == b, "\(text)")
+            default: Issue.record("\(text): readObject \(read), parseFields disagrees")
+            }
+            if case .success(true) = read {
+                let end = bytes.lastIndex(where: { $0 != 0x20 })! + 1
+                for cut in 0..<end {
+                    #expect(throws: JSONError.self, "\(text) cut at \(cut)") {
+                        try JSONParser.readObject(Array(bytes[..<cut]), keys: keys) { _, _ in }
+                    }
+                }
+            }
+        }
+    }
+
     @Test func writesDecimals() {
         for v: UInt64 in [0, 1, 9, 10, 99, 100, 12345, 1 << 53, UInt64.max - 1, UInt64.max] {
             var out: [UInt8] = [0x2A]

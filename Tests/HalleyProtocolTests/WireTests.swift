@@ -1,4 +1,5 @@
 import Testing
+import HalleyCore
 @testable import HalleyProtocol
 
 func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
@@ -111,6 +112,23 @@ func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         }
         for t in texts {
             #expect(SizedJSON.escapedCount(t) == JSONWriter.string(t).count - 2, "\(t.debugDescription)")
+        }
+    }
+}
+
+@Suite struct WrittenBytesTests {
+    /// `[UInt8](writing:)` holds exactly what was written, at every size across the 4 KiB
+    /// where it changes how it allocates, written in full, in part or not at all.
+    @Test(arguments: [0, 1, 2, 125, 126, 1024, 4095, 4096, 4097, 65536])
+    func holdsWhatWasWritten(_ capacity: Int) {
+        for n in Set([0, capacity / 2, max(0, capacity - 1), capacity]) {
+            let a = [UInt8](writing: capacity) { p in
+                for i in 0..<n {
+                    p.storeBytes(of: UInt8(truncatingIfNeeded: i &* 31 &+ 7), toByteOffset: i, as: UInt8.self)
+                }
+                return n
+            }
+            #expect(a == (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }, "\(capacity) \(n)")
         }
     }
 }
