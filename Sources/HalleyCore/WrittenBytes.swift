@@ -6,7 +6,8 @@ extension Array where Element == UInt8 {
     /// which looks the storage class's generic metadata up on every call (about 400
     /// instructions under callgrind), where an array copied from a buffer is made by code
     /// specialized here. So up to 4 KiB the bytes are written into temporary memory and copied
-    /// (a few dozen instructions for a few hundred bytes); past that, the first way.
+    /// (a few dozen instructions for a few hundred bytes); past that, the first way. `write`
+    /// is not called when `capacity` is 0 (the array is empty).
     @inlinable
     public init(writing capacity: Int, _ write: (UnsafeMutableRawPointer) -> Int) {
         guard capacity > 0 else {

@@ -10,13 +10,23 @@ import Glibc
 /// freed and cleansed again: that set-up was most of libcrypto's 5% of a signed publish's CPU
 /// (perf), where SHA-256 itself (SHA-NI) is a few hundred cycles per block.
 public enum Digest {
+    /// The `count` bytes `final` writes, copied out of temporary memory into an array made by
+    /// specialized code (`Array(repeating:count:)` allocates through the standard library's
+    /// unspecialized code, a generic metadata lookup per call: see HalleyCore's
+    /// `[UInt8](writing:)`).
+    @inline(__always)
+    static func digestBytes(_ count: Int, _ final: (UnsafeMutablePointer<UInt8>) -> Void) -> [UInt8] {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: count) { tmp in
+            final(tmp.baseAddress!)
+            return Array(UnsafeBufferPointer(tmp))
+        }
+    }
+
     public static func sha1(_ data: UnsafeRawBufferPointer) -> [UInt8] {
         var c = SHA_CTX()
         halley_sha1_init(&c)
         if data.count > 0 { halley_sha1_update(&c, data.baseAddress, data.count) }
-        var out = [UInt8](repeating: 0, count: 20)
-        out.withUnsafeMutableBufferPointer { halley_sha1_final($0.baseAddress, &c) }
-        return out
+        return Digest.digestBytes(20) { halley_sha1_final($0, &c) }
     }
 
     public static func sha1(_ data: [UInt8]) -> [UInt8] { data.withUnsafeBytes { sha1($0) } }
@@ -25,9 +35,7 @@ public enum Digest {
         var c = MD5_CTX()
         halley_md5_init(&c)
         if data.count > 0 { halley_md5_update(&c, data.baseAddress, data.count) }
-        var out = [UInt8](repeating: 0, count: 16)
-        out.withUnsafeMutableBufferPointer { halley_md5_final($0.baseAddress, &c) }
-        return out
+        return Digest.digestBytes(16) { halley_md5_final($0, &c) }
     }
 
     public static func md5(_ data: [UInt8]) -> [UInt8] { data.withUnsafeBytes { md5($0) } }
@@ -36,9 +44,7 @@ public enum Digest {
         var c = SHA256_CTX()
         halley_sha256_init(&c)
         if data.count > 0 { halley_sha256_update(&c, data.baseAddress, data.count) }
-        var out = [UInt8](repeating: 0, count: 32)
-        out.withUnsafeMutableBufferPointer { halley_sha256_final($0.baseAddress, &c) }
-        return out
+        return Digest.digestBytes(32) { halley_sha256_final($0, &c) }
     }
 
     /// HMAC-SHA256 (RFC 2104): H((K ^ opad) || H((K ^ ipad) || data)). The hash states after
@@ -112,9 +118,7 @@ public struct HMACSHA256 {
             halley_sha256_final(mid.baseAddress, &inner)
             halley_sha256_update(&outer, mid.baseAddress, 32)
         }
-        var out = [UInt8](repeating: 0, count: 32)
-        out.withUnsafeMutableBufferPointer { halley_sha256_final($0.baseAddress, &outer) }
-        return out
+        return Digest.digestBytes(32) { halley_sha256_final($0, &outer) }
     }
 }
 

@@ -186,9 +186,11 @@ public struct JSONParser {
     /// A top-level object read in one pass, for a body read by a few fixed keys (a publish):
     /// each member whose key is `keys[k]` goes to `member` with `k`, in order (a key given
     /// twice goes twice, the last one last); other members are parsed (so checked) and
-    /// dropped. Keys compare as `JSONFields` compares them: a plain ASCII key by its bytes, an
-    /// escaped or non-ASCII one decoded, as a string. No member list, no lookups. False when
-    /// the text is valid JSON but not an object.
+    /// dropped. Keys compare as `JSONFields` compares them: plain ASCII keys by their bytes,
+    /// an escaped or non-ASCII one (in the text or asked for) as a string. No member list, no
+    /// lookups. False when the text is valid JSON but not an object. When it throws, `member`
+    /// may already have had the members before the error. `keys` must differ as strings (a
+    /// member goes to the first key it equals).
     public static func readObject(
         _ bytes: [UInt8], keys: [StaticString], _ member: (Int, JSONValue) -> Void
     ) throws(JSONError) -> Bool {
@@ -214,7 +216,15 @@ public struct JSONParser {
     static func keyIndex(_ key: JSONFields.Key, _ keys: [StaticString], _ text: UnsafeRawBufferPointer) -> Int? {
         switch key {
         case .raw(let start, let count):
-            for (n, k) in keys.enumerated() where k.utf8CodeUnitCount == count {
+            for (n, k) in keys.enumerated() {
+                if !k.isASCII {
+                    // A key asked for with bytes from 0x80 may equal a plain one as a string
+                    // (U+212A KELVIN SIGN is "K"): compared as strings, as `JSONFields` does.
+                    let raw = UnsafeRawBufferPointer(rebasing: text[start..<(start + count)])
+                    if String(decoding: raw, as: UTF8.self) == k.description { return n }
+                    continue
+                }
+                guard k.utf8CodeUnitCount == count else { continue }
                 var j = 0
                 while j < count && text[start + j] == k.utf8Start[j] { j += 1 }
                 if j == count { return n }

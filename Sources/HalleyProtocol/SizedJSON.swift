@@ -1,5 +1,6 @@
-/// JSON text written into an array sized first: each string's escaped length is counted (a
-/// word at a time), then every piece is copied once into the array's storage. For the message
+/// JSON text written into memory sized first: each string's escaped length is counted (a
+/// word at a time), then every piece is copied once into memory of that size
+/// (`[UInt8](writing:)`). For the message
 /// made on every publish, where appending piece by piece to a growing array paid a capacity
 /// and uniqueness check per piece (about a tenth of a publish's instructions).
 /// Escapes are `JSONWriter`'s, byte for byte.
@@ -39,10 +40,10 @@ package enum SizedJSON {
         }
     }
 
-    /// Writes at `base`, the storage of an array of a size counted before
-    /// (`[UInt8](writing:)`): used only inside that initializer.
+    /// Writes at `base`: the memory `[UInt8](writing:)` passes, of a size counted before;
+    /// valid inside that closure only.
     package struct Writer {
-        let base: UnsafeMutableRawPointer  // the array's storage, inside its initializer only
+        let base: UnsafeMutableRawPointer  // the memory `writing:` passes, inside its closure only
         package private(set) var count = 0
 
         package init(base: UnsafeMutableRawPointer) { self.base = base }
