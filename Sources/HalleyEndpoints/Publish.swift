@@ -9,9 +9,8 @@ import HalleyServer
 /// like the Pusher HTTP API or with the app's bearer token.
 extension HubEndpoints {
     func publishEndpoint(_ request: HTTPRequest, _ responder: Responder) {
-        let q = Query.parse(request.head.query)
         let app: App
-        switch authenticate(request, q, path: "/publish") {
+        switch authenticate(request, path: "/publish") {
         case .success(let a): app = a
         case .failure(let e):
             Log.info("publish refused: 401 \(e.text)")
@@ -83,13 +82,13 @@ extension HubEndpoints {
     }
 
     /// Bearer token (when the app has one) or the Pusher query signature.
-    func authenticate(_ request: HTTPRequest, _ q: [(String, String)], path: String) -> Result<App, Refusal> {
+    func authenticate(_ request: HTTPRequest, path: String) -> Result<App, Refusal> {
         if let auth = request.head.headers.valueBytes("Authorization") {
             guard let token = Self.bearerToken(auth) else {
                 return .failure(Refusal(status: 401, text: "Authorization must be Bearer"))
             }
             let candidates: [App]
-            if let k = Query.value(q, "key") {
+            if let k = Query.value(Query.parse(request.head.query), "key") {
                 guard let a = hub.app(key: k) else { return .failure(Refusal(status: 401, text: "unknown key")) }
                 candidates = [a]
             } else {
@@ -102,7 +101,7 @@ extension HubEndpoints {
         }
         do {
             let key = try PusherSignature.verify(
-                method: request.method.description, path: path, query: q, body: request.body,
+                method: request.method.description, path: path, rawQuery: request.head.query, body: request.body,
                 now: Clock.wallSeconds(),
                 secretsFor: { [self] in hub.app(key: $0)?.secrets(now: Clock.wallSeconds()) ?? [] })
             return .success(hub.app(key: key)!)

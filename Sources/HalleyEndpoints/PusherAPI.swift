@@ -58,7 +58,9 @@ extension HubEndpoints {
     struct APIRequest {
         let app: App
         let request: HTTPRequest
-        let query: [(String, String)]
+
+        /// The query's parameters (parsed when asked for: a publish does not ask).
+        var query: [(String, String)] { Query.parse(request.head.query) }
 
         /// The loop the request came on (a publish is answered there).
         let loop: Int
@@ -90,7 +92,6 @@ extension HubEndpoints {
         _ request: HTTPRequest, _ responder: Responder,
         _ body: (HubEndpoints, APIRequest, @escaping (Result<[UInt8], Refusal>) -> Void) -> Void
     ) {
-        let q = Query.parse(request.head.query)
         let path = String(request.head.path)
         let app: App
         if let id = request.parameters["app"] {
@@ -101,7 +102,7 @@ extension HubEndpoints {
             }
             app = a
         } else {
-            guard let k = Query.value(q, "auth_key"), let a = hub.app(key: k) else {
+            guard let k = Query.value(Query.parse(request.head.query), "auth_key"), let a = hub.app(key: k) else {
                 Log.info("api \(path): 401 unknown auth_key")
                 responder.respond(Self.apiError(401, "Unknown auth_key"))
                 return
@@ -110,13 +111,16 @@ extension HubEndpoints {
         }
         do {
             _ = try PusherSignature.verify(
-                method: request.method.description, path: path, query: q, body: request.body,
+                method: request.method.description, path: path, rawQuery: request.head.query, body: request.body,
                 now: Clock.wallSeconds(), secretsFor: { $0 == app.key ? app.secrets(now: Clock.wallSeconds()) : [] })
         } catch {
             Log.info("api \(path): 401 \(error)")
             responder.respond(
                 Self.apiError(
-                    401, Self.signatureText(error, app: app, method: request.method.description, path: path, query: q)))
+                    401,
+                    Self.signatureText(
+                        error, app: app, method: request.method.description, path: path,
+                        query: Query.parse(request.head.query))))
             return
         }
         guard app.enabled else {
@@ -124,7 +128,7 @@ extension HubEndpoints {
             responder.respond(Self.apiError(403, "App \(app.id) is disabled"))
             return
         }
-        body(self, APIRequest(app: app, request: request, query: q, loop: responder.loopIndex)) { result in
+        body(self, APIRequest(app: app, request: request, loop: responder.loopIndex)) { result in
             switch result {
             case .success(let b):
                 responder.respond(Self.apiOK(b))
@@ -236,9 +240,50 @@ extension HubEndpoints {
         return ChannelName.problem(c)
     }
 
+    /// The members of an `events` body that `parseAPIEvent` reads, found in one pass
+    /// (`JSONParser.readObject`; this runs for every published event). The last of a
+    /// repeated key counts, as in `JSONFields`.
+    struct EventMembers: JSONMembers {
+        static let keys: [StaticString] = ["name", "data", "channel", "channels", "socket_id", "info"]
+        var name, data, channel, channels, socketID, info: JSONValue?
+
+        /// nil when the body is not JSON, or not an object.
+        init?(_ body: [UInt8]) {
+            var m = EventMembers()
+            guard
+                (try? JSONParser.readObject(
+                    body, keys: Self.keys,
+                    { k, v in
+                        switch k {
+                        case 0: m.name = v
+                        case 1: m.data = v
+                        case 2: m.channel = v
+                        case 3: m.channels = v
+                        case 4: m.socketID = v
+                        default: m.info = v
+                        }
+                    })) == true
+            else { return nil }
+            self = m
+        }
+
+        private init() {}
+
+        subscript(_ key: String) -> JSONValue? {
+            switch key {
+            case "name": return name
+            case "data": return data
+            case "channel": return channel
+            case "channels": return channels
+            case "socket_id": return socketID
+            case "info": return info
+            default: preconditionFailure("EventMembers does not read \(key)")
+            }
+        }
+    }
+
     func events(_ r: APIRequest, _ answer: @escaping (Result<[UInt8], Refusal>) -> Void) {
-        // The members in order, no dictionary: this runs for every published event.
-        guard let o = try? JSONParser.parseFields(r.request.body) else {  // nil: not JSON, or not an object
+        guard let o = EventMembers(r.request.body) else {
             return answer(.failure(Refusal(status: 400, text: "Expected a JSON object body")))
         }
         let e: APIEvent

@@ -155,20 +155,22 @@ public enum PusherSignature {
     /// Whether `hex` (either case) spells `bytes`, in time that depends only on the lengths.
     static func hexEqual(_ bytes: [UInt8], _ hex: String) -> Bool {
         var hex = hex
-        return hex.withUTF8 { h in
-            guard h.count == bytes.count * 2 else { return false }
-            @inline(__always) func nibble(_ c: UInt8) -> UInt8 {
-                // Non-hex characters give 0xFF, which never matches a nibble.
-                let d = c &- 48
-                let l = (c | 0x20) &- 87
-                return d < 10 ? d : (l >= 10 && l < 16 ? l : 0xFF)
-            }
-            var diff: UInt8 = 0
-            for i in 0..<bytes.count {
-                let b = bytes[i]
-                diff |= (nibble(h[2 * i]) ^ (b >> 4)) | (nibble(h[2 * i + 1]) ^ (b & 15))
-            }
-            return diff == 0
+        return hex.withUTF8 { hexEqual(bytes, UnsafeRawBufferPointer($0)) }
+    }
+
+    static func hexEqual(_ bytes: [UInt8], _ h: UnsafeRawBufferPointer) -> Bool {
+        guard h.count == bytes.count * 2 else { return false }
+        @inline(__always) func nibble(_ c: UInt8) -> UInt8 {
+            // Non-hex characters give 0xFF, which never matches a nibble.
+            let d = c &- 48
+            let l = (c | 0x20) &- 87
+            return d < 10 ? d : (l >= 10 && l < 16 ? l : 0xFF)
         }
+        var diff: UInt8 = 0
+        for i in 0..<bytes.count {
+            let b = bytes[i]
+            diff |= (nibble(h[2 * i]) ^ (b >> 4)) | (nibble(h[2 * i + 1]) ^ (b & 15))
+        }
+        return diff == 0
     }
 }
