@@ -75,9 +75,11 @@ extension HubEndpoints {
             body: .bytes(Array((text + "\n").utf8)))
     }
 
-    static func apiOK(_ body: [UInt8]) -> HTTPResponse {
-        HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: .bytes(body))
-    }
+    /// 200 with a JSON body (its header line encoded once, `HubHTTP.json`).
+    static func apiOK(_ body: [UInt8]) -> HTTPResponse { HubHTTP.json(200, body) }
+
+    /// `{}`, the answer of most API requests (made once).
+    static let emptyObject: [UInt8] = Array("{}".utf8)
 
     /// Finds the app, checks the signature (over the path as sent) and that the app is
     /// enabled, then runs `body`, which answers.
@@ -290,7 +292,7 @@ extension HubEndpoints {
         do { e = try parseAPIEvent(o, app: r.app, batch: false) } catch { return answer(.failure(error)) }
         func finish(_ result: Result<Hub.PublishResult, RedisError>) {
             if case .failure(let f) = result { return answer(.failure(Self.notPublished(f))) }
-            guard !e.info.isEmpty else { return answer(.success(Array("{}".utf8))) }
+            guard !e.info.isEmpty else { return answer(.success(Self.emptyObject)) }
             var chans = JSONObjectBuilder()
             for c in e.channels { chans.raw(c, counts(ChannelKey(app: r.app.id, name: c), e.info)) }
             var b = JSONObjectBuilder()
@@ -339,12 +341,12 @@ extension HubEndpoints {
         var failure: RedisError? = nil
         let finish: () -> Void = { [self] in
             if let f = failure { return answer(.failure(Self.notPublished(f))) }
-            guard events.contains(where: { !$0.info.isEmpty }) else { return answer(.success(Array("{}".utf8))) }
+            guard events.contains(where: { !$0.info.isEmpty }) else { return answer(.success(Self.emptyObject)) }
             var out: [UInt8] = Array(#"{"batch":["#.utf8)
             for (i, e) in events.enumerated() {
                 if i > 0 { out.append(UInt8(ascii: ",")) }
                 out +=
-                    e.info.isEmpty ? Array("{}".utf8) : counts(ChannelKey(app: r.app.id, name: e.channels[0]), e.info)
+                    e.info.isEmpty ? Self.emptyObject : counts(ChannelKey(app: r.app.id, name: e.channels[0]), e.info)
             }
             out += Array("]}".utf8)
             answer(.success(out))
@@ -540,7 +542,7 @@ extension HubEndpoints {
         }
         hub.terminateEverywhere(UserKey(app: r.app.id, id: user), loop: r.loop) { result in
             switch result {
-            case .success: answer(.success(Array("{}".utf8)))
+            case .success: answer(.success(Self.emptyObject))
             case .failure(let e): answer(.failure(Refusal(status: 503, text: "Not terminated: \(e); retry")))
             }
         }

@@ -57,7 +57,7 @@ public struct HTTPResponse {
 public struct HTTPRequest {
     public let head: HTTPRequestHead
     public let body: [UInt8]
-    public var parameters: [String: String]
+    public var parameters: RouteParameters
 
     public var method: HTTPMethod { head.method }
     public var path: Substring { head.path }

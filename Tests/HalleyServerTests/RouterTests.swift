@@ -31,6 +31,21 @@ import HalleyHTTP
         #expect(q == ["key": "my key"])
     }
 
+    /// Parameters by name: two of them, either order equal; a name used twice in a pattern
+    /// takes the later segment (as the dictionary it replaced did); a name not matched is nil.
+    @Test func parametersByName() {
+        let r = router()
+        r.add([.get], "/two/{a}/{b}") { _, _ in }
+        r.add([.get], "/twice/{x}/{x}") { _, _ in }
+        guard case .handler(_, let p) = r.match(.get, "/two/1/2") else { Issue.record("no match"); return }
+        #expect(p["a"] == "1" && p["b"] == "2" && p["c"] == nil)
+        #expect(p == ["b": "2", "a": "1"])
+        #expect(p != ["a": "1", "b": "3"])
+        #expect(p != ["a": "1"])
+        guard case .handler(_, let q) = r.match(.get, "/twice/1/2") else { Issue.record("no match"); return }
+        #expect(q == ["x": "2"])
+    }
+
     @Test func wrongMethodListsAllowed() {
         guard case .methodNotAllowed(let allowed) = router().match(.delete, "/exact") else {
             Issue.record("expected 405"); return
