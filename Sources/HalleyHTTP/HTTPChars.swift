@@ -18,6 +18,12 @@ enum HTTPChars {
         !Word.hasByte(w, below: 0x20) && !Word.hasByte(w, equalTo: 0x7F)
     }
 
+    /// True when each of the eight bytes of `w` is visible ASCII (0x21–0x7E), what a request
+    /// target is made of.
+    @inline(__always) static func wordIsTargetText(_ w: UInt64) -> Bool {
+        w & 0x8080_8080_8080_8080 == 0 && !Word.hasByte(w, below: 0x21) && !Word.hasByte(w, equalTo: 0x7F)
+    }
+
     /// field-vchar, SP, HTAB and obs-text; no other control characters, no DEL.
     @inline(__always) static func isFieldValue(_ c: UInt8) -> Bool {
         c == 9 || (c >= 32 && c != 127)

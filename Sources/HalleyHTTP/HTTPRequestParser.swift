@@ -177,6 +177,13 @@ public struct HTTPRequestParser: Sendable {
         let method = HTTPMethod(bytes: UnsafeRawBufferPointer(rebasing: head[0..<p]))
         p += 1
         let targetStart = p
+        // Eight bytes at a time while every one is visible ASCII (a signed API request's
+        // target is about 200 bytes), then byte by byte.
+        while p + 8 <= requestLineEnd,
+            HTTPChars.wordIsTargetText(head.loadUnaligned(fromByteOffset: p, as: UInt64.self))
+        {
+            p += 8
+        }
         while p < requestLineEnd && head[p] > 32 && head[p] < 127 { p += 1 }
         if p == targetStart || p >= requestLineEnd || head[p] != 32 {
             return .failure(.badRequest("bad request target"))

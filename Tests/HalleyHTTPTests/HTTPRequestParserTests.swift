@@ -308,6 +308,29 @@ func parseOnce(_ input: String, limits: HTTPLimits = HTTPLimits()) -> HTTPReques
         }
     }
 
+    @Test func everyByteValueAtEveryPositionOfTheTarget() {
+        // The target is scanned eight bytes at a time: each byte value at each offset of a
+        // 21-byte target (two words and a tail after the slash) is accepted exactly when it is
+        // visible ASCII, and the target kept byte for byte.
+        for c in 0...255 {
+            for at in 0..<20 {
+                var target = [UInt8](repeating: UInt8(ascii: "t"), count: 20)
+                target[at] = UInt8(c)
+                let head = Array("GET /".utf8) + target + Array(" HTTP/1.1\r\nHost: a\r\n\r\n".utf8)
+                var parser = HTTPRequestParser()
+                let r = head.withUnsafeBytes { parser.parse($0) }
+                let ok = c > 32 && c < 127
+                switch r {
+                case .head(let h, _):
+                    #expect(ok, "byte \(c) at \(at) accepted")
+                    #expect(Array(h.target.utf8) == [UInt8(ascii: "/")] + target)
+                case .error: #expect(!ok, "byte \(c) at \(at) refused")
+                default: Issue.record("byte \(c) at \(at): \(r)")
+                }
+            }
+        }
+    }
+
     @Test func tooManyHeaders() {
         var limits = HTTPLimits()
         limits.maxHeaderCount = 3
