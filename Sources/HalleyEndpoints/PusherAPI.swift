@@ -244,14 +244,16 @@ extension HubEndpoints {
 
     /// The members of an `events` body that `parseAPIEvent` reads, found in one pass
     /// (`JSONParser.readObject`; this runs for every published event). The last of a
-    /// repeated key counts, as in `JSONFields`.
+    /// repeated key counts, as in `JSONFields`; a key not among `keys` is looked up in the
+    /// body parsed again (slower, never wrong).
     struct EventMembers: JSONMembers {
         static let keys: [StaticString] = ["name", "data", "channel", "channels", "socket_id", "info"]
         var name, data, channel, channels, socketID, info: JSONValue?
+        let body: [UInt8]
 
         /// nil when the body is not JSON, or not an object.
         init?(_ body: [UInt8]) {
-            var m = EventMembers()
+            var m = EventMembers(body: body)
             guard
                 (try? JSONParser.readObject(
                     body, keys: Self.keys,
@@ -262,14 +264,15 @@ extension HubEndpoints {
                         case 2: m.channel = v
                         case 3: m.channels = v
                         case 4: m.socketID = v
-                        default: m.info = v
+                        case 5: m.info = v
+                        default: break
                         }
                     })) == true
             else { return nil }
             self = m
         }
 
-        private init() {}
+        private init(body: [UInt8]) { self.body = body }
 
         subscript(_ key: String) -> JSONValue? {
             switch key {
@@ -279,7 +282,7 @@ extension HubEndpoints {
             case "channels": return channels
             case "socket_id": return socketID
             case "info": return info
-            default: preconditionFailure("EventMembers does not read \(key)")
+            default: return (try? JSONParser.parseFields(body))?[key]
             }
         }
     }
@@ -396,9 +399,10 @@ extension HubEndpoints {
     func channelsInfo(
         _ r: APIRequest, cluster: [(name: String, subscriptions: Int, users: Int)]? = nil
     ) -> Result<[UInt8], Refusal> {
-        let prefix = Query.value(r.query, "filter_by_prefix") ?? ""
+        let q = r.query  // parsed once
+        let prefix = Query.value(q, "filter_by_prefix") ?? ""
         let info: Set<String>
-        switch infoAttributes(r.query, allowed: ["user_count", "subscription_count"]) {
+        switch infoAttributes(q, allowed: ["user_count", "subscription_count"]) {
         case .failure(let f): return .failure(f)
         case .success(let i): info = i
         }

@@ -7,6 +7,9 @@ import HalleyProtocol
 ///   answer but a crash is fine, and it must never pass with the wrong secret.
 /// - Then it is signed as an SDK signs it (every `auth_*` and `body_md5` replaced) and
 ///   verified again: a request the hub's own signer made must pass.
+/// - The byte path (`PusherSignature.accepted`, on the query as sent) must never accept what
+///   the string path refuses, and must accept the signed request re-encoded as a query when
+///   it is all ASCII with at most 16 parameters.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = UnsafeRawBufferPointer(start: data, count: size)
@@ -30,6 +33,17 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             fatalError("verified a request whose signature is not the secret's")
         }
     }
+    let byBytes = PusherSignature.accepted(
+        method: "POST", path: "/apps/1/events", rawQuery: query[...], body: body, now: now,
+        secretsFor: { $0 == "key" ? ["secret"] : [] })
+    if let k = byBytes {
+        let byStrings = try? PusherSignature.verify(
+            method: "POST", path: "/apps/1/events", query: pairs, body: body, now: now,
+            secretsFor: { $0 == "key" ? ["secret"] : [] })
+        if byStrings != k {
+            fatalError("the byte path accepted \(k), the string path answered \(String(describing: byStrings))")
+        }
+    }
     var signed = pairs.filter {
         !["auth_key", "auth_timestamp", "auth_version", "auth_signature", "body_md5"].contains($0.0.lowercased())
     }
@@ -44,5 +58,25 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     } catch {
         fatalError("a request signed by the SDK rules was refused: \(error) for \(signed)")
     }
+    let raw = signed.map { encoded($0.0) + "=" + encoded($0.1) }.joined(separator: "&")
+    let ascii = signed.allSatisfy { $0.0.utf8.allSatisfy { $0 < 0x80 } && $0.1.utf8.allSatisfy { $0 < 0x80 } }
+    let taken = PusherSignature.accepted(
+        method: "POST", path: "/apps/1/events", rawQuery: raw[...], body: body, now: now,
+        secretsFor: { $0 == "key" ? ["secret"] : [] })
+    if taken != nil && taken != "key" { fatalError("the byte path accepted \(taken!) for \(raw)") }
+    if ascii && signed.count <= 16 && taken == nil { fatalError("the byte path refused \(raw)") }
     return 0
+}
+
+/// Every byte but letters, digits and `-._~` as `%XX`.
+func encoded(_ s: String) -> String {
+    let hex = Array("0123456789ABCDEF".utf8)
+    var out: [UInt8] = []
+    for c in s.utf8 {
+        switch c {
+        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A, 0x2D, 0x2E, 0x5F, 0x7E: out.append(c)
+        default: out += [0x25, hex[Int(c >> 4)], hex[Int(c & 15)]]
+        }
+    }
+    return String(decoding: out, as: UTF8.self)
 }

@@ -37,7 +37,7 @@ extension PusherSignature {
     /// The key when the request is signed right and its decoded query is all ASCII (then the
     /// string path's UTF-8 repair and Unicode lower-casing cannot arise); nil otherwise,
     /// without saying why.
-    static func accepted(
+    package static func accepted(
         method: String, path: String, rawQuery: Substring?, body: [UInt8],
         now: Int, secretsFor: (String) -> [String]
     ) -> String? {
@@ -184,15 +184,16 @@ extension PusherSignature {
             guard c >= 48 && c <= 57 else { return nil }
             t = t * 10 + Int(c - 48)
         }
+        // The string path's order: the key's secrets, the clock, the body's digest.
+        let keyString = String(decoding: bytes(key.value, key.valueCount), as: UTF8.self)
+        let secrets = secretsFor(keyString)
+        guard !secrets.isEmpty else { return nil }
         guard (now - t).magnitude <= UInt(maxClockSkew) else { return nil }
         if let md5 {
             guard hexEqual(Digest.md5(body), bytes(md5.value, md5.valueCount)) else { return nil }
         } else if !body.isEmpty {
             return nil
         }
-        let keyString = String(decoding: bytes(key.value, key.valueCount), as: UTF8.self)
-        let secrets = secretsFor(keyString)
-        guard !secrets.isEmpty else { return nil }
         return withSignedText(method: method, path: path, text: text, params: params) { signed in
             let sent = bytes(sig.value, sig.valueCount)
             for s in secrets {

@@ -83,6 +83,12 @@ import Testing
         let extras = [
             "a=1", "A=2", "b", "=v", "z=%26%3D", "x=a+b", "y=%2", "y=%zz%4", "q=%41%42", "%62=c", "n=", "a_=",
             "u=%C3%A9", "v=é", "w=%FF", "AuTh_NoNcE=1", "auth_key=other", "auth_signature=0",
+            // Keys decoded and lower-cased on the slow path, escapes cut short, separators
+            // escaped, NUL bytes.
+            "A+B=1", "%41=1", "%4A%4b=1", "a%=1", "%4=1", "k%4", "%3D=1", "%26=x", "+=1", "=", "%00=1", "a=%00",
+            // Repeated authentication parameters (before or after the real ones: the last counts).
+            "auth_timestamp=1353088179", "auth_timestamp=1", "auth_version=2.0", "body_md5=0",
+            "AUTH_KEY=278d425bdf160c739803", "Auth%5FVersion=1.0",
         ]
         let timestamps = ["1353088179", "01353088179", "+1353088179", "1353088779", "1353088780", "abc", ""]
         var seed: UInt64 = 0x9E37_79B9_7F4A_7C15
@@ -98,13 +104,21 @@ import Testing
             ]
             for _ in 0..<next(5) { parts.insert(extras[next(extras.count)], at: next(parts.count + 1)) }
             if next(4) == 0 { parts.insert("", at: next(parts.count + 1)) }  // an empty segment: "&&"
-            if next(3) == 0 {  // a key in another case or spelled with an escape
+            if next(3) == 0 {  // a key in another case, spelled with an escape, or both
                 let i = next(parts.count)
-                parts[i] = next(2) == 0 ? parts[i].uppercased() : parts[i].replacingOccurrences("_", "%5F")
+                let kv = parts[i].split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                var k = String(kv[0])
+                switch next(3) {
+                case 0: k = k.uppercased()
+                case 1: k = k.replacingOccurrences("_", "%5F")
+                default: k = k.uppercased().replacingOccurrences("_", "%5F")
+                }
+                parts[i] = kv.count > 1 ? k + "=" + kv[1] : k
             }
             var raw = parts.joined(separator: "&")
             if round % 7 != 0 { raw = signed(raw) }
             if round % 11 == 0 { raw += String(repeating: "&p=1", count: 13) }  // past the byte path's limit
+            checkDecoding(raw)
             let byBytes = bytePath(raw)
             let byStrings = stringPath(raw)
             #expect(publicPath(raw) == byStrings, "\(raw)")
@@ -123,6 +137,73 @@ import Testing
             }
         }
         #expect(taken > 500)
+    }
+
+    /// The byte path's decoded parameters and signed text against `Query.parse` and
+    /// `bytesToSign`, signed or not, whenever it takes the query (all ASCII, at most 16).
+    func checkDecoding(_ raw: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        let parsed = Query.parse(Substring(raw))
+        var bytes = raw  // `withUTF8` is mutating
+        bytes.withUTF8 { b in
+            let query = UnsafeRawBufferPointer(b)
+            guard query.count > 0 else { return }
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: query.count) { scratch in
+                withUnsafeTemporaryAllocation(of: PusherSignature.ByteParam.self, capacity: 16) { params in
+                    let n = PusherSignature.decodeParams(query, scratch.baseAddress!, params.baseAddress!)
+                    let ascii = parsed.allSatisfy {
+                        $0.0.utf8.allSatisfy { $0 < 0x80 } && $0.1.utf8.allSatisfy { $0 < 0x80 }
+                    }
+                    #expect((n != nil) == (ascii && parsed.count <= 16), "\(raw)", sourceLocation: sourceLocation)
+                    guard let n else { return }
+                    let text = UnsafeRawBufferPointer(scratch)
+                    func string(_ start: Int, _ count: Int) -> String {
+                        String(decoding: UnsafeRawBufferPointer(rebasing: text[start..<(start + count)]), as: UTF8.self)
+                    }
+                    let mine = (0..<n).map {
+                        (string(params[$0].key, params[$0].keyCount), string(params[$0].value, params[$0].valueCount))
+                    }
+                    #expect(mine.map(\.0) == parsed.map { $0.0.lowercased() }, "\(raw)", sourceLocation: sourceLocation)
+                    #expect(mine.map(\.1) == parsed.map(\.1), "\(raw)", sourceLocation: sourceLocation)
+                    let signedText = PusherSignature.withSignedText(
+                        method: "POST", path: path, text: text, params: UnsafeBufferPointer(rebasing: params[0..<n])
+                    ) { Array($0) }
+                    #expect(
+                        signedText == PusherSignature.bytesToSign(method: "POST", path: path, query: parsed), "\(raw)",
+                        sourceLocation: sourceLocation)
+                }
+            }
+        }
+    }
+
+    /// The edges of what the byte path takes: 16 parameters and not 17, timestamps of 18
+    /// digits and not 19, the clock's skew both ways, the body's digest, queries of separators
+    /// only; each answered as the string path answers.
+    @Test func edges() {
+        func same(_ raw: String, body: [UInt8]? = nil, taken: Bool, sourceLocation: SourceLocation = #_sourceLocation) {
+            checkDecoding(raw, sourceLocation: sourceLocation)
+            let b = bytePath(raw, body: body)
+            #expect((b != nil) == taken, "\(raw)", sourceLocation: sourceLocation)
+            if let b { #expect(stringPath(raw, body: body) == .success(b), sourceLocation: sourceLocation) }
+            #expect(
+                publicPath(raw, body: body) == stringPath(raw, body: body), "\(raw)", sourceLocation: sourceLocation)
+        }
+        let base = "auth_key=\(key)&auth_version=1.0&body_md5=ec365a775a4cd0599faeb73354201b6f"
+        // Five parameters with the signature: eleven more make 16, twelve make 17.
+        same(signed(base + "&auth_timestamp=1353088179" + String(repeating: "&p=1", count: 11)), taken: true)
+        same(signed(base + "&auth_timestamp=1353088179" + String(repeating: "&p=1", count: 12)), taken: false)
+        same(signed(base + "&auth_timestamp=000000001353088179"), taken: true)  // 18 digits
+        same(signed(base + "&auth_timestamp=0000000001353088179"), taken: false)  // 19: the string path's
+        same(signed(base + "&auth_timestamp=\(now - 600)"), taken: true)
+        same(signed(base + "&auth_timestamp=\(now + 600)"), taken: true)
+        same(signed(base + "&auth_timestamp=\(now - 601)"), taken: false)
+        same(signed(base + "&auth_timestamp=\(now + 601)"), taken: false)
+        same(signed(base + "&auth_timestamp=-\(now)"), taken: false)
+        // The body: empty with and without its digest, non-empty without.
+        let noMD5 = "auth_key=\(key)&auth_version=1.0&auth_timestamp=\(now)"
+        same(signed(noMD5), body: [], taken: true)
+        same(signed(noMD5 + "&body_md5=d41d8cd98f00b204e9800998ecf8427e"), body: [], taken: true)
+        same(signed(noMD5), taken: false)
+        for raw in ["&", "&&", "=", "==", "&=&", "auth_key", signed("")] { same(raw, taken: false) }
     }
 }
 
