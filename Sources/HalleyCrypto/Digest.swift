@@ -77,6 +77,20 @@ public enum Digest {
         return diff == 0
     }
 
+    /// `constantTimeEqual` of a string's UTF-8 and bytes, over their storage (the generic
+    /// version walks the string's UTF-8 view through its iterator).
+    public static func constantTimeEqual(_ s: String, _ b: ArraySlice<UInt8>) -> Bool {
+        var s = s  // `withUTF8` is mutating; a native string is not copied
+        return s.withUTF8 { x in
+            b.withUnsafeBufferPointer { y in
+                guard x.count == y.count else { return false }
+                var diff: UInt8 = 0
+                for i in 0..<x.count { diff |= x[i] ^ y[i] }
+                return diff == 0
+            }
+        }
+    }
+
     /// Compares in time that depends only on the lengths, not on where the bytes differ.
     public static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
         constantTimeEqual(bytes: a, b)

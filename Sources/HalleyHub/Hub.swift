@@ -200,6 +200,21 @@ public final class Hub: Sendable {
         userID: String? = nil
     ) -> PublishResult? {
         guard !clustered else { return nil }
+        if channels.count == 1 {
+            // One channel (the common case): no array of messages, none of offsets.
+            let m = Self.message(
+                app: app, channel: channels[0], event: event, data: data, binary: binary, exclude: exclude,
+                userID: userID)
+            let loops = self.loops
+            var out = Outbox(loops: loops.count)
+            let p = postOne(m, now: Clock.monotonicMillis(), loops: loops, into: &out)
+            out.wake(loops)
+            stats(app.id)?.add(.messagesIn, 1)
+            var result = PublishResult()
+            result.channels = [PublishResult.Channel(channels[0], p.offset, p.epoch)]
+            result.sessions = p.sessions ?? localSubscribers(m.key, excluding: exclude)
+            return result
+        }
         let messages = Self.messages(
             app: app, channels: channels, event: event, data: data, binary: binary, exclude: exclude, userID: userID)
         return result(postLocally(messages), app: app, channels: channels, messages, exclude)
@@ -216,14 +231,32 @@ public final class Hub: Sendable {
         messages.reserveCapacity(channels.count)
         for c in channels {
             messages.append(
-                BrokerWire.Message(
-                    key: ChannelKey(app: app.id, name: c), exclude: exclude,
-                    prefix: Wire.eventPrefix(
-                        event: event, channel: c, data: dataText, binary: binary != nil, userID: userID),
-                    binaryHeader: binary.map { _ in Wire.binaryHeaderPrefix(event: event, channel: c, offset: 0) },
-                    binaryPayload: binary))
+                message(
+                    app: app, channel: c, dataText: dataText, event: event, binary: binary, exclude: exclude,
+                    userID: userID))
         }
         return messages
+    }
+
+    /// The message of one channel.
+    private static func message(
+        app: App, channel c: String, event: String, data: String?, binary: [UInt8]?, exclude: SessionID?,
+        userID: String?
+    ) -> BrokerWire.Message {
+        message(
+            app: app, channel: c, dataText: binary.map { Base64.encode($0) } ?? data ?? "", event: event,
+            binary: binary, exclude: exclude, userID: userID)
+    }
+
+    private static func message(
+        app: App, channel c: String, dataText: String, event: String, binary: [UInt8]?, exclude: SessionID?,
+        userID: String?
+    ) -> BrokerWire.Message {
+        BrokerWire.Message(
+            key: ChannelKey(app: app.id, name: c), exclude: exclude,
+            prefix: Wire.eventPrefix(event: event, channel: c, data: dataText, binary: binary != nil, userID: userID),
+            binaryHeader: binary.map { _ in Wire.binaryHeaderPrefix(event: event, channel: c, offset: 0) },
+            binaryPayload: binary)
     }
 
     /// What a publish answers once its messages were posted.
@@ -257,54 +290,24 @@ public final class Hub: Sendable {
         var out = Outbox(loops: loops.count)
         var posted: [Posted] = []
         posted.reserveCapacity(messages.count)
-        for m in messages {
-            shard(m.key).withLock { st in
-                let ch = st.channel(m.key, loops: loops.count)
-                // Events to a user are live only: nothing replays a user channel's history.
-                let keep = !m.key.name.hasPrefix(LoopHub.userChannelPrefix)
-                let off = post(
-                    ch, m.key, prefix: m.prefix, header: m.binaryHeader, binary: m.binaryPayload, exclude: m.exclude,
-                    now: now, keep: keep, into: &out)
-                var sessions = ch.subscribers
-                if let x = m.exclude, ch.members.contains(x) { sessions -= 1 }
-                posted.append(Posted(offset: off, epoch: ch.epoch, sessions: sessions))
-                out.queue(to: loops)
-            }
-        }
+        for m in messages { posted.append(postOne(m, now: now, loops: loops, into: &out)) }
         out.wake(loops)
         return posted
     }
 
-    /// Per loop, what it must deliver: filled under the lock, queued under it (so every
-    /// loop's inbox has a channel's messages in offset order), woken after it (no syscall
-    /// under the lock).
-    /// Its arrays are made on first use: a publish to a channel nobody here follows makes none.
-    struct Outbox {
-        let loops: Int
-        private(set) var perLoop: [[(ChannelKey, Publication)]] = []
-        private var wakes: [Bool] = []
-
-        init(loops: Int) { self.loops = loops }
-
-        mutating func add(_ loop: Int, _ key: ChannelKey, _ pub: Publication) {
-            if perLoop.isEmpty { perLoop = Array(repeating: [], count: loops) }
-            perLoop[loop].append((key, pub))
-        }
-
-        mutating func queue(to loops: [LoopHub]) {
-            // By index: enumerating `perLoop` while emptying its entries copied it per call.
-            for i in perLoop.indices where !perLoop[i].isEmpty {
-                let items = perLoop[i]
-                let lh = loops[i]
-                let box = UncheckedBox(items)
-                if wakes.isEmpty { wakes = Array(repeating: false, count: self.loops) }
-                wakes[i] = lh.loop.enqueue { for (k, p) in box.value { lh.fanOutLater(k, p) } } || wakes[i]
-                perLoop[i].removeAll()
-            }
-        }
-
-        func wake(_ loops: [LoopHub]) {
-            for (i, w) in wakes.enumerated() where w { loops[i].loop.wake() }
+    /// `postLocally` of one message; the caller wakes the loops.
+    private func postOne(_ m: BrokerWire.Message, now: Int64, loops: [LoopHub], into out: inout Outbox) -> Posted {
+        shard(m.key).withLock { st in
+            let ch = st.channel(m.key, loops: loops.count)
+            // Events to a user are live only: nothing replays a user channel's history.
+            let keep = !m.key.name.hasPrefix(LoopHub.userChannelPrefix)
+            let off = post(
+                ch, m.key, prefix: m.prefix, header: m.binaryHeader, binary: m.binaryPayload, exclude: m.exclude,
+                now: now, keep: keep, into: &out)
+            var sessions = ch.subscribers
+            if let x = m.exclude, ch.members.contains(x) { sessions -= 1 }
+            out.queue(to: loops)
+            return Posted(offset: off, epoch: ch.epoch, sessions: sessions)
         }
     }
 

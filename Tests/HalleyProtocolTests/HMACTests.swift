@@ -114,4 +114,24 @@ import Testing
             }
         }
     }
+
+    /// A string against bytes (a bearer token against the header's bytes): equal only when
+    /// every byte and the length match, the bytes a slice anywhere in its array.
+    @Test func stringAgainstBytesInConstantTime() {
+        let header = Array("Bearer benchtoken!".utf8)
+        let token = header[7..<17]
+        #expect(Digest.constantTimeEqual("benchtoken", token))
+        #expect(!Digest.constantTimeEqual("benchtokem", token))
+        #expect(!Digest.constantTimeEqual("Benchtoken", token))
+        #expect(!Digest.constantTimeEqual("benchtoke", token))
+        #expect(!Digest.constantTimeEqual("benchtoken!", token))
+        #expect(Digest.constantTimeEqual("", header[0..<0]))
+        #expect(!Digest.constantTimeEqual("", token))
+        #expect(Digest.constantTimeEqual("tökén", Array("tökén".utf8)[...]))
+        for cut in 0...header.count {
+            let s = String(decoding: header[0..<cut], as: UTF8.self)
+            #expect(Digest.constantTimeEqual(s, header[0..<cut]))
+            #expect(Digest.constantTimeEqual(s, header[...]) == (cut == header.count))
+        }
+    }
 }
