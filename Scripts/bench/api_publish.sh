@@ -11,6 +11,7 @@
 # epoll reader beside wrk) that must all receive the sample, whose deliveries/s and closes are
 # reported. Per server and case a WARMUP s run, then RUNS runs of DURATION s alternating;
 # medians of requests/s and requests per server CPU-second (utime + stime; nginx: its worker),
+# and of the server's user and system microseconds per request apart (user-us, sys-us),
 # and the ratios of each halley case to each peer. Goal (issue 5): the signed API's per
 # CPU-second at least Nchan's (ENFORCE_GOALS=1: exit 1 when missed).
 # Environment: DURATION=10 RUNS=3 WARMUP=3 CONNECTIONS=32 SUBS="0 1000" COUNT=1000 SIZE=64
@@ -110,12 +111,14 @@ grep -hv -e 'listening on' -e 'development app' -e 'static files are off' -e '\[
     "$tmp/halley.log" "$tmp/error.log" "$tmp/uws.log" 2>/dev/null | head -n 20 || echo "  (nothing)"
 echo
 echo "=== summary: POST publish requests, ${SIZE:-64} B data, wrk -t1 -c$CONNECTIONS; medians of $RUNS x ${DURATION} s"
-printf '%-6s %-13s %10s %8s %12s %7s %13s\n' subs server "req/s" "cpu-s" "req/cpu-s" server "deliveries/s"
+printf '%-6s %-13s %10s %8s %12s %7s %13s %9s %9s\n' subs server "req/s" "cpu-s" "req/cpu-s" server "deliveries/s" \
+    "user-us" "sys-us"
 missed=0
 for n in $SUBS; do
     for s in $SERVERS; do
-        printf '%-6s %-13s %10s %8s %12s %6s%% %13s\n' "$n" "$s" "$(med "$n,$s" rps)" "$(med "$n,$s" cpu_s)" \
-            "$(med "$n,$s" per_cpu_s)" "$(med "$n,$s" server_pct)" "$( ((n > 0)) && med "$n,$s" deliveries_per_s || echo -)"
+        printf '%-6s %-13s %10s %8s %12s %6s%% %13s %9s %9s\n' "$n" "$s" "$(med "$n,$s" rps)" "$(med "$n,$s" cpu_s)" \
+            "$(med "$n,$s" per_cpu_s)" "$(med "$n,$s" server_pct)" "$( ((n > 0)) && med "$n,$s" deliveries_per_s || echo -)" \
+            "$(med "$n,$s" user_us)" "$(med "$n,$s" sys_us)"
     done
     for h in halley halley-bearer; do
         for p in nchan uws; do

@@ -57,6 +57,8 @@ build() {
 # ticks PID: utime + stime in clock ticks. core N: "total idle" jiffies of core N ('': all).
 # busy A B: the busy % between two `core`s. busy_now: % of all cores busy over one second.
 ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+# split_ticks PID: its user and system CPU time apart ("utime stime", clock ticks).
+split_ticks() { awk '{sub(/.*\) /, ""); print $12, $13}' "/proc/$1/stat"; }
 core() { awk -v c="cpu$1" '$1 == c {t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6}' /proc/stat; }
 busy() { awk -v a="$1" -v b="$2" 'BEGIN {split(a, x); split(b, y); t = y[1] - x[1]; printf "%.0f", t ? 100 - 100 * (y[2] - x[2]) / t : 0}'; }
 busy_now() { local a; a=$(core ''); sleep 1; busy "$a" "$(core '')"; }
@@ -182,17 +184,21 @@ run_load() {
 # process PID over the run), per_cpu_s=, server_pct=, core_s=, core_c= (each core's busy %),
 # p50=, p99=. Dies on socket errors or answers other than 2xx and 3xx.
 run_wrk() {
-    local label=$1 pid=$2 out=$tmp/$1.wrk p0 t0 s0 c0 rc=0
+    local label=$1 pid=$2 out=$tmp/$1.wrk p0 t0 s0 c0 u0 rc=0
     shift 2
-    p0=$(ticks "$pid") t0=$(date +%s%N) s0=$(core "$SERVER_CPU") c0=$(core "$CLIENT_CPU")
+    p0=$(ticks "$pid") u0=$(split_ticks "$pid") t0=$(date +%s%N) s0=$(core "$SERVER_CPU") c0=$(core "$CLIENT_CPU")
     timeout -k 5 120 taskset -c "$CLIENT_CPU" wrk -t1 --latency "$@" >"$out" 2>&1 || rc=$?
     ((rc == 0)) || { cat "$out" >&2; die "$label: wrk failed (exit $rc)"; }
     kill -0 "$pid" 2>/dev/null || die "the server died during $label"
     LINE=$(awk -v p="$(($(ticks "$pid") - p0))" -v hz="$CLK_TCK" -v ns="$(($(date +%s%N) - t0))" \
-        -v cs="$(busy "$s0" "$(core "$SERVER_CPU")")" -v cc="$(busy "$c0" "$(core "$CLIENT_CPU")")" '
+        -v cs="$(busy "$s0" "$(core "$SERVER_CPU")")" -v cc="$(busy "$c0" "$(core "$CLIENT_CPU")")" \
+        -v u0="$u0" -v u1="$(split_ticks "$pid")" '
         / requests in / {n = $1} /^Requests\/sec:/ {r = $2} $1 == "50%" {p50 = $2} $1 == "99%" {p99 = $2}
-        END {printf "rps=%s requests=%d cpu_s=%.2f per_cpu_s=%.0f server_pct=%.0f core_s=%s core_c=%s p50=%s p99=%s",
-             r, n, p / hz, p ? n * hz / p : 0, 100 * p / hz / (ns / 1e9), cs, cc, p50, p99}' "$out")
+        END {split(u0, a); split(u1, b)
+             printf "rps=%s requests=%d cpu_s=%.2f per_cpu_s=%.0f server_pct=%.0f core_s=%s core_c=%s p50=%s p99=%s",
+             r, n, p / hz, p ? n * hz / p : 0, 100 * p / hz / (ns / 1e9), cs, cc, p50, p99
+             # Microseconds of user and of system time per request (the server process).
+             printf " user_us=%.2f sys_us=%.2f", n ? (b[1] - a[1]) * 1e6 / hz / n : 0, n ? (b[2] - a[2]) * 1e6 / hz / n : 0}' "$out")
     ! grep -qE 'Socket errors|Non-2xx' "$out" || { cat "$out" >&2; die "$label: socket errors or non-2xx answers"; }
 }
 
