@@ -95,7 +95,7 @@ extension HubEndpoints {
                 candidates = hub.apps.apps
             }
             for a in candidates {
-                if let t = a.token, Digest.constantTimeEqual(t, token) { return .success(a) }
+                if let t = a.token, Digest.constantTimeEqual(bytes: t.utf8, token) { return .success(a) }
             }
             return .failure(Refusal(status: 401, text: "invalid bearer token"))
         }

@@ -203,8 +203,8 @@ public final class Hub: Sendable {
         if channels.count == 1 {
             // One channel (the common case): no array of messages, none of offsets.
             let m = Self.message(
-                app: app, channel: channels[0], event: event, data: data, binary: binary, exclude: exclude,
-                userID: userID)
+                app: app, channel: channels[0], dataText: binary.map { Base64.encode($0) } ?? data ?? "",
+                event: event, binary: binary, exclude: exclude, userID: userID)
             let loops = self.loops
             var out = Outbox(loops: loops.count)
             let p = postOne(m, now: Clock.monotonicMillis(), loops: loops, into: &out)
@@ -238,16 +238,7 @@ public final class Hub: Sendable {
         return messages
     }
 
-    /// The message of one channel.
-    private static func message(
-        app: App, channel c: String, event: String, data: String?, binary: [UInt8]?, exclude: SessionID?,
-        userID: String?
-    ) -> BrokerWire.Message {
-        message(
-            app: app, channel: c, dataText: binary.map { Base64.encode($0) } ?? data ?? "", event: event,
-            binary: binary, exclude: exclude, userID: userID)
-    }
-
+    /// The message of one channel (`dataText`: the data, or the binary payload in base64).
     private static func message(
         app: App, channel c: String, dataText: String, event: String, binary: [UInt8]?, exclude: SessionID?,
         userID: String?

@@ -211,57 +211,40 @@ extension PusherSignature {
         method: String, path: String, text: UnsafeRawBufferPointer, params: UnsafeBufferPointer<ByteParam>,
         _ use: (UnsafeRawBufferPointer) -> R
     ) -> R {
-        var method = method  // `withUTF8` is mutating; a native string is not copied
-        var path = path
-        return method.withUTF8 { m in
-            path.withUTF8 { p in
-                withUnsafeTemporaryAllocation(of: Int.self, capacity: params.count) { order in
-                    func precedes(_ a: ByteParam, _ b: ByteParam) -> Bool {
-                        let c = memcmp(
-                            text.baseAddress! + a.key, text.baseAddress! + b.key, min(a.keyCount, b.keyCount))
-                        return c != 0 ? c < 0 : a.keyCount < b.keyCount
-                    }
-                    var kept = 0
-                    var size = m.count + p.count + 2
-                    for (i, q) in params.enumerated() {
-                        if q.keyCount == 14 && memcmp(text.baseAddress! + q.key, "auth_signature", 14) == 0 { continue }
-                        // Insertion into the sorted prefix, after equal keys.
-                        var j = kept
-                        while j > 0 && precedes(q, params[order[j - 1]]) {
-                            order[j] = order[j - 1]
-                            j -= 1
-                        }
-                        order[j] = i
-                        kept += 1
-                        size += q.keyCount + q.valueCount + 2
-                    }
-                    return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: size) { out in
-                        var w = 0
-                        func put(_ src: UnsafeRawPointer?, _ n: Int) {
-                            if n > 0 { memcpy(out.baseAddress! + w, src!, n) }
-                            w += n
-                        }
-                        put(m.baseAddress, m.count)
-                        out[w] = 0x0A
-                        w += 1
-                        put(p.baseAddress, p.count)
-                        out[w] = 0x0A
-                        w += 1
-                        for k in 0..<kept {
-                            let q = params[order[k]]
-                            if k > 0 {
-                                out[w] = UInt8(ascii: "&")
-                                w += 1
-                            }
-                            put(text.baseAddress! + q.key, q.keyCount)
-                            out[w] = UInt8(ascii: "=")
-                            w += 1
-                            put(text.baseAddress! + q.value, q.valueCount)
-                        }
-                        precondition(w <= size, "withSignedText: \(w) bytes written into \(size)")
-                        return use(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(out)[0..<w]))
-                    }
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: params.count) { order in
+            func precedes(_ a: ByteParam, _ b: ByteParam) -> Bool {
+                let c = memcmp(text.baseAddress! + a.key, text.baseAddress! + b.key, min(a.keyCount, b.keyCount))
+                return c != 0 ? c < 0 : a.keyCount < b.keyCount
+            }
+            var kept = 0
+            var size = method.utf8.count + path.utf8.count + 2
+            for (i, q) in params.enumerated() {
+                if q.keyCount == 14 && memcmp(text.baseAddress! + q.key, "auth_signature", 14) == 0 { continue }
+                // Insertion into the sorted prefix, after equal keys.
+                var j = kept
+                while j > 0 && precedes(q, params[order[j - 1]]) {
+                    order[j] = order[j - 1]
+                    j -= 1
                 }
+                order[j] = i
+                kept += 1
+                size += q.keyCount + q.valueCount + 2
+            }
+            return withUnsafeTemporaryAllocation(byteCount: size, alignment: 1) { out in
+                var w = SizedJSON.Writer(base: out.baseAddress!)
+                w.raw(method)
+                w.byte(0x0A)
+                w.raw(path)
+                w.byte(0x0A)
+                for k in 0..<kept {
+                    let q = params[order[k]]
+                    if k > 0 { w.byte(UInt8(ascii: "&")) }
+                    w.bytes(UnsafeRawBufferPointer(rebasing: text[q.key..<(q.key + q.keyCount)]))
+                    w.byte(UInt8(ascii: "="))
+                    w.bytes(UnsafeRawBufferPointer(rebasing: text[q.value..<(q.value + q.valueCount)]))
+                }
+                precondition(w.count <= size, "withSignedText: \(w.count) bytes written into \(size)")
+                return use(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(out)[0..<w.count]))
             }
         }
     }

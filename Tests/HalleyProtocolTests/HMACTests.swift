@@ -120,18 +120,21 @@ import Testing
     @Test func stringAgainstBytesInConstantTime() {
         let header = Array("Bearer benchtoken!".utf8)
         let token = header[7..<17]
-        #expect(Digest.constantTimeEqual("benchtoken", token))
-        #expect(!Digest.constantTimeEqual("benchtokem", token))
-        #expect(!Digest.constantTimeEqual("Benchtoken", token))
-        #expect(!Digest.constantTimeEqual("benchtoke", token))
-        #expect(!Digest.constantTimeEqual("benchtoken!", token))
-        #expect(Digest.constantTimeEqual("", header[0..<0]))
-        #expect(!Digest.constantTimeEqual("", token))
-        #expect(Digest.constantTimeEqual("tökén", Array("tökén".utf8)[...]))
+        #expect(Digest.constantTimeEqual(bytes: "benchtoken".utf8, token))
+        #expect(!Digest.constantTimeEqual(bytes: "benchtokem".utf8, token))
+        #expect(!Digest.constantTimeEqual(bytes: "Benchtoken".utf8, token))
+        #expect(!Digest.constantTimeEqual(bytes: "benchtoke".utf8, token))
+        #expect(!Digest.constantTimeEqual(bytes: "benchtoken!".utf8, token))
+        #expect(Digest.constantTimeEqual(bytes: "".utf8, header[0..<0]))
+        #expect(!Digest.constantTimeEqual(bytes: "".utf8, token))
+        #expect(Digest.constantTimeEqual(bytes: "tökén".utf8, Array("tökén".utf8)[...]))
+        // Without contiguous storage (a lazy view): compared element by element, the same.
+        #expect(Digest.constantTimeEqual(bytes: "benchtoken".utf8.lazy.map { $0 }, token))
+        #expect(!Digest.constantTimeEqual(bytes: "benchtokem".utf8.lazy.map { $0 }, token))
         for cut in 0...header.count {
             let s = String(decoding: header[0..<cut], as: UTF8.self)
-            #expect(Digest.constantTimeEqual(s, header[0..<cut]))
-            #expect(Digest.constantTimeEqual(s, header[...]) == (cut == header.count))
+            #expect(Digest.constantTimeEqual(bytes: s.utf8, header[0..<cut]))
+            #expect(Digest.constantTimeEqual(bytes: s.utf8, header[...]) == (cut == header.count))
         }
     }
 }
