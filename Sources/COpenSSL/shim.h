@@ -19,6 +19,12 @@ static inline long halley_ssl_ctx_session_cache_server(SSL_CTX *ctx) {
     return SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
 }
 static inline size_t halley_bio_pending(BIO *b) { return BIO_ctrl_pending(b); }
+/// Empties this thread's error queue when it holds anything: SSL_get_error needs it empty
+/// before an SSL call, and ERR_clear_error resets all of its slots every time (about 800
+/// instructions, two or three times per TLS record), where a look costs a fraction of that.
+static inline void halley_err_clear(void) {
+    if (ERR_peek_error() != 0) ERR_clear_error();
+}
 static inline int halley_bio_set_mem_eof_return(BIO *b, int v) { return (int)BIO_set_mem_eof_return(b, v); }
 static inline uint64_t halley_ssl_server_options(void) {
     return SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION;

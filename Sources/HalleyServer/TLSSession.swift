@@ -94,9 +94,11 @@ final class TLSSession {
         case failed(String)
     }
 
-    /// Plaintext into `buf` (runs the handshake first, as records arrive).
+    /// Plaintext into `buf` (runs the handshake first, as records arrive). After data, notes
+    /// `starved` when OpenSSL holds neither plaintext nor unread ciphertext: then another
+    /// SSL_read could only answer WANT_READ, and `readSome` reads the socket without one.
     func decrypt(into buf: UnsafeMutableRawBufferPointer) -> Decrypted {
-        ERR_clear_error()
+        halley_err_clear()
         var before = halley_bio_pending(rbio)
         var n = SSL_read(ssl, buf.baseAddress, Int32(min(buf.count, Int(Int32.max))))
         // A non-blocking SSL_read answers WANT_READ after a record that carried no application
@@ -107,10 +109,13 @@ final class TLSSession {
             let after = halley_bio_pending(rbio)
             guard after > 0, after < before else { break }
             before = after
-            ERR_clear_error()
+            halley_err_clear()
             n = SSL_read(ssl, buf.baseAddress, Int32(min(buf.count, Int(Int32.max))))
         }
-        if n > 0 { return .data(Int(n)) }
+        if n > 0 {
+            starved = SSL_pending(ssl) == 0 && halley_bio_pending(rbio) == 0
+            return .data(Int(n))
+        }
         let e = SSL_get_error(ssl, n)
         switch e {
         case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
@@ -136,7 +141,7 @@ final class TLSSession {
     @discardableResult
     func encrypt(_ bytes: UnsafeRawBufferPointer) -> Bool {
         var off = 0
-        ERR_clear_error()
+        halley_err_clear()
         while off < bytes.count {
             let n = SSL_write(ssl, bytes.baseAddress! + off, Int32(min(bytes.count - off, 1 << 30)))
             if n <= 0 {

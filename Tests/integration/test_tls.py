@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import warnings
 
@@ -284,6 +285,105 @@ def test_wss_echo(tls_hub, certs, compression):
         assert ws.recv(timeout=5) == text
         if compression:
             assert ws.response.headers.get("Sec-WebSocket-Extensions", "").startswith("permessage-deflate")
+
+
+def _masked_frame(payload: bytes) -> bytes:
+    n = len(payload)
+    head = bytes([0x82])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def test_wss_records_split_and_merged_every_way(tls_hub, certs):
+    # The hub reads the socket only when OpenSSL holds nothing more (no SSL_read that can
+    # only say WANT_READ): records must come out whole however TCP cuts them. Binary
+    # messages across the frame-length and record (16 KiB) boundaries, each frame its own
+    # TLS record, sent: all records in one write; byte by byte; in pieces of 7 and 1,000
+    # bytes; and each echo checked byte for byte. A thread drains the socket meanwhile (the
+    # echoes would otherwise fill it and stall both sides).
+    c = ssl.create_default_context(cafile=certs["a"][0])
+    inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = c.wrap_bio(inc, outg, server_hostname="localhost")
+    raw = socket.create_connection((HOST, tls_hub.tls_port), timeout=10)
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outg.pending:
+                raw.sendall(outg.read())
+            inc.write(raw.recv(65536))
+    got, lock = bytearray(), threading.Lock()
+
+    def pump():
+        while True:
+            try:
+                chunk = raw.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            with lock:
+                got.extend(chunk)
+
+    threading.Thread(target=pump, daemon=True).start()
+    plain = b""
+
+    def read_plain(n):
+        nonlocal plain
+        deadline = time.monotonic() + 10
+        while len(plain) < n:
+            try:
+                plain += obj.read(65536)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            with lock:
+                chunk = bytes(got)
+                got.clear()
+            if chunk:
+                inc.write(chunk)
+            else:
+                assert time.monotonic() < deadline, f"{len(plain)} of {n} bytes after 10 s"
+                time.sleep(0.002)
+        out, plain = plain[:n], plain[n:]
+        return out
+
+    obj.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    raw.sendall(outg.read())
+    while b"\r\n\r\n" not in plain:
+        plain = read_plain(len(plain) + 1) + plain
+    head, _, plain = plain.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    sizes = [1, 125, 126, 1024, 16_000, 16_384, 16_385, 65_535, 65_536, 70_000]
+    for cut in (None, 1, 7, 1000):
+        msgs = [os.urandom(n) for n in sizes if cut != 1 or n <= 1024]
+        for m in msgs:
+            obj.write(_masked_frame(m))  # one record per frame (two or more past 16 KiB)
+        wire = outg.read()
+        if cut is None:
+            raw.sendall(wire)
+        else:
+            for i in range(0, len(wire), cut):
+                raw.sendall(wire[i:i + cut])
+        for m in msgs:
+            h = read_plain(2)
+            assert h[0] == 0x82, h
+            n = h[1] & 0x7F
+            if n == 126:
+                n = int.from_bytes(read_plain(2), "big")
+            elif n == 127:
+                n = int.from_bytes(read_plain(8), "big")
+            assert read_plain(n) == m, f"echo of {len(m)} B, cut {cut}"
+    raw.shutdown(socket.SHUT_RDWR)
+    raw.close()
 
 
 def test_hub_over_wss_and_https_transports(tls_hub, certs):
