@@ -300,14 +300,17 @@ def _masked_frame(payload: bytes) -> bytes:
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-def test_wss_records_split_and_merged_every_way(tls_hub, certs):
+@pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
+def test_wss_records_split_and_merged_every_way(tls_hub, certs, version):
     # The hub reads the socket only when OpenSSL holds nothing more (no SSL_read that can
     # only say WANT_READ): records must come out whole however TCP cuts them. Binary
     # messages across the frame-length and record (16 KiB) boundaries, each frame its own
     # TLS record, sent: all records in one write; byte by byte; in pieces of 7 and 1,000
-    # bytes; and each echo checked byte for byte. A thread drains the socket meanwhile (the
-    # echoes would otherwise fill it and stall both sides).
+    # bytes; each echo checked byte for byte; then a frame and the client's close_notify in
+    # one write: the echo, then the end of the stream. A thread drains the socket meanwhile
+    # (the echoes would otherwise fill it and stall both sides).
     c = ssl.create_default_context(cafile=certs["a"][0])
+    c.maximum_version = getattr(ssl.TLSVersion, version)
     inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = c.wrap_bio(inc, outg, server_hostname="localhost")
     raw = socket.create_connection((HOST, tls_hub.tls_port), timeout=10)
@@ -318,16 +321,23 @@ def test_wss_records_split_and_merged_every_way(tls_hub, certs):
         except ssl.SSLWantReadError:
             if outg.pending:
                 raw.sendall(outg.read())
-            inc.write(raw.recv(65536))
-    got, lock = bytearray(), threading.Lock()
+            d = raw.recv(65536)
+            assert d, "the hub closed during the handshake"
+            inc.write(d)
+    assert obj.version() == version.replace("_", ".")
+    got, lock, ended, failed = bytearray(), threading.Lock(), threading.Event(), []
 
     def pump():
-        while True:
+        while not ended.is_set():
             try:
                 chunk = raw.recv(65536)
-            except OSError:
+            except TimeoutError:
+                continue  # quiet for 10 s: read_plain's deadline says so
+            except OSError as e:
+                failed.append(e)
                 return
             if not chunk:
+                ended.set()
                 return
             with lock:
                 got.extend(chunk)
@@ -350,10 +360,21 @@ def test_wss_records_split_and_merged_every_way(tls_hub, certs):
             if chunk:
                 inc.write(chunk)
             else:
+                assert not failed, failed
                 assert time.monotonic() < deadline, f"{len(plain)} of {n} bytes after 10 s"
                 time.sleep(0.002)
         out, plain = plain[:n], plain[n:]
         return out
+
+    def read_echo():
+        h = read_plain(2)
+        assert h[0] == 0x82, h
+        n = h[1] & 0x7F
+        if n == 126:
+            n = int.from_bytes(read_plain(2), "big")
+        elif n == 127:
+            n = int.from_bytes(read_plain(8), "big")
+        return read_plain(n)
 
     obj.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
@@ -374,15 +395,16 @@ def test_wss_records_split_and_merged_every_way(tls_hub, certs):
             for i in range(0, len(wire), cut):
                 raw.sendall(wire[i:i + cut])
         for m in msgs:
-            h = read_plain(2)
-            assert h[0] == 0x82, h
-            n = h[1] & 0x7F
-            if n == 126:
-                n = int.from_bytes(read_plain(2), "big")
-            elif n == 127:
-                n = int.from_bytes(read_plain(8), "big")
-            assert read_plain(n) == m, f"echo of {len(m)} B, cut {cut}"
-    raw.shutdown(socket.SHUT_RDWR)
+            assert read_echo() == m, f"echo of {len(m)} B, cut {cut}"
+    last = os.urandom(300)
+    obj.write(_masked_frame(last))
+    try:
+        obj.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+    raw.sendall(outg.read())  # the frame and the close_notify in one write
+    assert read_echo() == last
+    assert ended.wait(5), "no end of stream after the client's close_notify"
     raw.close()
 
 
