@@ -103,11 +103,7 @@ public class Connection: EventHandler {
         var readSocket = false
         var eof = false
         loop: while filled < buf.count {
-            // Starved, OpenSSL has nothing to give until new bytes arrive: the socket first
-            // (an SSL_read that can only answer WANT_READ costs about as much as one that
-            // decrypts a small record).
-            let d = t.starved ? .needInput : t.decrypt(into: UnsafeMutableRawBufferPointer(rebasing: buf[filled...]))
-            switch d {
+            switch t.decrypt(into: UnsafeMutableRawBufferPointer(rebasing: buf[filled...])) {
             case .data(let n):
                 filled += n
             case .needInput:

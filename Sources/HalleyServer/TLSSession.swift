@@ -94,10 +94,12 @@ final class TLSSession {
         case failed(String)
     }
 
-    /// Plaintext into `buf` (runs the handshake first, as records arrive). After data, notes
-    /// `starved` when OpenSSL holds neither plaintext nor unread ciphertext: then another
-    /// SSL_read could only answer WANT_READ, and `readSome` reads the socket without one.
+    /// Plaintext into `buf` (runs the handshake first, as records arrive). Starved (OpenSSL
+    /// holds neither plaintext nor unread ciphertext, noted after data too), it answers
+    /// `needInput` without an SSL_read: one that can only answer WANT_READ costs about as
+    /// much as one that decrypts a small record.
     func decrypt(into buf: UnsafeMutableRawBufferPointer) -> Decrypted {
+        guard !starved else { return .needInput }
         halley_err_clear()
         var before = halley_bio_pending(rbio)
         var n = SSL_read(ssl, buf.baseAddress, Int32(min(buf.count, Int(Int32.max))))

@@ -24,6 +24,7 @@ from websockets.sync.client import connect as ws_connect
 
 from halley_client import HOST, rss_kb
 from hub_client import publish, wait_until
+from test_websocket import frame
 
 
 def make_cert(d, cn):
@@ -194,20 +195,7 @@ def test_close_notify_on_keepalive_timeout_and_after_the_clients(start_halley, c
     s.close()
     # the client's close_notify arriving in the same segment as its request: the hub answers
     # and closes at once (not at the keep-alive timeout)
-    c = ssl.create_default_context(cafile=cert)
-    inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = c.wrap_bio(inc, outg, server_hostname="localhost")
-    raw = socket.create_connection((HOST, h.tls_port), timeout=10)
-    while True:
-        try:
-            obj.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            if outg.pending:
-                raw.sendall(outg.read())
-            inc.write(raw.recv(65536))
-    if outg.pending:
-        raw.sendall(outg.read())
+    obj, _, outg, raw = _memory_bio_client(h.tls_port, cert)
     obj.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     try:
         obj.unwrap()
@@ -287,17 +275,28 @@ def test_wss_echo(tls_hub, certs, compression):
             assert ws.response.headers.get("Sec-WebSocket-Extensions", "").startswith("permessage-deflate")
 
 
-def _masked_frame(payload: bytes) -> bytes:
-    n = len(payload)
-    head = bytes([0x82])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+def _memory_bio_client(port, cafile, maximum_version=None):
+    """A client SSLObject between memory BIOs (the test decides what goes on the socket),
+    its handshake with the hub's TLS port done: (obj, incoming BIO, outgoing BIO, socket)."""
+    c = ssl.create_default_context(cafile=cafile)
+    if maximum_version:
+        c.maximum_version = maximum_version
+    inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = c.wrap_bio(inc, outg, server_hostname="localhost")
+    raw = socket.create_connection((HOST, port), timeout=10)
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outg.pending:
+                raw.sendall(outg.read())
+            d = raw.recv(65536)
+            assert d, "the hub closed during the handshake"
+            inc.write(d)
+    if outg.pending:
+        raw.sendall(outg.read())
+    return obj, inc, outg, raw
 
 
 @pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
@@ -309,21 +308,7 @@ def test_wss_records_split_and_merged_every_way(tls_hub, certs, version):
     # bytes; each echo checked byte for byte; then a frame and the client's close_notify in
     # one write: the echo, then the end of the stream. A thread drains the socket meanwhile
     # (the echoes would otherwise fill it and stall both sides).
-    c = ssl.create_default_context(cafile=certs["a"][0])
-    c.maximum_version = getattr(ssl.TLSVersion, version)
-    inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = c.wrap_bio(inc, outg, server_hostname="localhost")
-    raw = socket.create_connection((HOST, tls_hub.tls_port), timeout=10)
-    while True:
-        try:
-            obj.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            if outg.pending:
-                raw.sendall(outg.read())
-            d = raw.recv(65536)
-            assert d, "the hub closed during the handshake"
-            inc.write(d)
+    obj, inc, outg, raw = _memory_bio_client(tls_hub.tls_port, certs["a"][0], getattr(ssl.TLSVersion, version))
     assert obj.version() == version.replace("_", ".")
     got, lock, ended, failed = bytearray(), threading.Lock(), threading.Event(), []
 
@@ -387,7 +372,7 @@ def test_wss_records_split_and_merged_every_way(tls_hub, certs, version):
     for cut in (None, 1, 7, 1000):
         msgs = [os.urandom(n) for n in sizes if cut != 1 or n <= 1024]
         for m in msgs:
-            obj.write(_masked_frame(m))  # one record per frame (two or more past 16 KiB)
+            obj.write(frame(0x2, m))  # one record per frame (two or more past 16 KiB)
         wire = outg.read()
         if cut is None:
             raw.sendall(wire)
@@ -397,7 +382,7 @@ def test_wss_records_split_and_merged_every_way(tls_hub, certs, version):
         for m in msgs:
             assert read_echo() == m, f"echo of {len(m)} B, cut {cut}"
     last = os.urandom(300)
-    obj.write(_masked_frame(last))
+    obj.write(frame(0x2, last))
     try:
         obj.unwrap()
     except ssl.SSLWantReadError:
