@@ -101,7 +101,7 @@ let package = Package(
         .executableTarget(name: "HalleyFuzzRESP", dependencies: ["HalleyProtocol"]),
 
         .testTarget(name: "HalleyHTTPTests", dependencies: ["HalleyHTTP"]),
-        .testTarget(name: "HalleyServerTests", dependencies: ["HalleyServer", "HalleyLoop", "HalleyCore"]),
+        .testTarget(name: "HalleyServerTests", dependencies: ["HalleyServer", "HalleyLoop", "HalleyCore", "COpenSSL"]),
         .testTarget(name: "HalleyWebSocketTests", dependencies: ["HalleyWebSocket", "HalleyCrypto"]),
         .testTarget(name: "HalleyProtocolTests", dependencies: ["HalleyProtocol", "HalleyCore"]),
         .testTarget(

@@ -350,20 +350,23 @@ final class LoopContext {
     /// when the general path must run (a file segment).
     private func flushCorkTLS(_ c: Connection, _ t: TLSSession) -> Bool {
         for s in segments { if case .file = s { return false } }
+        let r = tlsRecords
+        r.clear()
         for s in segments {
             let ok: Bool
             switch s {
-            case .cork(let a, let b): ok = t.encrypt(UnsafeRawBufferPointer(start: cork.base + a, count: b - a))
-            case .shared(let sh, let a, let b): ok = t.encrypt(UnsafeRawBufferPointer(start: sh.base + a, count: b - a))
+            case .cork(let a, let b):
+                ok = t.encrypt(UnsafeRawBufferPointer(start: cork.base + a, count: b - a), into: r)
+            case .shared(let sh, let a, let b):
+                ok = t.encrypt(UnsafeRawBufferPointer(start: sh.base + a, count: b - a), into: r)
             case .file: ok = false
             }
             if !ok {
+                r.clear()
                 c.close()
                 return true
             }
         }
-        let r = tlsRecords
-        r.clear()
         t.takeOutput(into: r)
         var w = 0
         do {

@@ -73,7 +73,7 @@ final class OutputQueue {
                 switch chunks[0] {
                 case .bytes(let b):
                     let k = min(budget, b.readableBytes)
-                    guard tls.encrypt(UnsafeRawBufferPointer(start: b.base + b.readerIndex, count: k)) else {
+                    guard tls.encrypt(UnsafeRawBufferPointer(start: b.base + b.readerIndex, count: k), into: c) else {
                         throw Self.tlsWriteFailed
                     }
                     b.moveReader(by: k)
@@ -82,7 +82,7 @@ final class OutputQueue {
                     budget -= k
                 case .shared(let s, let start, let end):
                     let k = min(budget, end - start)
-                    guard tls.encrypt(UnsafeRawBufferPointer(start: s.base + start, count: k)) else {
+                    guard tls.encrypt(UnsafeRawBufferPointer(start: s.base + start, count: k), into: c) else {
                         throw Self.tlsWriteFailed
                     }
                     if start + k == end {
@@ -96,7 +96,7 @@ final class OutputQueue {
                     let want = min(budget, end - off, scratch.count)
                     let n = pread(f.fd, scratch.baseAddress, want, off_t(off))
                     if n <= 0 { throw IOError(errno: n < 0 ? errno : EIO, function: "pread: file shrank") }
-                    guard tls.encrypt(UnsafeRawBufferPointer(rebasing: scratch[0..<n])) else {
+                    guard tls.encrypt(UnsafeRawBufferPointer(rebasing: scratch[0..<n]), into: c) else {
                         throw Self.tlsWriteFailed
                     }
                     if off + n >= end { chunks.removeFirst() } else { chunks[0] = .file(f, offset: off + n, end: end) }

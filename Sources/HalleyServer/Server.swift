@@ -52,7 +52,7 @@ public final class Server: @unchecked Sendable {
             }
             return
         }
-        let c = try TLSContext(certFile: cert, keyFile: key)
+        let c = try TLSContext(certFile: cert, keyFile: key, ownRecords: config.tlsOwnRecords)
         tlsState.withLock { $0 = c }
     }
 
@@ -60,7 +60,7 @@ public final class Server: @unchecked Sendable {
     /// ones go on with the old. On an error the old ones stay in use.
     public func reloadTLS() throws(TLSError) {
         guard let old = tlsContext else { throw TLSError(description: "TLS is not configured") }
-        let c = try TLSContext(certFile: old.certFile, keyFile: old.keyFile)
+        let c = try TLSContext(certFile: old.certFile, keyFile: old.keyFile, ownRecords: old.ownRecords)
         tlsState.withLock { $0 = c }
     }
 

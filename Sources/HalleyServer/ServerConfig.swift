@@ -48,6 +48,10 @@ public struct ServerConfig: Sendable {
     /// Seconds from accept to a finished TLS handshake, else the connection is closed.
     /// Default 10.
     public var tlsHandshakeTimeout = 10
+    /// TLS 1.3 with an AEAD suite: after OpenSSL's handshake, records are sealed and opened
+    /// by Halley's own record layer (`TLS13Records`) rather than `SSL_read`/`SSL_write`.
+    /// Default on; off (`--tls-records openssl`): OpenSSL throughout.
+    public var tlsOwnRecords = true
 
     public init() {}
 }

@@ -20,12 +20,16 @@ public final class TLSContext: @unchecked Sendable {
     let ctx: OpaquePointer
     public let certFile: String
     public let keyFile: String
+    /// TLS 1.3 connections switch to `TLS13Records` after the handshake (the key-log
+    /// callback reports their traffic secrets to the session).
+    public let ownRecords: Bool
 
     /// Loads `certFile` (PEM: the certificate, then its chain) and `keyFile` (PEM private key)
     /// and checks that they belong together.
-    public init(certFile: String, keyFile: String) throws(TLSError) {
+    public init(certFile: String, keyFile: String, ownRecords: Bool = true) throws(TLSError) {
         self.certFile = certFile
         self.keyFile = keyFile
+        self.ownRecords = ownRecords
         for (what, path) in [("certificate", certFile), ("key", keyFile)] {
             if access(path, F_OK) != 0 { throw TLSError(description: "TLS \(what) file \(path): not found") }
             if access(path, R_OK) != 0 {
@@ -74,6 +78,7 @@ public final class TLSContext: @unchecked Sendable {
         let sid: [UInt8] = Array("halley".utf8)
         _ = SSL_CTX_set_session_id_context(c, sid, UInt32(sid.count))
         SSL_CTX_set_alpn_select_cb(c, halleyALPNSelect, nil)
+        if ownRecords { halley_ssl_ctx_keylog(c) }
     }
 
     deinit { SSL_CTX_free(ctx) }

@@ -26,6 +26,17 @@ final class TLSSession {
     var sawFirstByte = false
     /// The peer's close_notify arrived (possibly behind data still to be handed over).
     var closeReceived = false
+    /// TLS 1.3 with an AEAD suite, once the handshake is done: our own record layer, and
+    /// OpenSSL's SSL no longer reads or writes (see `TLS13Records`).
+    private(set) var records: TLS13Records?
+    /// Where the key-log callback leaves the traffic secrets (the SSL's app data); freed
+    /// once the records take over, or with the session.
+    private var secrets: UnsafeMutablePointer<halley_tls13_secrets>?
+    /// What `summary` says, kept when the records take over.
+    private var takenOver = ""
+    /// Records our write key seals before it moves on by itself (`TLS13Records`; tests
+    /// lower it).
+    var rekeyAfter: UInt64 = 1 << 24
 
     init?(_ context: TLSContext) {
         ERR_clear_error()
@@ -44,6 +55,20 @@ final class TLSSession {
         ssl = s
         rbio = r
         wbio = w
+        if context.ownRecords {
+            let p = UnsafeMutablePointer<halley_tls13_secrets>.allocate(capacity: 1)
+            p.initialize(to: halley_tls13_secrets())
+            _ = halley_ssl_set_app_data(s, p)
+            secrets = p
+        }
+    }
+
+    private func dropSecrets() {
+        guard let p = secrets else { return }
+        _ = halley_ssl_set_app_data(ssl, nil)
+        OPENSSL_cleanse(p, MemoryLayout<halley_tls13_secrets>.size)
+        p.deallocate()
+        secrets = nil
     }
 
     /// An empty memory BIO; empty means "no data yet", not end of file.
@@ -57,6 +82,10 @@ final class TLSSession {
     /// both are empty and one grew past 16 KiB, fresh ones replace them, so a connection that
     /// once moved a large message is small again when idle.
     func shrinkIfIdle() {
+        if let r = records {
+            r.shrinkIfIdle()
+            return
+        }
         guard halley_bio_pending(rbio) == 0, halley_bio_pending(wbio) == 0, SSL_pending(ssl) == 0 else { return }
         if halley_bio_mem_capacity(rbio) > 16 * 1024, let r = Self.memoryBIO() {
             SSL_set0_rbio(ssl, r)  // frees the old one
@@ -68,13 +97,21 @@ final class TLSSession {
         }
     }
 
-    deinit { SSL_free(ssl) }
+    deinit {
+        dropSecrets()
+        SSL_free(ssl)
+    }
 
     var handshakeDone: Bool { establishedAt != nil }
 
     /// Ciphertext from the socket.
     func feed(_ bytes: UnsafeRawBufferPointer) {
         guard bytes.count > 0 else { return }
+        if let r = records {
+            r.feed(bytes)
+            starved = false
+            return
+        }
         var off = 0
         while off < bytes.count {
             let n = BIO_write(rbio, bytes.baseAddress! + off, Int32(min(bytes.count - off, Int(Int32.max))))
@@ -99,7 +136,12 @@ final class TLSSession {
     /// `needInput` without an SSL_read: one that can only answer WANT_READ costs about as
     /// much as one that decrypts a small record.
     func decrypt(into buf: UnsafeMutableRawBufferPointer) -> Decrypted {
+        if let r = records { return opened(r, into: buf) }
         guard !starved else { return .needInput }
+        if SSL_is_init_finished(ssl) != 1, let d = handshake() {
+            return d
+        }
+        if let r = records { return opened(r, into: buf) }
         halley_err_clear()
         var before = halley_bio_pending(rbio)
         var n = SSL_read(ssl, buf.baseAddress, Int32(min(buf.count, Int(Int32.max))))
@@ -131,6 +173,90 @@ final class TLSSession {
         }
     }
 
+    private func opened(_ r: TLS13Records, into buf: UnsafeMutableRawBufferPointer) -> Decrypted {
+        switch r.open(into: buf) {
+        case .data(let n): return .data(n)
+        case .needInput:
+            starved = true
+            // A KeyUpdate the peer asked for goes out now, not with our next data.
+            return r.sealOwed() ? .needInput : .failed("TLS: sealing a KeyUpdate failed")
+        case .closed:
+            closeReceived = true
+            return .closed
+        case .failed(let why): return .failed(why)
+        }
+    }
+
+    /// Runs the handshake on what was fed (SSL_do_handshake, not SSL_read, so that OpenSSL
+    /// stops at its end and reads no application data); nil once it is done (the records
+    /// may have taken over), else what `decrypt` answers.
+    private func handshake() -> Decrypted? {
+        var before = halley_bio_pending(rbio)
+        while true {
+            let written = halley_bio_pending(wbio)
+            halley_err_clear()
+            let rc = SSL_do_handshake(ssl)
+            if rc == 1 {
+                takeOver(ticketsFrom: written)
+                return nil
+            }
+            let e = SSL_get_error(ssl, rc)
+            guard e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE else {
+                return .failed(e == SSL_ERROR_SYSCALL ? "unexpected end of stream" : TLSContext.lastError())
+            }
+            // A record that finished no step (a ChangeCipherSpec): on while it consumes.
+            let after = halley_bio_pending(rbio)
+            guard after > 0, after < before else {
+                starved = true
+                return .needInput
+            }
+            before = after
+        }
+    }
+
+    /// TLS 1.3 with an AEAD suite and both secrets reported: our record layer takes over.
+    /// `ticketsFrom`: where the write BIO stood before the handshake's last step, whose
+    /// records (the session tickets) OpenSSL sealed with the first application key.
+    private func takeOver(ticketsFrom written: Int) {
+        defer { dropSecrets() }
+        guard let sp = secrets, SSL_version(ssl) == TLS1_3_VERSION, SSL_pending(ssl) == 0,
+            SSL_get_early_data_status(ssl) == SSL_EARLY_DATA_NOT_SENT,
+            let cipher = SSL_get_current_cipher(ssl),
+            let suite = TLS13Records.Suite(protocolID: Int32(SSL_CIPHER_get_protocol_id(cipher)))
+        else { return }
+        let cs = sp.pointee
+        let client = withUnsafeBytes(of: cs.client) { Array($0.prefix(Int(cs.clientLen))) }
+        let server = withUnsafeBytes(of: cs.server) { Array($0.prefix(Int(cs.serverLen))) }
+        // The records written in the last step: each one sealed with the server's key.
+        var p: UnsafePointer<UInt8>?
+        let total = halley_bio_mem_peek(wbio, &p)
+        var seq: UInt64 = 0
+        var off = written
+        while let b = p, off + 5 <= total {
+            guard b[off] == TLS13Records.ContentType.applicationData.rawValue else { return }
+            seq += 1
+            off += 5 + (Int(b[off + 3]) << 8 | Int(b[off + 4]))
+        }
+        guard off == total,
+            let r = TLS13Records(
+                suite: suite, clientSecret: client, serverSecret: server, writeSeq: seq, rekeyAfter: rekeyAfter)
+        else { return }
+        // Ciphertext behind the client's Finished (a request sent right after it).
+        var rest = halley_bio_pending(rbio)
+        while rest > 0 {
+            let n = withUnsafeTemporaryAllocation(byteCount: min(rest, 16 * 1024), alignment: 1) { tmp -> Int in
+                let k = BIO_read(rbio, tmp.baseAddress, Int32(tmp.count))
+                if k > 0 { r.feed(UnsafeRawBufferPointer(rebasing: tmp[0..<Int(k)])) }
+                return Int(k)
+            }
+            if n <= 0 { return }
+            rest -= n
+        }
+        takenOver = summary
+        records = r
+        starved = false
+    }
+
     /// Notes a finished handshake (true the first time).
     func checkEstablished(now: Int32) -> Bool {
         guard establishedAt == nil, SSL_is_init_finished(ssl) == 1 else { return false }
@@ -142,6 +268,7 @@ final class TLSSession {
     /// connection must close: the bytes did not go).
     @discardableResult
     func encrypt(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        if let r = records { return r.seal(bytes) }
         var off = 0
         halley_err_clear()
         while off < bytes.count {
@@ -155,13 +282,36 @@ final class TLSSession {
         return true
     }
 
-    var hasOutput: Bool { halley_bio_pending(wbio) > 0 }
+    /// Plaintext to send, sealed at the end of `out` after every record made before it (the
+    /// same as `encrypt` then `takeOutput(into: out)`, without the copy through OpenSSL's
+    /// write BIO once the records took over). False as for `encrypt`.
+    func encrypt(_ bytes: UnsafeRawBufferPointer, into out: ByteBuffer) -> Bool {
+        guard let r = records else {
+            guard encrypt(bytes) else { return false }
+            takeOutput(into: out)
+            return true
+        }
+        takeOutput(into: out)
+        return r.seal(bytes, into: out)
+    }
 
-    /// Whether plaintext may be waiting inside OpenSSL (a record already read from the socket).
-    var hasBufferedInput: Bool { closeReceived || (!starved && (SSL_pending(ssl) > 0 || halley_bio_pending(rbio) > 0)) }
+    var hasOutput: Bool { halley_bio_pending(wbio) > 0 || records?.hasOutput == true }
+
+    /// Whether plaintext may be waiting inside OpenSSL or the records (a record already read
+    /// from the socket).
+    var hasBufferedInput: Bool {
+        if let r = records { return closeReceived || r.hasBufferedInput }
+        return closeReceived || (!starved && (SSL_pending(ssl) > 0 || halley_bio_pending(rbio) > 0))
+    }
 
     /// Moves the records produced so far to the end of `out`.
     func takeOutput(into out: ByteBuffer) {
+        takeBIOOutput(into: out)
+        records?.takeOutput(into: out)
+    }
+
+    /// What OpenSSL wrote into the write BIO (the handshake, tickets, its alerts).
+    private func takeBIOOutput(into out: ByteBuffer) {
         var pending = halley_bio_pending(wbio)
         while pending > 0 {
             out.reserve(pending)
@@ -174,6 +324,10 @@ final class TLSSession {
 
     /// Sends close_notify (into the write BIO).
     func shutdown() {
+        if let r = records {
+            r.close()
+            return
+        }
         ERR_clear_error()
         if SSL_is_init_finished(ssl) == 1 && (SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN) == 0 { _ = SSL_shutdown(ssl) }
         ERR_clear_error()
@@ -181,6 +335,7 @@ final class TLSSession {
 
     /// The protocol and cipher agreed (for the debug log).
     var summary: String {
+        if records != nil { return takenOver + " (own records)" }
         let v = SSL_get_version(ssl).map { String(cString: $0) } ?? "?"
         let c = SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)).map { String(cString: $0) } ?? "?"
         return "\(v) \(c)\(SSL_session_reused(ssl) == 1 ? " (resumed)" : "")"

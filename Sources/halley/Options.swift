@@ -66,6 +66,16 @@ struct Options {
             flag: "tls-handshake-timeout", value: "SECONDS",
             help: "close a connection whose TLS handshake takes longer (default 10)"
         ) { c, _, v throws(OptionError) in c.tlsHandshakeTimeout = try int("--tls-handshake-timeout", v, min: 1) },
+        Spec(
+            flag: "tls-records", value: "own|openssl",
+            help: "TLS 1.3 records after the handshake: Halley's own record layer or OpenSSL's (default own)"
+        ) { c, _, v throws(OptionError) in
+            switch v {
+            case "own": c.tlsOwnRecords = true
+            case "openssl": c.tlsOwnRecords = false
+            default: throw OptionError(description: "--tls-records: expected own or openssl, got '\(v)'")
+            }
+        },
         Spec(flag: "metrics-port", value: "N", help: "serve GET /metrics (Prometheus) on this port (default off)") {
             c, _, v throws(OptionError) in c.metricsPort = try int("--metrics-port", v)
         },

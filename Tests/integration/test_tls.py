@@ -41,11 +41,13 @@ def certs(tmp_path_factory):
     return {"dir": d, "a": make_cert(d, "halley-a"), "b": make_cert(d, "halley-b")}
 
 
-@pytest.fixture
-def tls_hub(start_halley, certs):
+@pytest.fixture(params=["own", "openssl"])
+def tls_hub(start_halley, certs, request):
+    # Every test twice: TLS 1.3 records by Halley's own record layer (the default) and by
+    # OpenSSL (`--tls-records openssl`).
     cert, key = certs["a"]
     return start_halley("--tls-port", "0", "--tls-cert", cert, "--tls-key", key, "--tls-handshake-timeout", "2",
-                        "--app-token", "tok")
+                        "--app-token", "tok", "--tls-records", request.param)
 
 
 _contexts = {}
