@@ -7,6 +7,7 @@
 # utime + stime over the window); medians and ratios first/second target. halley's /metrics
 # must count what the tool counted (upgrades, messages in and out, no protocol errors).
 # Environment: DURATION=10 RUNS=3 WARMUP=1 SIZES="32 4096" CONNS="100 1000" TYPE=text|binary TLS=1
+# TLS_RECORDS=own|openssl (halley's --tls-records: TLS 1.3 records by halley or by OpenSSL)
 source "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-10} RUNS=${RUNS:-3} WARMUP=${WARMUP:-1} SIZES=${SIZES:-"32 4096"} CONNS=${CONNS:-"100 1000"}
 [[ ${TYPE:-text} == binary ]] && binary=--binary || binary=
@@ -15,7 +16,8 @@ banner
 if [[ -n ${TLS:-} ]]; then
     need openssl
     make_cert rsa2048 rsa
-    start_halley --metrics-port 0 --tls-port 0 --tls-cert "$tmp/rsa2048.crt" --tls-key "$tmp/rsa2048.key"
+    start_halley --metrics-port 0 --tls-port 0 --tls-cert "$tmp/rsa2048.crt" --tls-key "$tmp/rsa2048.key" \
+        ${TLS_RECORDS:+--tls-records "$TLS_RECORDS"}
     targets=(ws wss)
     declare -A url=([ws]=ws://127.0.0.1:$HALLEY_PORT/echo [wss]=wss://127.0.0.1:$TLS_PORT/echo)
     declare -A pid=([ws]=$HALLEY_PID [wss]=$HALLEY_PID)

@@ -101,8 +101,10 @@ final class TLS13Records {
     private var write: Direction
     /// Ciphertext not yet opened (a partial record, or records behind one handed over).
     private var input = ByteBuffer(capacity: 0)
-    /// Plaintext of an opened record the caller had no room for.
-    private var plain: ByteBuffer?
+    /// Plaintext of a record opened in place that the caller had no room for: still in
+    /// `input`, as offsets from its read index (which stays at the record's start until the
+    /// plaintext is handed over; `feed` only appends, so the offsets hold).
+    private var plain: (from: Int, count: Int, record: Int)?
     /// Records sealed here, not yet taken (a KeyUpdate, an alert, a caller's data when it
     /// gives no buffer of its own).
     private(set) var output: ByteBuffer?
@@ -146,7 +148,7 @@ final class TLS13Records {
 
     /// Whether plaintext or a complete record waits (nothing to read from the socket first).
     var hasBufferedInput: Bool {
-        if closeReceived || !(plain?.isEmpty ?? true) { return true }
+        if closeReceived || plain != nil { return true }
         let b = input.readable
         return b.count >= 5 && b.count >= 5 + (Int(b[3]) << 8 | Int(b[4]))
     }
@@ -154,11 +156,15 @@ final class TLS13Records {
     /// Plaintext into `buf`: what an earlier record left, or the next records opened until
     /// one carries application data.
     func open(into buf: UnsafeMutableRawBufferPointer) -> Opened {
-        if let p = plain, !p.isEmpty {
-            let n = min(buf.count, p.readableBytes)
-            buf.baseAddress!.copyMemory(from: p.readable.baseAddress!, byteCount: n)
-            p.moveReader(by: n)
-            if p.isEmpty { plain = nil }
+        if let p = plain {
+            let n = min(buf.count, p.count)
+            buf.baseAddress!.copyMemory(from: input.base + input.readerIndex + p.from, byteCount: n)
+            if n == p.count {
+                input.moveReader(by: p.record)
+                plain = nil
+            } else {
+                plain = (p.from + n, p.count - n, p.record)
+            }
             return .data(n)
         }
         while true {
@@ -198,10 +204,7 @@ final class TLS13Records {
                     input.moveReader(by: 5 + body)
                     return .data(content)
                 }
-                let p = ByteBuffer(capacity: content)
-                p.append(UnsafeRawBufferPointer(start: out, count: content))
-                input.moveReader(by: 5 + body)
-                plain = p
+                plain = (5, content, 5 + body)
                 return open(into: buf)
             }
             let copy = Array(UnsafeBufferPointer(start: out, count: content))

@@ -295,7 +295,14 @@ final class TLSSession {
         return r.seal(bytes, into: out)
     }
 
-    var hasOutput: Bool { halley_bio_pending(wbio) > 0 || records?.hasOutput == true }
+    var hasOutput: Bool {
+        if let r = records, bioDrained { return r.hasOutput }
+        return halley_bio_pending(wbio) > 0 || records?.hasOutput == true
+    }
+
+    /// The records took over and the write BIO's last bytes (the tickets) were taken: OpenSSL
+    /// writes nothing more, so no look into it is needed.
+    private var bioDrained = false
 
     /// Whether plaintext may be waiting inside OpenSSL or the records (a record already read
     /// from the socket).
@@ -312,6 +319,7 @@ final class TLSSession {
 
     /// What OpenSSL wrote into the write BIO (the handshake, tickets, its alerts).
     private func takeBIOOutput(into out: ByteBuffer) {
+        if bioDrained { return }
         var pending = halley_bio_pending(wbio)
         while pending > 0 {
             out.reserve(pending)
@@ -320,6 +328,7 @@ final class TLSSession {
             out.didWrite(Int(n))
             pending = halley_bio_pending(wbio)
         }
+        if records != nil { bioDrained = true }
     }
 
     /// Sends close_notify (into the write BIO).
