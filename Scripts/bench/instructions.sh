@@ -13,8 +13,13 @@
 # two runs of 3 s and 9 s after 1 s of warm-up, the difference over the difference of the
 # deliveries counted: the sync, the warm-up and the publishes cancel out only on average, so
 # this figure moves about 5% from run to run where the publish figures move about 1%).
+# wss-own, wss-openssl: instructions per 32-byte wss echo (`halley-load echo`, 20 connections,
+# one message in flight each, a self-signed P-256 certificate; 3 s and 9 s, the difference
+# over the difference of the echoes: the handshakes cancel out), with `--tls-records own` or
+# `openssl` (TLS 1.3 records by halley's own record layer or by OpenSSL).
 # Usage: Scripts/bench/instructions.sh [HALLEY_BIN...]   (default: the release build)
-# Environment: KINDS="halley-bearer halley" (add longpoll for the long-poll figure)
+# Environment: KINDS="halley-bearer halley" (add longpoll for the long-poll figure, wss-own
+# and wss-openssl for the wss echo figures)
 source "$(dirname "$0")/lib.sh"
 need valgrind callgrind_annotate wrk python3
 KINDS=${KINDS:-"halley-bearer halley"}
@@ -23,18 +28,25 @@ if ((${#bins[@]} == 0)); then
     build halley
     bins=("$HALLEY_BIN")
 fi
-[[ " $KINDS " == *" longpoll "* ]] && build halley-load
+[[ " $KINDS " == *" longpoll "* || " $KINDS " == *" wss-"* ]] && build halley-load
+tlsargs=()
+if [[ " $KINDS " == *" wss-"* ]]; then
+    need openssl
+    make_cert p256 ec
+    tlsargs=(--tls-port 0 --tls-cert "$tmp/p256.crt" --tls-key "$tmp/p256.key")
+fi
 # one BIN KIND SECONDS: "requests instructions"
 one() {
-    local out="$tmp/cg.$RANDOM" log="$tmp/halley.$RANDOM.log" port="" n ir
+    local out="$tmp/cg.$RANDOM" log="$tmp/halley.$RANDOM.log" port="" tport="" n ir extra=()
     auth=()
     [[ $2 == halley-bearer ]] && auth=("Bearer benchtoken")
+    [[ $2 == wss-* ]] && extra=("${tlsargs[@]}" --tls-records "${2#wss-}")
     : >"$log"  # there before the loop below reads it
     # Without the HALLEY_* settings of this shell (as lib.sh's bg): the flags below are the run's.
     env $(env | sed -n 's/^\(HALLEY_[A-Z_]*\)=.*/-u \1/p') valgrind --tool=callgrind --callgrind-out-file="$out" \
         --dump-instr=no "$1" --host 127.0.0.1 --port 0 --threads 1 --log-level warning --public "$tmp" \
         --app-id 1 --app-key app-key --app-secret app-secret --app-token benchtoken \
-        --max-connections-per-address 0 --session-opens-per-second 0 >"$log" 2>&1 &
+        --max-connections-per-address 0 --session-opens-per-second 0 "${extra[@]}" >"$log" 2>&1 &
     hp=$!  # global: the trap runs after this function has returned
     # This runs in a subshell (< <(one ...)): stop halley here whatever ends it.
     trap 'kill "${hp:-}" 2>/dev/null || true' EXIT
@@ -44,7 +56,13 @@ one() {
         sleep 0.5
     done
     [[ -n $port ]] || die "halley under valgrind did not start: $(tail -5 "$log")"
-    if [[ $2 == longpoll ]]; then
+    if [[ $2 == wss-* ]]; then
+        tport=$(sed -n 's/.*https on https:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log")
+        [[ -n $tport ]] || die "$2: no TLS port in halley's log"
+        "$LOAD_BIN" echo --url "wss://127.0.0.1:$tport/echo" -c 20 --size 32 --duration "$3" --warmup 0 \
+            >"$tmp/load.txt" 2>&1 || die "$2: halley-load failed: $(tail -5 "$tmp/load.txt")"
+        n=$(grep -o ' echoes=[0-9]*' "$tmp/load.txt" | head -1 | cut -d= -f2)
+    elif [[ $2 == longpoll ]]; then
         "$LOAD_BIN" fanout --url "http://127.0.0.1:$port" --server halley --transport longpoll -n 100 \
             --window 1 --publishers 1 --phases capacity --duration "$3" --warmup 1 >"$tmp/load.txt" 2>&1 \
             || die "longpoll: halley-load failed: $(tail -5 "$tmp/load.txt")"
@@ -63,13 +81,17 @@ one() {
     echo "$n $ir"
 }
 for kind in $KINDS; do
-    [[ $kind == longpoll ]] || python3 "$here/api_publish.py" requests --server "$kind" --out "$tmp/requests.$kind" >/dev/null
+    [[ $kind == longpoll || $kind == wss-* ]] ||
+        python3 "$here/api_publish.py" requests --server "$kind" --out "$tmp/requests.$kind" >/dev/null
     for bin in "${bins[@]}"; do
         read -r n1 i1 < <(one "$bin" "$kind" 3)
         read -r n2 i2 < <(one "$bin" "$kind" 9)
         ((n2 > n1)) || die "$kind: the longer run made no more requests ($n1, $n2)"
         what=request
         [[ $kind == longpoll ]] && what=delivery
-        echo "$kind $bin: $(((i2 - i1) / (n2 - n1))) instructions per $what ($n1 and $n2 ${what/y/ie}s)"
+        [[ $kind == wss-* ]] && what=echo
+        plural=${what/y/ie}s
+        [[ $what == echo ]] && plural=echoes
+        echo "$kind $bin: $(((i2 - i1) / (n2 - n1))) instructions per $what ($n1 and $n2 $plural)"
     done
 done

@@ -223,11 +223,15 @@ static inline long halley_tls13_open(EVP_CIPHER_CTX *c, const unsigned char iv[1
     int l = 0, l2 = 0;
     if (EVP_DecryptInit_ex2(c, NULL, NULL, nonce, NULL) != 1) return -1;
     if (EVP_DecryptUpdate(c, NULL, &l, rec, 5) != 1) return -1;
-    if (EVP_DecryptUpdate(c, out, &l, rec + 5, (int)n) != 1) return -1;
     OSSL_PARAM p[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, (void *)(rec + 5 + n), 16),
                        OSSL_PARAM_construct_end()};
-    if (EVP_CIPHER_CTX_set_params(c, p) != 1) return -1;
-    if (EVP_DecryptFinal_ex(c, out + l, &l2) != 1) return -1;
-    if ((size_t)(l + l2) != n) return -1;
+    // Unauthenticated plaintext is wiped from `out` on every failure from here on.
+    if (EVP_DecryptUpdate(c, out, &l, rec + 5, (int)n) != 1) goto wipe;
+    if (EVP_CIPHER_CTX_set_params(c, p) != 1) goto wipe;
+    if (EVP_DecryptFinal_ex(c, out + l, &l2) != 1) goto wipe;
+    if ((size_t)(l + l2) != n) goto wipe;
     return (long)n;
+wipe:
+    OPENSSL_cleanse(out, n);
+    return -1;
 }

@@ -211,7 +211,8 @@ final class TLS13Records {
             input.moveReader(by: 5 + body)
             switch type {
             case ContentType.alert.rawValue:
-                guard handshake.isEmpty, copy.count == 2 else { return fail("malformed alert", alert: 50) }
+                guard handshake.isEmpty, !copy.isEmpty else { return fail("empty alert record", alert: 10) }
+                guard copy.count == 2 else { return fail("malformed alert", alert: 50) }
                 if copy[1] == 0 {  // close_notify
                     closeReceived = true
                     return .closed
@@ -220,7 +221,7 @@ final class TLS13Records {
                 closeSent = true  // no alert answers a fatal one
                 return .failed("alert \(copy[1]) from the peer")
             case ContentType.handshake.rawValue:
-                if let why = handshakeBytes(copy) { return fail(why, alert: 10) }
+                if let (why, alert) = handshakeBytes(copy) { return fail(why, alert: alert) }
             default:
                 return fail("unexpected inner content type \(type)", alert: 10)
             }
@@ -239,22 +240,25 @@ final class TLS13Records {
     }
 
     /// Handshake messages after the handshake: only KeyUpdate, at the end of its record.
-    private func handshakeBytes(_ bytes: [UInt8]) -> String? {
-        guard !bytes.isEmpty else { return "empty handshake record" }
+    /// Why not, with the alert that says so; nil when the bytes were taken.
+    private func handshakeBytes(_ bytes: [UInt8]) -> (String, UInt8)? {
+        guard !bytes.isEmpty else { return ("empty handshake record", 10) }
         handshake += bytes
         while handshake.count >= 4 {
             let len = Int(handshake[1]) << 16 | Int(handshake[2]) << 8 | Int(handshake[3])
-            guard handshake[0] == 24 else { return "unexpected handshake message \(handshake[0]) after the handshake" }
-            guard len == 1 else { return "malformed KeyUpdate" }
+            guard handshake[0] == 24 else {
+                return ("unexpected handshake message \(handshake[0]) after the handshake", 10)
+            }
+            guard len == 1 else { return ("malformed KeyUpdate", 50) }
             guard handshake.count >= 5 else { return nil }
             let request = handshake[4]
-            guard request <= 1 else { return "malformed KeyUpdate" }
+            guard request <= 1 else { return ("KeyUpdate with request_update \(request)", 47) }
             // The next record uses the new key: a KeyUpdate must end its record.
-            guard handshake.count == 5 else { return "KeyUpdate not at the end of its record" }
+            guard handshake.count == 5 else { return ("KeyUpdate not at the end of its record", 10) }
             handshake = []
             guard let s = Direction.nextSecret(suite, read.secret),
                 let r = Direction(suite: suite, secret: s, encrypt: false)
-            else { return "key update failed" }
+            else { return ("key update failed", 80) }
             read = r
             readGeneration += 1
             if request == 1 { keyUpdateOwed = true }

@@ -216,45 +216,69 @@ final class TLSSession {
 
     /// TLS 1.3 with an AEAD suite and both secrets reported: our record layer takes over.
     /// `ticketsFrom`: where the write BIO stood before the handshake's last step, whose
-    /// records (the session tickets) OpenSSL sealed with the first application key.
+    /// records (the session tickets) OpenSSL sealed with the first server application key:
+    /// they are counted into our first sequence number, and each one is opened with that key
+    /// first (a miscount would reuse a nonce; anything unexpected leaves OpenSSL in charge).
+    /// Not taken over either: a negotiated max_fragment_length (our records are up to 16 KiB),
+    /// anything OpenSSL still buffers, early data.
     private func takeOver(ticketsFrom written: Int) {
         defer { dropSecrets() }
-        guard let sp = secrets, SSL_version(ssl) == TLS1_3_VERSION, SSL_pending(ssl) == 0,
+        guard let sp = secrets, SSL_version(ssl) == TLS1_3_VERSION, SSL_has_pending(ssl) == 0,
             SSL_get_early_data_status(ssl) == SSL_EARLY_DATA_NOT_SENT,
+            SSL_SESSION_get_max_fragment_length(SSL_get_session(ssl)) == 0,
             let cipher = SSL_get_current_cipher(ssl),
             let suite = TLS13Records.Suite(protocolID: Int32(SSL_CIPHER_get_protocol_id(cipher)))
         else { return }
-        let cs = sp.pointee
-        let client = withUnsafeBytes(of: cs.client) { Array($0.prefix(Int(cs.clientLen))) }
-        let server = withUnsafeBytes(of: cs.server) { Array($0.prefix(Int(cs.serverLen))) }
-        // The records written in the last step: each one sealed with the server's key.
-        var p: UnsafePointer<UInt8>?
-        let total = halley_bio_mem_peek(wbio, &p)
-        var seq: UInt64 = 0
-        var off = written
-        while let b = p, off + 5 <= total {
-            guard b[off] == TLS13Records.ContentType.applicationData.rawValue else { return }
-            seq += 1
-            off += 5 + (Int(b[off + 3]) << 8 | Int(b[off + 4]))
+        var client = withUnsafeBytes(of: &sp.pointee.client) { Array($0.prefix(Int(sp.pointee.clientLen))) }
+        var server = withUnsafeBytes(of: &sp.pointee.server) { Array($0.prefix(Int(sp.pointee.serverLen))) }
+        defer {
+            OPENSSL_cleanse(&client, client.count)
+            OPENSSL_cleanse(&server, server.count)
         }
-        guard off == total,
+        guard let seq = ticketRecords(from: written, suite: suite, serverSecret: server),
             let r = TLS13Records(
                 suite: suite, clientSecret: client, serverSecret: server, writeSeq: seq, rekeyAfter: rekeyAfter)
         else { return }
         // Ciphertext behind the client's Finished (a request sent right after it).
-        var rest = halley_bio_pending(rbio)
-        while rest > 0 {
-            let n = withUnsafeTemporaryAllocation(byteCount: min(rest, 16 * 1024), alignment: 1) { tmp -> Int in
-                let k = BIO_read(rbio, tmp.baseAddress, Int32(tmp.count))
-                if k > 0 { r.feed(UnsafeRawBufferPointer(rebasing: tmp[0..<Int(k)])) }
-                return Int(k)
-            }
-            if n <= 0 { return }
-            rest -= n
+        let rest = halley_bio_pending(rbio)
+        if rest > 0 {
+            var behind = [UInt8](repeating: 0, count: rest)
+            guard BIO_read(rbio, &behind, Int32(rest)) == Int32(rest) else { return }
+            behind.withUnsafeBytes { r.feed($0) }
+        }
+        // The read BIO is never used again: a fresh empty one in place of what it grew to.
+        if halley_bio_mem_capacity(rbio) > 4096, let fresh = Self.memoryBIO() {
+            SSL_set0_rbio(ssl, fresh)
+            rbio = fresh
         }
         takenOver = summary
         records = r
         starved = false
+    }
+
+    /// The records OpenSSL wrote since `written` (the session tickets), each opened with the
+    /// first server application key in order: their count, or nil when one is not that.
+    private func ticketRecords(from written: Int, suite: TLS13Records.Suite, serverSecret: [UInt8]) -> UInt64? {
+        var p: UnsafePointer<UInt8>?
+        let total = halley_bio_mem_peek(wbio, &p)  // OpenSSL's bytes, read before the BIO changes
+        guard total >= written else { return nil }
+        if total == written { return 0 }
+        guard let b = p, let check = TLS13Records.Direction(suite: suite, secret: serverSecret, encrypt: false)
+        else { return nil }
+        var seq: UInt64 = 0
+        var off = written
+        while off < total {
+            guard off + 5 <= total, b[off] == TLS13Records.ContentType.applicationData.rawValue else { return nil }
+            let body = Int(b[off + 3]) << 8 | Int(b[off + 4])
+            guard off + 5 + body <= total, body >= 17 else { return nil }
+            var scratch = [UInt8](repeating: 0, count: body - 16)
+            let opened = halley_tls13_open(check.aead, check.iv, seq, b + off, body, &scratch)
+            OPENSSL_cleanse(&scratch, scratch.count)
+            guard opened == body - 16 else { return nil }
+            seq += 1
+            off += 5 + body
+        }
+        return seq
     }
 
     /// Notes a finished handshake (true the first time).
@@ -328,7 +352,14 @@ final class TLSSession {
             out.didWrite(Int(n))
             pending = halley_bio_pending(wbio)
         }
-        if records != nil { bioDrained = true }
+        if records != nil {
+            bioDrained = true
+            // Never written again: a fresh empty BIO in place of what the handshake grew.
+            if halley_bio_mem_capacity(wbio) > 4096, let fresh = Self.memoryBIO() {
+                SSL_set0_wbio(ssl, fresh)
+                wbio = fresh
+            }
+        }
     }
 
     /// Sends close_notify (into the write BIO).

@@ -78,6 +78,54 @@ import Testing
         }
     }
 
+    /// The session tickets OpenSSL seals at the end of the handshake come before our first
+    /// record: 0, 1 and 3 of them (a wrong count reuses a nonce, and the client's read fails).
+    @Test(arguments: [0, 1, 3]) func ticketsCountedIntoTheFirstSequenceNumber(tickets: Int) throws {
+        let p = try Pair(suite: Self.suites[0], tickets: tickets)
+        try p.handshake()
+        #expect(p.server.records != nil)
+        let m = Self.message(100, seed: tickets)
+        try p.serverSends(m)
+        #expect(try p.clientReads(100) == m)
+    }
+
+    /// A request in the same flight as the client's Finished (read in one piece with it).
+    @Test func dataBehindTheFinished() throws {
+        let p = try Pair(suite: Self.suites[1])
+        let early = Self.message(3_000, seed: 5)
+        try p.handshake(thenClientWrites: early)
+        #expect(p.server.records != nil)
+        #expect(try p.serverReads(3_000) == early)
+        try p.serverSends(early)
+        #expect(try p.clientReads(3_000) == early)
+    }
+
+    /// The client pads its records (to blocks of 256 bytes): the content type is found behind
+    /// the zeros.
+    @Test func paddedRecords() throws {
+        let p = try Pair(suite: Self.suites[2])
+        #expect(SSL_set_block_padding(p.client, 256) == 1)
+        try p.handshake()
+        for n in [1, 255, 256, 1_000, 16_384] {
+            let m = Self.message(n, seed: n)
+            try p.clientSends(m)
+            #expect(try p.serverReads(n) == m)
+        }
+    }
+
+    /// A client that negotiated max_fragment_length gets OpenSSL's records (ours are up to
+    /// 16 KiB).
+    @Test func maxFragmentLengthStaysWithOpenSSL() throws {
+        let p = try Pair(suite: Self.suites[0], maxFragment: UInt8(TLSEXT_max_fragment_length_1024))
+        try p.handshake()
+        #expect(p.server.records == nil)
+        let m = Self.message(5_000, seed: 1)
+        try p.serverSends(m)
+        #expect(try p.clientReads(5_000) == m)
+        try p.clientSends(m)
+        #expect(try p.serverReads(5_000) == m)
+    }
+
     /// Our write key moves on by itself after `rekeyAfter` records.
     @Test func serverRekeysByItself() throws {
         let p = try Pair(suite: Self.suites[2])
@@ -188,15 +236,20 @@ final class Pair {
     /// Bytes per `feed` on the server (0: all at once).
     var piece = 0
 
-    init(suite: String, maxVersion: Int32 = TLS1_3_VERSION, ownRecords: Bool = true) throws {
+    init(
+        suite: String, maxVersion: Int32 = TLS1_3_VERSION, ownRecords: Bool = true, tickets: Int? = nil,
+        maxFragment: UInt8? = nil
+    ) throws {
         let (cert, key) = try Credentials.shared.files()
         let ctx = try TLSContext(certFile: cert, keyFile: key, ownRecords: ownRecords)
+        if let t = tickets { _ = SSL_CTX_set_num_tickets(ctx.ctx, t) }
         guard let s = TLSSession(ctx) else { throw Failure("TLSSession") }
         server = s
         guard let cc = SSL_CTX_new(TLS_client_method()) else { throw Failure("SSL_CTX_new") }
         clientCtx = cc
         _ = halley_ssl_ctx_set_proto_range(cc, TLS1_2_VERSION, maxVersion)
         _ = SSL_CTX_set_ciphersuites(cc, suite)
+        if let f = maxFragment { _ = SSL_CTX_set_tlsext_max_fragment_length(cc, f) }
         guard let c = SSL_new(cc), let r = TLSSession.memoryBIO(), let w = TLSSession.memoryBIO() else {
             throw Failure("SSL_new")
         }
@@ -253,13 +306,19 @@ final class Pair {
         if b.readableBytes > 0 { _ = BIO_write(cin, b.readable.baseAddress, Int32(b.readableBytes)) }
     }
 
-    func handshake() throws {
+    /// `thenClientWrites`: sent by the client as soon as its side is done, in the same
+    /// flight as its Finished (what the server reads of it waits for `serverReads`).
+    func handshake(thenClientWrites early: [UInt8]? = nil) throws {
+        var wrote = false
         for _ in 0..<10 {
             let rc = SSL_do_handshake(client)
             if rc == 1 && server.handshakeDone { return }
             if rc != 1 && SSL_get_error(client, rc) != SSL_ERROR_WANT_READ { throw Failure("client handshake failed") }
-            var got: [UInt8] = []
-            try feedServer(clientOutput(), into: &got)
+            if rc == 1, let e = early, !wrote {
+                try clientWrites(e)
+                wrote = true
+            }
+            try feedServer(clientOutput(), into: &pending)
             _ = server.checkEstablished(now: 1)
             deliverToClient()
         }

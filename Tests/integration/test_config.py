@@ -116,6 +116,8 @@ def test_flag_equals_syntax(start_halley):
         (["--redis", "http://127.0.0.1"], None, "--redis: not a redis:// URL"),
         ([], {"HALLEY_REDIS": "redis://127.0.0.1:70000"}, "--redis: bad port"),
         (["--node-id", "a b"], None, "--node-id: 1 to 64 letters"),
+        (["--tls-records", "kernel"], None, "--tls-records: expected own or openssl, got 'kernel'"),
+        ([], {"HALLEY_TLS_RECORDS": "OWN"}, "--tls-records: expected own or openssl"),
     ],
 )
 def test_bad_options_exit_2(args, env, needle):
