@@ -105,8 +105,8 @@ final class TLS13Records {
     /// `input`, as offsets from its read index (which stays at the record's start until the
     /// plaintext is handed over; `feed` only appends, so the offsets hold).
     private var plain: (from: Int, count: Int, record: Int)?
-    /// Records sealed here, not yet taken (a KeyUpdate, an alert, a caller's data when it
-    /// gives no buffer of its own).
+    /// Records sealed here, not yet taken (a KeyUpdate, an alert): records leave in the
+    /// order they were sealed, so a caller's buffer takes these first (`TLSSession.encrypt`).
     private(set) var output: ByteBuffer?
     /// Handshake bytes of a message that spans records.
     private var handshake: [UInt8] = []
@@ -308,13 +308,6 @@ final class TLS13Records {
         write = w
         writeGeneration += 1
         return true
-    }
-
-    /// `seal(_:into:)` into `output` (records leave in the order they were sealed: every
-    /// record sealed without a buffer of the caller's waits there, and a caller's buffer
-    /// takes `output` first).
-    func seal(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        seal(bytes, into: outputBuffer())
     }
 
     /// Our close_notify (once), into `output`.

@@ -20,7 +20,8 @@ final class TLSSession {
     var createdAt: Int32 = 0
     /// When the handshake finished (monotonic second), or nil while it runs.
     var establishedAt: Int32?
-    /// `decrypt` ran out of complete records: nothing more comes out until new bytes arrive.
+    /// OpenSSL's records: `decrypt` ran out of complete records, nothing more comes out
+    /// until new bytes arrive (our own records know that by themselves).
     var starved = true
     /// The first bytes of the connection (to tell plain HTTP sent to the TLS port).
     var sawFirstByte = false
@@ -109,7 +110,6 @@ final class TLSSession {
         guard bytes.count > 0 else { return }
         if let r = records {
             r.feed(bytes)
-            starved = false
             return
         }
         var off = 0
@@ -177,7 +177,6 @@ final class TLSSession {
         switch r.open(into: buf) {
         case .data(let n): return .data(n)
         case .needInput:
-            starved = true
             // A KeyUpdate the peer asked for goes out now, not with our next data.
             return r.sealOwed() ? .needInput : .failed("TLS: sealing a KeyUpdate failed")
         case .closed:
@@ -253,7 +252,6 @@ final class TLSSession {
         }
         takenOver = summary
         records = r
-        starved = false
     }
 
     /// The records OpenSSL wrote since `written` (the session tickets), each opened with the
@@ -288,11 +286,8 @@ final class TLSSession {
         return true
     }
 
-    /// Plaintext to send: becomes records in the write BIO. False after a fatal error (the
-    /// connection must close: the bytes did not go).
-    @discardableResult
-    func encrypt(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        if let r = records { return r.seal(bytes) }
+    /// OpenSSL's records of `bytes`, into the write BIO. False after a fatal error.
+    private func sslWrite(_ bytes: UnsafeRawBufferPointer) -> Bool {
         var off = 0
         halley_err_clear()
         while off < bytes.count {
@@ -306,12 +301,12 @@ final class TLSSession {
         return true
     }
 
-    /// Plaintext to send, sealed at the end of `out` after every record made before it (the
-    /// same as `encrypt` then `takeOutput(into: out)`, without the copy through OpenSSL's
-    /// write BIO once the records took over). False as for `encrypt`.
+    /// Plaintext to send, sealed at the end of `out` after every record made before it (our
+    /// records straight into `out`; OpenSSL's through its write BIO). False after a fatal
+    /// error: the connection must close, the bytes did not go.
     func encrypt(_ bytes: UnsafeRawBufferPointer, into out: ByteBuffer) -> Bool {
         guard let r = records else {
-            guard encrypt(bytes) else { return false }
+            guard sslWrite(bytes) else { return false }
             takeOutput(into: out)
             return true
         }
@@ -319,10 +314,7 @@ final class TLSSession {
         return r.seal(bytes, into: out)
     }
 
-    var hasOutput: Bool {
-        if let r = records, bioDrained { return r.hasOutput }
-        return halley_bio_pending(wbio) > 0 || records?.hasOutput == true
-    }
+    var hasOutput: Bool { (!bioDrained && halley_bio_pending(wbio) > 0) || records?.hasOutput == true }
 
     /// The records took over and the write BIO's last bytes (the tickets) were taken: OpenSSL
     /// writes nothing more, so no look into it is needed.
