@@ -8,6 +8,11 @@
 # must count what the tool counted (upgrades, messages in and out, no protocol errors).
 # Environment: DURATION=10 RUNS=3 WARMUP=1 SIZES="32 4096" CONNS="100 1000" TYPE=text|binary TLS=1
 # TLS_RECORDS=own|openssl (halley's --tls-records: TLS 1.3 records by halley or by OpenSSL)
+# RATE=R: open loop instead (`halley-load echo --rate R`): R messages a second in all, in the same
+# bursts every millisecond for every target, so both servers get the same work and msgs per server
+# CPU-second compares what each spends on it (closed loop, a slower client also changes how many
+# messages the server finds per wake-up: with TLS=1 the tool's own TLS does). Pick R below what
+# the slower target sustains; a run that could not hold it is flagged rate-not-met.
 source "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-10} RUNS=${RUNS:-3} WARMUP=${WARMUP:-1} SIZES=${SIZES:-"32 4096"} CONNS=${CONNS:-"100 1000"}
 [[ ${TYPE:-text} == binary ]] && binary=--binary || binary=
@@ -45,13 +50,14 @@ for t in "${targets[@]}"; do
     echo "$t: every echo right, every connection closed with 1000"
 done
 
-log "runs: $RUNS x ${DURATION} s after ${WARMUP} s per target and case, alternating; ${TYPE:-text} messages"
+log "runs: $RUNS x ${DURATION} s after ${WARMUP} s per target and case, alternating; ${TYPE:-text} messages;" \
+    "$([[ -n ${RATE:-} ]] && echo "open loop at $RATE msg/s" || echo "closed loop")"
 for size in $SIZES; do
     for n in $CONNS; do
         for r in $(seq "$RUNS"); do
             for t in "${targets[@]}"; do
                 run_load "$t.$size.$n.$r" echo --url "${url[$t]}" -c "$n" --size "$size" --duration "$DURATION" \
-                    --warmup "$WARMUP" --server-pid "${pid[$t]}" $binary
+                    --warmup "$WARMUP" --server-pid "${pid[$t]}" $binary ${RATE:+--rate "$RATE"}
                 [[ $t == node ]] || count "$n"
                 keep "$t,$size,$n" "$LINES"
                 printf '  %-6s %6s B %5s conns run %d: %9.0f msg/s %9.0f msg/server-CPU-s  p50 %5s us  p99 %6s us  cpu server %5s%%, tool %5s%%  [%s]\n' \

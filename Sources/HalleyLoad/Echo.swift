@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CHalleyLinux
 
 /// The messages echo connections send, built once: up to 64 different payloads (a stale echo
 /// is caught), as masked frames, and deflated with RSV1 for --deflate.
@@ -115,7 +116,46 @@ extension Load {
             st.pointee.windowCount += 1
             lat.add(now - c.pointee.sentAt)
         }
-        if st.pointee.sending && c.pointee.state == .open { sendNext(i, now) }
+        guard st.pointee.sending && c.pointee.state == .open else { return }
+        if o.openLoop {
+            idle[st.pointee.idleCount] = i
+            st.pointee.idleCount += 1
+        } else {
+            sendNext(i, now)
+        }
+    }
+
+    /// Open loop: sends every message due by the end of the current millisecond, each on a free
+    /// connection (the timer fires every millisecond). The bursts do not depend on how fast
+    /// the server answers, so two servers at the same rate get the same work.
+    @inline(__always)
+    func echoTick(_ now: Int64) {
+        let s = st
+        let ms = (now - s.pointee.scheduleStart) / 1_000_000
+        let due = Int(Double(ms + 1) * o.rate / 1000)
+        while s.pointee.scheduled < due {
+            s.pointee.scheduled += 1
+            var sent = false
+            while s.pointee.idleCount > 0 && !sent {
+                s.pointee.idleCount -= 1
+                let i = idle[s.pointee.idleCount]
+                if conns[i].state == .open && !conns[i].awaiting {
+                    sendNext(i, now)
+                    sent = true
+                }
+            }
+            if !sent { s.pointee.missed += 1 }
+        }
+    }
+
+    /// Starts (or, with `false`, stops) the open loop's millisecond timer.
+    func echoTimer(_ on: Bool) {
+        var spec = itimerspec()
+        if on {
+            spec.it_interval = timespec(tv_sec: 0, tv_nsec: 1_000_000)
+            spec.it_value = spec.it_interval
+        }
+        if timerfd_settime(timerfd, 0, &spec, nil) != 0 { warn("timerfd_settime: \(errnoString())") }
     }
 
     /// Compares `k` echoed bytes with the message sent, at the current offset.

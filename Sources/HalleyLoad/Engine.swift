@@ -65,6 +65,9 @@ struct Stats {
     var interval: Int64 = 0, nextDue: Int64 = 0, timerArmedFor: Int64 = -1
     var freeCount = 0, published = 0, pubLate = 0, pubBehindMax: Int64 = 0, stalls = 0
     var rangeFrom: Int64 = 0, rangeTo: Int64 = .max, rangeReceived = 0
+    /// Open-loop echo: connections with no message in flight, when the schedule started, the
+    /// messages it has been through, and those it found no free connection for.
+    var idleCount = 0, scheduleStart: Int64 = 0, scheduled = 0, missed = 0
     var gotFirst = 0, dups = 0, skipped = 0, reordered = 0, foreign = 0, other = 0, reconnects = 0, rotations = 0
 }
 
@@ -100,6 +103,8 @@ final class Load {
     let ringSent: UnsafeMutablePointer<Int64>
     /// Publisher connections with no request in flight.
     let freePubs: UnsafeMutablePointer<Int>
+    /// Open-loop echo: the connections with no message in flight (`Stats.idleCount` of them).
+    let idle: UnsafeMutablePointer<Int>
     /// The servers connections go to: [0] --url's, then fanout's --sub-url ones (see `server`);
     /// each one's address and Host header.
     let servers: [(host: String, port: Int)]
@@ -151,6 +156,7 @@ final class Load {
         ringSent = .allocate(capacity: Self.ringSize)
         ringSent.initialize(repeating: 0, count: Self.ringSize)
         freePubs = .allocate(capacity: max(1, o.publishers))
+        idle = .allocate(capacity: o.openLoop ? n : 1)
         servers = [(o.host, o.port)] + o.subServers
         hostHeaders = servers.map { Array("Host: \($0.host):\($0.port)\r\n".utf8) }
         subscribeJSON = Array("{\"event\":\"pusher:subscribe\",\"data\":{\"channel\":\"\(o.channel)\"}}".utf8)
@@ -296,10 +302,12 @@ final class Load {
         }
     }
 
-    /// Timed work: the fanout publisher's schedule; handshake slots that take too long.
+    /// Timed work: the fanout publisher's schedule, the open-loop echo's; handshake slots that
+    /// take too long.
     @inline(__always)
     func tick(_ now: Int64) {
         if st.pointee.mode != .off { publishTick(now) }
+        if o.openLoop && st.pointee.sending { echoTick(now) }
         guard o.mode == .handshakes && now - lastSweep > 100_000_000 else { return }
         lastSweep = now
         for i in 0..<n where conns[i].fd >= 0 && now - conns[i].sentAt > 10_000_000_000 {

@@ -27,6 +27,8 @@ struct Options {
     var server = ServerKind.halley
     var transport = Transport.ws
     var rate = 100.0
+    /// echo --rate: open loop, --rate messages a second in all, sent in bursts every millisecond.
+    var openLoop = false
     var window = 16
     var publishers = 4
     var phases = ["latency", "capacity"]
@@ -35,7 +37,7 @@ struct Options {
     let token = "benchtoken"
 
     static let usage = """
-        usage: halley-load echo --url ws[s]://HOST:PORT/PATH [-c N] [--size B] [--binary] [--deflate]
+        usage: halley-load echo --url ws[s]://HOST:PORT/PATH [-c N] [--size B] [--binary] [--deflate] [--rate R]
                halley-load handshakes --url https://HOST:PORT/ [-c N]
                halley-load fanout --url http://HOST:PORT --server halley|nchan [--transport ws|longpoll|
                            xhr_streaming] [-n N] [--rate R] [--window W] [--publishers P] [--phases LIST]
@@ -44,6 +46,9 @@ struct Options {
         common: --duration S (10) --warmup S (1) --server-pid PID (repeatable) --tls
         echo        N connections (100) each send a message of --size bytes (32) and wait for its
                     echo, checked byte for byte (--deflate: permessage-deflate, inflated first).
+                    --rate R: open loop instead, R messages a second in all, the same bursts
+                    whatever the server: every millisecond the messages due by its end, each on
+                    a connection with none in flight (none free: counted as missed).
         handshakes  N (16) full TLS handshakes in flight: a new SSL, no session reuse, close_notify.
         fanout      N subscribers (1000) on channel bench and P publishers (4); each data string
                     starts with "#s<seq>t<send ns>#": every delivery is timed and checked. A sync,
@@ -108,7 +113,9 @@ struct Options {
             case "--server": o.server = pick(ServerKind(rawValue: value()), "--server: halley or nchan")
             case "--transport":
                 o.transport = pick(Transport(rawValue: value()), "--transport: ws, longpoll or xhr_streaming")
-            case "--rate": o.rate = number(0.1)
+            case "--rate":
+                o.rate = number(0.1)
+                o.openLoop = mode == .echo
             case "--window": o.window = Int(number(1))
             case "--publishers": o.publishers = Int(number(1))
             case "--phases":
