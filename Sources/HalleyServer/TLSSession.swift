@@ -12,9 +12,12 @@ import HalleyCore
 /// to what it holds. Loop-confined: the connection's loop owns it (a hand-off moves it with
 /// the connection).
 final class TLSSession {
-    let ssl: OpaquePointer
-    private(set) var rbio: OpaquePointer
-    private(set) var wbio: OpaquePointer
+    /// OpenSSL's connection and its two BIOs (the SSL owns them). Freed once our records took
+    /// over and OpenSSL's last bytes (the session tickets) were taken: about 14 KB per TLS 1.3
+    /// connection that nothing reads again. Nil then, and only then (`records` is set).
+    private var ssl: OpaquePointer?
+    private var rbio: OpaquePointer?
+    private var wbio: OpaquePointer?
     /// When the connection was accepted (monotonic second): the handshake deadline counts
     /// from here.
     var createdAt: Int32 = 0
@@ -66,7 +69,7 @@ final class TLSSession {
 
     private func dropSecrets() {
         guard let p = secrets else { return }
-        _ = halley_ssl_set_app_data(ssl, nil)
+        if let ssl { _ = halley_ssl_set_app_data(ssl, nil) }
         OPENSSL_cleanse(p, MemoryLayout<halley_tls13_secrets>.size)
         p.deallocate()
         secrets = nil
@@ -87,23 +90,39 @@ final class TLSSession {
             r.shrinkIfIdle()
             return
         }
-        guard halley_bio_pending(rbio) == 0, halley_bio_pending(wbio) == 0, SSL_pending(ssl) == 0 else { return }
+        guard let ssl, let rbio, let wbio, halley_bio_pending(rbio) == 0, halley_bio_pending(wbio) == 0,
+            SSL_pending(ssl) == 0
+        else { return }
         if halley_bio_mem_capacity(rbio) > 16 * 1024, let r = Self.memoryBIO() {
             SSL_set0_rbio(ssl, r)  // frees the old one
-            rbio = r
+            self.rbio = r
         }
         if halley_bio_mem_capacity(wbio) > 16 * 1024, let w = Self.memoryBIO() {
             SSL_set0_wbio(ssl, w)
-            wbio = w
+            self.wbio = w
         }
     }
 
     deinit {
         dropSecrets()
-        SSL_free(ssl)
+        if let ssl { SSL_free(ssl) }
+    }
+
+    /// Frees OpenSSL's connection once our records have everything it wrote. Marked shut
+    /// down first (nothing is sent): SSL_free takes an SSL that never shut down for a failed
+    /// connection and removes its session from the session cache (the stateless tickets of
+    /// TLS 1.3, the default, would resume anyway; a stateful cache would not).
+    private func releaseOpenSSL() {
+        guard let s = ssl else { return }
+        SSL_set_shutdown(s, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN)
+        SSL_free(s)  // and both BIOs
+        (ssl, rbio, wbio) = (nil, nil, nil)
     }
 
     var handshakeDone: Bool { establishedAt != nil }
+
+    /// Whether OpenSSL's connection is still there (tests: gone once our records took over).
+    var holdsOpenSSL: Bool { ssl != nil }
 
     /// Ciphertext from the socket.
     func feed(_ bytes: UnsafeRawBufferPointer) {
@@ -112,6 +131,7 @@ final class TLSSession {
             r.feed(bytes)
             return
         }
+        guard let rbio else { return }
         var off = 0
         while off < bytes.count {
             let n = BIO_write(rbio, bytes.baseAddress! + off, Int32(min(bytes.count - off, Int(Int32.max))))
@@ -138,7 +158,8 @@ final class TLSSession {
     func decrypt(into buf: UnsafeMutableRawBufferPointer) -> Decrypted {
         if let r = records { return opened(r, into: buf) }
         guard !starved else { return .needInput }
-        if SSL_is_init_finished(ssl) != 1, let d = handshake() {
+        guard let ssl, let rbio else { return .failed("TLS: no connection") }
+        if SSL_is_init_finished(ssl) != 1, let d = handshake(ssl, rbio) {
             return d
         }
         if let r = records { return opened(r, into: buf) }
@@ -189,14 +210,14 @@ final class TLSSession {
     /// Runs the handshake on what was fed (SSL_do_handshake, not SSL_read, so that OpenSSL
     /// stops at its end and reads no application data); nil once it is done (the records
     /// may have taken over), else what `decrypt` answers.
-    private func handshake() -> Decrypted? {
+    private func handshake(_ ssl: OpaquePointer, _ rbio: OpaquePointer) -> Decrypted? {
         var before = halley_bio_pending(rbio)
         while true {
-            let written = halley_bio_pending(wbio)
+            let written = wbio.map { halley_bio_pending($0) } ?? 0
             halley_err_clear()
             let rc = SSL_do_handshake(ssl)
             if rc == 1 {
-                takeOver(ticketsFrom: written)
+                takeOver(ssl, rbio, ticketsFrom: written)
                 return nil
             }
             let e = SSL_get_error(ssl, rc)
@@ -220,9 +241,9 @@ final class TLSSession {
     /// first (a miscount would reuse a nonce; anything unexpected leaves OpenSSL in charge).
     /// Not taken over either: a negotiated max_fragment_length (our records are up to 16 KiB),
     /// anything OpenSSL still buffers, early data.
-    private func takeOver(ticketsFrom written: Int) {
+    private func takeOver(_ ssl: OpaquePointer, _ rbio: OpaquePointer, ticketsFrom written: Int) {
         defer { dropSecrets() }
-        guard let sp = secrets, SSL_version(ssl) == TLS1_3_VERSION, SSL_has_pending(ssl) == 0,
+        guard let sp = secrets, let wbio, SSL_version(ssl) == TLS1_3_VERSION, SSL_has_pending(ssl) == 0,
             SSL_get_early_data_status(ssl) == SSL_EARLY_DATA_NOT_SENT,
             SSL_SESSION_get_max_fragment_length(SSL_get_session(ssl)) == 0,
             let cipher = SSL_get_current_cipher(ssl),
@@ -234,7 +255,7 @@ final class TLSSession {
             OPENSSL_cleanse(&client, client.count)
             OPENSSL_cleanse(&server, server.count)
         }
-        guard let seq = ticketRecords(from: written, suite: suite, serverSecret: server),
+        guard let seq = ticketRecords(wbio, from: written, suite: suite, serverSecret: server),
             let r = TLS13Records(
                 suite: suite, clientSecret: client, serverSecret: server, writeSeq: seq, rekeyAfter: rekeyAfter)
         else { return }
@@ -245,18 +266,15 @@ final class TLSSession {
             guard BIO_read(rbio, &behind, Int32(rest)) == Int32(rest) else { return }
             behind.withUnsafeBytes { r.feed($0) }
         }
-        // The read BIO is never used again: a fresh empty one in place of what it grew to.
-        if halley_bio_mem_capacity(rbio) > 4096, let fresh = Self.memoryBIO() {
-            SSL_set0_rbio(ssl, fresh)
-            rbio = fresh
-        }
         takenOver = summary
         records = r
     }
 
     /// The records OpenSSL wrote since `written` (the session tickets), each opened with the
     /// first server application key in order: their count, or nil when one is not that.
-    private func ticketRecords(from written: Int, suite: TLS13Records.Suite, serverSecret: [UInt8]) -> UInt64? {
+    private func ticketRecords(
+        _ wbio: OpaquePointer, from written: Int, suite: TLS13Records.Suite, serverSecret: [UInt8]
+    ) -> UInt64? {
         var p: UnsafePointer<UInt8>?
         let total = halley_bio_mem_peek(wbio, &p)  // OpenSSL's bytes, read before the BIO changes
         guard total >= written else { return nil }
@@ -281,13 +299,16 @@ final class TLSSession {
 
     /// Notes a finished handshake (true the first time).
     func checkEstablished(now: Int32) -> Bool {
-        guard establishedAt == nil, SSL_is_init_finished(ssl) == 1 else { return false }
+        guard establishedAt == nil, records != nil || ssl.map({ SSL_is_init_finished($0) == 1 }) == true else {
+            return false
+        }
         establishedAt = now
         return true
     }
 
     /// OpenSSL's records of `bytes`, into the write BIO. False after a fatal error.
     private func sslWrite(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let ssl else { return false }
         var off = 0
         halley_err_clear()
         while off < bytes.count {
@@ -314,16 +335,13 @@ final class TLSSession {
         return r.seal(bytes, into: out)
     }
 
-    var hasOutput: Bool { (!bioDrained && halley_bio_pending(wbio) > 0) || records?.hasOutput == true }
-
-    /// The records took over and the write BIO's last bytes (the tickets) were taken: OpenSSL
-    /// writes nothing more, so no look into it is needed.
-    private var bioDrained = false
+    var hasOutput: Bool { wbio.map { halley_bio_pending($0) > 0 } == true || records?.hasOutput == true }
 
     /// Whether plaintext may be waiting inside OpenSSL or the records (a record already read
     /// from the socket).
     var hasBufferedInput: Bool {
         if let r = records { return closeReceived || r.hasBufferedInput }
+        guard let ssl, let rbio else { return closeReceived }
         return closeReceived || (!starved && (SSL_pending(ssl) > 0 || halley_bio_pending(rbio) > 0))
     }
 
@@ -335,7 +353,7 @@ final class TLSSession {
 
     /// What OpenSSL wrote into the write BIO (the handshake, tickets, its alerts).
     private func takeBIOOutput(into out: ByteBuffer) {
-        if bioDrained { return }
+        guard let wbio else { return }
         var pending = halley_bio_pending(wbio)
         while pending > 0 {
             out.reserve(pending)
@@ -344,14 +362,7 @@ final class TLSSession {
             out.didWrite(Int(n))
             pending = halley_bio_pending(wbio)
         }
-        if records != nil {
-            bioDrained = true
-            // Never written again: a fresh empty BIO in place of what the handshake grew.
-            if halley_bio_mem_capacity(wbio) > 4096, let fresh = Self.memoryBIO() {
-                SSL_set0_wbio(ssl, fresh)
-                wbio = fresh
-            }
-        }
+        if records != nil { releaseOpenSSL() }  // it writes nothing more
     }
 
     /// Sends close_notify (into the write BIO).
@@ -360,6 +371,7 @@ final class TLSSession {
             r.close()
             return
         }
+        guard let ssl else { return }
         ERR_clear_error()
         if SSL_is_init_finished(ssl) == 1 && (SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN) == 0 { _ = SSL_shutdown(ssl) }
         ERR_clear_error()
@@ -368,6 +380,7 @@ final class TLSSession {
     /// The protocol and cipher agreed (for the debug log).
     var summary: String {
         if records != nil { return takenOver + " (own records)" }
+        guard let ssl else { return "?" }
         let v = SSL_get_version(ssl).map { String(cString: $0) } ?? "?"
         let c = SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)).map { String(cString: $0) } ?? "?"
         return "\(v) \(c)\(SSL_session_reused(ssl) == 1 ? " (resumed)" : "")"

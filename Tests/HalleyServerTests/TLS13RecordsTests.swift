@@ -17,6 +17,7 @@ import Testing
         let p = try Pair(suite: suite)
         try p.handshake()
         #expect(p.server.records != nil)
+        #expect(!p.server.holdsOpenSSL)  // freed once the tickets were taken
         #expect(p.server.summary.contains(suite))
         for n in Self.sizes {
             let m = Self.message(n, seed: n)
@@ -207,6 +208,7 @@ import Testing
         let p = try Pair(suite: Self.suites[0], maxVersion: version, ownRecords: own)
         try p.handshake()
         #expect(p.server.records == nil)
+        #expect(p.server.holdsOpenSSL)
         for n in [1, 16_385, 70_000] {
             let m = Self.message(n, seed: n)
             try p.clientSends(m)
