@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Memory per idle connection: a server's RSS growth as idle connections pile up.
 
-    Scripts/bench/idle.py http|ws|sessions [-n 10000] [--steps 5000,10000] [--targets ...]
+    Scripts/bench/idle.py http|ws|wss|sessions [-n 10000] [--steps 5000,10000] [--targets ...]
 
 Each target runs alone on SERVER_CPU (halley --threads 1, nginx one worker). It is warmed with
 one connection that does what the measured ones will (then closed), its memory read from
@@ -20,6 +20,9 @@ baseline. Kernel socket memory is in none of these figures.
             both each connection sends one compressed "hello" and reads its echo, so zlib state
             exists (VmData shows what a filled 32 KiB window would take). Node ws for context;
             uws, the uWebSockets peer (when uws/build.sh has built it), for the goal.
+  wss       WebSockets to /echo over TLS 1.3 (RSA 2048 certificate, TLS_AES_256_GCM_SHA384), each
+            after one echo: halley (its own TLS 1.3 records; OpenSSL's SSL is freed after the
+            handshake) and halley-openssl (--tls-records openssl). Opened one at a time, blocking.
   sessions  WebSocket sessions subscribed to channel `bench`: halley's Pusher session (goal
             < 1 KiB), halley-resumable (halley=1: token and resend buffer, the subscription
             answer acknowledged), halley-deflate(-kept) as above with pusher:subscribe
@@ -32,7 +35,10 @@ Environment: N, STEPS, TARGETS, SETTLE=2, SERVER_CPU=0, HALLEY_BIN, SCRATCH, NO_
 import argparse
 import os
 import selectors
+import re
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -44,6 +50,7 @@ import benchlib as b  # noqa: E402
 KINDS = {
     "http": ["halley", "nginx"],
     "ws": ["halley", "halley-deflate", "halley-deflate-kept", "node", "uws"],
+    "wss": ["halley", "halley-openssl"],
     "sessions": ["halley", "halley-resumable", "halley-deflate", "halley-deflate-kept", "nchan", "uws"],
 }
 GOALS = {"http": 512, "sessions": 1024}
@@ -80,18 +87,63 @@ def start(kind, target, a, tmp, slots=None):
         return b.uws(tmp, a.cpu), {"kind": "ws", "path": "/echo"} if kind == "ws" else {"kind": "raw", "path": "/sub/bench"}
     args = {"http": ["--keepalive-timeout", "600", "--public", os.path.join(tmp, "root")],
             "ws": ["--ws-ping-interval", "3600"],
+            "wss": ["--ws-ping-interval", "3600", "--tls-port", "0", "--tls-cert", os.path.join(tmp, "rsa.crt"),
+                    "--tls-key", os.path.join(tmp, "rsa.key"), "--tls-records",
+                    "openssl" if target.endswith("-openssl") else "own"],
             "sessions": ["--ws-ping-interval", "3600", "--app-token", "benchtoken"]}[kind]
     if target.endswith("-kept"):
         args += ["--ws-client-context-takeover", "on"]
     server = b.halley(a.halley_bin, tmp, *args, cpu=a.cpu, name=target)
     if kind == "http":
         return server, {"kind": "http"}
+    if kind == "wss":
+        m = re.search(r"https on https://127\.0\.0\.1:(\d+)", server.log_text())
+        if not m:
+            raise b.Failure("halley did not say its https port")
+        return server, {"tls_port": int(m.group(1))}
     opts = {"kind": "ws" if kind == "ws" else "pusher",
             "path": "/echo" if kind == "ws" else "/app/app-key?protocol=7" + ("&halley=1" if "resumable" in target else "")}
     if "deflate" in target:
         opts["deflate"] = b.BROWSER_DEFLATE
         opts["expect_ext"] = ("!" if target.endswith("-kept") else "") + "client_no_context_takeover"
     return server, opts
+
+
+def open_wss(count, timeout=120, tls_port=0, **_):
+    """`count` wss connections to /echo, one at a time, each after one echo (so records have
+    gone both ways), non-blocking when returned."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    socks = []
+
+    def recv(s, when):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise b.Failure(f"the server closed a connection {when}")
+        return chunk
+    try:
+        for k in range(count):
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", tls_port), timeout=timeout))
+            socks.append(s)
+            s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += recv(s, "during the upgrade")
+            if not buf.startswith(b"HTTP/1.1 101 "):
+                raise b.Failure(f"upgrade answered {buf[:40]!r}")
+            buf, msgs = buf.partition(b"\r\n\r\n")[2], []
+            s.sendall(b.masked(1, b"hello %d" % k))
+            while not msgs:
+                msgs, buf = b.frames(buf + recv(s, "before the echo"))
+            if msgs[0] != (1, b"hello %d" % k):
+                raise b.Failure(f"echo {msgs[0]!r}")
+            s.setblocking(False)
+        return socks
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
 
 
 def snapshot(server):
@@ -122,7 +174,8 @@ def measure(kind, target, steps, a, tmp):
     res = {"name": target, "rows": []}
     socks = []
     try:
-        for s in b.open_many(1, **opts, port=server.port):
+        opener = open_wss if kind == "wss" else b.open_many
+        for s in opener(1, **opts, port=server.port):
             s.close()
         time.sleep(a.settle)
         base = res["base"] = snapshot(server)
@@ -146,7 +199,7 @@ def measure(kind, target, steps, a, tmp):
         prev = (0, base["VmRSS"])
         for n in steps:
             t0 = time.monotonic()
-            socks += b.open_many(n - len(socks), a.open_timeout, **opts, port=server.port)
+            socks += opener(n - len(socks), a.open_timeout, **opts, port=server.port)
             b.log(f"{target}: {n} connections open in {time.monotonic() - t0:.1f} s")
             prev = record("idle", n, prev)
         if kind == "sessions":
@@ -219,6 +272,10 @@ def main():
     os.makedirs(os.path.join(tmp, "root"))
     with open(os.path.join(tmp, "root", "small.txt"), "wb") as f:
         f.write(SMALL)
+    if a.kind == "wss":
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=localhost", "-keyout", os.path.join(tmp, "rsa.key"), "-out", os.path.join(tmp, "rsa.crt")],
+                       check=True, capture_output=True)
     try:
         results = [measure(a.kind, t, steps, a, tmp) for t in targets]
     finally:
