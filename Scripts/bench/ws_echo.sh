@@ -92,6 +92,8 @@ for size in $SIZES; do
 done
 echo "flags: server-bound (the server used >= 85% of its core), tool-bound (halley-load >= 90% of its own: it set"
 echo "the pace), both-busy (on loopback each side's writes do kernel work for the other: msgs per server"
-echo "CPU-second is then the comparison), disturbed (another process used a benchmark core)"
+echo "CPU-second is then the comparison), disturbed (another process used a benchmark core); open loop (RATE=):"
+echo "rate-not-met (over 0.5% of the schedule found no connection free), tool-late (over 1% of the bursts"
+echo "merged with the next), server-over-60% (fixed costs per wake-up weigh less than at a lower load)"
 ((up1 - up0 == conns && in1 - in0 == sent && out1 - out0 == echoes && err1 == err0 && bp1 == bp0)) ||
     die "halley's counters disagree with the tool's"

@@ -118,8 +118,7 @@ extension Load {
         }
         guard st.pointee.sending && c.pointee.state == .open else { return }
         if o.openLoop {
-            idle[st.pointee.idleCount] = i
-            st.pointee.idleCount += 1
+            pushIdle(i)
         } else {
             sendNext(i, now)
         }
@@ -132,20 +131,37 @@ extension Load {
     func echoTick(_ now: Int64) {
         let s = st
         let ms = (now - s.pointee.scheduleStart) / 1_000_000
+        if ms != s.pointee.lastTick {
+            // A millisecond skipped: this burst carries two (or more) of them.
+            if s.pointee.lastTick >= 0 && ms > s.pointee.lastTick + 1 { s.pointee.lateTicks += 1 }
+            s.pointee.ticks += 1
+            s.pointee.lastTick = ms
+        }
         let due = Int(Double(ms + 1) * o.rate / 1000)
         while s.pointee.scheduled < due {
             s.pointee.scheduled += 1
             var sent = false
             while s.pointee.idleCount > 0 && !sent {
+                let i = idle[s.pointee.idleHead]
+                s.pointee.idleHead = s.pointee.idleHead + 1 == n ? 0 : s.pointee.idleHead + 1
                 s.pointee.idleCount -= 1
-                let i = idle[s.pointee.idleCount]
                 if conns[i].state == .open && !conns[i].awaiting {
-                    sendNext(i, now)
+                    sendNext(i, monotonicNanos())  // latency from its own send, not the burst's start
                     sent = true
                 }
             }
             if !sent { s.pointee.missed += 1 }
         }
+    }
+
+    /// Queues connection `i` (no message in flight) behind the others.
+    @inline(__always)
+    func pushIdle(_ i: Int) {
+        let s = st
+        var at = s.pointee.idleHead + s.pointee.idleCount
+        if at >= n { at -= n }
+        idle[at] = i
+        s.pointee.idleCount += 1
     }
 
     /// Starts (or, with `false`, stops) the open loop's millisecond timer.

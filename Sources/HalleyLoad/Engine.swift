@@ -65,9 +65,11 @@ struct Stats {
     var interval: Int64 = 0, nextDue: Int64 = 0, timerArmedFor: Int64 = -1
     var freeCount = 0, published = 0, pubLate = 0, pubBehindMax: Int64 = 0, stalls = 0
     var rangeFrom: Int64 = 0, rangeTo: Int64 = .max, rangeReceived = 0
-    /// Open-loop echo: connections with no message in flight, when the schedule started, the
-    /// messages it has been through, and those it found no free connection for.
-    var idleCount = 0, scheduleStart: Int64 = 0, scheduled = 0, missed = 0
+    /// Open-loop echo: connections with no message in flight (a queue: `idleHead`, count), when
+    /// the schedule started, the messages it has been through, those it found no free
+    /// connection for, the milliseconds it has seen and those it woke too late for.
+    var idleHead = 0, idleCount = 0, scheduleStart: Int64 = 0, scheduled = 0, missed = 0
+    var lastTick: Int64 = -1, ticks = 0, lateTicks = 0
     var gotFirst = 0, dups = 0, skipped = 0, reordered = 0, foreign = 0, other = 0, reconnects = 0, rotations = 0
 }
 
@@ -103,7 +105,8 @@ final class Load {
     let ringSent: UnsafeMutablePointer<Int64>
     /// Publisher connections with no request in flight.
     let freePubs: UnsafeMutablePointer<Int>
-    /// Open-loop echo: the connections with no message in flight (`Stats.idleCount` of them).
+    /// Open-loop echo: the connections with no message in flight, oldest first (a ring of n
+    /// from `Stats.idleHead`, `Stats.idleCount` long), so that every connection takes turns.
     let idle: UnsafeMutablePointer<Int>
     /// The servers connections go to: [0] --url's, then fanout's --sub-url ones (see `server`);
     /// each one's address and Host header.

@@ -72,8 +72,9 @@ extension Load {
         if closedLoop {
             let s = (sp ?? 0) >= 85, t = cp >= 90
             flags.append(s && t ? "both-busy" : s ? "server-bound" : t ? "tool-bound" : "not-saturated")
-        } else if let s = sp, s > 60 {
-            flags.append("server-over-60%")
+        } else {
+            if let s = sp, s > 60 { flags.append("server-over-60%") }
+            if cp >= 90 { flags.append("tool-bound") }  // an open loop the tool may not have kept
         }
         // Another process on a benchmark core: busier than what ran there by more than 10 points.
         let softBy = Dictionary(soft, uniquingKeysWith: { a, _ in a })
@@ -103,10 +104,7 @@ extension Load {
         s.pointee.sending = true
         let start = monotonicNanos()
         if o.openLoop {
-            for i in 0..<n where conns[i].state == .open {
-                idle[s.pointee.idleCount] = i
-                s.pointee.idleCount += 1
-            }
+            for i in 0..<n where conns[i].state == .open { pushIdle(i) }
             s.pointee.scheduleStart = start
             echoTimer(true)
         } else {
@@ -115,11 +113,13 @@ extension Load {
         runUntil(start + Int64(o.warmup * 1e9)) { true }
         let warmupEchoes = s.pointee.echoes
         let (scheduled0, missed0) = (s.pointee.scheduled, s.pointee.missed)
+        let (ticks0, late0) = (s.pointee.ticks, s.pointee.lateTicks)
         let w = window()
         s.pointee.sending = false
         if o.openLoop { echoTimer(false) }
         let messages = s.pointee.windowCount
         let (scheduled, missed) = (s.pointee.scheduled - scheduled0, s.pointee.missed - missed0)
+        let (ticks, late) = (s.pointee.ticks - ticks0, s.pointee.lateTicks - late0)
 
         // The echoes still in flight, then a proper close of every connection.
         runUntil(w.t1 + 5_000_000_000) { s.pointee.outstanding > 0 }
@@ -147,9 +147,12 @@ extension Load {
         if o.tls { line += " tls=1 tls_tickets=\(Self.tickets)" }
         var flags: [String] = []
         if o.openLoop {
-            line += " rate=\(fixed(o.rate, 1)) scheduled=\(scheduled) missed=\(missed)"
+            line += " rate=\(fixed(o.rate, 1)) scheduled=\(scheduled) missed=\(missed) ticks=\(ticks) late_ticks=\(late)"
             // More than 0.5% of the schedule found no free connection: the rate was not held.
             if missed * 200 > scheduled { flags.append("rate-not-met") }
+            // More than 1% of the bursts merged with the next (the tool woke late): the bursts
+            // were not the same for every target.
+            if late * 100 > ticks { flags.append("tool-late") }
         }
         writeFD(1, line + cpuFields(w, count: messages, unit: "msgs", closedLoop: !o.openLoop, flags: flags) + "\n")
         return s.pointee.errors > 0 ? 1 : 0

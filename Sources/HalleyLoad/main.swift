@@ -48,7 +48,8 @@ struct Options {
                     echo, checked byte for byte (--deflate: permessage-deflate, inflated first).
                     --rate R: open loop instead, R messages a second in all, the same bursts
                     whatever the server: every millisecond the messages due by its end, each on
-                    a connection with none in flight (none free: counted as missed).
+                    the connection free the longest (none free: counted as missed; a millisecond
+                    the tool woke too late for: a late tick).
         handshakes  N (16) full TLS handshakes in flight: a new SSL, no session reuse, close_notify.
         fanout      N subscribers (1000) on channel bench and P publishers (4); each data string
                     starts with "#s<seq>t<send ns>#": every delivery is timed and checked. A sync,

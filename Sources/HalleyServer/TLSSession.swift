@@ -5,7 +5,7 @@ import COpenSSL
 import HalleyCore
 
 /// One connection's TLS state: an `SSL` between two memory BIOs, so OpenSSL never touches
-/// the socket. Ciphertext read from the socket is fed in; plaintext comes out of `decrypt`;
+/// the socket (for TLS 1.3, until our own records take over: the `SSL` is freed then). Ciphertext read from the socket is fed in; plaintext comes out of `decrypt`;
 /// plaintext to send goes through `encrypt` and the records come out of `takeOutput`, which
 /// the connection writes like any other bytes (its output queue, its epoll interest). No
 /// WANT_WRITE can happen: the write BIO grows; the connection's own send-buffer bounds apply
@@ -13,7 +13,7 @@ import HalleyCore
 /// the connection).
 final class TLSSession {
     /// OpenSSL's connection and its two BIOs (the SSL owns them). Freed once our records took
-    /// over and OpenSSL's last bytes (the session tickets) were taken: about 14 KB per TLS 1.3
+    /// over and OpenSSL's last bytes (the session tickets) were taken: about 17 KB per TLS 1.3
     /// connection that nothing reads again. Nil then, and only then (`records` is set).
     private var ssl: OpaquePointer?
     private var rbio: OpaquePointer?
@@ -31,7 +31,7 @@ final class TLSSession {
     /// The peer's close_notify arrived (possibly behind data still to be handed over).
     var closeReceived = false
     /// TLS 1.3 with an AEAD suite, once the handshake is done: our own record layer, and
-    /// OpenSSL's SSL no longer reads or writes (see `TLS13Records`).
+    /// OpenSSL's SSL no longer reads or writes and is freed (see `TLS13Records`).
     private(set) var records: TLS13Records?
     /// Where the key-log callback leaves the traffic secrets (the SSL's app data); freed
     /// once the records take over, or with the session.
@@ -268,6 +268,8 @@ final class TLSSession {
         }
         takenOver = summary
         records = r
+        // No tickets behind the Finished (none configured): nothing of OpenSSL's to take.
+        if halley_bio_pending(wbio) == 0 { releaseOpenSSL() }
     }
 
     /// The records OpenSSL wrote since `written` (the session tickets), each opened with the
@@ -365,7 +367,7 @@ final class TLSSession {
         if records != nil { releaseOpenSSL() }  // it writes nothing more
     }
 
-    /// Sends close_notify (into the write BIO).
+    /// Sends close_notify (sealed by our records, or by OpenSSL into the write BIO).
     func shutdown() {
         if let r = records {
             r.close()

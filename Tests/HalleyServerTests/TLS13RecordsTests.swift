@@ -85,6 +85,7 @@ import Testing
         let p = try Pair(suite: Self.suites[0], tickets: tickets)
         try p.handshake()
         #expect(p.server.records != nil)
+        #expect(!p.server.holdsOpenSSL)
         let m = Self.message(100, seed: tickets)
         try p.serverSends(m)
         #expect(try p.clientReads(100) == m)

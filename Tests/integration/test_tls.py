@@ -253,7 +253,7 @@ def test_idle_wss_connections_are_small_with_own_records(start_halley, certs):
     for mode in ("own", "openssl"):
         h = start_halley("--tls-port", "0", "--tls-cert", cert, "--tls-key", key, "--tls-records", mode,
                          threads=1, memory=True)
-        ctx, socks = client_ctx(cert, alpn=()), []
+        ctx, socks, before = client_ctx(cert, alpn=()), [], None
         try:
             for k in range(410):
                 if k == 10:
