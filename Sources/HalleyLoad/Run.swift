@@ -147,7 +147,8 @@ extension Load {
         if o.tls { line += " tls=1 tls_tickets=\(Self.tickets)" }
         var flags: [String] = []
         if o.openLoop {
-            line += " rate=\(fixed(o.rate, 1)) scheduled=\(scheduled) missed=\(missed) ticks=\(ticks) late_ticks=\(late)"
+            line += " rate=\(fixed(o.rate, 1)) scheduled=\(scheduled) missed=\(missed)"
+            line += " ticks=\(ticks) late_ticks=\(late)"
             // More than 0.5% of the schedule found no free connection: the rate was not held.
             if missed * 200 > scheduled { flags.append("rate-not-met") }
             // More than 1% of the bursts merged with the next (the tool woke late): the bursts
